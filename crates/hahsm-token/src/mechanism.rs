@@ -1,0 +1,274 @@
+//! Mechanisms: the `CKM_*` type plus decoded parameters, and the table of what
+//! hahsm supports (for `C_GetMechanismList` and `C_GetMechanismInfo`).
+use crate::ck;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mechanism {
+    pub mech: u64,
+    pub params: MechParams,
+}
+
+impl Mechanism {
+    pub fn new(mech: u64) -> Self {
+        Mechanism { mech, params: MechParams::None }
+    }
+
+    pub fn with(mech: u64, params: MechParams) -> Self {
+        Mechanism { mech, params }
+    }
+}
+
+/// Decoded mechanism parameters. Which variant a mechanism takes is checked where
+/// the mechanism runs; a mismatch is `CKR_MECHANISM_PARAM_INVALID`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MechParams {
+    None,
+    /// CBC and CBC-PAD: a 16-byte IV.
+    Iv(Vec<u8>),
+    Gcm { iv: Vec<u8>, aad: Vec<u8>, tag_bits: u32 },
+    Pss { hash: u64, mgf: u64, salt_len: u64 },
+    Oaep { hash: u64, mgf: u64, label: Vec<u8> },
+    Ecdh { kdf: u64, shared_data: Vec<u8>, public_data: Vec<u8> },
+}
+
+/// What `C_GetMechanismInfo` reports: key sizes in bits (bytes for AES and
+/// generic secrets, as PKCS#11 says) and `CKF_*` flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MechInfo {
+    pub min_key: u64,
+    pub max_key: u64,
+    pub flags: u64,
+}
+
+const HW: u64 = ck::CKF_HW;
+const SIGN: u64 = ck::CKF_SIGN | ck::CKF_VERIFY | HW;
+const CRYPT: u64 = ck::CKF_ENCRYPT | ck::CKF_DECRYPT | HW;
+const WRAP: u64 = ck::CKF_WRAP | ck::CKF_UNWRAP | HW;
+const EC_FLAGS: u64 = ck::CKF_EC_F_P | ck::CKF_EC_NAMEDCURVE | ck::CKF_EC_UNCOMPRESS;
+
+/// Every mechanism hahsm implements, with its true limits.
+pub fn supported() -> Vec<(u64, MechInfo)> {
+    let rsa = |flags| MechInfo { min_key: 2048, max_key: 4096, flags };
+    let ec = |flags| MechInfo { min_key: 256, max_key: 521, flags: flags | EC_FLAGS };
+    let aes = |flags| MechInfo { min_key: 16, max_key: 32, flags };
+    let hmac = MechInfo { min_key: 16, max_key: 512, flags: SIGN };
+    let digest = MechInfo { min_key: 0, max_key: 0, flags: ck::CKF_DIGEST | HW };
+    vec![
+        (ck::CKM_RSA_PKCS_KEY_PAIR_GEN, rsa(ck::CKF_GENERATE_KEY_PAIR | HW)),
+        (ck::CKM_RSA_PKCS, rsa(SIGN | CRYPT | WRAP)),
+        (ck::CKM_RSA_X_509, rsa(SIGN | CRYPT)),
+        (ck::CKM_SHA1_RSA_PKCS, rsa(SIGN)),
+        (ck::CKM_SHA224_RSA_PKCS, rsa(SIGN)),
+        (ck::CKM_SHA256_RSA_PKCS, rsa(SIGN)),
+        (ck::CKM_SHA384_RSA_PKCS, rsa(SIGN)),
+        (ck::CKM_SHA512_RSA_PKCS, rsa(SIGN)),
+        (ck::CKM_RSA_PKCS_PSS, rsa(SIGN)),
+        (ck::CKM_SHA1_RSA_PKCS_PSS, rsa(SIGN)),
+        (ck::CKM_SHA224_RSA_PKCS_PSS, rsa(SIGN)),
+        (ck::CKM_SHA256_RSA_PKCS_PSS, rsa(SIGN)),
+        (ck::CKM_SHA384_RSA_PKCS_PSS, rsa(SIGN)),
+        (ck::CKM_SHA512_RSA_PKCS_PSS, rsa(SIGN)),
+        (ck::CKM_RSA_PKCS_OAEP, rsa(CRYPT | WRAP)),
+        (ck::CKM_EC_KEY_PAIR_GEN, ec(ck::CKF_GENERATE_KEY_PAIR | HW)),
+        (ck::CKM_ECDSA, ec(SIGN)),
+        (ck::CKM_ECDSA_SHA1, ec(SIGN)),
+        (ck::CKM_ECDSA_SHA224, ec(SIGN)),
+        (ck::CKM_ECDSA_SHA256, ec(SIGN)),
+        (ck::CKM_ECDSA_SHA384, ec(SIGN)),
+        (ck::CKM_ECDSA_SHA512, ec(SIGN)),
+        (ck::CKM_ECDH1_DERIVE, ec(ck::CKF_DERIVE | HW)),
+        (
+            ck::CKM_EC_EDWARDS_KEY_PAIR_GEN,
+            MechInfo { min_key: 255, max_key: 255, flags: ck::CKF_GENERATE_KEY_PAIR | HW },
+        ),
+        (ck::CKM_EDDSA, MechInfo { min_key: 255, max_key: 255, flags: SIGN }),
+        (ck::CKM_AES_KEY_GEN, aes(ck::CKF_GENERATE | HW)),
+        (ck::CKM_AES_ECB, aes(CRYPT)),
+        (ck::CKM_AES_CBC, aes(CRYPT)),
+        (ck::CKM_AES_CBC_PAD, aes(CRYPT)),
+        (ck::CKM_AES_GCM, aes(CRYPT)),
+        (ck::CKM_AES_KEY_WRAP, aes(WRAP)),
+        (ck::CKM_AES_KEY_WRAP_KWP, aes(WRAP)),
+        (
+            ck::CKM_GENERIC_SECRET_KEY_GEN,
+            MechInfo { min_key: 16, max_key: 512, flags: ck::CKF_GENERATE | HW },
+        ),
+        (ck::CKM_SHA256_HMAC, hmac),
+        (ck::CKM_SHA384_HMAC, hmac),
+        (ck::CKM_SHA512_HMAC, hmac),
+        (ck::CKM_SHA_1, digest),
+        (ck::CKM_SHA224, digest),
+        (ck::CKM_SHA256, digest),
+        (ck::CKM_SHA384, digest),
+        (ck::CKM_SHA512, digest),
+    ]
+}
+
+pub fn info(mech: u64) -> Option<MechInfo> {
+    supported().into_iter().find(|(m, _)| *m == mech).map(|(_, i)| i)
+}
+
+/// The `CKA_*` usage flag a mechanism needs on its key for an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    Sign,
+    Verify,
+    Encrypt,
+    Decrypt,
+    Wrap,
+    Unwrap,
+    Derive,
+}
+
+impl Usage {
+    pub fn attribute(self) -> u64 {
+        match self {
+            Usage::Sign => ck::CKA_SIGN,
+            Usage::Verify => ck::CKA_VERIFY,
+            Usage::Encrypt => ck::CKA_ENCRYPT,
+            Usage::Decrypt => ck::CKA_DECRYPT,
+            Usage::Wrap => ck::CKA_WRAP,
+            Usage::Unwrap => ck::CKA_UNWRAP,
+            Usage::Derive => ck::CKA_DERIVE,
+        }
+    }
+
+    fn flag(self) -> u64 {
+        match self {
+            Usage::Sign => ck::CKF_SIGN,
+            Usage::Verify => ck::CKF_VERIFY,
+            Usage::Encrypt => ck::CKF_ENCRYPT,
+            Usage::Decrypt => ck::CKF_DECRYPT,
+            Usage::Wrap => ck::CKF_WRAP,
+            Usage::Unwrap => ck::CKF_UNWRAP,
+            Usage::Derive => ck::CKF_DERIVE,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Usage::Sign => "sign",
+            Usage::Verify => "verify",
+            Usage::Encrypt => "encrypt",
+            Usage::Decrypt => "decrypt",
+            Usage::Wrap => "wrap",
+            Usage::Unwrap => "unwrap",
+            Usage::Derive => "derive",
+        }
+    }
+}
+
+/// Whether the mechanism can be used for this operation at all.
+pub fn supports(mech: u64, usage: Usage) -> bool {
+    info(mech).is_some_and(|i| i.flags & usage.flag() != 0)
+}
+
+/// The key type a mechanism works with.
+pub fn key_type_for(mech: u64) -> Option<u64> {
+    Some(match mech {
+        ck::CKM_RSA_PKCS_KEY_PAIR_GEN
+        | ck::CKM_RSA_PKCS
+        | ck::CKM_RSA_X_509
+        | ck::CKM_SHA1_RSA_PKCS
+        | ck::CKM_SHA224_RSA_PKCS
+        | ck::CKM_SHA256_RSA_PKCS
+        | ck::CKM_SHA384_RSA_PKCS
+        | ck::CKM_SHA512_RSA_PKCS
+        | ck::CKM_RSA_PKCS_PSS
+        | ck::CKM_SHA1_RSA_PKCS_PSS
+        | ck::CKM_SHA224_RSA_PKCS_PSS
+        | ck::CKM_SHA256_RSA_PKCS_PSS
+        | ck::CKM_SHA384_RSA_PKCS_PSS
+        | ck::CKM_SHA512_RSA_PKCS_PSS
+        | ck::CKM_RSA_PKCS_OAEP => ck::CKK_RSA,
+        ck::CKM_EC_KEY_PAIR_GEN
+        | ck::CKM_ECDSA
+        | ck::CKM_ECDSA_SHA1
+        | ck::CKM_ECDSA_SHA224
+        | ck::CKM_ECDSA_SHA256
+        | ck::CKM_ECDSA_SHA384
+        | ck::CKM_ECDSA_SHA512
+        | ck::CKM_ECDH1_DERIVE => ck::CKK_EC,
+        ck::CKM_EC_EDWARDS_KEY_PAIR_GEN | ck::CKM_EDDSA => ck::CKK_EC_EDWARDS,
+        ck::CKM_AES_KEY_GEN
+        | ck::CKM_AES_ECB
+        | ck::CKM_AES_CBC
+        | ck::CKM_AES_CBC_PAD
+        | ck::CKM_AES_GCM
+        | ck::CKM_AES_KEY_WRAP
+        | ck::CKM_AES_KEY_WRAP_KWP => ck::CKK_AES,
+        ck::CKM_GENERIC_SECRET_KEY_GEN
+        | ck::CKM_SHA256_HMAC
+        | ck::CKM_SHA384_HMAC
+        | ck::CKM_SHA512_HMAC => ck::CKK_GENERIC_SECRET,
+        _ => return None,
+    })
+}
+
+/// Short names used by the CLI (`--mech`), matching pkcs11-tool where it has one.
+pub fn by_name(name: &str) -> Option<u64> {
+    let n = name.to_ascii_uppercase().replace('_', "-");
+    Some(match n.as_str() {
+        "RSA-PKCS" => ck::CKM_RSA_PKCS,
+        "RSA-X-509" => ck::CKM_RSA_X_509,
+        "SHA1-RSA-PKCS" => ck::CKM_SHA1_RSA_PKCS,
+        "SHA224-RSA-PKCS" => ck::CKM_SHA224_RSA_PKCS,
+        "SHA256-RSA-PKCS" => ck::CKM_SHA256_RSA_PKCS,
+        "SHA384-RSA-PKCS" => ck::CKM_SHA384_RSA_PKCS,
+        "SHA512-RSA-PKCS" => ck::CKM_SHA512_RSA_PKCS,
+        "RSA-PKCS-PSS" => ck::CKM_RSA_PKCS_PSS,
+        "SHA1-RSA-PKCS-PSS" => ck::CKM_SHA1_RSA_PKCS_PSS,
+        "SHA224-RSA-PKCS-PSS" => ck::CKM_SHA224_RSA_PKCS_PSS,
+        "SHA256-RSA-PKCS-PSS" => ck::CKM_SHA256_RSA_PKCS_PSS,
+        "SHA384-RSA-PKCS-PSS" => ck::CKM_SHA384_RSA_PKCS_PSS,
+        "SHA512-RSA-PKCS-PSS" => ck::CKM_SHA512_RSA_PKCS_PSS,
+        "RSA-PKCS-OAEP" => ck::CKM_RSA_PKCS_OAEP,
+        "ECDSA" => ck::CKM_ECDSA,
+        "ECDSA-SHA1" => ck::CKM_ECDSA_SHA1,
+        "ECDSA-SHA224" => ck::CKM_ECDSA_SHA224,
+        "ECDSA-SHA256" => ck::CKM_ECDSA_SHA256,
+        "ECDSA-SHA384" => ck::CKM_ECDSA_SHA384,
+        "ECDSA-SHA512" => ck::CKM_ECDSA_SHA512,
+        "ECDH1-DERIVE" => ck::CKM_ECDH1_DERIVE,
+        "EDDSA" => ck::CKM_EDDSA,
+        "AES-ECB" => ck::CKM_AES_ECB,
+        "AES-CBC" => ck::CKM_AES_CBC,
+        "AES-CBC-PAD" => ck::CKM_AES_CBC_PAD,
+        "AES-GCM" => ck::CKM_AES_GCM,
+        "AES-KEY-WRAP" => ck::CKM_AES_KEY_WRAP,
+        "AES-KEY-WRAP-PAD" | "AES-KEY-WRAP-KWP" => ck::CKM_AES_KEY_WRAP_KWP,
+        "SHA256-HMAC" => ck::CKM_SHA256_HMAC,
+        "SHA384-HMAC" => ck::CKM_SHA384_HMAC,
+        "SHA512-HMAC" => ck::CKM_SHA512_HMAC,
+        "SHA-1" | "SHA1" => ck::CKM_SHA_1,
+        "SHA224" => ck::CKM_SHA224,
+        "SHA256" => ck::CKM_SHA256,
+        "SHA384" => ck::CKM_SHA384,
+        "SHA512" => ck::CKM_SHA512,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_mechanism_has_a_key_type_or_is_a_digest() {
+        for (mech, info) in supported() {
+            assert!(
+                key_type_for(mech).is_some() || info.flags & ck::CKF_DIGEST != 0,
+                "{mech:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_checks_follow_flags() {
+        assert!(supports(ck::CKM_ECDSA, Usage::Sign));
+        assert!(!supports(ck::CKM_ECDSA, Usage::Encrypt));
+        assert!(supports(ck::CKM_AES_KEY_WRAP_KWP, Usage::Unwrap));
+        assert!(!supports(0xffff_0000, Usage::Sign));
+    }
+}

@@ -1,0 +1,1 @@
+//! Object classes and key types.

@@ -1,0 +1,46 @@
+//! The operation-log model. Every change to a partition is one operation, written
+//! in the same store transaction as the change itself; replication ships these.
+use crate::attr::Template;
+use crate::hlc::{Hlc, MemberId};
+use crate::ouid::Ouid;
+use serde::{Deserialize, Serialize};
+
+/// Orders operations the same way on every member: by clock, then by origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    pub hlc: Hlc,
+    pub origin: MemberId,
+}
+
+/// What an operation does. Secrets travel sealed: under the partition master key
+/// in the local log, re-wrapped under the group's replication key on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpBody {
+    /// Create, generate, import, unwrap, copy and derive all end in this.
+    Create { ouid: Ouid, attrs: Template, sealed_secret: Option<Vec<u8>> },
+    SetAttributes { ouid: Ouid, attrs: Template },
+    Destroy { ouid: Ouid },
+    ClearPartition,
+}
+
+impl OpBody {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OpBody::Create { .. } => "create",
+            OpBody::SetAttributes { .. } => "set-attributes",
+            OpBody::Destroy { .. } => "destroy",
+            OpBody::ClearPartition => "clear-partition",
+        }
+    }
+}
+
+/// One entry of a member's durable operation log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// Per-origin sequence number, starting at 1 and without gaps.
+    pub seq: u64,
+    pub stamp: Stamp,
+    /// The client's operation id, so that a retried write is applied once.
+    pub client_op_id: Option<[u8; 16]>,
+    pub body: OpBody,
+}

@@ -1,1 +1,558 @@
-//! PKCS#11 attribute rules.
+//! PKCS#11 attribute rules: the defaults of a new key, which attributes a
+//! template may carry, which changes `C_SetAttributeValue` may make, and whether
+//! a key may be used for an operation. Pure functions over templates.
+use crate::attr::{AttrValue, Template};
+use crate::ck;
+use crate::error::{TokenError, TokenResult};
+use crate::mechanism::{self, Usage};
+use crate::object::{holds_secret, is_secret_component};
+
+/// Attributes only the token sets; a template that names them is refused.
+const TOKEN_SET: &[u64] = &[
+    ck::CKA_LOCAL,
+    ck::CKA_ALWAYS_SENSITIVE,
+    ck::CKA_NEVER_EXTRACTABLE,
+    ck::CKA_KEY_GEN_MECHANISM,
+    ck::CKA_UNIQUE_ID,
+];
+
+/// Attributes that never change after creation (copy may still set some of them).
+const FIXED_AFTER_CREATE: &[u64] = &[
+    ck::CKA_CLASS,
+    ck::CKA_KEY_TYPE,
+    ck::CKA_TOKEN,
+    ck::CKA_PRIVATE,
+    ck::CKA_MODIFIABLE,
+    ck::CKA_MODULUS,
+    ck::CKA_MODULUS_BITS,
+    ck::CKA_PUBLIC_EXPONENT,
+    ck::CKA_EC_PARAMS,
+    ck::CKA_EC_POINT,
+    ck::CKA_VALUE_LEN,
+    ck::CKA_VALUE,
+    ck::CKA_PUBLIC_KEY_INFO,
+    ck::CKA_ALWAYS_AUTHENTICATE,
+];
+
+/// Checks a template an application supplied: known attribute types with the right
+/// value kinds, and none of the attributes only the token may set.
+pub fn check_user_template(template: &Template) -> TokenResult<()> {
+    template.check_kinds()?;
+    for attr in TOKEN_SET {
+        if template.contains(*attr) {
+            return Err(TokenError::AttributeReadOnly(*attr));
+        }
+    }
+    Ok(())
+}
+
+fn expect_ulong(template: &Template, attr: u64, want: u64, what: &str) -> TokenResult<()> {
+    match template.ulong(attr) {
+        Some(v) if v != want => Err(TokenError::TemplateInconsistent(format!(
+            "{what} is {v:#x} but the mechanism makes {want:#x}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The usage flags a key class and type can have, so their defaults are on.
+fn default_usages(class: u64, key_type: u64) -> &'static [u64] {
+    match (class, key_type) {
+        (ck::CKO_SECRET_KEY, ck::CKK_AES) => &[ck::CKA_ENCRYPT, ck::CKA_DECRYPT, ck::CKA_WRAP, ck::CKA_UNWRAP],
+        (ck::CKO_SECRET_KEY, _) => &[ck::CKA_SIGN, ck::CKA_VERIFY, ck::CKA_DERIVE],
+        (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => &[ck::CKA_SIGN, ck::CKA_DECRYPT, ck::CKA_UNWRAP],
+        (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => &[ck::CKA_VERIFY, ck::CKA_ENCRYPT, ck::CKA_WRAP],
+        (ck::CKO_PRIVATE_KEY, ck::CKK_EC) => &[ck::CKA_SIGN, ck::CKA_DERIVE],
+        (ck::CKO_PRIVATE_KEY, _) => &[ck::CKA_SIGN],
+        (ck::CKO_PUBLIC_KEY, _) => &[ck::CKA_VERIFY],
+        _ => &[],
+    }
+}
+
+/// Usage flags that make no sense for a class are refused, so a template cannot
+/// claim, say, a public key that decrypts.
+fn check_usages(template: &Template, class: u64, key_type: u64) -> TokenResult<()> {
+    let allowed = default_usages(class, key_type);
+    for attr in [
+        ck::CKA_ENCRYPT,
+        ck::CKA_DECRYPT,
+        ck::CKA_WRAP,
+        ck::CKA_UNWRAP,
+        ck::CKA_SIGN,
+        ck::CKA_VERIFY,
+        ck::CKA_DERIVE,
+    ] {
+        if template.flag(attr, false) && !allowed.contains(&attr) {
+            // HMAC keys may also be marked for encryption by some applications;
+            // PKCS#11 does not forbid it, so only key-pair halves are strict.
+            if class == ck::CKO_SECRET_KEY {
+                continue;
+            }
+            return Err(TokenError::TemplateInconsistent(format!(
+                "attribute {attr:#x} cannot be set on this kind of key"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Fills in the common defaults of a key object. `local` is true for keys the
+/// token generated itself.
+fn fill_key_defaults(t: &mut Template, class: u64, key_type: u64, local: bool, gen_mech: Option<u64>) {
+    t.set(ck::CKA_CLASS, AttrValue::Ulong(class));
+    t.set(ck::CKA_KEY_TYPE, AttrValue::Ulong(key_type));
+    t.set_default(ck::CKA_TOKEN, AttrValue::Bool(false));
+    t.set_default(ck::CKA_MODIFIABLE, AttrValue::Bool(true));
+    t.set_default(ck::CKA_COPYABLE, AttrValue::Bool(true));
+    t.set_default(ck::CKA_DESTROYABLE, AttrValue::Bool(true));
+    t.set_default(ck::CKA_LABEL, AttrValue::Bytes(Vec::new()));
+    t.set_default(ck::CKA_ID, AttrValue::Bytes(Vec::new()));
+    t.set(ck::CKA_LOCAL, AttrValue::Bool(local));
+    t.set(
+        ck::CKA_KEY_GEN_MECHANISM,
+        AttrValue::Ulong(gen_mech.unwrap_or(ck::CK_UNAVAILABLE_INFORMATION)),
+    );
+    for usage in default_usages(class, key_type) {
+        t.set_default(*usage, AttrValue::Bool(true));
+    }
+    for usage in [
+        ck::CKA_ENCRYPT,
+        ck::CKA_DECRYPT,
+        ck::CKA_WRAP,
+        ck::CKA_UNWRAP,
+        ck::CKA_SIGN,
+        ck::CKA_VERIFY,
+        ck::CKA_DERIVE,
+    ] {
+        t.set_default(usage, AttrValue::Bool(false));
+    }
+    if holds_secret(class) {
+        // An HSM keeps keys inside unless the template asks otherwise.
+        t.set_default(ck::CKA_PRIVATE, AttrValue::Bool(true));
+        t.set_default(ck::CKA_SENSITIVE, AttrValue::Bool(true));
+        t.set_default(ck::CKA_EXTRACTABLE, AttrValue::Bool(false));
+        t.set_default(ck::CKA_WRAP_WITH_TRUSTED, AttrValue::Bool(false));
+        t.set_default(ck::CKA_ALWAYS_AUTHENTICATE, AttrValue::Bool(false));
+        let sensitive = t.flag(ck::CKA_SENSITIVE, true);
+        let extractable = t.flag(ck::CKA_EXTRACTABLE, false);
+        // Only keys made inside the token can be said never to have been exposed.
+        t.set(ck::CKA_ALWAYS_SENSITIVE, AttrValue::Bool(local && sensitive));
+        t.set(ck::CKA_NEVER_EXTRACTABLE, AttrValue::Bool(local && !extractable));
+    } else {
+        t.set_default(ck::CKA_PRIVATE, AttrValue::Bool(false));
+        t.set_default(ck::CKA_TRUSTED, AttrValue::Bool(false));
+    }
+}
+
+/// Refuses keys that can both wrap or unwrap and decrypt when the partition
+/// enforces key separation: such a key lets an application wrap a sensitive key
+/// and then decrypt the blob, which reveals it.
+pub fn check_key_separation(t: &Template, enforce: bool) -> TokenResult<()> {
+    let wraps = t.flag(ck::CKA_WRAP, false) || t.flag(ck::CKA_UNWRAP, false);
+    let crypts = t.flag(ck::CKA_DECRYPT, false) || t.flag(ck::CKA_ENCRYPT, false);
+    if enforce && wraps && crypts {
+        return Err(TokenError::TemplateInconsistent(
+            "key separation is enforced: a key may wrap/unwrap or encrypt/decrypt, not both".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The attributes of a new secret key made by `C_GenerateKey`. Returns the
+/// template and the key length in bytes.
+pub fn generated_secret_key(mech: u64, template: &Template) -> TokenResult<(Template, usize)> {
+    check_user_template(template)?;
+    let key_type = match mech {
+        ck::CKM_AES_KEY_GEN => ck::CKK_AES,
+        ck::CKM_GENERIC_SECRET_KEY_GEN => ck::CKK_GENERIC_SECRET,
+        other => return Err(TokenError::MechanismInvalid(other)),
+    };
+    expect_ulong(template, ck::CKA_CLASS, ck::CKO_SECRET_KEY, "CKA_CLASS")?;
+    expect_ulong(template, ck::CKA_KEY_TYPE, key_type, "CKA_KEY_TYPE")?;
+    if template.contains(ck::CKA_VALUE) {
+        return Err(TokenError::TemplateInconsistent("a generated key cannot be given CKA_VALUE".into()));
+    }
+    let len = template
+        .ulong(ck::CKA_VALUE_LEN)
+        .ok_or_else(|| TokenError::TemplateIncomplete("CKA_VALUE_LEN is required".into()))?;
+    let len = usize::try_from(len).map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE_LEN))?;
+    check_secret_len(key_type, len)?;
+    let mut t = template.clone();
+    check_usages(&t, ck::CKO_SECRET_KEY, key_type)?;
+    fill_key_defaults(&mut t, ck::CKO_SECRET_KEY, key_type, true, Some(mech));
+    t.set(ck::CKA_VALUE_LEN, AttrValue::Ulong(len as u64));
+    Ok((t, len))
+}
+
+fn check_secret_len(key_type: u64, len: usize) -> TokenResult<()> {
+    let ok = match key_type {
+        ck::CKK_AES => matches!(len, 16 | 24 | 32),
+        _ => (16..=512).contains(&len),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(TokenError::KeySizeRange(format!("{len} bytes is not a valid length for this key type")))
+    }
+}
+
+/// What a key-pair generation must produce, decided from the mechanism and templates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPairSpec {
+    Rsa { bits: u32, public_exponent: Option<Vec<u8>> },
+    Ec { ec_params: Vec<u8> },
+    Ed25519,
+}
+
+/// Checks the two templates of `C_GenerateKeyPair` and fills in their defaults.
+/// The caller adds the public values (modulus, point) once the key exists.
+pub fn generated_key_pair(
+    mech: u64,
+    public: &Template,
+    private: &Template,
+) -> TokenResult<(KeyPairSpec, Template, Template)> {
+    check_user_template(public)?;
+    check_user_template(private)?;
+    let (key_type, spec) = match mech {
+        ck::CKM_RSA_PKCS_KEY_PAIR_GEN => {
+            let bits = public
+                .ulong(ck::CKA_MODULUS_BITS)
+                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_MODULUS_BITS is required".into()))?;
+            let bits = u32::try_from(bits).map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_MODULUS_BITS))?;
+            let exp = public.bytes(ck::CKA_PUBLIC_EXPONENT).map(<[u8]>::to_vec);
+            (ck::CKK_RSA, KeyPairSpec::Rsa { bits, public_exponent: exp })
+        }
+        ck::CKM_EC_KEY_PAIR_GEN => {
+            let params = public
+                .bytes(ck::CKA_EC_PARAMS)
+                .or_else(|| private.bytes(ck::CKA_EC_PARAMS))
+                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_EC_PARAMS is required".into()))?;
+            (ck::CKK_EC, KeyPairSpec::Ec { ec_params: params.to_vec() })
+        }
+        ck::CKM_EC_EDWARDS_KEY_PAIR_GEN => (ck::CKK_EC_EDWARDS, KeyPairSpec::Ed25519),
+        other => return Err(TokenError::MechanismInvalid(other)),
+    };
+    expect_ulong(public, ck::CKA_CLASS, ck::CKO_PUBLIC_KEY, "public CKA_CLASS")?;
+    expect_ulong(private, ck::CKA_CLASS, ck::CKO_PRIVATE_KEY, "private CKA_CLASS")?;
+    expect_ulong(public, ck::CKA_KEY_TYPE, key_type, "public CKA_KEY_TYPE")?;
+    expect_ulong(private, ck::CKA_KEY_TYPE, key_type, "private CKA_KEY_TYPE")?;
+    for t in [public, private] {
+        for attr in [ck::CKA_VALUE, ck::CKA_MODULUS, ck::CKA_EC_POINT, ck::CKA_PRIVATE_EXPONENT] {
+            if t.contains(attr) {
+                return Err(TokenError::TemplateInconsistent(format!(
+                    "a generated key cannot be given attribute {attr:#x}"
+                )));
+            }
+        }
+    }
+    let mut pubt = public.clone();
+    let mut privt = private.clone();
+    check_usages(&pubt, ck::CKO_PUBLIC_KEY, key_type)?;
+    check_usages(&privt, ck::CKO_PRIVATE_KEY, key_type)?;
+    fill_key_defaults(&mut pubt, ck::CKO_PUBLIC_KEY, key_type, true, Some(mech));
+    fill_key_defaults(&mut privt, ck::CKO_PRIVATE_KEY, key_type, true, Some(mech));
+    if let KeyPairSpec::Ec { ec_params } = &spec {
+        pubt.set(ck::CKA_EC_PARAMS, AttrValue::Bytes(ec_params.clone()));
+        privt.set(ck::CKA_EC_PARAMS, AttrValue::Bytes(ec_params.clone()));
+    }
+    Ok((spec, pubt, privt))
+}
+
+/// The attributes of an object made by `C_CreateObject`, an import or an unwrap.
+/// Secret components are taken out of the template: the caller seals them.
+/// Returns the stored attributes and the removed secret components.
+pub fn created_object(template: &Template, local: bool) -> TokenResult<(Template, Template)> {
+    check_user_template(template)?;
+    let class = template
+        .class()
+        .ok_or_else(|| TokenError::TemplateIncomplete("CKA_CLASS is required".into()))?;
+    let mut t = template.clone();
+    let mut secret = Template::new();
+    match class {
+        ck::CKO_DATA | ck::CKO_CERTIFICATE => {
+            t.set_default(ck::CKA_TOKEN, AttrValue::Bool(false));
+            t.set_default(ck::CKA_PRIVATE, AttrValue::Bool(false));
+            t.set_default(ck::CKA_MODIFIABLE, AttrValue::Bool(true));
+            t.set_default(ck::CKA_COPYABLE, AttrValue::Bool(true));
+            t.set_default(ck::CKA_DESTROYABLE, AttrValue::Bool(true));
+            t.set_default(ck::CKA_LABEL, AttrValue::Bytes(Vec::new()));
+            if class == ck::CKO_CERTIFICATE {
+                t.set_default(ck::CKA_CERTIFICATE_TYPE, AttrValue::Ulong(ck::CKC_X_509));
+                t.set_default(ck::CKA_ID, AttrValue::Bytes(Vec::new()));
+            }
+        }
+        ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY => {
+            let key_type = template
+                .key_type()
+                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_KEY_TYPE is required".into()))?;
+            if !matches!(
+                key_type,
+                ck::CKK_RSA | ck::CKK_EC | ck::CKK_EC_EDWARDS | ck::CKK_AES | ck::CKK_GENERIC_SECRET
+            ) {
+                return Err(TokenError::AttributeValueInvalid(ck::CKA_KEY_TYPE));
+            }
+            let secret_type = matches!(key_type, ck::CKK_AES | ck::CKK_GENERIC_SECRET);
+            if secret_type != (class == ck::CKO_SECRET_KEY) {
+                return Err(TokenError::TemplateInconsistent("key type does not fit the object class".into()));
+            }
+            if holds_secret(class) {
+                let keys: Vec<u64> = t.0.keys().copied().filter(|a| is_secret_component(*a)).collect();
+                for attr in keys {
+                    if let Some(v) = t.remove(attr) {
+                        secret.set(attr, v);
+                    }
+                }
+                if secret.is_empty() {
+                    return Err(TokenError::TemplateIncomplete("the key's value is missing".into()));
+                }
+                if class == ck::CKO_SECRET_KEY {
+                    let len = secret.bytes(ck::CKA_VALUE).map(<[u8]>::len).unwrap_or(0);
+                    check_secret_len(key_type, len)?;
+                    if let Some(want) = t.ulong(ck::CKA_VALUE_LEN) {
+                        if want != len as u64 {
+                            return Err(TokenError::TemplateInconsistent(
+                                "CKA_VALUE_LEN does not match CKA_VALUE".into(),
+                            ));
+                        }
+                    }
+                    t.set(ck::CKA_VALUE_LEN, AttrValue::Ulong(len as u64));
+                }
+            }
+            check_usages(&t, class, key_type)?;
+            fill_key_defaults(&mut t, class, key_type, local, None);
+        }
+        _ => return Err(TokenError::AttributeValueInvalid(ck::CKA_CLASS)),
+    }
+    Ok((t, secret))
+}
+
+/// Applies a `C_SetAttributeValue` to an object's attributes, enforcing which
+/// changes PKCS#11 allows. Returns the changed attributes only.
+pub fn set_attributes(current: &Template, changes: &Template) -> TokenResult<Template> {
+    changes.check_kinds()?;
+    if !current.flag(ck::CKA_MODIFIABLE, true) {
+        return Err(TokenError::ActionProhibited("the object is not modifiable".into()));
+    }
+    let mut applied = Template::new();
+    for (attr, value) in changes.iter() {
+        let attr = *attr;
+        if TOKEN_SET.contains(&attr) || FIXED_AFTER_CREATE.contains(&attr) || is_secret_component(attr) {
+            if current.get(attr) == Some(value) {
+                continue;
+            }
+            return Err(TokenError::AttributeReadOnly(attr));
+        }
+        let now = current.bool(attr);
+        match (attr, value.as_bool()) {
+            // Sensitivity only ever increases, extractability only ever decreases,
+            // and copyability can only be turned off.
+            (ck::CKA_SENSITIVE, Some(false)) if now == Some(true) => {
+                return Err(TokenError::AttributeReadOnly(attr))
+            }
+            (ck::CKA_EXTRACTABLE, Some(true)) if now == Some(false) => {
+                return Err(TokenError::AttributeReadOnly(attr))
+            }
+            (ck::CKA_COPYABLE, Some(true)) if now == Some(false) => return Err(TokenError::AttributeReadOnly(attr)),
+            _ => {}
+        }
+        applied.set(attr, value.clone());
+    }
+    Ok(applied)
+}
+
+/// The attributes of a copy made by `C_CopyObject`: the original's, with the
+/// template's changes, which follow the same rules as a set, plus a new
+/// `CKA_TOKEN`/`CKA_PRIVATE` if asked.
+pub fn copied_object(current: &Template, changes: &Template) -> TokenResult<Template> {
+    if !current.flag(ck::CKA_COPYABLE, true) {
+        return Err(TokenError::ActionProhibited("the object is not copyable".into()));
+    }
+    let mut movable = changes.clone();
+    let token = movable.remove(ck::CKA_TOKEN);
+    let private = movable.remove(ck::CKA_PRIVATE);
+    let modifiable = movable.remove(ck::CKA_MODIFIABLE);
+    // The copy may be made while the original is read-only; check the rest as a set.
+    let mut as_modifiable = current.clone();
+    as_modifiable.set(ck::CKA_MODIFIABLE, AttrValue::Bool(true));
+    let applied = set_attributes(&as_modifiable, &movable)?;
+    let mut out = current.clone();
+    for (k, v) in applied.iter() {
+        out.set(*k, v.clone());
+    }
+    for (attr, value) in [(ck::CKA_TOKEN, token), (ck::CKA_PRIVATE, private), (ck::CKA_MODIFIABLE, modifiable)] {
+        if let Some(v) = value {
+            v.check_kind(attr)?;
+            if attr == ck::CKA_PRIVATE && holds_secret(current.class().unwrap_or(0)) && v == AttrValue::Bool(false) {
+                return Err(TokenError::TemplateInconsistent("a key cannot be copied into a public object".into()));
+            }
+            out.set(attr, v);
+        }
+    }
+    out.remove(ck::CKA_UNIQUE_ID);
+    Ok(out)
+}
+
+/// Whether an attribute of an object may be revealed to the application.
+pub fn is_readable(object: &Template, attr: u64) -> bool {
+    if !is_secret_component(attr) {
+        return true;
+    }
+    if !holds_secret(object.class().unwrap_or(0)) {
+        return true;
+    }
+    !object.flag(ck::CKA_SENSITIVE, true) && object.flag(ck::CKA_EXTRACTABLE, false)
+}
+
+/// Checks that a key may serve `usage` with mechanism `mech`: the mechanism
+/// supports the usage, the key type fits, the usage flag is set and
+/// `CKA_ALLOWED_MECHANISMS`, if present, names the mechanism.
+pub fn check_key_use(key: &Template, mech: u64, usage: Usage) -> TokenResult<()> {
+    if mechanism::info(mech).is_none() {
+        return Err(TokenError::MechanismInvalid(mech));
+    }
+    if !mechanism::supports(mech, usage) {
+        return Err(TokenError::MechanismInvalid(mech));
+    }
+    let want = mechanism::key_type_for(mech);
+    let have = key.key_type();
+    // HMAC works with any secret key, as PKCS#11 tokens commonly allow.
+    let hmac_ok = want == Some(ck::CKK_GENERIC_SECRET) && key.class() == Some(ck::CKO_SECRET_KEY);
+    if want.is_some() && have != want && !hmac_ok {
+        return Err(TokenError::KeyTypeInconsistent);
+    }
+    if !key.flag(usage.attribute(), false) {
+        return Err(TokenError::KeyFunctionNotPermitted(format!("the key's CKA_{} is false", usage.name().to_uppercase())));
+    }
+    if let Some(AttrValue::UlongList(allowed)) = key.get(ck::CKA_ALLOWED_MECHANISMS) {
+        if !allowed.is_empty() && !allowed.contains(&mech) {
+            return Err(TokenError::KeyFunctionNotPermitted("CKA_ALLOWED_MECHANISMS excludes this mechanism".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `key` may be wrapped: it must be extractable, and a key marked
+/// `CKA_WRAP_WITH_TRUSTED` only under a trusted wrapping key.
+pub fn check_wrappable(key: &Template, wrapping_key: &Template) -> TokenResult<()> {
+    if !holds_secret(key.class().unwrap_or(0)) {
+        return Err(TokenError::KeyFunctionNotPermitted("only private and secret keys can be wrapped".into()));
+    }
+    if !key.flag(ck::CKA_EXTRACTABLE, false) {
+        return Err(TokenError::KeyUnextractable);
+    }
+    if key.flag(ck::CKA_WRAP_WITH_TRUSTED, false) && !wrapping_key.flag(ck::CKA_TRUSTED, false) {
+        return Err(TokenError::KeyFunctionNotPermitted("the key may be wrapped only with a trusted key".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aes_template() -> Template {
+        Template::new()
+            .with(ck::CKA_VALUE_LEN, AttrValue::Ulong(32))
+            .with(ck::CKA_TOKEN, AttrValue::Bool(true))
+            .with(ck::CKA_LABEL, AttrValue::Bytes(b"k".to_vec()))
+    }
+
+    #[test]
+    fn generated_secret_key_is_sensitive_local_and_never_extractable() {
+        let (t, len) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
+        assert_eq!(len, 32);
+        assert_eq!(t.bool(ck::CKA_SENSITIVE), Some(true));
+        assert_eq!(t.bool(ck::CKA_ALWAYS_SENSITIVE), Some(true));
+        assert_eq!(t.bool(ck::CKA_NEVER_EXTRACTABLE), Some(true));
+        assert_eq!(t.bool(ck::CKA_LOCAL), Some(true));
+        assert_eq!(t.ulong(ck::CKA_KEY_GEN_MECHANISM), Some(ck::CKM_AES_KEY_GEN));
+    }
+
+    #[test]
+    fn generated_key_with_bad_length_or_class_is_refused() {
+        let t = aes_template().with(ck::CKA_VALUE_LEN, AttrValue::Ulong(20));
+        assert!(matches!(generated_secret_key(ck::CKM_AES_KEY_GEN, &t), Err(TokenError::KeySizeRange(_))));
+        let t = aes_template().with(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_PUBLIC_KEY));
+        assert!(matches!(
+            generated_secret_key(ck::CKM_AES_KEY_GEN, &t),
+            Err(TokenError::TemplateInconsistent(_))
+        ));
+        let t = aes_template().with(ck::CKA_LOCAL, AttrValue::Bool(true));
+        assert_eq!(
+            generated_secret_key(ck::CKM_AES_KEY_GEN, &t),
+            Err(TokenError::AttributeReadOnly(ck::CKA_LOCAL))
+        );
+    }
+
+    #[test]
+    fn imported_key_is_not_always_sensitive_and_its_value_is_split_off() {
+        let t = Template::new()
+            .with(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_SECRET_KEY))
+            .with(ck::CKA_KEY_TYPE, AttrValue::Ulong(ck::CKK_AES))
+            .with(ck::CKA_VALUE, AttrValue::Bytes(vec![7; 16]));
+        let (attrs, secret) = created_object(&t, false).unwrap();
+        assert!(!attrs.contains(ck::CKA_VALUE));
+        assert_eq!(secret.bytes(ck::CKA_VALUE), Some(&[7u8; 16][..]));
+        assert_eq!(attrs.bool(ck::CKA_ALWAYS_SENSITIVE), Some(false));
+        assert_eq!(attrs.bool(ck::CKA_NEVER_EXTRACTABLE), Some(false));
+        assert_eq!(attrs.ulong(ck::CKA_VALUE_LEN), Some(16));
+    }
+
+    #[test]
+    fn sensitive_cannot_be_cleared_and_extractable_cannot_be_set() {
+        let (t, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
+        assert_eq!(
+            set_attributes(&t, &Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(false))),
+            Err(TokenError::AttributeReadOnly(ck::CKA_SENSITIVE))
+        );
+        assert_eq!(
+            set_attributes(&t, &Template::new().with(ck::CKA_EXTRACTABLE, AttrValue::Bool(true))),
+            Err(TokenError::AttributeReadOnly(ck::CKA_EXTRACTABLE))
+        );
+        assert_eq!(
+            set_attributes(&t, &Template::new().with(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_DATA))),
+            Err(TokenError::AttributeReadOnly(ck::CKA_CLASS))
+        );
+        let renamed = set_attributes(&t, &Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(b"new".to_vec())));
+        assert_eq!(renamed.unwrap().label().as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn copy_cannot_weaken_a_sensitive_key() {
+        let (t, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
+        assert!(copied_object(&t, &Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(false))).is_err());
+        assert!(copied_object(&t, &Template::new().with(ck::CKA_EXTRACTABLE, AttrValue::Bool(true))).is_err());
+        let copy = copied_object(&t, &Template::new().with(ck::CKA_TOKEN, AttrValue::Bool(false))).unwrap();
+        assert_eq!(copy.bool(ck::CKA_TOKEN), Some(false));
+    }
+
+    #[test]
+    fn sensitive_values_are_unreadable() {
+        let (t, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
+        assert!(!is_readable(&t, ck::CKA_VALUE));
+        assert!(is_readable(&t, ck::CKA_LABEL));
+    }
+
+    #[test]
+    fn key_use_checks_flags_type_and_allowed_mechanisms() {
+        let (mut t, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
+        assert!(check_key_use(&t, ck::CKM_AES_GCM, Usage::Encrypt).is_ok());
+        assert_eq!(check_key_use(&t, ck::CKM_ECDSA, Usage::Sign), Err(TokenError::KeyTypeInconsistent));
+        t.set(ck::CKA_ALLOWED_MECHANISMS, AttrValue::UlongList(vec![ck::CKM_AES_CBC_PAD]));
+        assert!(matches!(
+            check_key_use(&t, ck::CKM_AES_GCM, Usage::Encrypt),
+            Err(TokenError::KeyFunctionNotPermitted(_))
+        ));
+        t.set(ck::CKA_ENCRYPT, AttrValue::Bool(false));
+        assert!(matches!(
+            check_key_use(&t, ck::CKM_AES_CBC_PAD, Usage::Encrypt),
+            Err(TokenError::KeyFunctionNotPermitted(_))
+        ));
+    }
+
+    #[test]
+    fn non_extractable_keys_cannot_be_wrapped() {
+        let (t, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
+        assert_eq!(check_wrappable(&t, &t), Err(TokenError::KeyUnextractable));
+    }
+}

@@ -1,0 +1,96 @@
+//! Operator messages over the member's local admin socket (mode 0600), the
+//! equivalent of the appliance's serial console.
+use crate::Secret;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminRequest {
+    Status,
+    HsmInit { label: String, so_secret: Secret, domain_secret: Secret },
+    HsmLogin { so_secret: Secret },
+    HsmLogout,
+    HsmShowPolicies,
+    HsmChangePolicy { policy: String, value: u64 },
+    /// Wipes every partition, client and secret; the member starts over.
+    FactoryReset,
+    RegenCert { common_name: String, subject_alt_names: Vec<String> },
+    Fingerprint,
+    PartitionCreate { name: String, owner_secret: Secret, initial_pin: Option<Secret> },
+    /// Either the current PIN, or the partition-owner secret (which also clears a lockout).
+    PartitionChangePin { name: String, old_pin: Option<Secret>, owner_secret: Option<Secret>, new_pin: Secret },
+    PartitionActivate { name: String, owner_secret: Secret },
+    PartitionDeactivate { name: String },
+    PartitionShowPolicies { name: String },
+    PartitionChangePolicy { name: String, policy: String, value: u64 },
+    PartitionShowContents { name: String },
+    PartitionClear { name: String },
+    PartitionDelete { name: String },
+    PartitionList,
+    ClientRegister { name: String, hostname: String, fingerprint: String },
+    ClientRemove { name: String },
+    ClientList,
+    ClientAssignPartition { client: String, partition: String },
+    ClientRevokePartition { client: String, partition: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyLine {
+    pub number: u32,
+    pub name: String,
+    pub description: String,
+    pub value: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSummary {
+    pub name: String,
+    pub serial: u64,
+    pub activated: bool,
+    pub auto_activation: bool,
+    pub object_count: u64,
+    pub failed_logins: u32,
+    pub pin_locked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSummary {
+    pub ouid: String,
+    pub class: String,
+    pub key_type: String,
+    pub label: String,
+    pub id_hex: String,
+    pub private: bool,
+    pub sensitive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSummary {
+    pub name: String,
+    pub hostname: String,
+    pub fingerprint: String,
+    pub partitions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub initialized: bool,
+    pub hsm_label: String,
+    pub serial: u64,
+    pub so_logged_in: bool,
+    pub listen: String,
+    pub fingerprint: String,
+    pub software_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminResponse {
+    Done(String),
+    Status(MemberStatus),
+    Policies(Vec<PolicyLine>),
+    Fingerprint(String),
+    PartitionCreated { serial: u64, initial_pin: Option<Secret> },
+    Partitions(Vec<PartitionSummary>),
+    Contents(Vec<ObjectSummary>),
+    Clients(Vec<ClientSummary>),
+    Error(String),
+}

@@ -1,0 +1,152 @@
+//! Messages between a client (the CLI or the PKCS#11 module) and a member.
+use crate::{Secret, WireError};
+use hahsm_token::{AttrType, AttrValue, Mechanism, Ouid, Template};
+use serde::{Deserialize, Serialize};
+
+/// The first frame a client sends after the TLS handshake.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u16,
+    /// Free text for the member's log, such as the program name.
+    pub client_software: String,
+}
+
+/// The member's answer to `Hello`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Welcome {
+    Accepted(MemberInfo),
+    Refused(WireError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub protocol_version: u16,
+    pub hsm_label: String,
+    pub serial: u64,
+    pub software_version: String,
+    /// The name this member registered the client under.
+    pub client_name: String,
+}
+
+/// A client operation id: chosen by the client for every write, so that a retry
+/// after an ambiguous failure is applied once.
+pub type OpId = [u8; 16];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub id: u64,
+    /// Milliseconds the client will wait; the member drops the request after it.
+    pub deadline_ms: u32,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The id of the request answered; 0 for an error about the connection itself.
+    pub id: u64,
+    pub result: Result<Response, WireError>,
+}
+
+/// PKCS#11 user types, as on the wire.
+pub const USER_SO: u64 = 0;
+pub const USER_NORMAL: u64 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Ping,
+    /// The partitions this client is assigned on the member.
+    ListPartitions,
+    Login { partition: String, user_type: u64, pin: Secret },
+    Logout { partition: String },
+    CreateObject { partition: String, template: Template, op_id: OpId },
+    GenerateKey { partition: String, mechanism: Mechanism, template: Template, op_id: OpId },
+    GenerateKeyPair {
+        partition: String,
+        mechanism: Mechanism,
+        public_template: Template,
+        private_template: Template,
+        op_id: OpId,
+    },
+    FindObjects { partition: String, template: Template, limit: u32 },
+    GetAttributes { partition: String, object: Ouid, types: Vec<AttrType> },
+    SetAttributes { partition: String, object: Ouid, template: Template, op_id: OpId },
+    CopyObject { partition: String, object: Ouid, template: Template, op_id: OpId },
+    DestroyObject { partition: String, object: Ouid, op_id: OpId },
+    Sign { partition: String, key: Ouid, mechanism: Mechanism, data: Vec<u8> },
+    Verify { partition: String, key: Ouid, mechanism: Mechanism, data: Vec<u8>, signature: Vec<u8> },
+    Encrypt { partition: String, key: Ouid, mechanism: Mechanism, data: Vec<u8> },
+    Decrypt { partition: String, key: Ouid, mechanism: Mechanism, data: Vec<u8> },
+    WrapKey { partition: String, wrapping_key: Ouid, key: Ouid, mechanism: Mechanism },
+    UnwrapKey {
+        partition: String,
+        unwrapping_key: Ouid,
+        mechanism: Mechanism,
+        wrapped: Vec<u8>,
+        template: Template,
+        op_id: OpId,
+    },
+    DeriveKey { partition: String, base_key: Ouid, mechanism: Mechanism, template: Template, op_id: OpId },
+    GenerateRandom { len: u32 },
+    Digest { mechanism: Mechanism, data: Vec<u8> },
+}
+
+impl Request {
+    /// The name used in logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::ListPartitions => "list-partitions",
+            Request::Login { .. } => "login",
+            Request::Logout { .. } => "logout",
+            Request::CreateObject { .. } => "create-object",
+            Request::GenerateKey { .. } => "generate-key",
+            Request::GenerateKeyPair { .. } => "generate-key-pair",
+            Request::FindObjects { .. } => "find-objects",
+            Request::GetAttributes { .. } => "get-attributes",
+            Request::SetAttributes { .. } => "set-attributes",
+            Request::CopyObject { .. } => "copy-object",
+            Request::DestroyObject { .. } => "destroy-object",
+            Request::Sign { .. } => "sign",
+            Request::Verify { .. } => "verify",
+            Request::Encrypt { .. } => "encrypt",
+            Request::Decrypt { .. } => "decrypt",
+            Request::WrapKey { .. } => "wrap-key",
+            Request::UnwrapKey { .. } => "unwrap-key",
+            Request::DeriveKey { .. } => "derive-key",
+            Request::GenerateRandom { .. } => "generate-random",
+            Request::Digest { .. } => "digest",
+        }
+    }
+}
+
+/// One attribute in a `GetAttributes` answer, with PKCS#11's per-attribute outcomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttrResult {
+    Value(AttrValue),
+    /// The attribute exists but is sensitive or unextractable.
+    Sensitive,
+    /// The object has no such attribute.
+    Invalid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub name: String,
+    pub serial: u64,
+    pub activated: bool,
+    pub object_count: u64,
+    pub pin_locked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Pong,
+    Partitions(Vec<PartitionInfo>),
+    Done,
+    Object(Ouid),
+    KeyPair { public: Ouid, private: Ouid },
+    Objects(Vec<Ouid>),
+    Attributes(Vec<(AttrType, AttrResult)>),
+    Bytes(Vec<u8>),
+    Verified,
+}

@@ -1,1 +1,69 @@
-fn main() {}
+//! `hahsm`, the operator CLI. It replaces the appliance shell (`hahsm appliance`,
+//! over the member's local admin socket), `vtl` (`hahsm client`) and `cmu`
+//! (`hahsm keys`, over the mutual-TLS link).
+//!
+//! Exit codes: 0 success, 1 the command failed (the member refused it or could
+//! not be reached), 2 the command line was wrong.
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod appliance_cmd;
+mod client_cmd;
+mod keys_cmd;
+
+#[derive(Parser)]
+#[command(name = "hahsm", version, about = "Operate a hahsm cluster of network HSMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Administer one member over its local admin socket (the appliance console).
+    Appliance(appliance_cmd::ApplianceArgs),
+    /// The client side: certificates, trusted servers and the client config.
+    Client(client_cmd::ClientArgs),
+    /// Manage and use keys on a member, over the mutual-TLS link.
+    Keys(keys_cmd::KeysArgs),
+}
+
+/// Where the client config is: `--conf`, `HAHSM_CONF`, or `~/.hahsm/client.toml`.
+#[derive(clap::Args, Clone)]
+pub struct ConfArg {
+    /// The client config file [env: HAHSM_CONF; default: ~/.hahsm/client.toml]
+    #[arg(long, global = true)]
+    pub conf: Option<PathBuf>,
+}
+
+impl ConfArg {
+    pub fn path(&self) -> PathBuf {
+        self.conf.clone().unwrap_or_else(hahsm_client::ClientConfig::default_path)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hahsm: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Appliance(a) => appliance_cmd::run(a).await,
+            Command::Client(c) => client_cmd::run(c).await,
+            Command::Keys(k) => keys_cmd::run(k).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hahsm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

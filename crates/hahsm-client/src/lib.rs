@@ -1,1 +1,12 @@
+//! The client side of hahsm, shared by the `hahsm` CLI and the PKCS#11 module:
+//! the client configuration, a multiplexed connection to a member, the admin
+//! socket client, and the secret files.
+#![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
+pub mod connection;
+pub mod secrets;
+
+pub use config::{ClientConfig, ServerEntry};
+pub use connection::{ClientError, MemberConnection};

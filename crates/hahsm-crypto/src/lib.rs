@@ -1,1 +1,286 @@
+//! Every cryptographic operation of the hahsm daemon, on aws-lc-rs.
+//!
+//! - Key generation and import ([`generate_rsa`], [`import_private_key_pem`], …)
+//!   produce a [`KeyPair`]: the public half in PKCS#11 form and the private key
+//!   as normalized PKCS#8 inside [`SecretBytes`].
+//! - The daemon decrypts a key from its store and turns it into a
+//!   [`LoadedKey`] once; [`sign`], [`verify`], [`encrypt`], [`decrypt`],
+//!   [`wrap`], [`unwrap`] and [`ecdh_derive`] then run PKCS#11 mechanisms on it
+//!   from any thread without parsing it again.
+//! - [`SealKey`] seals data at rest and in replication (AES-256-GCM), and
+//!   [`hkdf_sha256`], [`hmac_sha256`], [`pin_verifier`] serve the daemon's own
+//!   key hierarchy and login.
+//!
+//! Errors are [`TokenError`]s that map straight to `CKR_*` codes. No input
+//! makes this crate panic, secrets are wiped when dropped, and neither `Debug`
+//! output nor error messages ever contain key material.
+//!
+//! This crate has no `unsafe` code. The few operations aws-lc-rs's safe API
+//! does not cover (raw RSA, prehashed PSS and ECDSA, OAEP with mixed hashes,
+//! non-96-bit GCM IVs, AES-192 key wrap) come from `hahsm-awslc-ffi`, the one
+//! crate where `unsafe` is allowed.
+#![forbid(unsafe_code)]
 
+mod der;
+mod keys;
+mod loaded;
+mod mech;
+mod seal;
+
+pub use hahsm_token::{ck, TokenError, TokenResult};
+pub use keys::{
+    ec_point_from_attribute, ec_private_from_scalar, ed25519_private_from_seed, generate_ec,
+    generate_ed25519, generate_rsa, import_private_key_der, import_private_key_pem,
+    is_ed25519_params, rsa_private_from_components, Curve, KeyPair, PublicKey, ED25519_EC_PARAMS,
+};
+pub use loaded::{KeyMaterial, LoadedKey};
+pub use mech::{decrypt, ecdh_derive, encrypt, output_len, sign, unwrap, verify, wrap};
+pub use seal::SealKey;
+
+use aws_lc_rs::{digest as awsdigest, hkdf, hmac, pbkdf2, rand};
+use std::fmt;
+use std::num::NonZeroU32;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// Secret bytes, wiped when dropped. `Debug` prints only the length. Cloning
+/// is allowed and the clone is wiped on drop too.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        SecretBytes(bytes)
+    }
+
+    /// Takes the buffer out of a `Zeroizing` without copying it.
+    pub(crate) fn from_zeroizing(mut z: Zeroizing<Vec<u8>>) -> Self {
+        SecretBytes(std::mem::take(&mut *z))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes({} bytes)", self.0.len())
+    }
+}
+
+/// Constant-time comparison.
+impl PartialEq for SecretBytes {
+    fn eq(&self, other: &Self) -> bool {
+        ct_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SecretBytes {}
+
+/// The most [`random`] hands out in one call.
+pub const MAX_RANDOM_LEN: usize = 1 << 20;
+
+/// The longest secret key [`generate_secret`] makes (PKCS#11's generic
+/// secret limit in hahsm's mechanism table).
+pub const MAX_SECRET_LEN: usize = 512;
+
+/// Random bytes from AWS-LC's DRBG. At most [`MAX_RANDOM_LEN`]
+/// (`DataLenRange` beyond).
+pub fn random(len: usize) -> TokenResult<Vec<u8>> {
+    if len > MAX_RANDOM_LEN {
+        return Err(TokenError::DataLenRange);
+    }
+    let mut out = vec![0u8; len];
+    rand::fill(&mut out)
+        .map_err(|_| TokenError::DeviceError("the random generator failed".into()))?;
+    Ok(out)
+}
+
+/// A fresh random secret key of 1 to [`MAX_SECRET_LEN`] bytes.
+pub fn generate_secret(len_bytes: usize) -> TokenResult<SecretBytes> {
+    if len_bytes == 0 || len_bytes > MAX_SECRET_LEN {
+        return Err(TokenError::KeySizeRange(format!(
+            "secret keys are 1 to {MAX_SECRET_LEN} bytes"
+        )));
+    }
+    let mut out = SecretBytes::new(vec![0u8; len_bytes]);
+    rand::fill(&mut out.0)
+        .map_err(|_| TokenError::DeviceError("the random generator failed".into()))?;
+    Ok(out)
+}
+
+/// `C_Digest`: `CKM_SHA_1`, `CKM_SHA224`, `CKM_SHA256`, `CKM_SHA384`, `CKM_SHA512`.
+pub fn digest(mech: u64, data: &[u8]) -> TokenResult<Vec<u8>> {
+    let h = mech::hash_from_ckm(mech).ok_or(TokenError::MechanismInvalid(mech))?;
+    Ok(awsdigest::digest(mech::digest_algorithm(h), data)
+        .as_ref()
+        .to_vec())
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(awsdigest::digest(&awsdigest::SHA256, data).as_ref());
+    out
+}
+
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(hmac::sign(&k, data).as_ref());
+    out
+}
+
+/// Constant-time equality (lengths are not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// HKDF-SHA256 (RFC 5869) over the concatenation of `ikm`. `out_len` is 1 to
+/// 8160 bytes (255 hash outputs).
+pub fn hkdf_sha256(
+    ikm: &[&[u8]],
+    salt: &[u8],
+    info: &[u8],
+    out_len: usize,
+) -> TokenResult<SecretBytes> {
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    if out_len == 0 || out_len > 255 * 32 {
+        return Err(TokenError::ArgumentsBad(
+            "HKDF output must be 1 to 8160 bytes".into(),
+        ));
+    }
+    let total = ikm.iter().map(|p| p.len()).sum();
+    let mut joined = Zeroizing::new(Vec::with_capacity(total));
+    for part in ikm {
+        joined.extend_from_slice(part);
+    }
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(&joined);
+    let info = [info];
+    let okm = prk
+        .expand(&info, Len(out_len))
+        .map_err(|_| TokenError::FunctionFailed("HKDF failed".into()))?;
+    let mut out = SecretBytes::new(vec![0u8; out_len]);
+    okm.fill(&mut out.0)
+        .map_err(|_| TokenError::FunctionFailed("HKDF failed".into()))?;
+    Ok(out)
+}
+
+/// PBKDF2-HMAC-SHA256 iterations for [`pin_verifier`].
+pub const PIN_KDF_ITERATIONS: u32 = 20_000;
+
+/// What the daemon stores to check a PIN: PBKDF2-HMAC-SHA256(pin, salt,
+/// [`PIN_KDF_ITERATIONS`]), 32 bytes. Compare with [`ct_eq`].
+pub fn pin_verifier(pin: &[u8], salt: &[u8]) -> [u8; 32] {
+    let iterations = NonZeroU32::MIN.saturating_add(PIN_KDF_ITERATIONS - 1);
+    let mut out = [0u8; 32];
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, pin, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_abc() {
+        let want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(hex::encode(sha256(b"abc")), want);
+        assert_eq!(hex::encode(digest(ck::CKM_SHA256, b"abc").unwrap()), want);
+        assert_eq!(
+            hex::encode(digest(ck::CKM_SHA_1, b"abc").unwrap()),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+        assert_eq!(
+            hex::encode(digest(ck::CKM_SHA224, b"abc").unwrap()),
+            "23097d223405d8228642a477bda255b32aadbce4bda0b3f7e36c9da7"
+        );
+        assert_eq!(
+            hex::encode(digest(ck::CKM_SHA384, b"abc").unwrap()),
+            "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7"
+        );
+        assert_eq!(
+            hex::encode(digest(ck::CKM_SHA512, b"abc").unwrap()),
+            "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
+        );
+        assert_eq!(
+            digest(ck::CKM_MD5, b"abc"),
+            Err(TokenError::MechanismInvalid(ck::CKM_MD5))
+        );
+    }
+
+    #[test]
+    fn secret_bytes_debug_shows_length_only() {
+        let s = SecretBytes::new(vec![0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(format!("{s:?}"), "SecretBytes(4 bytes)");
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.clone(), s);
+        assert_ne!(SecretBytes::new(vec![1]), s);
+    }
+
+    #[test]
+    fn random_limits() {
+        assert_eq!(random(0).unwrap().len(), 0);
+        assert_eq!(random(33).unwrap().len(), 33);
+        assert_ne!(random(32).unwrap(), random(32).unwrap());
+        assert_eq!(random(MAX_RANDOM_LEN + 1), Err(TokenError::DataLenRange));
+        assert_eq!(generate_secret(32).unwrap().len(), 32);
+        assert!(matches!(
+            generate_secret(0),
+            Err(TokenError::KeySizeRange(_))
+        ));
+    }
+
+    #[test]
+    fn hmac_rfc4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn hkdf_rfc5869_case_1_split_ikm() {
+        let ikm = [0x0bu8; 22];
+        let salt = hex::decode("000102030405060708090a0b0c").unwrap();
+        let info = hex::decode("f0f1f2f3f4f5f6f7f8f9").unwrap();
+        let okm = hkdf_sha256(&[&ikm[..10], &ikm[10..]], &salt, &info, 42).unwrap();
+        assert_eq!(
+            hex::encode(okm.expose()),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+        );
+        assert!(hkdf_sha256(&[&ikm], &salt, &info, 0).is_err());
+        assert!(hkdf_sha256(&[&ikm], &salt, &info, 8161).is_err());
+    }
+
+    #[test]
+    fn pin_verifier_is_pbkdf2_sha256_20000() {
+        // Independent check: PBKDF2 written out with HMAC-SHA256 (one block).
+        let (pin, salt) = (b"1234".as_slice(), b"salty".as_slice());
+        let mut u = hmac_sha256(pin, &[salt, &1u32.to_be_bytes()].concat());
+        let mut t = u;
+        for _ in 1..PIN_KDF_ITERATIONS {
+            u = hmac_sha256(pin, &u);
+            for (a, b) in t.iter_mut().zip(u.iter()) {
+                *a ^= b;
+            }
+        }
+        assert_eq!(pin_verifier(pin, salt), t);
+        assert_ne!(pin_verifier(b"1235", salt), t);
+        assert!(ct_eq(&t, &pin_verifier(pin, salt)));
+        assert!(!ct_eq(&t, &t[..31]));
+    }
+}

@@ -59,6 +59,9 @@ pub enum Request {
     Login { partition: String, user_type: u64, pin: Secret },
     Logout { partition: String },
     CreateObject { partition: String, template: Template, op_id: OpId },
+    /// Imports a private key given as PKCS#8 (or PKCS#1/SEC1) DER, with its
+    /// public half; `template` applies to both objects.
+    ImportKeyPair { partition: String, private_key_der: Secret, template: Template, op_id: OpId },
     GenerateKey { partition: String, mechanism: Mechanism, template: Template, op_id: OpId },
     GenerateKeyPair {
         partition: String,
@@ -99,6 +102,7 @@ impl Request {
             Request::Login { .. } => "login",
             Request::Logout { .. } => "logout",
             Request::CreateObject { .. } => "create-object",
+            Request::ImportKeyPair { .. } => "import-key-pair",
             Request::GenerateKey { .. } => "generate-key",
             Request::GenerateKeyPair { .. } => "generate-key-pair",
             Request::FindObjects { .. } => "find-objects",

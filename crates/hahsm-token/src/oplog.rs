@@ -16,8 +16,9 @@ pub struct Stamp {
 /// in the local log, re-wrapped under the group's replication key on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpBody {
-    /// Create, generate, import, unwrap, copy and derive all end in this.
-    Create { ouid: Ouid, attrs: Template, sealed_secret: Option<Vec<u8>> },
+    /// Create, generate, import, unwrap, copy and derive all end in this. A key
+    /// pair is one operation with two objects, public first.
+    Create { objects: Vec<NewObject> },
     SetAttributes { ouid: Ouid, attrs: Template },
     Destroy { ouid: Ouid },
     ClearPartition,
@@ -32,6 +33,14 @@ impl OpBody {
             OpBody::ClearPartition => "clear-partition",
         }
     }
+}
+
+/// An object as an operation creates it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewObject {
+    pub ouid: Ouid,
+    pub attrs: Template,
+    pub sealed_secret: Option<Vec<u8>>,
 }
 
 /// One entry of a member's durable operation log.

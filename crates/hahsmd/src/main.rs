@@ -1,1 +1,72 @@
-fn main() {}
+//! `hahsmd --config FILE`: runs one appliance member until SIGTERM or SIGINT.
+use clap::Parser;
+use hahsmd::{admin, appliance::Appliance, config::Config, server};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(version, about = "The hahsm appliance daemon (one per HSM member)")]
+struct Args {
+    /// The member's TOML configuration.
+    #[arg(long, short, env = "HAHSMD_CONFIG")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hahsmd: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("hahsmd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let admin_path = config.admin_socket();
+    let listen = config.listen.clone();
+    let app = tokio::task::spawn_blocking(move || Appliance::open(config)).await??;
+    app.tls_acceptor()?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let admin_listener = admin::bind(&admin_path)
+        .map_err(|e| anyhow::anyhow!("cannot bind the admin socket {}: {e}", admin_path.display()))?;
+    // Tests and scripts that listen on port 0 read the real address here.
+    let bound = listener.local_addr()?;
+    std::fs::write(app.config.data_dir.join("listen.addr"), bound.to_string())?;
+    tracing::info!(
+        listen = %bound,
+        admin = %admin_path.display(),
+        serial = app.serial,
+        "hahsmd ready"
+    );
+    tokio::spawn(admin::serve(app.clone(), admin_listener));
+    tokio::spawn(server::serve(app.clone(), listener));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = std::fs::remove_file(&admin_path);
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The multi-process test harness: real `hahsmd` members in temporary
+//! directories, driven by the real `hahsm` CLI and by the client library, with
+//! faults made for real (SIGKILL, SIGSTOP, tampering with files on disk).
+//!
+//! The binaries come from the workspace's target directory (`HAHSM_BIN_DIR`
+//! overrides it); `scripts/test.sh` builds them before the tests run.
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding `hahsmd` and `hahsm`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HAHSM_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // Test executables live in target/<profile>/deps.
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (scripts/test.sh does: cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A command's result, with its output as text for assertions.
+pub struct Run {
+    pub ok: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            ok: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with the whole output when the command failed.
+    #[track_caller]
+    pub fn expect_ok(self) -> Run {
+        assert!(self.ok, "command failed ({:?})\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr);
+        self
+    }
+
+    /// Panics unless the command failed with `needle` in its error output.
+    #[track_caller]
+    pub fn expect_err(self, needle: &str) -> Run {
+        assert!(!self.ok, "command should have failed\nstdout:\n{}", self.stdout);
+        assert!(
+            self.stderr.contains(needle) || self.stdout.contains(needle),
+            "expected '{needle}' in the error\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `hahsm` with the given client config (exported as `HAHSM_CONF`).
+pub fn hahsm(conf: Option<&Path>, args: &[&str]) -> Run {
+    hahsm_env(conf, args, &[])
+}
+
+pub fn hahsm_env(conf: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(bin("hahsm"));
+    cmd.args(args).stdin(Stdio::null());
+    cmd.env_remove("HAHSM_PIN").env_remove("HAHSM_PARTITION").env_remove("HAHSM_CONF");
+    if let Some(c) = conf {
+        cmd.env("HAHSM_CONF", c);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Run::from(cmd.output().expect("hahsm runs"))
+}
+
+/// One `hahsmd` process with its own data directory.
+pub struct Member {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub address: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    /// Writes a config listening on an ephemeral loopback port and starts the daemon.
+    pub fn start(dir: &Path) -> Member {
+        Self::start_with(dir, "")
+    }
+
+    /// Like `start`, with extra TOML lines under `[limits]`.
+    pub fn start_with(dir: &Path, limits: &str) -> Member {
+        std::fs::create_dir_all(dir).expect("member dir");
+        let data = dir.join("data");
+        let config = dir.join("hahsmd.toml");
+        std::fs::write(
+            &config,
+            format!("data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[limits]\n{limits}\n", data.display()),
+        )
+        .expect("config written");
+        let mut m = Member { dir: dir.to_path_buf(), config, address: String::new(), child: None };
+        m.spawn();
+        m
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.data_dir().join("admin.sock")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("hahsmd.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the daemon and waits until its admin socket answers.
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.data_dir().join("listen.addr"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let child = Command::new(bin("hahsmd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("hahsmd starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(self.data_dir().join("listen.addr")) {
+                if self.admin(&["status"]).ok {
+                    self.address = addr.trim().to_string();
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("hahsmd exited during start-up ({status}); log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "hahsmd did not become ready; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Starts the daemon expecting it to refuse to run; returns its exit code and log.
+    pub fn spawn_expect_exit(&mut self) -> (Option<i32>, String) {
+        let out = Command::new(bin("hahsmd")).arg("--config").arg(&self.config).stdin(Stdio::null()).output().expect("hahsmd runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// SIGKILL, as a power cut would: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        self.signal(Signal::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        self.signal(Signal::SIGTERM);
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `hahsm appliance --socket <this member's socket> ARGS…`
+    pub fn admin(&self, args: &[&str]) -> Run {
+        let socket = self.admin_socket();
+        let mut full = vec!["appliance", "--socket", socket.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        hahsm(None, &full)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        let out = self.admin(&["sysconf", "fingerprint"]).expect_ok();
+        out.stdout.trim().trim_start_matches("SHA256 Fingerprint=").to_string()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        // Never leave a daemon behind, even when a test fails; a paused one
+        // must be resumed to die cleanly.
+        self.signal(Signal::SIGCONT);
+        self.kill9();
+    }
+}
+
+/// A member set up as in the report's listings 3.1 and 3.2: HSM initialized,
+/// a partition with a PIN and the activation policies, a client certificate
+/// registered and assigned, and a client config that pins the member.
+pub struct Standalone {
+    pub work: tempfile::TempDir,
+    pub member: Member,
+    pub conf: PathBuf,
+    pub so_secret: PathBuf,
+    pub domain_secret: PathBuf,
+    pub owner_secret: PathBuf,
+    pub partition: String,
+    pub pin: String,
+}
+
+pub const PARTITION: &str = "myPart";
+pub const PIN: &str = "myPwD-1234";
+
+impl Standalone {
+    pub fn new() -> Standalone {
+        Self::with_limits("")
+    }
+
+    pub fn with_limits(limits: &str) -> Standalone {
+        let work = tempfile::tempdir().expect("temp dir");
+        let member = Member::start_with(&work.path().join("testhsm"), limits);
+        let secrets = work.path().join("secrets");
+        std::fs::create_dir_all(&secrets).expect("secrets dir");
+        let so = secrets.join("so.key");
+        let domain = secrets.join("domain.key");
+        let owner = secrets.join("owner.key");
+        let p = |p: &Path| p.to_str().expect("utf-8").to_string();
+        member.admin(&["hsm", "init", "--label", "testhsm", "--so-secret", &p(&so), "--domain-secret", &p(&domain)]).expect_ok();
+        member.admin(&["hsm", "login", "--so-secret", &p(&so)]).expect_ok();
+        for policy in ["7", "16", "20"] {
+            member.admin(&["hsm", "change-policy", "--policy", policy, "--value", "1"]).expect_ok();
+        }
+        member
+            .admin(&["partition", "create", "--partition", PARTITION, "--owner-secret", &p(&owner), "--pin", "initial-pin"])
+            .expect_ok();
+        member
+            .admin(&["partition", "change-pin", "--partition", PARTITION, "--owner-secret", &p(&owner), "--new-pin", PIN])
+            .expect_ok();
+        for policy in ["22", "23"] {
+            member.admin(&["partition", "change-policy", "--partition", PARTITION, "--policy", policy, "--value", "1"]).expect_ok();
+        }
+        member.admin(&["partition", "activate", "--partition", PARTITION, "--owner-secret", &p(&owner)]).expect_ok();
+
+        let client_dir = work.path().join("client");
+        let conf = client_dir.join("client.toml");
+        hahsm(Some(&conf), &["client", "create-cert", "--name", "app1"]).expect_ok();
+        let fp = member.fingerprint();
+        hahsm(Some(&conf), &["client", "add-server", "--name", "testhsm", "--address", &member.address, "--fingerprint", &fp])
+            .expect_ok();
+        let cert = client_dir.join("app1.pem");
+        member.admin(&["client", "register", "--client", "app1", "--hostname", "127.0.0.1", "--cert", &p(&cert)]).expect_ok();
+        member.admin(&["client", "assign-partition", "--client", "app1", "--partition", PARTITION]).expect_ok();
+        Standalone {
+            work,
+            member,
+            conf,
+            so_secret: so,
+            domain_secret: domain,
+            owner_secret: owner,
+            partition: PARTITION.to_string(),
+            pin: PIN.to_string(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// `hahsm keys ARGS…` with this setup's config, partition and PIN.
+    pub fn keys(&self, args: &[&str]) -> Run {
+        let mut full = vec!["keys"];
+        full.extend_from_slice(args);
+        hahsm_env(Some(&self.conf), &full, &[("HAHSM_PIN", &self.pin), ("HAHSM_PARTITION", &self.partition)])
+    }
+
+    pub fn client_config(&self) -> hahsm_client::ClientConfig {
+        hahsm_client::ClientConfig::load(&self.conf).expect("client config")
+    }
+
+    /// A connection through the client library, logged in.
+    pub async fn connect(&self) -> hahsm_client::MemberConnection {
+        let config = self.client_config();
+        let server = config.servers[0].clone();
+        let conn = hahsm_client::MemberConnection::connect(&config, &server).await.expect("connects");
+        conn.call(hahsm_proto::client::Request::Login {
+            partition: self.partition.clone(),
+            user_type: hahsm_proto::client::USER_NORMAL,
+            pin: hahsm_proto::Secret::from(self.pin.as_str()),
+        })
+        .await
+        .expect("logs in");
+        conn
+    }
+}
+
+impl Default for Standalone {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs a command and returns its output; panics if it cannot start.
+pub fn run(program: &str, args: &[&str]) -> Run {
+    Run::from(Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program}: {e}")))
+}

@@ -1,0 +1,151 @@
+//! The admin socket: the operator's console. A Unix socket with mode 0600 in
+//! the member's private data directory; frames as on the client link, without
+//! TLS, one request answered at a time.
+use crate::appliance::Appliance;
+use hahsm_proto::admin::{AdminRequest, AdminResponse, MemberStatus};
+use hahsm_proto::{decode, encode};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+use tracing::{info, warn};
+
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        // A socket left by a killed daemon; nothing listens on it.
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(app: Arc<Appliance>, listener: UnixListener) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let app = app.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = hahsm_link::read_frame(&mut stream, hahsm_proto::DEFAULT_MAX_FRAME).await {
+                let response = match decode::<AdminRequest>(&frame) {
+                    Ok(req) => {
+                        let _guard = app.admin_lock().lock().await;
+                        dispatch(&app, req).await
+                    }
+                    Err(e) => AdminResponse::Error(e.to_string()),
+                };
+                if hahsm_link::write_frame(&mut stream, &encode(&response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+async fn dispatch(app: &Appliance, req: AdminRequest) -> AdminResponse {
+    let name = format!("{req:?}").split([' ', '{', '(']).next().unwrap_or("").to_string();
+    let result = run(app, req).await;
+    match result {
+        Ok(r) => {
+            info!(command = %name, "admin command done");
+            r
+        }
+        Err(e) => {
+            warn!(command = %name, error = %e, "admin command refused");
+            AdminResponse::Error(e.to_string())
+        }
+    }
+}
+
+async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse> {
+    use AdminRequest as R;
+    let done = |m: &str| Ok(AdminResponse::Done(m.to_string()));
+    match req {
+        R::Status => Ok(AdminResponse::Status(MemberStatus {
+            initialized: app.is_initialized(),
+            hsm_label: app.hsm_label(),
+            serial: app.serial,
+            so_logged_in: app.so_logged_in(),
+            listen: app.config.listen.clone(),
+            fingerprint: app.fingerprint().unwrap_or_default(),
+            software_version: crate::SOFTWARE_VERSION.to_string(),
+        })),
+        R::HsmInit { label, so_secret, domain_secret } => {
+            app.hsm_init(&label, &so_secret, &domain_secret)?;
+            done(&format!("HSM '{label}' initialized (serial {})", app.serial))
+        }
+        R::HsmLogin { so_secret } => {
+            app.hsm_login(&so_secret)?;
+            done("SO logged in")
+        }
+        R::HsmLogout => {
+            app.hsm_logout();
+            done("SO logged out")
+        }
+        R::HsmShowPolicies => Ok(AdminResponse::Policies(app.hsm_policy_lines()?)),
+        R::HsmChangePolicy { policy, value } => {
+            app.hsm_change_policy(&policy, value)?;
+            done(&format!("HSM policy {policy} set to {value}"))
+        }
+        R::FactoryReset => {
+            app.factory_reset()?;
+            done("factory reset done: the HSM is uninitialized")
+        }
+        R::RegenCert { common_name, subject_alt_names } => {
+            app.require_so()?;
+            let fp = app.regen_cert(&common_name, &subject_alt_names)?;
+            done(&format!("new server certificate; SHA-256 fingerprint {fp}"))
+        }
+        R::Fingerprint => {
+            app.tls_acceptor()?;
+            Ok(AdminResponse::Fingerprint(app.fingerprint()?))
+        }
+        R::PartitionCreate { name, owner_secret, initial_pin } => {
+            let (serial, pin) = app.partition_create(&name, &owner_secret, initial_pin.as_ref())?;
+            Ok(AdminResponse::PartitionCreated { serial, initial_pin: pin })
+        }
+        R::PartitionChangePin { name, old_pin, owner_secret, new_pin } => {
+            app.partition_change_pin(&name, old_pin.as_ref(), owner_secret.as_ref(), &new_pin)?;
+            done(&format!("PIN of partition '{name}' changed"))
+        }
+        R::PartitionActivate { name, owner_secret } => {
+            app.partition_activate(&name, &owner_secret)?;
+            done(&format!("partition '{name}' activated"))
+        }
+        R::PartitionDeactivate { name } => {
+            app.partition_deactivate(&name)?;
+            done(&format!("partition '{name}' deactivated"))
+        }
+        R::PartitionShowPolicies { name } => Ok(AdminResponse::Policies(app.partition_policies(&name)?)),
+        R::PartitionChangePolicy { name, policy, value } => {
+            app.partition_change_policy(&name, &policy, value)?;
+            done(&format!("partition '{name}' policy {policy} set to {value}"))
+        }
+        R::PartitionShowContents { name } => Ok(AdminResponse::Contents(app.partition_contents(&name)?)),
+        R::PartitionClear { name } => {
+            app.partition_clear(&name).await?;
+            done(&format!("partition '{name}' cleared"))
+        }
+        R::PartitionDelete { name } => {
+            app.partition_delete(&name)?;
+            done(&format!("partition '{name}' deleted"))
+        }
+        R::PartitionList => Ok(AdminResponse::Partitions(app.partition_list()?)),
+        R::ClientRegister { name, hostname, fingerprint } => {
+            app.client_register(&name, &hostname, &fingerprint)?;
+            done(&format!("client '{name}' registered"))
+        }
+        R::ClientRemove { name } => {
+            app.client_remove(&name)?;
+            done(&format!("client '{name}' removed"))
+        }
+        R::ClientList => Ok(AdminResponse::Clients(app.client_list()?)),
+        R::ClientAssignPartition { client, partition } => {
+            app.client_assign(&client, &partition, true)?;
+            done(&format!("partition '{partition}' assigned to client '{client}'"))
+        }
+        R::ClientRevokePartition { client, partition } => {
+            app.client_assign(&client, &partition, false)?;
+            done(&format!("partition '{partition}' revoked from client '{client}'"))
+        }
+    }
+}

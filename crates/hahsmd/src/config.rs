@@ -1,0 +1,93 @@
+//! The daemon's TOML configuration.
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the store, the certificate and the sealed activation file live.
+    pub data_dir: PathBuf,
+    /// The client link's listen address, e.g. "127.0.0.1:1792".
+    pub listen: String,
+    /// The admin socket; `<data_dir>/admin.sock` by default.
+    pub admin_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Limits that keep one client from taking the member down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_frame_bytes: u32,
+    pub max_connections: usize,
+    /// Requests one connection may have in flight at once.
+    pub max_in_flight_per_connection: usize,
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// The longest deadline a request may ask for.
+    pub max_request_deadline_ms: u64,
+    pub max_objects_per_partition: usize,
+    pub max_template_attributes: usize,
+    /// How long `hsm login` lasts on the admin socket.
+    pub so_login_minutes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: hahsm_proto::DEFAULT_MAX_FRAME,
+            max_connections: 1024,
+            max_in_flight_per_connection: 64,
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 300_000,
+            max_request_deadline_ms: 60_000,
+            max_objects_per_partition: 1_000_000,
+            max_template_attributes: 128,
+            so_login_minutes: 15,
+        }
+    }
+}
+
+impl Limits {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin_socket.clone().unwrap_or_else(|| self.data_dir.join("admin.sock"))
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("hahsm.db")
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.data_dir.join("server.pem")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.data_dir.join("server.key")
+    }
+
+    /// The host-local key that seals partition keys for auto-activation.
+    pub fn seal_key_path(&self) -> PathBuf {
+        self.data_dir.join("autoactivate.key")
+    }
+}

@@ -1,0 +1,32 @@
+//! `hahsmd`, the appliance daemon: one per HSM member.
+//!
+//! It keeps the member's encrypted store, performs every cryptographic operation
+//! itself, serves clients over mutual TLS with pinned certificates, and takes the
+//! operator's commands on a local admin socket.
+//!
+//! The pieces:
+//! - [`appliance`]: the member's state: HSM initialisation, the SO login, policies,
+//!   partitions and their activation, registered clients;
+//! - [`partition`]: an activated partition: its master key, its objects in memory,
+//!   and the write path that commits each change with its op-log entry;
+//! - [`keyops`]: one client request against a partition;
+//! - [`server`]: the TLS listener and the multiplexed connection loop;
+//! - [`admin`]: the admin socket.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod appliance;
+pub mod config;
+pub mod keyops;
+pub mod partition;
+pub mod server;
+
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Milliseconds since the Unix epoch, for hybrid logical clocks.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,150 @@
+//! The client link: a TLS listener and, per connection, a reader loop that
+//! runs requests concurrently and a writer task that sends their answers in
+//! completion order. Every request runs under its deadline.
+use crate::appliance::Appliance;
+use crate::keyops::{Connection, KeyOps};
+use hahsm_link::LinkError;
+use hahsm_proto::client::{Hello, MemberInfo, RequestFrame, ResponseFrame, Welcome};
+use hahsm_proto::{decode, encode, WireError, PROTOCOL_VERSION};
+use hahsm_token::TokenError;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn};
+
+pub async fn serve(app: Arc<Appliance>, listener: TcpListener) -> anyhow::Result<()> {
+    let connections = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Running out of file descriptors must not end the listener.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            warn!(%peer, limit = app.config.limits.max_connections, "connection refused: too many connections");
+            drop(tcp);
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(app, tcp).await {
+                debug!(%peer, error = %e, "connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn wire(e: TokenError) -> WireError {
+    WireError::from(e)
+}
+
+async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(), LinkError> {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let limits = app.config.limits.clone();
+    let acceptor = app.tls_acceptor().map_err(|e| LinkError::Config(e.to_string()))?;
+    let (mut stream, fp) = match hahsm_link::accept(tcp, &acceptor, limits.handshake_timeout()).await {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(%peer, error = %e, "TLS handshake failed");
+            return Err(e);
+        }
+    };
+    let Some(client) = app.client(&fp) else {
+        warn!(%peer, fingerprint = %fp, "refused: client certificate not registered");
+        return Ok(());
+    };
+    // The hello must come promptly too: a client that completes TLS and then
+    // stalls holds a connection slot.
+    let hello = tokio::time::timeout(limits.handshake_timeout(), hahsm_link::read_frame(&mut stream, limits.max_frame_bytes))
+        .await
+        .map_err(|_| LinkError::HandshakeTimeout)??;
+    let Some(hello) = hello else { return Ok(()) };
+    let welcome = match decode::<Hello>(&hello) {
+        Ok(h) if h.protocol_version == PROTOCOL_VERSION => {
+            info!(%peer, client = %client.name, software = %h.client_software, "client connected");
+            Welcome::Accepted(MemberInfo {
+                protocol_version: PROTOCOL_VERSION,
+                hsm_label: app.hsm_label(),
+                serial: app.serial,
+                software_version: crate::SOFTWARE_VERSION.to_string(),
+                client_name: client.name.clone(),
+            })
+        }
+        Ok(h) => Welcome::Refused(WireError {
+            code: hahsm_token::ck::CKR_DEVICE_ERROR,
+            message: format!("protocol version {} is not supported; this member speaks {PROTOCOL_VERSION}", h.protocol_version),
+        }),
+        Err(e) => Welcome::Refused(WireError { code: hahsm_token::ck::CKR_DEVICE_ERROR, message: e.to_string() }),
+    };
+    let refused = matches!(welcome, Welcome::Refused(_));
+    hahsm_link::write_frame(&mut stream, &encode(&welcome)).await?;
+    if refused {
+        return Ok(());
+    }
+
+    let conn = Arc::new(Connection::new(fp, client.name.clone()));
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<ResponseFrame>(limits.max_in_flight_per_connection.max(1));
+    let write_task = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if hahsm_link::write_frame(&mut writer, &encode(&frame)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_per_connection.max(1)));
+    loop {
+        let frame = match tokio::time::timeout(limits.idle_timeout(), hahsm_link::read_frame(&mut reader, limits.max_frame_bytes)).await {
+            Err(_) => {
+                debug!(client = %client.name, "closing idle connection");
+                break;
+            }
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                warn!(client = %client.name, error = %e, "bad frame; closing the connection");
+                let _ = tx
+                    .send(ResponseFrame { id: 0, result: Err(wire(TokenError::ArgumentsBad(e.to_string()))) })
+                    .await;
+                break;
+            }
+        };
+        let request = match decode::<RequestFrame>(&frame) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(client = %client.name, error = %e, "malformed request frame; closing the connection");
+                let _ = tx
+                    .send(ResponseFrame { id: 0, result: Err(wire(TokenError::ArgumentsBad(e.to_string()))) })
+                    .await;
+                break;
+            }
+        };
+        // Backpressure: a client with too many requests in flight waits here.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let (app, conn, tx) = (app.clone(), conn.clone(), tx.clone());
+        tokio::spawn(async move {
+            let deadline = Duration::from_millis(u64::from(request.deadline_ms).min(app.config.limits.max_request_deadline_ms));
+            let name = request.request.name();
+            let ops = KeyOps { app: &app, conn: &conn };
+            let result = match tokio::time::timeout(deadline, ops.handle(request.request)).await {
+                Ok(r) => r.map_err(wire),
+                Err(_) => {
+                    warn!(client = %conn.client_name, request = name, "request deadline passed");
+                    Err(wire(TokenError::DeadlineExceeded))
+                }
+            };
+            let _ = tx.send(ResponseFrame { id: request.id, result }).await;
+            drop(permit);
+        });
+    }
+    drop(tx);
+    // Let answers already computed reach the client before closing.
+    let _ = tokio::time::timeout(Duration::from_secs(5), write_task).await;
+    Ok(())
+}

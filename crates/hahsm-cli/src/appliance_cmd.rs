@@ -182,33 +182,59 @@ enum ApplianceClientCommand {
     },
 }
 
-fn read_secret(path: &PathBuf) -> anyhow::Result<Secret> {
+fn read_secret(path: &std::path::Path) -> anyhow::Result<Secret> {
     Ok(secrets::read_secret(path)?)
 }
 
 fn print_policies(lines: &[PolicyLine]) {
-    println!("{:>4}  {:<30} {:<45} {:>5}", "#", "name", "description", "value");
+    println!(
+        "{:>4}  {:<30} {:<45} {:>5}",
+        "#", "name", "description", "value"
+    );
     for l in lines {
-        println!("{:>4}  {:<30} {:<45} {:>5}", l.number, l.name, l.description, l.value);
+        println!(
+            "{:>4}  {:<30} {:<45} {:>5}",
+            l.number, l.name, l.description, l.value
+        );
     }
 }
 
 pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
-    let socket = args.socket.clone().unwrap_or_else(|| args.data_dir.join("admin.sock"));
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("admin.sock"));
     let mut admin = AdminClient::connect(&socket).await?;
     let request = match args.command {
         ApplianceCommand::Status => R::Status,
         ApplianceCommand::Hsm(c) => match c {
-            HsmCommand::Init { label, so_secret, domain_secret } => {
+            HsmCommand::Init {
+                label,
+                so_secret,
+                domain_secret,
+            } => {
                 let (so, so_new) = secrets::read_or_generate(&so_secret)?;
                 let (domain, domain_new) = secrets::read_or_generate(&domain_secret)?;
-                for (new, path, what) in [(so_new, &so_secret, "SO"), (domain_new, &domain_secret, "domain")] {
-                    let verb = if new { "wrote a new" } else { "using the existing" };
+                for (new, path, what) in [
+                    (so_new, &so_secret, "SO"),
+                    (domain_new, &domain_secret, "domain"),
+                ] {
+                    let verb = if new {
+                        "wrote a new"
+                    } else {
+                        "using the existing"
+                    };
                     println!("{verb} {what} secret: {}", path.display());
                 }
-                R::HsmInit { label, so_secret: so, domain_secret: domain }
+                R::HsmInit {
+                    label,
+                    so_secret: so,
+                    domain_secret: domain,
+                }
             }
-            HsmCommand::Login { so_secret } => R::HsmLogin { so_secret: read_secret(&so_secret)? },
+            HsmCommand::Login { so_secret } => R::HsmLogin {
+                so_secret: read_secret(&so_secret)?,
+            },
             HsmCommand::Logout => R::HsmLogout,
             HsmCommand::ShowPolicies => R::HsmShowPolicies,
             HsmCommand::ChangePolicy { policy, value } => R::HsmChangePolicy { policy, value },
@@ -220,28 +246,60 @@ pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
             }
         },
         ApplianceCommand::Partition(c) => match c {
-            PartitionCommand::Create { partition, owner_secret, pin } => {
+            PartitionCommand::Create {
+                partition,
+                owner_secret,
+                pin,
+            } => {
                 let (owner, new) = secrets::read_or_generate(&owner_secret)?;
                 if new {
-                    println!("wrote a new partition-owner secret: {}", owner_secret.display());
+                    println!(
+                        "wrote a new partition-owner secret: {}",
+                        owner_secret.display()
+                    );
                 }
-                R::PartitionCreate { name: partition, owner_secret: owner, initial_pin: pin.map(|p| Secret::from(p.as_str())) }
+                R::PartitionCreate {
+                    name: partition,
+                    owner_secret: owner,
+                    initial_pin: pin.map(|p| Secret::from(p.as_str())),
+                }
             }
-            PartitionCommand::ChangePin { partition, old_pin, owner_secret, new_pin } => R::PartitionChangePin {
+            PartitionCommand::ChangePin {
+                partition,
+                old_pin,
+                owner_secret,
+                new_pin,
+            } => R::PartitionChangePin {
                 name: partition,
                 old_pin: old_pin.map(|p| Secret::from(p.as_str())),
-                owner_secret: owner_secret.as_ref().map(read_secret).transpose()?,
+                owner_secret: owner_secret.as_deref().map(read_secret).transpose()?,
                 new_pin: Secret::from(new_pin.as_str()),
             },
-            PartitionCommand::Activate { partition, owner_secret } => {
-                R::PartitionActivate { name: partition, owner_secret: read_secret(&owner_secret)? }
+            PartitionCommand::Activate {
+                partition,
+                owner_secret,
+            } => R::PartitionActivate {
+                name: partition,
+                owner_secret: read_secret(&owner_secret)?,
+            },
+            PartitionCommand::Deactivate { partition } => {
+                R::PartitionDeactivate { name: partition }
             }
-            PartitionCommand::Deactivate { partition } => R::PartitionDeactivate { name: partition },
-            PartitionCommand::ShowPolicies { partition } => R::PartitionShowPolicies { name: partition },
-            PartitionCommand::ChangePolicy { partition, policy, value } => {
-                R::PartitionChangePolicy { name: partition, policy, value }
+            PartitionCommand::ShowPolicies { partition } => {
+                R::PartitionShowPolicies { name: partition }
             }
-            PartitionCommand::ShowContents { partition } => R::PartitionShowContents { name: partition },
+            PartitionCommand::ChangePolicy {
+                partition,
+                policy,
+                value,
+            } => R::PartitionChangePolicy {
+                name: partition,
+                policy,
+                value,
+            },
+            PartitionCommand::ShowContents { partition } => {
+                R::PartitionShowContents { name: partition }
+            }
             PartitionCommand::Clear { partition, force } => {
                 if !force {
                     bail!("clear destroys every object in '{partition}'; add --force to go ahead");
@@ -257,26 +315,43 @@ pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
             PartitionCommand::List => R::PartitionList,
         },
         ApplianceCommand::Sysconf(c) => match c {
-            SysconfCommand::RegenCert { common_name, sans } => R::RegenCert { common_name, subject_alt_names: sans },
+            SysconfCommand::RegenCert { common_name, sans } => R::RegenCert {
+                common_name,
+                subject_alt_names: sans,
+            },
             SysconfCommand::Fingerprint => R::Fingerprint,
         },
         ApplianceCommand::Client(c) => match c {
-            ApplianceClientCommand::Register { client, hostname, cert, fingerprint } => {
+            ApplianceClientCommand::Register {
+                client,
+                hostname,
+                cert,
+                fingerprint,
+            } => {
                 let fingerprint = match (cert, fingerprint) {
                     (Some(path), _) => {
-                        let der = hahsm_link::load_cert_pem(&path)
-                            .with_context(|| format!("cannot read client certificate {}", path.display()))?;
+                        let der = hahsm_link::load_cert_pem(&path).with_context(|| {
+                            format!("cannot read client certificate {}", path.display())
+                        })?;
                         hahsm_link::Fingerprint::of_der(&der).to_string()
                     }
                     (None, Some(fp)) => fp,
                     (None, None) => bail!("give the client's --cert FILE or --fingerprint"),
                 };
-                R::ClientRegister { name: client, hostname, fingerprint }
+                R::ClientRegister {
+                    name: client,
+                    hostname,
+                    fingerprint,
+                }
             }
             ApplianceClientCommand::Remove { client } => R::ClientRemove { name: client },
             ApplianceClientCommand::List => R::ClientList,
-            ApplianceClientCommand::AssignPartition { client, partition } => R::ClientAssignPartition { client, partition },
-            ApplianceClientCommand::RevokePartition { client, partition } => R::ClientRevokePartition { client, partition },
+            ApplianceClientCommand::AssignPartition { client, partition } => {
+                R::ClientAssignPartition { client, partition }
+            }
+            ApplianceClientCommand::RevokePartition { client, partition } => {
+                R::ClientRevokePartition { client, partition }
+            }
         },
     };
     print_response(admin.call(request).await?);
@@ -287,16 +362,29 @@ fn print_response(response: AdminResponse) {
     match response {
         AdminResponse::Done(msg) => println!("{msg}"),
         AdminResponse::Status(s) => {
-            println!("HSM label:        {}", if s.initialized { s.hsm_label.as_str() } else { "(not initialized)" });
+            println!(
+                "HSM label:        {}",
+                if s.initialized {
+                    s.hsm_label.as_str()
+                } else {
+                    "(not initialized)"
+                }
+            );
             println!("serial:           {}", s.serial);
-            println!("SO logged in:     {}", if s.so_logged_in { "yes" } else { "no" });
+            println!(
+                "SO logged in:     {}",
+                if s.so_logged_in { "yes" } else { "no" }
+            );
             println!("client link:      {}", s.listen);
             println!("fingerprint:      {}", s.fingerprint);
             println!("software version: {}", s.software_version);
         }
         AdminResponse::Policies(lines) => print_policies(&lines),
         AdminResponse::Fingerprint(fp) => println!("SHA256 Fingerprint={fp}"),
-        AdminResponse::PartitionCreated { serial, initial_pin } => {
+        AdminResponse::PartitionCreated {
+            serial,
+            initial_pin,
+        } => {
             println!("partition created, serial {serial}");
             if let Some(pin) = initial_pin {
                 println!("initial PIN: {}", String::from_utf8_lossy(pin.expose()));
@@ -304,7 +392,10 @@ fn print_response(response: AdminResponse) {
             }
         }
         AdminResponse::Partitions(list) => {
-            println!("{:<20} {:>10} {:>10} {:>6} {:>8} {:>8}", "partition", "serial", "activated", "auto", "objects", "locked");
+            println!(
+                "{:<20} {:>10} {:>10} {:>6} {:>8} {:>8}",
+                "partition", "serial", "activated", "auto", "objects", "locked"
+            );
             for p in list {
                 println!(
                     "{:<20} {:>10} {:>10} {:>6} {:>8} {:>8}",
@@ -318,17 +409,38 @@ fn print_response(response: AdminResponse) {
             }
         }
         AdminResponse::Contents(objects) => {
-            println!("{:<32}  {:<12} {:<15} {:<20} {}", "object id", "class", "type", "label", "id");
+            println!(
+                "{:<32}  {:<12} {:<15} {:<20} id",
+                "object id", "class", "type", "label"
+            );
             for o in &objects {
-                println!("{:<32}  {:<12} {:<15} {:<20} {}", o.ouid, o.class, o.key_type, o.label, o.id_hex);
+                println!(
+                    "{:<32}  {:<12} {:<15} {:<20} {}",
+                    o.ouid, o.class, o.key_type, o.label, o.id_hex
+                );
             }
             println!("{} object(s)", objects.len());
         }
         AdminResponse::Clients(clients) => {
             for c in clients {
-                println!("client {} (host {})", c.name, if c.hostname.is_empty() { "-" } else { &c.hostname });
+                println!(
+                    "client {} (host {})",
+                    c.name,
+                    if c.hostname.is_empty() {
+                        "-"
+                    } else {
+                        &c.hostname
+                    }
+                );
                 println!("  fingerprint: {}", c.fingerprint);
-                println!("  partitions:  {}", if c.partitions.is_empty() { "-".into() } else { c.partitions.join(", ") });
+                println!(
+                    "  partitions:  {}",
+                    if c.partitions.is_empty() {
+                        "-".into()
+                    } else {
+                        c.partitions.join(", ")
+                    }
+                );
             }
         }
         AdminResponse::Error(msg) => eprintln!("{msg}"),

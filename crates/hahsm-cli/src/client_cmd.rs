@@ -63,11 +63,16 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             };
             let dir = dir.unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             let cert_path = dir.join(format!("{name}.pem"));
             let key_path = dir.join(format!("{name}.key"));
             if cert_path.exists() || key_path.exists() {
-                bail!("{} or {} exists already; remove them first", cert_path.display(), key_path.display());
+                bail!(
+                    "{} or {} exists already; remove them first",
+                    cert_path.display(),
+                    key_path.display()
+                );
             }
             let (cert_pem, key_pem) = hahsm_link::generate_self_signed(&name, &[])?;
             hahsm_link::write_private_file(&key_path, key_pem.as_bytes())?;
@@ -82,15 +87,27 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             println!("client config:      {}", path.display());
             println!("register it on each member: hahsm appliance client register --client {name} --cert {}", cert_path.display());
         }
-        ClientCommand::AddServer { name, address, cert, fingerprint } => {
-            let mut config = ClientConfig::load(&path).context("run `hahsm client create-cert` first")?;
+        ClientCommand::AddServer {
+            name,
+            address,
+            cert,
+            fingerprint,
+        } => {
+            let mut config =
+                ClientConfig::load(&path).context("run `hahsm client create-cert` first")?;
             let fingerprint = match (cert, fingerprint) {
-                (Some(p), _) => hahsm_link::Fingerprint::of_der(&hahsm_link::load_cert_pem(&p)?).to_string(),
+                (Some(p), _) => {
+                    hahsm_link::Fingerprint::of_der(&hahsm_link::load_cert_pem(&p)?).to_string()
+                }
                 (None, Some(f)) => hahsm_link::Fingerprint::parse(&f)?.to_string(),
                 (None, None) => bail!("give the server's --cert FILE or --fingerprint"),
             };
             config.servers.retain(|s| s.name != name);
-            config.servers.push(ServerEntry { name: name.clone(), address, fingerprint: fingerprint.clone() });
+            config.servers.push(ServerEntry {
+                name: name.clone(),
+                address,
+                fingerprint: fingerprint.clone(),
+            });
             config.save(&path)?;
             println!("server '{name}' pinned to {fingerprint}");
         }
@@ -118,7 +135,10 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         ClientCommand::Verify => {
             let config = ClientConfig::load(&path)?;
             if config.servers.is_empty() {
-                bail!("no servers in {}; add one with `hahsm client add-server`", path.display());
+                bail!(
+                    "no servers in {}; add one with `hahsm client add-server`",
+                    path.display()
+                );
             }
             let mut failures = 0;
             for server in &config.servers {
@@ -153,8 +173,15 @@ async fn verify_one(config: &ClientConfig, server: &ServerEntry) -> anyhow::Resu
         Response::Partitions(ps) if ps.is_empty() => lines.push("  no partitions assigned".into()),
         Response::Partitions(ps) => {
             for p in ps {
-                let state = if p.activated { "activated" } else { "NOT activated" };
-                lines.push(format!("  partition {} (serial {}): {state}, {} object(s)", p.name, p.serial, p.object_count));
+                let state = if p.activated {
+                    "activated"
+                } else {
+                    "NOT activated"
+                };
+                lines.push(format!(
+                    "  partition {} (serial {}): {state}, {} object(s)",
+                    p.name, p.serial, p.object_count
+                ));
             }
         }
         other => bail!("unexpected answer {other:?}"),

@@ -204,17 +204,30 @@ fn hex_arg(value: &Option<String>, what: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Builds the mechanism and its parameters from the command line.
 fn mechanism_of(args: &MechArgs) -> anyhow::Result<Mechanism> {
-    let mech = mechanism::by_name(&args.mech).ok_or_else(|| anyhow!("unknown mechanism '{}'", args.mech))?;
+    let mech = mechanism::by_name(&args.mech)
+        .ok_or_else(|| anyhow!("unknown mechanism '{}'", args.mech))?;
     let params = match mech {
         ck::CKM_AES_CBC | ck::CKM_AES_CBC_PAD => MechParams::Iv(hex_arg(&args.iv, "iv")?),
-        ck::CKM_AES_GCM => MechParams::Gcm { iv: hex_arg(&args.iv, "iv")?, aad: hex_arg(&args.aad, "aad")?, tag_bits: 128 },
+        ck::CKM_AES_GCM => MechParams::Gcm {
+            iv: hex_arg(&args.iv, "iv")?,
+            aad: hex_arg(&args.aad, "aad")?,
+            tag_bits: 128,
+        },
         ck::CKM_RSA_PKCS_OAEP => {
             let (hash, mgf, _) = hash_mech(&args.hash)?;
-            MechParams::Oaep { hash, mgf, label: Vec::new() }
+            MechParams::Oaep {
+                hash,
+                mgf,
+                label: Vec::new(),
+            }
         }
         ck::CKM_RSA_PKCS_PSS => {
             let (hash, mgf, len) = hash_mech(&args.hash)?;
-            MechParams::Pss { hash, mgf, salt_len: len }
+            MechParams::Pss {
+                hash,
+                mgf,
+                salt_len: len,
+            }
         }
         ck::CKM_SHA1_RSA_PKCS_PSS
         | ck::CKM_SHA224_RSA_PKCS_PSS
@@ -223,7 +236,11 @@ fn mechanism_of(args: &MechArgs) -> anyhow::Result<Mechanism> {
         | ck::CKM_SHA512_RSA_PKCS_PSS => {
             let name = args.mech.to_ascii_lowercase();
             let (hash, mgf, len) = hash_mech(name.split('-').next().unwrap_or("sha256"))?;
-            MechParams::Pss { hash, mgf, salt_len: len }
+            MechParams::Pss {
+                hash,
+                mgf,
+                salt_len: len,
+            }
         }
         _ => MechParams::None,
     };
@@ -241,28 +258,53 @@ impl Session {
         let config = ClientConfig::load(&path)?;
         let server = config
             .server(args.server.as_deref())
-            .ok_or_else(|| anyhow!("no server {} in {}", args.server.as_deref().unwrap_or("at all"), path.display()))?
+            .ok_or_else(|| {
+                anyhow!(
+                    "no server {} in {}",
+                    args.server.as_deref().unwrap_or("at all"),
+                    path.display()
+                )
+            })?
             .clone();
         let conn = MemberConnection::connect(&config, &server).await?;
         let partition = match &args.partition {
             Some(p) => p.clone(),
             None => match conn.call(Request::ListPartitions).await? {
                 Response::Partitions(ps) if ps.len() == 1 => ps[0].name.clone(),
-                Response::Partitions(ps) if ps.is_empty() => bail!("no partition is assigned to this client"),
-                _ => bail!("several partitions are assigned to this client: choose one with --partition"),
+                Response::Partitions(ps) if ps.is_empty() => {
+                    bail!("no partition is assigned to this client")
+                }
+                _ => bail!(
+                    "several partitions are assigned to this client: choose one with --partition"
+                ),
             },
         };
         if login {
-            let pin = args.pin.clone().ok_or_else(|| anyhow!("this command needs the user PIN: --pin or HAHSM_PIN"))?;
-            conn.call(Request::Login { partition: partition.clone(), user_type: USER_NORMAL, pin: Secret::from(pin.as_str()) })
-                .await
-                .context("login failed")?;
+            let pin = args
+                .pin
+                .clone()
+                .ok_or_else(|| anyhow!("this command needs the user PIN: --pin or HAHSM_PIN"))?;
+            conn.call(Request::Login {
+                partition: partition.clone(),
+                user_type: USER_NORMAL,
+                pin: Secret::from(pin.as_str()),
+            })
+            .await
+            .context("login failed")?;
         }
         Ok(Session { conn, partition })
     }
 
     async fn find(&self, template: Template) -> anyhow::Result<Vec<Ouid>> {
-        match self.conn.call(Request::FindObjects { partition: self.partition.clone(), template, limit: 100_000 }).await? {
+        match self
+            .conn
+            .call(Request::FindObjects {
+                partition: self.partition.clone(),
+                template,
+                limit: 100_000,
+            })
+            .await?
+        {
             Response::Objects(o) => Ok(o),
             other => bail!("unexpected answer {other:?}"),
         }
@@ -278,7 +320,10 @@ impl Session {
             t.set(ck::CKA_LABEL, AttrValue::Bytes(l.as_bytes().to_vec()));
         }
         if let Some(id) = &sel.id {
-            t.set(ck::CKA_ID, AttrValue::Bytes(hex::decode(id).map_err(|_| anyhow!("--id must be hex"))?));
+            t.set(
+                ck::CKA_ID,
+                AttrValue::Bytes(hex::decode(id).map_err(|_| anyhow!("--id must be hex"))?),
+            );
         }
         if t.is_empty() {
             bail!("choose the object with --label, --id or --ouid");
@@ -289,14 +334,24 @@ impl Session {
         let found = self.find(t).await?;
         match found.as_slice() {
             [one] => Ok(*one),
-            [] => bail!("no matching object{}", class.map(|c| format!(" of class {}", hahsm_token::object::class_name(c))).unwrap_or_default()),
+            [] => bail!(
+                "no matching object{}",
+                class
+                    .map(|c| format!(" of class {}", hahsm_token::object::class_name(c)))
+                    .unwrap_or_default()
+            ),
             many => bail!("{} objects match; choose one with --ouid", many.len()),
         }
     }
 
     /// Like `select`, but for a key used by `mech`: a public key for verify and
     /// encrypt with asymmetric mechanisms, a private key for sign and decrypt.
-    async fn select_key(&self, sel: &Selector, mech: u64, private_side: bool) -> anyhow::Result<Ouid> {
+    async fn select_key(
+        &self,
+        sel: &Selector,
+        mech: u64,
+        private_side: bool,
+    ) -> anyhow::Result<Ouid> {
         let class = match mechanism::key_type_for(mech) {
             Some(ck::CKK_AES) | Some(ck::CKK_GENERIC_SECRET) => ck::CKO_SECRET_KEY,
             _ if private_side => ck::CKO_PRIVATE_KEY,
@@ -305,8 +360,20 @@ impl Session {
         self.select(sel, Some(class)).await
     }
 
-    async fn attributes(&self, object: Ouid, types: Vec<u64>) -> anyhow::Result<Vec<(u64, AttrResult)>> {
-        match self.conn.call(Request::GetAttributes { partition: self.partition.clone(), object, types }).await? {
+    async fn attributes(
+        &self,
+        object: Ouid,
+        types: Vec<u64>,
+    ) -> anyhow::Result<Vec<(u64, AttrResult)>> {
+        match self
+            .conn
+            .call(Request::GetAttributes {
+                partition: self.partition.clone(),
+                object,
+                types,
+            })
+            .await?
+        {
             Response::Attributes(a) => Ok(a),
             other => bail!("unexpected answer {other:?}"),
         }
@@ -320,13 +387,20 @@ impl Session {
     }
 }
 
-fn key_templates(spec: &str, label: &str, id: &[u8], extractable: bool) -> anyhow::Result<(Mechanism, Template, Option<Template>)> {
+fn key_templates(
+    spec: &str,
+    label: &str,
+    id: &[u8],
+    extractable: bool,
+) -> anyhow::Result<(Mechanism, Template, Option<Template>)> {
     let (kind, size) = spec.split_once(':').unwrap_or((spec, ""));
     let base = Template::new()
         .with(ck::CKA_TOKEN, AttrValue::Bool(true))
         .with(ck::CKA_LABEL, AttrValue::Bytes(label.as_bytes().to_vec()))
         .with(ck::CKA_ID, AttrValue::Bytes(id.to_vec()));
-    let private = base.clone().with(ck::CKA_EXTRACTABLE, AttrValue::Bool(extractable));
+    let private = base
+        .clone()
+        .with(ck::CKA_EXTRACTABLE, AttrValue::Bool(extractable));
     let bits = |default: u64| -> anyhow::Result<u64> {
         if size.is_empty() {
             Ok(default)
@@ -343,7 +417,9 @@ fn key_templates(spec: &str, label: &str, id: &[u8], extractable: bool) -> anyho
         ),
         "ec" => {
             let params: &[u8] = match size.to_ascii_lowercase().replace('-', "").as_str() {
-                "" | "p256" | "prime256v1" | "secp256r1" => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+                "" | "p256" | "prime256v1" | "secp256r1" => {
+                    &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]
+                }
                 "p384" | "secp384r1" => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
                 "p521" | "secp521r1" => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
                 other => bail!("unknown curve '{other}': use p256, p384 or p521"),
@@ -354,7 +430,11 @@ fn key_templates(spec: &str, label: &str, id: &[u8], extractable: bool) -> anyho
                 Some(private),
             )
         }
-        "ed25519" => (Mechanism::new(ck::CKM_EC_EDWARDS_KEY_PAIR_GEN), base, Some(private)),
+        "ed25519" => (
+            Mechanism::new(ck::CKM_EC_EDWARDS_KEY_PAIR_GEN),
+            base,
+            Some(private),
+        ),
         "aes" => (
             Mechanism::new(ck::CKM_AES_KEY_GEN),
             private.with(ck::CKA_VALUE_LEN, AttrValue::Ulong(bits(256)? / 8)),
@@ -371,7 +451,9 @@ fn key_templates(spec: &str, label: &str, id: &[u8], extractable: bool) -> anyho
 
 /// Parses `name=value` for `set-attr`.
 fn parse_set(item: &str) -> anyhow::Result<(u64, AttrValue)> {
-    let (name, value) = item.split_once('=').ok_or_else(|| anyhow!("--set takes name=value, got '{item}'"))?;
+    let (name, value) = item
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--set takes name=value, got '{item}'"))?;
     let flag = |attr| -> anyhow::Result<(u64, AttrValue)> {
         match value {
             "true" | "1" | "yes" => Ok((attr, AttrValue::Bool(true))),
@@ -381,7 +463,10 @@ fn parse_set(item: &str) -> anyhow::Result<(u64, AttrValue)> {
     };
     match name {
         "label" => Ok((ck::CKA_LABEL, AttrValue::Bytes(value.as_bytes().to_vec()))),
-        "id" => Ok((ck::CKA_ID, AttrValue::Bytes(hex::decode(value).map_err(|_| anyhow!("id takes hex"))?))),
+        "id" => Ok((
+            ck::CKA_ID,
+            AttrValue::Bytes(hex::decode(value).map_err(|_| anyhow!("id takes hex"))?),
+        )),
         "sign" => flag(ck::CKA_SIGN),
         "verify" => flag(ck::CKA_VERIFY),
         "encrypt" => flag(ck::CKA_ENCRYPT),
@@ -438,11 +523,17 @@ fn attr_name(attr: u64) -> String {
 fn show_value(attr: u64, v: &AttrValue) -> String {
     match (attr, v) {
         (ck::CKA_CLASS, AttrValue::Ulong(c)) => hahsm_token::object::class_name(*c).to_string(),
-        (ck::CKA_KEY_TYPE, AttrValue::Ulong(k)) => hahsm_token::object::key_type_name(*k).to_string(),
-        (ck::CKA_LABEL | ck::CKA_UNIQUE_ID, AttrValue::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+        (ck::CKA_KEY_TYPE, AttrValue::Ulong(k)) => {
+            hahsm_token::object::key_type_name(*k).to_string()
+        }
+        (ck::CKA_LABEL | ck::CKA_UNIQUE_ID, AttrValue::Bytes(b)) => {
+            String::from_utf8_lossy(b).into_owned()
+        }
         (_, AttrValue::Bool(b)) => b.to_string(),
         (_, AttrValue::Ulong(u)) => u.to_string(),
-        (_, AttrValue::Bytes(b)) if b.len() > 48 => format!("{}… ({} bytes)", hex::encode(&b[..24]), b.len()),
+        (_, AttrValue::Bytes(b)) if b.len() > 48 => {
+            format!("{}… ({} bytes)", hex::encode(&b[..24]), b.len())
+        }
         (_, AttrValue::Bytes(b)) => hex::encode(b),
         (_, AttrValue::UlongList(l)) => format!("{l:x?}"),
     }
@@ -478,11 +569,19 @@ const SHOWN: &[u64] = &[
 ];
 
 pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
-    let needs_login = !matches!(args.command, KeysCommand::Random { .. } | KeysCommand::Digest { .. });
+    let needs_login = !matches!(
+        args.command,
+        KeysCommand::Random { .. } | KeysCommand::Digest { .. }
+    );
     let s = Session::open(&args, needs_login).await?;
     let partition = s.partition.clone();
     match &args.command {
-        KeysCommand::Gen { key_type, label, id, extractable } => {
+        KeysCommand::Gen {
+            key_type,
+            label,
+            id,
+            extractable,
+        } => {
             let id = hex_arg(id, "id")?;
             let (mechanism, first, private) = key_templates(key_type, label, &id, *extractable)?;
             let request = match private {
@@ -493,7 +592,12 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                     private_template,
                     op_id: new_op_id(),
                 },
-                None => Request::GenerateKey { partition, mechanism, template: first, op_id: new_op_id() },
+                None => Request::GenerateKey {
+                    partition,
+                    mechanism,
+                    template: first,
+                    op_id: new_op_id(),
+                },
             };
             match s.conn.call(request).await? {
                 Response::KeyPair { public, private } => {
@@ -507,14 +611,29 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         }
         KeysCommand::List => {
             let objects = s.find(Template::new()).await?;
-            println!("{:<32}  {:<12} {:<15} {:<24} id", "object id", "class", "type", "label");
+            println!(
+                "{:<32}  {:<12} {:<15} {:<24} id",
+                "object id", "class", "type", "label"
+            );
             for o in &objects {
-                let attrs = s.attributes(*o, vec![ck::CKA_CLASS, ck::CKA_KEY_TYPE, ck::CKA_LABEL, ck::CKA_ID]).await?;
+                let attrs = s
+                    .attributes(
+                        *o,
+                        vec![ck::CKA_CLASS, ck::CKA_KEY_TYPE, ck::CKA_LABEL, ck::CKA_ID],
+                    )
+                    .await?;
                 let get = |a: u64| match attrs.iter().find(|(t, _)| *t == a) {
                     Some((_, AttrResult::Value(v))) => show_value(a, v),
                     _ => "-".into(),
                 };
-                println!("{:<32}  {:<12} {:<15} {:<24} {}", o, get(ck::CKA_CLASS), get(ck::CKA_KEY_TYPE), get(ck::CKA_LABEL), get(ck::CKA_ID));
+                println!(
+                    "{:<32}  {:<12} {:<15} {:<24} {}",
+                    o,
+                    get(ck::CKA_CLASS),
+                    get(ck::CKA_KEY_TYPE),
+                    get(ck::CKA_LABEL),
+                    get(ck::CKA_ID)
+                );
             }
             println!("{} object(s)", objects.len());
         }
@@ -522,7 +641,9 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             let object = s.select(sel, None).await?;
             for (attr, result) in s.attributes(object, SHOWN.to_vec()).await? {
                 match result {
-                    AttrResult::Value(v) => println!("{:<18} {}", attr_name(attr), show_value(attr, &v)),
+                    AttrResult::Value(v) => {
+                        println!("{:<18} {}", attr_name(attr), show_value(attr, &v))
+                    }
                     AttrResult::Sensitive => println!("{:<18} (sensitive)", attr_name(attr)),
                     AttrResult::Invalid => {}
                 }
@@ -535,26 +656,54 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                 let (a, v) = parse_set(item)?;
                 template.set(a, v);
             }
-            s.conn.call(Request::SetAttributes { partition, object, template, op_id: new_op_id() }).await?;
+            s.conn
+                .call(Request::SetAttributes {
+                    partition,
+                    object,
+                    template,
+                    op_id: new_op_id(),
+                })
+                .await?;
             println!("attributes of {object} changed");
         }
         KeysCommand::Delete { sel } => {
             let object = s.select(sel, None).await?;
-            s.conn.call(Request::DestroyObject { partition, object, op_id: new_op_id() }).await?;
+            s.conn
+                .call(Request::DestroyObject {
+                    partition,
+                    object,
+                    op_id: new_op_id(),
+                })
+                .await?;
             println!("destroyed {object}");
         }
         KeysCommand::Import { file, label, id } => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let block = pem::parse(text.as_bytes()).map_err(|e| anyhow!("{} is not PEM: {e}", file.display()))?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let block = pem::parse(text.as_bytes())
+                .map_err(|e| anyhow!("{} is not PEM: {e}", file.display()))?;
             if !block.tag().ends_with("PRIVATE KEY") {
-                bail!("{} holds a '{}', not a private key", file.display(), block.tag());
+                bail!(
+                    "{} holds a '{}', not a private key",
+                    file.display(),
+                    block.tag()
+                );
             }
             let template = Template::new()
                 .with(ck::CKA_TOKEN, AttrValue::Bool(true))
                 .with(ck::CKA_LABEL, AttrValue::Bytes(label.as_bytes().to_vec()))
                 .with(ck::CKA_ID, AttrValue::Bytes(hex_arg(id, "id")?));
             let der = Secret::new(block.into_contents());
-            match s.conn.call(Request::ImportKeyPair { partition, private_key_der: der, template, op_id: new_op_id() }).await? {
+            match s
+                .conn
+                .call(Request::ImportKeyPair {
+                    partition,
+                    private_key_der: der,
+                    template,
+                    op_id: new_op_id(),
+                })
+                .await?
+            {
                 Response::KeyPair { public, private } => {
                     println!("imported '{label}'");
                     println!("  public key:  {public}");
@@ -565,7 +714,11 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         }
         KeysCommand::Pubkey { sel, out } => {
             let object = s.select(sel, Some(ck::CKO_PUBLIC_KEY)).await?;
-            let spki = match s.attributes(object, vec![ck::CKA_PUBLIC_KEY_INFO]).await?.pop() {
+            let spki = match s
+                .attributes(object, vec![ck::CKA_PUBLIC_KEY_INFO])
+                .await?
+                .pop()
+            {
                 Some((_, AttrResult::Value(AttrValue::Bytes(b)))) => b,
                 _ => bail!("object {object} has no public key info"),
             };
@@ -576,36 +729,83 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             let mechanism = mechanism_of(mech)?;
             let key = s.select_key(sel, mechanism.mech, true).await?;
             let data = read_input(&io.input)?;
-            let sig = s.bytes(Request::Sign { partition, key, mechanism, data }).await?;
+            let sig = s
+                .bytes(Request::Sign {
+                    partition,
+                    key,
+                    mechanism,
+                    data,
+                })
+                .await?;
             write_output(&io.out, &sig)?;
         }
-        KeysCommand::Verify { sel, mech, input, signature } => {
+        KeysCommand::Verify {
+            sel,
+            mech,
+            input,
+            signature,
+        } => {
             let mechanism = mechanism_of(mech)?;
             let key = s.select_key(sel, mechanism.mech, false).await?;
             let data = read_input(input)?;
-            let signature = std::fs::read(signature).with_context(|| format!("cannot read {}", signature.display()))?;
-            s.conn.call(Request::Verify { partition, key, mechanism, data, signature }).await?;
+            let signature = std::fs::read(signature)
+                .with_context(|| format!("cannot read {}", signature.display()))?;
+            s.conn
+                .call(Request::Verify {
+                    partition,
+                    key,
+                    mechanism,
+                    data,
+                    signature,
+                })
+                .await?;
             println!("signature verified");
         }
         KeysCommand::Encrypt { sel, mech, io } => {
             let mechanism = mechanism_of(mech)?;
             let key = s.select_key(sel, mechanism.mech, false).await?;
             let data = read_input(&io.input)?;
-            write_output(&io.out, &s.bytes(Request::Encrypt { partition, key, mechanism, data }).await?)?;
+            write_output(
+                &io.out,
+                &s.bytes(Request::Encrypt {
+                    partition,
+                    key,
+                    mechanism,
+                    data,
+                })
+                .await?,
+            )?;
         }
         KeysCommand::Decrypt { sel, mech, io } => {
             let mechanism = mechanism_of(mech)?;
             let key = s.select_key(sel, mechanism.mech, true).await?;
             let data = read_input(&io.input)?;
-            write_output(&io.out, &s.bytes(Request::Decrypt { partition, key, mechanism, data }).await?)?;
+            write_output(
+                &io.out,
+                &s.bytes(Request::Decrypt {
+                    partition,
+                    key,
+                    mechanism,
+                    data,
+                })
+                .await?,
+            )?;
         }
         KeysCommand::Random { bytes, out } => {
-            write_output(out, &s.bytes(Request::GenerateRandom { len: *bytes }).await?)?;
+            write_output(
+                out,
+                &s.bytes(Request::GenerateRandom { len: *bytes }).await?,
+            )?;
         }
         KeysCommand::Digest { mech, io } => {
             let m = mechanism::by_name(mech).ok_or_else(|| anyhow!("unknown digest '{mech}'"))?;
             let data = read_input(&io.input)?;
-            let digest = s.bytes(Request::Digest { mechanism: Mechanism::new(m), data }).await?;
+            let digest = s
+                .bytes(Request::Digest {
+                    mechanism: Mechanism::new(m),
+                    data,
+                })
+                .await?;
             println!("{}", hex::encode(digest));
         }
     }

@@ -13,7 +13,11 @@ mod client_cmd;
 mod keys_cmd;
 
 #[derive(Parser)]
-#[command(name = "hahsm", version, about = "Operate a hahsm cluster of network HSMs")]
+#[command(
+    name = "hahsm",
+    version,
+    about = "Operate a hahsm cluster of network HSMs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,13 +43,34 @@ pub struct ConfArg {
 
 impl ConfArg {
     pub fn path(&self) -> PathBuf {
-        self.conf.clone().unwrap_or_else(hahsm_client::ClientConfig::default_path)
+        self.conf
+            .clone()
+            .unwrap_or_else(hahsm_client::ClientConfig::default_path)
     }
+}
+
+/// The error and its causes, leaving out a cause whose text the message
+/// already carries (many errors quote their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hahsm: cannot start: {e}");
@@ -62,7 +87,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hahsm: {e:#}");
+            eprintln!("hahsm: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }

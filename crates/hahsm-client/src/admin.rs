@@ -8,7 +8,10 @@ use tokio::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("cannot reach the member's admin socket {path}: {source} (is hahsmd running?)")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("admin socket: {0}")]
     Link(#[from] hahsm_link::LinkError),
     #[error("the member did not answer within {0:?}")]
@@ -31,18 +34,25 @@ impl AdminClient {
     pub async fn connect(path: &Path) -> Result<AdminClient, AdminError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| AdminError::Connect { path: path.to_path_buf(), source })?;
+            .map_err(|source| AdminError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
         // Partition activation decrypts every object, and key generation can
         // be slow: give admin commands a generous deadline.
-        Ok(AdminClient { stream, timeout: Duration::from_secs(120) })
+        Ok(AdminClient {
+            stream,
+            timeout: Duration::from_secs(120),
+        })
     }
 
     pub async fn call(&mut self, req: AdminRequest) -> Result<AdminResponse, AdminError> {
         let fut = async {
             hahsm_link::write_frame(&mut self.stream, &encode(&req)).await?;
-            let frame = hahsm_link::read_frame(&mut self.stream, hahsm_proto::DEFAULT_MAX_FRAME * 16)
-                .await?
-                .ok_or(AdminError::Closed)?;
+            let frame =
+                hahsm_link::read_frame(&mut self.stream, hahsm_proto::DEFAULT_MAX_FRAME * 16)
+                    .await?
+                    .ok_or(AdminError::Closed)?;
             decode::<AdminResponse>(&frame).map_err(|e| AdminError::Decode(e.to_string()))
         };
         match tokio::time::timeout(self.timeout, fut).await {

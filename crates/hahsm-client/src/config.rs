@@ -46,11 +46,17 @@ fn default_connect_ms() -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the client config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the client config {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("cannot write the client config {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no client config: set {ENV_VAR} or create {0}")]
     NotFound(PathBuf),
 }
@@ -61,7 +67,9 @@ impl ClientConfig {
         if let Some(p) = std::env::var_os(ENV_VAR) {
             return PathBuf::from(p);
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
         home.join(".hahsm").join("client.toml")
     }
 
@@ -70,7 +78,10 @@ impl ClientConfig {
             if source.kind() == std::io::ErrorKind::NotFound {
                 ConfigError::NotFound(path.to_path_buf())
             } else {
-                ConfigError::Read { path: path.to_path_buf(), source }
+                ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
         })?;
         Self::parse(&text, path)
@@ -79,7 +90,10 @@ impl ClientConfig {
     /// Parses and checks a config; `origin` names it in errors and anchors
     /// relative paths.
     pub fn parse(text: &str, origin: &Path) -> Result<ClientConfig, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: origin.to_path_buf(), message };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            message,
+        };
         let mut config: ClientConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let base = origin.parent().unwrap_or(Path::new("."));
         for p in [&mut config.cert, &mut config.key] {
@@ -91,7 +105,10 @@ impl ClientConfig {
             hahsm_link::Fingerprint::parse(&s.fingerprint)
                 .map_err(|e| invalid(format!("server '{}': bad fingerprint: {e}", s.name)))?;
             if s.address.rsplit_once(':').is_none() {
-                return Err(invalid(format!("server '{}': address must be host:port", s.name)));
+                return Err(invalid(format!(
+                    "server '{}': address must be host:port",
+                    s.name
+                )));
             }
         }
         if config.request_timeout_ms == 0 {
@@ -106,9 +123,15 @@ impl ClientConfig {
             message: e.to_string(),
         })?;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write { path: path.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
-        std::fs::write(path, text).map_err(|source| ConfigError::Write { path: path.to_path_buf(), source })
+        std::fs::write(path, text).map_err(|source| ConfigError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     pub fn server(&self, name: Option<&str>) -> Option<&ServerEntry> {
@@ -148,10 +171,14 @@ mod tests {
     #[test]
     fn a_bad_fingerprint_or_unknown_key_is_a_clear_error() {
         let bad_fp = "cert = \"c\"\nkey = \"k\"\n[[server]]\nname = \"a\"\naddress = \"h:1\"\nfingerprint = \"zz\"\n";
-        let e = ClientConfig::parse(bad_fp, Path::new("x.toml")).unwrap_err().to_string();
+        let e = ClientConfig::parse(bad_fp, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("server 'a': bad fingerprint"), "{e}");
         let unknown = "cert = \"c\"\nkey = \"k\"\nbogus = 1\n";
-        let e = ClientConfig::parse(unknown, Path::new("x.toml")).unwrap_err().to_string();
+        let e = ClientConfig::parse(unknown, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
     }
 }

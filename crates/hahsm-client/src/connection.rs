@@ -3,7 +3,9 @@
 //! matched to its answer by request id and bounded by its own deadline.
 use crate::config::{ClientConfig, ServerEntry};
 use hahsm_link::{Fingerprint, LinkError};
-use hahsm_proto::client::{Hello, MemberInfo, Request, RequestFrame, Response, ResponseFrame, Welcome};
+use hahsm_proto::client::{
+    Hello, MemberInfo, Request, RequestFrame, Response, ResponseFrame, Welcome,
+};
 use hahsm_proto::{decode, encode, WireError, PROTOCOL_VERSION};
 use hahsm_token::ck;
 use std::collections::HashMap;
@@ -36,8 +38,13 @@ impl ClientError {
         match self {
             ClientError::Remote(e) => e.code,
             ClientError::Disconnected { .. } => ck::CKR_DEVICE_REMOVED,
-            ClientError::Link { source: LinkError::ClientNotRegistered, .. } => ck::CKR_TOKEN_NOT_RECOGNIZED,
-            ClientError::Link { .. } | ClientError::Timeout { .. } | ClientError::Protocol { .. } => ck::CKR_DEVICE_ERROR,
+            ClientError::Link {
+                source: LinkError::ClientNotRegistered,
+                ..
+            } => ck::CKR_TOKEN_NOT_RECOGNIZED,
+            ClientError::Link { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::Protocol { .. } => ck::CKR_DEVICE_ERROR,
             ClientError::Config(_) => ck::CKR_GENERAL_ERROR,
         }
     }
@@ -63,25 +70,51 @@ pub struct MemberConnection {
 
 impl MemberConnection {
     /// Connects to one configured server and completes the hello exchange.
-    pub async fn connect(config: &ClientConfig, server: &ServerEntry) -> Result<MemberConnection, ClientError> {
-        let link = |source| ClientError::Link { server: server.name.clone(), source };
+    pub async fn connect(
+        config: &ClientConfig,
+        server: &ServerEntry,
+    ) -> Result<MemberConnection, ClientError> {
+        let link = |source| ClientError::Link {
+            server: server.name.clone(),
+            source,
+        };
         let identity = hahsm_link::load_identity(&config.cert, &config.key).map_err(link)?;
         let pinned = Fingerprint::parse(&server.fingerprint).map_err(link)?;
         let tls = hahsm_link::client_config(identity, pinned).map_err(link)?;
-        let mut stream = hahsm_link::connect(&server.address, tls, config.connect_timeout(), config.handshake_timeout())
+        let mut stream = hahsm_link::connect(
+            &server.address,
+            tls,
+            config.connect_timeout(),
+            config.handshake_timeout(),
+        )
+        .await
+        .map_err(link)?;
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_software: format!("hahsm-client {}", env!("CARGO_PKG_VERSION")),
+        };
+        hahsm_link::write_frame(&mut stream, &encode(&hello))
             .await
             .map_err(link)?;
-        let hello = Hello { protocol_version: PROTOCOL_VERSION, client_software: format!("hahsm-client {}", env!("CARGO_PKG_VERSION")) };
-        hahsm_link::write_frame(&mut stream, &encode(&hello)).await.map_err(link)?;
-        let answer = tokio::time::timeout(config.handshake_timeout(), hahsm_link::read_frame(&mut stream, hahsm_proto::DEFAULT_MAX_FRAME))
-            .await
-            .map_err(|_| link(LinkError::HandshakeTimeout))?
-            .map_err(link)?
-            .ok_or_else(|| ClientError::Disconnected { server: server.name.clone() })?;
+        let answer = tokio::time::timeout(
+            config.handshake_timeout(),
+            hahsm_link::read_frame(&mut stream, hahsm_proto::DEFAULT_MAX_FRAME),
+        )
+        .await
+        .map_err(|_| link(LinkError::HandshakeTimeout))?
+        .map_err(link)?
+        .ok_or_else(|| ClientError::Disconnected {
+            server: server.name.clone(),
+        })?;
         let info = match decode::<Welcome>(&answer) {
             Ok(Welcome::Accepted(info)) => info,
             Ok(Welcome::Refused(e)) => return Err(ClientError::Remote(e)),
-            Err(e) => return Err(ClientError::Protocol { server: server.name.clone(), message: e.to_string() }),
+            Err(e) => {
+                return Err(ClientError::Protocol {
+                    server: server.name.clone(),
+                    message: e.to_string(),
+                })
+            }
         };
 
         let (mut reader, mut writer) = tokio::io::split(stream);
@@ -101,8 +134,13 @@ impl MemberConnection {
         let reader_closed = closed.clone();
         tokio::spawn(async move {
             while let Ok(Some(frame)) = hahsm_link::read_frame(&mut reader, u32::MAX >> 4).await {
-                let Ok(ResponseFrame { id, result }) = decode::<ResponseFrame>(&frame) else { break };
-                let waiter = reader_pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                let Ok(ResponseFrame { id, result }) = decode::<ResponseFrame>(&frame) else {
+                    break;
+                };
+                let waiter = reader_pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
                 if let Some(w) = waiter {
                     let _ = w.send(result);
                 } else if id == 0 {
@@ -112,7 +150,10 @@ impl MemberConnection {
             }
             reader_closed.store(true, Ordering::SeqCst);
             // Wake every caller still waiting: their answers will not come.
-            reader_pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            reader_pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
         });
         Ok(MemberConnection {
             server: server.name.clone(),
@@ -143,25 +184,51 @@ impl MemberConnection {
         self.call_with_deadline(request, self.request_timeout).await
     }
 
-    pub async fn call_with_deadline(&self, request: Request, deadline: Duration) -> Result<Response, ClientError> {
+    pub async fn call_with_deadline(
+        &self,
+        request: Request,
+        deadline: Duration,
+    ) -> Result<Response, ClientError> {
         if self.is_closed() {
-            return Err(ClientError::Disconnected { server: self.server.clone() });
+            return Err(ClientError::Disconnected {
+                server: self.server.clone(),
+            });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        let frame = RequestFrame { id, deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32, request };
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let frame = RequestFrame {
+            id,
+            deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
+            request,
+        };
         if self.outgoing.send(encode(&frame)).await.is_err() {
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            return Err(ClientError::Disconnected { server: self.server.clone() });
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(ClientError::Disconnected {
+                server: self.server.clone(),
+            });
         }
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(remote))) => Err(ClientError::Remote(remote)),
-            Ok(Err(_)) => Err(ClientError::Disconnected { server: self.server.clone() }),
+            Ok(Err(_)) => Err(ClientError::Disconnected {
+                server: self.server.clone(),
+            }),
             Err(_) => {
-                self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                Err(ClientError::Timeout { server: self.server.clone(), ms: deadline.as_millis() as u64 })
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                Err(ClientError::Timeout {
+                    server: self.server.clone(),
+                    ms: deadline.as_millis() as u64,
+                })
             }
         }
     }
@@ -174,7 +241,10 @@ pub fn new_op_id() -> [u8; 16] {
     // merge two writes' retries, so fall back to the clock and a counter.
     if aws_lc_rs::rand::fill(&mut id).is_err() {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         id[..8].copy_from_slice(&(t as u64).to_le_bytes());
         id[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     }

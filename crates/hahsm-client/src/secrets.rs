@@ -10,13 +10,19 @@ pub const SECRET_BYTES: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {
     #[error("cannot read secret file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("secret file {0} does not hold a 256-bit secret (64 hex digits)")]
     Malformed(String),
     #[error("secret file {path} is readable by others (mode {mode:o}); run chmod 600 on it")]
     Permissions { path: String, mode: u32 },
     #[error("cannot write secret file {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the system random generator failed")]
     Random,
 }
@@ -25,12 +31,18 @@ pub enum SecretFileError {
 pub fn read_secret(path: &Path) -> Result<Secret, SecretFileError> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| SecretFileError::Read { path: shown.clone(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| SecretFileError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(SecretFileError::Permissions { path: shown, mode });
     }
-    let mut text = std::fs::read_to_string(path).map_err(|source| SecretFileError::Read { path: shown.clone(), source })?;
+    let mut text = std::fs::read_to_string(path).map_err(|source| SecretFileError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     let decoded = hex::decode(text.trim());
     text.zeroize();
     match decoded {
@@ -63,7 +75,10 @@ pub fn generate_secret_file(path: &Path) -> Result<Secret, SecretFileError> {
             f.sync_all()
         });
     text.zeroize();
-    result.map_err(|source| SecretFileError::Write { path: shown, source })?;
+    result.map_err(|source| SecretFileError::Write {
+        path: shown,
+        source,
+    })?;
     Ok(secret)
 }
 
@@ -87,7 +102,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("so.key");
         let written = generate_secret_file(&path).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(read_secret(&path).unwrap(), written);
         assert!(generate_secret_file(&path).is_err(), "must not overwrite");
     }
@@ -98,9 +116,15 @@ mod tests {
         let path = dir.path().join("s");
         generate_secret_file(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(read_secret(&path), Err(SecretFileError::Permissions { .. })));
+        assert!(matches!(
+            read_secret(&path),
+            Err(SecretFileError::Permissions { .. })
+        ));
         std::fs::write(&path, "abcd\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(read_secret(&path), Err(SecretFileError::Malformed(_))));
+        assert!(matches!(
+            read_secret(&path),
+            Err(SecretFileError::Malformed(_))
+        ));
     }
 }

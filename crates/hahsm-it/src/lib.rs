@@ -17,7 +17,10 @@ pub fn bin_dir() -> PathBuf {
     }
     // Test executables live in target/<profile>/deps.
     let exe = std::env::current_exe().expect("the test knows its own path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -51,14 +54,22 @@ impl Run {
     /// Panics with the whole output when the command failed.
     #[track_caller]
     pub fn expect_ok(self) -> Run {
-        assert!(self.ok, "command failed ({:?})\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr);
+        assert!(
+            self.ok,
+            "command failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
         self
     }
 
     /// Panics unless the command failed with `needle` in its error output.
     #[track_caller]
     pub fn expect_err(self, needle: &str) -> Run {
-        assert!(!self.ok, "command should have failed\nstdout:\n{}", self.stdout);
+        assert!(
+            !self.ok,
+            "command should have failed\nstdout:\n{}",
+            self.stdout
+        );
         assert!(
             self.stderr.contains(needle) || self.stdout.contains(needle),
             "expected '{needle}' in the error\nstdout:\n{}\nstderr:\n{}",
@@ -77,7 +88,9 @@ pub fn hahsm(conf: Option<&Path>, args: &[&str]) -> Run {
 pub fn hahsm_env(conf: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(bin("hahsm"));
     cmd.args(args).stdin(Stdio::null());
-    cmd.env_remove("HAHSM_PIN").env_remove("HAHSM_PARTITION").env_remove("HAHSM_CONF");
+    cmd.env_remove("HAHSM_PIN")
+        .env_remove("HAHSM_PARTITION")
+        .env_remove("HAHSM_CONF");
     if let Some(c) = conf {
         cmd.env("HAHSM_CONF", c);
     }
@@ -108,10 +121,18 @@ impl Member {
         let config = dir.join("hahsmd.toml");
         std::fs::write(
             &config,
-            format!("data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[limits]\n{limits}\n", data.display()),
+            format!(
+                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[limits]\n{limits}\n",
+                data.display()
+            ),
         )
         .expect("config written");
-        let mut m = Member { dir: dir.to_path_buf(), config, address: String::new(), child: None };
+        let mut m = Member {
+            dir: dir.to_path_buf(),
+            config,
+            address: String::new(),
+            child: None,
+        };
         m.spawn();
         m
     }
@@ -139,7 +160,11 @@ impl Member {
     /// Starts the daemon and waits until its admin socket answers.
     pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.data_dir().join("listen.addr"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let child = Command::new(bin("hahsmd"))
             .arg("--config")
             .arg(&self.config)
@@ -155,21 +180,51 @@ impl Member {
             if let Ok(addr) = std::fs::read_to_string(self.data_dir().join("listen.addr")) {
                 if self.admin(&["status"]).ok {
                     self.address = addr.trim().to_string();
+                    self.pin_port();
                     return;
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("hahsmd exited during start-up ({status}); log:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "hahsmd exited during start-up ({status}); log:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "hahsmd did not become ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "hahsmd did not become ready; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// A member keeps its address across restarts, as a real appliance does:
+    /// after the first start on port 0, the config names the port it got.
+    fn pin_port(&self) {
+        let text = std::fs::read_to_string(&self.config).unwrap_or_default();
+        if text.contains("127.0.0.1:0\"") {
+            let fixed = text.replace("127.0.0.1:0\"", &format!("{}\"", self.address));
+            std::fs::write(&self.config, fixed).expect("config rewritten");
         }
     }
 
     /// Starts the daemon expecting it to refuse to run; returns its exit code and log.
     pub fn spawn_expect_exit(&mut self) -> (Option<i32>, String) {
-        let out = Command::new(bin("hahsmd")).arg("--config").arg(&self.config).stdin(Stdio::null()).output().expect("hahsmd runs");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new(bin("hahsmd"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .output()
+            .expect("hahsmd runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn signal(&self, sig: Signal) {
@@ -205,14 +260,21 @@ impl Member {
     /// `hahsm appliance --socket <this member's socket> ARGS…`
     pub fn admin(&self, args: &[&str]) -> Run {
         let socket = self.admin_socket();
-        let mut full = vec!["appliance", "--socket", socket.to_str().expect("utf-8 path")];
+        let mut full = vec![
+            "appliance",
+            "--socket",
+            socket.to_str().expect("utf-8 path"),
+        ];
         full.extend_from_slice(args);
         hahsm(None, &full)
     }
 
     pub fn fingerprint(&self) -> String {
         let out = self.admin(&["sysconf", "fingerprint"]).expect_ok();
-        out.stdout.trim().trim_start_matches("SHA256 Fingerprint=").to_string()
+        out.stdout
+            .trim()
+            .trim_start_matches("SHA256 Fingerprint=")
+            .to_string()
     }
 }
 
@@ -256,31 +318,116 @@ impl Standalone {
         let domain = secrets.join("domain.key");
         let owner = secrets.join("owner.key");
         let p = |p: &Path| p.to_str().expect("utf-8").to_string();
-        member.admin(&["hsm", "init", "--label", "testhsm", "--so-secret", &p(&so), "--domain-secret", &p(&domain)]).expect_ok();
-        member.admin(&["hsm", "login", "--so-secret", &p(&so)]).expect_ok();
-        for policy in ["7", "16", "20"] {
-            member.admin(&["hsm", "change-policy", "--policy", policy, "--value", "1"]).expect_ok();
-        }
         member
-            .admin(&["partition", "create", "--partition", PARTITION, "--owner-secret", &p(&owner), "--pin", "initial-pin"])
+            .admin(&[
+                "hsm",
+                "init",
+                "--label",
+                "testhsm",
+                "--so-secret",
+                &p(&so),
+                "--domain-secret",
+                &p(&domain),
+            ])
             .expect_ok();
         member
-            .admin(&["partition", "change-pin", "--partition", PARTITION, "--owner-secret", &p(&owner), "--new-pin", PIN])
+            .admin(&["hsm", "login", "--so-secret", &p(&so)])
+            .expect_ok();
+        for policy in ["7", "16", "20"] {
+            member
+                .admin(&["hsm", "change-policy", "--policy", policy, "--value", "1"])
+                .expect_ok();
+        }
+        member
+            .admin(&[
+                "partition",
+                "create",
+                "--partition",
+                PARTITION,
+                "--owner-secret",
+                &p(&owner),
+                "--pin",
+                "initial-pin",
+            ])
+            .expect_ok();
+        member
+            .admin(&[
+                "partition",
+                "change-pin",
+                "--partition",
+                PARTITION,
+                "--owner-secret",
+                &p(&owner),
+                "--new-pin",
+                PIN,
+            ])
             .expect_ok();
         for policy in ["22", "23"] {
-            member.admin(&["partition", "change-policy", "--partition", PARTITION, "--policy", policy, "--value", "1"]).expect_ok();
+            member
+                .admin(&[
+                    "partition",
+                    "change-policy",
+                    "--partition",
+                    PARTITION,
+                    "--policy",
+                    policy,
+                    "--value",
+                    "1",
+                ])
+                .expect_ok();
         }
-        member.admin(&["partition", "activate", "--partition", PARTITION, "--owner-secret", &p(&owner)]).expect_ok();
+        member
+            .admin(&[
+                "partition",
+                "activate",
+                "--partition",
+                PARTITION,
+                "--owner-secret",
+                &p(&owner),
+            ])
+            .expect_ok();
 
         let client_dir = work.path().join("client");
         let conf = client_dir.join("client.toml");
         hahsm(Some(&conf), &["client", "create-cert", "--name", "app1"]).expect_ok();
         let fp = member.fingerprint();
-        hahsm(Some(&conf), &["client", "add-server", "--name", "testhsm", "--address", &member.address, "--fingerprint", &fp])
-            .expect_ok();
+        hahsm(
+            Some(&conf),
+            &[
+                "client",
+                "add-server",
+                "--name",
+                "testhsm",
+                "--address",
+                &member.address,
+                "--fingerprint",
+                &fp,
+            ],
+        )
+        .expect_ok();
         let cert = client_dir.join("app1.pem");
-        member.admin(&["client", "register", "--client", "app1", "--hostname", "127.0.0.1", "--cert", &p(&cert)]).expect_ok();
-        member.admin(&["client", "assign-partition", "--client", "app1", "--partition", PARTITION]).expect_ok();
+        member
+            .admin(&[
+                "client",
+                "register",
+                "--client",
+                "app1",
+                "--hostname",
+                "127.0.0.1",
+                "--cert",
+                &p(&cert),
+            ])
+            .expect_ok();
+        member
+            .admin(&[
+                "client",
+                "assign-partition",
+                "--client",
+                "app1",
+                "--partition",
+                PARTITION,
+            ])
+            .expect_ok();
         Standalone {
             work,
             member,
@@ -301,7 +448,14 @@ impl Standalone {
     pub fn keys(&self, args: &[&str]) -> Run {
         let mut full = vec!["keys"];
         full.extend_from_slice(args);
-        hahsm_env(Some(&self.conf), &full, &[("HAHSM_PIN", &self.pin), ("HAHSM_PARTITION", &self.partition)])
+        hahsm_env(
+            Some(&self.conf),
+            &full,
+            &[
+                ("HAHSM_PIN", &self.pin),
+                ("HAHSM_PARTITION", &self.partition),
+            ],
+        )
     }
 
     pub fn client_config(&self) -> hahsm_client::ClientConfig {
@@ -312,7 +466,9 @@ impl Standalone {
     pub async fn connect(&self) -> hahsm_client::MemberConnection {
         let config = self.client_config();
         let server = config.servers[0].clone();
-        let conn = hahsm_client::MemberConnection::connect(&config, &server).await.expect("connects");
+        let conn = hahsm_client::MemberConnection::connect(&config, &server)
+            .await
+            .expect("connects");
         conn.call(hahsm_proto::client::Request::Login {
             partition: self.partition.clone(),
             user_type: hahsm_proto::client::USER_NORMAL,
@@ -332,5 +488,11 @@ impl Default for Standalone {
 
 /// Runs a command and returns its output; panics if it cannot start.
 pub fn run(program: &str, args: &[&str]) -> Run {
-    Run::from(Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program}: {e}")))
+    Run::from(
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}")),
+    )
 }

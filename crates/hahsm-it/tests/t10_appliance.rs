@@ -15,63 +15,241 @@ fn setup_keygen_and_signature_verify_with_openssl() {
     std::fs::write(&data, b"hello from hahsm").unwrap();
 
     // RSA PKCS#1 v1.5 with SHA-256, checked by openssl dgst.
-    st.keys(&["gen", "--type", "rsa:2048", "--label", "rsa1"]).expect_ok();
+    st.keys(&["gen", "--type", "rsa:2048", "--label", "rsa1"])
+        .expect_ok();
     let (sig, pubkey) = (st.path("rsa.sig"), st.path("rsa.pub"));
-    st.keys(&["sign", "--label", "rsa1", "--mech", "SHA256-RSA-PKCS", "--in", s(&data), "--out", s(&sig)]).expect_ok();
-    st.keys(&["pubkey", "--label", "rsa1", "--out", s(&pubkey)]).expect_ok();
-    let v = run("openssl", &["dgst", "-sha256", "-verify", s(&pubkey), "-signature", s(&sig), s(&data)]);
-    assert!(v.ok && v.stdout.contains("Verified OK"), "openssl: {} {}", v.stdout, v.stderr);
+    st.keys(&[
+        "sign",
+        "--label",
+        "rsa1",
+        "--mech",
+        "SHA256-RSA-PKCS",
+        "--in",
+        s(&data),
+        "--out",
+        s(&sig),
+    ])
+    .expect_ok();
+    st.keys(&["pubkey", "--label", "rsa1", "--out", s(&pubkey)])
+        .expect_ok();
+    let v = run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            s(&pubkey),
+            "-signature",
+            s(&sig),
+            s(&data),
+        ],
+    );
+    assert!(
+        v.ok && v.stdout.contains("Verified OK"),
+        "openssl: {} {}",
+        v.stdout,
+        v.stderr
+    );
 
     // RSA-PSS, checked by openssl with the PSS options.
     let pss = st.path("pss.sig");
-    st.keys(&["sign", "--label", "rsa1", "--mech", "SHA256-RSA-PKCS-PSS", "--in", s(&data), "--out", s(&pss)]).expect_ok();
+    st.keys(&[
+        "sign",
+        "--label",
+        "rsa1",
+        "--mech",
+        "SHA256-RSA-PKCS-PSS",
+        "--in",
+        s(&data),
+        "--out",
+        s(&pss),
+    ])
+    .expect_ok();
     let v = run(
         "openssl",
-        &["dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32", "-verify", s(&pubkey), "-signature", s(&pss), s(&data)],
+        &[
+            "dgst",
+            "-sha256",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:32",
+            "-verify",
+            s(&pubkey),
+            "-signature",
+            s(&pss),
+            s(&data),
+        ],
     );
     assert!(v.ok, "openssl PSS: {} {}", v.stdout, v.stderr);
 
     // Ed25519, checked by openssl pkeyutl.
-    st.keys(&["gen", "--type", "ed25519", "--label", "ed1"]).expect_ok();
+    st.keys(&["gen", "--type", "ed25519", "--label", "ed1"])
+        .expect_ok();
     let (esig, epub) = (st.path("ed.sig"), st.path("ed.pub"));
-    st.keys(&["sign", "--label", "ed1", "--mech", "EDDSA", "--in", s(&data), "--out", s(&esig)]).expect_ok();
-    st.keys(&["pubkey", "--label", "ed1", "--out", s(&epub)]).expect_ok();
-    let v = run("openssl", &["pkeyutl", "-verify", "-pubin", "-inkey", s(&epub), "-rawin", "-in", s(&data), "-sigfile", s(&esig)]);
+    st.keys(&[
+        "sign",
+        "--label",
+        "ed1",
+        "--mech",
+        "EDDSA",
+        "--in",
+        s(&data),
+        "--out",
+        s(&esig),
+    ])
+    .expect_ok();
+    st.keys(&["pubkey", "--label", "ed1", "--out", s(&epub)])
+        .expect_ok();
+    let v = run(
+        "openssl",
+        &[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            s(&epub),
+            "-rawin",
+            "-in",
+            s(&data),
+            "-sigfile",
+            s(&esig),
+        ],
+    );
     assert!(v.ok, "openssl Ed25519: {} {}", v.stdout, v.stderr);
 
     // A tampered message no longer verifies, through hahsm itself.
-    st.keys(&["verify", "--label", "rsa1", "--mech", "SHA256-RSA-PKCS", "--in", s(&data), "--signature", s(&sig)]).expect_ok();
+    st.keys(&[
+        "verify",
+        "--label",
+        "rsa1",
+        "--mech",
+        "SHA256-RSA-PKCS",
+        "--in",
+        s(&data),
+        "--signature",
+        s(&sig),
+    ])
+    .expect_ok();
     std::fs::write(&data, b"hello from hahsm!").unwrap();
-    st.keys(&["verify", "--label", "rsa1", "--mech", "SHA256-RSA-PKCS", "--in", s(&data), "--signature", s(&sig)])
-        .expect_err("signature is invalid");
+    st.keys(&[
+        "verify",
+        "--label",
+        "rsa1",
+        "--mech",
+        "SHA256-RSA-PKCS",
+        "--in",
+        s(&data),
+        "--signature",
+        s(&sig),
+    ])
+    .expect_err("signature is invalid");
 }
 
 #[test]
 fn key_imported_from_openssl_pem_signs_exactly_as_openssl_does() {
     let st = Standalone::new();
     let key = st.path("imported.pem");
-    run("openssl", &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", s(&key)]).expect_ok();
-    st.keys(&["import", "--file", s(&key), "--label", "imp"]).expect_ok();
+    run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            s(&key),
+        ],
+    )
+    .expect_ok();
+    st.keys(&["import", "--file", s(&key), "--label", "imp"])
+        .expect_ok();
     let data = st.path("msg");
     std::fs::write(&data, b"known answer").unwrap();
     let ours = st.path("ours.sig");
-    st.keys(&["sign", "--label", "imp", "--mech", "SHA256-RSA-PKCS", "--in", s(&data), "--out", s(&ours)]).expect_ok();
+    st.keys(&[
+        "sign",
+        "--label",
+        "imp",
+        "--mech",
+        "SHA256-RSA-PKCS",
+        "--in",
+        s(&data),
+        "--out",
+        s(&ours),
+    ])
+    .expect_ok();
     let theirs = st.path("theirs.sig");
-    run("openssl", &["dgst", "-sha256", "-sign", s(&key), "-out", s(&theirs), s(&data)]).expect_ok();
+    run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            s(&key),
+            "-out",
+            s(&theirs),
+            s(&data),
+        ],
+    )
+    .expect_ok();
     // PKCS#1 v1.5 is deterministic: the same key must give the same bytes.
-    assert_eq!(std::fs::read(&ours).unwrap(), std::fs::read(&theirs).unwrap());
+    assert_eq!(
+        std::fs::read(&ours).unwrap(),
+        std::fs::read(&theirs).unwrap()
+    );
 
     // An EC key from openssl: its ECDSA signature verifies under openssl's own public key.
     let ec = st.path("ec.pem");
-    run("openssl", &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", s(&ec)]).expect_ok();
-    st.keys(&["import", "--file", s(&ec), "--label", "ecimp"]).expect_ok();
+    run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            s(&ec),
+        ],
+    )
+    .expect_ok();
+    st.keys(&["import", "--file", s(&ec), "--label", "ecimp"])
+        .expect_ok();
     let raw = st.path("ec.sig");
-    st.keys(&["sign", "--label", "ecimp", "--mech", "ECDSA-SHA256", "--in", s(&data), "--out", s(&raw)]).expect_ok();
+    st.keys(&[
+        "sign",
+        "--label",
+        "ecimp",
+        "--mech",
+        "ECDSA-SHA256",
+        "--in",
+        s(&data),
+        "--out",
+        s(&raw),
+    ])
+    .expect_ok();
     let der = st.path("ec.der.sig");
     std::fs::write(&der, ecdsa_raw_to_der(&std::fs::read(&raw).unwrap())).unwrap();
     let ecpub = st.path("ec.pub");
-    run("openssl", &["pkey", "-in", s(&ec), "-pubout", "-out", s(&ecpub)]).expect_ok();
-    let v = run("openssl", &["dgst", "-sha256", "-verify", s(&ecpub), "-signature", s(&der), s(&data)]);
+    run(
+        "openssl",
+        &["pkey", "-in", s(&ec), "-pubout", "-out", s(&ecpub)],
+    )
+    .expect_ok();
+    let v = run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            s(&ecpub),
+            "-signature",
+            s(&der),
+            s(&data),
+        ],
+    );
     assert!(v.ok, "openssl ECDSA: {} {}", v.stdout, v.stderr);
 }
 
@@ -96,25 +274,76 @@ fn ecdsa_raw_to_der(raw: &[u8]) -> Vec<u8> {
 #[test]
 fn restart_keeps_keys_and_auto_activates() {
     let mut st = Standalone::new();
-    st.keys(&["gen", "--type", "ec:p256", "--label", "survivor"]).expect_ok();
+    st.keys(&["gen", "--type", "ec:p256", "--label", "survivor"])
+        .expect_ok();
     st.member.stop();
     st.member.spawn();
     // No owner secret given: the partition came back by itself.
     let list = st.member.admin(&["partition", "list"]).expect_ok();
-    assert!(list.stdout.lines().any(|l| l.starts_with("myPart") && l.contains("yes")), "{}", list.stdout);
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.starts_with("myPart") && l.contains("yes")),
+        "{}",
+        list.stdout
+    );
     let data = st.path("d");
     std::fs::write(&data, b"x").unwrap();
-    st.keys(&["sign", "--label", "survivor", "--mech", "ECDSA-SHA256", "--in", s(&data), "--out", s(&st.path("sig"))]).expect_ok();
+    st.keys(&[
+        "sign",
+        "--label",
+        "survivor",
+        "--mech",
+        "ECDSA-SHA256",
+        "--in",
+        s(&data),
+        "--out",
+        s(&st.path("sig")),
+    ])
+    .expect_ok();
 
     // With auto-activation off, a restart leaves the partition inactive until
     // its owner activates it again.
-    st.member.admin(&["hsm", "login", "--so-secret", s(&st.so_secret)]).expect_ok();
-    st.member.admin(&["partition", "change-policy", "--partition", "myPart", "--policy", "23", "--value", "0"]).expect_ok();
+    st.member
+        .admin(&["hsm", "login", "--so-secret", s(&st.so_secret)])
+        .expect_ok();
+    st.member
+        .admin(&[
+            "partition",
+            "change-policy",
+            "--partition",
+            "myPart",
+            "--policy",
+            "23",
+            "--value",
+            "0",
+        ])
+        .expect_ok();
     st.member.kill9();
     st.member.spawn();
     st.keys(&["list"]).expect_err("not activated");
-    st.member.admin(&["partition", "activate", "--partition", "myPart", "--owner-secret", s(&st.owner_secret)]).expect_ok();
-    st.keys(&["show", "--label", "survivor"]).expect_ok();
+    st.member
+        .admin(&[
+            "partition",
+            "activate",
+            "--partition",
+            "myPart",
+            "--owner-secret",
+            s(&st.owner_secret),
+        ])
+        .expect_ok();
+    st.keys(&[
+        "sign",
+        "--label",
+        "survivor",
+        "--mech",
+        "ECDSA-SHA256",
+        "--in",
+        s(&data),
+        "--out",
+        s(&st.path("sig2")),
+    ])
+    .expect_ok();
 }
 
 #[test]
@@ -132,13 +361,19 @@ fn kill9_during_a_write_stream_loses_no_acknowledged_write() {
                 // Kill from outside while requests are in flight.
                 std::thread::spawn(move || {
                     std::thread::sleep(std::time::Duration::from_millis(30));
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 });
             }
             let template = Template::new()
                 .with(ck::CKA_TOKEN, AttrValue::Bool(true))
                 .with(ck::CKA_VALUE_LEN, AttrValue::Ulong(32))
-                .with(ck::CKA_LABEL, AttrValue::Bytes(format!("w{i}").into_bytes()));
+                .with(
+                    ck::CKA_LABEL,
+                    AttrValue::Bytes(format!("w{i}").into_bytes()),
+                );
             let req = Request::GenerateKey {
                 partition: st.partition.clone(),
                 mechanism: Mechanism::new(ck::CKM_AES_KEY_GEN),
@@ -153,13 +388,23 @@ fn kill9_during_a_write_stream_loses_no_acknowledged_write() {
         }
         acked
     });
-    assert!(acknowledged.len() >= 60, "the stream should have run before the kill: {}", acknowledged.len());
-    assert!(acknowledged.len() < 400, "the kill should have interrupted the stream");
+    assert!(
+        acknowledged.len() >= 60,
+        "the stream should have run before the kill: {}",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() < 400,
+        "the kill should have interrupted the stream"
+    );
     st.member.kill9();
     st.member.spawn();
     let list = st.keys(&["list"]).expect_ok().stdout;
     for label in &acknowledged {
-        assert!(list.split_whitespace().any(|w| w == label), "acknowledged key {label} lost after kill -9\n{list}");
+        assert!(
+            list.split_whitespace().any(|w| w == label),
+            "acknowledged key {label} lost after kill -9\n{list}"
+        );
     }
 }
 
@@ -168,37 +413,126 @@ fn refusals_unregistered_client_wrong_pin_partition_and_lockout() {
     let st = Standalone::new();
     // An unregistered client certificate.
     let other_conf = st.path("other/client.toml");
-    hahsm(Some(&other_conf), &["client", "create-cert", "--name", "intruder"]).expect_ok();
-    hahsm(Some(&other_conf), &["client", "add-server", "--name", "testhsm", "--address", &st.member.address, "--fingerprint", &st.member.fingerprint()])
-        .expect_ok();
+    hahsm(
+        Some(&other_conf),
+        &["client", "create-cert", "--name", "intruder"],
+    )
+    .expect_ok();
+    hahsm(
+        Some(&other_conf),
+        &[
+            "client",
+            "add-server",
+            "--name",
+            "testhsm",
+            "--address",
+            &st.member.address,
+            "--fingerprint",
+            &st.member.fingerprint(),
+        ],
+    )
+    .expect_ok();
     hahsm(Some(&other_conf), &["client", "verify"]).expect_err("not registered");
-    assert!(st.member.log().contains("refused client certificate"), "refusal not logged:\n{}", st.member.log());
+    assert!(
+        st.member.log().contains("refused client certificate"),
+        "refusal not logged:\n{}",
+        st.member.log()
+    );
 
     // A server pinned to another certificate: the client refuses the server.
     let bogus = st.path("bogus.pem");
     let (cert, _) = hahsm_link::generate_self_signed("bogus", &[]).unwrap();
     std::fs::write(&bogus, cert).unwrap();
-    hahsm(Some(&st.conf), &["client", "add-server", "--name", "testhsm", "--address", &st.member.address, "--cert", s(&bogus)]).expect_ok();
+    hahsm(
+        Some(&st.conf),
+        &[
+            "client",
+            "add-server",
+            "--name",
+            "testhsm",
+            "--address",
+            &st.member.address,
+            "--cert",
+            s(&bogus),
+        ],
+    )
+    .expect_ok();
     hahsm(Some(&st.conf), &["client", "verify"]).expect_err("fingerprint");
-    hahsm(Some(&st.conf), &["client", "add-server", "--name", "testhsm", "--address", &st.member.address, "--fingerprint", &st.member.fingerprint()])
-        .expect_ok();
+    hahsm(
+        Some(&st.conf),
+        &[
+            "client",
+            "add-server",
+            "--name",
+            "testhsm",
+            "--address",
+            &st.member.address,
+            "--fingerprint",
+            &st.member.fingerprint(),
+        ],
+    )
+    .expect_ok();
 
     // A partition that exists but is not assigned to this client.
-    st.member.admin(&["partition", "create", "--partition", "other", "--owner-secret", s(&st.owner_secret), "--pin", "0000-other"]).expect_ok();
-    hahsm_env(Some(&st.conf), &["keys", "list"], &[("HAHSM_PIN", "0000-other"), ("HAHSM_PARTITION", "other")])
-        .expect_err("not assigned to client 'app1'");
-    assert!(st.member.log().contains("partition not assigned"), "refusal not logged");
+    st.member
+        .admin(&[
+            "partition",
+            "create",
+            "--partition",
+            "other",
+            "--owner-secret",
+            s(&st.owner_secret),
+            "--pin",
+            "0000-other",
+        ])
+        .expect_ok();
+    hahsm_env(
+        Some(&st.conf),
+        &["keys", "list"],
+        &[("HAHSM_PIN", "0000-other"), ("HAHSM_PARTITION", "other")],
+    )
+    .expect_err("not assigned to client 'app1'");
+    assert!(
+        st.member.log().contains("partition not assigned"),
+        "refusal not logged"
+    );
 
     // Wrong PINs count toward the lockout policy (15), then even the right PIN is refused.
-    st.member.admin(&["partition", "change-policy", "--partition", "myPart", "--policy", "max-failed-logins", "--value", "3"]).expect_ok();
-    let wrong = |pin: &str| hahsm_env(Some(&st.conf), &["keys", "list"], &[("HAHSM_PIN", pin), ("HAHSM_PARTITION", "myPart")]);
+    st.member
+        .admin(&[
+            "partition",
+            "change-policy",
+            "--partition",
+            "myPart",
+            "--policy",
+            "max-failed-logins",
+            "--value",
+            "3",
+        ])
+        .expect_ok();
+    let wrong = |pin: &str| {
+        hahsm_env(
+            Some(&st.conf),
+            &["keys", "list"],
+            &[("HAHSM_PIN", pin), ("HAHSM_PARTITION", "myPart")],
+        )
+    };
     wrong("bad-pin-1").expect_err("incorrect PIN (2 attempts left");
     wrong("bad-pin-2").expect_err("incorrect PIN (1 attempts left");
     wrong("bad-pin-3").expect_err("locked");
     wrong(&st.pin).expect_err("locked");
     // The partition owner clears the lockout by setting a new PIN.
     st.member
-        .admin(&["partition", "change-pin", "--partition", "myPart", "--owner-secret", s(&st.owner_secret), "--new-pin", &st.pin])
+        .admin(&[
+            "partition",
+            "change-pin",
+            "--partition",
+            "myPart",
+            "--owner-secret",
+            s(&st.owner_secret),
+            "--new-pin",
+            &st.pin,
+        ])
         .expect_ok();
     st.keys(&["list"]).expect_ok();
     assert!(!st.member.log().contains(&st.pin), "a PIN reached the log");
@@ -207,8 +541,10 @@ fn refusals_unregistered_client_wrong_pin_partition_and_lockout() {
 #[test]
 fn a_tampered_store_is_detected_and_not_served() {
     let mut st = Standalone::new();
-    st.keys(&["gen", "--type", "aes:256", "--label", "a"]).expect_ok();
-    st.keys(&["gen", "--type", "aes:256", "--label", "b"]).expect_ok();
+    st.keys(&["gen", "--type", "aes:256", "--label", "a"])
+        .expect_ok();
+    st.keys(&["gen", "--type", "aes:256", "--label", "b"])
+        .expect_ok();
     st.member.stop();
     let db = st.member.data_dir().join("hahsm.db");
     let backup = std::fs::read(&db).unwrap();
@@ -216,14 +552,24 @@ fn a_tampered_store_is_detected_and_not_served() {
     // 1. One byte of an object's sealed record flipped.
     {
         let c = rusqlite::Connection::open(&db).unwrap();
-        let blob: Vec<u8> = c.query_row("SELECT sealed FROM objects LIMIT 1", [], |r| r.get(0)).unwrap();
+        let blob: Vec<u8> = c
+            .query_row("SELECT sealed FROM objects LIMIT 1", [], |r| r.get(0))
+            .unwrap();
         let mut flipped = blob.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 1;
-        c.execute("UPDATE objects SET sealed = ?1 WHERE sealed = ?2", rusqlite::params![flipped, blob]).unwrap();
+        c.execute(
+            "UPDATE objects SET sealed = ?1 WHERE sealed = ?2",
+            rusqlite::params![flipped, blob],
+        )
+        .unwrap();
     }
     st.member.spawn();
-    assert!(st.member.log().contains("integrity check failed"), "tamper not reported:\n{}", st.member.log());
+    assert!(
+        st.member.log().contains("integrity check failed"),
+        "tamper not reported:\n{}",
+        st.member.log()
+    );
     st.keys(&["list"]).expect_err("not activated");
     st.member.stop();
 
@@ -232,11 +578,22 @@ fn a_tampered_store_is_detected_and_not_served() {
     let _ = std::fs::remove_file(db.with_extension("db-wal"));
     {
         let c = rusqlite::Connection::open(&db).unwrap();
-        assert_eq!(c.execute("DELETE FROM objects WHERE rowid = (SELECT min(rowid) FROM objects)", []).unwrap(), 1);
+        assert_eq!(
+            c.execute(
+                "DELETE FROM objects WHERE rowid = (SELECT min(rowid) FROM objects)",
+                []
+            )
+            .unwrap(),
+            1
+        );
     }
     let log_before = st.member.log().len();
     st.member.spawn();
-    assert!(st.member.log()[log_before..].contains("removed or rolled back"), "deletion not detected:\n{}", st.member.log());
+    assert!(
+        st.member.log()[log_before..].contains("removed or rolled back"),
+        "deletion not detected:\n{}",
+        st.member.log()
+    );
     st.member.stop();
 
     // 3. Pages overwritten: the daemon refuses to start on a corrupt store.
@@ -249,7 +606,10 @@ fn a_tampered_store_is_detected_and_not_served() {
     std::fs::write(&db, bytes).unwrap();
     let (code, stderr) = st.member.spawn_expect_exit();
     assert_ne!(code, Some(0));
-    assert!(stderr.to_lowercase().contains("corrupt"), "corruption not reported: {stderr}");
+    assert!(
+        stderr.to_lowercase().contains("corrupt"),
+        "corruption not reported: {stderr}"
+    );
 
     // The untouched store still serves.
     std::fs::write(&db, &backup).unwrap();
@@ -270,43 +630,73 @@ fn malformed_frames_and_stalled_handshakes_do_not_hurt_the_member() {
         let t = std::time::Duration::from_secs(3);
 
         // Garbage instead of a hello, then garbage instead of a request.
-        let mut c = hahsm_link::connect(&st.member.address, tls.clone(), t, t).await.unwrap();
+        let mut c = hahsm_link::connect(&st.member.address, tls.clone(), t, t)
+            .await
+            .unwrap();
         hahsm_link::write_frame(&mut c, &[0xff; 64]).await.unwrap();
         let answer = hahsm_link::read_frame(&mut c, 1 << 20).await;
         assert!(matches!(answer, Ok(Some(_)) | Ok(None) | Err(_)));
 
         let conn = st.connect().await;
         drop(conn);
-        let mut c = hahsm_link::connect(&st.member.address, tls.clone(), t, t).await.unwrap();
-        let hello = hahsm_proto::client::Hello { protocol_version: hahsm_proto::PROTOCOL_VERSION, client_software: "t".into() };
-        hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello)).await.unwrap();
-        hahsm_link::read_frame(&mut c, 1 << 20).await.unwrap().unwrap();
-        hahsm_link::write_frame(&mut c, &[0x07, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
-        let frame = hahsm_link::read_frame(&mut c, 1 << 20).await.unwrap().expect("an error frame");
+        let mut c = hahsm_link::connect(&st.member.address, tls.clone(), t, t)
+            .await
+            .unwrap();
+        let hello = hahsm_proto::client::Hello {
+            protocol_version: hahsm_proto::PROTOCOL_VERSION,
+            client_software: "t".into(),
+        };
+        hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello))
+            .await
+            .unwrap();
+        hahsm_link::read_frame(&mut c, 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
+        hahsm_link::write_frame(&mut c, &[0x07, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let frame = hahsm_link::read_frame(&mut c, 1 << 20)
+            .await
+            .unwrap()
+            .expect("an error frame");
         let resp: hahsm_proto::client::ResponseFrame = hahsm_proto::decode(&frame).unwrap();
         let err = resp.result.expect_err("malformed request is refused");
         assert_eq!(err.code, hahsm_token::ck::CKR_ARGUMENTS_BAD);
 
         // A frame header announcing more than the limit.
-        let mut c = hahsm_link::connect(&st.member.address, tls.clone(), t, t).await.unwrap();
-        hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello)).await.unwrap();
-        hahsm_link::read_frame(&mut c, 1 << 20).await.unwrap().unwrap();
+        let mut c = hahsm_link::connect(&st.member.address, tls.clone(), t, t)
+            .await
+            .unwrap();
+        hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello))
+            .await
+            .unwrap();
+        hahsm_link::read_frame(&mut c, 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
         use tokio::io::AsyncWriteExt;
         c.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         c.flush().await.unwrap();
-        let frame = hahsm_link::read_frame(&mut c, 1 << 20).await.unwrap().expect("an error frame");
+        let frame = hahsm_link::read_frame(&mut c, 1 << 20)
+            .await
+            .unwrap()
+            .expect("an error frame");
         let resp: hahsm_proto::client::ResponseFrame = hahsm_proto::decode(&frame).unwrap();
-        assert!(resp.result.unwrap_err().message.contains("too large"));
+        let err = resp.result.unwrap_err();
+        assert!(err.message.contains("exceeds the limit"), "{err:?}");
     });
 
     // A truncated TLS handshake, and a client that connects and says nothing.
     let mut half = std::net::TcpStream::connect(&st.member.address).unwrap();
-    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
     drop(half);
     let _silent = std::net::TcpStream::connect(&st.member.address).unwrap();
 
     // The member still serves a well-behaved client, and is still running.
-    st.keys(&["gen", "--type", "aes:128", "--label", "after"]).expect_ok();
+    st.keys(&["gen", "--type", "aes:128", "--label", "after"])
+        .expect_ok();
     st.keys(&["show", "--label", "after"]).expect_ok();
     assert!(!st.member.log().contains("panicked"), "{}", st.member.log());
 }
@@ -392,12 +782,29 @@ fn the_same_op_id_makes_one_key_only() {
 #[test]
 fn factory_reset_erases_and_init_needs_fresh_setup() {
     let st = Standalone::new();
-    st.keys(&["gen", "--type", "aes:128", "--label", "gone"]).expect_ok();
-    st.member.admin(&["hsm", "factory-reset"]).expect_err("--force");
-    st.member.admin(&["hsm", "factory-reset", "--force"]).expect_ok();
+    st.keys(&["gen", "--type", "aes:128", "--label", "gone"])
+        .expect_ok();
+    st.member
+        .admin(&["hsm", "factory-reset"])
+        .expect_err("--force");
+    st.member
+        .admin(&["hsm", "factory-reset", "--force"])
+        .expect_ok();
     st.member.admin(&["partition", "list"]).expect_ok();
-    st.member.admin(&["hsm", "login", "--so-secret", s(&st.so_secret)]).expect_err("not initialized");
+    st.member
+        .admin(&["hsm", "login", "--so-secret", s(&st.so_secret)])
+        .expect_err("not initialized");
     st.keys(&["list"]).expect_err("not registered");
     let m: &Member = &st.member;
-    m.admin(&["hsm", "init", "--label", "again", "--so-secret", s(&st.so_secret), "--domain-secret", s(&st.domain_secret)]).expect_ok();
+    m.admin(&[
+        "hsm",
+        "init",
+        "--label",
+        "again",
+        "--so-secret",
+        s(&st.so_secret),
+        "--domain-secret",
+        s(&st.domain_secret),
+    ])
+    .expect_ok();
 }

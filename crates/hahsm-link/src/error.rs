@@ -11,7 +11,7 @@ use std::io;
 pub enum LinkError {
     /// An operating-system I/O error, including an EOF inside a frame (`UnexpectedEof`).
     #[error("link I/O error: {0}")]
-    Io(#[source] io::Error),
+    Io(io::Error),
 
     /// A TLS failure that has no more specific variant.
     #[error("TLS error: {0}")]

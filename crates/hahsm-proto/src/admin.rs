@@ -6,31 +6,81 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AdminRequest {
     Status,
-    HsmInit { label: String, so_secret: Secret, domain_secret: Secret },
-    HsmLogin { so_secret: Secret },
+    HsmInit {
+        label: String,
+        so_secret: Secret,
+        domain_secret: Secret,
+    },
+    HsmLogin {
+        so_secret: Secret,
+    },
     HsmLogout,
     HsmShowPolicies,
-    HsmChangePolicy { policy: String, value: u64 },
+    HsmChangePolicy {
+        policy: String,
+        value: u64,
+    },
     /// Wipes every partition, client and secret; the member starts over.
     FactoryReset,
-    RegenCert { common_name: String, subject_alt_names: Vec<String> },
+    RegenCert {
+        common_name: String,
+        subject_alt_names: Vec<String>,
+    },
     Fingerprint,
-    PartitionCreate { name: String, owner_secret: Secret, initial_pin: Option<Secret> },
+    PartitionCreate {
+        name: String,
+        owner_secret: Secret,
+        initial_pin: Option<Secret>,
+    },
     /// Either the current PIN, or the partition-owner secret (which also clears a lockout).
-    PartitionChangePin { name: String, old_pin: Option<Secret>, owner_secret: Option<Secret>, new_pin: Secret },
-    PartitionActivate { name: String, owner_secret: Secret },
-    PartitionDeactivate { name: String },
-    PartitionShowPolicies { name: String },
-    PartitionChangePolicy { name: String, policy: String, value: u64 },
-    PartitionShowContents { name: String },
-    PartitionClear { name: String },
-    PartitionDelete { name: String },
+    PartitionChangePin {
+        name: String,
+        old_pin: Option<Secret>,
+        owner_secret: Option<Secret>,
+        new_pin: Secret,
+    },
+    PartitionActivate {
+        name: String,
+        owner_secret: Secret,
+    },
+    PartitionDeactivate {
+        name: String,
+    },
+    PartitionShowPolicies {
+        name: String,
+    },
+    PartitionChangePolicy {
+        name: String,
+        policy: String,
+        value: u64,
+    },
+    PartitionShowContents {
+        name: String,
+    },
+    PartitionClear {
+        name: String,
+    },
+    PartitionDelete {
+        name: String,
+    },
     PartitionList,
-    ClientRegister { name: String, hostname: String, fingerprint: String },
-    ClientRemove { name: String },
+    ClientRegister {
+        name: String,
+        hostname: String,
+        fingerprint: String,
+    },
+    ClientRemove {
+        name: String,
+    },
     ClientList,
-    ClientAssignPartition { client: String, partition: String },
-    ClientRevokePartition { client: String, partition: String },
+    ClientAssignPartition {
+        client: String,
+        partition: String,
+    },
+    ClientRevokePartition {
+        client: String,
+        partition: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +138,10 @@ pub enum AdminResponse {
     Status(MemberStatus),
     Policies(Vec<PolicyLine>),
     Fingerprint(String),
-    PartitionCreated { serial: u64, initial_pin: Option<Secret> },
+    PartitionCreated {
+        serial: u64,
+        initial_pin: Option<Secret>,
+    },
     Partitions(Vec<PartitionSummary>),
     Contents(Vec<ObjectSummary>),
     Clients(Vec<ClientSummary>),

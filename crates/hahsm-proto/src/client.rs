@@ -56,13 +56,33 @@ pub enum Request {
     Ping,
     /// The partitions this client is assigned on the member.
     ListPartitions,
-    Login { partition: String, user_type: u64, pin: Secret },
-    Logout { partition: String },
-    CreateObject { partition: String, template: Template, op_id: OpId },
+    Login {
+        partition: String,
+        user_type: u64,
+        pin: Secret,
+    },
+    Logout {
+        partition: String,
+    },
+    CreateObject {
+        partition: String,
+        template: Template,
+        op_id: OpId,
+    },
     /// Imports a private key given as PKCS#8 (or PKCS#1/SEC1) DER, with its
     /// public half; `template` applies to both objects.
-    ImportKeyPair { partition: String, private_key_der: Secret, template: Template, op_id: OpId },
-    GenerateKey { partition: String, mechanism: Mechanism, template: Template, op_id: OpId },
+    ImportKeyPair {
+        partition: String,
+        private_key_der: Secret,
+        template: Template,
+        op_id: OpId,
+    },
+    GenerateKey {
+        partition: String,
+        mechanism: Mechanism,
+        template: Template,
+        op_id: OpId,
+    },
     GenerateKeyPair {
         partition: String,
         mechanism: Mechanism,
@@ -70,16 +90,64 @@ pub enum Request {
         private_template: Template,
         op_id: OpId,
     },
-    FindObjects { partition: String, template: Template, limit: u32 },
-    GetAttributes { partition: String, object: Ouid, types: Vec<AttrType> },
-    SetAttributes { partition: String, object: Ouid, template: Template, op_id: OpId },
-    CopyObject { partition: String, object: Ouid, template: Template, op_id: OpId },
-    DestroyObject { partition: String, object: Ouid, op_id: OpId },
-    Sign { partition: String, key: Ouid, mechanism: Mechanism, data: Vec<u8> },
-    Verify { partition: String, key: Ouid, mechanism: Mechanism, data: Vec<u8>, signature: Vec<u8> },
-    Encrypt { partition: String, key: Ouid, mechanism: Mechanism, data: Vec<u8> },
-    Decrypt { partition: String, key: Ouid, mechanism: Mechanism, data: Vec<u8> },
-    WrapKey { partition: String, wrapping_key: Ouid, key: Ouid, mechanism: Mechanism },
+    FindObjects {
+        partition: String,
+        template: Template,
+        limit: u32,
+    },
+    GetAttributes {
+        partition: String,
+        object: Ouid,
+        types: Vec<AttrType>,
+    },
+    SetAttributes {
+        partition: String,
+        object: Ouid,
+        template: Template,
+        op_id: OpId,
+    },
+    CopyObject {
+        partition: String,
+        object: Ouid,
+        template: Template,
+        op_id: OpId,
+    },
+    DestroyObject {
+        partition: String,
+        object: Ouid,
+        op_id: OpId,
+    },
+    Sign {
+        partition: String,
+        key: Ouid,
+        mechanism: Mechanism,
+        data: Vec<u8>,
+    },
+    Verify {
+        partition: String,
+        key: Ouid,
+        mechanism: Mechanism,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    Encrypt {
+        partition: String,
+        key: Ouid,
+        mechanism: Mechanism,
+        data: Vec<u8>,
+    },
+    Decrypt {
+        partition: String,
+        key: Ouid,
+        mechanism: Mechanism,
+        data: Vec<u8>,
+    },
+    WrapKey {
+        partition: String,
+        wrapping_key: Ouid,
+        key: Ouid,
+        mechanism: Mechanism,
+    },
     UnwrapKey {
         partition: String,
         unwrapping_key: Ouid,
@@ -88,9 +156,20 @@ pub enum Request {
         template: Template,
         op_id: OpId,
     },
-    DeriveKey { partition: String, base_key: Ouid, mechanism: Mechanism, template: Template, op_id: OpId },
-    GenerateRandom { len: u32 },
-    Digest { mechanism: Mechanism, data: Vec<u8> },
+    DeriveKey {
+        partition: String,
+        base_key: Ouid,
+        mechanism: Mechanism,
+        template: Template,
+        op_id: OpId,
+    },
+    GenerateRandom {
+        len: u32,
+    },
+    Digest {
+        mechanism: Mechanism,
+        data: Vec<u8>,
+    },
 }
 
 impl Request {

@@ -35,7 +35,10 @@ pub struct WireError {
 
 impl From<hahsm_token::TokenError> for WireError {
     fn from(e: hahsm_token::TokenError) -> Self {
-        WireError { code: e.ckr(), message: e.to_string() }
+        WireError {
+            code: e.ckr(),
+            message: e.to_string(),
+        }
     }
 }
 

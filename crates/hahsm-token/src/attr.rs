@@ -113,6 +113,8 @@ const ULONG_SIZE: usize = std::mem::size_of::<ck::CK_ULONG>();
 impl AttrValue {
     /// Decodes a PKCS#11 attribute value. Unknown types and wrong lengths are errors,
     /// never panics: this is fed by applications and fuzzers.
+    // CK_ULONG is C's `unsigned long`: 64 bits here, 32 bits on some platforms.
+    #[allow(clippy::unnecessary_cast)]
     pub fn from_raw(attr: AttrType, raw: &[u8]) -> TokenResult<AttrValue> {
         let kind = attr_kind(attr).ok_or(TokenError::AttributeTypeInvalid(attr))?;
         match kind {
@@ -128,7 +130,7 @@ impl AttrValue {
                 Ok(AttrValue::Ulong(ck::CK_ULONG::from_ne_bytes(bytes) as u64))
             }
             AttrKind::UlongList => {
-                if raw.len() % ULONG_SIZE != 0 {
+                if !raw.len().is_multiple_of(ULONG_SIZE) {
                     return Err(TokenError::AttributeValueInvalid(attr));
                 }
                 Ok(AttrValue::UlongList(
@@ -146,6 +148,7 @@ impl AttrValue {
     }
 
     /// Encodes the value in the PKCS#11 layout.
+    #[allow(clippy::unnecessary_cast)]
     pub fn to_raw(&self) -> Vec<u8> {
         match self {
             AttrValue::Bool(b) => vec![u8::from(*b)],

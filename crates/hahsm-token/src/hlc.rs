@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 /// A member's id inside a group (its serial number).
 pub type MemberId = u64;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Hlc {
     pub wall_ms: u64,
     pub logical: u32,
@@ -19,9 +21,15 @@ impl Hlc {
     /// The next timestamp for a local event, given the current wall time.
     pub fn tick(self, now_ms: u64) -> Hlc {
         if now_ms > self.wall_ms {
-            Hlc { wall_ms: now_ms, logical: 0 }
+            Hlc {
+                wall_ms: now_ms,
+                logical: 0,
+            }
         } else {
-            Hlc { wall_ms: self.wall_ms, logical: self.logical.saturating_add(1) }
+            Hlc {
+                wall_ms: self.wall_ms,
+                logical: self.logical.saturating_add(1),
+            }
         }
     }
 
@@ -37,7 +45,10 @@ impl Hlc {
         } else {
             0
         };
-        Hlc { wall_ms: wall, logical }
+        Hlc {
+            wall_ms: wall,
+            logical,
+        }
     }
 }
 
@@ -47,7 +58,10 @@ mod tests {
 
     #[test]
     fn tick_never_goes_backwards_when_the_wall_clock_does() {
-        let a = Hlc { wall_ms: 1000, logical: 3 };
+        let a = Hlc {
+            wall_ms: 1000,
+            logical: 3,
+        };
         let b = a.tick(500);
         assert!(b > a);
         assert!(a.tick(2000) > b);
@@ -55,8 +69,14 @@ mod tests {
 
     #[test]
     fn observe_moves_past_the_remote_stamp() {
-        let local = Hlc { wall_ms: 10, logical: 0 };
-        let remote = Hlc { wall_ms: 50, logical: 7 };
+        let local = Hlc {
+            wall_ms: 10,
+            logical: 0,
+        };
+        let remote = Hlc {
+            wall_ms: 50,
+            logical: 7,
+        };
         let next = local.observe(remote, 20);
         assert!(next > remote && next > local);
     }

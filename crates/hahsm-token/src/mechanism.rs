@@ -11,7 +11,10 @@ pub struct Mechanism {
 
 impl Mechanism {
     pub fn new(mech: u64) -> Self {
-        Mechanism { mech, params: MechParams::None }
+        Mechanism {
+            mech,
+            params: MechParams::None,
+        }
     }
 
     pub fn with(mech: u64, params: MechParams) -> Self {
@@ -26,10 +29,26 @@ pub enum MechParams {
     None,
     /// CBC and CBC-PAD: a 16-byte IV.
     Iv(Vec<u8>),
-    Gcm { iv: Vec<u8>, aad: Vec<u8>, tag_bits: u32 },
-    Pss { hash: u64, mgf: u64, salt_len: u64 },
-    Oaep { hash: u64, mgf: u64, label: Vec<u8> },
-    Ecdh { kdf: u64, shared_data: Vec<u8>, public_data: Vec<u8> },
+    Gcm {
+        iv: Vec<u8>,
+        aad: Vec<u8>,
+        tag_bits: u32,
+    },
+    Pss {
+        hash: u64,
+        mgf: u64,
+        salt_len: u64,
+    },
+    Oaep {
+        hash: u64,
+        mgf: u64,
+        label: Vec<u8>,
+    },
+    Ecdh {
+        kdf: u64,
+        shared_data: Vec<u8>,
+        public_data: Vec<u8>,
+    },
 }
 
 /// What `C_GetMechanismInfo` reports: key sizes in bits (bytes for AES and
@@ -49,13 +68,36 @@ const EC_FLAGS: u64 = ck::CKF_EC_F_P | ck::CKF_EC_NAMEDCURVE | ck::CKF_EC_UNCOMP
 
 /// Every mechanism hahsm implements, with its true limits.
 pub fn supported() -> Vec<(u64, MechInfo)> {
-    let rsa = |flags| MechInfo { min_key: 2048, max_key: 4096, flags };
-    let ec = |flags| MechInfo { min_key: 256, max_key: 521, flags: flags | EC_FLAGS };
-    let aes = |flags| MechInfo { min_key: 16, max_key: 32, flags };
-    let hmac = MechInfo { min_key: 16, max_key: 512, flags: SIGN };
-    let digest = MechInfo { min_key: 0, max_key: 0, flags: ck::CKF_DIGEST | HW };
+    let rsa = |flags| MechInfo {
+        min_key: 2048,
+        max_key: 4096,
+        flags,
+    };
+    let ec = |flags| MechInfo {
+        min_key: 256,
+        max_key: 521,
+        flags: flags | EC_FLAGS,
+    };
+    let aes = |flags| MechInfo {
+        min_key: 16,
+        max_key: 32,
+        flags,
+    };
+    let hmac = MechInfo {
+        min_key: 16,
+        max_key: 512,
+        flags: SIGN,
+    };
+    let digest = MechInfo {
+        min_key: 0,
+        max_key: 0,
+        flags: ck::CKF_DIGEST | HW,
+    };
     vec![
-        (ck::CKM_RSA_PKCS_KEY_PAIR_GEN, rsa(ck::CKF_GENERATE_KEY_PAIR | HW)),
+        (
+            ck::CKM_RSA_PKCS_KEY_PAIR_GEN,
+            rsa(ck::CKF_GENERATE_KEY_PAIR | HW),
+        ),
         (ck::CKM_RSA_PKCS, rsa(SIGN | CRYPT | WRAP)),
         (ck::CKM_RSA_X_509, rsa(SIGN | CRYPT)),
         (ck::CKM_SHA1_RSA_PKCS, rsa(SIGN)),
@@ -80,9 +122,20 @@ pub fn supported() -> Vec<(u64, MechInfo)> {
         (ck::CKM_ECDH1_DERIVE, ec(ck::CKF_DERIVE | HW)),
         (
             ck::CKM_EC_EDWARDS_KEY_PAIR_GEN,
-            MechInfo { min_key: 255, max_key: 255, flags: ck::CKF_GENERATE_KEY_PAIR | HW },
+            MechInfo {
+                min_key: 255,
+                max_key: 255,
+                flags: ck::CKF_GENERATE_KEY_PAIR | HW,
+            },
         ),
-        (ck::CKM_EDDSA, MechInfo { min_key: 255, max_key: 255, flags: SIGN }),
+        (
+            ck::CKM_EDDSA,
+            MechInfo {
+                min_key: 255,
+                max_key: 255,
+                flags: SIGN,
+            },
+        ),
         (ck::CKM_AES_KEY_GEN, aes(ck::CKF_GENERATE | HW)),
         (ck::CKM_AES_ECB, aes(CRYPT)),
         (ck::CKM_AES_CBC, aes(CRYPT)),
@@ -92,7 +145,11 @@ pub fn supported() -> Vec<(u64, MechInfo)> {
         (ck::CKM_AES_KEY_WRAP_KWP, aes(WRAP)),
         (
             ck::CKM_GENERIC_SECRET_KEY_GEN,
-            MechInfo { min_key: 16, max_key: 512, flags: ck::CKF_GENERATE | HW },
+            MechInfo {
+                min_key: 16,
+                max_key: 512,
+                flags: ck::CKF_GENERATE | HW,
+            },
         ),
         (ck::CKM_SHA256_HMAC, hmac),
         (ck::CKM_SHA384_HMAC, hmac),
@@ -106,7 +163,10 @@ pub fn supported() -> Vec<(u64, MechInfo)> {
 }
 
 pub fn info(mech: u64) -> Option<MechInfo> {
-    supported().into_iter().find(|(m, _)| *m == mech).map(|(_, i)| i)
+    supported()
+        .into_iter()
+        .find(|(m, _)| *m == mech)
+        .map(|(_, i)| i)
 }
 
 /// The `CKA_*` usage flag a mechanism needs on its key for an operation.

@@ -18,9 +18,16 @@ pub struct Stamp {
 pub enum OpBody {
     /// Create, generate, import, unwrap, copy and derive all end in this. A key
     /// pair is one operation with two objects, public first.
-    Create { objects: Vec<NewObject> },
-    SetAttributes { ouid: Ouid, attrs: Template },
-    Destroy { ouid: Ouid },
+    Create {
+        objects: Vec<NewObject>,
+    },
+    SetAttributes {
+        ouid: Ouid,
+        attrs: Template,
+    },
+    Destroy {
+        ouid: Ouid,
+    },
     ClearPartition,
 }
 

@@ -13,7 +13,13 @@ pub struct PolicyDef {
 }
 
 pub const HSM_POLICIES: &[PolicyDef] = &[
-    PolicyDef { number: 7, name: "allow-cloning", description: "Allow cloning", is_flag: true, default: 0 },
+    PolicyDef {
+        number: 7,
+        name: "allow-cloning",
+        description: "Allow cloning",
+        is_flag: true,
+        default: 0,
+    },
     PolicyDef {
         number: 16,
         name: "allow-network-replication",
@@ -59,7 +65,13 @@ pub const PARTITION_POLICIES: &[PolicyDef] = &[
         is_flag: true,
         default: 0,
     },
-    PolicyDef { number: 22, name: "allow-activation", description: "Allow activation", is_flag: true, default: 0 },
+    PolicyDef {
+        number: 22,
+        name: "allow-activation",
+        description: "Allow activation",
+        is_flag: true,
+        default: 0,
+    },
     PolicyDef {
         number: 23,
         name: "allow-auto-activation",
@@ -134,7 +146,10 @@ mod tests {
 
     #[test]
     fn lookup_by_number_and_name() {
-        assert_eq!(lookup(PARTITION_POLICIES, "23").unwrap().name, "allow-auto-activation");
+        assert_eq!(
+            lookup(PARTITION_POLICIES, "23").unwrap().name,
+            "allow-auto-activation"
+        );
         assert_eq!(lookup(HSM_POLICIES, "Allow-Cloning").unwrap().number, 7);
         assert!(lookup(HSM_POLICIES, "99").is_none());
     }

@@ -58,7 +58,12 @@ fn expect_ulong(template: &Template, attr: u64, want: u64, what: &str) -> TokenR
 /// The usage flags a key class and type can have, so their defaults are on.
 fn default_usages(class: u64, key_type: u64) -> &'static [u64] {
     match (class, key_type) {
-        (ck::CKO_SECRET_KEY, ck::CKK_AES) => &[ck::CKA_ENCRYPT, ck::CKA_DECRYPT, ck::CKA_WRAP, ck::CKA_UNWRAP],
+        (ck::CKO_SECRET_KEY, ck::CKK_AES) => &[
+            ck::CKA_ENCRYPT,
+            ck::CKA_DECRYPT,
+            ck::CKA_WRAP,
+            ck::CKA_UNWRAP,
+        ],
         (ck::CKO_SECRET_KEY, _) => &[ck::CKA_SIGN, ck::CKA_VERIFY, ck::CKA_DERIVE],
         (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => &[ck::CKA_SIGN, ck::CKA_DECRYPT, ck::CKA_UNWRAP],
         (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => &[ck::CKA_VERIFY, ck::CKA_ENCRYPT, ck::CKA_WRAP],
@@ -98,7 +103,13 @@ fn check_usages(template: &Template, class: u64, key_type: u64) -> TokenResult<(
 
 /// Fills in the common defaults of a key object. `local` is true for keys the
 /// token generated itself.
-fn fill_key_defaults(t: &mut Template, class: u64, key_type: u64, local: bool, gen_mech: Option<u64>) {
+fn fill_key_defaults(
+    t: &mut Template,
+    class: u64,
+    key_type: u64,
+    local: bool,
+    gen_mech: Option<u64>,
+) {
     t.set(ck::CKA_CLASS, AttrValue::Ulong(class));
     t.set(ck::CKA_KEY_TYPE, AttrValue::Ulong(key_type));
     t.set_default(ck::CKA_TOKEN, AttrValue::Bool(false));
@@ -136,8 +147,14 @@ fn fill_key_defaults(t: &mut Template, class: u64, key_type: u64, local: bool, g
         let sensitive = t.flag(ck::CKA_SENSITIVE, true);
         let extractable = t.flag(ck::CKA_EXTRACTABLE, false);
         // Only keys made inside the token can be said never to have been exposed.
-        t.set(ck::CKA_ALWAYS_SENSITIVE, AttrValue::Bool(local && sensitive));
-        t.set(ck::CKA_NEVER_EXTRACTABLE, AttrValue::Bool(local && !extractable));
+        t.set(
+            ck::CKA_ALWAYS_SENSITIVE,
+            AttrValue::Bool(local && sensitive),
+        );
+        t.set(
+            ck::CKA_NEVER_EXTRACTABLE,
+            AttrValue::Bool(local && !extractable),
+        );
     } else {
         t.set_default(ck::CKA_PRIVATE, AttrValue::Bool(false));
         t.set_default(ck::CKA_TRUSTED, AttrValue::Bool(false));
@@ -170,12 +187,15 @@ pub fn generated_secret_key(mech: u64, template: &Template) -> TokenResult<(Temp
     expect_ulong(template, ck::CKA_CLASS, ck::CKO_SECRET_KEY, "CKA_CLASS")?;
     expect_ulong(template, ck::CKA_KEY_TYPE, key_type, "CKA_KEY_TYPE")?;
     if template.contains(ck::CKA_VALUE) {
-        return Err(TokenError::TemplateInconsistent("a generated key cannot be given CKA_VALUE".into()));
+        return Err(TokenError::TemplateInconsistent(
+            "a generated key cannot be given CKA_VALUE".into(),
+        ));
     }
     let len = template
         .ulong(ck::CKA_VALUE_LEN)
         .ok_or_else(|| TokenError::TemplateIncomplete("CKA_VALUE_LEN is required".into()))?;
-    let len = usize::try_from(len).map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE_LEN))?;
+    let len =
+        usize::try_from(len).map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE_LEN))?;
     check_secret_len(key_type, len)?;
     let mut t = template.clone();
     check_usages(&t, ck::CKO_SECRET_KEY, key_type)?;
@@ -192,15 +212,22 @@ fn check_secret_len(key_type: u64, len: usize) -> TokenResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(TokenError::KeySizeRange(format!("{len} bytes is not a valid length for this key type")))
+        Err(TokenError::KeySizeRange(format!(
+            "{len} bytes is not a valid length for this key type"
+        )))
     }
 }
 
 /// What a key-pair generation must produce, decided from the mechanism and templates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPairSpec {
-    Rsa { bits: u32, public_exponent: Option<Vec<u8>> },
-    Ec { ec_params: Vec<u8> },
+    Rsa {
+        bits: u32,
+        public_exponent: Option<Vec<u8>>,
+    },
+    Ec {
+        ec_params: Vec<u8>,
+    },
     Ed25519,
 }
 
@@ -215,29 +242,58 @@ pub fn generated_key_pair(
     check_user_template(private)?;
     let (key_type, spec) = match mech {
         ck::CKM_RSA_PKCS_KEY_PAIR_GEN => {
-            let bits = public
-                .ulong(ck::CKA_MODULUS_BITS)
-                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_MODULUS_BITS is required".into()))?;
-            let bits = u32::try_from(bits).map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_MODULUS_BITS))?;
+            let bits = public.ulong(ck::CKA_MODULUS_BITS).ok_or_else(|| {
+                TokenError::TemplateIncomplete("CKA_MODULUS_BITS is required".into())
+            })?;
+            let bits = u32::try_from(bits)
+                .map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_MODULUS_BITS))?;
             let exp = public.bytes(ck::CKA_PUBLIC_EXPONENT).map(<[u8]>::to_vec);
-            (ck::CKK_RSA, KeyPairSpec::Rsa { bits, public_exponent: exp })
+            (
+                ck::CKK_RSA,
+                KeyPairSpec::Rsa {
+                    bits,
+                    public_exponent: exp,
+                },
+            )
         }
         ck::CKM_EC_KEY_PAIR_GEN => {
             let params = public
                 .bytes(ck::CKA_EC_PARAMS)
                 .or_else(|| private.bytes(ck::CKA_EC_PARAMS))
-                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_EC_PARAMS is required".into()))?;
-            (ck::CKK_EC, KeyPairSpec::Ec { ec_params: params.to_vec() })
+                .ok_or_else(|| {
+                    TokenError::TemplateIncomplete("CKA_EC_PARAMS is required".into())
+                })?;
+            (
+                ck::CKK_EC,
+                KeyPairSpec::Ec {
+                    ec_params: params.to_vec(),
+                },
+            )
         }
         ck::CKM_EC_EDWARDS_KEY_PAIR_GEN => (ck::CKK_EC_EDWARDS, KeyPairSpec::Ed25519),
         other => return Err(TokenError::MechanismInvalid(other)),
     };
-    expect_ulong(public, ck::CKA_CLASS, ck::CKO_PUBLIC_KEY, "public CKA_CLASS")?;
-    expect_ulong(private, ck::CKA_CLASS, ck::CKO_PRIVATE_KEY, "private CKA_CLASS")?;
+    expect_ulong(
+        public,
+        ck::CKA_CLASS,
+        ck::CKO_PUBLIC_KEY,
+        "public CKA_CLASS",
+    )?;
+    expect_ulong(
+        private,
+        ck::CKA_CLASS,
+        ck::CKO_PRIVATE_KEY,
+        "private CKA_CLASS",
+    )?;
     expect_ulong(public, ck::CKA_KEY_TYPE, key_type, "public CKA_KEY_TYPE")?;
     expect_ulong(private, ck::CKA_KEY_TYPE, key_type, "private CKA_KEY_TYPE")?;
     for t in [public, private] {
-        for attr in [ck::CKA_VALUE, ck::CKA_MODULUS, ck::CKA_EC_POINT, ck::CKA_PRIVATE_EXPONENT] {
+        for attr in [
+            ck::CKA_VALUE,
+            ck::CKA_MODULUS,
+            ck::CKA_EC_POINT,
+            ck::CKA_PRIVATE_EXPONENT,
+        ] {
             if t.contains(attr) {
                 return Err(TokenError::TemplateInconsistent(format!(
                     "a generated key cannot be given attribute {attr:#x}"
@@ -287,23 +343,35 @@ pub fn created_object(template: &Template, local: bool) -> TokenResult<(Template
                 .ok_or_else(|| TokenError::TemplateIncomplete("CKA_KEY_TYPE is required".into()))?;
             if !matches!(
                 key_type,
-                ck::CKK_RSA | ck::CKK_EC | ck::CKK_EC_EDWARDS | ck::CKK_AES | ck::CKK_GENERIC_SECRET
+                ck::CKK_RSA
+                    | ck::CKK_EC
+                    | ck::CKK_EC_EDWARDS
+                    | ck::CKK_AES
+                    | ck::CKK_GENERIC_SECRET
             ) {
                 return Err(TokenError::AttributeValueInvalid(ck::CKA_KEY_TYPE));
             }
             let secret_type = matches!(key_type, ck::CKK_AES | ck::CKK_GENERIC_SECRET);
             if secret_type != (class == ck::CKO_SECRET_KEY) {
-                return Err(TokenError::TemplateInconsistent("key type does not fit the object class".into()));
+                return Err(TokenError::TemplateInconsistent(
+                    "key type does not fit the object class".into(),
+                ));
             }
             if holds_secret(class) {
-                let keys: Vec<u64> = t.0.keys().copied().filter(|a| is_secret_component(*a)).collect();
+                let keys: Vec<u64> =
+                    t.0.keys()
+                        .copied()
+                        .filter(|a| is_secret_component(*a))
+                        .collect();
                 for attr in keys {
                     if let Some(v) = t.remove(attr) {
                         secret.set(attr, v);
                     }
                 }
                 if secret.is_empty() {
-                    return Err(TokenError::TemplateIncomplete("the key's value is missing".into()));
+                    return Err(TokenError::TemplateIncomplete(
+                        "the key's value is missing".into(),
+                    ));
                 }
                 if class == ck::CKO_SECRET_KEY {
                     let len = secret.bytes(ck::CKA_VALUE).map(<[u8]>::len).unwrap_or(0);
@@ -331,12 +399,17 @@ pub fn created_object(template: &Template, local: bool) -> TokenResult<(Template
 pub fn set_attributes(current: &Template, changes: &Template) -> TokenResult<Template> {
     changes.check_kinds()?;
     if !current.flag(ck::CKA_MODIFIABLE, true) {
-        return Err(TokenError::ActionProhibited("the object is not modifiable".into()));
+        return Err(TokenError::ActionProhibited(
+            "the object is not modifiable".into(),
+        ));
     }
     let mut applied = Template::new();
     for (attr, value) in changes.iter() {
         let attr = *attr;
-        if TOKEN_SET.contains(&attr) || FIXED_AFTER_CREATE.contains(&attr) || is_secret_component(attr) {
+        if TOKEN_SET.contains(&attr)
+            || FIXED_AFTER_CREATE.contains(&attr)
+            || is_secret_component(attr)
+        {
             if current.get(attr) == Some(value) {
                 continue;
             }
@@ -352,7 +425,9 @@ pub fn set_attributes(current: &Template, changes: &Template) -> TokenResult<Tem
             (ck::CKA_EXTRACTABLE, Some(true)) if now == Some(false) => {
                 return Err(TokenError::AttributeReadOnly(attr))
             }
-            (ck::CKA_COPYABLE, Some(true)) if now == Some(false) => return Err(TokenError::AttributeReadOnly(attr)),
+            (ck::CKA_COPYABLE, Some(true)) if now == Some(false) => {
+                return Err(TokenError::AttributeReadOnly(attr))
+            }
             _ => {}
         }
         applied.set(attr, value.clone());
@@ -365,7 +440,9 @@ pub fn set_attributes(current: &Template, changes: &Template) -> TokenResult<Tem
 /// `CKA_TOKEN`/`CKA_PRIVATE` if asked.
 pub fn copied_object(current: &Template, changes: &Template) -> TokenResult<Template> {
     if !current.flag(ck::CKA_COPYABLE, true) {
-        return Err(TokenError::ActionProhibited("the object is not copyable".into()));
+        return Err(TokenError::ActionProhibited(
+            "the object is not copyable".into(),
+        ));
     }
     let mut movable = changes.clone();
     let token = movable.remove(ck::CKA_TOKEN);
@@ -379,11 +456,20 @@ pub fn copied_object(current: &Template, changes: &Template) -> TokenResult<Temp
     for (k, v) in applied.iter() {
         out.set(*k, v.clone());
     }
-    for (attr, value) in [(ck::CKA_TOKEN, token), (ck::CKA_PRIVATE, private), (ck::CKA_MODIFIABLE, modifiable)] {
+    for (attr, value) in [
+        (ck::CKA_TOKEN, token),
+        (ck::CKA_PRIVATE, private),
+        (ck::CKA_MODIFIABLE, modifiable),
+    ] {
         if let Some(v) = value {
             v.check_kind(attr)?;
-            if attr == ck::CKA_PRIVATE && holds_secret(current.class().unwrap_or(0)) && v == AttrValue::Bool(false) {
-                return Err(TokenError::TemplateInconsistent("a key cannot be copied into a public object".into()));
+            if attr == ck::CKA_PRIVATE
+                && holds_secret(current.class().unwrap_or(0))
+                && v == AttrValue::Bool(false)
+            {
+                return Err(TokenError::TemplateInconsistent(
+                    "a key cannot be copied into a public object".into(),
+                ));
             }
             out.set(attr, v);
         }
@@ -421,11 +507,16 @@ pub fn check_key_use(key: &Template, mech: u64, usage: Usage) -> TokenResult<()>
         return Err(TokenError::KeyTypeInconsistent);
     }
     if !key.flag(usage.attribute(), false) {
-        return Err(TokenError::KeyFunctionNotPermitted(format!("the key's CKA_{} is false", usage.name().to_uppercase())));
+        return Err(TokenError::KeyFunctionNotPermitted(format!(
+            "the key's CKA_{} is false",
+            usage.name().to_uppercase()
+        )));
     }
     if let Some(AttrValue::UlongList(allowed)) = key.get(ck::CKA_ALLOWED_MECHANISMS) {
         if !allowed.is_empty() && !allowed.contains(&mech) {
-            return Err(TokenError::KeyFunctionNotPermitted("CKA_ALLOWED_MECHANISMS excludes this mechanism".into()));
+            return Err(TokenError::KeyFunctionNotPermitted(
+                "CKA_ALLOWED_MECHANISMS excludes this mechanism".into(),
+            ));
         }
     }
     Ok(())
@@ -435,13 +526,17 @@ pub fn check_key_use(key: &Template, mech: u64, usage: Usage) -> TokenResult<()>
 /// `CKA_WRAP_WITH_TRUSTED` only under a trusted wrapping key.
 pub fn check_wrappable(key: &Template, wrapping_key: &Template) -> TokenResult<()> {
     if !holds_secret(key.class().unwrap_or(0)) {
-        return Err(TokenError::KeyFunctionNotPermitted("only private and secret keys can be wrapped".into()));
+        return Err(TokenError::KeyFunctionNotPermitted(
+            "only private and secret keys can be wrapped".into(),
+        ));
     }
     if !key.flag(ck::CKA_EXTRACTABLE, false) {
         return Err(TokenError::KeyUnextractable);
     }
     if key.flag(ck::CKA_WRAP_WITH_TRUSTED, false) && !wrapping_key.flag(ck::CKA_TRUSTED, false) {
-        return Err(TokenError::KeyFunctionNotPermitted("the key may be wrapped only with a trusted key".into()));
+        return Err(TokenError::KeyFunctionNotPermitted(
+            "the key may be wrapped only with a trusted key".into(),
+        ));
     }
     Ok(())
 }
@@ -465,13 +560,19 @@ mod tests {
         assert_eq!(t.bool(ck::CKA_ALWAYS_SENSITIVE), Some(true));
         assert_eq!(t.bool(ck::CKA_NEVER_EXTRACTABLE), Some(true));
         assert_eq!(t.bool(ck::CKA_LOCAL), Some(true));
-        assert_eq!(t.ulong(ck::CKA_KEY_GEN_MECHANISM), Some(ck::CKM_AES_KEY_GEN));
+        assert_eq!(
+            t.ulong(ck::CKA_KEY_GEN_MECHANISM),
+            Some(ck::CKM_AES_KEY_GEN)
+        );
     }
 
     #[test]
     fn generated_key_with_bad_length_or_class_is_refused() {
         let t = aes_template().with(ck::CKA_VALUE_LEN, AttrValue::Ulong(20));
-        assert!(matches!(generated_secret_key(ck::CKM_AES_KEY_GEN, &t), Err(TokenError::KeySizeRange(_))));
+        assert!(matches!(
+            generated_secret_key(ck::CKM_AES_KEY_GEN, &t),
+            Err(TokenError::KeySizeRange(_))
+        ));
         let t = aes_template().with(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_PUBLIC_KEY));
         assert!(matches!(
             generated_secret_key(ck::CKM_AES_KEY_GEN, &t),
@@ -502,27 +603,51 @@ mod tests {
     fn sensitive_cannot_be_cleared_and_extractable_cannot_be_set() {
         let (t, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
         assert_eq!(
-            set_attributes(&t, &Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(false))),
+            set_attributes(
+                &t,
+                &Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(false))
+            ),
             Err(TokenError::AttributeReadOnly(ck::CKA_SENSITIVE))
         );
         assert_eq!(
-            set_attributes(&t, &Template::new().with(ck::CKA_EXTRACTABLE, AttrValue::Bool(true))),
+            set_attributes(
+                &t,
+                &Template::new().with(ck::CKA_EXTRACTABLE, AttrValue::Bool(true))
+            ),
             Err(TokenError::AttributeReadOnly(ck::CKA_EXTRACTABLE))
         );
         assert_eq!(
-            set_attributes(&t, &Template::new().with(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_DATA))),
+            set_attributes(
+                &t,
+                &Template::new().with(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_DATA))
+            ),
             Err(TokenError::AttributeReadOnly(ck::CKA_CLASS))
         );
-        let renamed = set_attributes(&t, &Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(b"new".to_vec())));
+        let renamed = set_attributes(
+            &t,
+            &Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(b"new".to_vec())),
+        );
         assert_eq!(renamed.unwrap().label().as_deref(), Some("new"));
     }
 
     #[test]
     fn copy_cannot_weaken_a_sensitive_key() {
         let (t, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
-        assert!(copied_object(&t, &Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(false))).is_err());
-        assert!(copied_object(&t, &Template::new().with(ck::CKA_EXTRACTABLE, AttrValue::Bool(true))).is_err());
-        let copy = copied_object(&t, &Template::new().with(ck::CKA_TOKEN, AttrValue::Bool(false))).unwrap();
+        assert!(copied_object(
+            &t,
+            &Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(false))
+        )
+        .is_err());
+        assert!(copied_object(
+            &t,
+            &Template::new().with(ck::CKA_EXTRACTABLE, AttrValue::Bool(true))
+        )
+        .is_err());
+        let copy = copied_object(
+            &t,
+            &Template::new().with(ck::CKA_TOKEN, AttrValue::Bool(false)),
+        )
+        .unwrap();
         assert_eq!(copy.bool(ck::CKA_TOKEN), Some(false));
     }
 
@@ -537,8 +662,14 @@ mod tests {
     fn key_use_checks_flags_type_and_allowed_mechanisms() {
         let (mut t, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
         assert!(check_key_use(&t, ck::CKM_AES_GCM, Usage::Encrypt).is_ok());
-        assert_eq!(check_key_use(&t, ck::CKM_ECDSA, Usage::Sign), Err(TokenError::KeyTypeInconsistent));
-        t.set(ck::CKA_ALLOWED_MECHANISMS, AttrValue::UlongList(vec![ck::CKM_AES_CBC_PAD]));
+        assert_eq!(
+            check_key_use(&t, ck::CKM_ECDSA, Usage::Sign),
+            Err(TokenError::KeyTypeInconsistent)
+        );
+        t.set(
+            ck::CKA_ALLOWED_MECHANISMS,
+            AttrValue::UlongList(vec![ck::CKM_AES_CBC_PAD]),
+        );
         assert!(matches!(
             check_key_use(&t, ck::CKM_AES_GCM, Usage::Encrypt),
             Err(TokenError::KeyFunctionNotPermitted(_))

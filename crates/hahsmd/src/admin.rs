@@ -22,10 +22,14 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 pub async fn serve(app: Arc<Appliance>, listener: UnixListener) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         let app = app.clone();
         tokio::spawn(async move {
-            while let Ok(Some(frame)) = hahsm_link::read_frame(&mut stream, hahsm_proto::DEFAULT_MAX_FRAME).await {
+            while let Ok(Some(frame)) =
+                hahsm_link::read_frame(&mut stream, hahsm_proto::DEFAULT_MAX_FRAME).await
+            {
                 let response = match decode::<AdminRequest>(&frame) {
                     Ok(req) => {
                         let _guard = app.admin_lock().lock().await;
@@ -33,7 +37,10 @@ pub async fn serve(app: Arc<Appliance>, listener: UnixListener) {
                     }
                     Err(e) => AdminResponse::Error(e.to_string()),
                 };
-                if hahsm_link::write_frame(&mut stream, &encode(&response)).await.is_err() {
+                if hahsm_link::write_frame(&mut stream, &encode(&response))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -42,7 +49,11 @@ pub async fn serve(app: Arc<Appliance>, listener: UnixListener) {
 }
 
 async fn dispatch(app: &Appliance, req: AdminRequest) -> AdminResponse {
-    let name = format!("{req:?}").split([' ', '{', '(']).next().unwrap_or("").to_string();
+    let name = format!("{req:?}")
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("")
+        .to_string();
     let result = run(app, req).await;
     match result {
         Ok(r) => {
@@ -69,9 +80,16 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             fingerprint: app.fingerprint().unwrap_or_default(),
             software_version: crate::SOFTWARE_VERSION.to_string(),
         })),
-        R::HsmInit { label, so_secret, domain_secret } => {
+        R::HsmInit {
+            label,
+            so_secret,
+            domain_secret,
+        } => {
             app.hsm_init(&label, &so_secret, &domain_secret)?;
-            done(&format!("HSM '{label}' initialized (serial {})", app.serial))
+            done(&format!(
+                "HSM '{label}' initialized (serial {})",
+                app.serial
+            ))
         }
         R::HsmLogin { so_secret } => {
             app.hsm_login(&so_secret)?;
@@ -90,7 +108,10 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             app.factory_reset()?;
             done("factory reset done: the HSM is uninitialized")
         }
-        R::RegenCert { common_name, subject_alt_names } => {
+        R::RegenCert {
+            common_name,
+            subject_alt_names,
+        } => {
             app.require_so()?;
             let fp = app.regen_cert(&common_name, &subject_alt_names)?;
             done(&format!("new server certificate; SHA-256 fingerprint {fp}"))
@@ -99,11 +120,23 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             app.tls_acceptor()?;
             Ok(AdminResponse::Fingerprint(app.fingerprint()?))
         }
-        R::PartitionCreate { name, owner_secret, initial_pin } => {
+        R::PartitionCreate {
+            name,
+            owner_secret,
+            initial_pin,
+        } => {
             let (serial, pin) = app.partition_create(&name, &owner_secret, initial_pin.as_ref())?;
-            Ok(AdminResponse::PartitionCreated { serial, initial_pin: pin })
+            Ok(AdminResponse::PartitionCreated {
+                serial,
+                initial_pin: pin,
+            })
         }
-        R::PartitionChangePin { name, old_pin, owner_secret, new_pin } => {
+        R::PartitionChangePin {
+            name,
+            old_pin,
+            owner_secret,
+            new_pin,
+        } => {
             app.partition_change_pin(&name, old_pin.as_ref(), owner_secret.as_ref(), &new_pin)?;
             done(&format!("PIN of partition '{name}' changed"))
         }
@@ -115,12 +148,22 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             app.partition_deactivate(&name)?;
             done(&format!("partition '{name}' deactivated"))
         }
-        R::PartitionShowPolicies { name } => Ok(AdminResponse::Policies(app.partition_policies(&name)?)),
-        R::PartitionChangePolicy { name, policy, value } => {
-            app.partition_change_policy(&name, &policy, value)?;
-            done(&format!("partition '{name}' policy {policy} set to {value}"))
+        R::PartitionShowPolicies { name } => {
+            Ok(AdminResponse::Policies(app.partition_policies(&name)?))
         }
-        R::PartitionShowContents { name } => Ok(AdminResponse::Contents(app.partition_contents(&name)?)),
+        R::PartitionChangePolicy {
+            name,
+            policy,
+            value,
+        } => {
+            app.partition_change_policy(&name, &policy, value)?;
+            done(&format!(
+                "partition '{name}' policy {policy} set to {value}"
+            ))
+        }
+        R::PartitionShowContents { name } => {
+            Ok(AdminResponse::Contents(app.partition_contents(&name)?))
+        }
         R::PartitionClear { name } => {
             app.partition_clear(&name).await?;
             done(&format!("partition '{name}' cleared"))
@@ -130,7 +173,11 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             done(&format!("partition '{name}' deleted"))
         }
         R::PartitionList => Ok(AdminResponse::Partitions(app.partition_list()?)),
-        R::ClientRegister { name, hostname, fingerprint } => {
+        R::ClientRegister {
+            name,
+            hostname,
+            fingerprint,
+        } => {
             app.client_register(&name, &hostname, &fingerprint)?;
             done(&format!("client '{name}' registered"))
         }
@@ -141,11 +188,15 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
         R::ClientList => Ok(AdminResponse::Clients(app.client_list()?)),
         R::ClientAssignPartition { client, partition } => {
             app.client_assign(&client, &partition, true)?;
-            done(&format!("partition '{partition}' assigned to client '{client}'"))
+            done(&format!(
+                "partition '{partition}' assigned to client '{client}'"
+            ))
         }
         R::ClientRevokePartition { client, partition } => {
             app.client_assign(&client, &partition, false)?;
-            done(&format!("partition '{partition}' revoked from client '{client}'"))
+            done(&format!(
+                "partition '{partition}' revoked from client '{client}'"
+            ))
         }
     }
 }

@@ -80,7 +80,10 @@ pub struct Appliance {
 
 fn secret_ok(secret: &Secret, what: &str) -> AdminResult<()> {
     if secret.len() != SECRET_LEN {
-        return fail(format!("the {what} must be {SECRET_LEN} bytes (256 bits); got {} bytes", secret.len()));
+        return fail(format!(
+            "the {what} must be {SECRET_LEN} bytes (256 bits); got {} bytes",
+            secret.len()
+        ));
     }
     Ok(())
 }
@@ -93,12 +96,22 @@ fn pin_ok(pin: &[u8]) -> Result<(), TokenError> {
 }
 
 fn owner_kek(owner_secret: &[u8], serial: u64) -> Result<SealKey, TokenError> {
-    let key = crypto::hkdf_sha256(&[owner_secret], &serial.to_le_bytes(), b"hahsm/partition-owner-kek/v1", 32)?;
+    let key = crypto::hkdf_sha256(
+        &[owner_secret],
+        &serial.to_le_bytes(),
+        b"hahsm/partition-owner-kek/v1",
+        32,
+    )?;
     SealKey::new(key)
 }
 
 fn so_kek(so_secret: &[u8], salt: &[u8]) -> Result<SealKey, TokenError> {
-    SealKey::new(crypto::hkdf_sha256(&[so_secret], salt, b"hahsm/so-kek/v1", 32)?)
+    SealKey::new(crypto::hkdf_sha256(
+        &[so_secret],
+        salt,
+        b"hahsm/so-kek/v1",
+        32,
+    )?)
 }
 
 fn so_verifier(so_secret: &[u8], salt: &[u8]) -> Result<SecretBytes, TokenError> {
@@ -154,7 +167,10 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 /// Creates a directory readable only by this user.
 pub fn private_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
@@ -162,8 +178,12 @@ impl Appliance {
     /// Opens the member's store, loads its registry and re-activates the
     /// partitions whose auto-activation policy is on.
     pub fn open(config: Config) -> anyhow::Result<Arc<Appliance>> {
-        private_dir(&config.data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+        private_dir(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
         let store = Arc::new(Store::open(&config.store_path())?);
         let seal_key = load_or_create_seal_key(&config.seal_key_path())?;
         let serial = match store.get_meta(META_SERIAL)? {
@@ -218,7 +238,9 @@ impl Appliance {
                 .and_then(|pmk| self.load_partition(&row, pmk));
             match result {
                 Ok(()) => info!(partition = %row.name, "partition auto-activated"),
-                Err(e) => warn!(partition = %row.name, error = %e, "auto-activation failed; the partition stays inactive"),
+                Err(e) => {
+                    warn!(partition = %row.name, error = %e, "auto-activation failed; the partition stays inactive")
+                }
             }
         }
     }
@@ -232,23 +254,40 @@ impl Appliance {
             self.hlc.clone(),
             self.config.limits.max_objects_per_partition,
         )?;
-        self.active_write().insert(row.name.clone(), Arc::new(active));
+        self.active_write()
+            .insert(row.name.clone(), Arc::new(active));
         Ok(())
     }
 
-    fn active_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ActivePartition>>> {
+    fn active_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ActivePartition>>> {
         self.active.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn active_partition(&self, name: &str) -> Option<Arc<ActivePartition>> {
-        self.active.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.active
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     fn reload_clients(&self) -> AdminResult<()> {
         let mut map = HashMap::new();
         for c in self.store.list_clients()? {
-            let partitions = self.store.partitions_of_client(&c.name)?.into_iter().collect();
-            map.insert(c.fingerprint_hex.clone(), ClientEntry { name: c.name, partitions });
+            let partitions = self
+                .store
+                .partitions_of_client(&c.name)?
+                .into_iter()
+                .collect();
+            map.insert(
+                c.fingerprint_hex.clone(),
+                ClientEntry {
+                    name: c.name,
+                    partitions,
+                },
+            );
         }
         *self.clients.0.write().unwrap_or_else(|p| p.into_inner()) = map;
         Ok(())
@@ -266,10 +305,19 @@ impl Appliance {
             return Ok(a.clone());
         }
         if !self.config.cert_path().exists() {
-            let host = self.config.listen.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
-            self.regen_cert(&format!("hahsm-{}", self.serial), &[host.trim_matches(['[', ']']).to_string()])?;
+            let host = self
+                .config
+                .listen
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or("127.0.0.1");
+            self.regen_cert(
+                &format!("hahsm-{}", self.serial),
+                &[host.trim_matches(['[', ']']).to_string()],
+            )?;
         }
-        let identity = hahsm_link::load_identity(&self.config.cert_path(), &self.config.key_path())?;
+        let identity =
+            hahsm_link::load_identity(&self.config.cert_path(), &self.config.key_path())?;
         let config = hahsm_link::server_config(identity, self.clients.clone())?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor.clone());
@@ -318,7 +366,10 @@ impl Appliance {
     }
 
     pub fn so_logged_in(&self) -> bool {
-        let until = self.so_login_until.lock().unwrap_or_else(|p| p.into_inner());
+        let until = self
+            .so_login_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         until.is_some_and(|t| Instant::now() < t)
     }
 
@@ -327,14 +378,23 @@ impl Appliance {
             return fail("the HSM is not initialized: run `hahsm appliance hsm init` first");
         }
         if !self.so_logged_in() {
-            return fail("this command needs the SO: run `hahsm appliance hsm login --so-secret FILE` first");
+            return fail(
+                "this command needs the SO: run `hahsm appliance hsm login --so-secret FILE` first",
+            );
         }
         Ok(())
     }
 
-    pub fn hsm_init(&self, label: &str, so_secret: &Secret, domain_secret: &Secret) -> AdminResult<()> {
+    pub fn hsm_init(
+        &self,
+        label: &str,
+        so_secret: &Secret,
+        domain_secret: &Secret,
+    ) -> AdminResult<()> {
         if self.is_initialized() {
-            return fail("the HSM is already initialized; `hahsm appliance hsm factory-reset` starts over");
+            return fail(
+                "the HSM is already initialized; `hahsm appliance hsm factory-reset` starts over",
+            );
         }
         if label.is_empty() || label.len() > 32 {
             return fail("the HSM label must be 1 to 32 characters");
@@ -343,11 +403,13 @@ impl Appliance {
         secret_ok(domain_secret, "domain secret")?;
         let salt = crypto::random(16)?;
         let verifier = so_verifier(so_secret.expose(), &salt)?;
-        let wrapped_domain = so_kek(so_secret.expose(), &salt)?.seal(b"hahsm/domain/v1", domain_secret.expose())?;
+        let wrapped_domain =
+            so_kek(so_secret.expose(), &salt)?.seal(b"hahsm/domain/v1", domain_secret.expose())?;
         self.store.put_meta(META_LABEL, label.as_bytes())?;
         self.store.put_meta(META_SO_SALT, &salt)?;
         self.store.put_meta(META_DOMAIN, &wrapped_domain)?;
-        self.store.put_meta(META_POLICIES, &encode(&Policies::defaults(HSM_POLICIES)))?;
+        self.store
+            .put_meta(META_POLICIES, &encode(&Policies::defaults(HSM_POLICIES)))?;
         // Written last: its presence is what marks the HSM initialized.
         self.store.put_meta(META_SO_VERIFIER, verifier.expose())?;
         info!(label, "HSM initialized");
@@ -366,14 +428,20 @@ impl Appliance {
             return fail("SO login refused: the SO secret is wrong");
         }
         let minutes = self.config.limits.so_login_minutes;
-        *self.so_login_until.lock().unwrap_or_else(|p| p.into_inner()) =
+        *self
+            .so_login_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
             Some(Instant::now() + Duration::from_secs(minutes * 60));
         info!("SO logged in on the admin socket");
         Ok(())
     }
 
     pub fn hsm_logout(&self) {
-        *self.so_login_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .so_login_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn hsm_policies(&self) -> AdminResult<Policies> {
@@ -389,12 +457,18 @@ impl Appliance {
 
     pub fn hsm_change_policy(&self, key: &str, value: u64) -> AdminResult<()> {
         self.require_so()?;
-        let def = policy::lookup(HSM_POLICIES, key)
-            .ok_or_else(|| AdminError(format!("no HSM policy '{key}' (see `hsm show-policies`)")))?;
+        let def = policy::lookup(HSM_POLICIES, key).ok_or_else(|| {
+            AdminError(format!("no HSM policy '{key}' (see `hsm show-policies`)"))
+        })?;
         let mut p = self.hsm_policies()?;
         p.set(def, value).map_err(AdminError)?;
         self.store.put_meta(META_POLICIES, &encode(&p))?;
-        info!(policy = def.number, name = def.name, value, "HSM policy changed");
+        info!(
+            policy = def.number,
+            name = def.name,
+            value,
+            "HSM policy changed"
+        );
         Ok(())
     }
 
@@ -406,7 +480,13 @@ impl Appliance {
         for c in self.store.list_clients()? {
             self.store.remove_client(&c.name)?;
         }
-        for key in [META_SO_VERIFIER, META_LABEL, META_SO_SALT, META_DOMAIN, META_POLICIES] {
+        for key in [
+            META_SO_VERIFIER,
+            META_LABEL,
+            META_SO_SALT,
+            META_DOMAIN,
+            META_POLICIES,
+        ] {
             self.store.delete_meta(key)?;
         }
         self.hsm_logout();
@@ -423,9 +503,19 @@ impl Appliance {
             .ok_or_else(|| AdminError(format!("no partition named '{name}'")))
     }
 
-    pub fn partition_create(&self, name: &str, owner_secret: &Secret, initial_pin: Option<&Secret>) -> AdminResult<(u64, Option<Secret>)> {
+    pub fn partition_create(
+        &self,
+        name: &str,
+        owner_secret: &Secret,
+        initial_pin: Option<&Secret>,
+    ) -> AdminResult<(u64, Option<Secret>)> {
         self.require_so()?;
-        if name.is_empty() || name.len() > 32 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if name.is_empty()
+            || name.len() > 32
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return fail("a partition name is 1 to 32 letters, digits, '-', '_' or '.'");
         }
         secret_ok(owner_secret, "partition-owner secret")?;
@@ -437,7 +527,10 @@ impl Appliance {
             // Like the appliance's challenge string: printed once, to be changed.
             None => Some(Secret::new(random_pin()?.into_bytes())),
         };
-        let pin = initial_pin.or(generated.as_ref()).map(|p| p.expose().to_vec()).unwrap_or_default();
+        let pin = initial_pin
+            .or(generated.as_ref())
+            .map(|p| p.expose().to_vec())
+            .unwrap_or_default();
         pin_ok(&pin)?;
         let serial = random_serial(8)?;
         let pmk = SealKey::generate()?;
@@ -447,7 +540,8 @@ impl Appliance {
             id: 0,
             name: name.to_string(),
             serial,
-            wrapped_pmk: owner_kek(owner_secret.expose(), serial)?.seal(&pmk_aad(serial), pmk.key_bytes())?,
+            wrapped_pmk: owner_kek(owner_secret.expose(), serial)?
+                .seal(&pmk_aad(serial), pmk.key_bytes())?,
             sealed_pmk: None,
             pin_salt: salt,
             sealed_pin: Some(pmk.seal(&pin_aad(serial), &verifier)?),
@@ -464,10 +558,15 @@ impl Appliance {
 
     fn unwrap_pmk(&self, row: &PartitionRow, owner_secret: &Secret) -> AdminResult<SealKey> {
         let kek = owner_kek(owner_secret.expose(), row.serial)?;
-        let pmk = kek.open(&pmk_aad(row.serial), &row.wrapped_pmk).map_err(|_| {
-            warn!(partition = %row.name, "activation refused: wrong partition-owner secret");
-            AdminError(format!("the partition-owner secret is wrong for partition '{}'", row.name))
-        })?;
+        let pmk = kek
+            .open(&pmk_aad(row.serial), &row.wrapped_pmk)
+            .map_err(|_| {
+                warn!(partition = %row.name, "activation refused: wrong partition-owner secret");
+                AdminError(format!(
+                    "the partition-owner secret is wrong for partition '{}'",
+                    row.name
+                ))
+            })?;
         Ok(SealKey::new(pmk)?)
     }
 
@@ -481,7 +580,10 @@ impl Appliance {
         }
         let pmk = self.unwrap_pmk(&row, owner_secret)?;
         row.sealed_pmk = if policies.enabled(policy::partition::ALLOW_AUTO_ACTIVATION) {
-            Some(self.seal_key.seal(&autoactivate_aad(row.serial), pmk.key_bytes())?)
+            Some(
+                self.seal_key
+                    .seal(&autoactivate_aad(row.serial), pmk.key_bytes())?,
+            )
         } else {
             None
         };
@@ -490,7 +592,11 @@ impl Appliance {
             self.load_partition(&row, pmk)?;
         }
         self.store.update_partition(&row)?;
-        info!(partition = name, auto = row.sealed_pmk.is_some(), "partition activated");
+        info!(
+            partition = name,
+            auto = row.sealed_pmk.is_some(),
+            "partition activated"
+        );
         Ok(())
     }
 
@@ -507,18 +613,27 @@ impl Appliance {
 
     pub fn partition_policies(&self, name: &str) -> AdminResult<Vec<PolicyLine>> {
         let row = self.partition_row(name)?;
-        Ok(policy_lines(PARTITION_POLICIES, &decode_policies(&row.policies, PARTITION_POLICIES)))
+        Ok(policy_lines(
+            PARTITION_POLICIES,
+            &decode_policies(&row.policies, PARTITION_POLICIES),
+        ))
     }
 
     pub fn partition_policy_values(&self, name: &str) -> AdminResult<Policies> {
-        Ok(decode_policies(&self.partition_row(name)?.policies, PARTITION_POLICIES))
+        Ok(decode_policies(
+            &self.partition_row(name)?.policies,
+            PARTITION_POLICIES,
+        ))
     }
 
     pub fn partition_change_policy(&self, name: &str, key: &str, value: u64) -> AdminResult<()> {
         self.require_so()?;
         let mut row = self.partition_row(name)?;
-        let def = policy::lookup(PARTITION_POLICIES, key)
-            .ok_or_else(|| AdminError(format!("no partition policy '{key}' (see `partition show-policies`)")))?;
+        let def = policy::lookup(PARTITION_POLICIES, key).ok_or_else(|| {
+            AdminError(format!(
+                "no partition policy '{key}' (see `partition show-policies`)"
+            ))
+        })?;
         let mut p = decode_policies(&row.policies, PARTITION_POLICIES);
         p.set(def, value).map_err(AdminError)?;
         row.policies = encode(&p);
@@ -527,25 +642,42 @@ impl Appliance {
                 // Turning auto-activation off removes the sealed key at once.
                 row.sealed_pmk = None;
             } else if let Some(active) = self.active_partition(name) {
-                row.sealed_pmk = Some(self.seal_key.seal(&autoactivate_aad(row.serial), active.pmk().key_bytes())?);
+                row.sealed_pmk = Some(
+                    self.seal_key
+                        .seal(&autoactivate_aad(row.serial), active.pmk().key_bytes())?,
+                );
             }
         }
         self.store.update_partition(&row)?;
-        info!(partition = name, policy = def.number, name = def.name, value, "partition policy changed");
+        info!(
+            partition = name,
+            policy = def.number,
+            name = def.name,
+            value,
+            "partition policy changed"
+        );
         Ok(())
     }
 
     /// Changes the user PIN with the old PIN (partition active) or with the
     /// partition-owner secret, which also clears a lockout.
-    pub fn partition_change_pin(&self, name: &str, old_pin: Option<&Secret>, owner: Option<&Secret>, new_pin: &Secret) -> AdminResult<()> {
+    pub fn partition_change_pin(
+        &self,
+        name: &str,
+        old_pin: Option<&Secret>,
+        owner: Option<&Secret>,
+        new_pin: &Secret,
+    ) -> AdminResult<()> {
         let mut row = self.partition_row(name)?;
         pin_ok(new_pin.expose())?;
         let pmk = match (old_pin, owner) {
             (_, Some(owner)) => self.unwrap_pmk(&row, owner)?,
             (Some(old), None) => {
-                let active = self
-                    .active_partition(name)
-                    .ok_or_else(|| AdminError(format!("partition '{name}' is not activated; give --owner-secret instead")))?;
+                let active = self.active_partition(name).ok_or_else(|| {
+                    AdminError(format!(
+                        "partition '{name}' is not activated; give --owner-secret instead"
+                    ))
+                })?;
                 self.check_pin(&row, &active, old.expose())?;
                 SealKey::new(SecretBytes::new(active.pmk().key_bytes().to_vec()))?
             }
@@ -553,7 +685,10 @@ impl Appliance {
         };
         let salt = crypto::random(16)?;
         row.pin_salt = salt.clone();
-        row.sealed_pin = Some(pmk.seal(&pin_aad(row.serial), &crypto::pin_verifier(new_pin.expose(), &salt))?);
+        row.sealed_pin = Some(pmk.seal(
+            &pin_aad(row.serial),
+            &crypto::pin_verifier(new_pin.expose(), &salt),
+        )?);
         row.failed_logins = 0;
         self.store.update_partition(&row)?;
         info!(partition = name, "partition PIN changed");
@@ -561,8 +696,14 @@ impl Appliance {
     }
 
     /// Checks a user PIN, counting failures durably toward the lockout policy.
-    pub fn check_pin(&self, row: &PartitionRow, active: &ActivePartition, pin: &[u8]) -> Result<(), TokenError> {
-        let max = decode_policies(&row.policies, PARTITION_POLICIES).get(policy::partition::MAX_FAILED_LOGINS) as u32;
+    pub fn check_pin(
+        &self,
+        row: &PartitionRow,
+        active: &ActivePartition,
+        pin: &[u8],
+    ) -> Result<(), TokenError> {
+        let max = decode_policies(&row.policies, PARTITION_POLICIES)
+            .get(policy::partition::MAX_FAILED_LOGINS) as u32;
         if max > 0 && row.failed_logins >= max {
             warn!(partition = %row.name, "login refused: the PIN is locked");
             return Err(TokenError::PinLocked);
@@ -574,7 +715,9 @@ impl Appliance {
         let verifier = active
             .pmk()
             .open(&pin_aad(row.serial), stored)
-            .map_err(|_| TokenError::DeviceError("store integrity check failed: PIN verifier".into()))?;
+            .map_err(|_| {
+                TokenError::DeviceError("store integrity check failed: PIN verifier".into())
+            })?;
         let given = crypto::pin_verifier(pin, &row.pin_salt);
         if crypto::ct_eq(&given, verifier.expose()) {
             if row.failed_logins != 0 {
@@ -589,7 +732,9 @@ impl Appliance {
             return Err(TokenError::PinLocked);
         }
         warn!(partition = %row.name, failed, "login refused: wrong PIN");
-        Err(TokenError::PinIncorrect { remaining: max.saturating_sub(failed) })
+        Err(TokenError::PinIncorrect {
+            remaining: max.saturating_sub(failed),
+        })
     }
 
     pub fn partition_row_for_login(&self, name: &str) -> Result<PartitionRow, TokenError> {
@@ -627,7 +772,12 @@ impl Appliance {
             .map(|o| ObjectSummary {
                 ouid: o.ouid.to_string(),
                 class: hahsm_token::object::class_name(o.class()).to_string(),
-                key_type: o.attrs.key_type().map(hahsm_token::object::key_type_name).unwrap_or("-").to_string(),
+                key_type: o
+                    .attrs
+                    .key_type()
+                    .map(hahsm_token::object::key_type_name)
+                    .unwrap_or("-")
+                    .to_string(),
                 label: o.attrs.label().unwrap_or_default(),
                 id_hex: hex::encode(o.attrs.bytes(ck::CKA_ID).unwrap_or_default()),
                 private: o.is_private(),
@@ -658,12 +808,18 @@ impl Appliance {
 
     // ----- clients -----
 
-    pub fn client_register(&self, name: &str, hostname: &str, fingerprint: &str) -> AdminResult<()> {
+    pub fn client_register(
+        &self,
+        name: &str,
+        hostname: &str,
+        fingerprint: &str,
+    ) -> AdminResult<()> {
         self.require_so()?;
         if name.is_empty() || name.len() > 64 {
             return fail("a client name is 1 to 64 characters");
         }
-        let fp = Fingerprint::parse(fingerprint).map_err(|e| AdminError(format!("bad fingerprint: {e}")))?;
+        let fp = Fingerprint::parse(fingerprint)
+            .map_err(|e| AdminError(format!("bad fingerprint: {e}")))?;
         self.store.register_client(&ClientRow {
             name: name.to_string(),
             fingerprint_hex: fp.to_hex(),
@@ -690,14 +846,19 @@ impl Appliance {
             self.store.revoke_partition(client, partition)?;
         }
         self.reload_clients()?;
-        info!(client, partition, assign, "client partition assignment changed");
+        info!(
+            client,
+            partition, assign, "client partition assignment changed"
+        );
         Ok(())
     }
 
     pub fn client_list(&self) -> AdminResult<Vec<ClientSummary>> {
         let mut out = Vec::new();
         for c in self.store.list_clients()? {
-            let fp = Fingerprint::parse(&c.fingerprint_hex).map(|f| f.to_string()).unwrap_or(c.fingerprint_hex.clone());
+            let fp = Fingerprint::parse(&c.fingerprint_hex)
+                .map(|f| f.to_string())
+                .unwrap_or(c.fingerprint_hex.clone());
             out.push(ClientSummary {
                 partitions: self.store.partitions_of_client(&c.name)?,
                 name: c.name,
@@ -716,13 +877,20 @@ pub struct ClientRegistry(RwLock<HashMap<String, ClientEntry>>);
 
 impl ClientRegistry {
     pub fn get(&self, fp: &Fingerprint) -> Option<ClientEntry> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).get(&fp.to_hex()).cloned()
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fp.to_hex())
+            .cloned()
     }
 }
 
 impl ClientAuthorizer for ClientRegistry {
     fn is_registered(&self, fp: &Fingerprint) -> bool {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).contains_key(&fp.to_hex())
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&fp.to_hex())
     }
 }
 
@@ -731,14 +899,22 @@ fn random_pin() -> Result<String, TokenError> {
     // appliance's challenge strings are.
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789";
     let bytes = crypto::random(16)?;
-    let chars: Vec<char> = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
-    Ok(chars.chunks(4).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-"))
+    let chars: Vec<char> = bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
+    Ok(chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-"))
 }
 
 fn load_or_create_seal_key(path: &std::path::Path) -> anyhow::Result<SealKey> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(SealKey::new(SecretBytes::new(bytes))
-            .map_err(|_| anyhow::anyhow!("{} is not a valid auto-activation key", path.display()))?),
+        Ok(bytes) => Ok(SealKey::new(SecretBytes::new(bytes)).map_err(|_| {
+            anyhow::anyhow!("{} is not a valid auto-activation key", path.display())
+        })?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SealKey::generate()?;
             hahsm_link::write_private_file(path, key.key_bytes())?;

@@ -65,13 +65,15 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
         Ok(config)
     }
 
     pub fn admin_socket(&self) -> PathBuf {
-        self.admin_socket.clone().unwrap_or_else(|| self.data_dir.join("admin.sock"))
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.sock"))
     }
 
     pub fn store_path(&self) -> PathBuf {

@@ -5,7 +5,9 @@ use crate::appliance::Appliance;
 use crate::partition::{public_key_of, ActivePartition, ObjectEntry};
 use hahsm_crypto::{self as crypto, KeyPair, PublicKey, SecretBytes};
 use hahsm_link::Fingerprint;
-use hahsm_proto::client::{AttrResult, OpId, PartitionInfo, Request, Response, USER_NORMAL, USER_SO};
+use hahsm_proto::client::{
+    AttrResult, OpId, PartitionInfo, Request, Response, USER_NORMAL, USER_SO,
+};
 use hahsm_token::mechanism::Usage;
 use hahsm_token::object::holds_secret;
 use hahsm_token::policy;
@@ -31,25 +33,45 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(fingerprint: Fingerprint, client_name: String) -> Self {
-        Connection { fingerprint, client_name, logins: Mutex::default(), session_objects: Mutex::default() }
+        Connection {
+            fingerprint,
+            client_name,
+            logins: Mutex::default(),
+            session_objects: Mutex::default(),
+        }
     }
 
     fn logged_in(&self, partition: &str) -> bool {
-        self.logins.lock().unwrap_or_else(|p| p.into_inner()).contains_key(partition)
+        self.logins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(partition)
     }
 
     fn session_object(&self, partition: &str, ouid: &Ouid) -> Option<Arc<ObjectEntry>> {
-        let objects = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
-        objects.get(ouid).filter(|(p, _)| p == partition).map(|(_, o)| o.clone())
+        let objects = self
+            .session_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        objects
+            .get(ouid)
+            .filter(|(p, _)| p == partition)
+            .map(|(_, o)| o.clone())
     }
 
     fn put_session_object(&self, partition: &str, entry: ObjectEntry) {
-        let mut objects = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
+        let mut objects = self
+            .session_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         objects.insert(entry.ouid, (partition.to_string(), Arc::new(entry)));
     }
 
     fn remove_session_object(&self, ouid: &Ouid) {
-        self.session_objects.lock().unwrap_or_else(|p| p.into_inner()).remove(ouid);
+        self.session_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(ouid);
     }
 }
 
@@ -95,8 +117,15 @@ impl KeyOps<'_> {
                 )));
             }
         }
-        let active = self.app.active_partition(partition).ok_or(TokenError::PartitionNotActive)?;
-        Ok(Ctx { name: partition.to_string(), active, logged_in: self.conn.logged_in(partition) })
+        let active = self
+            .app
+            .active_partition(partition)
+            .ok_or(TokenError::PartitionNotActive)?;
+        Ok(Ctx {
+            name: partition.to_string(),
+            active,
+            logged_in: self.conn.logged_in(partition),
+        })
     }
 
     fn ctx_logged_in(&self, partition: &str) -> TokenResult<Ctx> {
@@ -137,7 +166,12 @@ impl KeyOps<'_> {
 
     /// Stores new objects: token objects through the partition's write path,
     /// session objects in the connection.
-    async fn store_new(&self, ctx: &Ctx, objects: Vec<(Template, Option<SecretBytes>)>, op_id: OpId) -> TokenResult<Vec<Ouid>> {
+    async fn store_new(
+        &self,
+        ctx: &Ctx,
+        objects: Vec<(Template, Option<SecretBytes>)>,
+        op_id: OpId,
+    ) -> TokenResult<Vec<Ouid>> {
         let separation = self.enforce_separation(ctx);
         let mut entries = Vec::with_capacity(objects.len());
         for (mut attrs, secret) in objects {
@@ -146,8 +180,16 @@ impl KeyOps<'_> {
             }
             rules::check_key_separation(&attrs, separation)?;
             let ouid = new_ouid()?;
-            attrs.set(ck::CKA_UNIQUE_ID, AttrValue::Bytes(ouid.to_string().into_bytes()));
-            entries.push(ctx.active.seal_entry(ouid, 1, attrs, secret.as_ref().map(|s| s.expose()))?);
+            attrs.set(
+                ck::CKA_UNIQUE_ID,
+                AttrValue::Bytes(ouid.to_string().into_bytes()),
+            );
+            entries.push(ctx.active.seal_entry(
+                ouid,
+                1,
+                attrs,
+                secret.as_ref().map(|s| s.expose()),
+            )?);
         }
         let token = entries.iter().any(|e| e.attrs.flag(ck::CKA_TOKEN, false));
         if token {
@@ -164,13 +206,28 @@ impl KeyOps<'_> {
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::ListPartitions => self.list_partitions(),
-            Request::Login { partition, user_type, pin } => self.login(&partition, user_type, pin.expose()),
+            Request::Login {
+                partition,
+                user_type,
+                pin,
+            } => self.login(&partition, user_type, pin.expose()),
             Request::Logout { partition } => {
                 let _ = self.ctx(&partition)?;
-                let removed = self.conn.logins.lock().unwrap_or_else(|p| p.into_inner()).remove(&partition);
-                removed.map(|_| Response::Done).ok_or(TokenError::UserNotLoggedIn)
+                let removed = self
+                    .conn
+                    .logins
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&partition);
+                removed
+                    .map(|_| Response::Done)
+                    .ok_or(TokenError::UserNotLoggedIn)
             }
-            Request::CreateObject { partition, template, op_id } => {
+            Request::CreateObject {
+                partition,
+                template,
+                op_id,
+            } => {
                 let ctx = self.ctx(&partition)?;
                 check_template_size(self.app, &template)?;
                 if let Some(done) = self.previous(&ctx, &op_id)? {
@@ -180,7 +237,12 @@ impl KeyOps<'_> {
                 let ids = self.store_new(&ctx, vec![(attrs, secret)], op_id).await?;
                 Ok(Response::Object(ids[0]))
             }
-            Request::ImportKeyPair { partition, private_key_der, template, op_id } => {
+            Request::ImportKeyPair {
+                partition,
+                private_key_der,
+                template,
+                op_id,
+            } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &template)?;
                 if let Some(done) = self.previous(&ctx, &op_id)? {
@@ -189,12 +251,24 @@ impl KeyOps<'_> {
                 let pair = crypto::import_private_key_der(private_key_der.expose())?;
                 let (pubt, privt) = imported_pair_templates(&pair.public, &template)?;
                 let ids = self
-                    .store_new(&ctx, vec![(pubt, None), (privt, Some(pair.private_pkcs8))], op_id)
+                    .store_new(
+                        &ctx,
+                        vec![(pubt, None), (privt, Some(pair.private_pkcs8))],
+                        op_id,
+                    )
                     .await?;
                 info!(client = %self.conn.client_name, partition, private = %ids[1], "key pair imported");
-                Ok(Response::KeyPair { public: ids[0], private: ids[1] })
+                Ok(Response::KeyPair {
+                    public: ids[0],
+                    private: ids[1],
+                })
             }
-            Request::GenerateKey { partition, mechanism, template, op_id } => {
+            Request::GenerateKey {
+                partition,
+                mechanism,
+                template,
+                op_id,
+            } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &template)?;
                 if let Some(done) = self.previous(&ctx, &op_id)? {
@@ -202,11 +276,19 @@ impl KeyOps<'_> {
                 }
                 let (attrs, len) = rules::generated_secret_key(mechanism.mech, &template)?;
                 let secret = crypto::generate_secret(len)?;
-                let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
+                let ids = self
+                    .store_new(&ctx, vec![(attrs, Some(secret))], op_id)
+                    .await?;
                 info!(client = %self.conn.client_name, partition, object = %ids[0], "secret key generated");
                 Ok(Response::Object(ids[0]))
             }
-            Request::GenerateKeyPair { partition, mechanism, public_template, private_template, op_id } => {
+            Request::GenerateKeyPair {
+                partition,
+                mechanism,
+                public_template,
+                private_template,
+                op_id,
+            } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &public_template)?;
                 check_template_size(self.app, &private_template)?;
@@ -218,24 +300,45 @@ impl KeyOps<'_> {
                 // Key generation can take a while (RSA-4096): keep it off the async workers.
                 let pair = tokio::task::spawn_blocking(move || generate_pair(&spec))
                     .await
-                    .map_err(|e| TokenError::FunctionFailed(format!("key generation task failed: {e}")))??;
+                    .map_err(|e| {
+                        TokenError::FunctionFailed(format!("key generation task failed: {e}"))
+                    })??;
                 add_public_attributes(&pair.public, &mut pubt, &mut privt);
                 let ids = self
-                    .store_new(&ctx, vec![(pubt, None), (privt, Some(pair.private_pkcs8))], op_id)
+                    .store_new(
+                        &ctx,
+                        vec![(pubt, None), (privt, Some(pair.private_pkcs8))],
+                        op_id,
+                    )
                     .await?;
                 info!(client = %self.conn.client_name, partition, public = %ids[0], private = %ids[1], "key pair generated");
-                Ok(Response::KeyPair { public: ids[0], private: ids[1] })
+                Ok(Response::KeyPair {
+                    public: ids[0],
+                    private: ids[1],
+                })
             }
-            Request::FindObjects { partition, template, limit } => {
+            Request::FindObjects {
+                partition,
+                template,
+                limit,
+            } => {
                 let ctx = self.ctx(&partition)?;
                 check_template_size(self.app, &template)?;
                 let limit = (limit as usize).min(MAX_FIND);
                 let mut found = Vec::new();
                 {
-                    let session = self.conn.session_objects.lock().unwrap_or_else(|p| p.into_inner());
+                    let session = self
+                        .conn
+                        .session_objects
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     let mut mine: Vec<_> = session
                         .values()
-                        .filter(|(p, o)| *p == partition && (ctx.logged_in || !o.is_private()) && o.attrs.matches(&template))
+                        .filter(|(p, o)| {
+                            *p == partition
+                                && (ctx.logged_in || !o.is_private())
+                                && o.attrs.matches(&template)
+                        })
                         .map(|(_, o)| o.ouid)
                         .collect();
                     mine.sort();
@@ -245,7 +348,11 @@ impl KeyOps<'_> {
                 found.truncate(limit);
                 Ok(Response::Objects(found))
             }
-            Request::GetAttributes { partition, object, types } => {
+            Request::GetAttributes {
+                partition,
+                object,
+                types,
+            } => {
                 let ctx = self.ctx(&partition)?;
                 let entry = self.object(&ctx, &object)?;
                 let mut out = Vec::with_capacity(types.len());
@@ -254,7 +361,12 @@ impl KeyOps<'_> {
                 }
                 Ok(Response::Attributes(out))
             }
-            Request::SetAttributes { partition, object, template, op_id } => {
+            Request::SetAttributes {
+                partition,
+                object,
+                template,
+                op_id,
+            } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &template)?;
                 if let Some(done) = self.previous(&ctx, &op_id)? {
@@ -269,14 +381,26 @@ impl KeyOps<'_> {
                 rules::check_key_separation(&attrs, self.enforce_separation(&ctx))?;
                 if self.conn.session_object(&ctx.name, &object).is_some() {
                     let secret = self.secret_if_any(&ctx, &entry)?;
-                    let e = ctx.active.seal_entry(object, entry.version + 1, attrs, secret.as_ref().map(|s| s.expose()))?;
+                    let e = ctx.active.seal_entry(
+                        object,
+                        entry.version + 1,
+                        attrs,
+                        secret.as_ref().map(|s| s.expose()),
+                    )?;
                     self.conn.put_session_object(&ctx.name, e);
                 } else {
-                    ctx.active.update(&entry, attrs, changed, Some(op_id)).await?;
+                    ctx.active
+                        .update(&entry, attrs, changed, Some(op_id))
+                        .await?;
                 }
                 Ok(Response::Done)
             }
-            Request::CopyObject { partition, object, template, op_id } => {
+            Request::CopyObject {
+                partition,
+                object,
+                template,
+                op_id,
+            } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &template)?;
                 if let Some(done) = self.previous(&ctx, &op_id)? {
@@ -288,7 +412,11 @@ impl KeyOps<'_> {
                 let ids = self.store_new(&ctx, vec![(attrs, secret)], op_id).await?;
                 Ok(Response::Object(ids[0]))
             }
-            Request::DestroyObject { partition, object, op_id } => {
+            Request::DestroyObject {
+                partition,
+                object,
+                op_id,
+            } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 if let Some(done) = self.previous(&ctx, &op_id)? {
                     return Ok(match done {
@@ -298,7 +426,9 @@ impl KeyOps<'_> {
                 }
                 let entry = self.object(&ctx, &object)?;
                 if !entry.attrs.flag(ck::CKA_DESTROYABLE, true) {
-                    return Err(TokenError::ActionProhibited("the object is not destroyable".into()));
+                    return Err(TokenError::ActionProhibited(
+                        "the object is not destroyable".into(),
+                    ));
                 }
                 if self.conn.session_object(&ctx.name, &object).is_some() {
                     self.conn.remove_session_object(&object);
@@ -308,36 +438,71 @@ impl KeyOps<'_> {
                 }
                 Ok(Response::Done)
             }
-            Request::Sign { partition, key, mechanism, data } => {
+            Request::Sign {
+                partition,
+                key,
+                mechanism,
+                data,
+            } => {
                 let (ctx, entry) = self.usable_key(&partition, &key, &mechanism, Usage::Sign)?;
                 let k = ctx.active.key(&entry)?;
                 crypto::sign(&mechanism, &k, &data).map(Response::Bytes)
             }
-            Request::Verify { partition, key, mechanism, data, signature } => {
+            Request::Verify {
+                partition,
+                key,
+                mechanism,
+                data,
+                signature,
+            } => {
                 let (ctx, entry) = self.usable_key(&partition, &key, &mechanism, Usage::Verify)?;
                 let k = ctx.active.key(&entry)?;
                 crypto::verify(&mechanism, &k, &data, &signature).map(|()| Response::Verified)
             }
-            Request::Encrypt { partition, key, mechanism, data } => {
+            Request::Encrypt {
+                partition,
+                key,
+                mechanism,
+                data,
+            } => {
                 let (ctx, entry) = self.usable_key(&partition, &key, &mechanism, Usage::Encrypt)?;
                 let k = ctx.active.key(&entry)?;
                 crypto::encrypt(&mechanism, &k, &data).map(Response::Bytes)
             }
-            Request::Decrypt { partition, key, mechanism, data } => {
+            Request::Decrypt {
+                partition,
+                key,
+                mechanism,
+                data,
+            } => {
                 let (ctx, entry) = self.usable_key(&partition, &key, &mechanism, Usage::Decrypt)?;
                 let k = ctx.active.key(&entry)?;
                 crypto::decrypt(&mechanism, &k, &data).map(Response::Bytes)
             }
-            Request::WrapKey { partition, wrapping_key, key, mechanism } => {
-                let (ctx, wrapping) = self.usable_key(&partition, &wrapping_key, &mechanism, Usage::Wrap)?;
+            Request::WrapKey {
+                partition,
+                wrapping_key,
+                key,
+                mechanism,
+            } => {
+                let (ctx, wrapping) =
+                    self.usable_key(&partition, &wrapping_key, &mechanism, Usage::Wrap)?;
                 let target = self.key(&ctx, &key)?;
                 rules::check_wrappable(&target.attrs, &wrapping.attrs)?;
                 let secret = ctx.active.secret_of(&target)?;
                 let k = ctx.active.key(&wrapping)?;
                 crypto::wrap(&mechanism, &k, secret.expose()).map(Response::Bytes)
             }
-            Request::UnwrapKey { partition, unwrapping_key, mechanism, wrapped, template, op_id } => {
-                let (ctx, unwrapping) = self.usable_key(&partition, &unwrapping_key, &mechanism, Usage::Unwrap)?;
+            Request::UnwrapKey {
+                partition,
+                unwrapping_key,
+                mechanism,
+                wrapped,
+                template,
+                op_id,
+            } => {
+                let (ctx, unwrapping) =
+                    self.usable_key(&partition, &unwrapping_key, &mechanism, Usage::Unwrap)?;
                 if !ctx.logged_in {
                     return Err(TokenError::UserNotLoggedIn);
                 }
@@ -348,11 +513,20 @@ impl KeyOps<'_> {
                 let k = ctx.active.key(&unwrapping)?;
                 let secret = crypto::unwrap(&mechanism, &k, &wrapped)?;
                 let (attrs, secret) = unwrapped_object(&template, secret)?;
-                let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
+                let ids = self
+                    .store_new(&ctx, vec![(attrs, Some(secret))], op_id)
+                    .await?;
                 Ok(Response::Object(ids[0]))
             }
-            Request::DeriveKey { partition, base_key, mechanism, template, op_id } => {
-                let (ctx, base) = self.usable_key(&partition, &base_key, &mechanism, Usage::Derive)?;
+            Request::DeriveKey {
+                partition,
+                base_key,
+                mechanism,
+                template,
+                op_id,
+            } => {
+                let (ctx, base) =
+                    self.usable_key(&partition, &base_key, &mechanism, Usage::Derive)?;
                 if !ctx.logged_in {
                     return Err(TokenError::UserNotLoggedIn);
                 }
@@ -361,23 +535,37 @@ impl KeyOps<'_> {
                     return Ok(done);
                 }
                 let (attrs, secret) = self.derived_object(&ctx, &base, &mechanism, &template)?;
-                let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
+                let ids = self
+                    .store_new(&ctx, vec![(attrs, Some(secret))], op_id)
+                    .await?;
                 Ok(Response::Object(ids[0]))
             }
             Request::GenerateRandom { len } => {
                 if len > MAX_RANDOM {
-                    return Err(TokenError::ArgumentsBad(format!("at most {MAX_RANDOM} random bytes per request")));
+                    return Err(TokenError::ArgumentsBad(format!(
+                        "at most {MAX_RANDOM} random bytes per request"
+                    )));
                 }
                 crypto::random(len as usize).map(Response::Bytes)
             }
-            Request::Digest { mechanism, data } => crypto::digest(mechanism.mech, &data).map(Response::Bytes),
+            Request::Digest { mechanism, data } => {
+                crypto::digest(mechanism.mech, &data).map(Response::Bytes)
+            }
         }
     }
 
     fn list_partitions(&self) -> TokenResult<Response> {
-        let assigned = self.app.client(&self.conn.fingerprint).map(|c| c.partitions).unwrap_or_default();
+        let assigned = self
+            .app
+            .client(&self.conn.fingerprint)
+            .map(|c| c.partitions)
+            .unwrap_or_default();
         let mut out = Vec::new();
-        for summary in self.app.partition_list().map_err(|e| TokenError::DeviceError(e.0))? {
+        for summary in self
+            .app
+            .partition_list()
+            .map_err(|e| TokenError::DeviceError(e.0))?
+        {
             if assigned.contains(&summary.name) {
                 out.push(PartitionInfo {
                     name: summary.name,
@@ -407,7 +595,11 @@ impl KeyOps<'_> {
         let row = self.app.partition_row_for_login(partition)?;
         match self.app.check_pin(&row, &ctx.active, pin) {
             Ok(()) => {
-                self.conn.logins.lock().unwrap_or_else(|p| p.into_inner()).insert(partition.to_string(), user_type);
+                self.conn
+                    .logins
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(partition.to_string(), user_type);
                 info!(client = %self.conn.client_name, partition, "user logged in");
                 Ok(Response::Done)
             }
@@ -420,14 +612,26 @@ impl KeyOps<'_> {
 
     /// A write retried with the same operation id returns its first result.
     fn previous(&self, ctx: &Ctx, op_id: &OpId) -> TokenResult<Option<Response>> {
-        Ok(ctx.active.previous_result(op_id)?.map(|ids| match ids.as_slice() {
-            [one] => Response::Object(*one),
-            [public, private] => Response::KeyPair { public: *public, private: *private },
-            _ => Response::Done,
-        }))
+        Ok(ctx
+            .active
+            .previous_result(op_id)?
+            .map(|ids| match ids.as_slice() {
+                [one] => Response::Object(*one),
+                [public, private] => Response::KeyPair {
+                    public: *public,
+                    private: *private,
+                },
+                _ => Response::Done,
+            }))
     }
 
-    fn usable_key(&self, partition: &str, key: &Ouid, mech: &Mechanism, usage: Usage) -> TokenResult<(Ctx, Arc<ObjectEntry>)> {
+    fn usable_key(
+        &self,
+        partition: &str,
+        key: &Ouid,
+        mech: &Mechanism,
+        usage: Usage,
+    ) -> TokenResult<(Ctx, Arc<ObjectEntry>)> {
         let ctx = self.ctx(partition)?;
         let entry = self.key(&ctx, key)?;
         rules::check_key_use(&entry.attrs, mech.mech, usage)?;
@@ -456,12 +660,20 @@ impl KeyOps<'_> {
         // key components are not offered, only the PKCS#8 form through wrapping.
         if entry.class() == ck::CKO_SECRET_KEY && attr == ck::CKA_VALUE {
             let secret = ctx.active.secret_of(entry)?;
-            return Ok(AttrResult::Value(AttrValue::Bytes(secret.expose().to_vec())));
+            return Ok(AttrResult::Value(AttrValue::Bytes(
+                secret.expose().to_vec(),
+            )));
         }
         Ok(AttrResult::Sensitive)
     }
 
-    fn derived_object(&self, ctx: &Ctx, base: &ObjectEntry, mech: &Mechanism, template: &Template) -> TokenResult<(Template, SecretBytes)> {
+    fn derived_object(
+        &self,
+        ctx: &Ctx,
+        base: &ObjectEntry,
+        mech: &Mechanism,
+        template: &Template,
+    ) -> TokenResult<(Template, SecretBytes)> {
         if mech.mech != ck::CKM_ECDH1_DERIVE {
             return Err(TokenError::MechanismInvalid(mech.mech));
         }
@@ -477,16 +689,27 @@ impl KeyOps<'_> {
         // A key derived inside the token from a sensitive base key was never exposed.
         let sensitive = attrs.flag(ck::CKA_SENSITIVE, true);
         let extractable = attrs.flag(ck::CKA_EXTRACTABLE, false);
-        attrs.set(ck::CKA_ALWAYS_SENSITIVE, AttrValue::Bool(sensitive && base.attrs.flag(ck::CKA_ALWAYS_SENSITIVE, false)));
-        attrs.set(ck::CKA_NEVER_EXTRACTABLE, AttrValue::Bool(!extractable && base.attrs.flag(ck::CKA_NEVER_EXTRACTABLE, false)));
+        attrs.set(
+            ck::CKA_ALWAYS_SENSITIVE,
+            AttrValue::Bool(sensitive && base.attrs.flag(ck::CKA_ALWAYS_SENSITIVE, false)),
+        );
+        attrs.set(
+            ck::CKA_NEVER_EXTRACTABLE,
+            AttrValue::Bool(!extractable && base.attrs.flag(ck::CKA_NEVER_EXTRACTABLE, false)),
+        );
         Ok((attrs, secret))
     }
 }
 
 fn generate_pair(spec: &KeyPairSpec) -> TokenResult<KeyPair> {
     match spec {
-        KeyPairSpec::Rsa { bits, public_exponent } => crypto::generate_rsa(*bits, public_exponent.as_deref()),
-        KeyPairSpec::Ec { ec_params } => crypto::generate_ec(crypto::Curve::from_ec_params(ec_params)?),
+        KeyPairSpec::Rsa {
+            bits,
+            public_exponent,
+        } => crypto::generate_rsa(*bits, public_exponent.as_deref()),
+        KeyPairSpec::Ec { ec_params } => {
+            crypto::generate_ec(crypto::Curve::from_ec_params(ec_params)?)
+        }
         KeyPairSpec::Ed25519 => crypto::generate_ed25519(),
     }
 }
@@ -497,11 +720,17 @@ const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 /// Puts the public values of a key into the attributes of both halves.
 fn add_public_attributes(public: &PublicKey, pubt: &mut Template, privt: &mut Template) {
     match public {
-        PublicKey::Rsa { modulus, public_exponent } => {
+        PublicKey::Rsa {
+            modulus,
+            public_exponent,
+        } => {
             let bits = public.modulus_bits().unwrap_or(0);
             for t in [&mut *pubt, &mut *privt] {
                 t.set(ck::CKA_MODULUS, AttrValue::Bytes(modulus.clone()));
-                t.set(ck::CKA_PUBLIC_EXPONENT, AttrValue::Bytes(public_exponent.clone()));
+                t.set(
+                    ck::CKA_PUBLIC_EXPONENT,
+                    AttrValue::Bytes(public_exponent.clone()),
+                );
             }
             pubt.set(ck::CKA_MODULUS_BITS, AttrValue::Ulong(bits));
         }
@@ -518,8 +747,14 @@ fn add_public_attributes(public: &PublicKey, pubt: &mut Template, privt: &mut Te
             pubt.set(ck::CKA_EC_POINT, AttrValue::Bytes(point));
         }
     }
-    pubt.set(ck::CKA_PUBLIC_KEY_INFO, AttrValue::Bytes(public.to_spki_der()));
-    privt.set(ck::CKA_PUBLIC_KEY_INFO, AttrValue::Bytes(public.to_spki_der()));
+    pubt.set(
+        ck::CKA_PUBLIC_KEY_INFO,
+        AttrValue::Bytes(public.to_spki_der()),
+    );
+    privt.set(
+        ck::CKA_PUBLIC_KEY_INFO,
+        AttrValue::Bytes(public.to_spki_der()),
+    );
 }
 
 /// `C_CreateObject`: checks the template and turns the key's components into
@@ -529,10 +764,15 @@ pub fn imported_object(template: &Template) -> TokenResult<(Template, Option<Sec
     let class = attrs.class().unwrap_or(ck::CKO_DATA);
     let comp = |a: u64| secret.bytes(a).unwrap_or_default();
     match (class, attrs.key_type()) {
-        (ck::CKO_SECRET_KEY, _) => Ok((attrs, Some(SecretBytes::new(comp(ck::CKA_VALUE).to_vec())))),
+        (ck::CKO_SECRET_KEY, _) => {
+            Ok((attrs, Some(SecretBytes::new(comp(ck::CKA_VALUE).to_vec()))))
+        }
         (ck::CKO_PRIVATE_KEY, Some(ck::CKK_RSA)) => {
             let n = attrs.bytes(ck::CKA_MODULUS).unwrap_or_default().to_vec();
-            let e = attrs.bytes(ck::CKA_PUBLIC_EXPONENT).unwrap_or_default().to_vec();
+            let e = attrs
+                .bytes(ck::CKA_PUBLIC_EXPONENT)
+                .unwrap_or_default()
+                .to_vec();
             let pair = crypto::rsa_private_from_components(
                 &n,
                 &e,
@@ -548,10 +788,13 @@ pub fn imported_object(template: &Template) -> TokenResult<(Template, Option<Sec
             Ok((attrs, Some(pair.private_pkcs8)))
         }
         (ck::CKO_PRIVATE_KEY, Some(ck::CKK_EC)) => {
-            let params = attrs
-                .bytes(ck::CKA_EC_PARAMS)
-                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_EC_PARAMS is required".into()))?;
-            let pair = crypto::ec_private_from_scalar(crypto::Curve::from_ec_params(params)?, comp(ck::CKA_VALUE))?;
+            let params = attrs.bytes(ck::CKA_EC_PARAMS).ok_or_else(|| {
+                TokenError::TemplateIncomplete("CKA_EC_PARAMS is required".into())
+            })?;
+            let pair = crypto::ec_private_from_scalar(
+                crypto::Curve::from_ec_params(params)?,
+                comp(ck::CKA_VALUE),
+            )?;
             let mut dummy = Template::new();
             add_public_attributes(&pair.public, &mut dummy, &mut attrs);
             Ok((attrs, Some(pair.private_pkcs8)))
@@ -568,7 +811,10 @@ pub fn imported_object(template: &Template) -> TokenResult<(Template, Option<Sec
             if let Some(point) = public.ec_point_der() {
                 attrs.set(ck::CKA_EC_POINT, AttrValue::Bytes(point));
             }
-            attrs.set(ck::CKA_PUBLIC_KEY_INFO, AttrValue::Bytes(public.to_spki_der()));
+            attrs.set(
+                ck::CKA_PUBLIC_KEY_INFO,
+                AttrValue::Bytes(public.to_spki_der()),
+            );
             Ok((attrs, None))
         }
         _ => Ok((attrs, None)),
@@ -577,13 +823,23 @@ pub fn imported_object(template: &Template) -> TokenResult<(Template, Option<Sec
 
 /// The two objects of an imported key pair: `template` (label, id, token,
 /// usage flags) applies to both, each keeping only what fits its class.
-fn imported_pair_templates(public: &PublicKey, template: &Template) -> TokenResult<(Template, Template)> {
+fn imported_pair_templates(
+    public: &PublicKey,
+    template: &Template,
+) -> TokenResult<(Template, Template)> {
     let key_type = public.key_type();
     let mut common = template.clone();
     for attr in [ck::CKA_CLASS, ck::CKA_KEY_TYPE] {
         common.remove(attr);
     }
-    let only_private = [ck::CKA_SIGN, ck::CKA_DECRYPT, ck::CKA_UNWRAP, ck::CKA_DERIVE, ck::CKA_SENSITIVE, ck::CKA_EXTRACTABLE];
+    let only_private = [
+        ck::CKA_SIGN,
+        ck::CKA_DECRYPT,
+        ck::CKA_UNWRAP,
+        ck::CKA_DERIVE,
+        ck::CKA_SENSITIVE,
+        ck::CKA_EXTRACTABLE,
+    ];
     let only_public = [ck::CKA_VERIFY, ck::CKA_ENCRYPT, ck::CKA_WRAP];
     let mut pubt = common.clone();
     let mut privt = common;
@@ -609,7 +865,10 @@ fn imported_pair_templates(public: &PublicKey, template: &Template) -> TokenResu
 
 /// `C_UnwrapKey`: the template names the class and key type; the unwrapped bytes
 /// are the raw secret, or PKCS#8 for private keys.
-fn unwrapped_object(template: &Template, secret: SecretBytes) -> TokenResult<(Template, SecretBytes)> {
+fn unwrapped_object(
+    template: &Template,
+    secret: SecretBytes,
+) -> TokenResult<(Template, SecretBytes)> {
     let class = template
         .class()
         .ok_or_else(|| TokenError::TemplateIncomplete("CKA_CLASS is required".into()))?;
@@ -621,9 +880,15 @@ fn unwrapped_object(template: &Template, secret: SecretBytes) -> TokenResult<(Te
             Ok((attrs, secret))
         }
         ck::CKO_PRIVATE_KEY => {
-            let pair = crypto::import_private_key_der(secret.expose()).map_err(|_| TokenError::WrappedKeyInvalid)?;
-            if template.key_type().is_some_and(|k| k != pair.public.key_type()) {
-                return Err(TokenError::TemplateInconsistent("the unwrapped key is of another type".into()));
+            let pair = crypto::import_private_key_der(secret.expose())
+                .map_err(|_| TokenError::WrappedKeyInvalid)?;
+            if template
+                .key_type()
+                .is_some_and(|k| k != pair.public.key_type())
+            {
+                return Err(TokenError::TemplateInconsistent(
+                    "the unwrapped key is of another type".into(),
+                ));
             }
             let mut t = template.clone();
             t.set(ck::CKA_KEY_TYPE, AttrValue::Ulong(pair.public.key_type()));
@@ -635,6 +900,8 @@ fn unwrapped_object(template: &Template, secret: SecretBytes) -> TokenResult<(Te
             add_public_attributes(&pair.public, &mut dummy, &mut attrs);
             Ok((attrs, pair.private_pkcs8))
         }
-        _ => Err(TokenError::TemplateInconsistent("only secret and private keys can be unwrapped".into())),
+        _ => Err(TokenError::TemplateInconsistent(
+            "only secret and private keys can be unwrapped".into(),
+        )),
     }
 }

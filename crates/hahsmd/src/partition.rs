@@ -7,7 +7,9 @@
 //! object or replaced by an older version fails to open. The partition also
 //! keeps a sealed digest over the set of (object id, version) pairs, so a row
 //! deleted or rolled back behind the daemon's back is found at activation.
-use hahsm_crypto::{self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes};
+use hahsm_crypto::{
+    self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes,
+};
 use hahsm_store::{ObjectRow, OpRow, PartitionRow, Store, Write};
 use hahsm_token::oplog::{NewObject, Op, OpBody, Stamp};
 use hahsm_token::{ck, Hlc, MemberId, Ouid, Template, TokenError, TokenResult};
@@ -146,10 +148,14 @@ impl ActivePartition {
             let d = pmk
                 .open(&digest_aad(row.serial), &row.digest)
                 .map_err(|_| integrity_error("the partition digest does not decrypt"))?;
-            d.expose().try_into().map_err(|_| integrity_error("the partition digest is malformed"))?
+            d.expose()
+                .try_into()
+                .map_err(|_| integrity_error("the partition digest is malformed"))?
         };
         if !crypto::ct_eq(&stored_digest, &digest) {
-            return Err(integrity_error("objects were removed or rolled back outside hahsm"));
+            return Err(integrity_error(
+                "objects were removed or rolled back outside hahsm",
+            ));
         }
         let next_seq = store.max_seq(row.id, member)? + 1;
         Ok(ActivePartition {
@@ -208,13 +214,30 @@ impl ActivePartition {
 
     /// Builds an in-memory entry with a sealed record; used for token objects
     /// before they are committed and for session objects, which never are.
-    pub fn seal_entry(&self, ouid: Ouid, version: u64, attrs: Template, secret: Option<&[u8]>) -> TokenResult<ObjectEntry> {
-        let record = ObjectRecord { attrs: attrs.clone(), secret: secret.map(<[u8]>::to_vec) };
+    pub fn seal_entry(
+        &self,
+        ouid: Ouid,
+        version: u64,
+        attrs: Template,
+        secret: Option<&[u8]>,
+    ) -> TokenResult<ObjectEntry> {
+        let record = ObjectRecord {
+            attrs: attrs.clone(),
+            secret: secret.map(<[u8]>::to_vec),
+        };
         let mut plain = postcard::to_allocvec(&record)
             .map_err(|e| TokenError::FunctionFailed(format!("cannot encode object: {e}")))?;
-        let sealed = self.pmk.seal(&record_aad(self.serial, &ouid, version), &plain);
+        let sealed = self
+            .pmk
+            .seal(&record_aad(self.serial, &ouid, version), &plain);
         plain.zeroize();
-        Ok(ObjectEntry { ouid, version, attrs, sealed_record: sealed?, loaded: OnceLock::new() })
+        Ok(ObjectEntry {
+            ouid,
+            version,
+            attrs,
+            sealed_record: sealed?,
+            loaded: OnceLock::new(),
+        })
     }
 
     /// The key of an object, parsed once and cached.
@@ -230,14 +253,16 @@ impl ActivePartition {
     pub fn secret_of(&self, entry: &ObjectEntry) -> TokenResult<SecretBytes> {
         let plain = self
             .pmk
-            .open(&record_aad(self.serial, &entry.ouid, entry.version), &entry.sealed_record)
+            .open(
+                &record_aad(self.serial, &entry.ouid, entry.version),
+                &entry.sealed_record,
+            )
             .map_err(|_| integrity_error(&format!("object {} does not decrypt", entry.ouid)))?;
         let mut record: ObjectRecord = postcard::from_bytes(plain.expose())
             .map_err(|_| integrity_error(&format!("object {} is malformed", entry.ouid)))?;
-        let secret = record
-            .secret
-            .take()
-            .ok_or_else(|| TokenError::KeyFunctionNotPermitted("the object holds no secret".into()))?;
+        let secret = record.secret.take().ok_or_else(|| {
+            TokenError::KeyFunctionNotPermitted("the object holds no secret".into())
+        })?;
         Ok(SecretBytes::new(secret))
     }
 
@@ -252,8 +277,13 @@ impl ActivePartition {
         Ok(match (class, key_type) {
             (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => KeyMaterial::RsaPrivate(secret),
             (ck::CKO_PRIVATE_KEY, ck::CKK_EC) => {
-                let params = a.bytes(ck::CKA_EC_PARAMS).ok_or(TokenError::KeyTypeInconsistent)?;
-                KeyMaterial::EcPrivate { curve: Curve::from_ec_params(params)?, pkcs8: secret }
+                let params = a
+                    .bytes(ck::CKA_EC_PARAMS)
+                    .ok_or(TokenError::KeyTypeInconsistent)?;
+                KeyMaterial::EcPrivate {
+                    curve: Curve::from_ec_params(params)?,
+                    pkcs8: secret,
+                }
             }
             (ck::CKO_PRIVATE_KEY, ck::CKK_EC_EDWARDS) => KeyMaterial::Ed25519Private(secret),
             (ck::CKO_SECRET_KEY, ck::CKK_AES) => KeyMaterial::Aes(secret),
@@ -281,13 +311,20 @@ impl ActivePartition {
         let plain = self
             .pmk
             .open(&op_aad(self.serial, row.origin, row.seq), &row.body)
-            .map_err(|_| integrity_error(&format!("op-log entry {} does not decrypt", row.index)))?;
-        postcard::from_bytes(plain.expose()).map_err(|_| integrity_error("an op-log entry is malformed"))
+            .map_err(|_| {
+                integrity_error(&format!("op-log entry {} does not decrypt", row.index))
+            })?;
+        postcard::from_bytes(plain.expose())
+            .map_err(|_| integrity_error("an op-log entry is malformed"))
     }
 
     /// Creates objects (one, or a key pair) as one operation. The op-log entry
     /// carries each object's sealed record.
-    pub async fn create(&self, entries: Vec<ObjectEntry>, op_id: Option<[u8; 16]>) -> TokenResult<Vec<Ouid>> {
+    pub async fn create(
+        &self,
+        entries: Vec<ObjectEntry>,
+        op_id: Option<[u8; 16]>,
+    ) -> TokenResult<Vec<Ouid>> {
         if self.object_count() + entries.len() > self.max_objects {
             return Err(TokenError::DeviceMemory(format!(
                 "the partition holds its limit of {} objects",
@@ -296,30 +333,57 @@ impl ActivePartition {
         }
         let objects = entries
             .iter()
-            .map(|e| NewObject { ouid: e.ouid, attrs: e.attrs.clone(), sealed_secret: Some(e.sealed_record.clone()) })
+            .map(|e| NewObject {
+                ouid: e.ouid,
+                attrs: e.attrs.clone(),
+                sealed_secret: Some(e.sealed_record.clone()),
+            })
             .collect();
         let ids: Vec<Ouid> = entries.iter().map(|e| e.ouid).collect();
-        self.commit(OpBody::Create { objects }, op_id, entries, vec![], false).await?;
+        self.commit(OpBody::Create { objects }, op_id, entries, vec![], false)
+            .await?;
         Ok(ids)
     }
 
     /// Replaces an object's attributes with `attrs` (already checked), as a new version.
-    pub async fn update(&self, current: &ObjectEntry, attrs: Template, changed: Template, op_id: Option<[u8; 16]>) -> TokenResult<()> {
+    pub async fn update(
+        &self,
+        current: &ObjectEntry,
+        attrs: Template,
+        changed: Template,
+        op_id: Option<[u8; 16]>,
+    ) -> TokenResult<()> {
         let secret = match current.attrs.class() {
             Some(c) if hahsm_token::object::holds_secret(c) => Some(self.secret_of(current)?),
             _ => None,
         };
-        let entry = self.seal_entry(current.ouid, current.version + 1, attrs, secret.as_ref().map(|s| s.expose()))?;
-        self.commit(OpBody::SetAttributes { ouid: current.ouid, attrs: changed }, op_id, vec![entry], vec![], false)
-            .await
+        let entry = self.seal_entry(
+            current.ouid,
+            current.version + 1,
+            attrs,
+            secret.as_ref().map(|s| s.expose()),
+        )?;
+        self.commit(
+            OpBody::SetAttributes {
+                ouid: current.ouid,
+                attrs: changed,
+            },
+            op_id,
+            vec![entry],
+            vec![],
+            false,
+        )
+        .await
     }
 
     pub async fn destroy(&self, ouid: Ouid, op_id: Option<[u8; 16]>) -> TokenResult<()> {
-        self.commit(OpBody::Destroy { ouid }, op_id, vec![], vec![ouid], false).await
+        self.commit(OpBody::Destroy { ouid }, op_id, vec![], vec![ouid], false)
+            .await
     }
 
     pub async fn clear(&self) -> TokenResult<()> {
-        self.commit(OpBody::ClearPartition, None, vec![], vec![], true).await
+        self.commit(OpBody::ClearPartition, None, vec![], vec![], true)
+            .await
     }
 
     /// The one write path: the op-log entry, the object rows and the new sealed
@@ -337,14 +401,24 @@ impl ActivePartition {
         let stamp = {
             let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
             *hlc = hlc.tick(crate::now_ms());
-            Stamp { hlc: *hlc, origin: self.member }
+            Stamp {
+                hlc: *hlc,
+                origin: self.member,
+            }
         };
         let seq = state.next_seq;
         let kind = body.kind().to_string();
-        let op = Op { seq, stamp, client_op_id: op_id, body };
+        let op = Op {
+            seq,
+            stamp,
+            client_op_id: op_id,
+            body,
+        };
         let mut plain_op = postcard::to_allocvec(&op)
             .map_err(|e| TokenError::FunctionFailed(format!("cannot encode op: {e}")))?;
-        let sealed_op = self.pmk.seal(&op_aad(self.serial, self.member, seq), &plain_op);
+        let sealed_op = self
+            .pmk
+            .seal(&op_aad(self.serial, self.member, seq), &plain_op);
         plain_op.zeroize();
         let sealed_op = sealed_op?;
 
@@ -367,7 +441,11 @@ impl ActivePartition {
             clear,
             puts: puts
                 .iter()
-                .map(|e| ObjectRow { ouid: e.ouid.0, version: e.version, sealed: e.sealed_record.clone() })
+                .map(|e| ObjectRow {
+                    ouid: e.ouid.0,
+                    version: e.version,
+                    sealed: e.sealed_record.clone(),
+                })
                 .collect(),
             deletes: deletes.iter().map(|o| o.0).collect(),
             op: OpRow {
@@ -409,15 +487,30 @@ pub fn public_key_of(a: &Template) -> TokenResult<PublicKey> {
     let missing = |what: &str| TokenError::TemplateIncomplete(format!("{what} is missing"));
     match a.key_type() {
         Some(ck::CKK_RSA) => Ok(PublicKey::Rsa {
-            modulus: a.bytes(ck::CKA_MODULUS).ok_or_else(|| missing("CKA_MODULUS"))?.to_vec(),
-            public_exponent: a.bytes(ck::CKA_PUBLIC_EXPONENT).ok_or_else(|| missing("CKA_PUBLIC_EXPONENT"))?.to_vec(),
+            modulus: a
+                .bytes(ck::CKA_MODULUS)
+                .ok_or_else(|| missing("CKA_MODULUS"))?
+                .to_vec(),
+            public_exponent: a
+                .bytes(ck::CKA_PUBLIC_EXPONENT)
+                .ok_or_else(|| missing("CKA_PUBLIC_EXPONENT"))?
+                .to_vec(),
         }),
         Some(ck::CKK_EC) => Ok(PublicKey::Ec {
-            curve: Curve::from_ec_params(a.bytes(ck::CKA_EC_PARAMS).ok_or_else(|| missing("CKA_EC_PARAMS"))?)?,
-            point: crypto::ec_point_from_attribute(a.bytes(ck::CKA_EC_POINT).ok_or_else(|| missing("CKA_EC_POINT"))?)?,
+            curve: Curve::from_ec_params(
+                a.bytes(ck::CKA_EC_PARAMS)
+                    .ok_or_else(|| missing("CKA_EC_PARAMS"))?,
+            )?,
+            point: crypto::ec_point_from_attribute(
+                a.bytes(ck::CKA_EC_POINT)
+                    .ok_or_else(|| missing("CKA_EC_POINT"))?,
+            )?,
         }),
         Some(ck::CKK_EC_EDWARDS) => Ok(PublicKey::Ed25519 {
-            point: crypto::ec_point_from_attribute(a.bytes(ck::CKA_EC_POINT).ok_or_else(|| missing("CKA_EC_POINT"))?)?,
+            point: crypto::ec_point_from_attribute(
+                a.bytes(ck::CKA_EC_POINT)
+                    .ok_or_else(|| missing("CKA_EC_POINT"))?,
+            )?,
         }),
         _ => Err(TokenError::KeyTypeInconsistent),
     }

@@ -47,23 +47,29 @@ fn wire(e: TokenError) -> WireError {
 async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(), LinkError> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let limits = app.config.limits.clone();
-    let acceptor = app.tls_acceptor().map_err(|e| LinkError::Config(e.to_string()))?;
-    let (mut stream, fp) = match hahsm_link::accept(tcp, &acceptor, limits.handshake_timeout()).await {
-        Ok(x) => x,
-        Err(e) => {
-            warn!(%peer, error = %e, "TLS handshake failed");
-            return Err(e);
-        }
-    };
+    let acceptor = app
+        .tls_acceptor()
+        .map_err(|e| LinkError::Config(e.to_string()))?;
+    let (mut stream, fp) =
+        match hahsm_link::accept(tcp, &acceptor, limits.handshake_timeout()).await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(%peer, error = %e, "TLS handshake failed");
+                return Err(e);
+            }
+        };
     let Some(client) = app.client(&fp) else {
         warn!(%peer, fingerprint = %fp, "refused: client certificate not registered");
         return Ok(());
     };
     // The hello must come promptly too: a client that completes TLS and then
     // stalls holds a connection slot.
-    let hello = tokio::time::timeout(limits.handshake_timeout(), hahsm_link::read_frame(&mut stream, limits.max_frame_bytes))
-        .await
-        .map_err(|_| LinkError::HandshakeTimeout)??;
+    let hello = tokio::time::timeout(
+        limits.handshake_timeout(),
+        hahsm_link::read_frame(&mut stream, limits.max_frame_bytes),
+    )
+    .await
+    .map_err(|_| LinkError::HandshakeTimeout)??;
     let Some(hello) = hello else { return Ok(()) };
     let welcome = match decode::<Hello>(&hello) {
         Ok(h) if h.protocol_version == PROTOCOL_VERSION => {
@@ -78,9 +84,15 @@ async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(
         }
         Ok(h) => Welcome::Refused(WireError {
             code: hahsm_token::ck::CKR_DEVICE_ERROR,
-            message: format!("protocol version {} is not supported; this member speaks {PROTOCOL_VERSION}", h.protocol_version),
+            message: format!(
+                "protocol version {} is not supported; this member speaks {PROTOCOL_VERSION}",
+                h.protocol_version
+            ),
         }),
-        Err(e) => Welcome::Refused(WireError { code: hahsm_token::ck::CKR_DEVICE_ERROR, message: e.to_string() }),
+        Err(e) => Welcome::Refused(WireError {
+            code: hahsm_token::ck::CKR_DEVICE_ERROR,
+            message: e.to_string(),
+        }),
     };
     let refused = matches!(welcome, Welcome::Refused(_));
     hahsm_link::write_frame(&mut stream, &encode(&welcome)).await?;
@@ -93,14 +105,22 @@ async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(
     let (tx, mut rx) = mpsc::channel::<ResponseFrame>(limits.max_in_flight_per_connection.max(1));
     let write_task = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
-            if hahsm_link::write_frame(&mut writer, &encode(&frame)).await.is_err() {
+            if hahsm_link::write_frame(&mut writer, &encode(&frame))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
     });
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_per_connection.max(1)));
     loop {
-        let frame = match tokio::time::timeout(limits.idle_timeout(), hahsm_link::read_frame(&mut reader, limits.max_frame_bytes)).await {
+        let frame = match tokio::time::timeout(
+            limits.idle_timeout(),
+            hahsm_link::read_frame(&mut reader, limits.max_frame_bytes),
+        )
+        .await
+        {
             Err(_) => {
                 debug!(client = %client.name, "closing idle connection");
                 break;
@@ -110,7 +130,10 @@ async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(
             Ok(Err(e)) => {
                 warn!(client = %client.name, error = %e, "bad frame; closing the connection");
                 let _ = tx
-                    .send(ResponseFrame { id: 0, result: Err(wire(TokenError::ArgumentsBad(e.to_string()))) })
+                    .send(ResponseFrame {
+                        id: 0,
+                        result: Err(wire(TokenError::ArgumentsBad(e.to_string()))),
+                    })
                     .await;
                 break;
             }
@@ -120,18 +143,28 @@ async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(
             Err(e) => {
                 warn!(client = %client.name, error = %e, "malformed request frame; closing the connection");
                 let _ = tx
-                    .send(ResponseFrame { id: 0, result: Err(wire(TokenError::ArgumentsBad(e.to_string()))) })
+                    .send(ResponseFrame {
+                        id: 0,
+                        result: Err(wire(TokenError::ArgumentsBad(e.to_string()))),
+                    })
                     .await;
                 break;
             }
         };
         // Backpressure: a client with too many requests in flight waits here.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let (app, conn, tx) = (app.clone(), conn.clone(), tx.clone());
         tokio::spawn(async move {
-            let deadline = Duration::from_millis(u64::from(request.deadline_ms).min(app.config.limits.max_request_deadline_ms));
+            let deadline = Duration::from_millis(
+                u64::from(request.deadline_ms).min(app.config.limits.max_request_deadline_ms),
+            );
             let name = request.request.name();
-            let ops = KeyOps { app: &app, conn: &conn };
+            let ops = KeyOps {
+                app: &app,
+                conn: &conn,
+            };
             let result = match tokio::time::timeout(deadline, ops.handle(request.request)).await {
                 Ok(r) => r.map_err(wire),
                 Err(_) => {
@@ -139,7 +172,12 @@ async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(
                     Err(wire(TokenError::DeadlineExceeded))
                 }
             };
-            let _ = tx.send(ResponseFrame { id: request.id, result }).await;
+            let _ = tx
+                .send(ResponseFrame {
+                    id: request.id,
+                    result,
+                })
+                .await;
             drop(permit);
         });
     }

@@ -288,10 +288,7 @@ mod tests {
         let kek = unhex("000102030405060708090A0B0C0D0E0F1011121314151617");
         let data = unhex("00112233445566778899AABBCCDDEEFF");
         let wrapped = aes_key_wrap(&kek, &data).unwrap();
-        assert_eq!(
-            wrapped,
-            unhex("96778B25AE6CA435F92B5B97C050AED2468AB8A17AD84E5D")
-        );
+        assert_eq!(wrapped, unhex("96778B25AE6CA435F92B5B97C050AED2468AB8A17AD84E5D"));
         assert_eq!(&aes_key_unwrap(&kek, &wrapped).unwrap()[..], &data[..]);
         let mut bad = wrapped.clone();
         bad[3] ^= 1;
@@ -304,10 +301,7 @@ mod tests {
         let data = unhex("466f7250617369");
         let wrapped = aes_key_wrap_padded(&kek, &data).unwrap();
         assert_eq!(wrapped, unhex("afbeb0f07dfbf5419200f2ccb50bb24f"));
-        assert_eq!(
-            &aes_key_unwrap_padded(&kek, &wrapped).unwrap()[..],
-            &data[..]
-        );
+        assert_eq!(&aes_key_unwrap_padded(&kek, &wrapped).unwrap()[..], &data[..]);
         let data = unhex("c37b7e6492584340bed12207808941155068f738");
         let wrapped = aes_key_wrap_padded(&kek, &data).unwrap();
         assert_eq!(

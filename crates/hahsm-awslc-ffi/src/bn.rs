@@ -19,9 +19,7 @@ impl Bn {
         // SAFETY: BN_bin2bn reads exactly bytes.len() bytes from a live slice;
         // with `ret` NULL it allocates a new BIGNUM, which we then own.
         let p = unsafe { sys::BN_bin2bn(bytes.as_ptr(), bytes.len(), ptr::null_mut()) };
-        NonNull::new(p)
-            .map(Bn)
-            .ok_or_else(|| Error::new("BN_bin2bn"))
+        NonNull::new(p).map(Bn).ok_or_else(|| Error::new("BN_bin2bn"))
     }
 
     pub(crate) fn as_ptr(&self) -> *const sys::BIGNUM {
@@ -89,9 +87,7 @@ impl BnCtx {
     pub(crate) fn new() -> Result<BnCtx> {
         // SAFETY: BN_CTX_new takes no arguments; a non-NULL result is ours.
         let p = unsafe { sys::BN_CTX_new() };
-        NonNull::new(p)
-            .map(BnCtx)
-            .ok_or_else(|| Error::new("BN_CTX_new"))
+        NonNull::new(p).map(BnCtx).ok_or_else(|| Error::new("BN_CTX_new"))
     }
 
     pub(crate) fn as_mut_ptr(&mut self) -> *mut sys::BN_CTX {

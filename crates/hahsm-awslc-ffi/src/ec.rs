@@ -148,13 +148,7 @@ impl EcKey {
         // SAFETY: group and p are valid and p belongs to group; point is a
         // live slice; a NULL BN_CTX is allowed. Fails for points off the curve.
         let rc = unsafe {
-            sys::EC_POINT_oct2point(
-                group,
-                p.0.as_ptr(),
-                point.as_ptr(),
-                point.len(),
-                ptr::null_mut(),
-            )
+            sys::EC_POINT_oct2point(group, p.0.as_ptr(), point.as_ptr(), point.len(), ptr::null_mut())
         };
         check(rc, "EC_POINT_oct2point")?;
         // SAFETY: the key is ours and not yet shared, so mutating it is fine;
@@ -235,14 +229,8 @@ impl EcKey {
         }
         // SAFETY: digest is a live slice with its length; sig and the key are
         // valid and used through const pointers (non-mutating).
-        let rc = unsafe {
-            sys::ECDSA_do_verify(
-                digest.as_ptr(),
-                digest.len(),
-                sig.0.as_ptr(),
-                self.key.as_ptr(),
-            )
-        };
+        let rc =
+            unsafe { sys::ECDSA_do_verify(digest.as_ptr(), digest.len(), sig.0.as_ptr(), self.key.as_ptr()) };
         Ok(rc == 1)
     }
 }

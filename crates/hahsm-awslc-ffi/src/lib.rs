@@ -34,8 +34,7 @@ mod ec;
 mod rsa;
 
 pub use aes::{
-    aes_gcm_open, aes_gcm_seal, aes_key_unwrap, aes_key_unwrap_padded, aes_key_wrap,
-    aes_key_wrap_padded,
+    aes_gcm_open, aes_gcm_seal, aes_key_unwrap, aes_key_unwrap_padded, aes_key_wrap, aes_key_wrap_padded,
 };
 pub use ec::{EcCurve, EcKey};
 pub use rsa::{rsa_crt_params, RsaCrt, RsaKey};

@@ -65,9 +65,7 @@ impl PkeyCtx {
     /// for encryption or decryption.
     fn set_oaep(&self, hash: Hash, mgf1: Hash, label: &[u8]) -> Result<()> {
         // SAFETY: self.0 is a valid EVP_PKEY_CTX initialised for an RSA key.
-        let rc = unsafe {
-            sys::EVP_PKEY_CTX_set_rsa_padding(self.as_ptr(), sys::RSA_PKCS1_OAEP_PADDING)
-        };
+        let rc = unsafe { sys::EVP_PKEY_CTX_set_rsa_padding(self.as_ptr(), sys::RSA_PKCS1_OAEP_PADDING) };
         check(rc, "EVP_PKEY_CTX_set_rsa_padding")?;
         // SAFETY: as above; hash.md() is a static EVP_MD.
         let rc = unsafe { sys::EVP_PKEY_CTX_set_rsa_oaep_md(self.as_ptr(), hash.md()) };
@@ -275,13 +273,7 @@ impl RsaKey {
 
     /// RSASSA-PSS over a precomputed digest (`digest.len()` must be
     /// `hash.output_len()`), with MGF1 over `mgf1` and a `salt_len`-byte salt.
-    pub fn sign_pss(
-        &self,
-        digest: &[u8],
-        hash: Hash,
-        mgf1: Hash,
-        salt_len: usize,
-    ) -> Result<Vec<u8>> {
+    pub fn sign_pss(&self, digest: &[u8], hash: Hash, mgf1: Hash, salt_len: usize) -> Result<Vec<u8>> {
         self.require_private()?;
         if digest.len() != hash.output_len() {
             return Err(Error::new("RSA_sign_pss_mgf1: digest length"));
@@ -349,13 +341,7 @@ impl RsaKey {
     }
 
     /// RSAES-OAEP encryption with any hash / MGF1 hash pair and label.
-    pub fn encrypt_oaep(
-        &self,
-        hash: Hash,
-        mgf1: Hash,
-        label: &[u8],
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>> {
+    pub fn encrypt_oaep(&self, hash: Hash, mgf1: Hash, label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let ctx = PkeyCtx::new(&self.pkey)?;
         // SAFETY: ctx is a fresh context of ours for an RSA key.
         let rc = unsafe { sys::EVP_PKEY_encrypt_init(ctx.as_ptr()) };

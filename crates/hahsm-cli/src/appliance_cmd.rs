@@ -92,6 +92,15 @@ enum PartitionCommand {
         #[arg(long, hide_env_values = true)]
         new_pin: String,
     },
+    /// Set the partition SO's PIN (PKCS#11 CKU_SO), with the owner secret.
+    ChangeSoPin {
+        #[arg(long)]
+        partition: String,
+        #[arg(long)]
+        owner_secret: PathBuf,
+        #[arg(long, hide_env_values = true)]
+        new_pin: String,
+    },
     /// Activate a partition with its owner secret, so clients can log in.
     Activate {
         #[arg(long)]
@@ -187,10 +196,7 @@ fn read_secret(path: &std::path::Path) -> anyhow::Result<Secret> {
 }
 
 fn print_policies(lines: &[PolicyLine]) {
-    println!(
-        "{:>4}  {:<30} {:<45} {:>5}",
-        "#", "name", "description", "value"
-    );
+    println!("{:>4}  {:<30} {:<45} {:>5}", "#", "name", "description", "value");
     for l in lines {
         println!(
             "{:>4}  {:<30} {:<45} {:>5}",
@@ -215,15 +221,9 @@ pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
             } => {
                 let (so, so_new) = secrets::read_or_generate(&so_secret)?;
                 let (domain, domain_new) = secrets::read_or_generate(&domain_secret)?;
-                for (new, path, what) in [
-                    (so_new, &so_secret, "SO"),
-                    (domain_new, &domain_secret, "domain"),
-                ] {
-                    let verb = if new {
-                        "wrote a new"
-                    } else {
-                        "using the existing"
-                    };
+                for (new, path, what) in [(so_new, &so_secret, "SO"), (domain_new, &domain_secret, "domain")]
+                {
+                    let verb = if new { "wrote a new" } else { "using the existing" };
                     println!("{verb} {what} secret: {}", path.display());
                 }
                 R::HsmInit {
@@ -253,10 +253,7 @@ pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
             } => {
                 let (owner, new) = secrets::read_or_generate(&owner_secret)?;
                 if new {
-                    println!(
-                        "wrote a new partition-owner secret: {}",
-                        owner_secret.display()
-                    );
+                    println!("wrote a new partition-owner secret: {}", owner_secret.display());
                 }
                 R::PartitionCreate {
                     name: partition,
@@ -275,6 +272,15 @@ pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
                 owner_secret: owner_secret.as_deref().map(read_secret).transpose()?,
                 new_pin: Secret::from(new_pin.as_str()),
             },
+            PartitionCommand::ChangeSoPin {
+                partition,
+                owner_secret,
+                new_pin,
+            } => R::PartitionChangeSoPin {
+                name: partition,
+                owner_secret: read_secret(&owner_secret)?,
+                new_pin: Secret::from(new_pin.as_str()),
+            },
             PartitionCommand::Activate {
                 partition,
                 owner_secret,
@@ -282,12 +288,8 @@ pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
                 name: partition,
                 owner_secret: read_secret(&owner_secret)?,
             },
-            PartitionCommand::Deactivate { partition } => {
-                R::PartitionDeactivate { name: partition }
-            }
-            PartitionCommand::ShowPolicies { partition } => {
-                R::PartitionShowPolicies { name: partition }
-            }
+            PartitionCommand::Deactivate { partition } => R::PartitionDeactivate { name: partition },
+            PartitionCommand::ShowPolicies { partition } => R::PartitionShowPolicies { name: partition },
             PartitionCommand::ChangePolicy {
                 partition,
                 policy,
@@ -297,9 +299,7 @@ pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
                 policy,
                 value,
             },
-            PartitionCommand::ShowContents { partition } => {
-                R::PartitionShowContents { name: partition }
-            }
+            PartitionCommand::ShowContents { partition } => R::PartitionShowContents { name: partition },
             PartitionCommand::Clear { partition, force } => {
                 if !force {
                     bail!("clear destroys every object in '{partition}'; add --force to go ahead");
@@ -330,9 +330,8 @@ pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
             } => {
                 let fingerprint = match (cert, fingerprint) {
                     (Some(path), _) => {
-                        let der = hahsm_link::load_cert_pem(&path).with_context(|| {
-                            format!("cannot read client certificate {}", path.display())
-                        })?;
+                        let der = hahsm_link::load_cert_pem(&path)
+                            .with_context(|| format!("cannot read client certificate {}", path.display()))?;
                         hahsm_link::Fingerprint::of_der(&der).to_string()
                     }
                     (None, Some(fp)) => fp,
@@ -371,20 +370,14 @@ fn print_response(response: AdminResponse) {
                 }
             );
             println!("serial:           {}", s.serial);
-            println!(
-                "SO logged in:     {}",
-                if s.so_logged_in { "yes" } else { "no" }
-            );
+            println!("SO logged in:     {}", if s.so_logged_in { "yes" } else { "no" });
             println!("client link:      {}", s.listen);
             println!("fingerprint:      {}", s.fingerprint);
             println!("software version: {}", s.software_version);
         }
         AdminResponse::Policies(lines) => print_policies(&lines),
         AdminResponse::Fingerprint(fp) => println!("SHA256 Fingerprint={fp}"),
-        AdminResponse::PartitionCreated {
-            serial,
-            initial_pin,
-        } => {
+        AdminResponse::PartitionCreated { serial, initial_pin } => {
             println!("partition created, serial {serial}");
             if let Some(pin) = initial_pin {
                 println!("initial PIN: {}", String::from_utf8_lossy(pin.expose()));
@@ -426,11 +419,7 @@ fn print_response(response: AdminResponse) {
                 println!(
                     "client {} (host {})",
                     c.name,
-                    if c.hostname.is_empty() {
-                        "-"
-                    } else {
-                        &c.hostname
-                    }
+                    if c.hostname.is_empty() { "-" } else { &c.hostname }
                 );
                 println!("  fingerprint: {}", c.fingerprint);
                 println!(

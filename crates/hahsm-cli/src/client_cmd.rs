@@ -63,8 +63,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             };
             let dir = dir.unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let cert_path = dir.join(format!("{name}.pem"));
             let key_path = dir.join(format!("{name}.key"));
             if cert_path.exists() || key_path.exists() {
@@ -85,7 +84,10 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             println!("client key:         {} (mode 0600)", key_path.display());
             println!("fingerprint:        {fp}");
             println!("client config:      {}", path.display());
-            println!("register it on each member: hahsm appliance client register --client {name} --cert {}", cert_path.display());
+            println!(
+                "register it on each member: hahsm appliance client register --client {name} --cert {}",
+                cert_path.display()
+            );
         }
         ClientCommand::AddServer {
             name,
@@ -93,12 +95,9 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             cert,
             fingerprint,
         } => {
-            let mut config =
-                ClientConfig::load(&path).context("run `hahsm client create-cert` first")?;
+            let mut config = ClientConfig::load(&path).context("run `hahsm client create-cert` first")?;
             let fingerprint = match (cert, fingerprint) {
-                (Some(p), _) => {
-                    hahsm_link::Fingerprint::of_der(&hahsm_link::load_cert_pem(&p)?).to_string()
-                }
+                (Some(p), _) => hahsm_link::Fingerprint::of_der(&hahsm_link::load_cert_pem(&p)?).to_string(),
                 (None, Some(f)) => hahsm_link::Fingerprint::parse(&f)?.to_string(),
                 (None, None) => bail!("give the server's --cert FILE or --fingerprint"),
             };
@@ -173,11 +172,7 @@ async fn verify_one(config: &ClientConfig, server: &ServerEntry) -> anyhow::Resu
         Response::Partitions(ps) if ps.is_empty() => lines.push("  no partitions assigned".into()),
         Response::Partitions(ps) => {
             for p in ps {
-                let state = if p.activated {
-                    "activated"
-                } else {
-                    "NOT activated"
-                };
+                let state = if p.activated { "activated" } else { "NOT activated" };
                 lines.push(format!(
                     "  partition {} (serial {}): {state}, {} object(s)",
                     p.name, p.serial, p.object_count

@@ -204,8 +204,7 @@ fn hex_arg(value: &Option<String>, what: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Builds the mechanism and its parameters from the command line.
 fn mechanism_of(args: &MechArgs) -> anyhow::Result<Mechanism> {
-    let mech = mechanism::by_name(&args.mech)
-        .ok_or_else(|| anyhow!("unknown mechanism '{}'", args.mech))?;
+    let mech = mechanism::by_name(&args.mech).ok_or_else(|| anyhow!("unknown mechanism '{}'", args.mech))?;
     let params = match mech {
         ck::CKM_AES_CBC | ck::CKM_AES_CBC_PAD => MechParams::Iv(hex_arg(&args.iv, "iv")?),
         ck::CKM_AES_GCM => MechParams::Gcm {
@@ -274,9 +273,7 @@ impl Session {
                 Response::Partitions(ps) if ps.is_empty() => {
                     bail!("no partition is assigned to this client")
                 }
-                _ => bail!(
-                    "several partitions are assigned to this client: choose one with --partition"
-                ),
+                _ => bail!("several partitions are assigned to this client: choose one with --partition"),
             },
         };
         if login {
@@ -346,12 +343,7 @@ impl Session {
 
     /// Like `select`, but for a key used by `mech`: a public key for verify and
     /// encrypt with asymmetric mechanisms, a private key for sign and decrypt.
-    async fn select_key(
-        &self,
-        sel: &Selector,
-        mech: u64,
-        private_side: bool,
-    ) -> anyhow::Result<Ouid> {
+    async fn select_key(&self, sel: &Selector, mech: u64, private_side: bool) -> anyhow::Result<Ouid> {
         let class = match mechanism::key_type_for(mech) {
             Some(ck::CKK_AES) | Some(ck::CKK_GENERIC_SECRET) => ck::CKO_SECRET_KEY,
             _ if private_side => ck::CKO_PRIVATE_KEY,
@@ -360,11 +352,7 @@ impl Session {
         self.select(sel, Some(class)).await
     }
 
-    async fn attributes(
-        &self,
-        object: Ouid,
-        types: Vec<u64>,
-    ) -> anyhow::Result<Vec<(u64, AttrResult)>> {
+    async fn attributes(&self, object: Ouid, types: Vec<u64>) -> anyhow::Result<Vec<(u64, AttrResult)>> {
         match self
             .conn
             .call(Request::GetAttributes {
@@ -523,12 +511,8 @@ fn attr_name(attr: u64) -> String {
 fn show_value(attr: u64, v: &AttrValue) -> String {
     match (attr, v) {
         (ck::CKA_CLASS, AttrValue::Ulong(c)) => hahsm_token::object::class_name(*c).to_string(),
-        (ck::CKA_KEY_TYPE, AttrValue::Ulong(k)) => {
-            hahsm_token::object::key_type_name(*k).to_string()
-        }
-        (ck::CKA_LABEL | ck::CKA_UNIQUE_ID, AttrValue::Bytes(b)) => {
-            String::from_utf8_lossy(b).into_owned()
-        }
+        (ck::CKA_KEY_TYPE, AttrValue::Ulong(k)) => hahsm_token::object::key_type_name(*k).to_string(),
+        (ck::CKA_LABEL | ck::CKA_UNIQUE_ID, AttrValue::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
         (_, AttrValue::Bool(b)) => b.to_string(),
         (_, AttrValue::Ulong(u)) => u.to_string(),
         (_, AttrValue::Bytes(b)) if b.len() > 48 => {
@@ -678,16 +662,12 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             println!("destroyed {object}");
         }
         KeysCommand::Import { file, label, id } => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let block = pem::parse(text.as_bytes())
-                .map_err(|e| anyhow!("{} is not PEM: {e}", file.display()))?;
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let block =
+                pem::parse(text.as_bytes()).map_err(|e| anyhow!("{} is not PEM: {e}", file.display()))?;
             if !block.tag().ends_with("PRIVATE KEY") {
-                bail!(
-                    "{} holds a '{}', not a private key",
-                    file.display(),
-                    block.tag()
-                );
+                bail!("{} holds a '{}', not a private key", file.display(), block.tag());
             }
             let template = Template::new()
                 .with(ck::CKA_TOKEN, AttrValue::Bool(true))
@@ -714,11 +694,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         }
         KeysCommand::Pubkey { sel, out } => {
             let object = s.select(sel, Some(ck::CKO_PUBLIC_KEY)).await?;
-            let spki = match s
-                .attributes(object, vec![ck::CKA_PUBLIC_KEY_INFO])
-                .await?
-                .pop()
-            {
+            let spki = match s.attributes(object, vec![ck::CKA_PUBLIC_KEY_INFO]).await?.pop() {
                 Some((_, AttrResult::Value(AttrValue::Bytes(b)))) => b,
                 _ => bail!("object {object} has no public key info"),
             };
@@ -748,8 +724,8 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             let mechanism = mechanism_of(mech)?;
             let key = s.select_key(sel, mechanism.mech, false).await?;
             let data = read_input(input)?;
-            let signature = std::fs::read(signature)
-                .with_context(|| format!("cannot read {}", signature.display()))?;
+            let signature =
+                std::fs::read(signature).with_context(|| format!("cannot read {}", signature.display()))?;
             s.conn
                 .call(Request::Verify {
                     partition,
@@ -792,10 +768,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             )?;
         }
         KeysCommand::Random { bytes, out } => {
-            write_output(
-                out,
-                &s.bytes(Request::GenerateRandom { len: *bytes }).await?,
-            )?;
+            write_output(out, &s.bytes(Request::GenerateRandom { len: *bytes }).await?)?;
         }
         KeysCommand::Digest { mech, io } => {
             let m = mechanism::by_name(mech).ok_or_else(|| anyhow!("unknown digest '{mech}'"))?;

@@ -13,11 +13,7 @@ mod client_cmd;
 mod keys_cmd;
 
 #[derive(Parser)]
-#[command(
-    name = "hahsm",
-    version,
-    about = "Operate a hahsm cluster of network HSMs"
-)]
+#[command(name = "hahsm", version, about = "Operate a hahsm cluster of network HSMs")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,10 +63,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hahsm: cannot start: {e}");

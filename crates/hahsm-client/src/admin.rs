@@ -8,10 +8,7 @@ use tokio::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("cannot reach the member's admin socket {path}: {source} (is hahsmd running?)")]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Connect { path: PathBuf, source: std::io::Error },
     #[error("admin socket: {0}")]
     Link(#[from] hahsm_link::LinkError),
     #[error("the member did not answer within {0:?}")]
@@ -49,10 +46,9 @@ impl AdminClient {
     pub async fn call(&mut self, req: AdminRequest) -> Result<AdminResponse, AdminError> {
         let fut = async {
             hahsm_link::write_frame(&mut self.stream, &encode(&req)).await?;
-            let frame =
-                hahsm_link::read_frame(&mut self.stream, hahsm_proto::DEFAULT_MAX_FRAME * 16)
-                    .await?
-                    .ok_or(AdminError::Closed)?;
+            let frame = hahsm_link::read_frame(&mut self.stream, hahsm_proto::DEFAULT_MAX_FRAME * 16)
+                .await?
+                .ok_or(AdminError::Closed)?;
             decode::<AdminResponse>(&frame).map_err(|e| AdminError::Decode(e.to_string()))
         };
         match tokio::time::timeout(self.timeout, fut).await {

@@ -46,17 +46,11 @@ fn default_connect_ms() -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the client config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("the client config {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("cannot write the client config {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("no client config: set {ENV_VAR} or create {0}")]
     NotFound(PathBuf),
 }
@@ -105,10 +99,7 @@ impl ClientConfig {
             hahsm_link::Fingerprint::parse(&s.fingerprint)
                 .map_err(|e| invalid(format!("server '{}': bad fingerprint: {e}", s.name)))?;
             if s.address.rsplit_once(':').is_none() {
-                return Err(invalid(format!(
-                    "server '{}': address must be host:port",
-                    s.name
-                )));
+                return Err(invalid(format!("server '{}': address must be host:port", s.name)));
             }
         }
         if config.request_timeout_ms == 0 {
@@ -170,7 +161,8 @@ mod tests {
 
     #[test]
     fn a_bad_fingerprint_or_unknown_key_is_a_clear_error() {
-        let bad_fp = "cert = \"c\"\nkey = \"k\"\n[[server]]\nname = \"a\"\naddress = \"h:1\"\nfingerprint = \"zz\"\n";
+        let bad_fp =
+            "cert = \"c\"\nkey = \"k\"\n[[server]]\nname = \"a\"\naddress = \"h:1\"\nfingerprint = \"zz\"\n";
         let e = ClientConfig::parse(bad_fp, Path::new("x.toml"))
             .unwrap_err()
             .to_string();

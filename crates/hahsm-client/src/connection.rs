@@ -3,9 +3,7 @@
 //! matched to its answer by request id and bounded by its own deadline.
 use crate::config::{ClientConfig, ServerEntry};
 use hahsm_link::{Fingerprint, LinkError};
-use hahsm_proto::client::{
-    Hello, MemberInfo, Request, RequestFrame, Response, ResponseFrame, Welcome,
-};
+use hahsm_proto::client::{Hello, MemberInfo, Request, RequestFrame, Response, ResponseFrame, Welcome};
 use hahsm_proto::{decode, encode, WireError, PROTOCOL_VERSION};
 use hahsm_token::ck;
 use std::collections::HashMap;
@@ -42,9 +40,9 @@ impl ClientError {
                 source: LinkError::ClientNotRegistered,
                 ..
             } => ck::CKR_TOKEN_NOT_RECOGNIZED,
-            ClientError::Link { .. }
-            | ClientError::Timeout { .. }
-            | ClientError::Protocol { .. } => ck::CKR_DEVICE_ERROR,
+            ClientError::Link { .. } | ClientError::Timeout { .. } | ClientError::Protocol { .. } => {
+                ck::CKR_DEVICE_ERROR
+            }
             ClientError::Config(_) => ck::CKR_GENERAL_ERROR,
         }
     }
@@ -150,10 +148,7 @@ impl MemberConnection {
             }
             reader_closed.store(true, Ordering::SeqCst);
             // Wake every caller still waiting: their answers will not come.
-            reader_pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+            reader_pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
         });
         Ok(MemberConnection {
             server: server.name.clone(),
@@ -206,10 +201,7 @@ impl MemberConnection {
             request,
         };
         if self.outgoing.send(encode(&frame)).await.is_err() {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             return Err(ClientError::Disconnected {
                 server: self.server.clone(),
             });
@@ -221,10 +213,7 @@ impl MemberConnection {
                 server: self.server.clone(),
             }),
             Err(_) => {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 Err(ClientError::Timeout {
                     server: self.server.clone(),
                     ms: deadline.as_millis() as u64,

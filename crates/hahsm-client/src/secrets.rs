@@ -10,19 +10,13 @@ pub const SECRET_BYTES: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {
     #[error("cannot read secret file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("secret file {0} does not hold a 256-bit secret (64 hex digits)")]
     Malformed(String),
     #[error("secret file {path} is readable by others (mode {mode:o}); run chmod 600 on it")]
     Permissions { path: String, mode: u32 },
     #[error("cannot write secret file {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
     #[error("the system random generator failed")]
     Random,
 }
@@ -75,10 +69,7 @@ pub fn generate_secret_file(path: &Path) -> Result<Secret, SecretFileError> {
             f.sync_all()
         });
     text.zeroize();
-    result.map_err(|source| SecretFileError::Write {
-        path: shown,
-        source,
-    })?;
+    result.map_err(|source| SecretFileError::Write { path: shown, source })?;
     Ok(secret)
 }
 
@@ -122,9 +113,6 @@ mod tests {
         ));
         std::fs::write(&path, "abcd\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(
-            read_secret(&path),
-            Err(SecretFileError::Malformed(_))
-        ));
+        assert!(matches!(read_secret(&path), Err(SecretFileError::Malformed(_))));
     }
 }

@@ -167,11 +167,7 @@ mod tests {
         for len in [0usize, 1, 127, 128, 255, 256, 70_000] {
             let v = vec![0xabu8; len];
             let enc = tlv(TAG_OCTET_STRING, &v);
-            assert_eq!(
-                parse_single(&enc, TAG_OCTET_STRING),
-                Some(&v[..]),
-                "len {len}"
-            );
+            assert_eq!(parse_single(&enc, TAG_OCTET_STRING), Some(&v[..]), "len {len}");
         }
     }
 
@@ -199,10 +195,7 @@ mod tests {
 
     #[test]
     fn integers() {
-        assert_eq!(
-            unsigned_integer(&[0, 0, 0x80]),
-            vec![0x02, 0x02, 0x00, 0x80]
-        );
+        assert_eq!(unsigned_integer(&[0, 0, 0x80]), vec![0x02, 0x02, 0x00, 0x80]);
         assert_eq!(
             unsigned_integer(&[0x01, 0x00, 0x01]),
             vec![0x02, 0x03, 0x01, 0x00, 0x01]

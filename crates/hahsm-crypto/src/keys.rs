@@ -168,10 +168,7 @@ impl PublicKey {
                 der::sequence(&[&alg, &der::bit_string(&key)])
             }
             PublicKey::Ec { curve, point } => {
-                let alg = der::sequence(&[
-                    &der::tlv(der::TAG_OID, OID_EC_PUBLIC_KEY),
-                    &curve.ec_params(),
-                ]);
+                let alg = der::sequence(&[&der::tlv(der::TAG_OID, OID_EC_PUBLIC_KEY), &curve.ec_params()]);
                 der::sequence(&[&alg, &der::bit_string(point)])
             }
             PublicKey::Ed25519 { point } => {
@@ -184,10 +181,7 @@ impl PublicKey {
     /// PEM "PUBLIC KEY" (SubjectPublicKeyInfo), with `\n` line endings.
     pub fn to_pem(&self) -> String {
         let p = pem::Pem::new("PUBLIC KEY", self.to_spki_der());
-        pem::encode_config(
-            &p,
-            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-        )
+        pem::encode_config(&p, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
     }
 
     /// Parses and validates a SubjectPublicKeyInfo (RSA, EC on a supported
@@ -231,18 +225,13 @@ impl PublicKey {
                 }
             }
             OID_EC_PUBLIC_KEY => {
-                let curve = a
-                    .read(der::TAG_OID)
-                    .and_then(Curve::from_oid)
-                    .ok_or_else(bad)?;
+                let curve = a.read(der::TAG_OID).and_then(Curve::from_oid).ok_or_else(bad)?;
                 PublicKey::Ec {
                     curve,
                     point: bits.to_vec(),
                 }
             }
-            OID_ED25519 => PublicKey::Ed25519 {
-                point: bits.to_vec(),
-            },
+            OID_ED25519 => PublicKey::Ed25519 { point: bits.to_vec() },
             _ => return Err(bad()),
         };
         if !a.is_empty() {
@@ -331,8 +320,7 @@ fn bit_len(be: &[u8]) -> u64 {
 /// choice is unambiguous.
 pub fn ec_point_from_attribute(value: &[u8]) -> TokenResult<Vec<u8>> {
     let plausible = |p: &[u8]| -> bool {
-        p.len() == 32
-            || (p.first() == Some(&0x04) && Curve::ALL.iter().any(|c| c.point_len() == p.len()))
+        p.len() == 32 || (p.first() == Some(&0x04) && Curve::ALL.iter().any(|c| c.point_len() == p.len()))
     };
     if let Some(inner) = der::parse_single(value, der::TAG_OCTET_STRING) {
         if plausible(inner) {
@@ -363,9 +351,7 @@ impl fmt::Debug for KeyPair {
 
 fn rejected(e: KeyRejected, attr: u64) -> TokenError {
     match e.description_() {
-        "TooSmall" | "TooLarge" => {
-            TokenError::KeySizeRange(format!("key rejected: {}", e.description_()))
-        }
+        "TooSmall" | "TooLarge" => TokenError::KeySizeRange(format!("key rejected: {}", e.description_())),
         _ => TokenError::AttributeValueInvalid(attr),
     }
 }
@@ -392,9 +378,7 @@ fn ec_keypair(curve: Curve, kp: &sig::EcdsaKeyPair) -> TokenResult<KeyPair> {
         curve,
         point: kp.public_key().as_ref().to_vec(),
     };
-    let doc = kp
-        .to_pkcs8v1()
-        .map_err(|_| internal("EC PKCS#8 encoding"))?;
+    let doc = kp.to_pkcs8v1().map_err(|_| internal("EC PKCS#8 encoding"))?;
     Ok(KeyPair {
         public,
         private_pkcs8: SecretBytes::new(doc.as_ref().to_vec()),
@@ -405,9 +389,7 @@ fn ed25519_keypair(kp: &sig::Ed25519KeyPair) -> TokenResult<KeyPair> {
     let public = PublicKey::Ed25519 {
         point: kp.public_key().as_ref().to_vec(),
     };
-    let doc = kp
-        .to_pkcs8v1()
-        .map_err(|_| internal("Ed25519 PKCS#8 encoding"))?;
+    let doc = kp.to_pkcs8v1().map_err(|_| internal("Ed25519 PKCS#8 encoding"))?;
     Ok(KeyPair {
         public,
         private_pkcs8: SecretBytes::new(doc.as_ref().to_vec()),
@@ -440,8 +422,8 @@ pub fn generate_rsa(bits: u32, public_exponent: Option<&[u8]>) -> TokenResult<Ke
 }
 
 pub fn generate_ec(curve: Curve) -> TokenResult<KeyPair> {
-    let kp = sig::EcdsaKeyPair::generate(curve.native_signing())
-        .map_err(|_| internal("EC key generation"))?;
+    let kp =
+        sig::EcdsaKeyPair::generate(curve.native_signing()).map_err(|_| internal("EC key generation"))?;
     ec_keypair(curve, &kp)
 }
 
@@ -465,8 +447,7 @@ pub fn import_private_key_der(der_bytes: &[u8]) -> TokenResult<KeyPair> {
             let mut a = Reader::new(alg);
             match a.read(der::TAG_OID).ok_or_else(bad)? {
                 OID_RSA_ENCRYPTION => {
-                    let kp = rsa::KeyPair::from_pkcs8(der_bytes)
-                        .map_err(|e| rejected(e, ck::CKA_VALUE))?;
+                    let kp = rsa::KeyPair::from_pkcs8(der_bytes).map_err(|e| rejected(e, ck::CKA_VALUE))?;
                     rsa_keypair(&kp)
                 }
                 OID_EC_PUBLIC_KEY => {
@@ -479,8 +460,8 @@ pub fn import_private_key_der(der_bytes: &[u8]) -> TokenResult<KeyPair> {
                     ec_keypair(curve, &kp)
                 }
                 OID_ED25519 => {
-                    let kp = sig::Ed25519KeyPair::from_pkcs8(der_bytes)
-                        .map_err(|e| rejected(e, ck::CKA_VALUE))?;
+                    let kp =
+                        sig::Ed25519KeyPair::from_pkcs8(der_bytes).map_err(|e| rejected(e, ck::CKA_VALUE))?;
                     ed25519_keypair(&kp)
                 }
                 _ => Err(TokenError::TemplateInconsistent(
@@ -509,9 +490,7 @@ pub fn import_private_key_der(der_bytes: &[u8]) -> TokenResult<KeyPair> {
                 None => &Curve::ALL,
             };
             for &curve in candidates {
-                if let Ok(kp) =
-                    sig::EcdsaKeyPair::from_private_key_der(curve.native_signing(), der_bytes)
-                {
+                if let Ok(kp) = sig::EcdsaKeyPair::from_private_key_der(curve.native_signing(), der_bytes) {
                     return ec_keypair(curve, &kp);
                 }
             }
@@ -543,8 +522,8 @@ pub fn import_private_key_pem(pem_text: &str) -> TokenResult<KeyPair> {
             _ => {}
         }
     }
-    let der_bytes = found
-        .ok_or_else(|| TokenError::ArgumentsBad("no PRIVATE KEY block in the PEM input".into()))?;
+    let der_bytes =
+        found.ok_or_else(|| TokenError::ArgumentsBad("no PRIVATE KEY block in the PEM input".into()))?;
     import_private_key_der(&der_bytes)
 }
 
@@ -575,9 +554,8 @@ pub fn rsa_private_from_components(
     }
     let computed;
     let (dp, dq, qinv) = if dp.is_empty() || dq.is_empty() || qinv.is_empty() {
-        computed = ffi::rsa_crt_params(d, p, q).map_err(|_| {
-            TokenError::TemplateInconsistent("the RSA components do not form a key".into())
-        })?;
+        computed = ffi::rsa_crt_params(d, p, q)
+            .map_err(|_| TokenError::TemplateInconsistent("the RSA components do not form a key".into()))?;
         (&computed.dp[..], &computed.dq[..], &computed.qinv[..])
     } else {
         (dp, dq, qinv)
@@ -591,13 +569,10 @@ pub fn rsa_private_from_components(
         dQ: dq,
         qInv: qinv,
     };
-    let kp =
-        rsa::KeyPair::from_components(&components).map_err(|err| match err.description_() {
-            "TooSmall" | "TooLarge" => {
-                TokenError::KeySizeRange("RSA modulus size is not supported".into())
-            }
-            _ => TokenError::TemplateInconsistent("the RSA components do not form a key".into()),
-        })?;
+    let kp = rsa::KeyPair::from_components(&components).map_err(|err| match err.description_() {
+        "TooSmall" | "TooLarge" => TokenError::KeySizeRange("RSA modulus size is not supported".into()),
+        _ => TokenError::TemplateInconsistent("the RSA components do not form a key".into()),
+    })?;
     rsa_keypair(&kp)
 }
 
@@ -643,14 +618,8 @@ mod tests {
             Curve::P256.ec_params(),
             hex::decode("06082a8648ce3d030107").unwrap()
         );
-        assert_eq!(
-            Curve::P384.ec_params(),
-            hex::decode("06052b81040022").unwrap()
-        );
-        assert_eq!(
-            Curve::P521.ec_params(),
-            hex::decode("06052b81040023").unwrap()
-        );
+        assert_eq!(Curve::P384.ec_params(), hex::decode("06052b81040022").unwrap());
+        assert_eq!(Curve::P521.ec_params(), hex::decode("06052b81040023").unwrap());
         assert!(Curve::from_ec_params(ED25519_EC_PARAMS).is_err());
         assert!(Curve::from_ec_params(b"\x13\x0aprime256v1").is_err());
         assert!(is_ed25519_params(ED25519_EC_PARAMS));
@@ -729,15 +698,12 @@ mod tests {
         assert_eq!(kp.public.modulus_bits(), Some(2048));
         assert_eq!(kp.public.key_type(), ck::CKK_RSA);
         match &kp.public {
-            PublicKey::Rsa {
-                public_exponent, ..
-            } => assert_eq!(public_exponent, &[1, 0, 1]),
+            PublicKey::Rsa { public_exponent, .. } => assert_eq!(public_exponent, &[1, 0, 1]),
             _ => unreachable!(),
         }
         let dbg = format!("{kp:?}");
         assert!(
-            dbg.contains("SecretBytes(")
-                && !dbg.contains(&format!("{:?}", &kp.private_pkcs8.expose()[..8]))
+            dbg.contains("SecretBytes(") && !dbg.contains(&format!("{:?}", &kp.private_pkcs8.expose()[..8]))
         );
     }
 
@@ -770,11 +736,9 @@ mod tests {
         assert!(ec_private_from_scalar(Curve::P256, &[0u8; 32]).is_err());
         assert!(ec_private_from_scalar(Curve::P256, &[0xffu8; 33]).is_err());
         // RFC 8032 section 7.1, test 1.
-        let seed = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
-            .unwrap();
+        let seed = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60").unwrap();
         let kp = ed25519_private_from_seed(&seed).unwrap();
-        let pk = hex::decode("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
-            .unwrap();
+        let pk = hex::decode("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a").unwrap();
         assert_eq!(kp.public, PublicKey::Ed25519 { point: pk });
         assert!(ed25519_private_from_seed(&seed[..31]).is_err());
     }

@@ -30,8 +30,8 @@ mod seal;
 pub use hahsm_token::{ck, TokenError, TokenResult};
 pub use keys::{
     ec_point_from_attribute, ec_private_from_scalar, ed25519_private_from_seed, generate_ec,
-    generate_ed25519, generate_rsa, import_private_key_der, import_private_key_pem,
-    is_ed25519_params, rsa_private_from_components, Curve, KeyPair, PublicKey, ED25519_EC_PARAMS,
+    generate_ed25519, generate_rsa, import_private_key_der, import_private_key_pem, is_ed25519_params,
+    rsa_private_from_components, Curve, KeyPair, PublicKey, ED25519_EC_PARAMS,
 };
 pub use loaded::{KeyMaterial, LoadedKey};
 pub use mech::{decrypt, ecdh_derive, encrypt, output_len, sign, unwrap, verify, wrap};
@@ -99,8 +99,7 @@ pub fn random(len: usize) -> TokenResult<Vec<u8>> {
         return Err(TokenError::DataLenRange);
     }
     let mut out = vec![0u8; len];
-    rand::fill(&mut out)
-        .map_err(|_| TokenError::DeviceError("the random generator failed".into()))?;
+    rand::fill(&mut out).map_err(|_| TokenError::DeviceError("the random generator failed".into()))?;
     Ok(out)
 }
 
@@ -112,8 +111,7 @@ pub fn generate_secret(len_bytes: usize) -> TokenResult<SecretBytes> {
         )));
     }
     let mut out = SecretBytes::new(vec![0u8; len_bytes]);
-    rand::fill(&mut out.0)
-        .map_err(|_| TokenError::DeviceError("the random generator failed".into()))?;
+    rand::fill(&mut out.0).map_err(|_| TokenError::DeviceError("the random generator failed".into()))?;
     Ok(out)
 }
 
@@ -145,12 +143,7 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// HKDF-SHA256 (RFC 5869) over the concatenation of `ikm`. `out_len` is 1 to
 /// 8160 bytes (255 hash outputs).
-pub fn hkdf_sha256(
-    ikm: &[&[u8]],
-    salt: &[u8],
-    info: &[u8],
-    out_len: usize,
-) -> TokenResult<SecretBytes> {
+pub fn hkdf_sha256(ikm: &[&[u8]], salt: &[u8], info: &[u8], out_len: usize) -> TokenResult<SecretBytes> {
     struct Len(usize);
     impl hkdf::KeyType for Len {
         fn len(&self) -> usize {
@@ -237,10 +230,7 @@ mod tests {
         assert_ne!(random(32).unwrap(), random(32).unwrap());
         assert_eq!(random(MAX_RANDOM_LEN + 1), Err(TokenError::DataLenRange));
         assert_eq!(generate_secret(32).unwrap().len(), 32);
-        assert!(matches!(
-            generate_secret(0),
-            Err(TokenError::KeySizeRange(_))
-        ));
+        assert!(matches!(generate_secret(0), Err(TokenError::KeySizeRange(_))));
     }
 
     #[test]

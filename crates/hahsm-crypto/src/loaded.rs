@@ -107,8 +107,7 @@ impl RsaPrivate {
 
     pub(crate) fn encrypter(&self) -> TokenResult<&rsa::PublicEncryptingKey> {
         lazy(&self.encrypter, || {
-            rsa::PublicEncryptingKey::from_der(&self.public.to_spki_der())
-                .map_err(|_| corrupt("RSA"))
+            rsa::PublicEncryptingKey::from_der(&self.public.to_spki_der()).map_err(|_| corrupt("RSA"))
         })
     }
 }
@@ -123,9 +122,8 @@ pub(crate) struct RsaPublic {
 impl RsaPublic {
     pub(crate) fn encrypter(&self) -> TokenResult<&rsa::PublicEncryptingKey> {
         lazy(&self.encrypter, || {
-            rsa::PublicEncryptingKey::from_der(&self.public.to_spki_der()).map_err(|_| {
-                TokenError::KeySizeRange("RSA key size is not supported for encryption".into())
-            })
+            rsa::PublicEncryptingKey::from_der(&self.public.to_spki_der())
+                .map_err(|_| TokenError::KeySizeRange("RSA key size is not supported for encryption".into()))
         })
     }
 }
@@ -178,8 +176,7 @@ impl LoadedKey {
     pub fn load(material: KeyMaterial) -> TokenResult<LoadedKey> {
         let inner = match material {
             KeyMaterial::RsaPrivate(pkcs8) => {
-                let signer =
-                    rsa::KeyPair::from_pkcs8(pkcs8.expose()).map_err(|_| corrupt("RSA"))?;
+                let signer = rsa::KeyPair::from_pkcs8(pkcs8.expose()).map_err(|_| corrupt("RSA"))?;
                 let pk = signer.public_key();
                 let public = PublicKey::Rsa {
                     modulus: pk.modulus().big_endian_without_leading_zero().to_vec(),
@@ -212,11 +209,11 @@ impl LoadedKey {
                 }))
             }
             KeyMaterial::Ed25519Private(pkcs8) => {
-                let signer = sig::Ed25519KeyPair::from_pkcs8(pkcs8.expose())
-                    .map_err(|_| corrupt("Ed25519"))?;
+                let signer =
+                    sig::Ed25519KeyPair::from_pkcs8(pkcs8.expose()).map_err(|_| corrupt("Ed25519"))?;
                 let point = signer.public_key().as_ref().to_vec();
-                let verifier = sig::ParsedPublicKey::new(&sig::ED25519, &point)
-                    .map_err(|_| corrupt("Ed25519"))?;
+                let verifier =
+                    sig::ParsedPublicKey::new(&sig::ED25519, &point).map_err(|_| corrupt("Ed25519"))?;
                 Inner::Ed25519Private(Box::new(EdPrivate {
                     public: PublicKey::Ed25519 { point },
                     signer,
@@ -225,9 +222,7 @@ impl LoadedKey {
             }
             KeyMaterial::Aes(bytes) => {
                 if !matches!(bytes.len(), 16 | 24 | 32) {
-                    return Err(TokenError::KeySizeRange(
-                        "AES keys are 16, 24 or 32 bytes".into(),
-                    ));
+                    return Err(TokenError::KeySizeRange("AES keys are 16, 24 or 32 bytes".into()));
                 }
                 Inner::Secret {
                     key_type: ck::CKK_AES,
@@ -236,9 +231,7 @@ impl LoadedKey {
             }
             KeyMaterial::GenericSecret(bytes) => {
                 if bytes.is_empty() {
-                    return Err(TokenError::KeySizeRange(
-                        "a secret key cannot be empty".into(),
-                    ));
+                    return Err(TokenError::KeySizeRange("a secret key cannot be empty".into()));
                 }
                 Inner::Secret {
                     key_type: ck::CKK_GENERIC_SECRET,
@@ -306,10 +299,7 @@ impl LoadedKey {
     pub fn is_private(&self) -> bool {
         matches!(
             self.inner,
-            Inner::RsaPrivate(_)
-                | Inner::EcPrivate(_)
-                | Inner::Ed25519Private(_)
-                | Inner::Secret { .. }
+            Inner::RsaPrivate(_) | Inner::EcPrivate(_) | Inner::Ed25519Private(_) | Inner::Secret { .. }
         )
     }
 
@@ -386,9 +376,7 @@ mod tests {
         ));
         let aes = LoadedKey::load(KeyMaterial::Aes(SecretBytes::new(vec![0x5a; 32]))).unwrap();
         assert_eq!(format!("{aes:?}"), "LoadedKey { kind: \"Aes\", .. }");
-        assert!(
-            LoadedKey::load(KeyMaterial::RsaPrivate(SecretBytes::new(b"junk".to_vec()))).is_err()
-        );
+        assert!(LoadedKey::load(KeyMaterial::RsaPrivate(SecretBytes::new(b"junk".to_vec()))).is_err());
     }
 
     #[test]

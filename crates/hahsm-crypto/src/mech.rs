@@ -71,24 +71,23 @@ fn hash(h: Hash, data: &[u8]) -> digest::Digest {
 fn digest_info_prefix(h: Hash) -> &'static [u8] {
     match h {
         Hash::Sha1 => &[
-            0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
-            0x14,
+            0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14,
         ],
         Hash::Sha224 => &[
-            0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x04, 0x05, 0x00, 0x04, 0x1c,
+            0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04, 0x05,
+            0x00, 0x04, 0x1c,
         ],
         Hash::Sha256 => &[
-            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x01, 0x05, 0x00, 0x04, 0x20,
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+            0x00, 0x04, 0x20,
         ],
         Hash::Sha384 => &[
-            0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x02, 0x05, 0x00, 0x04, 0x30,
+            0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05,
+            0x00, 0x04, 0x30,
         ],
         Hash::Sha512 => &[
-            0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x03, 0x05, 0x00, 0x04, 0x40,
+            0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05,
+            0x00, 0x04, 0x40,
         ],
     }
 }
@@ -215,17 +214,8 @@ impl<'a> RsaView<'a> {
     }
 
     /// Checks PSS parameters against the mechanism and the key.
-    fn pss_params(
-        &self,
-        mech: &Mechanism,
-        bound: Option<Hash>,
-    ) -> TokenResult<(Hash, Hash, usize)> {
-        let MechParams::Pss {
-            hash,
-            mgf,
-            salt_len,
-        } = mech.params
-        else {
+    fn pss_params(&self, mech: &Mechanism, bound: Option<Hash>) -> TokenResult<(Hash, Hash, usize)> {
+        let MechParams::Pss { hash, mgf, salt_len } = mech.params else {
             return Err(param_err("RSA-PSS needs CK_RSA_PKCS_PSS_PARAMS"));
         };
         let h = hash_from_ckm(hash).ok_or_else(|| param_err("unsupported PSS hash"))?;
@@ -233,8 +223,7 @@ impl<'a> RsaView<'a> {
             return Err(param_err("the PSS hash must match the mechanism's hash"));
         }
         let g = hash_from_mgf(mgf).ok_or_else(|| param_err("unsupported PSS MGF"))?;
-        let salt =
-            usize::try_from(salt_len).map_err(|_| param_err("PSS salt length is too large"))?;
+        let salt = usize::try_from(salt_len).map_err(|_| param_err("PSS salt length is too large"))?;
         // RFC 8017 section 9.1.1: emLen >= hLen + sLen + 2, emLen = ceil((modBits - 1) / 8).
         let em_len = usize::try_from(self.modulus_bits.saturating_sub(1).div_ceil(8)).unwrap_or(0);
         if salt.saturating_add(h.output_len()).saturating_add(2) > em_len {
@@ -281,9 +270,7 @@ fn aes_cipher(key: &[u8]) -> TokenResult<&'static cipher::Algorithm> {
         16 => Ok(&cipher::AES_128),
         24 => Ok(&cipher::AES_192),
         32 => Ok(&cipher::AES_256),
-        _ => Err(TokenError::KeySizeRange(
-            "AES keys are 16, 24 or 32 bytes".into(),
-        )),
+        _ => Err(TokenError::KeySizeRange("AES keys are 16, 24 or 32 bytes".into())),
     }
 }
 
@@ -316,9 +303,7 @@ fn gcm_params(mech: &Mechanism) -> TokenResult<GcmParams<'_>> {
         ));
     }
     if iv.is_empty() || iv.len() > 128 {
-        return Err(param_err(
-            "AES-GCM IV must be 1 to 128 bytes (12 recommended)",
-        ));
+        return Err(param_err("AES-GCM IV must be 1 to 128 bytes (12 recommended)"));
     }
     // Lossless: tag_bits is at most 128.
     Ok(GcmParams {
@@ -333,9 +318,7 @@ fn aead_algorithm(key: &[u8]) -> TokenResult<&'static aead::Algorithm> {
         16 => Ok(&aead::AES_128_GCM),
         24 => Ok(&aead::AES_192_GCM),
         32 => Ok(&aead::AES_256_GCM),
-        _ => Err(TokenError::KeySizeRange(
-            "AES keys are 16, 24 or 32 bytes".into(),
-        )),
+        _ => Err(TokenError::KeySizeRange("AES keys are 16, 24 or 32 bytes".into())),
     }
 }
 
@@ -421,9 +404,7 @@ pub fn sign(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Vec<u
                 if data.is_empty() {
                     return Err(TokenError::DataLenRange);
                 }
-                k.raw()?
-                    .sign_digest(data)
-                    .map_err(|_| internal("ECDSA signing"))
+                k.raw()?.sign_digest(data).map_err(|_| internal("ECDSA signing"))
             }
             Some(h) if h == k.curve.native_hash() => {
                 let s = k
@@ -443,10 +424,7 @@ pub fn sign(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Vec<u
             return Err(TokenError::KeyTypeInconsistent);
         };
         no_params(mech)?;
-        let s = k
-            .signer
-            .try_sign(data)
-            .map_err(|_| internal("Ed25519 signing"))?;
+        let s = k.signer.try_sign(data).map_err(|_| internal("Ed25519 signing"))?;
         return Ok(s.as_ref().to_vec());
     }
     if let Some(alg) = hmac_algorithm(m) {
@@ -649,9 +627,7 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
             let mut buf = data.to_vec();
             if !buf.is_empty() {
                 cipher::EncryptingKey::cbc(cipher_key(k)?)
-                    .and_then(|c| {
-                        c.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(iv.into()))
-                    })
+                    .and_then(|c| c.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(iv.into())))
                     .map_err(|_| internal("AES-CBC encryption"))?;
             }
             Ok(buf)
@@ -673,8 +649,8 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
                 let sealing = aead::UnboundKey::new(aead_algorithm(k)?, k)
                     .map(aead::LessSafeKey::new)
                     .map_err(|_| internal("AES-GCM key setup"))?;
-                let nonce = aead::Nonce::try_assume_unique_for_key(p.iv)
-                    .map_err(|_| param_err("bad GCM IV"))?;
+                let nonce =
+                    aead::Nonce::try_assume_unique_for_key(p.iv).map_err(|_| param_err("bad GCM IV"))?;
                 let mut buf = Vec::with_capacity(data.len() + p.tag_len);
                 buf.extend_from_slice(data);
                 sealing
@@ -682,8 +658,7 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
                     .map_err(|_| TokenError::DataLenRange)?;
                 Ok(buf)
             } else {
-                ffi::aes_gcm_seal(k, p.iv, p.aad, data, p.tag_len)
-                    .map_err(|_| TokenError::DataLenRange)
+                ffi::aes_gcm_seal(k, p.iv, p.aad, data, p.tag_len).map_err(|_| TokenError::DataLenRange)
             }
         }
         _ => Err(TokenError::MechanismInvalid(m)),
@@ -806,8 +781,8 @@ pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
                 let opening = aead::UnboundKey::new(aead_algorithm(k)?, k)
                     .map(aead::LessSafeKey::new)
                     .map_err(|_| internal("AES-GCM key setup"))?;
-                let nonce = aead::Nonce::try_assume_unique_for_key(p.iv)
-                    .map_err(|_| param_err("bad GCM IV"))?;
+                let nonce =
+                    aead::Nonce::try_assume_unique_for_key(p.iv).map_err(|_| param_err("bad GCM IV"))?;
                 let mut buf = data.to_vec();
                 let n = opening
                     .open_in_place(nonce, aead::Aad::from(p.aad), &mut buf)
@@ -831,12 +806,7 @@ pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
 /// (for PKCS#11's NULL-buffer length query). `Verify` and `Derive` produce no
 /// output and return 0. The same mechanism, key and length checks run as in
 /// the operation itself.
-pub fn output_len(
-    mech: &Mechanism,
-    key: &LoadedKey,
-    input_len: usize,
-    op: Usage,
-) -> TokenResult<usize> {
+pub fn output_len(mech: &Mechanism, key: &LoadedKey, input_len: usize, op: Usage) -> TokenResult<usize> {
     let m = mech.mech;
     let too_long = || TokenError::DataLenRange;
     match op {
@@ -915,9 +885,7 @@ pub fn output_len(
                         };
                         padded.and_then(|n| n.checked_add(8)).ok_or_else(too_long)
                     } else {
-                        input_len
-                            .checked_sub(8)
-                            .ok_or(TokenError::WrappedKeyInvalid)
+                        input_len.checked_sub(8).ok_or(TokenError::WrappedKeyInvalid)
                     }
                 }
                 _ => Err(TokenError::MechanismInvalid(m)),
@@ -939,11 +907,10 @@ pub fn wrap(mech: &Mechanism, wrapping: &LoadedKey, key_bytes: &[u8]) -> TokenRe
             let kek = aes_key(wrapping)?;
             no_params(mech)?;
             let padded = m == ck::CKM_AES_KEY_WRAP_KWP;
-            if key_bytes.is_empty()
-                || (!padded && (key_bytes.len() < 16 || key_bytes.len() % 8 != 0))
-            {
+            if key_bytes.is_empty() || (!padded && (key_bytes.len() < 16 || key_bytes.len() % 8 != 0)) {
                 return Err(TokenError::KeySizeRange(
-                    "AES key wrap needs a key of at least 16 bytes, a multiple of 8 (use KWP otherwise)".into(),
+                    "AES key wrap needs a key of at least 16 bytes, a multiple of 8 (use KWP otherwise)"
+                        .into(),
                 ));
             }
             fn failed<E>(_: E) -> TokenError {
@@ -954,9 +921,7 @@ pub fn wrap(mech: &Mechanism, wrapping: &LoadedKey, key_bytes: &[u8]) -> TokenRe
                     let kek = key_wrap::AesKek::new(cipher, kek).map_err(failed)?;
                     let mut out = vec![0u8; key_bytes.len() + 16];
                     let n = if padded {
-                        kek.wrap_with_padding(key_bytes, &mut out)
-                            .map_err(failed)?
-                            .len()
+                        kek.wrap_with_padding(key_bytes, &mut out).map_err(failed)?.len()
                     } else {
                         kek.wrap(key_bytes, &mut out).map_err(failed)?.len()
                     };
@@ -969,9 +934,9 @@ pub fn wrap(mech: &Mechanism, wrapping: &LoadedKey, key_bytes: &[u8]) -> TokenRe
         }
         ck::CKM_RSA_PKCS_OAEP | ck::CKM_RSA_PKCS | ck::CKM_AES_GCM | ck::CKM_AES_CBC_PAD => {
             encrypt(mech, wrapping, key_bytes).map_err(|e| match e {
-                TokenError::DataLenRange => TokenError::KeySizeRange(
-                    "the key is too long to wrap with this mechanism".into(),
-                ),
+                TokenError::DataLenRange => {
+                    TokenError::KeySizeRange("the key is too long to wrap with this mechanism".into())
+                }
                 other => other,
             })
         }
@@ -991,11 +956,7 @@ fn kek_cipher(kek: &[u8]) -> Option<&'static key_wrap::AesBlockCipher> {
 
 /// Reverses [`wrap`]. Any failure of the wrapped data itself (length,
 /// integrity check, padding) is `WrappedKeyInvalid`.
-pub fn unwrap(
-    mech: &Mechanism,
-    unwrapping: &LoadedKey,
-    wrapped: &[u8],
-) -> TokenResult<SecretBytes> {
+pub fn unwrap(mech: &Mechanism, unwrapping: &LoadedKey, wrapped: &[u8]) -> TokenResult<SecretBytes> {
     let m = mech.mech;
     fn invalid<E>(_: E) -> TokenError {
         TokenError::WrappedKeyInvalid
@@ -1011,13 +972,10 @@ pub fn unwrap(
             }
             let plain = match kek_cipher(kek) {
                 Some(cipher) => {
-                    let kek = key_wrap::AesKek::new(cipher, kek)
-                        .map_err(|_| internal("AES key unwrap"))?;
+                    let kek = key_wrap::AesKek::new(cipher, kek).map_err(|_| internal("AES key unwrap"))?;
                     let mut out = Zeroizing::new(vec![0u8; wrapped.len()]);
                     let n = if padded {
-                        kek.unwrap_with_padding(wrapped, &mut out)
-                            .map_err(invalid)?
-                            .len()
+                        kek.unwrap_with_padding(wrapped, &mut out).map_err(invalid)?.len()
                     } else {
                         kek.unwrap(wrapped, &mut out).map_err(invalid)?.len()
                     };
@@ -1061,11 +1019,7 @@ const MAX_DERIVED_LEN: usize = 1024;
 /// - `CKD_SHA1_KDF` … `CKD_SHA512_KDF`: the ANSI X9.63 KDF,
 ///   `Hash(Z || counter || shared_data)` with a 32-bit counter from 1,
 ///   `out_len` bytes (default: one hash output).
-pub fn ecdh_derive(
-    key: &LoadedKey,
-    params: &MechParams,
-    out_len: Option<usize>,
-) -> TokenResult<SecretBytes> {
+pub fn ecdh_derive(key: &LoadedKey, params: &MechParams, out_len: Option<usize>) -> TokenResult<SecretBytes> {
     let Inner::EcPrivate(k) = &key.inner else {
         return Err(TokenError::KeyTypeInconsistent);
     };
@@ -1089,8 +1043,8 @@ pub fn ecdh_derive(
     if kdf_hash.is_none() && !shared_data.is_empty() {
         return Err(param_err("CKD_NULL takes no shared data"));
     }
-    let peer = ec_point_from_attribute(public_data)
-        .map_err(|_| param_err("the public data is not an EC point"))?;
+    let peer =
+        ec_point_from_attribute(public_data).map_err(|_| param_err("the public data is not an EC point"))?;
     let curve: Curve = k.curve;
     if peer.len() != curve.point_len() {
         return Err(param_err("the peer's point is not on the key's curve"));
@@ -1146,13 +1100,7 @@ mod tests {
 
     #[test]
     fn digest_info_prefixes_have_consistent_lengths() {
-        for h in [
-            Hash::Sha1,
-            Hash::Sha224,
-            Hash::Sha256,
-            Hash::Sha384,
-            Hash::Sha512,
-        ] {
+        for h in [Hash::Sha1, Hash::Sha224, Hash::Sha256, Hash::Sha384, Hash::Sha512] {
             let di = digest_info(h, b"x");
             // Outer SEQUENCE length covers everything after the 2-byte header,
             // and the OCTET STRING length is the digest length.
@@ -1175,9 +1123,6 @@ mod tests {
         // info): Z = 96c0..., key = 4432...
         let z = hex::decode("96c05619d56c328ab95fe84b18264b08725b85e33fd34f08").unwrap();
         let out = x963_kdf(Hash::Sha256, &z, &[], 16);
-        assert_eq!(
-            hex::encode(out.expose()),
-            "443024c3dae66b95e6f5670601558f71"
-        );
+        assert_eq!(hex::encode(out.expose()), "443024c3dae66b95e6f5670601558f71");
     }
 }

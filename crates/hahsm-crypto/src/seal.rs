@@ -92,10 +92,7 @@ mod tests {
         let k = SealKey::generate().unwrap();
         let sealed = k.seal(b"object 7", b"top secret").unwrap();
         assert_eq!(sealed.len(), 12 + 10 + 16);
-        assert_eq!(
-            k.open(b"object 7", &sealed).unwrap().expose(),
-            b"top secret"
-        );
+        assert_eq!(k.open(b"object 7", &sealed).unwrap().expose(), b"top secret");
         // Two seals of the same data differ (random nonce).
         assert_ne!(k.seal(b"object 7", b"top secret").unwrap(), sealed);
         let empty = k.seal(b"", b"").unwrap();

@@ -128,18 +128,9 @@ fn rsa_signatures_verify_with_aws_lc_rs() {
         .unwrap();
     // PSS (FFI path) with salt = hash length, which is what aws-lc-rs verifies.
     for (m, alg) in [
-        (
-            ck::CKM_SHA256_RSA_PKCS_PSS,
-            &awssig::RSA_PSS_2048_8192_SHA256,
-        ),
-        (
-            ck::CKM_SHA384_RSA_PKCS_PSS,
-            &awssig::RSA_PSS_2048_8192_SHA384,
-        ),
-        (
-            ck::CKM_SHA512_RSA_PKCS_PSS,
-            &awssig::RSA_PSS_2048_8192_SHA512,
-        ),
+        (ck::CKM_SHA256_RSA_PKCS_PSS, &awssig::RSA_PSS_2048_8192_SHA256),
+        (ck::CKM_SHA384_RSA_PKCS_PSS, &awssig::RSA_PSS_2048_8192_SHA384),
+        (ck::CKM_SHA512_RSA_PKCS_PSS, &awssig::RSA_PSS_2048_8192_SHA512),
     ] {
         let (mechanism, input) = rsa_case(m, msg);
         let sig = sign(&mechanism, &key, &input).unwrap();
@@ -220,18 +211,12 @@ fn rsa_pss_parameters_are_checked() {
     // Prehashed input must be the hash length.
     assert_eq!(sign(&ok, &key, &h[..31]), Err(TokenError::DataLenRange));
     // Salt 0 and a mixed MGF hash work, and verification needs the same salt.
-    let mixed = mech_with(
-        ck::CKM_RSA_PKCS_PSS,
-        pss(ck::CKM_SHA256, ck::CKG_MGF1_SHA1, 0),
-    );
+    let mixed = mech_with(ck::CKM_RSA_PKCS_PSS, pss(ck::CKM_SHA256, ck::CKG_MGF1_SHA1, 0));
     let sig = sign(&mixed, &key, &h).unwrap();
     verify(&mixed, &key, &h, &sig).unwrap();
     // Salt 0 is deterministic.
     assert_eq!(sign(&mixed, &key, &h).unwrap(), sig);
-    let other_salt = mech_with(
-        ck::CKM_RSA_PKCS_PSS,
-        pss(ck::CKM_SHA256, ck::CKG_MGF1_SHA1, 20),
-    );
+    let other_salt = mech_with(ck::CKM_RSA_PKCS_PSS, pss(ck::CKM_SHA256, ck::CKG_MGF1_SHA1, 20));
     assert_eq!(
         verify(&other_salt, &key, &h, &sig),
         Err(TokenError::SignatureInvalid)
@@ -247,10 +232,7 @@ fn rsa_encryption_round_trips_and_cross_checks() {
     // PKCS#1 v1.5
     let ct = encrypt(&mech(ck::CKM_RSA_PKCS), &public, msg).unwrap();
     assert_eq!(ct.len(), 256);
-    assert_eq!(
-        decrypt(&mech(ck::CKM_RSA_PKCS), &private, &ct).unwrap(),
-        msg
-    );
+    assert_eq!(decrypt(&mech(ck::CKM_RSA_PKCS), &private, &ct).unwrap(), msg);
     assert_eq!(
         encrypt(&mech(ck::CKM_RSA_PKCS), &public, &[0; 246]),
         Err(TokenError::DataLenRange)
@@ -293,28 +275,21 @@ fn rsa_encryption_round_trips_and_cross_checks() {
         oaep(ck::CKM_SHA256, ck::CKG_MGF1_SHA256, b""),
     );
     assert!(encrypt(&m, &public, &[7; 190]).is_ok());
-    assert_eq!(
-        encrypt(&m, &public, &[7; 191]),
-        Err(TokenError::DataLenRange)
-    );
+    assert_eq!(encrypt(&m, &public, &[7; 191]), Err(TokenError::DataLenRange));
     // aws-lc-rs encrypts, hahsm decrypts (and the other way round).
     use aws_lc_rs::rsa::{
-        OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
-        PublicEncryptingKey, OAEP_SHA256_MGF1SHA256,
+        OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
+        OAEP_SHA256_MGF1SHA256,
     };
-    let enc = OaepPublicEncryptingKey::new(
-        PublicEncryptingKey::from_der(&kp.public.to_spki_der()).unwrap(),
-    )
-    .unwrap();
-    let mut ct = vec![0u8; 256];
-    enc.encrypt(&OAEP_SHA256_MGF1SHA256, msg, &mut ct, None)
+    let enc = OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(&kp.public.to_spki_der()).unwrap())
         .unwrap();
+    let mut ct = vec![0u8; 256];
+    enc.encrypt(&OAEP_SHA256_MGF1SHA256, msg, &mut ct, None).unwrap();
     assert_eq!(decrypt(&m, &private, &ct).unwrap(), msg);
     let ours = encrypt(&m, &public, msg).unwrap();
-    let dec = OaepPrivateDecryptingKey::new(
-        PrivateDecryptingKey::from_pkcs8(kp.private_pkcs8.expose()).unwrap(),
-    )
-    .unwrap();
+    let dec =
+        OaepPrivateDecryptingKey::new(PrivateDecryptingKey::from_pkcs8(kp.private_pkcs8.expose()).unwrap())
+            .unwrap();
     let mut out = vec![0u8; 256];
     assert_eq!(
         dec.decrypt(&OAEP_SHA256_MGF1SHA256, &ours, &mut out, None)
@@ -322,10 +297,7 @@ fn rsa_encryption_round_trips_and_cross_checks() {
         msg
     );
     // Unsupported hash.
-    let md5 = mech_with(
-        ck::CKM_RSA_PKCS_OAEP,
-        oaep(ck::CKM_MD5, ck::CKG_MGF1_SHA256, b""),
-    );
+    let md5 = mech_with(ck::CKM_RSA_PKCS_OAEP, oaep(ck::CKM_MD5, ck::CKG_MGF1_SHA256, b""));
     assert!(matches!(
         encrypt(&md5, &public, msg),
         Err(TokenError::MechanismParamInvalid(_))
@@ -405,11 +377,7 @@ fn ecdsa_signatures_verify_with_aws_lc_rs() {
             &awssig::ECDSA_P521_SHA512_FIXED,
         ),
         // These go through the FFI path in hahsm:
-        (
-            Curve::P521,
-            ck::CKM_ECDSA_SHA1,
-            &awssig::ECDSA_P521_SHA1_FIXED,
-        ),
+        (Curve::P521, ck::CKM_ECDSA_SHA1, &awssig::ECDSA_P521_SHA1_FIXED),
         (
             Curve::P521,
             ck::CKM_ECDSA_SHA224,
@@ -434,26 +402,10 @@ fn ecdsa_signatures_verify_with_aws_lc_rs() {
     }
     // Mixed pairs on P-256 / P-384 (FFI), checked with aws-lc-rs's ASN.1 verifiers.
     let asn1: [(Curve, u64, &'static awssig::EcdsaVerificationAlgorithm); 4] = [
-        (
-            Curve::P256,
-            ck::CKM_ECDSA_SHA384,
-            &awssig::ECDSA_P256_SHA384_ASN1,
-        ),
-        (
-            Curve::P256,
-            ck::CKM_ECDSA_SHA512,
-            &awssig::ECDSA_P256_SHA512_ASN1,
-        ),
-        (
-            Curve::P384,
-            ck::CKM_ECDSA_SHA256,
-            &awssig::ECDSA_P384_SHA256_ASN1,
-        ),
-        (
-            Curve::P256,
-            ck::CKM_ECDSA_SHA1,
-            &awssig::ECDSA_P256_SHA1_ASN1,
-        ),
+        (Curve::P256, ck::CKM_ECDSA_SHA384, &awssig::ECDSA_P256_SHA384_ASN1),
+        (Curve::P256, ck::CKM_ECDSA_SHA512, &awssig::ECDSA_P256_SHA512_ASN1),
+        (Curve::P384, ck::CKM_ECDSA_SHA256, &awssig::ECDSA_P384_SHA256_ASN1),
+        (Curve::P256, ck::CKM_ECDSA_SHA1, &awssig::ECDSA_P256_SHA1_ASN1),
     ];
     for (curve, m, alg) in asn1 {
         let kp = generate_ec(curve).unwrap();
@@ -513,11 +465,7 @@ fn eddsa_round_trip_rfc8032_and_aws_lc_rs() {
     );
     // Pre-hash / context parameters are not supported.
     assert!(matches!(
-        sign(
-            &mech_with(ck::CKM_EDDSA, MechParams::Iv(vec![])),
-            &key,
-            b"x"
-        ),
+        sign(&mech_with(ck::CKM_EDDSA, MechParams::Iv(vec![])), &key, b"x"),
         Err(TokenError::MechanismParamInvalid(_))
     ));
 }
@@ -525,10 +473,7 @@ fn eddsa_round_trip_rfc8032_and_aws_lc_rs() {
 #[test]
 fn hmac_rfc4231_and_key_kinds() {
     // RFC 4231 test case 2.
-    let key = LoadedKey::load(KeyMaterial::GenericSecret(SecretBytes::new(
-        b"Jefe".to_vec(),
-    )))
-    .unwrap();
+    let key = LoadedKey::load(KeyMaterial::GenericSecret(SecretBytes::new(b"Jefe".to_vec()))).unwrap();
     let data = b"what do ya want for nothing?";
     let cases = [
         (ck::CKM_SHA256_HMAC, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
@@ -583,10 +528,7 @@ fn aes_ecb_cbc_known_answers_fips197_and_sp800_38a() {
     );
     assert_eq!(decrypt(&m, &k, &ct).unwrap(), pt);
     assert_eq!(encrypt(&m, &k, &pt[..17]), Err(TokenError::DataLenRange));
-    assert_eq!(
-        decrypt(&m, &k, &ct[..17]),
-        Err(TokenError::EncryptedDataLenRange)
-    );
+    assert_eq!(decrypt(&m, &k, &ct[..17]), Err(TokenError::EncryptedDataLenRange));
     assert_eq!(
         encrypt(&mech(ck::CKM_AES_ECB), &k, &pt[..15]),
         Err(TokenError::DataLenRange)
@@ -624,10 +566,7 @@ fn aes_cbc_pad_round_trips_every_length_and_rejects_bad_padding() {
         let mut bad = ct2.clone();
         bad[15] ^= 0x0f;
         assert_eq!(decrypt(&m, &k, &bad), Err(TokenError::EncryptedDataInvalid));
-        assert_eq!(
-            decrypt(&m, &k, &ct[..15]),
-            Err(TokenError::EncryptedDataLenRange)
-        );
+        assert_eq!(decrypt(&m, &k, &ct[..15]), Err(TokenError::EncryptedDataLenRange));
         assert_eq!(decrypt(&m, &k, &[]), Err(TokenError::EncryptedDataLenRange));
     }
 }
@@ -665,10 +604,7 @@ fn aes_gcm_known_answers_and_tag_checks() {
     assert_eq!(decrypt(&m6, &key, &ct6).unwrap(), pt);
     // A truncated tag is a prefix of the full tag: the FFI path (96-bit tag)
     // must agree with the aws-lc-rs path (128-bit tag).
-    let m96 = mech_with(
-        ck::CKM_AES_GCM,
-        gcm(&unhex("cafebabefacedbaddecaf888"), &aad, 96),
-    );
+    let m96 = mech_with(ck::CKM_AES_GCM, gcm(&unhex("cafebabefacedbaddecaf888"), &aad, 96));
     let ct96 = encrypt(&m96, &key, &pt).unwrap();
     assert_eq!(ct96[..], ct[..ct.len() - 4]);
     assert_eq!(decrypt(&m96, &key, &ct96).unwrap(), pt);
@@ -681,10 +617,7 @@ fn aes_gcm_known_answers_and_tag_checks() {
         for i in [0, c.len() / 2, c.len() - 1] {
             let mut bad = c.clone();
             bad[i] ^= 1;
-            assert_eq!(
-                decrypt(m, &key, &bad),
-                Err(TokenError::EncryptedDataInvalid)
-            );
+            assert_eq!(decrypt(m, &key, &bad), Err(TokenError::EncryptedDataInvalid));
         }
         let MechParams::Gcm { iv, tag_bits, .. } = &m.params else {
             unreachable!()
@@ -749,10 +682,7 @@ fn aes_gcm_matches_python_cryptography_when_available() {
         .output()
     {
         Ok(out) if out.status.success() => {
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout).trim(),
-                hex::encode(&ours)
-            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex::encode(&ours));
         }
         _ => eprintln!("note: python3 with `cryptography` not available; GCM cross-check skipped"),
     }
@@ -792,14 +722,8 @@ fn aes_key_wrap_rfc3394_and_rfc5649_vectors() {
     assert_eq!(unwrap(&kw, &kek256, &w).unwrap().expose(), &data256[..]);
     let mut bad = w.clone();
     bad[9] ^= 1;
-    assert_eq!(
-        unwrap(&kw, &kek256, &bad),
-        Err(TokenError::WrappedKeyInvalid)
-    );
-    assert_eq!(
-        unwrap(&kw, &kek256, &w[..20]),
-        Err(TokenError::WrappedKeyInvalid)
-    );
+    assert_eq!(unwrap(&kw, &kek256, &bad), Err(TokenError::WrappedKeyInvalid));
+    assert_eq!(unwrap(&kw, &kek256, &w[..20]), Err(TokenError::WrappedKeyInvalid));
     assert!(matches!(
         wrap(&kw, &kek256, &[0; 20]),
         Err(TokenError::KeySizeRange(_))
@@ -837,10 +761,7 @@ fn aes_key_wrap_rfc3394_and_rfc5649_vectors() {
             assert_eq!(unwrap(&kwp, &kek, &bad), Err(TokenError::WrappedKeyInvalid));
         }
     }
-    assert!(matches!(
-        wrap(&kwp, &kek, &[]),
-        Err(TokenError::KeySizeRange(_))
-    ));
+    assert!(matches!(wrap(&kwp, &kek, &[]), Err(TokenError::KeySizeRange(_))));
 }
 
 #[test]
@@ -857,10 +778,7 @@ fn wrapping_a_private_key_with_oaep_and_kwp() {
     assert_eq!(unwrap(&m, &rsa, &w).unwrap(), aes_key);
     let w = wrap(&m, &rsa, ec.private_pkcs8.expose()).unwrap();
     let back = unwrap(&m, &rsa, &w).unwrap();
-    assert_eq!(
-        import_private_key_der(back.expose()).unwrap().public,
-        ec.public
-    );
+    assert_eq!(import_private_key_der(back.expose()).unwrap().public, ec.public);
     let mut bad = w.clone();
     bad[0] ^= 1;
     assert_eq!(unwrap(&m, &rsa, &bad), Err(TokenError::WrappedKeyInvalid));
@@ -876,10 +794,7 @@ fn wrapping_a_private_key_with_oaep_and_kwp() {
     let w = wrap(&kwp, &kek, pkcs8).unwrap();
     assert_eq!(unwrap(&kwp, &kek, &w).unwrap().expose(), pkcs8);
     // Wrong key kind for the mechanism.
-    assert_eq!(
-        wrap(&kwp, &rsa, &[0; 16]),
-        Err(TokenError::KeyTypeInconsistent)
-    );
+    assert_eq!(wrap(&kwp, &rsa, &[0; 16]), Err(TokenError::KeyTypeInconsistent));
     assert_eq!(unwrap(&m, &kek, &w), Err(TokenError::KeyTypeInconsistent));
 }
 
@@ -908,25 +823,10 @@ fn ecdh_both_sides_agree_and_kdfs() {
         // Truncation keeps the trailing bytes.
         let t = ecdh_derive(&ka, &params(&b, ck::CKD_NULL, b"", false), Some(16)).unwrap();
         assert_eq!(t.expose(), &z1.expose()[z1.len() - 16..]);
-        assert!(ecdh_derive(
-            &ka,
-            &params(&b, ck::CKD_NULL, b"", false),
-            Some(z1.len() + 1)
-        )
-        .is_err());
+        assert!(ecdh_derive(&ka, &params(&b, ck::CKD_NULL, b"", false), Some(z1.len() + 1)).is_err());
         // X9.63 with SHA-256 and shared info, checked against a hand computation.
-        let k1 = ecdh_derive(
-            &ka,
-            &params(&b, ck::CKD_SHA256_KDF, b"info", false),
-            Some(40),
-        )
-        .unwrap();
-        let k2 = ecdh_derive(
-            &kb,
-            &params(&a, ck::CKD_SHA256_KDF, b"info", true),
-            Some(40),
-        )
-        .unwrap();
+        let k1 = ecdh_derive(&ka, &params(&b, ck::CKD_SHA256_KDF, b"info", false), Some(40)).unwrap();
+        let k2 = ecdh_derive(&kb, &params(&a, ck::CKD_SHA256_KDF, b"info", true), Some(40)).unwrap();
         assert_eq!(k1, k2);
         let block = |c: u32| sha256(&[z1.expose(), &c.to_be_bytes(), b"info"].concat());
         assert_eq!(k1.expose(), &[block(1), block(2)].concat()[..40]);
@@ -1065,10 +965,7 @@ fn one_loaded_key_signs_from_many_threads() {
                     let s = sign(&mech(ck::CKM_SHA256_RSA_PKCS), &rsa, &msg).unwrap();
                     verify(&mech(ck::CKM_SHA256_RSA_PKCS), &rsa, &msg, &s).unwrap();
                     // The lazily built FFI keys are raced for on first use.
-                    let p = mech_with(
-                        ck::CKM_RSA_PKCS_PSS,
-                        pss(ck::CKM_SHA256, ck::CKG_MGF1_SHA256, 32),
-                    );
+                    let p = mech_with(ck::CKM_RSA_PKCS_PSS, pss(ck::CKM_SHA256, ck::CKG_MGF1_SHA256, 32));
                     let d = sha256(&msg);
                     verify(&p, &rsa, &d, &sign(&p, &rsa, &d).unwrap()).unwrap();
                     let s = sign(&mech(ck::CKM_ECDSA_SHA384), &ec, &msg).unwrap();
@@ -1086,11 +983,9 @@ fn one_loaded_key_signs_from_many_threads() {
 fn rsa_components_import_with_and_without_crt() {
     let kp = rsa2048();
     let c = rsa_components(kp.private_pkcs8.expose());
-    let full = rsa_private_from_components(&c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7])
-        .unwrap();
+    let full = rsa_private_from_components(&c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7]).unwrap();
     assert_eq!(full.public, kp.public);
-    let computed =
-        rsa_private_from_components(&c[0], &c[1], &c[2], &c[3], &c[4], &[], &[], &[]).unwrap();
+    let computed = rsa_private_from_components(&c[0], &c[1], &c[2], &c[3], &c[4], &[], &[], &[]).unwrap();
     assert_eq!(computed.public, kp.public);
     assert_eq!(
         computed.private_pkcs8, full.private_pkcs8,

@@ -56,21 +56,11 @@ fn openssl_ok(args: &[&str]) -> String {
 }
 
 fn private_pem(kp: &KeyPair) -> String {
-    pem::encode(&pem::Pem::new(
-        "PRIVATE KEY",
-        kp.private_pkcs8.expose().to_vec(),
-    ))
+    pem::encode(&pem::Pem::new("PRIVATE KEY", kp.private_pkcs8.expose().to_vec()))
 }
 
 /// `openssl dgst -verify` of a signature over `data`.
-fn dgst_verify(
-    dir: &Dir,
-    md: &str,
-    extra: &[&str],
-    public_pem: &str,
-    data: &[u8],
-    sig: &[u8],
-) -> bool {
+fn dgst_verify(dir: &Dir, md: &str, extra: &[&str], public_pem: &str, data: &[u8], sig: &[u8]) -> bool {
     let pubf = dir.write("pub.pem", public_pem.as_bytes());
     let dataf = dir.write("data.bin", data);
     let sigf = dir.write("sig.bin", sig);
@@ -88,14 +78,7 @@ fn rsa2048_sha256_pkcs1_signature_verifies_with_openssl() {
     let key = load_private(kp);
     let msg = b"signed by hahsm, checked by openssl";
     let sig = sign(&mech(ck::CKM_SHA256_RSA_PKCS), &key, msg).unwrap();
-    assert!(dgst_verify(
-        &dir,
-        "-sha256",
-        &[],
-        &kp.public.to_pem(),
-        msg,
-        &sig
-    ));
+    assert!(dgst_verify(&dir, "-sha256", &[], &kp.public.to_pem(), msg, &sig));
     let mut bad = sig.clone();
     bad[17] ^= 1;
     assert!(
@@ -108,10 +91,7 @@ fn rsa2048_sha256_pkcs1_signature_verifies_with_openssl() {
         (ck::CKM_SHA224_RSA_PKCS, "-sha224"),
     ] {
         let sig = sign(&mech(m), &key, msg).unwrap();
-        assert!(
-            dgst_verify(&dir, md, &[], &kp.public.to_pem(), msg, &sig),
-            "{md}"
-        );
+        assert!(dgst_verify(&dir, md, &[], &kp.public.to_pem(), msg, &sig), "{md}");
     }
 }
 
@@ -204,9 +184,7 @@ fn openssl_signs_with_our_pkcs8_and_we_verify() {
         let sig = dir.read("sig.bin");
         let public = load_public(kp);
         match &kp.public {
-            PublicKey::Rsa { .. } => {
-                verify(&mech(ck::CKM_SHA256_RSA_PKCS), &public, msg, &sig).unwrap()
-            }
+            PublicKey::Rsa { .. } => verify(&mech(ck::CKM_SHA256_RSA_PKCS), &public, msg, &sig).unwrap(),
             _ => {
                 // openssl writes DER; convert to r || s.
                 let (_, body) = Der(&sig).next();
@@ -239,13 +217,7 @@ fn openssl_keys(dir: &Dir) -> Vec<(&'static str, String)> {
     };
     gen(
         "rsa pkcs8",
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ],
+        &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
     );
     gen("rsa pkcs1", &["genrsa", "-traditional"]);
     gen(
@@ -258,10 +230,7 @@ fn openssl_keys(dir: &Dir) -> Vec<(&'static str, String)> {
             "ec_paramgen_curve:P-384",
         ],
     );
-    gen(
-        "ec p256 sec1",
-        &["ecparam", "-name", "prime256v1", "-genkey"],
-    );
+    gen("ec p256 sec1", &["ecparam", "-name", "prime256v1", "-genkey"]);
     gen("ed25519 pkcs8", &["genpkey", "-algorithm", "ED25519"]);
     out
 }
@@ -274,17 +243,15 @@ fn openssl_generated_pem_keys_import_and_sign_correctly() {
         let text = std::fs::read_to_string(&file).unwrap();
         match name {
             "rsa pkcs1" => assert!(text.contains("BEGIN RSA PRIVATE KEY"), "{name}"),
-            "ec p256 sec1" => assert!(
-                text.contains("BEGIN EC PARAMETERS") && text.contains("BEGIN EC PRIVATE KEY")
-            ),
+            "ec p256 sec1" => {
+                assert!(text.contains("BEGIN EC PARAMETERS") && text.contains("BEGIN EC PRIVATE KEY"))
+            }
             _ => assert!(text.contains("BEGIN PRIVATE KEY"), "{name}"),
         }
         let kp = import_private_key_pem(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         // The public half matches what OpenSSL derives from the same file.
         let spki = dir.p("pub.der");
-        openssl_ok(&[
-            "pkey", "-in", &file, "-pubout", "-outform", "DER", "-out", &spki,
-        ]);
+        openssl_ok(&["pkey", "-in", &file, "-pubout", "-outform", "DER", "-out", &spki]);
         assert_eq!(
             PublicKey::from_spki_der(&std::fs::read(&spki).unwrap()).unwrap(),
             kp.public,
@@ -301,10 +268,7 @@ fn openssl_generated_pem_keys_import_and_sign_correctly() {
         match &kp.public {
             PublicKey::Rsa { .. } => {
                 let sig = sign(&mech(ck::CKM_SHA256_RSA_PKCS), &key, msg).unwrap();
-                assert!(
-                    dgst_verify(&dir, "-sha256", &[], &pub_pem, msg, &sig),
-                    "{name}"
-                );
+                assert!(dgst_verify(&dir, "-sha256", &[], &pub_pem, msg, &sig), "{name}");
             }
             PublicKey::Ec { curve, .. } => {
                 let (m, md) = if *curve == Curve::P384 {
@@ -324,17 +288,15 @@ fn openssl_generated_pem_keys_import_and_sign_correctly() {
                 let dataf = dir.write("data.bin", msg);
                 let sigf = dir.write("sig.bin", &sig);
                 openssl_ok(&[
-                    "pkeyutl", "-verify", "-pubin", "-inkey", &pubf, "-rawin", "-in", &dataf,
-                    "-sigfile", &sigf,
+                    "pkeyutl", "-verify", "-pubin", "-inkey", &pubf, "-rawin", "-in", &dataf, "-sigfile",
+                    &sigf,
                 ]);
             }
         }
         // The normalized PKCS#8 reads back in OpenSSL and names the same key.
         let keyf = dir.write("norm.pem", private_pem(&kp).as_bytes());
         let spki2 = dir.p("pub2.der");
-        openssl_ok(&[
-            "pkey", "-in", &keyf, "-pubout", "-outform", "DER", "-out", &spki2,
-        ]);
+        openssl_ok(&["pkey", "-in", &keyf, "-pubout", "-outform", "DER", "-out", &spki2]);
         assert_eq!(
             std::fs::read(&spki2).unwrap(),
             std::fs::read(&spki).unwrap(),
@@ -394,10 +356,7 @@ fn aes_modes_match_openssl_enc() {
             enc(&dir, &ecb, &key_bytes, None, true, &pt32),
             "{ecb}"
         );
-        let mp = mech_with(
-            ck::CKM_AES_CBC_PAD,
-            hahsm_token::MechParams::Iv(iv.to_vec()),
-        );
+        let mp = mech_with(ck::CKM_AES_CBC_PAD, hahsm_token::MechParams::Iv(iv.to_vec()));
         for len in [0usize, 1, 15, 16, 17, 31] {
             let ours = encrypt(&mp, &key, &pt32[..len]).unwrap();
             assert_eq!(
@@ -429,28 +388,10 @@ fn rsa_oaep_interoperates_with_openssl_pkeyutl() {
     let msg = b"wrapped AES key material 0123456";
     // (hash, mgf, label) including the Java-default mixed pair and a label.
     for (h, g, md, mgf_md, label) in [
-        (
-            ck::CKM_SHA256,
-            ck::CKG_MGF1_SHA256,
-            "sha256",
-            "sha256",
-            &b""[..],
-        ),
-        (
-            ck::CKM_SHA256,
-            ck::CKG_MGF1_SHA1,
-            "sha256",
-            "sha1",
-            b"label",
-        ),
+        (ck::CKM_SHA256, ck::CKG_MGF1_SHA256, "sha256", "sha256", &b""[..]),
+        (ck::CKM_SHA256, ck::CKG_MGF1_SHA1, "sha256", "sha1", b"label"),
         (ck::CKM_SHA_1, ck::CKG_MGF1_SHA1, "sha1", "sha1", b""),
-        (
-            ck::CKM_SHA512,
-            ck::CKG_MGF1_SHA256,
-            "sha512",
-            "sha256",
-            b"x",
-        ),
+        (ck::CKM_SHA512, ck::CKG_MGF1_SHA256, "sha512", "sha256", b"x"),
     ] {
         let m = mech_with(ck::CKM_RSA_PKCS_OAEP, oaep(h, g, label));
         let md_opt = format!("rsa_oaep_md:{md}");
@@ -471,9 +412,7 @@ fn rsa_oaep_interoperates_with_openssl_pkeyutl() {
         let ct = encrypt(&m, &public, msg).unwrap();
         let ctf = dir.write("ct.bin", &ct);
         let ptf = dir.p("pt.bin");
-        let mut args = vec![
-            "pkeyutl", "-decrypt", "-inkey", &keyf, "-in", &ctf, "-out", &ptf,
-        ];
+        let mut args = vec!["pkeyutl", "-decrypt", "-inkey", &keyf, "-in", &ctf, "-out", &ptf];
         args.extend_from_slice(&opts);
         openssl_ok(&args);
         assert_eq!(dir.read("pt.bin"), msg, "{md}/{mgf_md}");
@@ -495,9 +434,7 @@ fn rsa_oaep_interoperates_with_openssl_pkeyutl() {
     let ct = encrypt(&mech(ck::CKM_RSA_PKCS), &public, msg).unwrap();
     let ctf = dir.write("ct.bin", &ct);
     let ptf = dir.p("pt.bin");
-    openssl_ok(&[
-        "pkeyutl", "-decrypt", "-inkey", &keyf, "-in", &ctf, "-out", &ptf,
-    ]);
+    openssl_ok(&["pkeyutl", "-decrypt", "-inkey", &keyf, "-in", &ctf, "-out", &ptf]);
     assert_eq!(dir.read("pt.bin"), msg);
 }
 
@@ -509,9 +446,7 @@ fn ecdh_matches_openssl_derive() {
     let af = dir.write("a.pem", private_pem(&a).as_bytes());
     let bf = dir.write("b_pub.pem", b.public.to_pem().as_bytes());
     let zf = dir.p("z.bin");
-    openssl_ok(&[
-        "pkeyutl", "-derive", "-inkey", &af, "-peerkey", &bf, "-out", &zf,
-    ]);
+    openssl_ok(&["pkeyutl", "-derive", "-inkey", &af, "-peerkey", &bf, "-out", &zf]);
     let params = hahsm_token::MechParams::Ecdh {
         kdf: ck::CKD_NULL,
         shared_data: vec![],

@@ -65,11 +65,7 @@ impl Run {
     /// Panics unless the command failed with `needle` in its error output.
     #[track_caller]
     pub fn expect_err(self, needle: &str) -> Run {
-        assert!(
-            !self.ok,
-            "command should have failed\nstdout:\n{}",
-            self.stdout
-        );
+        assert!(!self.ok, "command should have failed\nstdout:\n{}", self.stdout);
         assert!(
             self.stderr.contains(needle) || self.stdout.contains(needle),
             "expected '{needle}' in the error\nstdout:\n{}\nstderr:\n{}",
@@ -184,15 +180,8 @@ impl Member {
                     return;
                 }
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "hahsmd exited during start-up ({status}); log:\n{}",
-                    self.log()
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("hahsmd exited during start-up ({status}); log:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
@@ -260,11 +249,7 @@ impl Member {
     /// `hahsm appliance --socket <this member's socket> ARGS…`
     pub fn admin(&self, args: &[&str]) -> Run {
         let socket = self.admin_socket();
-        let mut full = vec![
-            "appliance",
-            "--socket",
-            socket.to_str().expect("utf-8 path"),
-        ];
+        let mut full = vec!["appliance", "--socket", socket.to_str().expect("utf-8 path")];
         full.extend_from_slice(args);
         hahsm(None, &full)
     }
@@ -451,10 +436,7 @@ impl Standalone {
         hahsm_env(
             Some(&self.conf),
             &full,
-            &[
-                ("HAHSM_PIN", &self.pin),
-                ("HAHSM_PARTITION", &self.partition),
-            ],
+            &[("HAHSM_PIN", &self.pin), ("HAHSM_PARTITION", &self.partition)],
         )
     }
 

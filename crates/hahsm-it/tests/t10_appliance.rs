@@ -183,22 +183,11 @@ fn key_imported_from_openssl_pem_signs_exactly_as_openssl_does() {
     let theirs = st.path("theirs.sig");
     run(
         "openssl",
-        &[
-            "dgst",
-            "-sha256",
-            "-sign",
-            s(&key),
-            "-out",
-            s(&theirs),
-            s(&data),
-        ],
+        &["dgst", "-sha256", "-sign", s(&key), "-out", s(&theirs), s(&data)],
     )
     .expect_ok();
     // PKCS#1 v1.5 is deterministic: the same key must give the same bytes.
-    assert_eq!(
-        std::fs::read(&ours).unwrap(),
-        std::fs::read(&theirs).unwrap()
-    );
+    assert_eq!(std::fs::read(&ours).unwrap(), std::fs::read(&theirs).unwrap());
 
     // An EC key from openssl: its ECDSA signature verifies under openssl's own public key.
     let ec = st.path("ec.pem");
@@ -233,11 +222,7 @@ fn key_imported_from_openssl_pem_signs_exactly_as_openssl_does() {
     let der = st.path("ec.der.sig");
     std::fs::write(&der, ecdsa_raw_to_der(&std::fs::read(&raw).unwrap())).unwrap();
     let ecpub = st.path("ec.pub");
-    run(
-        "openssl",
-        &["pkey", "-in", s(&ec), "-pubout", "-out", s(&ecpub)],
-    )
-    .expect_ok();
+    run("openssl", &["pkey", "-in", s(&ec), "-pubout", "-out", s(&ecpub)]).expect_ok();
     let v = run(
         "openssl",
         &[
@@ -370,10 +355,7 @@ fn kill9_during_a_write_stream_loses_no_acknowledged_write() {
             let template = Template::new()
                 .with(ck::CKA_TOKEN, AttrValue::Bool(true))
                 .with(ck::CKA_VALUE_LEN, AttrValue::Ulong(32))
-                .with(
-                    ck::CKA_LABEL,
-                    AttrValue::Bytes(format!("w{i}").into_bytes()),
-                );
+                .with(ck::CKA_LABEL, AttrValue::Bytes(format!("w{i}").into_bytes()));
             let req = Request::GenerateKey {
                 partition: st.partition.clone(),
                 mechanism: Mechanism::new(ck::CKM_AES_KEY_GEN),
@@ -541,10 +523,8 @@ fn refusals_unregistered_client_wrong_pin_partition_and_lockout() {
 #[test]
 fn a_tampered_store_is_detected_and_not_served() {
     let mut st = Standalone::new();
-    st.keys(&["gen", "--type", "aes:256", "--label", "a"])
-        .expect_ok();
-    st.keys(&["gen", "--type", "aes:256", "--label", "b"])
-        .expect_ok();
+    st.keys(&["gen", "--type", "aes:256", "--label", "a"]).expect_ok();
+    st.keys(&["gen", "--type", "aes:256", "--label", "b"]).expect_ok();
     st.member.stop();
     let db = st.member.data_dir().join("hahsm.db");
     let backup = std::fs::read(&db).unwrap();
@@ -649,10 +629,7 @@ fn malformed_frames_and_stalled_handshakes_do_not_hurt_the_member() {
         hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello))
             .await
             .unwrap();
-        hahsm_link::read_frame(&mut c, 1 << 20)
-            .await
-            .unwrap()
-            .unwrap();
+        hahsm_link::read_frame(&mut c, 1 << 20).await.unwrap().unwrap();
         hahsm_link::write_frame(&mut c, &[0x07, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
             .await
             .unwrap();
@@ -671,10 +648,7 @@ fn malformed_frames_and_stalled_handshakes_do_not_hurt_the_member() {
         hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello))
             .await
             .unwrap();
-        hahsm_link::read_frame(&mut c, 1 << 20)
-            .await
-            .unwrap()
-            .unwrap();
+        hahsm_link::read_frame(&mut c, 1 << 20).await.unwrap().unwrap();
         use tokio::io::AsyncWriteExt;
         c.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         c.flush().await.unwrap();
@@ -689,8 +663,7 @@ fn malformed_frames_and_stalled_handshakes_do_not_hurt_the_member() {
 
     // A truncated TLS handshake, and a client that connects and says nothing.
     let mut half = std::net::TcpStream::connect(&st.member.address).unwrap();
-    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
-        .unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
     drop(half);
     let _silent = std::net::TcpStream::connect(&st.member.address).unwrap();
 
@@ -784,12 +757,8 @@ fn factory_reset_erases_and_init_needs_fresh_setup() {
     let st = Standalone::new();
     st.keys(&["gen", "--type", "aes:128", "--label", "gone"])
         .expect_ok();
-    st.member
-        .admin(&["hsm", "factory-reset"])
-        .expect_err("--force");
-    st.member
-        .admin(&["hsm", "factory-reset", "--force"])
-        .expect_ok();
+    st.member.admin(&["hsm", "factory-reset"]).expect_err("--force");
+    st.member.admin(&["hsm", "factory-reset", "--force"]).expect_ok();
     st.member.admin(&["partition", "list"]).expect_ok();
     st.member
         .admin(&["hsm", "login", "--so-secret", s(&st.so_secret)])

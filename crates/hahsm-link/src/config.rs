@@ -20,8 +20,8 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::NoServerSessionStorage;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, ServerConfig,
+    SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -80,10 +80,7 @@ pub fn client_config(identity: Identity, pinned: Fingerprint) -> LinkResult<Arc<
 
 type ClientBuilderWantsCert = rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>;
 
-fn client_builder(
-    provider: &Arc<CryptoProvider>,
-    pinned: Fingerprint,
-) -> LinkResult<ClientBuilderWantsCert> {
+fn client_builder(provider: &Arc<CryptoProvider>, pinned: Fingerprint) -> LinkResult<ClientBuilderWantsCert> {
     Ok(ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| LinkError::Config(format!("TLS 1.3 is not available: {e}")))?
@@ -214,8 +211,7 @@ struct RegisteredClientVerifier {
 
 impl fmt::Debug for RegisteredClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegisteredClientVerifier")
-            .finish_non_exhaustive()
+        f.debug_struct("RegisteredClientVerifier").finish_non_exhaustive()
     }
 }
 
@@ -341,9 +337,8 @@ mod tests {
         let registered = identity("registered-client");
         let thief = identity("thief");
         let pinned = server.fingerprint();
-        let acceptor = TlsAcceptor::from(
-            server_config(server, Arc::new(Only(registered.fingerprint()))).unwrap(),
-        );
+        let acceptor =
+            TlsAcceptor::from(server_config(server, Arc::new(Only(registered.fingerprint()))).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server_task = tokio::spawn(async move {
@@ -352,8 +347,7 @@ mod tests {
         });
 
         let config =
-            client_config_with_resolver(Arc::new(Always(forged(&registered, &thief))), pinned)
-                .unwrap();
+            client_config_with_resolver(Arc::new(Always(forged(&registered, &thief))), pinned).unwrap();
         let client = connect(&addr, config, T, T).await;
         assert!(client.is_err(), "a forged client got a link");
         match server_task.await.unwrap() {

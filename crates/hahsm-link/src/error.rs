@@ -49,9 +49,7 @@ pub enum LinkError {
     HandshakeTimeout,
 
     /// The TCP connection was not established before its deadline.
-    #[error(
-        "the TCP connection was not established in time (the peer may be down or unreachable)"
-    )]
+    #[error("the TCP connection was not established in time (the peer may be down or unreachable)")]
     ConnectTimeout,
 
     /// A frame header announced more bytes than the reader accepts.

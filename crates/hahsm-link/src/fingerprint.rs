@@ -58,9 +58,7 @@ impl Fingerprint {
         };
         let mut out = [0u8; 32];
         hex::decode_to_slice(&hex_digits, &mut out).map_err(|_| {
-            LinkError::InvalidFingerprint(format!(
-                "{s:?}: expected a SHA-256 fingerprint of 64 hex digits"
-            ))
+            LinkError::InvalidFingerprint(format!("{s:?}: expected a SHA-256 fingerprint of 64 hex digits"))
         })?;
         Ok(Fingerprint(out))
     }
@@ -156,10 +154,7 @@ mod tests {
             format!("md5:{hex}"),
         ] {
             assert!(
-                matches!(
-                    Fingerprint::parse(&bad),
-                    Err(LinkError::InvalidFingerprint(_))
-                ),
+                matches!(Fingerprint::parse(&bad), Err(LinkError::InvalidFingerprint(_))),
                 "{bad:?} was accepted"
             );
         }

@@ -21,10 +21,7 @@ const PREALLOCATE_MAX: u32 = 64 * 1024;
 /// refused with [`LinkError::FrameTooLarge`] before anything is allocated or read past the header.
 /// An end of stream inside a frame is an [`LinkError::Io`] error of kind `UnexpectedEof`; a TLS
 /// peer that hangs up at a frame boundary without a close_notify gives [`LinkError::Closed`].
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max_len: u32,
-) -> LinkResult<Option<Vec<u8>>> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_len: u32) -> LinkResult<Option<Vec<u8>>> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     let mut filled = 0;
     while filled < FRAME_HEADER_LEN {
@@ -33,9 +30,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             Ok(0) => {
                 return Err(LinkError::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "end of stream after {filled} of {FRAME_HEADER_LEN} frame header bytes"
-                    ),
+                    format!("end of stream after {filled} of {FRAME_HEADER_LEN} frame header bytes"),
                 )))
             }
             Ok(n) => filled += n,
@@ -52,10 +47,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         return Err(LinkError::FrameTooLarge { len, max: max_len });
     }
     let mut payload = Vec::with_capacity(len.min(PREALLOCATE_MAX) as usize);
-    let got = (&mut *r)
-        .take(u64::from(len))
-        .read_to_end(&mut payload)
-        .await?;
+    let got = (&mut *r).take(u64::from(len)).read_to_end(&mut payload).await?;
     if got != len as usize {
         return Err(LinkError::Io(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -68,8 +60,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 /// Writes one frame (header and payload in a single `write_all`, so a TLS stream emits them in as
 /// few records as possible), then flushes.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> LinkResult<()> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| LinkError::PayloadTooLarge { len: payload.len() })?;
+    let len = u32::try_from(payload.len()).map_err(|_| LinkError::PayloadTooLarge { len: payload.len() })?;
     let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(payload);
@@ -99,10 +90,7 @@ mod tests {
         let mut r = &wire[..];
         assert_eq!(read_frame(&mut r, MAX).await.unwrap().unwrap(), b"first");
         assert_eq!(read_frame(&mut r, MAX).await.unwrap().unwrap(), b"");
-        assert_eq!(
-            read_frame(&mut r, MAX).await.unwrap().unwrap(),
-            vec![7u8; 70_000]
-        );
+        assert_eq!(read_frame(&mut r, MAX).await.unwrap().unwrap(), vec![7u8; 70_000]);
         assert!(read_frame(&mut r, MAX).await.unwrap().is_none());
     }
 
@@ -126,19 +114,13 @@ mod tests {
             }
             other => panic!("expected FrameTooLarge, got {other:?}"),
         }
-        assert_eq!(
-            r, b"payload bytes that must stay unread",
-            "payload was consumed"
-        );
+        assert_eq!(r, b"payload bytes that must stay unread", "payload was consumed");
     }
 
     #[tokio::test]
     async fn frame_of_exactly_max_len_is_accepted() {
         let wire = framed(&[1u8; 16]);
-        assert_eq!(
-            read_frame(&mut &wire[..], 16).await.unwrap().unwrap().len(),
-            16
-        );
+        assert_eq!(read_frame(&mut &wire[..], 16).await.unwrap().unwrap().len(), 16);
         assert!(matches!(
             read_frame(&mut &wire[..], 15).await,
             Err(LinkError::FrameTooLarge { len: 16, max: 15 })

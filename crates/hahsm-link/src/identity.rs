@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256,
 };
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
@@ -48,20 +48,14 @@ impl Identity {
 
     /// Checks that the private key is usable and matches the certificate's public key.
     fn check_consistent(&self) -> LinkResult<()> {
-        CertifiedKey::from_der(
-            vec![self.cert_der.clone()],
-            self.key_der.clone_key(),
-            &provider(),
-        )
-        .map(drop)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                LinkError::BadCertificate(
-                    "the private key does not belong to the certificate".to_owned(),
-                )
-            }
-            other => LinkError::BadCertificate(format!("unusable certificate or key: {other}")),
-        })
+        CertifiedKey::from_der(vec![self.cert_der.clone()], self.key_der.clone_key(), &provider())
+            .map(drop)
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    LinkError::BadCertificate("the private key does not belong to the certificate".to_owned())
+                }
+                other => LinkError::BadCertificate(format!("unusable certificate or key: {other}")),
+            })
     }
 }
 
@@ -85,10 +79,7 @@ impl fmt::Debug for Identity {
 /// Makes a self-signed ECDSA P-256 certificate valid for about ten years (from yesterday, to
 /// tolerate clock skew), with `common_name` as CN and `subject_alt_names` as SANs (each an IP
 /// address or a DNS name). Returns PEM strings `(certificate, PKCS#8 private key)`.
-pub fn generate_self_signed(
-    common_name: &str,
-    subject_alt_names: &[String],
-) -> LinkResult<(String, String)> {
+pub fn generate_self_signed(common_name: &str, subject_alt_names: &[String]) -> LinkResult<(String, String)> {
     if common_name.trim().is_empty() {
         return Err(LinkError::Config(
             "a certificate needs a non-empty common name".to_owned(),
@@ -179,9 +170,7 @@ fn read_to_string(path: &Path) -> LinkResult<String> {
 
 fn with_path(err: LinkError, path: &Path) -> LinkError {
     match err {
-        LinkError::BadCertificate(msg) => {
-            LinkError::BadCertificate(format!("{}: {msg}", path.display()))
-        }
+        LinkError::BadCertificate(msg) => LinkError::BadCertificate(format!("{}: {msg}", path.display())),
         other => other,
     }
 }

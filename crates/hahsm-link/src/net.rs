@@ -60,19 +60,14 @@ pub async fn connect(
 ) -> LinkResult<ClientStream> {
     let tcp = match timeout(connect_timeout, TcpStream::connect(addr)).await {
         Err(_elapsed) => return Err(LinkError::ConnectTimeout),
-        Ok(result) => result.map_err(|e| {
-            LinkError::Io(io::Error::new(
-                e.kind(),
-                format!("cannot connect to {addr}: {e}"),
-            ))
-        })?,
+        Ok(result) => result
+            .map_err(|e| LinkError::Io(io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}"))))?,
     };
     tcp.set_nodelay(true)?;
 
     let deadline = Instant::now() + handshake_timeout;
     let connector = TlsConnector::from(config);
-    let mut stream = match timeout_at(deadline, connector.connect(server_name_for(addr), tcp)).await
-    {
+    let mut stream = match timeout_at(deadline, connector.connect(server_name_for(addr), tcp)).await {
         Err(_elapsed) => return Err(LinkError::HandshakeTimeout),
         Ok(result) => result.map_err(client_error)?,
     };
@@ -159,8 +154,7 @@ fn server_name_for(addr: &str) -> ServerName<'static> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_owned()).unwrap_or_else(|_| {
         // A constant, syntactically valid DNS name: the conversion cannot fail.
-        ServerName::try_from(FALLBACK_SERVER_NAME)
-            .expect("the fallback server name is a valid DNS name")
+        ServerName::try_from(FALLBACK_SERVER_NAME).expect("the fallback server name is a valid DNS name")
     })
 }
 
@@ -190,9 +184,9 @@ fn client_error(err: io::Error) -> LinkError {
 /// Maps a server-side handshake error.
 fn server_error(err: io::Error) -> LinkError {
     match rustls_error(&err) {
-        Some(rustls::Error::InvalidCertificate(
-            CertificateError::ApplicationVerificationFailure,
-        )) => LinkError::ClientRefused,
+        Some(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)) => {
+            LinkError::ClientRefused
+        }
         Some(rustls::Error::AlertReceived(
             alert @ (AlertDescription::CertificateUnknown | AlertDescription::BadCertificate),
         )) => LinkError::Tls(format!(

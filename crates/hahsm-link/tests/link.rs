@@ -89,15 +89,9 @@ async fn registered_client_connects_and_exchanges_frames_both_ways() {
 
     let config = client_config(client, pinned).unwrap();
     let mut link = connect(&addr, config, T, T).await.unwrap();
-    assert!(
-        link.get_ref().0.nodelay().unwrap(),
-        "TCP_NODELAY is not set"
-    );
+    assert!(link.get_ref().0.nodelay().unwrap(), "TCP_NODELAY is not set");
     write_frame(&mut link, b"ping").await.unwrap();
-    assert_eq!(
-        read_frame(&mut link, MAX).await.unwrap().unwrap(),
-        b"echo:ping"
-    );
+    assert_eq!(read_frame(&mut link, MAX).await.unwrap().unwrap(), b"echo:ping");
     assert_eq!(
         read_frame(&mut link, MAX).await.unwrap().unwrap(),
         vec![0xAB; 100_000]
@@ -105,10 +99,7 @@ async fn registered_client_connects_and_exchanges_frames_both_ways() {
     tokio::io::AsyncWriteExt::shutdown(&mut link).await.unwrap();
 
     let (seen_fp, end) = server_task.await.unwrap();
-    assert_eq!(
-        seen_fp, client_fp,
-        "accept reported the wrong client fingerprint"
-    );
+    assert_eq!(seen_fp, client_fp, "accept reported the wrong client fingerprint");
     assert!(
         matches!(end, Ok(None)),
         "close_notify should read as a clean end of link, got {end:?}"
@@ -166,9 +157,7 @@ async fn unregistering_a_client_refuses_its_next_connection() {
 
     let mut first = connect(&addr, config.clone(), T, T).await.unwrap();
     write_frame(&mut first, b"hello").await.unwrap();
-    tokio::io::AsyncWriteExt::shutdown(&mut first)
-        .await
-        .unwrap();
+    tokio::io::AsyncWriteExt::shutdown(&mut first).await.unwrap();
 
     registry.0.lock().unwrap().clear();
     let err = connect(&addr, config, T, T).await.unwrap_err();
@@ -297,8 +286,7 @@ async fn truncated_frame_over_tls_is_an_error() {
 
 #[test]
 fn fingerprint_parses_openssl_output() {
-    let (cert_pem, key_pem) =
-        generate_self_signed("openssl-check", &["10.0.0.5".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = generate_self_signed("openssl-check", &["10.0.0.5".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert_path = dir.path().join("cert.pem");
     std::fs::write(&cert_path, &cert_pem).unwrap();
@@ -308,11 +296,7 @@ fn fingerprint_parses_openssl_output() {
         .arg(&cert_path)
         .output()
         .expect("run /usr/bin/openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8(out.stdout).unwrap();
 
     let der = load_cert_pem(&cert_path).unwrap();
@@ -324,9 +308,7 @@ fn fingerprint_parses_openssl_output() {
         "{printed} vs {expected}"
     );
     assert_eq!(
-        Identity::from_pem(&cert_pem, &key_pem)
-            .unwrap()
-            .fingerprint(),
+        Identity::from_pem(&cert_pem, &key_pem).unwrap().fingerprint(),
         expected
     );
 }
@@ -375,10 +357,7 @@ fn generated_certificate_has_cn_sans_and_ten_year_validity() {
         .arg(&cert_path)
         .status()
         .unwrap();
-    assert!(
-        !ok_in_11y.success(),
-        "certificate valid for more than 11 years"
-    );
+    assert!(!ok_in_11y.success(), "certificate valid for more than 11 years");
 }
 
 #[test]
@@ -404,10 +383,7 @@ fn load_identity_round_trips_and_rejects_a_foreign_key() {
         Err(LinkError::Io(e)) => assert!(e.to_string().contains("missing.crt"), "{e}"),
         other => panic!("expected Io, got {other:?}"),
     }
-    assert!(matches!(
-        cert_from_pem(&key_a),
-        Err(LinkError::BadCertificate(_))
-    ));
+    assert!(matches!(cert_from_pem(&key_a), Err(LinkError::BadCertificate(_))));
 }
 
 #[cfg(unix)]

@@ -39,6 +39,12 @@ pub enum AdminRequest {
         owner_secret: Option<Secret>,
         new_pin: Secret,
     },
+    /// Sets the partition SO's PIN (PKCS#11 `CKU_SO` on the partition's token).
+    PartitionChangeSoPin {
+        name: String,
+        owner_secret: Secret,
+        new_pin: Secret,
+    },
     PartitionActivate {
         name: String,
         owner_secret: Secret,
@@ -100,6 +106,7 @@ pub struct PartitionSummary {
     pub object_count: u64,
     pub failed_logins: u32,
     pub pin_locked: bool,
+    pub so_pin_set: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

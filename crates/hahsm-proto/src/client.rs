@@ -50,6 +50,8 @@ pub struct ResponseFrame {
 /// PKCS#11 user types, as on the wire.
 pub const USER_SO: u64 = 0;
 pub const USER_NORMAL: u64 = 1;
+/// Re-authentication for a key with `CKA_ALWAYS_AUTHENTICATE`, after a user login.
+pub const USER_CONTEXT_SPECIFIC: u64 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
@@ -63,6 +65,18 @@ pub enum Request {
     },
     Logout {
         partition: String,
+    },
+    /// `C_SetPIN`: changes the PIN of the role logged in on this connection
+    /// (the user's when none is).
+    SetPin {
+        partition: String,
+        old_pin: Secret,
+        new_pin: Secret,
+    },
+    /// `C_InitPIN`: the partition SO sets the user PIN, which also clears a lockout.
+    InitPin {
+        partition: String,
+        new_pin: Secret,
     },
     CreateObject {
         partition: String,
@@ -180,6 +194,8 @@ impl Request {
             Request::ListPartitions => "list-partitions",
             Request::Login { .. } => "login",
             Request::Logout { .. } => "logout",
+            Request::SetPin { .. } => "set-pin",
+            Request::InitPin { .. } => "init-pin",
             Request::CreateObject { .. } => "create-object",
             Request::ImportKeyPair { .. } => "import-key-pair",
             Request::GenerateKey { .. } => "generate-key",
@@ -219,6 +235,8 @@ pub struct PartitionInfo {
     pub activated: bool,
     pub object_count: u64,
     pub pin_locked: bool,
+    /// Whether the partition SO has a PIN, so `CKU_SO` logins can work.
+    pub so_pin_set: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

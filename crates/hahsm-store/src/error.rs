@@ -54,20 +54,19 @@ pub(crate) fn map_sqlite(err: rusqlite::Error, path: &Path, ctx: &str) -> StoreE
     match &err {
         E::SqliteFailure(failure, _) => match failure.code {
             ErrorCode::DiskFull => StoreError::Full(format!("{place}: disk full ({err})")),
-            ErrorCode::NotADatabase => StoreError::Corrupt(format!(
-                "{place}: the file is not a SQLite database ({err})"
-            )),
+            ErrorCode::NotADatabase => {
+                StoreError::Corrupt(format!("{place}: the file is not a SQLite database ({err})"))
+            }
             ErrorCode::DatabaseCorrupt => {
                 StoreError::Corrupt(format!("{place}: the database file is malformed ({err})"))
             }
             ErrorCode::ConstraintViolation => match failure.extended_code {
-                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
                     StoreError::Exists(format!("{place}: a row with this key exists ({err})"))
                 }
-                rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => StoreError::NotFound(format!(
-                    "{place}: a row it refers to does not exist ({err})"
-                )),
+                rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                    StoreError::NotFound(format!("{place}: a row it refers to does not exist ({err})"))
+                }
                 _ => StoreError::Sqlite(format!("{place}: constraint failed ({err})")),
             },
             // SQLite turns ENOSPC on write() into SQLITE_FULL itself, but EDQUOT, and ENOSPC
@@ -110,10 +109,7 @@ fn no_space_left(store: &Path) -> bool {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&probe)?;
         file.write_all(&[0u8; 64 * 1024])?;
         file.sync_all()
     })();

@@ -51,9 +51,7 @@ pub use rows::{ClientRow, ObjectRow, OpRow, PartitionRow, Write};
 
 use error::map_sqlite;
 use rusqlite::types::Type;
-use rusqlite::{
-    params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -188,8 +186,7 @@ impl Store {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(path, flags).map_err(err("open"))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(err("set busy timeout"))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err("set busy timeout"))?;
         // None of these reads the file, so they work even on a file that is not a database.
         conn.execute_batch(
             "PRAGMA foreign_keys = ON; PRAGMA cell_size_check = ON; PRAGMA trusted_schema = OFF;",
@@ -307,10 +304,7 @@ impl Store {
                 .map_err(self.err("create partition"))?
                 .is_some()
             {
-                return Err(StoreError::Exists(format!(
-                    "partition {:?} exists",
-                    row.name
-                )));
+                return Err(StoreError::Exists(format!("partition {:?} exists", row.name)));
             }
             tx.execute(
                 "INSERT INTO partitions (name, serial, wrapped_pmk, sealed_pmk, pin_salt,
@@ -361,9 +355,8 @@ impl Store {
     pub fn list_partitions(&self) -> StoreResult<Vec<PartitionRow>> {
         let conn = self.lock();
         (|| {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {PARTITION_COLUMNS} FROM partitions ORDER BY id"
-            ))?;
+            let mut stmt =
+                conn.prepare(&format!("SELECT {PARTITION_COLUMNS} FROM partitions ORDER BY id"))?;
             let rows = stmt.query_map([], partition_from_row)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })()
@@ -374,14 +367,9 @@ impl Store {
     /// there is none, [`StoreError::Exists`] if the new name belongs to another partition.
     pub fn update_partition(&self, row: &PartitionRow) -> StoreResult<()> {
         self.write_tx("update partition", |tx| {
-            if let Some(other) =
-                partition_id_by_name(tx, &row.name).map_err(self.err("update partition"))?
-            {
+            if let Some(other) = partition_id_by_name(tx, &row.name).map_err(self.err("update partition"))? {
                 if other != row.id {
-                    return Err(StoreError::Exists(format!(
-                        "partition {:?} exists",
-                        row.name
-                    )));
+                    return Err(StoreError::Exists(format!("partition {:?} exists", row.name)));
                 }
             }
             let changed = tx
@@ -433,16 +421,10 @@ impl Store {
     pub fn delete_partition(&self, partition_id: i64) -> StoreResult<()> {
         self.write_tx("delete partition", |tx| {
             let e = self.err("delete partition");
-            tx.execute(
-                "DELETE FROM assignments WHERE partition_id = ?1",
-                [partition_id],
-            )
-            .map_err(&e)?;
-            tx.execute(
-                "DELETE FROM objects WHERE partition_id = ?1",
-                [partition_id],
-            )
-            .map_err(&e)?;
+            tx.execute("DELETE FROM assignments WHERE partition_id = ?1", [partition_id])
+                .map_err(&e)?;
+            tx.execute("DELETE FROM objects WHERE partition_id = ?1", [partition_id])
+                .map_err(&e)?;
             tx.execute("DELETE FROM oplog WHERE partition_id = ?1", [partition_id])
                 .map_err(&e)?;
             let changed = tx
@@ -608,16 +590,12 @@ impl Store {
     /// sequence number above `i64::MAX`, [`StoreError::Full`] for a full disk.
     pub fn commit(&self, partition_id: i64, write: &Write) -> StoreResult<u64> {
         let op = &write.op;
-        let seq = i64::try_from(op.seq).map_err(|_| {
-            StoreError::Invalid(format!("op sequence number {} is above i64::MAX", op.seq))
-        })?;
+        let seq = i64::try_from(op.seq)
+            .map_err(|_| StoreError::Invalid(format!("op sequence number {} is above i64::MAX", op.seq)))?;
         self.write_tx("commit", |tx| {
             if write.clear {
-                tx.execute(
-                    "DELETE FROM objects WHERE partition_id = ?1",
-                    [partition_id],
-                )
-                .map_err(self.err("commit: clear objects"))?;
+                tx.execute("DELETE FROM objects WHERE partition_id = ?1", [partition_id])
+                    .map_err(self.err("commit: clear objects"))?;
             }
             if !write.puts.is_empty() {
                 let e = self.err("commit: put object");
@@ -648,9 +626,7 @@ impl Store {
                     .prepare_cached("DELETE FROM objects WHERE partition_id = ?1 AND ouid = ?2")
                     .map_err(&e)?;
                 for ouid in &write.deletes {
-                    delete
-                        .execute(params![partition_id, &ouid[..]])
-                        .map_err(&e)?;
+                    delete.execute(params![partition_id, &ouid[..]]).map_err(&e)?;
                 }
             }
             let e = self.err("commit: append op");
@@ -693,20 +669,14 @@ impl Store {
             }
             // AUTOINCREMENT rowids start at 1 and stay below i64::MAX (SQLite fails with
             // SQLITE_FULL rather than wrap), so the conversion cannot fail; be safe anyway.
-            u64::try_from(index).map_err(|_| {
-                StoreError::Corrupt(format!("{}: negative op-log index", self.path.display()))
-            })
+            u64::try_from(index)
+                .map_err(|_| StoreError::Corrupt(format!("{}: negative op-log index", self.path.display())))
         })
     }
 
     /// Up to `limit` log entries of the partition with an index above `after_index`,
     /// ordered by index.
-    pub fn ops_since(
-        &self,
-        partition_id: i64,
-        after_index: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<OpRow>> {
+    pub fn ops_since(&self, partition_id: i64, after_index: u64, limit: usize) -> StoreResult<Vec<OpRow>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -792,11 +762,7 @@ impl Store {
     }
 
     /// Runs `f` in one immediate (write-locking) transaction, committed only if `f` succeeds.
-    fn write_tx<T>(
-        &self,
-        ctx: &str,
-        f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
-    ) -> StoreResult<T> {
+    fn write_tx<T>(&self, ctx: &str, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -808,12 +774,7 @@ impl Store {
     }
 
     /// The id of `partition`, after checking that `client` exists.
-    fn resolve_assignment(
-        &self,
-        tx: &Transaction<'_>,
-        client: &str,
-        partition: &str,
-    ) -> StoreResult<i64> {
+    fn resolve_assignment(&self, tx: &Transaction<'_>, client: &str, partition: &str) -> StoreResult<i64> {
         let e = self.err("resolve client and partition");
         if !client_exists(tx, client).map_err(&e)? {
             return Err(client_not_found(client));
@@ -833,10 +794,8 @@ fn client_not_found(name: &str) -> StoreError {
 }
 
 fn partition_id_by_name(conn: &Connection, name: &str) -> rusqlite::Result<Option<i64>> {
-    conn.query_row("SELECT id FROM partitions WHERE name = ?1", [name], |r| {
-        r.get(0)
-    })
-    .optional()
+    conn.query_row("SELECT id FROM partitions WHERE name = ?1", [name], |r| r.get(0))
+        .optional()
 }
 
 fn client_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
@@ -912,8 +871,7 @@ fn create_private_file(path: &Path) -> StoreResult<()> {
     };
     match options.open(path) {
         Ok(file) => {
-            file.sync_all()
-                .map_err(|e| io("sync the new store file", e))?;
+            file.sync_all().map_err(|e| io("sync the new store file", e))?;
             let dir = match path.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() => dir,
                 _ => Path::new("."),
@@ -1141,19 +1099,13 @@ mod tests {
             sealed: vec![0xEE; 5],
         };
         let text = format!("{obj:?}");
-        assert!(
-            text.contains("<5 bytes>") && !text.contains("238"),
-            "{text}"
-        );
+        assert!(text.contains("<5 bytes>") && !text.contains("238"), "{text}");
         let op = OpRow {
             body: vec![0x99; 9],
             ..Default::default()
         };
         let text = format!("{op:?}");
-        assert!(
-            text.contains("<9 bytes>") && !text.contains("153"),
-            "{text}"
-        );
+        assert!(text.contains("<9 bytes>") && !text.contains("153"), "{text}");
     }
 
     #[test]

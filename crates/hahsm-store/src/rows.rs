@@ -66,15 +66,9 @@ impl fmt::Debug for PartitionRow {
             .field("name", &self.name)
             .field("serial", &self.serial)
             .field("wrapped_pmk", &Len(self.wrapped_pmk.len()))
-            .field(
-                "sealed_pmk",
-                &OptLen(self.sealed_pmk.as_ref().map(Vec::len)),
-            )
+            .field("sealed_pmk", &OptLen(self.sealed_pmk.as_ref().map(Vec::len)))
             .field("pin_salt", &Len(self.pin_salt.len()))
-            .field(
-                "sealed_pin",
-                &OptLen(self.sealed_pin.as_ref().map(Vec::len)),
-            )
+            .field("sealed_pin", &OptLen(self.sealed_pin.as_ref().map(Vec::len)))
             .field("failed_logins", &self.failed_logins)
             .field("policies", &Len(self.policies.len()))
             .field("activated", &self.activated)

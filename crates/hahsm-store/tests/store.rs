@@ -1,8 +1,6 @@
 //! Behaviour of the store on real files: persistence, atomicity, pragmas, corruption,
 //! a full disk, and the op log.
-use hahsm_store::{
-    ClientRow, ObjectRow, OpRow, PartitionRow, Store, StoreError, Write, SCHEMA_VERSION,
-};
+use hahsm_store::{ClientRow, ObjectRow, OpRow, PartitionRow, Store, StoreError, Write, SCHEMA_VERSION};
 use std::path::{Path, PathBuf};
 
 fn tempdir() -> tempfile::TempDir {
@@ -247,10 +245,7 @@ fn extreme_values_round_trip() {
         .expect("commit");
     assert_eq!(store.load_objects(row.id).expect("load"), [o]);
     assert_eq!(store.ops_since(row.id, 0, 10).expect("ops"), [entry]);
-    assert_eq!(
-        store.max_seq(row.id, u64::MAX).expect("max"),
-        i64::MAX as u64
-    );
+    assert_eq!(store.max_seq(row.id, u64::MAX).expect("max"), i64::MAX as u64);
     assert_eq!(store.ops_since(row.id, u64::MAX, 10).expect("ops"), []);
 
     let too_big = Write {
@@ -364,11 +359,7 @@ fn a_commit_that_fails_after_its_object_changes_leaves_none_of_them() {
     assert_eq!(store.load_objects(p).expect("load"), [object(1, 1, 10)]);
     assert_eq!(store.ops_since(p, 0, 10).expect("ops").len(), 1);
     assert_eq!(
-        store
-            .get_partition_by_id(p)
-            .expect("get")
-            .expect("p")
-            .digest,
+        store.get_partition_by_id(p).expect("get").expect("p").digest,
         vec![1; 32]
     );
 
@@ -447,15 +438,9 @@ fn build_large_store(path: &Path) {
     }
     store.integrity_check().expect("the fresh store is sound");
     drop(store);
-    assert!(
-        !wal_path(path).exists(),
-        "everything should be checkpointed"
-    );
+    assert!(!wal_path(path).exists(), "everything should be checkpointed");
     let len = std::fs::metadata(path).expect("metadata").len();
-    assert!(
-        len > 64 * 1024,
-        "the store should span many pages ({len} bytes)"
-    );
+    assert!(len > 64 * 1024, "the store should span many pages ({len} bytes)");
 }
 
 #[test]
@@ -505,12 +490,7 @@ fn table_leaf_pages(bytes: &[u8]) -> Vec<(usize, usize)> {
     (1..bytes.len() / page_size)
         .map(|n| n * page_size)
         .filter(|&off| bytes[off] == 0x0D)
-        .map(|off| {
-            (
-                off,
-                u16::from_be_bytes([bytes[off + 3], bytes[off + 4]]) as usize,
-            )
-        })
+        .map(|off| (off, u16::from_be_bytes([bytes[off + 3], bytes[off + 4]]) as usize))
         .filter(|&(_, cells)| cells > 1)
         .collect()
 }
@@ -551,10 +531,7 @@ fn a_truncated_store_is_refused_as_corrupt() {
     let path = dir.path().join("s.db");
     build_large_store(&path);
     let len = std::fs::metadata(&path).expect("metadata").len();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("open");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
     file.set_len(len / 2).expect("truncate");
     drop(file);
     expect_corrupt(&path);
@@ -568,10 +545,7 @@ fn random_bytes_are_refused_as_corrupt() {
     let msg = expect_corrupt(&path);
     assert!(msg.contains("not a SQLite database"), "{msg}");
     // The file was not touched.
-    assert_eq!(
-        std::fs::read(&path).expect("read"),
-        pseudo_random(64 * 1024, 42)
-    );
+    assert_eq!(std::fs::read(&path).expect("read"), pseudo_random(64 * 1024, 42));
     // Short garbage too.
     std::fs::write(&path, b"hello").expect("write");
     expect_corrupt(&path);
@@ -644,22 +618,10 @@ fn malformed_rows_are_corrupt_not_panics() {
     };
     damage();
     assert!(matches!(store.load_objects(p), Err(StoreError::Corrupt(_))));
-    assert!(matches!(
-        store.ops_since(p, 0, 10),
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(matches!(
-        store.get_partition("p"),
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(matches!(
-        store.list_partitions(),
-        Err(StoreError::Corrupt(_))
-    ));
-    assert!(matches!(
-        store.integrity_check(),
-        Err(StoreError::Corrupt(_))
-    ));
+    assert!(matches!(store.ops_since(p, 0, 10), Err(StoreError::Corrupt(_))));
+    assert!(matches!(store.get_partition("p"), Err(StoreError::Corrupt(_))));
+    assert!(matches!(store.list_partitions(), Err(StoreError::Corrupt(_))));
+    assert!(matches!(store.integrity_check(), Err(StoreError::Corrupt(_))));
     drop(store);
 
     // Such a file is not served again: quick_check verifies CHECK constraints too.
@@ -699,10 +661,7 @@ fn ops_since_and_op_by_client_op_id_return_what_was_committed() {
     assert_eq!(store.ops_since(a, 0, 100).expect("ops"), in_a);
     assert_eq!(store.ops_since(b, 0, 100).expect("ops"), in_b);
     assert_eq!(store.ops_since(a, 0, 2).expect("ops"), in_a[..2]);
-    assert_eq!(
-        store.ops_since(a, in_a[2].index, 100).expect("ops"),
-        in_a[3..]
-    );
+    assert_eq!(store.ops_since(a, in_a[2].index, 100).expect("ops"), in_a[3..]);
     assert_eq!(store.ops_since(a, last, 100).expect("ops"), []);
     assert_eq!(store.ops_since(a, 0, 0).expect("ops"), []);
 
@@ -714,10 +673,7 @@ fn ops_since_and_op_by_client_op_id_return_what_was_committed() {
         );
         assert_eq!(store.op_by_client_op_id(b, &id).expect("find"), None);
     }
-    assert_eq!(
-        store.op_by_client_op_id(a, &[0x77; 16]).expect("find"),
-        None
-    );
+    assert_eq!(store.op_by_client_op_id(a, &[0x77; 16]).expect("find"), None);
 
     // Origins: in a, n%3 != 0 → origin 1 + n%2: odd n → 2, even n → 1.
     assert_eq!(store.max_seq(a, 1).expect("max"), 10);
@@ -759,10 +715,7 @@ fn delete_partition_cascades() {
     assert_eq!(store.get_partition_by_id(gone).expect("get"), None);
     assert_eq!(store.object_count(gone).expect("count"), 0);
     assert_eq!(store.ops_since(gone, 0, 10).expect("ops"), []);
-    assert_eq!(
-        store.partitions_of_client("c").expect("of client"),
-        ["kept"]
-    );
+    assert_eq!(store.partitions_of_client("c").expect("of client"), ["kept"]);
     assert_eq!(store.object_count(kept).expect("count"), 1);
     assert_eq!(store.ops_since(kept, 0, 10).expect("ops").len(), 1);
     store.integrity_check().expect("no dangling rows");
@@ -813,10 +766,7 @@ fn clients_and_assignments() {
         store.register_client(&same_name),
         Err(StoreError::Exists(_))
     ));
-    assert_eq!(
-        store.list_clients().expect("list"),
-        std::slice::from_ref(&web)
-    );
+    assert_eq!(store.list_clients().expect("list"), std::slice::from_ref(&web));
     assert_eq!(
         store.client_by_fingerprint("DeadBeef").expect("find"),
         Some(web.clone())
@@ -832,14 +782,10 @@ fn clients_and_assignments() {
         Err(StoreError::NotFound(_))
     ));
     store.assign_partition("web", "p").expect("assign");
-    store
-        .assign_partition("web", "p")
-        .expect("assign is idempotent");
+    store.assign_partition("web", "p").expect("assign is idempotent");
     assert_eq!(store.partitions_of_client("web").expect("of"), ["p"]);
     store.revoke_partition("web", "p").expect("revoke");
-    store
-        .revoke_partition("web", "p")
-        .expect("revoke is idempotent");
+    store.revoke_partition("web", "p").expect("revoke is idempotent");
     assert_eq!(
         store.partitions_of_client("web").expect("of"),
         Vec::<String>::new()
@@ -851,10 +797,7 @@ fn clients_and_assignments() {
 
     store.assign_partition("web", "p").expect("assign");
     store.remove_client("web").expect("remove");
-    assert!(matches!(
-        store.remove_client("web"),
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(store.remove_client("web"), Err(StoreError::NotFound(_))));
     assert_eq!(store.list_clients().expect("list"), []);
     store.integrity_check().expect("no dangling assignment");
     // The fingerprint is free again.
@@ -886,10 +829,7 @@ fn partition_updates() {
     assert_eq!(store.get_partition("a").expect("get"), None);
 
     row.name = "b".into();
-    assert!(matches!(
-        store.update_partition(&row),
-        Err(StoreError::Exists(_))
-    ));
+    assert!(matches!(store.update_partition(&row), Err(StoreError::Exists(_))));
     let ghost = PartitionRow {
         id: b + 100,
         ..partition("ghost")

@@ -43,12 +43,16 @@ pub enum TokenError {
     UserNotLoggedIn,
     #[error("a user is already logged in")]
     UserAlreadyLoggedIn,
+    #[error("another user type is already logged in")]
+    UserAnotherAlreadyLoggedIn,
     #[error("the user type is invalid")]
     UserTypeInvalid,
     #[error("incorrect PIN ({remaining} attempts left before lockout)")]
     PinIncorrect { remaining: u32 },
     #[error("the PIN is locked after too many failed logins")]
     PinLocked,
+    #[error("the PIN is not set")]
+    UserPinNotInitialized,
     #[error("the PIN length is out of range")]
     PinLenRange,
     #[error("input data has an invalid length")]
@@ -108,9 +112,11 @@ impl TokenError {
             UserNotLoggedIn => ck::CKR_USER_NOT_LOGGED_IN,
             UserAlreadyLoggedIn => ck::CKR_USER_ALREADY_LOGGED_IN,
             UserTypeInvalid => ck::CKR_USER_TYPE_INVALID,
+            UserAnotherAlreadyLoggedIn => ck::CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
             PinIncorrect { .. } => ck::CKR_PIN_INCORRECT,
             PinLocked => ck::CKR_PIN_LOCKED,
             PinLenRange => ck::CKR_PIN_LEN_RANGE,
+            UserPinNotInitialized => ck::CKR_USER_PIN_NOT_INITIALIZED,
             DataLenRange => ck::CKR_DATA_LEN_RANGE,
             DataInvalid => ck::CKR_DATA_INVALID,
             EncryptedDataInvalid => ck::CKR_ENCRYPTED_DATA_INVALID,

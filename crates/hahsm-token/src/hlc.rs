@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 /// A member's id inside a group (its serial number).
 pub type MemberId = u64;
 
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Hlc {
     pub wall_ms: u64,
     pub logical: u32,

@@ -94,10 +94,7 @@ pub fn supported() -> Vec<(u64, MechInfo)> {
         flags: ck::CKF_DIGEST | HW,
     };
     vec![
-        (
-            ck::CKM_RSA_PKCS_KEY_PAIR_GEN,
-            rsa(ck::CKF_GENERATE_KEY_PAIR | HW),
-        ),
+        (ck::CKM_RSA_PKCS_KEY_PAIR_GEN, rsa(ck::CKF_GENERATE_KEY_PAIR | HW)),
         (ck::CKM_RSA_PKCS, rsa(SIGN | CRYPT | WRAP)),
         (ck::CKM_RSA_X_509, rsa(SIGN | CRYPT)),
         (ck::CKM_SHA1_RSA_PKCS, rsa(SIGN)),
@@ -163,10 +160,7 @@ pub fn supported() -> Vec<(u64, MechInfo)> {
 }
 
 pub fn info(mech: u64) -> Option<MechInfo> {
-    supported()
-        .into_iter()
-        .find(|(m, _)| *m == mech)
-        .map(|(_, i)| i)
+    supported().into_iter().find(|(m, _)| *m == mech).map(|(_, i)| i)
 }
 
 /// The `CKA_*` usage flag a mechanism needs on its key for an operation.
@@ -258,10 +252,9 @@ pub fn key_type_for(mech: u64) -> Option<u64> {
         | ck::CKM_AES_GCM
         | ck::CKM_AES_KEY_WRAP
         | ck::CKM_AES_KEY_WRAP_KWP => ck::CKK_AES,
-        ck::CKM_GENERIC_SECRET_KEY_GEN
-        | ck::CKM_SHA256_HMAC
-        | ck::CKM_SHA384_HMAC
-        | ck::CKM_SHA512_HMAC => ck::CKK_GENERIC_SECRET,
+        ck::CKM_GENERIC_SECRET_KEY_GEN | ck::CKM_SHA256_HMAC | ck::CKM_SHA384_HMAC | ck::CKM_SHA512_HMAC => {
+            ck::CKK_GENERIC_SECRET
+        }
         _ => return None,
     })
 }

@@ -58,12 +58,9 @@ fn expect_ulong(template: &Template, attr: u64, want: u64, what: &str) -> TokenR
 /// The usage flags a key class and type can have, so their defaults are on.
 fn default_usages(class: u64, key_type: u64) -> &'static [u64] {
     match (class, key_type) {
-        (ck::CKO_SECRET_KEY, ck::CKK_AES) => &[
-            ck::CKA_ENCRYPT,
-            ck::CKA_DECRYPT,
-            ck::CKA_WRAP,
-            ck::CKA_UNWRAP,
-        ],
+        (ck::CKO_SECRET_KEY, ck::CKK_AES) => {
+            &[ck::CKA_ENCRYPT, ck::CKA_DECRYPT, ck::CKA_WRAP, ck::CKA_UNWRAP]
+        }
         (ck::CKO_SECRET_KEY, _) => &[ck::CKA_SIGN, ck::CKA_VERIFY, ck::CKA_DERIVE],
         (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => &[ck::CKA_SIGN, ck::CKA_DECRYPT, ck::CKA_UNWRAP],
         (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => &[ck::CKA_VERIFY, ck::CKA_ENCRYPT, ck::CKA_WRAP],
@@ -103,13 +100,7 @@ fn check_usages(template: &Template, class: u64, key_type: u64) -> TokenResult<(
 
 /// Fills in the common defaults of a key object. `local` is true for keys the
 /// token generated itself.
-fn fill_key_defaults(
-    t: &mut Template,
-    class: u64,
-    key_type: u64,
-    local: bool,
-    gen_mech: Option<u64>,
-) {
+fn fill_key_defaults(t: &mut Template, class: u64, key_type: u64, local: bool, gen_mech: Option<u64>) {
     t.set(ck::CKA_CLASS, AttrValue::Ulong(class));
     t.set(ck::CKA_KEY_TYPE, AttrValue::Ulong(key_type));
     t.set_default(ck::CKA_TOKEN, AttrValue::Bool(false));
@@ -147,14 +138,8 @@ fn fill_key_defaults(
         let sensitive = t.flag(ck::CKA_SENSITIVE, true);
         let extractable = t.flag(ck::CKA_EXTRACTABLE, false);
         // Only keys made inside the token can be said never to have been exposed.
-        t.set(
-            ck::CKA_ALWAYS_SENSITIVE,
-            AttrValue::Bool(local && sensitive),
-        );
-        t.set(
-            ck::CKA_NEVER_EXTRACTABLE,
-            AttrValue::Bool(local && !extractable),
-        );
+        t.set(ck::CKA_ALWAYS_SENSITIVE, AttrValue::Bool(local && sensitive));
+        t.set(ck::CKA_NEVER_EXTRACTABLE, AttrValue::Bool(local && !extractable));
     } else {
         t.set_default(ck::CKA_PRIVATE, AttrValue::Bool(false));
         t.set_default(ck::CKA_TRUSTED, AttrValue::Bool(false));
@@ -194,8 +179,7 @@ pub fn generated_secret_key(mech: u64, template: &Template) -> TokenResult<(Temp
     let len = template
         .ulong(ck::CKA_VALUE_LEN)
         .ok_or_else(|| TokenError::TemplateIncomplete("CKA_VALUE_LEN is required".into()))?;
-    let len =
-        usize::try_from(len).map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE_LEN))?;
+    let len = usize::try_from(len).map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE_LEN))?;
     check_secret_len(key_type, len)?;
     let mut t = template.clone();
     check_usages(&t, ck::CKO_SECRET_KEY, key_type)?;
@@ -242,11 +226,11 @@ pub fn generated_key_pair(
     check_user_template(private)?;
     let (key_type, spec) = match mech {
         ck::CKM_RSA_PKCS_KEY_PAIR_GEN => {
-            let bits = public.ulong(ck::CKA_MODULUS_BITS).ok_or_else(|| {
-                TokenError::TemplateIncomplete("CKA_MODULUS_BITS is required".into())
-            })?;
-            let bits = u32::try_from(bits)
-                .map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_MODULUS_BITS))?;
+            let bits = public
+                .ulong(ck::CKA_MODULUS_BITS)
+                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_MODULUS_BITS is required".into()))?;
+            let bits =
+                u32::try_from(bits).map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_MODULUS_BITS))?;
             let exp = public.bytes(ck::CKA_PUBLIC_EXPONENT).map(<[u8]>::to_vec);
             (
                 ck::CKK_RSA,
@@ -260,9 +244,7 @@ pub fn generated_key_pair(
             let params = public
                 .bytes(ck::CKA_EC_PARAMS)
                 .or_else(|| private.bytes(ck::CKA_EC_PARAMS))
-                .ok_or_else(|| {
-                    TokenError::TemplateIncomplete("CKA_EC_PARAMS is required".into())
-                })?;
+                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_EC_PARAMS is required".into()))?;
             (
                 ck::CKK_EC,
                 KeyPairSpec::Ec {
@@ -273,18 +255,8 @@ pub fn generated_key_pair(
         ck::CKM_EC_EDWARDS_KEY_PAIR_GEN => (ck::CKK_EC_EDWARDS, KeyPairSpec::Ed25519),
         other => return Err(TokenError::MechanismInvalid(other)),
     };
-    expect_ulong(
-        public,
-        ck::CKA_CLASS,
-        ck::CKO_PUBLIC_KEY,
-        "public CKA_CLASS",
-    )?;
-    expect_ulong(
-        private,
-        ck::CKA_CLASS,
-        ck::CKO_PRIVATE_KEY,
-        "private CKA_CLASS",
-    )?;
+    expect_ulong(public, ck::CKA_CLASS, ck::CKO_PUBLIC_KEY, "public CKA_CLASS")?;
+    expect_ulong(private, ck::CKA_CLASS, ck::CKO_PRIVATE_KEY, "private CKA_CLASS")?;
     expect_ulong(public, ck::CKA_KEY_TYPE, key_type, "public CKA_KEY_TYPE")?;
     expect_ulong(private, ck::CKA_KEY_TYPE, key_type, "private CKA_KEY_TYPE")?;
     for t in [public, private] {
@@ -343,11 +315,7 @@ pub fn created_object(template: &Template, local: bool) -> TokenResult<(Template
                 .ok_or_else(|| TokenError::TemplateIncomplete("CKA_KEY_TYPE is required".into()))?;
             if !matches!(
                 key_type,
-                ck::CKK_RSA
-                    | ck::CKK_EC
-                    | ck::CKK_EC_EDWARDS
-                    | ck::CKK_AES
-                    | ck::CKK_GENERIC_SECRET
+                ck::CKK_RSA | ck::CKK_EC | ck::CKK_EC_EDWARDS | ck::CKK_AES | ck::CKK_GENERIC_SECRET
             ) {
                 return Err(TokenError::AttributeValueInvalid(ck::CKA_KEY_TYPE));
             }
@@ -358,11 +326,7 @@ pub fn created_object(template: &Template, local: bool) -> TokenResult<(Template
                 ));
             }
             if holds_secret(class) {
-                let keys: Vec<u64> =
-                    t.0.keys()
-                        .copied()
-                        .filter(|a| is_secret_component(*a))
-                        .collect();
+                let keys: Vec<u64> = t.0.keys().copied().filter(|a| is_secret_component(*a)).collect();
                 for attr in keys {
                     if let Some(v) = t.remove(attr) {
                         secret.set(attr, v);
@@ -406,10 +370,7 @@ pub fn set_attributes(current: &Template, changes: &Template) -> TokenResult<Tem
     let mut applied = Template::new();
     for (attr, value) in changes.iter() {
         let attr = *attr;
-        if TOKEN_SET.contains(&attr)
-            || FIXED_AFTER_CREATE.contains(&attr)
-            || is_secret_component(attr)
-        {
+        if TOKEN_SET.contains(&attr) || FIXED_AFTER_CREATE.contains(&attr) || is_secret_component(attr) {
             if current.get(attr) == Some(value) {
                 continue;
             }
@@ -440,9 +401,7 @@ pub fn set_attributes(current: &Template, changes: &Template) -> TokenResult<Tem
 /// `CKA_TOKEN`/`CKA_PRIVATE` if asked.
 pub fn copied_object(current: &Template, changes: &Template) -> TokenResult<Template> {
     if !current.flag(ck::CKA_COPYABLE, true) {
-        return Err(TokenError::ActionProhibited(
-            "the object is not copyable".into(),
-        ));
+        return Err(TokenError::ActionProhibited("the object is not copyable".into()));
     }
     let mut movable = changes.clone();
     let token = movable.remove(ck::CKA_TOKEN);
@@ -560,10 +519,7 @@ mod tests {
         assert_eq!(t.bool(ck::CKA_ALWAYS_SENSITIVE), Some(true));
         assert_eq!(t.bool(ck::CKA_NEVER_EXTRACTABLE), Some(true));
         assert_eq!(t.bool(ck::CKA_LOCAL), Some(true));
-        assert_eq!(
-            t.ulong(ck::CKA_KEY_GEN_MECHANISM),
-            Some(ck::CKM_AES_KEY_GEN)
-        );
+        assert_eq!(t.ulong(ck::CKA_KEY_GEN_MECHANISM), Some(ck::CKM_AES_KEY_GEN));
     }
 
     #[test]
@@ -643,11 +599,7 @@ mod tests {
             &Template::new().with(ck::CKA_EXTRACTABLE, AttrValue::Bool(true))
         )
         .is_err());
-        let copy = copied_object(
-            &t,
-            &Template::new().with(ck::CKA_TOKEN, AttrValue::Bool(false)),
-        )
-        .unwrap();
+        let copy = copied_object(&t, &Template::new().with(ck::CKA_TOKEN, AttrValue::Bool(false))).unwrap();
         assert_eq!(copy.bool(ck::CKA_TOKEN), Some(false));
     }
 

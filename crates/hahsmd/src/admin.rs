@@ -86,10 +86,7 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             domain_secret,
         } => {
             app.hsm_init(&label, &so_secret, &domain_secret)?;
-            done(&format!(
-                "HSM '{label}' initialized (serial {})",
-                app.serial
-            ))
+            done(&format!("HSM '{label}' initialized (serial {})", app.serial))
         }
         R::HsmLogin { so_secret } => {
             app.hsm_login(&so_secret)?;
@@ -140,6 +137,14 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             app.partition_change_pin(&name, old_pin.as_ref(), owner_secret.as_ref(), &new_pin)?;
             done(&format!("PIN of partition '{name}' changed"))
         }
+        R::PartitionChangeSoPin {
+            name,
+            owner_secret,
+            new_pin,
+        } => {
+            app.partition_change_so_pin(&name, &owner_secret, &new_pin)?;
+            done(&format!("SO PIN of partition '{name}' changed"))
+        }
         R::PartitionActivate { name, owner_secret } => {
             app.partition_activate(&name, &owner_secret)?;
             done(&format!("partition '{name}' activated"))
@@ -148,22 +153,12 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             app.partition_deactivate(&name)?;
             done(&format!("partition '{name}' deactivated"))
         }
-        R::PartitionShowPolicies { name } => {
-            Ok(AdminResponse::Policies(app.partition_policies(&name)?))
-        }
-        R::PartitionChangePolicy {
-            name,
-            policy,
-            value,
-        } => {
+        R::PartitionShowPolicies { name } => Ok(AdminResponse::Policies(app.partition_policies(&name)?)),
+        R::PartitionChangePolicy { name, policy, value } => {
             app.partition_change_policy(&name, &policy, value)?;
-            done(&format!(
-                "partition '{name}' policy {policy} set to {value}"
-            ))
+            done(&format!("partition '{name}' policy {policy} set to {value}"))
         }
-        R::PartitionShowContents { name } => {
-            Ok(AdminResponse::Contents(app.partition_contents(&name)?))
-        }
+        R::PartitionShowContents { name } => Ok(AdminResponse::Contents(app.partition_contents(&name)?)),
         R::PartitionClear { name } => {
             app.partition_clear(&name).await?;
             done(&format!("partition '{name}' cleared"))
@@ -188,15 +183,11 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
         R::ClientList => Ok(AdminResponse::Clients(app.client_list()?)),
         R::ClientAssignPartition { client, partition } => {
             app.client_assign(&client, &partition, true)?;
-            done(&format!(
-                "partition '{partition}' assigned to client '{client}'"
-            ))
+            done(&format!("partition '{partition}' assigned to client '{client}'"))
         }
         R::ClientRevokePartition { client, partition } => {
             app.client_assign(&client, &partition, false)?;
-            done(&format!(
-                "partition '{partition}' revoked from client '{client}'"
-            ))
+            done(&format!("partition '{partition}' revoked from client '{client}'"))
         }
     }
 }

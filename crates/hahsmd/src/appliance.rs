@@ -46,6 +46,24 @@ fn fail<T>(msg: impl Into<String>) -> AdminResult<T> {
     Err(AdminError(msg.into()))
 }
 
+/// Which PIN of a partition: the user's, or the partition SO's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinKind {
+    User,
+    So,
+}
+
+/// Partition data kept in the row's `extra` blob.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct PartitionExtra {
+    so_pin_salt: Vec<u8>,
+    sealed_so_pin: Option<Vec<u8>>,
+}
+
+fn extra_of(row: &PartitionRow) -> PartitionExtra {
+    postcard::from_bytes(&row.extra).unwrap_or_default()
+}
+
 /// A registered client, as the TLS layer and request handlers see it.
 #[derive(Debug, Clone)]
 pub struct ClientEntry {
@@ -106,12 +124,7 @@ fn owner_kek(owner_secret: &[u8], serial: u64) -> Result<SealKey, TokenError> {
 }
 
 fn so_kek(so_secret: &[u8], salt: &[u8]) -> Result<SealKey, TokenError> {
-    SealKey::new(crypto::hkdf_sha256(
-        &[so_secret],
-        salt,
-        b"hahsm/so-kek/v1",
-        32,
-    )?)
+    SealKey::new(crypto::hkdf_sha256(&[so_secret], salt, b"hahsm/so-kek/v1", 32)?)
 }
 
 fn so_verifier(so_secret: &[u8], salt: &[u8]) -> Result<SecretBytes, TokenError> {
@@ -130,8 +143,11 @@ fn autoactivate_aad(serial: u64) -> Vec<u8> {
     aad
 }
 
-fn pin_aad(serial: u64) -> Vec<u8> {
-    let mut aad = b"hahsm/pin/v1".to_vec();
+fn pin_aad(serial: u64, kind: PinKind) -> Vec<u8> {
+    let mut aad = match kind {
+        PinKind::User => b"hahsm/pin/v1".to_vec(),
+        PinKind::So => b"hahsm/so-pin/v1".to_vec(),
+    };
     aad.extend_from_slice(&serial.to_le_bytes());
     aad
 }
@@ -179,10 +195,7 @@ impl Appliance {
     /// partitions whose auto-activation policy is on.
     pub fn open(config: Config) -> anyhow::Result<Arc<Appliance>> {
         private_dir(&config.data_dir).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            )
+            anyhow::anyhow!("cannot create data directory {}: {e}", config.data_dir.display())
         })?;
         let store = Arc::new(Store::open(&config.store_path())?);
         let seal_key = load_or_create_seal_key(&config.seal_key_path())?;
@@ -254,14 +267,11 @@ impl Appliance {
             self.hlc.clone(),
             self.config.limits.max_objects_per_partition,
         )?;
-        self.active_write()
-            .insert(row.name.clone(), Arc::new(active));
+        self.active_write().insert(row.name.clone(), Arc::new(active));
         Ok(())
     }
 
-    fn active_write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ActivePartition>>> {
+    fn active_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ActivePartition>>> {
         self.active.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -276,11 +286,7 @@ impl Appliance {
     fn reload_clients(&self) -> AdminResult<()> {
         let mut map = HashMap::new();
         for c in self.store.list_clients()? {
-            let partitions = self
-                .store
-                .partitions_of_client(&c.name)?
-                .into_iter()
-                .collect();
+            let partitions = self.store.partitions_of_client(&c.name)?.into_iter().collect();
             map.insert(
                 c.fingerprint_hex.clone(),
                 ClientEntry {
@@ -316,8 +322,7 @@ impl Appliance {
                 &[host.trim_matches(['[', ']']).to_string()],
             )?;
         }
-        let identity =
-            hahsm_link::load_identity(&self.config.cert_path(), &self.config.key_path())?;
+        let identity = hahsm_link::load_identity(&self.config.cert_path(), &self.config.key_path())?;
         let config = hahsm_link::server_config(identity, self.clients.clone())?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor.clone());
@@ -366,10 +371,7 @@ impl Appliance {
     }
 
     pub fn so_logged_in(&self) -> bool {
-        let until = self
-            .so_login_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let until = self.so_login_until.lock().unwrap_or_else(|p| p.into_inner());
         until.is_some_and(|t| Instant::now() < t)
     }
 
@@ -378,23 +380,14 @@ impl Appliance {
             return fail("the HSM is not initialized: run `hahsm appliance hsm init` first");
         }
         if !self.so_logged_in() {
-            return fail(
-                "this command needs the SO: run `hahsm appliance hsm login --so-secret FILE` first",
-            );
+            return fail("this command needs the SO: run `hahsm appliance hsm login --so-secret FILE` first");
         }
         Ok(())
     }
 
-    pub fn hsm_init(
-        &self,
-        label: &str,
-        so_secret: &Secret,
-        domain_secret: &Secret,
-    ) -> AdminResult<()> {
+    pub fn hsm_init(&self, label: &str, so_secret: &Secret, domain_secret: &Secret) -> AdminResult<()> {
         if self.is_initialized() {
-            return fail(
-                "the HSM is already initialized; `hahsm appliance hsm factory-reset` starts over",
-            );
+            return fail("the HSM is already initialized; `hahsm appliance hsm factory-reset` starts over");
         }
         if label.is_empty() || label.len() > 32 {
             return fail("the HSM label must be 1 to 32 characters");
@@ -428,20 +421,14 @@ impl Appliance {
             return fail("SO login refused: the SO secret is wrong");
         }
         let minutes = self.config.limits.so_login_minutes;
-        *self
-            .so_login_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) =
+        *self.so_login_until.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Instant::now() + Duration::from_secs(minutes * 60));
         info!("SO logged in on the admin socket");
         Ok(())
     }
 
     pub fn hsm_logout(&self) {
-        *self
-            .so_login_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
+        *self.so_login_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn hsm_policies(&self) -> AdminResult<Policies> {
@@ -457,18 +444,12 @@ impl Appliance {
 
     pub fn hsm_change_policy(&self, key: &str, value: u64) -> AdminResult<()> {
         self.require_so()?;
-        let def = policy::lookup(HSM_POLICIES, key).ok_or_else(|| {
-            AdminError(format!("no HSM policy '{key}' (see `hsm show-policies`)"))
-        })?;
+        let def = policy::lookup(HSM_POLICIES, key)
+            .ok_or_else(|| AdminError(format!("no HSM policy '{key}' (see `hsm show-policies`)")))?;
         let mut p = self.hsm_policies()?;
         p.set(def, value).map_err(AdminError)?;
         self.store.put_meta(META_POLICIES, &encode(&p))?;
-        info!(
-            policy = def.number,
-            name = def.name,
-            value,
-            "HSM policy changed"
-        );
+        info!(policy = def.number, name = def.name, value, "HSM policy changed");
         Ok(())
     }
 
@@ -540,11 +521,10 @@ impl Appliance {
             id: 0,
             name: name.to_string(),
             serial,
-            wrapped_pmk: owner_kek(owner_secret.expose(), serial)?
-                .seal(&pmk_aad(serial), pmk.key_bytes())?,
+            wrapped_pmk: owner_kek(owner_secret.expose(), serial)?.seal(&pmk_aad(serial), pmk.key_bytes())?,
             sealed_pmk: None,
             pin_salt: salt,
-            sealed_pin: Some(pmk.seal(&pin_aad(serial), &verifier)?),
+            sealed_pin: Some(pmk.seal(&pin_aad(serial, PinKind::User), &verifier)?),
             failed_logins: 0,
             policies: encode(&Policies::defaults(PARTITION_POLICIES)),
             activated: false,
@@ -558,15 +538,13 @@ impl Appliance {
 
     fn unwrap_pmk(&self, row: &PartitionRow, owner_secret: &Secret) -> AdminResult<SealKey> {
         let kek = owner_kek(owner_secret.expose(), row.serial)?;
-        let pmk = kek
-            .open(&pmk_aad(row.serial), &row.wrapped_pmk)
-            .map_err(|_| {
-                warn!(partition = %row.name, "activation refused: wrong partition-owner secret");
-                AdminError(format!(
-                    "the partition-owner secret is wrong for partition '{}'",
-                    row.name
-                ))
-            })?;
+        let pmk = kek.open(&pmk_aad(row.serial), &row.wrapped_pmk).map_err(|_| {
+            warn!(partition = %row.name, "activation refused: wrong partition-owner secret");
+            AdminError(format!(
+                "the partition-owner secret is wrong for partition '{}'",
+                row.name
+            ))
+        })?;
         Ok(SealKey::new(pmk)?)
     }
 
@@ -668,7 +646,7 @@ impl Appliance {
         owner: Option<&Secret>,
         new_pin: &Secret,
     ) -> AdminResult<()> {
-        let mut row = self.partition_row(name)?;
+        let row = self.partition_row(name)?;
         pin_ok(new_pin.expose())?;
         let pmk = match (old_pin, owner) {
             (_, Some(owner)) => self.unwrap_pmk(&row, owner)?,
@@ -678,47 +656,81 @@ impl Appliance {
                         "partition '{name}' is not activated; give --owner-secret instead"
                     ))
                 })?;
-                self.check_pin(&row, &active, old.expose())?;
+                self.check_pin(&row, &active, PinKind::User, old.expose())?;
                 SealKey::new(SecretBytes::new(active.pmk().key_bytes().to_vec()))?
             }
             (None, None) => return fail("give the old PIN or the partition-owner secret"),
         };
-        let salt = crypto::random(16)?;
-        row.pin_salt = salt.clone();
-        row.sealed_pin = Some(pmk.seal(
-            &pin_aad(row.serial),
-            &crypto::pin_verifier(new_pin.expose(), &salt),
-        )?);
-        row.failed_logins = 0;
-        self.store.update_partition(&row)?;
+        self.store_pin(row, &pmk, PinKind::User, new_pin.expose())?;
         info!(partition = name, "partition PIN changed");
         Ok(())
     }
 
-    /// Checks a user PIN, counting failures durably toward the lockout policy.
+    /// Sets the partition SO's PIN, with the partition-owner secret.
+    pub fn partition_change_so_pin(&self, name: &str, owner: &Secret, new_pin: &Secret) -> AdminResult<()> {
+        let row = self.partition_row(name)?;
+        pin_ok(new_pin.expose())?;
+        let pmk = self.unwrap_pmk(&row, owner)?;
+        self.store_pin(row, &pmk, PinKind::So, new_pin.expose())?;
+        info!(partition = name, "partition SO PIN changed");
+        Ok(())
+    }
+
+    /// Stores a new PIN verifier, sealed under the partition master key. A new
+    /// user PIN clears the failed-login count.
+    pub fn store_pin(
+        &self,
+        mut row: PartitionRow,
+        pmk: &SealKey,
+        kind: PinKind,
+        pin: &[u8],
+    ) -> Result<(), TokenError> {
+        pin_ok(pin)?;
+        let salt = crypto::random(16)?;
+        let sealed = pmk.seal(&pin_aad(row.serial, kind), &crypto::pin_verifier(pin, &salt))?;
+        match kind {
+            PinKind::User => {
+                row.pin_salt = salt;
+                row.sealed_pin = Some(sealed);
+                row.failed_logins = 0;
+            }
+            PinKind::So => {
+                let mut extra = extra_of(&row);
+                extra.so_pin_salt = salt;
+                extra.sealed_so_pin = Some(sealed);
+                row.extra = encode(&extra);
+            }
+        }
+        self.store.update_partition(&row)?;
+        Ok(())
+    }
+
+    /// Checks a user or SO PIN. Failures of either count durably toward the
+    /// partition's lockout policy, so neither PIN can be guessed without bound.
     pub fn check_pin(
         &self,
         row: &PartitionRow,
         active: &ActivePartition,
+        kind: PinKind,
         pin: &[u8],
     ) -> Result<(), TokenError> {
-        let max = decode_policies(&row.policies, PARTITION_POLICIES)
-            .get(policy::partition::MAX_FAILED_LOGINS) as u32;
+        let max = decode_policies(&row.policies, PARTITION_POLICIES).get(policy::partition::MAX_FAILED_LOGINS)
+            as u32;
         if max > 0 && row.failed_logins >= max {
             warn!(partition = %row.name, "login refused: the PIN is locked");
             return Err(TokenError::PinLocked);
         }
-        let stored = row
-            .sealed_pin
-            .as_ref()
-            .ok_or_else(|| TokenError::DeviceError("the partition has no PIN set".into()))?;
+        let extra = extra_of(row);
+        let (stored, salt) = match kind {
+            PinKind::User => (row.sealed_pin.as_ref(), &row.pin_salt),
+            PinKind::So => (extra.sealed_so_pin.as_ref(), &extra.so_pin_salt),
+        };
+        let stored = stored.ok_or(TokenError::UserPinNotInitialized)?;
         let verifier = active
             .pmk()
-            .open(&pin_aad(row.serial), stored)
-            .map_err(|_| {
-                TokenError::DeviceError("store integrity check failed: PIN verifier".into())
-            })?;
-        let given = crypto::pin_verifier(pin, &row.pin_salt);
+            .open(&pin_aad(row.serial, kind), stored)
+            .map_err(|_| TokenError::DeviceError("store integrity check failed: PIN verifier".into()))?;
+        let given = crypto::pin_verifier(pin, salt);
         if crypto::ct_eq(&given, verifier.expose()) {
             if row.failed_logins != 0 {
                 self.store.set_failed_logins(row.id, 0)?;
@@ -731,7 +743,7 @@ impl Appliance {
             warn!(partition = %row.name, failed, "PIN locked after too many failed logins");
             return Err(TokenError::PinLocked);
         }
-        warn!(partition = %row.name, failed, "login refused: wrong PIN");
+        warn!(partition = %row.name, failed, ?kind, "login refused: wrong PIN");
         Err(TokenError::PinIncorrect {
             remaining: max.saturating_sub(failed),
         })
@@ -754,6 +766,7 @@ impl Appliance {
                 auto_activation: row.sealed_pmk.is_some(),
                 failed_logins: row.failed_logins,
                 pin_locked: max > 0 && row.failed_logins >= max,
+                so_pin_set: extra_of(&row).sealed_so_pin.is_some(),
                 name: row.name,
                 serial: row.serial,
             });
@@ -808,18 +821,12 @@ impl Appliance {
 
     // ----- clients -----
 
-    pub fn client_register(
-        &self,
-        name: &str,
-        hostname: &str,
-        fingerprint: &str,
-    ) -> AdminResult<()> {
+    pub fn client_register(&self, name: &str, hostname: &str, fingerprint: &str) -> AdminResult<()> {
         self.require_so()?;
         if name.is_empty() || name.len() > 64 {
             return fail("a client name is 1 to 64 characters");
         }
-        let fp = Fingerprint::parse(fingerprint)
-            .map_err(|e| AdminError(format!("bad fingerprint: {e}")))?;
+        let fp = Fingerprint::parse(fingerprint).map_err(|e| AdminError(format!("bad fingerprint: {e}")))?;
         self.store.register_client(&ClientRow {
             name: name.to_string(),
             fingerprint_hex: fp.to_hex(),
@@ -846,10 +853,7 @@ impl Appliance {
             self.store.revoke_partition(client, partition)?;
         }
         self.reload_clients()?;
-        info!(
-            client,
-            partition, assign, "client partition assignment changed"
-        );
+        info!(client, partition, assign, "client partition assignment changed");
         Ok(())
     }
 
@@ -912,9 +916,8 @@ fn random_pin() -> Result<String, TokenError> {
 
 fn load_or_create_seal_key(path: &std::path::Path) -> anyhow::Result<SealKey> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(SealKey::new(SecretBytes::new(bytes)).map_err(|_| {
-            anyhow::anyhow!("{} is not a valid auto-activation key", path.display())
-        })?),
+        Ok(bytes) => Ok(SealKey::new(SecretBytes::new(bytes))
+            .map_err(|_| anyhow::anyhow!("{} is not a valid auto-activation key", path.display()))?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SealKey::generate()?;
             hahsm_link::write_private_file(path, key.key_bytes())?;

@@ -1,12 +1,12 @@
 //! One client request against the member: the PKCS#11 semantics of each
 //! operation, on top of the pure rules in `hahsm_token::rules` and the crypto in
 //! `hahsm_crypto`.
-use crate::appliance::Appliance;
+use crate::appliance::{Appliance, PinKind};
 use crate::partition::{public_key_of, ActivePartition, ObjectEntry};
 use hahsm_crypto::{self as crypto, KeyPair, PublicKey, SecretBytes};
 use hahsm_link::Fingerprint;
 use hahsm_proto::client::{
-    AttrResult, OpId, PartitionInfo, Request, Response, USER_NORMAL, USER_SO,
+    AttrResult, OpId, PartitionInfo, Request, Response, USER_CONTEXT_SPECIFIC, USER_NORMAL, USER_SO,
 };
 use hahsm_token::mechanism::Usage;
 use hahsm_token::object::holds_secret;
@@ -41,18 +41,17 @@ impl Connection {
         }
     }
 
-    fn logged_in(&self, partition: &str) -> bool {
+    /// The role logged in to a partition on this connection, if any.
+    fn role(&self, partition: &str) -> Option<u64> {
         self.logins
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(partition)
+            .get(partition)
+            .copied()
     }
 
     fn session_object(&self, partition: &str, ouid: &Ouid) -> Option<Arc<ObjectEntry>> {
-        let objects = self
-            .session_objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let objects = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
         objects
             .get(ouid)
             .filter(|(p, _)| p == partition)
@@ -60,10 +59,7 @@ impl Connection {
     }
 
     fn put_session_object(&self, partition: &str, entry: ObjectEntry) {
-        let mut objects = self
-            .session_objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut objects = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
         objects.insert(entry.ouid, (partition.to_string(), Arc::new(entry)));
     }
 
@@ -79,7 +75,9 @@ impl Connection {
 struct Ctx {
     name: String,
     active: Arc<ActivePartition>,
+    /// Logged in as the user: private objects are visible and usable.
     logged_in: bool,
+    role: Option<u64>,
 }
 
 fn new_ouid() -> TokenResult<Ouid> {
@@ -121,10 +119,12 @@ impl KeyOps<'_> {
             .app
             .active_partition(partition)
             .ok_or(TokenError::PartitionNotActive)?;
+        let role = self.conn.role(partition);
         Ok(Ctx {
             name: partition.to_string(),
             active,
-            logged_in: self.conn.logged_in(partition),
+            logged_in: role == Some(USER_NORMAL),
+            role,
         })
     }
 
@@ -180,16 +180,11 @@ impl KeyOps<'_> {
             }
             rules::check_key_separation(&attrs, separation)?;
             let ouid = new_ouid()?;
-            attrs.set(
-                ck::CKA_UNIQUE_ID,
-                AttrValue::Bytes(ouid.to_string().into_bytes()),
+            attrs.set(ck::CKA_UNIQUE_ID, AttrValue::Bytes(ouid.to_string().into_bytes()));
+            entries.push(
+                ctx.active
+                    .seal_entry(ouid, 1, attrs, secret.as_ref().map(|s| s.expose()))?,
             );
-            entries.push(ctx.active.seal_entry(
-                ouid,
-                1,
-                attrs,
-                secret.as_ref().map(|s| s.expose()),
-            )?);
         }
         let token = entries.iter().any(|e| e.attrs.flag(ck::CKA_TOKEN, false));
         if token {
@@ -219,9 +214,38 @@ impl KeyOps<'_> {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&partition);
-                removed
-                    .map(|_| Response::Done)
-                    .ok_or(TokenError::UserNotLoggedIn)
+                removed.map(|_| Response::Done).ok_or(TokenError::UserNotLoggedIn)
+            }
+            Request::SetPin {
+                partition,
+                old_pin,
+                new_pin,
+            } => {
+                let ctx = self.ctx(&partition)?;
+                let kind = if ctx.role == Some(USER_SO) {
+                    PinKind::So
+                } else {
+                    PinKind::User
+                };
+                let row = self.app.partition_row_for_login(&partition)?;
+                self.app.check_pin(&row, &ctx.active, kind, old_pin.expose())?;
+                // Re-read: the check may have reset the failed-login count.
+                let row = self.app.partition_row_for_login(&partition)?;
+                self.app
+                    .store_pin(row, ctx.active.pmk(), kind, new_pin.expose())?;
+                info!(client = %self.conn.client_name, partition, ?kind, "PIN changed");
+                Ok(Response::Done)
+            }
+            Request::InitPin { partition, new_pin } => {
+                let ctx = self.ctx(&partition)?;
+                if ctx.role != Some(USER_SO) {
+                    return Err(TokenError::UserNotLoggedIn);
+                }
+                let row = self.app.partition_row_for_login(&partition)?;
+                self.app
+                    .store_pin(row, ctx.active.pmk(), PinKind::User, new_pin.expose())?;
+                info!(client = %self.conn.client_name, partition, "user PIN initialized by the partition SO");
+                Ok(Response::Done)
             }
             Request::CreateObject {
                 partition,
@@ -251,11 +275,7 @@ impl KeyOps<'_> {
                 let pair = crypto::import_private_key_der(private_key_der.expose())?;
                 let (pubt, privt) = imported_pair_templates(&pair.public, &template)?;
                 let ids = self
-                    .store_new(
-                        &ctx,
-                        vec![(pubt, None), (privt, Some(pair.private_pkcs8))],
-                        op_id,
-                    )
+                    .store_new(&ctx, vec![(pubt, None), (privt, Some(pair.private_pkcs8))], op_id)
                     .await?;
                 info!(client = %self.conn.client_name, partition, private = %ids[1], "key pair imported");
                 Ok(Response::KeyPair {
@@ -276,9 +296,7 @@ impl KeyOps<'_> {
                 }
                 let (attrs, len) = rules::generated_secret_key(mechanism.mech, &template)?;
                 let secret = crypto::generate_secret(len)?;
-                let ids = self
-                    .store_new(&ctx, vec![(attrs, Some(secret))], op_id)
-                    .await?;
+                let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
                 info!(client = %self.conn.client_name, partition, object = %ids[0], "secret key generated");
                 Ok(Response::Object(ids[0]))
             }
@@ -300,16 +318,10 @@ impl KeyOps<'_> {
                 // Key generation can take a while (RSA-4096): keep it off the async workers.
                 let pair = tokio::task::spawn_blocking(move || generate_pair(&spec))
                     .await
-                    .map_err(|e| {
-                        TokenError::FunctionFailed(format!("key generation task failed: {e}"))
-                    })??;
+                    .map_err(|e| TokenError::FunctionFailed(format!("key generation task failed: {e}")))??;
                 add_public_attributes(&pair.public, &mut pubt, &mut privt);
                 let ids = self
-                    .store_new(
-                        &ctx,
-                        vec![(pubt, None), (privt, Some(pair.private_pkcs8))],
-                        op_id,
-                    )
+                    .store_new(&ctx, vec![(pubt, None), (privt, Some(pair.private_pkcs8))], op_id)
                     .await?;
                 info!(client = %self.conn.client_name, partition, public = %ids[0], private = %ids[1], "key pair generated");
                 Ok(Response::KeyPair {
@@ -389,9 +401,7 @@ impl KeyOps<'_> {
                     )?;
                     self.conn.put_session_object(&ctx.name, e);
                 } else {
-                    ctx.active
-                        .update(&entry, attrs, changed, Some(op_id))
-                        .await?;
+                    ctx.active.update(&entry, attrs, changed, Some(op_id)).await?;
                 }
                 Ok(Response::Done)
             }
@@ -485,8 +495,7 @@ impl KeyOps<'_> {
                 key,
                 mechanism,
             } => {
-                let (ctx, wrapping) =
-                    self.usable_key(&partition, &wrapping_key, &mechanism, Usage::Wrap)?;
+                let (ctx, wrapping) = self.usable_key(&partition, &wrapping_key, &mechanism, Usage::Wrap)?;
                 let target = self.key(&ctx, &key)?;
                 rules::check_wrappable(&target.attrs, &wrapping.attrs)?;
                 let secret = ctx.active.secret_of(&target)?;
@@ -513,9 +522,7 @@ impl KeyOps<'_> {
                 let k = ctx.active.key(&unwrapping)?;
                 let secret = crypto::unwrap(&mechanism, &k, &wrapped)?;
                 let (attrs, secret) = unwrapped_object(&template, secret)?;
-                let ids = self
-                    .store_new(&ctx, vec![(attrs, Some(secret))], op_id)
-                    .await?;
+                let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
                 Ok(Response::Object(ids[0]))
             }
             Request::DeriveKey {
@@ -525,8 +532,7 @@ impl KeyOps<'_> {
                 template,
                 op_id,
             } => {
-                let (ctx, base) =
-                    self.usable_key(&partition, &base_key, &mechanism, Usage::Derive)?;
+                let (ctx, base) = self.usable_key(&partition, &base_key, &mechanism, Usage::Derive)?;
                 if !ctx.logged_in {
                     return Err(TokenError::UserNotLoggedIn);
                 }
@@ -535,9 +541,7 @@ impl KeyOps<'_> {
                     return Ok(done);
                 }
                 let (attrs, secret) = self.derived_object(&ctx, &base, &mechanism, &template)?;
-                let ids = self
-                    .store_new(&ctx, vec![(attrs, Some(secret))], op_id)
-                    .await?;
+                let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
                 Ok(Response::Object(ids[0]))
             }
             Request::GenerateRandom { len } => {
@@ -548,9 +552,7 @@ impl KeyOps<'_> {
                 }
                 crypto::random(len as usize).map(Response::Bytes)
             }
-            Request::Digest { mechanism, data } => {
-                crypto::digest(mechanism.mech, &data).map(Response::Bytes)
-            }
+            Request::Digest { mechanism, data } => crypto::digest(mechanism.mech, &data).map(Response::Bytes),
         }
     }
 
@@ -573,6 +575,7 @@ impl KeyOps<'_> {
                     activated: summary.activated,
                     object_count: summary.object_count,
                     pin_locked: summary.pin_locked,
+                    so_pin_set: summary.so_pin_set,
                 });
             }
         }
@@ -582,29 +585,34 @@ impl KeyOps<'_> {
 
     fn login(&self, partition: &str, user_type: u64, pin: &[u8]) -> TokenResult<Response> {
         let ctx = self.ctx(partition)?;
-        match user_type {
-            USER_NORMAL => {}
-            // The partition SO role arrives with the PKCS#11 module; the HSM SO
-            // works only on the admin socket.
-            USER_SO => return Err(TokenError::UserTypeInvalid),
+        let kind = match (user_type, ctx.role) {
+            (USER_NORMAL, None) => PinKind::User,
+            (USER_SO, None) => PinKind::So,
+            // Re-authentication for an always-authenticate key: the user checks
+            // the PIN again without a new login.
+            (USER_CONTEXT_SPECIFIC, Some(USER_NORMAL)) => PinKind::User,
+            (USER_CONTEXT_SPECIFIC, _) => return Err(TokenError::UserNotLoggedIn),
+            (USER_NORMAL | USER_SO, Some(r)) if r == user_type => {
+                return Err(TokenError::UserAlreadyLoggedIn)
+            }
+            (USER_NORMAL | USER_SO, Some(_)) => return Err(TokenError::UserAnotherAlreadyLoggedIn),
             _ => return Err(TokenError::UserTypeInvalid),
-        }
-        if ctx.logged_in {
-            return Err(TokenError::UserAlreadyLoggedIn);
-        }
+        };
         let row = self.app.partition_row_for_login(partition)?;
-        match self.app.check_pin(&row, &ctx.active, pin) {
+        match self.app.check_pin(&row, &ctx.active, kind, pin) {
             Ok(()) => {
-                self.conn
-                    .logins
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(partition.to_string(), user_type);
-                info!(client = %self.conn.client_name, partition, "user logged in");
+                if user_type != USER_CONTEXT_SPECIFIC {
+                    self.conn
+                        .logins
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(partition.to_string(), user_type);
+                }
+                info!(client = %self.conn.client_name, partition, ?kind, "logged in");
                 Ok(Response::Done)
             }
             Err(e) => {
-                warn!(client = %self.conn.client_name, partition, error = %e, "login failed");
+                warn!(client = %self.conn.client_name, partition, ?kind, error = %e, "login failed");
                 Err(e)
             }
         }
@@ -660,9 +668,7 @@ impl KeyOps<'_> {
         // key components are not offered, only the PKCS#8 form through wrapping.
         if entry.class() == ck::CKO_SECRET_KEY && attr == ck::CKA_VALUE {
             let secret = ctx.active.secret_of(entry)?;
-            return Ok(AttrResult::Value(AttrValue::Bytes(
-                secret.expose().to_vec(),
-            )));
+            return Ok(AttrResult::Value(AttrValue::Bytes(secret.expose().to_vec())));
         }
         Ok(AttrResult::Sensitive)
     }
@@ -707,9 +713,7 @@ fn generate_pair(spec: &KeyPairSpec) -> TokenResult<KeyPair> {
             bits,
             public_exponent,
         } => crypto::generate_rsa(*bits, public_exponent.as_deref()),
-        KeyPairSpec::Ec { ec_params } => {
-            crypto::generate_ec(crypto::Curve::from_ec_params(ec_params)?)
-        }
+        KeyPairSpec::Ec { ec_params } => crypto::generate_ec(crypto::Curve::from_ec_params(ec_params)?),
         KeyPairSpec::Ed25519 => crypto::generate_ed25519(),
     }
 }
@@ -727,10 +731,7 @@ fn add_public_attributes(public: &PublicKey, pubt: &mut Template, privt: &mut Te
             let bits = public.modulus_bits().unwrap_or(0);
             for t in [&mut *pubt, &mut *privt] {
                 t.set(ck::CKA_MODULUS, AttrValue::Bytes(modulus.clone()));
-                t.set(
-                    ck::CKA_PUBLIC_EXPONENT,
-                    AttrValue::Bytes(public_exponent.clone()),
-                );
+                t.set(ck::CKA_PUBLIC_EXPONENT, AttrValue::Bytes(public_exponent.clone()));
             }
             pubt.set(ck::CKA_MODULUS_BITS, AttrValue::Ulong(bits));
         }
@@ -747,14 +748,8 @@ fn add_public_attributes(public: &PublicKey, pubt: &mut Template, privt: &mut Te
             pubt.set(ck::CKA_EC_POINT, AttrValue::Bytes(point));
         }
     }
-    pubt.set(
-        ck::CKA_PUBLIC_KEY_INFO,
-        AttrValue::Bytes(public.to_spki_der()),
-    );
-    privt.set(
-        ck::CKA_PUBLIC_KEY_INFO,
-        AttrValue::Bytes(public.to_spki_der()),
-    );
+    pubt.set(ck::CKA_PUBLIC_KEY_INFO, AttrValue::Bytes(public.to_spki_der()));
+    privt.set(ck::CKA_PUBLIC_KEY_INFO, AttrValue::Bytes(public.to_spki_der()));
 }
 
 /// `C_CreateObject`: checks the template and turns the key's components into
@@ -764,15 +759,10 @@ pub fn imported_object(template: &Template) -> TokenResult<(Template, Option<Sec
     let class = attrs.class().unwrap_or(ck::CKO_DATA);
     let comp = |a: u64| secret.bytes(a).unwrap_or_default();
     match (class, attrs.key_type()) {
-        (ck::CKO_SECRET_KEY, _) => {
-            Ok((attrs, Some(SecretBytes::new(comp(ck::CKA_VALUE).to_vec()))))
-        }
+        (ck::CKO_SECRET_KEY, _) => Ok((attrs, Some(SecretBytes::new(comp(ck::CKA_VALUE).to_vec())))),
         (ck::CKO_PRIVATE_KEY, Some(ck::CKK_RSA)) => {
             let n = attrs.bytes(ck::CKA_MODULUS).unwrap_or_default().to_vec();
-            let e = attrs
-                .bytes(ck::CKA_PUBLIC_EXPONENT)
-                .unwrap_or_default()
-                .to_vec();
+            let e = attrs.bytes(ck::CKA_PUBLIC_EXPONENT).unwrap_or_default().to_vec();
             let pair = crypto::rsa_private_from_components(
                 &n,
                 &e,
@@ -788,13 +778,11 @@ pub fn imported_object(template: &Template) -> TokenResult<(Template, Option<Sec
             Ok((attrs, Some(pair.private_pkcs8)))
         }
         (ck::CKO_PRIVATE_KEY, Some(ck::CKK_EC)) => {
-            let params = attrs.bytes(ck::CKA_EC_PARAMS).ok_or_else(|| {
-                TokenError::TemplateIncomplete("CKA_EC_PARAMS is required".into())
-            })?;
-            let pair = crypto::ec_private_from_scalar(
-                crypto::Curve::from_ec_params(params)?,
-                comp(ck::CKA_VALUE),
-            )?;
+            let params = attrs
+                .bytes(ck::CKA_EC_PARAMS)
+                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_EC_PARAMS is required".into()))?;
+            let pair =
+                crypto::ec_private_from_scalar(crypto::Curve::from_ec_params(params)?, comp(ck::CKA_VALUE))?;
             let mut dummy = Template::new();
             add_public_attributes(&pair.public, &mut dummy, &mut attrs);
             Ok((attrs, Some(pair.private_pkcs8)))
@@ -811,10 +799,7 @@ pub fn imported_object(template: &Template) -> TokenResult<(Template, Option<Sec
             if let Some(point) = public.ec_point_der() {
                 attrs.set(ck::CKA_EC_POINT, AttrValue::Bytes(point));
             }
-            attrs.set(
-                ck::CKA_PUBLIC_KEY_INFO,
-                AttrValue::Bytes(public.to_spki_der()),
-            );
+            attrs.set(ck::CKA_PUBLIC_KEY_INFO, AttrValue::Bytes(public.to_spki_der()));
             Ok((attrs, None))
         }
         _ => Ok((attrs, None)),
@@ -823,10 +808,7 @@ pub fn imported_object(template: &Template) -> TokenResult<(Template, Option<Sec
 
 /// The two objects of an imported key pair: `template` (label, id, token,
 /// usage flags) applies to both, each keeping only what fits its class.
-fn imported_pair_templates(
-    public: &PublicKey,
-    template: &Template,
-) -> TokenResult<(Template, Template)> {
+fn imported_pair_templates(public: &PublicKey, template: &Template) -> TokenResult<(Template, Template)> {
     let key_type = public.key_type();
     let mut common = template.clone();
     for attr in [ck::CKA_CLASS, ck::CKA_KEY_TYPE] {
@@ -865,10 +847,7 @@ fn imported_pair_templates(
 
 /// `C_UnwrapKey`: the template names the class and key type; the unwrapped bytes
 /// are the raw secret, or PKCS#8 for private keys.
-fn unwrapped_object(
-    template: &Template,
-    secret: SecretBytes,
-) -> TokenResult<(Template, SecretBytes)> {
+fn unwrapped_object(template: &Template, secret: SecretBytes) -> TokenResult<(Template, SecretBytes)> {
     let class = template
         .class()
         .ok_or_else(|| TokenError::TemplateIncomplete("CKA_CLASS is required".into()))?;
@@ -880,12 +859,9 @@ fn unwrapped_object(
             Ok((attrs, secret))
         }
         ck::CKO_PRIVATE_KEY => {
-            let pair = crypto::import_private_key_der(secret.expose())
-                .map_err(|_| TokenError::WrappedKeyInvalid)?;
-            if template
-                .key_type()
-                .is_some_and(|k| k != pair.public.key_type())
-            {
+            let pair =
+                crypto::import_private_key_der(secret.expose()).map_err(|_| TokenError::WrappedKeyInvalid)?;
+            if template.key_type().is_some_and(|k| k != pair.public.key_type()) {
                 return Err(TokenError::TemplateInconsistent(
                     "the unwrapped key is of another type".into(),
                 ));

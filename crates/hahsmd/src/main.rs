@@ -21,10 +21,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hahsmd: cannot start the runtime: {e}");
@@ -50,9 +47,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let admin_listener = admin::bind(&admin_path).map_err(|e| {
-        anyhow::anyhow!("cannot bind the admin socket {}: {e}", admin_path.display())
-    })?;
+    let admin_listener = admin::bind(&admin_path)
+        .map_err(|e| anyhow::anyhow!("cannot bind the admin socket {}: {e}", admin_path.display()))?;
     // Tests and scripts that listen on port 0 read the real address here.
     let bound = listener.local_addr()?;
     std::fs::write(app.config.data_dir.join("listen.addr"), bound.to_string())?;

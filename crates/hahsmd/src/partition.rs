@@ -7,9 +7,7 @@
 //! object or replaced by an older version fails to open. The partition also
 //! keeps a sealed digest over the set of (object id, version) pairs, so a row
 //! deleted or rolled back behind the daemon's back is found at activation.
-use hahsm_crypto::{
-    self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes,
-};
+use hahsm_crypto::{self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes};
 use hahsm_store::{ObjectRow, OpRow, PartitionRow, Store, Write};
 use hahsm_token::oplog::{NewObject, Op, OpBody, Stamp};
 use hahsm_token::{ck, Hlc, MemberId, Ouid, Template, TokenError, TokenResult};
@@ -227,9 +225,7 @@ impl ActivePartition {
         };
         let mut plain = postcard::to_allocvec(&record)
             .map_err(|e| TokenError::FunctionFailed(format!("cannot encode object: {e}")))?;
-        let sealed = self
-            .pmk
-            .seal(&record_aad(self.serial, &ouid, version), &plain);
+        let sealed = self.pmk.seal(&record_aad(self.serial, &ouid, version), &plain);
         plain.zeroize();
         Ok(ObjectEntry {
             ouid,
@@ -260,9 +256,10 @@ impl ActivePartition {
             .map_err(|_| integrity_error(&format!("object {} does not decrypt", entry.ouid)))?;
         let mut record: ObjectRecord = postcard::from_bytes(plain.expose())
             .map_err(|_| integrity_error(&format!("object {} is malformed", entry.ouid)))?;
-        let secret = record.secret.take().ok_or_else(|| {
-            TokenError::KeyFunctionNotPermitted("the object holds no secret".into())
-        })?;
+        let secret = record
+            .secret
+            .take()
+            .ok_or_else(|| TokenError::KeyFunctionNotPermitted("the object holds no secret".into()))?;
         Ok(SecretBytes::new(secret))
     }
 
@@ -311,20 +308,13 @@ impl ActivePartition {
         let plain = self
             .pmk
             .open(&op_aad(self.serial, row.origin, row.seq), &row.body)
-            .map_err(|_| {
-                integrity_error(&format!("op-log entry {} does not decrypt", row.index))
-            })?;
-        postcard::from_bytes(plain.expose())
-            .map_err(|_| integrity_error("an op-log entry is malformed"))
+            .map_err(|_| integrity_error(&format!("op-log entry {} does not decrypt", row.index)))?;
+        postcard::from_bytes(plain.expose()).map_err(|_| integrity_error("an op-log entry is malformed"))
     }
 
     /// Creates objects (one, or a key pair) as one operation. The op-log entry
     /// carries each object's sealed record.
-    pub async fn create(
-        &self,
-        entries: Vec<ObjectEntry>,
-        op_id: Option<[u8; 16]>,
-    ) -> TokenResult<Vec<Ouid>> {
+    pub async fn create(&self, entries: Vec<ObjectEntry>, op_id: Option<[u8; 16]>) -> TokenResult<Vec<Ouid>> {
         if self.object_count() + entries.len() > self.max_objects {
             return Err(TokenError::DeviceMemory(format!(
                 "the partition holds its limit of {} objects",
@@ -416,9 +406,7 @@ impl ActivePartition {
         };
         let mut plain_op = postcard::to_allocvec(&op)
             .map_err(|e| TokenError::FunctionFailed(format!("cannot encode op: {e}")))?;
-        let sealed_op = self
-            .pmk
-            .seal(&op_aad(self.serial, self.member, seq), &plain_op);
+        let sealed_op = self.pmk.seal(&op_aad(self.serial, self.member, seq), &plain_op);
         plain_op.zeroize();
         let sealed_op = sealed_op?;
 
@@ -502,14 +490,12 @@ pub fn public_key_of(a: &Template) -> TokenResult<PublicKey> {
                     .ok_or_else(|| missing("CKA_EC_PARAMS"))?,
             )?,
             point: crypto::ec_point_from_attribute(
-                a.bytes(ck::CKA_EC_POINT)
-                    .ok_or_else(|| missing("CKA_EC_POINT"))?,
+                a.bytes(ck::CKA_EC_POINT).ok_or_else(|| missing("CKA_EC_POINT"))?,
             )?,
         }),
         Some(ck::CKK_EC_EDWARDS) => Ok(PublicKey::Ed25519 {
             point: crypto::ec_point_from_attribute(
-                a.bytes(ck::CKA_EC_POINT)
-                    .ok_or_else(|| missing("CKA_EC_POINT"))?,
+                a.bytes(ck::CKA_EC_POINT).ok_or_else(|| missing("CKA_EC_POINT"))?,
             )?,
         }),
         _ => Err(TokenError::KeyTypeInconsistent),

@@ -47,17 +47,14 @@ fn wire(e: TokenError) -> WireError {
 async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(), LinkError> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let limits = app.config.limits.clone();
-    let acceptor = app
-        .tls_acceptor()
-        .map_err(|e| LinkError::Config(e.to_string()))?;
-    let (mut stream, fp) =
-        match hahsm_link::accept(tcp, &acceptor, limits.handshake_timeout()).await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(%peer, error = %e, "TLS handshake failed");
-                return Err(e);
-            }
-        };
+    let acceptor = app.tls_acceptor().map_err(|e| LinkError::Config(e.to_string()))?;
+    let (mut stream, fp) = match hahsm_link::accept(tcp, &acceptor, limits.handshake_timeout()).await {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(%peer, error = %e, "TLS handshake failed");
+            return Err(e);
+        }
+    };
     let Some(client) = app.client(&fp) else {
         warn!(%peer, fingerprint = %fp, "refused: client certificate not registered");
         return Ok(());

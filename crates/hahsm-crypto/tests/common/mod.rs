@@ -14,11 +14,7 @@ pub fn mech_with(m: u64, p: MechParams) -> Mechanism {
 }
 
 pub fn pss(hash: u64, mgf: u64, salt_len: u64) -> MechParams {
-    MechParams::Pss {
-        hash,
-        mgf,
-        salt_len,
-    }
+    MechParams::Pss { hash, mgf, salt_len }
 }
 
 pub fn oaep(hash: u64, mgf: u64, label: &[u8]) -> MechParams {

@@ -288,6 +288,8 @@ pub struct Standalone {
 
 pub const PARTITION: &str = "myPart";
 pub const PIN: &str = "myPwD-1234";
+/// The partition SO's PIN (PKCS#11 `CKU_SO`).
+pub const SO_PIN: &str = "so-pin-5678";
 
 impl Standalone {
     pub fn new() -> Standalone {
@@ -369,6 +371,19 @@ impl Standalone {
                 PARTITION,
                 "--owner-secret",
                 &p(&owner),
+            ])
+            .expect_ok();
+
+        member
+            .admin(&[
+                "partition",
+                "change-so-pin",
+                "--partition",
+                PARTITION,
+                "--owner-secret",
+                &p(&owner),
+                "--new-pin",
+                SO_PIN,
             ])
             .expect_ok();
 

@@ -297,7 +297,13 @@ impl Standalone {
     }
 
     pub fn with_limits(limits: &str) -> Standalone {
-        let work = tempfile::tempdir().expect("temp dir");
+        Self::build(tempfile::tempdir().expect("temp dir"), limits)
+    }
+
+    /// Sets up a member in `work`, whose member directory is `work/testhsm`
+    /// (data in `work/testhsm/data`): a test may prepare that first, say by
+    /// mounting a small file system there.
+    pub fn build(work: tempfile::TempDir, limits: &str) -> Standalone {
         let member = Member::start_with(&work.path().join("testhsm"), limits);
         let secrets = work.path().join("secrets");
         std::fs::create_dir_all(&secrets).expect("secrets dir");
@@ -480,6 +486,33 @@ impl Standalone {
 impl Default for Standalone {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A small tmpfs mounted for a test, unmounted when dropped. Mounting needs
+/// root, which CI has; `mount` returns None elsewhere.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(path)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 

@@ -697,6 +697,10 @@ fn bad_templates_and_mechanisms_get_exact_errors() {
         );
         assert_eq!(code(conn.call(gen(ck::CKM_AES_KEY_GEN, Template::new())).await), ck::CKR_TEMPLATE_INCOMPLETE);
         assert_eq!(
+            code(conn.call(gen(ck::CKM_AES_KEY_GEN, aes.clone().with(0x7fff_0001, AttrValue::Bytes(vec![1])))).await),
+            ck::CKR_ATTRIBUTE_TYPE_INVALID
+        );
+        assert_eq!(
             code(conn.call(gen(ck::CKM_AES_KEY_GEN, aes.clone().with(ck::CKA_VALUE_LEN, AttrValue::Ulong(7)))).await),
             ck::CKR_KEY_SIZE_RANGE
         );
@@ -776,4 +780,102 @@ fn factory_reset_erases_and_init_needs_fresh_setup() {
         s(&st.domain_secret),
     ])
     .expect_ok();
+}
+
+#[test]
+fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
+    use hahsm_proto::client::{Request, Response};
+    use hahsm_token::{ck, AttrValue, Mechanism, Template};
+    let work = tempfile::tempdir().unwrap();
+    let Some(_disk) = hahsm_it::Tmpfs::mount(&work.path().join("testhsm/data"), "1536k") else {
+        // Mounting needs root; CI runs as root, so this only skips on a developer's machine.
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    };
+    let mut st = Standalone::build(work, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (acked, refusal) = rt.block_on(async {
+        let conn = st.connect().await;
+        let mut acked = Vec::new();
+        for i in 0..20_000 {
+            let template = Template::new()
+                .with(ck::CKA_TOKEN, AttrValue::Bool(true))
+                .with(ck::CKA_VALUE_LEN, AttrValue::Ulong(32))
+                .with(
+                    ck::CKA_LABEL,
+                    AttrValue::Bytes(format!("fill-{i}-{}", "x".repeat(200)).into_bytes()),
+                );
+            let req = Request::GenerateKey {
+                partition: st.partition.clone(),
+                mechanism: Mechanism::new(ck::CKM_AES_KEY_GEN),
+                template,
+                op_id: hahsm_client::connection::new_op_id(),
+            };
+            match conn.call(req).await {
+                Ok(Response::Object(o)) => acked.push(o),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => return (acked, e),
+            }
+        }
+        panic!("a 1.5 MiB disk never filled up");
+    });
+    eprintln!("{} keys fitted; then: {refusal}", acked.len());
+    assert_eq!(
+        refusal.ckr(),
+        ck::CKR_DEVICE_MEMORY,
+        "a full disk must say so: {refusal}"
+    );
+    assert!(acked.len() > 10, "some writes should fit: {}", acked.len());
+    // The member is still up and still signs with what it has.
+    st.keys(&["list"]).expect_ok();
+    // A crash on the full disk, then a restart: every acknowledged key is back.
+    st.member.kill9();
+    st.member.spawn();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = st.connect().await;
+        let found = match conn
+            .call(Request::FindObjects {
+                partition: st.partition.clone(),
+                template: Template::new(),
+                limit: 100_000,
+            })
+            .await
+            .unwrap()
+        {
+            Response::Objects(o) => o,
+            other => panic!("{other:?}"),
+        };
+        for id in &acked {
+            assert!(found.contains(id), "acknowledged key {id} lost on a full disk");
+        }
+    });
+}
+
+#[test]
+fn a_client_that_never_finishes_its_handshake_is_dropped_at_the_deadline() {
+    use std::io::Read;
+    let st = Standalone::with_limits("handshake_timeout_ms = 400");
+    let mut stalled = std::net::TcpStream::connect(&st.member.address).unwrap();
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    // The member closes the connection: read returns EOF (or a reset), not a timeout.
+    match stalled.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("unexpected {n} bytes from the member"),
+        Err(e) => assert_ne!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the member kept a stalled handshake open"
+        ),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(4),
+        "closed only after {waited:?}"
+    );
+    st.keys(&["list"]).expect_ok();
 }

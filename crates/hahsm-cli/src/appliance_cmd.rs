@@ -205,11 +205,13 @@ fn print_policies(lines: &[PolicyLine]) {
     }
 }
 
+/// `--socket`, or the socket in `--data-dir`.
+pub fn admin_socket(socket: Option<PathBuf>, data_dir: &std::path::Path) -> PathBuf {
+    socket.unwrap_or_else(|| data_dir.join("admin.sock"))
+}
+
 pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("admin.sock"));
+    let socket = admin_socket(args.socket.clone(), &args.data_dir);
     let mut admin = AdminClient::connect(&socket).await?;
     let request = match args.command {
         ApplianceCommand::Status => R::Status,
@@ -374,6 +376,9 @@ fn print_response(response: AdminResponse) {
             println!("client link:      {}", s.listen);
             println!("fingerprint:      {}", s.fingerprint);
             println!("software version: {}", s.software_version);
+            if let Some(peer) = s.peer_address {
+                println!("peer listener:    {peer}");
+            }
         }
         AdminResponse::Policies(lines) => print_policies(&lines),
         AdminResponse::Fingerprint(fp) => println!("SHA256 Fingerprint={fp}"),
@@ -429,6 +434,16 @@ fn print_response(response: AdminResponse) {
                     } else {
                         c.partitions.join(", ")
                     }
+                );
+            }
+        }
+        AdminResponse::Groups(groups) => {
+            for g in groups {
+                println!(
+                    "HA group '{}' serial {} ({} members)",
+                    g.label,
+                    g.serial,
+                    g.members.len()
                 );
             }
         }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 mod appliance_cmd;
 mod client_cmd;
+mod ha_cmd;
 mod keys_cmd;
 
 #[derive(Parser)]
@@ -25,6 +26,8 @@ enum Command {
     Appliance(appliance_cmd::ApplianceArgs),
     /// The client side: certificates, trusted servers and the client config.
     Client(client_cmd::ClientArgs),
+    /// HA groups: prepare, create, add and remove members, sync status.
+    Ha(ha_cmd::HaArgs),
     /// Manage and use keys on a member, over the mutual-TLS link.
     Keys(keys_cmd::KeysArgs),
 }
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Appliance(a) => appliance_cmd::run(a).await,
             Command::Client(c) => client_cmd::run(c).await,
+            Command::Ha(h) => ha_cmd::run(h).await,
             Command::Keys(k) => keys_cmd::run(k).await,
         }
     });

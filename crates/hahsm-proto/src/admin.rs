@@ -70,6 +70,33 @@ pub enum AdminRequest {
         name: String,
     },
     PartitionList,
+    /// Derives and stores a partition's replication keys (SO logged in, owner secret given).
+    HaPrepare {
+        partition: String,
+        owner_secret: Secret,
+    },
+    HaCreateGroup {
+        label: String,
+        partition: String,
+        quorum: bool,
+        replication_timeout_ms: u64,
+    },
+    HaAddMember {
+        group: String,
+        peer_address: String,
+        fingerprint: String,
+        standby: bool,
+    },
+    HaRemoveMember {
+        group: String,
+        serial: u64,
+    },
+    HaShow {
+        group: Option<String>,
+    },
+    HaSynchronize {
+        group: String,
+    },
     ClientRegister {
         name: String,
         hostname: String,
@@ -137,6 +164,8 @@ pub struct MemberStatus {
     pub listen: String,
     pub fingerprint: String,
     pub software_version: String,
+    /// The peer listener's address, if the member has one.
+    pub peer_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,5 +181,33 @@ pub enum AdminResponse {
     Partitions(Vec<PartitionSummary>),
     Contents(Vec<ObjectSummary>),
     Clients(Vec<ClientSummary>),
+    Groups(Vec<GroupStatus>),
     Error(String),
+}
+
+/// One member of an HA group, as `ha show --sync-status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMemberStatus {
+    pub name: String,
+    pub serial: u64,
+    /// `alive`, `down`, `lagging` or `standby`.
+    pub state: String,
+    pub object_count: u64,
+    /// Hex SHA-256 over the member's live objects and their attributes.
+    pub digest: String,
+    /// Per origin member, the last operation applied.
+    pub version_vector: Vec<(u64, u64)>,
+    pub peer_address: String,
+    pub client_address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub label: String,
+    pub serial: u64,
+    pub partition: String,
+    pub write_concern: String,
+    pub members: Vec<GroupMemberStatus>,
+    /// Every member alive, with the same version vector and digest.
+    pub in_sync: bool,
 }

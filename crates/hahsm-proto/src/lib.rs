@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod peer;
 mod secret;
 
 pub use secret::Secret;

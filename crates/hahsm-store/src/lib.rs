@@ -695,6 +695,49 @@ impl Store {
         .map_err(self.err("read op log"))
     }
 
+    /// One origin's entries after sequence number `after_seq`, in sequence
+    /// order: what anti-entropy sends a peer that has applied up to `after_seq`.
+    pub fn ops_from_origin(
+        &self,
+        partition_id: i64,
+        origin: u64,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OpRow>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = self.lock();
+        (|| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {OP_COLUMNS} FROM oplog WHERE partition_id = ?1 AND origin = ?2 AND seq > ?3
+                 ORDER BY seq LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(params![partition_id, origin as i64, after, limit], op_from_row)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })()
+        .map_err(self.err("read op log by origin"))
+    }
+
+    /// For each origin, the highest sequence number logged: the partition's
+    /// version vector, as the log proves it.
+    pub fn version_vector(&self, partition_id: i64) -> StoreResult<Vec<(u64, u64)>> {
+        let conn = self.lock();
+        (|| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT origin, MAX(seq) FROM oplog WHERE partition_id = ?1 AND seq > 0 GROUP BY origin",
+            )?;
+            let rows = stmt.query_map([partition_id], |r| {
+                let (o, s): (i64, i64) = (r.get(0)?, r.get(1)?);
+                Ok((o as u64, s as u64))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })()
+        .map_err(self.err("read version vector"))
+    }
+
     /// The first log entry of the partition that carries this client operation id.
     pub fn op_by_client_op_id(
         &self,

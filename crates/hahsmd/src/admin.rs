@@ -2,7 +2,10 @@
 //! the member's private data directory; frames as on the client link, without
 //! TLS, one request answered at a time.
 use crate::appliance::Appliance;
+use crate::replication;
+use hahsm_proto::admin::GroupStatus;
 use hahsm_proto::admin::{AdminRequest, AdminResponse, MemberStatus};
+use hahsm_proto::peer::WriteConcern;
 use hahsm_proto::{decode, encode};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -67,6 +70,10 @@ async fn dispatch(app: &Appliance, req: AdminRequest) -> AdminResponse {
     }
 }
 
+fn groups(statuses: Vec<GroupStatus>) -> anyhow::Result<AdminResponse> {
+    Ok(AdminResponse::Groups(statuses))
+}
+
 async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse> {
     use AdminRequest as R;
     let done = |m: &str| Ok(AdminResponse::Done(m.to_string()));
@@ -79,6 +86,7 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             listen: app.config.listen.clone(),
             fingerprint: app.fingerprint().unwrap_or_default(),
             software_version: crate::SOFTWARE_VERSION.to_string(),
+            peer_address: app.peer_address(),
         })),
         R::HsmInit {
             label,
@@ -168,6 +176,40 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             done(&format!("partition '{name}' deleted"))
         }
         R::PartitionList => Ok(AdminResponse::Partitions(app.partition_list()?)),
+        R::HaPrepare {
+            partition,
+            owner_secret,
+        } => {
+            replication::prepare(app, &partition, &owner_secret)?;
+            done(&format!("partition '{partition}' is prepared for replication"))
+        }
+        R::HaCreateGroup {
+            label,
+            partition,
+            quorum,
+            replication_timeout_ms,
+        } => {
+            let concern = if quorum {
+                WriteConcern::Quorum
+            } else {
+                WriteConcern::AllReachable
+            };
+            let status = replication::create_group(app, &label, &partition, concern, replication_timeout_ms)?;
+            groups(vec![status])
+        }
+        R::HaAddMember {
+            group,
+            peer_address,
+            fingerprint,
+            standby,
+        } => groups(vec![
+            replication::add_member(app, &group, &peer_address, &fingerprint, standby).await?,
+        ]),
+        R::HaRemoveMember { group, serial } => {
+            groups(vec![replication::remove_member(app, &group, serial).await?])
+        }
+        R::HaShow { group } => groups(replication::show(app, group.as_deref())?),
+        R::HaSynchronize { group } => groups(vec![replication::synchronize(app, &group).await?]),
         R::ClientRegister {
             name,
             hostname,

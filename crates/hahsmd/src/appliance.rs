@@ -89,9 +89,17 @@ pub struct Appliance {
     pub hlc: Arc<Mutex<Hlc>>,
     seal_key: SealKey,
     so_login_until: Mutex<Option<Instant>>,
+    /// While the SO is logged in: a key derived from the domain secret, for
+    /// preparing partitions for replication. Dropped (zeroized) at logout.
+    so_domain_key: Mutex<Option<SecretBytes>>,
+    /// The HA groups this member's partitions belong to, by partition name.
+    pub groups: RwLock<HashMap<String, Arc<crate::replication::Group>>>,
     clients: Arc<ClientRegistry>,
     tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
     active: RwLock<HashMap<String, Arc<ActivePartition>>>,
+    /// The addresses the client link and the peer listener are bound to.
+    pub bound_client: std::sync::OnceLock<String>,
+    pub bound_peer: std::sync::OnceLock<String>,
     /// Serializes administrative changes, so two operators cannot interleave.
     admin_lock: tokio::sync::Mutex<()>,
 }
@@ -214,9 +222,13 @@ impl Appliance {
             hlc: Arc::new(Mutex::new(Hlc::default())),
             seal_key,
             so_login_until: Mutex::new(None),
+            so_domain_key: Mutex::new(None),
+            groups: RwLock::new(HashMap::new()),
             clients: Arc::new(ClientRegistry::default()),
             tls: RwLock::new(None),
             active: RwLock::new(HashMap::new()),
+            bound_client: std::sync::OnceLock::new(),
+            bound_peer: std::sync::OnceLock::new(),
             admin_lock: tokio::sync::Mutex::new(()),
         });
         appliance.reload_clients()?;
@@ -267,7 +279,9 @@ impl Appliance {
             self.hlc.clone(),
             self.config.limits.max_objects_per_partition,
         )?;
-        self.active_write().insert(row.name.clone(), Arc::new(active));
+        let active = Arc::new(active);
+        self.active_write().insert(row.name.clone(), active.clone());
+        crate::replication::resume_group(self, &active);
         Ok(())
     }
 
@@ -351,6 +365,19 @@ impl Appliance {
         Ok(Fingerprint::of_der(&cert).to_string())
     }
 
+    /// The peer listener's address, once bound.
+    pub fn peer_address(&self) -> Option<String> {
+        self.bound_peer.get().cloned()
+    }
+
+    /// The client link's address, once bound.
+    pub fn client_address(&self) -> String {
+        self.bound_client
+            .get()
+            .cloned()
+            .unwrap_or_else(|| self.config.listen.clone())
+    }
+
     pub fn admin_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.admin_lock
     }
@@ -420,6 +447,12 @@ impl Appliance {
             warn!("SO login refused: wrong SO secret");
             return fail("SO login refused: the SO secret is wrong");
         }
+        let wrapped = self.store.get_meta(META_DOMAIN)?.unwrap_or_default();
+        let domain = so_kek(so_secret.expose(), &salt)?
+            .open(b"hahsm/domain/v1", &wrapped)
+            .map_err(|_| AdminError("store integrity check failed: the wrapped domain secret".into()))?;
+        *self.so_domain_key.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(crate::replication::domain_key(domain.expose())?);
         let minutes = self.config.limits.so_login_minutes;
         *self.so_login_until.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Instant::now() + Duration::from_secs(minutes * 60));
@@ -429,6 +462,23 @@ impl Appliance {
 
     pub fn hsm_logout(&self) {
         *self.so_login_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.so_domain_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The key derived from the domain secret; needs the SO logged in.
+    pub fn so_domain_key(&self) -> AdminResult<SecretBytes> {
+        self.require_so()?;
+        self.so_domain_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| AdminError("log in as the SO again: the domain key is not loaded".into()))
+    }
+
+    /// Unwraps a partition's master key with its owner secret.
+    pub fn partition_pmk(&self, name: &str, owner_secret: &Secret) -> AdminResult<SealKey> {
+        let row = self.partition_row(name)?;
+        self.unwrap_pmk(&row, owner_secret)
     }
 
     pub fn hsm_policies(&self) -> AdminResult<Policies> {
@@ -761,7 +811,12 @@ impl Appliance {
             let policies = decode_policies(&row.policies, PARTITION_POLICIES);
             let max = policies.get(policy::partition::MAX_FAILED_LOGINS) as u32;
             out.push(PartitionSummary {
-                object_count: self.store.object_count(row.id)?,
+                // Live objects when active; otherwise the rows, which also
+                // count tombstones, are the best the store can say.
+                object_count: match self.active_partition(&row.name) {
+                    Some(a) => a.object_count() as u64,
+                    None => self.store.object_count(row.id)?,
+                },
                 activated: self.active_partition(&row.name).is_some(),
                 auto_activation: row.sealed_pmk.is_some(),
                 failed_logins: row.failed_logins,
@@ -805,6 +860,9 @@ impl Appliance {
             .active_partition(name)
             .ok_or_else(|| AdminError(format!("partition '{name}' is not activated")))?;
         active.clear().await?;
+        if let Some(g) = crate::replication::group_of(self, name) {
+            g.replicate_write(&active).await;
+        }
         warn!(partition = name, "partition cleared");
         Ok(())
     }

@@ -10,6 +10,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The client link's listen address, e.g. "127.0.0.1:1792".
     pub listen: String,
+    /// The peer listener for replication between the members of an HA group,
+    /// e.g. "127.0.0.1:1793". Without it the member cannot join a group.
+    pub peer_listen: Option<String>,
     /// The admin socket; `<data_dir>/admin.sock` by default.
     pub admin_socket: Option<PathBuf>,
     #[serde(default)]

@@ -183,12 +183,15 @@ impl KeyOps<'_> {
             attrs.set(ck::CKA_UNIQUE_ID, AttrValue::Bytes(ouid.to_string().into_bytes()));
             entries.push(
                 ctx.active
-                    .seal_entry(ouid, 1, attrs, secret.as_ref().map(|s| s.expose()))?,
+                    .new_entry(ouid, attrs, secret.as_ref().map(|s| s.expose()))?,
             );
         }
         let token = entries.iter().any(|e| e.attrs.flag(ck::CKA_TOKEN, false));
         if token {
-            return ctx.active.create(entries, Some(op_id)).await;
+            self.before_write(ctx)?;
+            let ids = ctx.active.create(entries, Some(op_id)).await?;
+            self.after_write(ctx).await;
+            return Ok(ids);
         }
         let ids = entries.iter().map(|e| e.ouid).collect();
         for e in entries {
@@ -393,15 +396,14 @@ impl KeyOps<'_> {
                 rules::check_key_separation(&attrs, self.enforce_separation(&ctx))?;
                 if self.conn.session_object(&ctx.name, &object).is_some() {
                     let secret = self.secret_if_any(&ctx, &entry)?;
-                    let e = ctx.active.seal_entry(
-                        object,
-                        entry.version + 1,
-                        attrs,
-                        secret.as_ref().map(|s| s.expose()),
-                    )?;
+                    let e = ctx
+                        .active
+                        .new_entry(object, attrs, secret.as_ref().map(|s| s.expose()))?;
                     self.conn.put_session_object(&ctx.name, e);
                 } else {
-                    ctx.active.update(&entry, attrs, changed, Some(op_id)).await?;
+                    self.before_write(&ctx)?;
+                    ctx.active.update(object, changed, Some(op_id)).await?;
+                    self.after_write(&ctx).await;
                 }
                 Ok(Response::Done)
             }
@@ -443,7 +445,9 @@ impl KeyOps<'_> {
                 if self.conn.session_object(&ctx.name, &object).is_some() {
                     self.conn.remove_session_object(&object);
                 } else {
+                    self.before_write(&ctx)?;
                     ctx.active.destroy(object, Some(op_id)).await?;
+                    self.after_write(&ctx).await;
                     info!(client = %self.conn.client_name, partition, object = %object, "object destroyed");
                 }
                 Ok(Response::Done)
@@ -615,6 +619,21 @@ impl KeyOps<'_> {
                 warn!(client = %self.conn.client_name, partition, ?kind, error = %e, "login failed");
                 Err(e)
             }
+        }
+    }
+
+    /// Refuses a write the group's write concern cannot take.
+    fn before_write(&self, ctx: &Ctx) -> TokenResult<()> {
+        match crate::replication::group_of(self.app, &ctx.name) {
+            Some(g) => g.write_allowed(),
+            None => Ok(()),
+        }
+    }
+
+    /// Replicates a write just made, waiting at most the replication timeout.
+    async fn after_write(&self, ctx: &Ctx) {
+        if let Some(g) = crate::replication::group_of(self.app, &ctx.name) {
+            g.replicate_write(&ctx.active).await;
         }
     }
 

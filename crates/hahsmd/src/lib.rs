@@ -11,6 +11,8 @@
 //!   and the write path that commits each change with its op-log entry;
 //! - [`keyops`]: one client request against a partition;
 //! - [`server`]: the TLS listener and the multiplexed connection loop;
+//! - [`replication`]: HA groups: dual-control keys, the join handshake, the
+//!   peer listener, heartbeats, failure detection and anti-entropy;
 //! - [`admin`]: the admin socket.
 #![forbid(unsafe_code)]
 
@@ -19,6 +21,7 @@ pub mod appliance;
 pub mod config;
 pub mod keyops;
 pub mod partition;
+pub mod replication;
 pub mod server;
 
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

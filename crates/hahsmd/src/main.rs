@@ -51,14 +51,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot bind the admin socket {}: {e}", admin_path.display()))?;
     // Tests and scripts that listen on port 0 read the real address here.
     let bound = listener.local_addr()?;
-    std::fs::write(app.config.data_dir.join("listen.addr"), bound.to_string())?;
     tracing::info!(
         listen = %bound,
         admin = %admin_path.display(),
         serial = app.serial,
         "hahsmd ready"
     );
+    let _ = app.bound_client.set(bound.to_string());
+    if let Some(peer_listen) = app.config.peer_listen.clone() {
+        let peers = tokio::net::TcpListener::bind(&peer_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for peers on {peer_listen}: {e}"))?;
+        let peer_bound = peers.local_addr()?;
+        std::fs::write(app.config.data_dir.join("peer.addr"), peer_bound.to_string())?;
+        let _ = app.bound_peer.set(peer_bound.to_string());
+        tracing::info!(peer_listen = %peer_bound, "peer listener ready");
+        tokio::spawn(hahsmd::replication::serve_peers(app.clone(), peers));
+    }
     tokio::spawn(admin::serve(app.clone(), admin_listener));
+    // Written last: its presence tells scripts and tests the member is ready.
+    std::fs::write(app.config.data_dir.join("listen.addr"), bound.to_string())?;
     tokio::spawn(server::serve(app.clone(), listener));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

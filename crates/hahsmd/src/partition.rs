@@ -1,28 +1,34 @@
-//! An activated partition: its master key in memory, its objects decrypted into
-//! an in-memory index, and the write path.
+//! An activated partition: its master key in memory, its replicated state (the
+//! pure engine of `hahsm_replica`), a cache of its live objects for the hot
+//! path, and the one write path that local writes and replicated operations
+//! share.
 //!
-//! Every object row in the store is one AES-256-GCM record (attributes and
-//! secret together) under the partition master key, with the partition serial,
-//! the object id and its version as associated data: a row moved to another
-//! object or replaced by an older version fails to open. The partition also
-//! keeps a sealed digest over the set of (object id, version) pairs, so a row
-//! deleted or rolled back behind the daemon's back is found at activation.
+//! In the store, each OUID is one row holding its replicated state (creation,
+//! attributes with their stamps, or a tombstone), sealed as one AES-256-GCM
+//! record under the partition master key (PMK), with the partition serial, the
+//! OUID and the row's version as associated data: a row moved to another object
+//! or replaced by an older version fails to open. Key material inside the state
+//! is sealed once more on its own, so it stays sealed in memory until a key is
+//! first used. A sealed digest over the set of (OUID, version) pairs catches a
+//! row deleted or rolled back behind the daemon's back at activation.
 use hahsm_crypto::{self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes};
+use hahsm_replica::{ObjectState, Plan, Replica, VersionVector};
 use hahsm_store::{ObjectRow, OpRow, PartitionRow, Store, Write};
 use hahsm_token::oplog::{NewObject, Op, OpBody, Stamp};
 use hahsm_token::{ck, Hlc, MemberId, Ouid, Template, TokenError, TokenResult};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use zeroize::Zeroize;
 
-/// One object, as the partition holds it in memory.
+/// The state of one OUID as the store keeps it; the secret is sealed under the PMK.
+pub type StoredState = ObjectState<Vec<u8>>;
+
+/// One live object, as request handlers see it.
 pub struct ObjectEntry {
     pub ouid: Ouid,
-    pub version: u64,
-    /// Never holds secret components; those stay in the sealed record.
+    /// Never holds secret components; those stay in the sealed secret.
     pub attrs: Template,
-    sealed_record: Vec<u8>,
+    sealed_secret: Option<Vec<u8>>,
     loaded: OnceLock<Arc<LoadedKey>>,
 }
 
@@ -34,26 +40,30 @@ impl ObjectEntry {
     pub fn is_private(&self) -> bool {
         self.attrs.flag(ck::CKA_PRIVATE, false)
     }
-}
 
-/// What one store row decrypts to.
-#[derive(Serialize, Deserialize)]
-struct ObjectRecord {
-    attrs: Template,
-    secret: Option<Vec<u8>>,
-}
-
-impl Drop for ObjectRecord {
-    fn drop(&mut self) {
-        if let Some(s) = self.secret.as_mut() {
-            s.zeroize();
+    fn from_state(ouid: Ouid, state: &StoredState) -> ObjectEntry {
+        ObjectEntry {
+            ouid,
+            attrs: state.template(),
+            sealed_secret: state.created.as_ref().and_then(|c| c.secret.clone()),
+            loaded: OnceLock::new(),
         }
     }
+}
+
+/// What one replicated operation did, for the replication runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    Duplicate,
+    Gap { expected: u64 },
 }
 
 struct WriteState {
     next_seq: u64,
     digest: [u8; 32],
+    /// The store row version of every OUID with state.
+    versions: HashMap<Ouid, u64>,
 }
 
 pub struct ActivePartition {
@@ -64,34 +74,43 @@ pub struct ActivePartition {
     member: MemberId,
     hlc: Arc<Mutex<Hlc>>,
     store: Arc<Store>,
-    objects: RwLock<HashMap<Ouid, Arc<ObjectEntry>>>,
+    replica: RwLock<Replica<Vec<u8>>>,
+    live: RwLock<HashMap<Ouid, Arc<ObjectEntry>>>,
     writes: tokio::sync::Mutex<WriteState>,
     max_objects: usize,
 }
 
+fn aad(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = label.to_vec();
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
 fn record_aad(serial: u64, ouid: &Ouid, version: u64) -> Vec<u8> {
-    let mut aad = b"hahsm/object/v1".to_vec();
-    aad.extend_from_slice(&serial.to_le_bytes());
-    aad.extend_from_slice(ouid.as_bytes());
-    aad.extend_from_slice(&version.to_le_bytes());
-    aad
+    aad(
+        b"hahsm/object/v2",
+        &[&serial.to_le_bytes(), ouid.as_bytes(), &version.to_le_bytes()],
+    )
+}
+
+fn secret_aad(serial: u64, ouid: &Ouid) -> Vec<u8> {
+    aad(b"hahsm/secret/v1", &[&serial.to_le_bytes(), ouid.as_bytes()])
 }
 
 fn digest_aad(serial: u64) -> Vec<u8> {
-    let mut aad = b"hahsm/digest/v1".to_vec();
-    aad.extend_from_slice(&serial.to_le_bytes());
-    aad
+    aad(b"hahsm/digest/v1", &[&serial.to_le_bytes()])
 }
 
 fn op_aad(serial: u64, origin: MemberId, seq: u64) -> Vec<u8> {
-    let mut aad = b"hahsm/op/v1".to_vec();
-    aad.extend_from_slice(&serial.to_le_bytes());
-    aad.extend_from_slice(&origin.to_le_bytes());
-    aad.extend_from_slice(&seq.to_le_bytes());
-    aad
+    aad(
+        b"hahsm/op/v1",
+        &[&serial.to_le_bytes(), &origin.to_le_bytes(), &seq.to_le_bytes()],
+    )
 }
 
-/// The contribution of one object version to the partition digest.
+/// The contribution of one row version to the partition's integrity digest.
 fn digest_term(ouid: &Ouid, version: u64) -> [u8; 32] {
     let mut buf = ouid.as_bytes().to_vec();
     buf.extend_from_slice(&version.to_le_bytes());
@@ -106,9 +125,13 @@ fn integrity_error(what: &str) -> TokenError {
     TokenError::DeviceError(format!("store integrity check failed: {what}"))
 }
 
+fn encode<T: serde::Serialize>(v: &T) -> TokenResult<Vec<u8>> {
+    postcard::to_allocvec(v).map_err(|e| TokenError::FunctionFailed(format!("cannot encode: {e}")))
+}
+
 impl ActivePartition {
-    /// Loads and decrypts every object of the partition and checks the sealed
-    /// digest. Any record that does not open, or a digest that does not match,
+    /// Loads and decrypts every row of the partition and checks the sealed
+    /// digest. A row that does not open, or a digest that does not match,
     /// refuses the activation: a tampered store is never served.
     pub fn open(
         store: Arc<Store>,
@@ -119,28 +142,22 @@ impl ActivePartition {
         max_objects: usize,
     ) -> TokenResult<ActivePartition> {
         let rows = store.load_objects(row.id)?;
-        let mut objects = HashMap::with_capacity(rows.len());
+        let mut states = Vec::with_capacity(rows.len());
+        let mut versions = HashMap::with_capacity(rows.len());
         let mut digest = [0u8; 32];
         for r in rows {
             let ouid = Ouid(r.ouid);
-            let plain = pmk
+            let mut plain = pmk
                 .open(&record_aad(row.serial, &ouid, r.version), &r.sealed)
                 .map_err(|_| integrity_error(&format!("object {ouid} does not decrypt")))?;
-            let record: ObjectRecord = postcard::from_bytes(plain.expose())
+            let state: StoredState = postcard::from_bytes(plain.expose())
                 .map_err(|_| integrity_error(&format!("object {ouid} is malformed")))?;
+            drop(std::mem::replace(&mut plain, SecretBytes::new(Vec::new())));
             xor_into(&mut digest, &digest_term(&ouid, r.version));
-            objects.insert(
-                ouid,
-                Arc::new(ObjectEntry {
-                    ouid,
-                    version: r.version,
-                    attrs: record.attrs.clone(),
-                    sealed_record: r.sealed,
-                    loaded: OnceLock::new(),
-                }),
-            );
+            versions.insert(ouid, r.version);
+            states.push((ouid, state));
         }
-        let stored_digest = if row.digest.is_empty() {
+        let stored_digest: [u8; 32] = if row.digest.is_empty() {
             [0u8; 32]
         } else {
             let d = pmk
@@ -155,7 +172,13 @@ impl ActivePartition {
                 "objects were removed or rolled back outside hahsm",
             ));
         }
-        let next_seq = store.max_seq(row.id, member)? + 1;
+        let vv = VersionVector(store.version_vector(row.id)?.into_iter().collect());
+        let next_seq = vv.get(member) + 1;
+        let replica = Replica::restore(vv, states);
+        let live = replica
+            .live()
+            .map(|(o, s)| (*o, Arc::new(ObjectEntry::from_state(*o, s))))
+            .collect();
         Ok(ActivePartition {
             id: row.id,
             name: row.name.clone(),
@@ -164,8 +187,13 @@ impl ActivePartition {
             member,
             hlc,
             store,
-            objects: RwLock::new(objects),
-            writes: tokio::sync::Mutex::new(WriteState { next_seq, digest }),
+            replica: RwLock::new(replica),
+            live: RwLock::new(live),
+            writes: tokio::sync::Mutex::new(WriteState {
+                next_seq,
+                digest,
+                versions,
+            }),
             max_objects,
         })
     }
@@ -174,25 +202,29 @@ impl ActivePartition {
         &self.pmk
     }
 
+    pub fn member(&self) -> MemberId {
+        self.member
+    }
+
+    fn live_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Ouid, Arc<ObjectEntry>>> {
+        self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn replica_read(&self) -> std::sync::RwLockReadGuard<'_, Replica<Vec<u8>>> {
+        self.replica.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn object_count(&self) -> usize {
-        self.read_objects().len()
-    }
-
-    fn read_objects(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Ouid, Arc<ObjectEntry>>> {
-        self.objects.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write_objects(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ouid, Arc<ObjectEntry>>> {
-        self.objects.write().unwrap_or_else(|p| p.into_inner())
+        self.live_read().len()
     }
 
     pub fn get(&self, ouid: &Ouid) -> Option<Arc<ObjectEntry>> {
-        self.read_objects().get(ouid).cloned()
+        self.live_read().get(ouid).cloned()
     }
 
     /// Object ids matching `filter`, private objects only when `logged_in`.
     pub fn find(&self, filter: &Template, logged_in: bool, limit: usize) -> Vec<Ouid> {
-        let objects = self.read_objects();
+        let objects = self.live_read();
         let mut found: Vec<Ouid> = objects
             .values()
             .filter(|o| (logged_in || !o.is_private()) && o.attrs.matches(filter))
@@ -205,33 +237,35 @@ impl ActivePartition {
     }
 
     pub fn all(&self) -> Vec<Arc<ObjectEntry>> {
-        let mut all: Vec<_> = self.read_objects().values().cloned().collect();
+        let mut all: Vec<_> = self.live_read().values().cloned().collect();
         all.sort_by_key(|o| o.ouid);
         all
     }
 
-    /// Builds an in-memory entry with a sealed record; used for token objects
-    /// before they are committed and for session objects, which never are.
-    pub fn seal_entry(
-        &self,
-        ouid: Ouid,
-        version: u64,
-        attrs: Template,
-        secret: Option<&[u8]>,
-    ) -> TokenResult<ObjectEntry> {
-        let record = ObjectRecord {
-            attrs: attrs.clone(),
-            secret: secret.map(<[u8]>::to_vec),
+    pub fn version_vector(&self) -> VersionVector {
+        self.replica_read().version_vector().clone()
+    }
+
+    /// A digest of the live objects and their attributes: equal on two members
+    /// exactly when they hold the same objects with the same attributes.
+    pub fn content_digest(&self) -> [u8; 32] {
+        let mut buf = Vec::new();
+        self.replica_read().canonical(|b| buf.extend_from_slice(b));
+        crypto::sha256(&buf)
+    }
+
+    /// A new object for this partition, with its secret sealed under the PMK:
+    /// for token objects before they are written, and for session objects,
+    /// which never are.
+    pub fn new_entry(&self, ouid: Ouid, attrs: Template, secret: Option<&[u8]>) -> TokenResult<ObjectEntry> {
+        let sealed_secret = match secret {
+            Some(s) => Some(self.pmk.seal(&secret_aad(self.serial, &ouid), s)?),
+            None => None,
         };
-        let mut plain = postcard::to_allocvec(&record)
-            .map_err(|e| TokenError::FunctionFailed(format!("cannot encode object: {e}")))?;
-        let sealed = self.pmk.seal(&record_aad(self.serial, &ouid, version), &plain);
-        plain.zeroize();
         Ok(ObjectEntry {
             ouid,
-            version,
             attrs,
-            sealed_record: sealed?,
+            sealed_secret,
             loaded: OnceLock::new(),
         })
     }
@@ -245,22 +279,25 @@ impl ActivePartition {
         Ok(entry.loaded.get_or_init(|| loaded).clone())
     }
 
-    /// The raw secret of a key (raw bytes, or PKCS#8 for private keys), for wrapping.
+    /// The raw secret of a key (raw bytes, or PKCS#8 for private keys).
     pub fn secret_of(&self, entry: &ObjectEntry) -> TokenResult<SecretBytes> {
-        let plain = self
-            .pmk
-            .open(
-                &record_aad(self.serial, &entry.ouid, entry.version),
-                &entry.sealed_record,
-            )
-            .map_err(|_| integrity_error(&format!("object {} does not decrypt", entry.ouid)))?;
-        let mut record: ObjectRecord = postcard::from_bytes(plain.expose())
-            .map_err(|_| integrity_error(&format!("object {} is malformed", entry.ouid)))?;
-        let secret = record
-            .secret
-            .take()
+        let sealed = entry
+            .sealed_secret
+            .as_ref()
             .ok_or_else(|| TokenError::KeyFunctionNotPermitted("the object holds no secret".into()))?;
-        Ok(SecretBytes::new(secret))
+        self.open_secret(&entry.ouid, sealed)
+    }
+
+    /// Opens a secret sealed under this partition's master key.
+    pub fn open_secret(&self, ouid: &Ouid, sealed: &[u8]) -> TokenResult<SecretBytes> {
+        self.pmk
+            .open(&secret_aad(self.serial, ouid), sealed)
+            .map_err(|_| integrity_error(&format!("the secret of object {ouid} does not decrypt")))
+    }
+
+    /// Seals a secret under this partition's master key.
+    pub fn seal_secret(&self, ouid: &Ouid, secret: &[u8]) -> TokenResult<Vec<u8>> {
+        self.pmk.seal(&secret_aad(self.serial, ouid), secret)
     }
 
     fn material(&self, entry: &ObjectEntry) -> TokenResult<KeyMaterial> {
@@ -299,7 +336,7 @@ impl ActivePartition {
         Ok(Some(match op.body {
             OpBody::Create { objects } => objects.iter().map(|o| o.ouid).collect(),
             OpBody::SetAttributes { ouid, .. } | OpBody::Destroy { ouid } => vec![ouid],
-            OpBody::ClearPartition => vec![],
+            OpBody::Clear { .. } => vec![],
         }))
     }
 
@@ -312,8 +349,16 @@ impl ActivePartition {
         postcard::from_bytes(plain.expose()).map_err(|_| integrity_error("an op-log entry is malformed"))
     }
 
-    /// Creates objects (one, or a key pair) as one operation. The op-log entry
-    /// carries each object's sealed record.
+    /// One origin's operations after `after_seq`, from the local log.
+    pub fn ops_from(&self, origin: MemberId, after_seq: u64, limit: usize) -> TokenResult<Vec<Op>> {
+        self.store
+            .ops_from_origin(self.id, origin, after_seq, limit)?
+            .iter()
+            .map(|r| self.open_op(r))
+            .collect()
+    }
+
+    /// Creates objects (one, or a key pair) as one operation.
     pub async fn create(&self, entries: Vec<ObjectEntry>, op_id: Option<[u8; 16]>) -> TokenResult<Vec<Ouid>> {
         if self.object_count() + entries.len() > self.max_objects {
             return Err(TokenError::DeviceMemory(format!(
@@ -321,72 +366,38 @@ impl ActivePartition {
                 self.max_objects
             )));
         }
+        let ids: Vec<Ouid> = entries.iter().map(|e| e.ouid).collect();
         let objects = entries
-            .iter()
+            .into_iter()
             .map(|e| NewObject {
                 ouid: e.ouid,
-                attrs: e.attrs.clone(),
-                sealed_secret: Some(e.sealed_record.clone()),
+                attrs: e.attrs,
+                sealed_secret: e.sealed_secret,
             })
             .collect();
-        let ids: Vec<Ouid> = entries.iter().map(|e| e.ouid).collect();
-        self.commit(OpBody::Create { objects }, op_id, entries, vec![], false)
-            .await?;
+        self.write_local(OpBody::Create { objects }, op_id).await?;
         Ok(ids)
     }
 
-    /// Replaces an object's attributes with `attrs` (already checked), as a new version.
-    pub async fn update(
-        &self,
-        current: &ObjectEntry,
-        attrs: Template,
-        changed: Template,
-        op_id: Option<[u8; 16]>,
-    ) -> TokenResult<()> {
-        let secret = match current.attrs.class() {
-            Some(c) if hahsm_token::object::holds_secret(c) => Some(self.secret_of(current)?),
-            _ => None,
-        };
-        let entry = self.seal_entry(
-            current.ouid,
-            current.version + 1,
-            attrs,
-            secret.as_ref().map(|s| s.expose()),
-        )?;
-        self.commit(
-            OpBody::SetAttributes {
-                ouid: current.ouid,
-                attrs: changed,
-            },
-            op_id,
-            vec![entry],
-            vec![],
-            false,
-        )
-        .await
+    /// Changes attributes (already checked against the PKCS#11 rules).
+    pub async fn update(&self, ouid: Ouid, changed: Template, op_id: Option<[u8; 16]>) -> TokenResult<()> {
+        self.write_local(OpBody::SetAttributes { ouid, attrs: changed }, op_id)
+            .await
     }
 
     pub async fn destroy(&self, ouid: Ouid, op_id: Option<[u8; 16]>) -> TokenResult<()> {
-        self.commit(OpBody::Destroy { ouid }, op_id, vec![], vec![ouid], false)
-            .await
+        self.write_local(OpBody::Destroy { ouid }, op_id).await
     }
 
+    /// Destroys every object this member holds, as one operation.
     pub async fn clear(&self) -> TokenResult<()> {
-        self.commit(OpBody::ClearPartition, None, vec![], vec![], true)
-            .await
+        let destroyed = self.live_read().keys().copied().collect();
+        self.write_local(OpBody::Clear { destroyed }, None).await
     }
 
-    /// The one write path: the op-log entry, the object rows and the new sealed
-    /// digest go to the store in one transaction; memory changes only after the
-    /// commit, so nothing is visible that is not durable.
-    async fn commit(
-        &self,
-        body: OpBody,
-        op_id: Option<[u8; 16]>,
-        puts: Vec<ObjectEntry>,
-        deletes: Vec<Ouid>,
-        clear: bool,
-    ) -> TokenResult<()> {
+    /// A write made on this member: stamped with the next local sequence
+    /// number and a fresh hybrid-logical-clock time.
+    async fn write_local(&self, body: OpBody, client_op_id: Option<[u8; 16]>) -> TokenResult<()> {
         let mut state = self.writes.lock().await;
         let stamp = {
             let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
@@ -396,55 +407,79 @@ impl ActivePartition {
                 origin: self.member,
             }
         };
-        let seq = state.next_seq;
-        let kind = body.kind().to_string();
         let op = Op {
-            seq,
+            seq: state.next_seq,
             stamp,
-            client_op_id: op_id,
+            client_op_id,
             body,
         };
-        let mut plain_op = postcard::to_allocvec(&op)
-            .map_err(|e| TokenError::FunctionFailed(format!("cannot encode op: {e}")))?;
-        let sealed_op = self.pmk.seal(&op_aad(self.serial, self.member, seq), &plain_op);
-        plain_op.zeroize();
-        let sealed_op = sealed_op?;
-
-        let mut digest = if clear { [0u8; 32] } else { state.digest };
-        {
-            let objects = self.read_objects();
-            for ouid in &deletes {
-                if let Some(old) = objects.get(ouid) {
-                    xor_into(&mut digest, &digest_term(ouid, old.version));
-                }
-            }
-            for e in &puts {
-                if let Some(old) = objects.get(&e.ouid) {
-                    xor_into(&mut digest, &digest_term(&e.ouid, old.version));
-                }
-                xor_into(&mut digest, &digest_term(&e.ouid, e.version));
-            }
+        match self.persist(&mut state, op).await? {
+            Applied::Applied => Ok(()),
+            other => Err(TokenError::DeviceError(format!(
+                "local write was not applied: {other:?}"
+            ))),
         }
+    }
+
+    /// An operation from a peer, its secrets already sealed under this
+    /// partition's master key. Applied in per-origin sequence order only.
+    pub async fn apply_remote(&self, op: Op) -> TokenResult<Applied> {
+        let mut state = self.writes.lock().await;
+        {
+            let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+            *hlc = hlc.observe(op.stamp.hlc, crate::now_ms());
+        }
+        self.persist(&mut state, op).await
+    }
+
+    /// The one write path: the op-log entry, the changed rows and the new
+    /// sealed digest go to the store in one transaction; memory changes only
+    /// after the commit, so nothing is visible that is not durable.
+    async fn persist(&self, state: &mut WriteState, op: Op) -> TokenResult<Applied> {
+        let plan = self.replica_read().plan(&op);
+        let changes = match &plan {
+            Plan::Duplicate => return Ok(Applied::Duplicate),
+            Plan::Gap { expected } => return Ok(Applied::Gap { expected: *expected }),
+            Plan::Apply { changes, .. } => changes,
+        };
+        let mut digest = state.digest;
+        let mut rows = Vec::with_capacity(changes.len());
+        let mut new_versions = Vec::with_capacity(changes.len());
+        for (ouid, new_state) in changes {
+            let old = state.versions.get(ouid).copied();
+            let version = old.map_or(1, |v| v + 1);
+            if let Some(v) = old {
+                xor_into(&mut digest, &digest_term(ouid, v));
+            }
+            xor_into(&mut digest, &digest_term(ouid, version));
+            let mut plain = encode(new_state)?;
+            let sealed = self.pmk.seal(&record_aad(self.serial, ouid, version), &plain);
+            plain.zeroize();
+            rows.push(ObjectRow {
+                ouid: ouid.0,
+                version,
+                sealed: sealed?,
+            });
+            new_versions.push((*ouid, version));
+        }
+        let mut plain_op = encode(&op)?;
+        let sealed_op = self
+            .pmk
+            .seal(&op_aad(self.serial, op.stamp.origin, op.seq), &plain_op);
+        plain_op.zeroize();
         let write = Write {
-            clear,
-            puts: puts
-                .iter()
-                .map(|e| ObjectRow {
-                    ouid: e.ouid.0,
-                    version: e.version,
-                    sealed: e.sealed_record.clone(),
-                })
-                .collect(),
-            deletes: deletes.iter().map(|o| o.0).collect(),
+            clear: false,
+            puts: rows,
+            deletes: vec![],
             op: OpRow {
                 index: 0,
-                origin: self.member,
-                seq,
-                hlc_wall: stamp.hlc.wall_ms,
-                hlc_logical: stamp.hlc.logical,
-                client_op_id: op_id,
-                kind,
-                body: sealed_op,
+                origin: op.stamp.origin,
+                seq: op.seq,
+                hlc_wall: op.stamp.hlc.wall_ms,
+                hlc_logical: op.stamp.hlc.logical,
+                client_op_id: op.client_op_id,
+                kind: op.body.kind().to_string(),
+                body: sealed_op?,
             },
             digest: Some(self.pmk.seal(&digest_aad(self.serial), &digest)?),
         };
@@ -454,19 +489,27 @@ impl ActivePartition {
             .await
             .map_err(|e| TokenError::DeviceError(format!("store task failed: {e}")))??;
 
-        state.next_seq += 1;
+        // Durable: now memory follows.
         state.digest = digest;
-        let mut objects = self.write_objects();
-        if clear {
-            objects.clear();
+        state.versions.extend(new_versions);
+        if op.stamp.origin == self.member {
+            state.next_seq = op.seq + 1;
         }
-        for ouid in deletes {
-            objects.remove(&ouid);
+        let touched: Vec<Ouid> = changes.iter().map(|(o, _)| *o).collect();
+        let mut replica = self.replica.write().unwrap_or_else(|p| p.into_inner());
+        replica.commit(plan);
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        for ouid in touched {
+            match replica.get(&ouid) {
+                Some(s) if s.is_live() => {
+                    live.insert(ouid, Arc::new(ObjectEntry::from_state(ouid, s)));
+                }
+                _ => {
+                    live.remove(&ouid);
+                }
+            }
         }
-        for e in puts {
-            objects.insert(e.ouid, Arc::new(e));
-        }
-        Ok(())
+        Ok(Applied::Applied)
     }
 }
 

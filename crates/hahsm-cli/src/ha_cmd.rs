@@ -1,0 +1,221 @@
+//! `hahsm ha …`: HA groups, administered on a member's console (its admin
+//! socket). The group definition lives on the members, not in clients'
+//! configuration files, so no client can leave the group out of sync.
+use crate::appliance_cmd::admin_socket;
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use hahsm_client::admin::AdminClient;
+use hahsm_client::secrets;
+use hahsm_proto::admin::{AdminRequest as R, AdminResponse, GroupStatus};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct HaArgs {
+    /// The member's admin socket [env: HAHSM_ADMIN_SOCKET; default: <data-dir>/admin.sock]
+    #[arg(long, env = "HAHSM_ADMIN_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    /// The member's data directory, to find its admin socket.
+    #[arg(long, env = "HAHSM_DATA_DIR", default_value = "/var/lib/hahsm", global = true)]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: HaCommand,
+}
+
+#[derive(Subcommand)]
+enum HaCommand {
+    /// Prepare a partition for replication on this member: derives its keys from
+    /// the domain secret (the SO must be logged in) and the partition-owner secret.
+    Prepare {
+        #[arg(long)]
+        partition: String,
+        #[arg(long)]
+        owner_secret: PathBuf,
+    },
+    /// Create a group with this member's partition as its first member.
+    CreateGroup {
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        partition: String,
+        /// Refuse writes unless a majority of members is reachable.
+        #[arg(long)]
+        quorum: bool,
+        /// How long a write waits for the other members, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        replication_timeout_ms: u64,
+    },
+    /// Add a member: it must prove it holds the same domain and partition-owner secrets.
+    AddMember {
+        #[arg(long)]
+        group: String,
+        /// The new member's peer listener, host:port.
+        #[arg(long)]
+        address: String,
+        /// The new member's certificate fingerprint (its `sysconf fingerprint`).
+        #[arg(long)]
+        fingerprint: String,
+    },
+    /// Add a standby member: it receives every object but serves no crypto
+    /// while an active member is up.
+    AddStandby {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        fingerprint: String,
+    },
+    RemoveMember {
+        #[arg(long)]
+        group: String,
+        /// The member's serial.
+        #[arg(long)]
+        serial: u64,
+    },
+    /// Show the group; with --sync-status, each member's state, object count and digest.
+    Show {
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        sync_status: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an anti-entropy round with every member now. It only adds what is
+    /// missing: deleted objects stay deleted.
+    Synchronize {
+        #[arg(long)]
+        group: String,
+    },
+}
+
+pub async fn run(args: HaArgs) -> anyhow::Result<()> {
+    let socket = admin_socket(args.socket.clone(), &args.data_dir);
+    let mut admin = AdminClient::connect(&socket).await?;
+    let (request, json, sync) = match args.command {
+        HaCommand::Prepare {
+            partition,
+            owner_secret,
+        } => (
+            R::HaPrepare {
+                partition,
+                owner_secret: secrets::read_secret(&owner_secret)?,
+            },
+            false,
+            false,
+        ),
+        HaCommand::CreateGroup {
+            label,
+            partition,
+            quorum,
+            replication_timeout_ms,
+        } => (
+            R::HaCreateGroup {
+                label,
+                partition,
+                quorum,
+                replication_timeout_ms,
+            },
+            false,
+            true,
+        ),
+        HaCommand::AddMember {
+            group,
+            address,
+            fingerprint,
+        } => (
+            R::HaAddMember {
+                group,
+                peer_address: address,
+                fingerprint,
+                standby: false,
+            },
+            false,
+            true,
+        ),
+        HaCommand::AddStandby {
+            group,
+            address,
+            fingerprint,
+        } => (
+            R::HaAddMember {
+                group,
+                peer_address: address,
+                fingerprint,
+                standby: true,
+            },
+            false,
+            true,
+        ),
+        HaCommand::RemoveMember { group, serial } => (R::HaRemoveMember { group, serial }, false, true),
+        HaCommand::Show {
+            group,
+            sync_status,
+            json,
+        } => (R::HaShow { group }, json, sync_status),
+        HaCommand::Synchronize { group } => (R::HaSynchronize { group }, false, true),
+    };
+    match admin.call(request).await? {
+        AdminResponse::Done(msg) => println!("{msg}"),
+        AdminResponse::Groups(groups) if json => {
+            let value = if groups.len() == 1 {
+                serde_json::to_value(&groups[0])?
+            } else {
+                serde_json::to_value(&groups)?
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        AdminResponse::Groups(groups) => {
+            for g in &groups {
+                print_group(g, sync);
+            }
+        }
+        other => bail!("unexpected answer {other:?}"),
+    }
+    Ok(())
+}
+
+fn print_group(g: &GroupStatus, sync: bool) {
+    println!(
+        "HA group '{}'  serial {}  partition {}  write concern {}",
+        g.label, g.serial, g.partition, g.write_concern
+    );
+    if sync {
+        println!(
+            "{:<16} {:>10} {:<8} {:>8}  {:<16} peer",
+            "member", "serial", "state", "objects", "digest"
+        );
+        for m in &g.members {
+            println!(
+                "{:<16} {:>10} {:<8} {:>8}  {:<16} {}",
+                m.name,
+                m.serial,
+                m.state,
+                m.object_count,
+                &m.digest[..m.digest.len().min(16)],
+                m.peer_address
+            );
+        }
+        println!("in sync: {}", if g.in_sync { "yes" } else { "NO" });
+        if !g.in_sync {
+            let reference = g.members.iter().map(|m| m.object_count).max().unwrap_or(0);
+            for m in &g.members {
+                if m.state != "alive" && m.state != "standby" {
+                    println!("  member {} ({}) is {}", m.serial, m.name, m.state);
+                } else if m.object_count < reference {
+                    println!(
+                        "  member {} ({}) lacks {} object(s)",
+                        m.serial,
+                        m.name,
+                        reference - m.object_count
+                    );
+                }
+            }
+        }
+    } else {
+        for m in &g.members {
+            println!("  member {} ({}) {}", m.serial, m.name, m.state);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Shared by the `t20_pkcs11_*` tests: loading the built module the way an
+//! application does, a runner for the named checks of one test, and helpers.
+//!
+//! The module keeps process-wide state (as every PKCS#11 module does), so each
+//! test file initializes it once and runs its checks in sequence; a failed
+//! check is reported by name and the others still run.
+#![allow(dead_code)]
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use hahsm_it::Standalone;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// `target/<profile>/libhahsm_pkcs11.so`, next to the binaries.
+pub fn module_path() -> PathBuf {
+    let path = hahsm_it::bin_dir().join("libhahsm_pkcs11.so");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (scripts/test.sh does: cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+pub struct Env {
+    pub st: Standalone,
+    pub p11: Pkcs11,
+    pub slot: Slot,
+    /// The raw function list of the same loaded module, for calls the safe
+    /// wrapper cannot make (NULL pointers, short buffers).
+    pub raw: cryptoki_sys::CK_FUNCTION_LIST,
+    _lib: libloading::Library,
+}
+
+impl Env {
+    /// A member, the module loaded and initialized with its config.
+    pub fn new() -> Env {
+        let st = Standalone::new();
+        std::env::set_var("HAHSM_CONF", &st.conf);
+        std::env::set_var("HAHSM_PKCS11_LOG", st.path("pkcs11.log"));
+        Self::with(st)
+    }
+
+    pub fn with(st: Standalone) -> Env {
+        let p11 = Pkcs11::new(module_path()).expect("module loads");
+        p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .expect("C_Initialize");
+        let slots = p11.get_slots_with_token().expect("slots");
+        assert_eq!(slots.len(), 1, "one partition is assigned");
+        let (lib, raw) = raw_functions();
+        Env {
+            st,
+            p11,
+            slot: slots[0],
+            raw,
+            _lib: lib,
+        }
+    }
+
+    pub fn pin(&self) -> AuthPin {
+        AuthPin::new(self.st.pin.clone().into())
+    }
+
+    /// A read/write session logged in as the user (the login is per token:
+    /// an already-logged-in token is fine).
+    pub fn user(&self) -> Session {
+        let s = self.p11.open_rw_session(self.slot).expect("open session");
+        match s.login(UserType::User, Some(&self.pin())) {
+            Ok(()) => {}
+            Err(e) if rv(&e) == RvError::UserAlreadyLoggedIn => {}
+            Err(e) => panic!("login: {e}"),
+        }
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.st.path("pkcs11.log")).unwrap_or_default()
+    }
+}
+
+/// The module's function list, through `dlopen` of the same file (the
+/// loader returns the same instance, so state is shared with `Env::p11`).
+pub fn raw_functions() -> (libloading::Library, cryptoki_sys::CK_FUNCTION_LIST) {
+    // SAFETY: loading our own module runs no initializers with preconditions.
+    let lib = unsafe { libloading::Library::new(module_path()) }.expect("dlopen");
+    // SAFETY: C_GetFunctionList has this signature in every PKCS#11 module.
+    let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut cryptoki_sys::CK_FUNCTION_LIST) -> u64> =
+        unsafe { lib.get(b"C_GetFunctionList") }.expect("C_GetFunctionList exported");
+    let mut list = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer.
+    assert_eq!(unsafe { get(&mut list) }, 0);
+    // SAFETY: the module returned a pointer to its static function list.
+    let copy = unsafe { *list };
+    (lib, copy)
+}
+
+/// The return code inside a cryptoki error.
+pub fn rv(e: &Error) -> RvError {
+    match e {
+        Error::Pkcs11(rv, _) => *rv,
+        other => panic!("not a PKCS#11 error: {other}"),
+    }
+}
+
+#[track_caller]
+pub fn expect_rv<T: std::fmt::Debug>(r: Result<T, Error>, want: RvError) {
+    match r {
+        Ok(v) => panic!("expected {want:?}, got Ok({v:?})"),
+        Err(e) => assert_eq!(rv(&e), want, "{e}"),
+    }
+}
+
+/// Runs named checks in order, each isolated from the others' panics, and
+/// fails with the names of those that failed.
+pub fn run_checks<E>(env: &E, checks: &[(&str, fn(&E))]) {
+    let mut failed = Vec::new();
+    for (name, check) in checks {
+        eprintln!("--- check {name}");
+        if catch_unwind(AssertUnwindSafe(|| check(env))).is_err() {
+            failed.push(*name);
+        }
+    }
+    assert!(failed.is_empty(), "failed checks: {failed:?}");
+}
+
+/// Runs a program with a time limit, so that a hanging tool fails the test
+/// instead of hanging it. Returns (success, stdout, stderr).
+pub fn tool(program: &str, args: &[&str], envs: &[(&str, &Path)], limit: Duration) -> (bool, String, String) {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("--kill-after=5")
+        .arg(limit.as_secs().to_string())
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An ECDSA signature r||s as DER, for openssl.
+pub fn ecdsa_der(sig: &[u8]) -> Vec<u8> {
+    let (r, s) = sig.split_at(sig.len() / 2);
+    let int = |v: &[u8]| {
+        let mut v: Vec<u8> = v.iter().copied().skip_while(|b| *b == 0).collect();
+        if v.is_empty() || v[0] & 0x80 != 0 {
+            v.insert(0, 0);
+        }
+        let mut out = vec![0x02, v.len() as u8];
+        out.extend(v);
+        out
+    };
+    let body = [int(r), int(s)].concat();
+    let mut out = vec![0x30];
+    if body.len() >= 0x80 {
+        out.push(0x81);
+    }
+    out.push(body.len() as u8);
+    out.extend(body);
+    out
+}

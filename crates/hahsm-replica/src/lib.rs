@@ -1,0 +1,433 @@
+//! The replication engine of hahsm, with no I/O: one partition's replicated
+//! state on one member, and the rules that merge operations into it.
+//!
+//! Every member applies the same operations (from its own op log and from its
+//! peers') and must reach the same state whatever order they arrive in. The
+//! rules (see `docs/replication.md`):
+//!
+//! - objects are identified by their cluster-unique id (OUID);
+//! - a destroy leaves a **tombstone** that wins over every write to that OUID,
+//!   earlier, concurrent or later: nothing brings a destroyed object back;
+//! - attributes merge **last-writer-wins per attribute**, ordered by the
+//!   operation's stamp (hybrid logical clock, then origin member id), a total
+//!   order every member computes alike;
+//! - an attribute change that arrives before its object's creation is kept (as
+//!   an invisible "ghost") and merged when the creation arrives;
+//! - each origin's operations are applied in sequence order, without gaps: a
+//!   member's version vector says, per origin, how far it has applied.
+//!
+//! Applying is split in two: [`Replica::plan`] computes the new state of every
+//! object an operation touches without changing anything, the runtime makes that
+//! durable, and only then [`Replica::commit`] changes memory. So a failed write
+//! leaves memory as it was.
+#![forbid(unsafe_code)]
+
+use hahsm_token::oplog::{Op, OpBody, Stamp};
+use hahsm_token::{AttrType, AttrValue, MemberId, Ouid, Template};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Per origin member, the highest sequence number applied (all before it are too).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionVector(pub BTreeMap<MemberId, u64>);
+
+impl VersionVector {
+    pub fn get(&self, origin: MemberId) -> u64 {
+        self.0.get(&origin).copied().unwrap_or(0)
+    }
+
+    /// True when this vector has applied everything `other` has.
+    pub fn covers(&self, other: &VersionVector) -> bool {
+        other.0.iter().all(|(o, s)| self.get(*o) >= *s)
+    }
+
+    /// The total number of operations applied.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// What `self` has that `peer` lacks: for each origin, the peer's position,
+    /// so the peer should receive operations after it.
+    pub fn ahead_of(&self, peer: &VersionVector) -> Vec<(MemberId, u64)> {
+        self.0
+            .iter()
+            .filter(|(o, s)| peer.get(**o) < **s)
+            .map(|(o, _)| (*o, peer.get(*o)))
+            .collect()
+    }
+}
+
+/// How an object's creation is recorded: its stamp and its (opaque) secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created<S> {
+    pub stamp: Stamp,
+    pub secret: Option<S>,
+}
+
+/// The replicated state of one OUID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectState<S> {
+    /// `None` while only attribute changes have arrived (a ghost).
+    pub created: Option<Created<S>>,
+    /// Each attribute with the stamp of the write that set it.
+    pub attrs: BTreeMap<AttrType, (Stamp, AttrValue)>,
+    /// Set once the object is destroyed; then the object is gone for good.
+    pub tombstone: Option<Stamp>,
+}
+
+impl<S> Default for ObjectState<S> {
+    fn default() -> Self {
+        ObjectState {
+            created: None,
+            attrs: BTreeMap::new(),
+            tombstone: None,
+        }
+    }
+}
+
+impl<S> ObjectState<S> {
+    /// Visible to applications: created and not destroyed.
+    pub fn is_live(&self) -> bool {
+        self.created.is_some() && self.tombstone.is_none()
+    }
+
+    /// The attributes as a plain template.
+    pub fn template(&self) -> Template {
+        Template(self.attrs.iter().map(|(k, (_, v))| (*k, v.clone())).collect())
+    }
+
+    /// Last-writer-wins for one attribute.
+    fn merge_attr(&mut self, attr: AttrType, stamp: Stamp, value: &AttrValue) -> bool {
+        match self.attrs.get(&attr) {
+            Some((have, _)) if *have >= stamp => false,
+            _ => {
+                self.attrs.insert(attr, (stamp, value.clone()));
+                true
+            }
+        }
+    }
+}
+
+/// What applying an operation would do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan<S> {
+    /// Already applied (its sequence number is covered): nothing to do.
+    Duplicate,
+    /// An earlier operation of the same origin is missing; apply that first.
+    Gap { expected: u64 },
+    /// The new state of each object the operation changes (possibly none: a
+    /// write to a destroyed object changes nothing, but the operation still
+    /// counts as applied).
+    Apply {
+        origin: MemberId,
+        seq: u64,
+        changes: Vec<(Ouid, ObjectState<S>)>,
+    },
+}
+
+/// One partition's replicated state on one member.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replica<S> {
+    vv: VersionVector,
+    objects: BTreeMap<Ouid, ObjectState<S>>,
+}
+
+impl<S: Clone> Replica<S> {
+    pub fn new() -> Self {
+        Replica {
+            vv: VersionVector::default(),
+            objects: BTreeMap::new(),
+        }
+    }
+
+    /// Rebuilds the state from what the store holds.
+    pub fn restore(vv: VersionVector, objects: impl IntoIterator<Item = (Ouid, ObjectState<S>)>) -> Self {
+        Replica {
+            vv,
+            objects: objects.into_iter().collect(),
+        }
+    }
+
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    pub fn get(&self, ouid: &Ouid) -> Option<&ObjectState<S>> {
+        self.objects.get(ouid)
+    }
+
+    /// Every OUID with any state: live objects, ghosts and tombstones.
+    pub fn states(&self) -> impl Iterator<Item = (&Ouid, &ObjectState<S>)> {
+        self.objects.iter()
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = (&Ouid, &ObjectState<S>)> {
+        self.objects.iter().filter(|(_, o)| o.is_live())
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live().count()
+    }
+
+    pub fn is_tombstoned(&self, ouid: &Ouid) -> bool {
+        self.objects.get(ouid).is_some_and(|o| o.tombstone.is_some())
+    }
+
+    /// Computes what `op` would change, without changing anything.
+    pub fn plan(&self, op: &Op<S>) -> Plan<S> {
+        let origin = op.stamp.origin;
+        let have = self.vv.get(origin);
+        if op.seq <= have {
+            return Plan::Duplicate;
+        }
+        if op.seq != have + 1 {
+            return Plan::Gap { expected: have + 1 };
+        }
+        let mut changes: BTreeMap<Ouid, ObjectState<S>> = BTreeMap::new();
+        let current = |changes: &BTreeMap<Ouid, ObjectState<S>>, ouid: &Ouid| {
+            changes
+                .get(ouid)
+                .cloned()
+                .or_else(|| self.objects.get(ouid).cloned())
+                .unwrap_or_default()
+        };
+        match &op.body {
+            OpBody::Create { objects } => {
+                for new in objects {
+                    let mut state = current(&changes, &new.ouid);
+                    if state.tombstone.is_some() {
+                        continue;
+                    }
+                    let earlier = state.created.as_ref().is_some_and(|c| c.stamp <= op.stamp);
+                    if !earlier {
+                        state.created = Some(Created {
+                            stamp: op.stamp,
+                            secret: new.sealed_secret.clone(),
+                        });
+                    }
+                    for (attr, value) in new.attrs.iter() {
+                        state.merge_attr(*attr, op.stamp, value);
+                    }
+                    changes.insert(new.ouid, state);
+                }
+            }
+            OpBody::SetAttributes { ouid, attrs } => {
+                let mut state = current(&changes, ouid);
+                if state.tombstone.is_none() {
+                    let mut changed = false;
+                    for (attr, value) in attrs.iter() {
+                        changed |= state.merge_attr(*attr, op.stamp, value);
+                    }
+                    if changed {
+                        changes.insert(*ouid, state);
+                    }
+                }
+            }
+            OpBody::Destroy { ouid } => {
+                changes.insert(*ouid, tombstone(current(&changes, ouid), op.stamp));
+            }
+            OpBody::Clear { destroyed } => {
+                for ouid in destroyed {
+                    changes.insert(*ouid, tombstone(current(&changes, ouid), op.stamp));
+                }
+            }
+        }
+        Plan::Apply {
+            origin,
+            seq: op.seq,
+            changes: changes.into_iter().collect(),
+        }
+    }
+
+    /// Makes a plan's changes, once they are durable.
+    pub fn commit(&mut self, plan: Plan<S>) {
+        if let Plan::Apply { origin, seq, changes } = plan {
+            for (ouid, state) in changes {
+                self.objects.insert(ouid, state);
+            }
+            self.vv.0.insert(origin, seq);
+        }
+    }
+
+    /// Plans and commits at once, for callers with nothing to make durable.
+    pub fn apply(&mut self, op: &Op<S>) -> Plan<S> {
+        let plan = self.plan(op);
+        self.commit(plan.clone());
+        plan
+    }
+
+    /// Feeds the canonical form of every live object to `sink`, in OUID order:
+    /// two replicas with the same live objects and attributes feed the same
+    /// bytes. The caller hashes them into the partition digest.
+    pub fn canonical(&self, mut sink: impl FnMut(&[u8])) {
+        for (ouid, state) in self.live() {
+            sink(ouid.as_bytes());
+            for (attr, (_, value)) in &state.attrs {
+                sink(&attr.to_le_bytes());
+                let raw = value.to_raw();
+                sink(&(raw.len() as u64).to_le_bytes());
+                sink(&raw);
+            }
+        }
+    }
+}
+
+/// A destroyed object keeps only its tombstone: the earliest destroy's stamp, so
+/// every member records the same one. Its attributes and secret are dropped.
+fn tombstone<S>(state: ObjectState<S>, stamp: Stamp) -> ObjectState<S> {
+    let stamp = state.tombstone.map_or(stamp, |t| t.min(stamp));
+    ObjectState {
+        created: None,
+        attrs: BTreeMap::new(),
+        tombstone: Some(stamp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hahsm_token::oplog::NewObject;
+    use hahsm_token::{ck, Hlc};
+
+    fn stamp(ms: u64, origin: MemberId) -> Stamp {
+        Stamp {
+            hlc: Hlc {
+                wall_ms: ms,
+                logical: 0,
+            },
+            origin,
+        }
+    }
+
+    fn op(origin: MemberId, seq: u64, ms: u64, body: OpBody<u8>) -> Op<u8> {
+        Op {
+            seq,
+            stamp: stamp(ms, origin),
+            client_op_id: None,
+            body,
+        }
+    }
+
+    fn label(s: &str) -> Template {
+        Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(s.as_bytes().to_vec()))
+    }
+
+    fn create(id: u8, l: &str) -> OpBody<u8> {
+        OpBody::Create {
+            objects: vec![NewObject {
+                ouid: Ouid([id; 16]),
+                attrs: label(l),
+                sealed_secret: Some(id),
+            }],
+        }
+    }
+
+    #[test]
+    fn gaps_and_duplicates_are_not_applied() {
+        let mut r = Replica::new();
+        assert_eq!(r.plan(&op(1, 2, 10, create(1, "a"))), Plan::Gap { expected: 1 });
+        r.apply(&op(1, 1, 10, create(1, "a")));
+        assert_eq!(r.plan(&op(1, 1, 10, create(1, "a"))), Plan::Duplicate);
+        assert_eq!(r.version_vector().get(1), 1);
+    }
+
+    #[test]
+    fn a_tombstone_beats_a_later_rename_and_a_late_create() {
+        let x = Ouid([7; 16]);
+        let mut r = Replica::new();
+        r.apply(&op(2, 1, 50, OpBody::Destroy { ouid: x }));
+        r.apply(&op(1, 1, 10, create(7, "x")));
+        r.apply(&op(
+            1,
+            2,
+            90,
+            OpBody::SetAttributes {
+                ouid: x,
+                attrs: label("renamed"),
+            },
+        ));
+        assert!(!r.get(&x).unwrap().is_live());
+        assert_eq!(r.live_count(), 0);
+    }
+
+    #[test]
+    fn attributes_merge_per_attribute_by_stamp_in_any_order() {
+        let x = Ouid([1; 16]);
+        let ops = vec![
+            op(1, 1, 10, create(1, "orig")),
+            op(
+                2,
+                1,
+                30,
+                OpBody::SetAttributes {
+                    ouid: x,
+                    attrs: label("by-2"),
+                },
+            ),
+            op(
+                3,
+                1,
+                20,
+                OpBody::SetAttributes {
+                    ouid: x,
+                    attrs: label("by-3").with(ck::CKA_ID, AttrValue::Bytes(vec![3])),
+                },
+            ),
+        ];
+        let mut first = Replica::new();
+        for o in &ops {
+            first.apply(o);
+        }
+        let mut second = Replica::new();
+        for o in ops.iter().rev() {
+            second.apply(o);
+        }
+        assert_eq!(first, second);
+        let t = first.get(&x).unwrap().template();
+        assert_eq!(t.label().as_deref(), Some("by-2"));
+        assert_eq!(t.bytes(ck::CKA_ID), Some(&[3u8][..]));
+    }
+
+    #[test]
+    fn a_rename_that_arrives_before_its_create_is_kept() {
+        let x = Ouid([4; 16]);
+        let mut r = Replica::new();
+        r.apply(&op(
+            2,
+            1,
+            30,
+            OpBody::SetAttributes {
+                ouid: x,
+                attrs: label("new"),
+            },
+        ));
+        assert!(!r.get(&x).unwrap().is_live(), "a ghost is invisible");
+        r.apply(&op(1, 1, 10, create(4, "old")));
+        assert_eq!(r.get(&x).unwrap().template().label().as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn clear_destroys_only_what_it_names() {
+        let mut r = Replica::new();
+        r.apply(&op(1, 1, 10, create(1, "a")));
+        r.apply(&op(2, 1, 11, create(2, "b")));
+        r.apply(&op(
+            1,
+            2,
+            20,
+            OpBody::Clear {
+                destroyed: vec![Ouid([1; 16])],
+            },
+        ));
+        assert_eq!(r.live().map(|(o, _)| *o).collect::<Vec<_>>(), vec![Ouid([2; 16])]);
+    }
+
+    #[test]
+    fn version_vectors_say_what_a_peer_lacks() {
+        let mine = VersionVector([(1, 5), (2, 3)].into_iter().collect());
+        let peer = VersionVector([(1, 5), (2, 1), (3, 2)].into_iter().collect());
+        assert_eq!(mine.ahead_of(&peer), vec![(2, 1)]);
+        assert!(!mine.covers(&peer));
+        assert!(VersionVector([(1, 5), (2, 3), (3, 2)].into_iter().collect()).covers(&peer));
+    }
+}

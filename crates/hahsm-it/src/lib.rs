@@ -4,6 +4,9 @@
 //!
 //! The binaries come from the workspace's target directory (`HAHSM_BIN_DIR`
 //! overrides it); `scripts/test.sh` builds them before the tests run.
+pub mod cluster;
+pub mod proxy;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -101,6 +104,8 @@ pub struct Member {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub address: String,
+    /// The peer listener's address, when the member has one.
+    pub peer_address: String,
     child: Option<Child>,
 }
 
@@ -110,15 +115,24 @@ impl Member {
         Self::start_with(dir, "")
     }
 
+    /// Like `start`, with a peer listener for HA groups.
+    pub fn start_peer(dir: &Path) -> Member {
+        Self::start_config(dir, "peer_listen = \"127.0.0.1:0\"\n", "")
+    }
+
     /// Like `start`, with extra TOML lines under `[limits]`.
     pub fn start_with(dir: &Path, limits: &str) -> Member {
+        Self::start_config(dir, "", limits)
+    }
+
+    fn start_config(dir: &Path, top: &str, limits: &str) -> Member {
         std::fs::create_dir_all(dir).expect("member dir");
         let data = dir.join("data");
         let config = dir.join("hahsmd.toml");
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[limits]\n{limits}\n",
+                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{top}[limits]\n{limits}\n",
                 data.display()
             ),
         )
@@ -127,6 +141,7 @@ impl Member {
             dir: dir.to_path_buf(),
             config,
             address: String::new(),
+            peer_address: String::new(),
             child: None,
         };
         m.spawn();
@@ -176,6 +191,9 @@ impl Member {
             if let Ok(addr) = std::fs::read_to_string(self.data_dir().join("listen.addr")) {
                 if self.admin(&["status"]).ok {
                     self.address = addr.trim().to_string();
+                    self.peer_address = std::fs::read_to_string(self.data_dir().join("peer.addr"))
+                        .map(|a| a.trim().to_string())
+                        .unwrap_or_default();
                     self.pin_port();
                     return;
                 }
@@ -196,8 +214,16 @@ impl Member {
     /// after the first start on port 0, the config names the port it got.
     fn pin_port(&self) {
         let text = std::fs::read_to_string(&self.config).unwrap_or_default();
-        if text.contains("127.0.0.1:0\"") {
-            let fixed = text.replace("127.0.0.1:0\"", &format!("{}\"", self.address));
+        let fixed = text
+            .replace(
+                "\nlisten = \"127.0.0.1:0\"",
+                &format!("\nlisten = \"{}\"", self.address),
+            )
+            .replace(
+                "peer_listen = \"127.0.0.1:0\"",
+                &format!("peer_listen = \"{}\"", self.peer_address),
+            );
+        if fixed != text {
             std::fs::write(&self.config, fixed).expect("config rewritten");
         }
     }

@@ -203,6 +203,8 @@ pub struct GroupMemberStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStatus {
+    /// The group id, hex.
+    pub id: String,
     pub label: String,
     pub serial: u64,
     pub partition: String,

@@ -13,6 +13,11 @@ pub struct Config {
     /// The peer listener for replication between the members of an HA group,
     /// e.g. "127.0.0.1:1793". Without it the member cannot join a group.
     pub peer_listen: Option<String>,
+    /// Addresses to reach peers by, by member serial, where the address a peer
+    /// advertises is not the one this member must use (NAT, or a fault-
+    /// injecting proxy in tests).
+    #[serde(default)]
+    pub peer_routes: std::collections::BTreeMap<String, String>,
     /// The admin socket; `<data_dir>/admin.sock` by default.
     pub admin_socket: Option<PathBuf>,
     #[serde(default)]

@@ -250,6 +250,7 @@ pub struct Group {
     peers: Mutex<HashMap<u64, PeerStatus>>,
     conns: Mutex<HashMap<u64, Arc<PeerConn>>>,
     identity: hahsm_link::Identity,
+    routes: std::collections::BTreeMap<String, String>,
     ha_log: HaLog,
     stop: tokio::sync::watch::Sender<bool>,
     wake: tokio::sync::Notify,
@@ -338,6 +339,15 @@ impl Group {
             .unwrap_or_default()
     }
 
+    /// Where to reach a member: its route in this member's config, or the
+    /// address it advertises.
+    fn address_of(&self, member: &GroupMember) -> String {
+        self.routes
+            .get(&member.serial.to_string())
+            .cloned()
+            .unwrap_or_else(|| member.peer_address.clone())
+    }
+
     fn conn(&self, member: &GroupMember) -> Result<Arc<PeerConn>, WireError> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = conns.get(&member.serial) {
@@ -370,7 +380,7 @@ impl Group {
         let fut = async {
             let mut guard = conn.stream.lock().await;
             if guard.is_none() {
-                let s = hahsm_link::connect(&member.peer_address, tls, deadline, deadline)
+                let s = hahsm_link::connect(&self.address_of(member), tls, deadline, deadline)
                     .await
                     .map_err(|e| peer_error(e.to_string()))?;
                 *guard = Some(s);
@@ -686,6 +696,7 @@ impl Group {
             });
         }
         GroupStatus {
+            id: hex::encode(def.id),
             label: def.label,
             serial: def.serial,
             partition: def.partition,
@@ -1086,6 +1097,7 @@ fn start(
         peers: Mutex::new(HashMap::new()),
         conns: Mutex::new(HashMap::new()),
         identity,
+        routes: app.config.peer_routes.clone(),
         ha_log: HaLog {
             dir: app.config.data_dir.clone(),
         },

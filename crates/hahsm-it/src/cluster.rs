@@ -1,0 +1,300 @@
+//! An HA group of real `hahsmd` members, set up as the report's listing 3.3
+//! sets up three Luna SAs, with every member-to-member link running through
+//! its own fault-injecting proxy, so a test can cut, black-hole or slow any
+//! link, as well as kill or stop any member.
+use crate::proxy::{Mode, Proxy};
+use crate::{hahsm, hahsm_env, Member, Run};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const GROUP: &str = "haGroup";
+pub const PARTITION: &str = "haPart";
+pub const PIN: &str = "haPwd-1234";
+
+pub struct Cluster {
+    pub work: tempfile::TempDir,
+    pub members: Vec<Member>,
+    pub serials: Vec<u64>,
+    pub fingerprints: Vec<String>,
+    /// The link from member `i` to member `j` runs through `proxies[(i, j)]`.
+    pub proxies: HashMap<(usize, usize), Proxy>,
+    pub conf: PathBuf,
+    pub domain_secret: PathBuf,
+    pub owner_secret: PathBuf,
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+impl Cluster {
+    /// `n` members in one group, the first being the group's creator.
+    pub fn new(n: usize) -> Cluster {
+        let work = tempfile::tempdir().expect("temp dir");
+        let secrets = work.path().join("secrets");
+        std::fs::create_dir_all(&secrets).expect("secrets dir");
+        let domain = secrets.join("domain.key");
+        let owner = secrets.join("owner.key");
+        let mut c = Cluster {
+            conf: work.path().join("client/client.toml"),
+            work,
+            members: Vec::new(),
+            serials: Vec::new(),
+            fingerprints: Vec::new(),
+            proxies: HashMap::new(),
+            domain_secret: domain.clone(),
+            owner_secret: owner.clone(),
+        };
+        for i in 0..n {
+            c.add_appliance(i, &domain, &owner);
+        }
+        // Route every link through a proxy, then restart so the routes apply.
+        for i in 0..n {
+            let mut routes = String::from("\n[peer_routes]\n");
+            for j in 0..n {
+                if i != j {
+                    let proxy = Proxy::start(&c.members[j].peer_address);
+                    routes.push_str(&format!("\"{}\" = \"{}\"\n", c.serials[j], proxy.addr));
+                    c.proxies.insert((i, j), proxy);
+                }
+            }
+            let m = &mut c.members[i];
+            let text = std::fs::read_to_string(&m.config).expect("config");
+            // Top-level keys must come before the first table.
+            let (top, rest) = text.split_at(text.find("[limits]").unwrap_or(text.len()));
+            std::fs::write(&m.config, format!("{top}{rest}{routes}")).expect("config");
+            m.stop();
+            m.spawn();
+        }
+        for i in 0..n {
+            c.so_login(i);
+            c.ha(
+                i,
+                &["prepare", "--partition", PARTITION, "--owner-secret", &s(&owner)],
+            )
+            .expect_ok();
+        }
+        c.ha(0, &["create-group", "--label", GROUP, "--partition", PARTITION])
+            .expect_ok();
+        for j in 1..n {
+            c.add_member(j).expect_ok();
+        }
+        // One client, registered on every member, knowing every member.
+        hahsm(Some(&c.conf), &["client", "create-cert", "--name", "app1"]).expect_ok();
+        let cert = c.conf.with_file_name("app1.pem");
+        for i in 0..n {
+            let (addr, fp) = (c.members[i].address.clone(), c.fingerprints[i].clone());
+            let name = format!("hsm{i}");
+            hahsm(
+                Some(&c.conf),
+                &[
+                    "client",
+                    "add-server",
+                    "--name",
+                    &name,
+                    "--address",
+                    &addr,
+                    "--fingerprint",
+                    &fp,
+                ],
+            )
+            .expect_ok();
+            c.admin(
+                i,
+                &["client", "register", "--client", "app1", "--cert", &s(&cert)],
+            )
+            .expect_ok();
+            c.admin(
+                i,
+                &[
+                    "client",
+                    "assign-partition",
+                    "--client",
+                    "app1",
+                    "--partition",
+                    PARTITION,
+                ],
+            )
+            .expect_ok();
+        }
+        assert!(
+            c.wait_in_sync(0, Duration::from_secs(15)),
+            "the new group never reported in sync"
+        );
+        c
+    }
+
+    /// Starts, initializes and sets up one more appliance (not yet in the group).
+    pub fn add_appliance(&mut self, i: usize, domain: &Path, owner: &Path) -> usize {
+        let dir = self.work.path().join(format!("hsm{i}"));
+        let m = Member::start_peer(&dir);
+        let so = dir.join("so.key");
+        let run = |args: &[&str]| m.admin(args).expect_ok();
+        run(&[
+            "hsm",
+            "init",
+            "--label",
+            &format!("hsm{i}"),
+            "--so-secret",
+            &s(&so),
+            "--domain-secret",
+            &s(domain),
+        ]);
+        run(&["hsm", "login", "--so-secret", &s(&so)]);
+        for p in ["7", "16", "20"] {
+            run(&["hsm", "change-policy", "--policy", p, "--value", "1"]);
+        }
+        run(&[
+            "partition",
+            "create",
+            "--partition",
+            PARTITION,
+            "--owner-secret",
+            &s(owner),
+            "--pin",
+            PIN,
+        ]);
+        for p in ["0", "4", "21", "22", "23"] {
+            run(&[
+                "partition",
+                "change-policy",
+                "--partition",
+                PARTITION,
+                "--policy",
+                p,
+                "--value",
+                "1",
+            ]);
+        }
+        run(&[
+            "partition",
+            "activate",
+            "--partition",
+            PARTITION,
+            "--owner-secret",
+            &s(owner),
+        ]);
+        let status = run(&["status"]).stdout;
+        let serial = status
+            .lines()
+            .find_map(|l| l.strip_prefix("serial:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("serial in status");
+        self.fingerprints.push(m.fingerprint());
+        self.serials.push(serial);
+        self.members.push(m);
+        self.members.len() - 1
+    }
+
+    pub fn so_login(&self, i: usize) {
+        let so = self.members[i].dir.join("so.key");
+        self.admin(i, &["hsm", "login", "--so-secret", &s(&so)])
+            .expect_ok();
+    }
+
+    pub fn admin(&self, i: usize, args: &[&str]) -> Run {
+        self.members[i].admin(args)
+    }
+
+    /// `hahsm ha ARGS…` on member `i`'s console.
+    pub fn ha(&self, i: usize, args: &[&str]) -> Run {
+        let socket = self.members[i].admin_socket();
+        let mut full = vec!["ha", "--socket", socket.to_str().expect("utf-8")];
+        full.extend_from_slice(args);
+        hahsm(None, &full)
+    }
+
+    /// Adds member `j` to the group from member 0, through the 0→j link.
+    pub fn add_member(&self, j: usize) -> Run {
+        let addr = self
+            .proxies
+            .get(&(0, j))
+            .map(|p| p.addr.clone())
+            .unwrap_or_else(|| self.members[j].peer_address.clone());
+        self.ha(
+            0,
+            &[
+                "add-member",
+                "--group",
+                GROUP,
+                "--address",
+                &addr,
+                "--fingerprint",
+                &self.fingerprints[j],
+            ],
+        )
+    }
+
+    /// `hahsm keys ARGS…` against member `i`.
+    pub fn keys(&self, i: usize, args: &[&str]) -> Run {
+        let server = format!("hsm{i}");
+        let mut full = vec!["keys", "--server", &server];
+        full.extend_from_slice(args);
+        hahsm_env(
+            Some(&self.conf),
+            &full,
+            &[("HAHSM_PIN", PIN), ("HAHSM_PARTITION", PARTITION)],
+        )
+    }
+
+    /// `ha show --sync-status --json` on member `i`.
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        let out = self.ha(i, &["show", "--sync-status", "--json"]);
+        serde_json::from_str(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The state member `i` reports for the member with index `j`.
+    pub fn state_of(&self, i: usize, j: usize) -> String {
+        let st = self.status(i);
+        st["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["serial"] == self.serials[j]))
+            .and_then(|m| m["state"].as_str())
+            .unwrap_or("?")
+            .to_string()
+    }
+
+    pub fn wait_in_sync(&self, i: usize, timeout: Duration) -> bool {
+        self.wait(timeout, || self.status(i)["in_sync"] == true)
+    }
+
+    pub fn wait(&self, timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done()
+    }
+
+    /// Sets both directions of the link between members `a` and `b`.
+    pub fn link(&self, a: usize, b: usize, mode: Mode) {
+        for key in [(a, b), (b, a)] {
+            if let Some(p) = self.proxies.get(&key) {
+                p.set(mode);
+            }
+        }
+    }
+
+    /// Cuts member `i` off from every other member.
+    pub fn isolate(&self, i: usize, mode: Mode) {
+        for j in 0..self.members.len() {
+            if j != i {
+                self.link(i, j, mode);
+            }
+        }
+    }
+
+    pub fn heal_all(&self) {
+        for p in self.proxies.values() {
+            p.set(Mode::Pass);
+        }
+    }
+
+    pub fn ha_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.members[i].data_dir().join("ha.log")).unwrap_or_default()
+    }
+}

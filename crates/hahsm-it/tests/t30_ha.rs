@@ -1,0 +1,253 @@
+//! HA groups on three real members, named after the report's tests (§3.4).
+//! Faults are made for real: SIGKILL, SIGSTOP, and links cut or black-holed
+//! by the proxies every member-to-member link runs through.
+use hahsm_it::cluster::{Cluster, GROUP};
+use hahsm_it::proxy::Mode;
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+/// The attributes `keys show` prints, without the line that can differ.
+fn shown(c: &Cluster, member: usize, label: &str) -> String {
+    let out = c.keys(member, &["show", "--label", label]);
+    assert!(
+        out.ok,
+        "member {member} lacks '{label}': {}{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+fn has_label(c: &Cluster, member: usize, label: &str) -> bool {
+    let out = c.keys(member, &["list"]).expect_ok().stdout;
+    out.split_whitespace().any(|w| w == label)
+}
+
+#[test]
+fn t3_4_1_key_distribution_a_new_key_is_on_every_member_when_the_call_returns() {
+    let c = Cluster::new(3);
+    c.keys(0, &["gen", "--type", "aes:256", "--label", "dist"])
+        .expect_ok();
+    // No waiting: the write concern made every reachable member durable first.
+    let reference = shown(&c, 0, "dist");
+    for m in 1..3 {
+        assert_eq!(shown(&c, m, "dist"), reference, "member {m} differs");
+    }
+    // And a key pair made on another member reaches the first.
+    c.keys(2, &["gen", "--type", "ec:p256", "--label", "pair"])
+        .expect_ok();
+    assert!(has_label(&c, 0, "pair"));
+    assert!(c.wait_in_sync(1, Duration::from_secs(5)));
+}
+
+#[test]
+fn t3_4_2_failure_detection_a_stopped_member_is_reported_down_with_no_application_running() {
+    let c = Cluster::new(3);
+    c.members[2].signal(Signal::SIGSTOP);
+    let stopped = Instant::now();
+    let serial = c.serials[2].to_string();
+    let reported = c.wait(Duration::from_secs(6), || {
+        c.ha_log(0)
+            .lines()
+            .any(|l| l.contains("HA group: haGroup has dropped member:") && l.ends_with(&serial))
+    });
+    let took = stopped.elapsed();
+    assert!(reported, "member 0 never logged the drop:\n{}", c.ha_log(0));
+    eprintln!("drop reported after {took:?}");
+    assert_eq!(c.state_of(0, 2), "down");
+    assert_eq!(c.status(0)["in_sync"], false);
+    let json = std::fs::read_to_string(c.members[0].data_dir().join("ha.jsonl")).unwrap();
+    assert!(json.contains("\"event\":\"dropped\""), "{json}");
+
+    c.members[2].signal(Signal::SIGCONT);
+    let back = c.wait(Duration::from_secs(8), || {
+        c.ha_log(0)
+            .lines()
+            .any(|l| l.contains("succeeded for member:") && l.ends_with(&serial))
+    });
+    assert!(back, "no recovery line:\n{}", c.ha_log(0));
+    assert!(c.wait_in_sync(0, Duration::from_secs(8)));
+}
+
+#[test]
+fn t3_4_4_recovery_a_member_that_was_down_catches_up_with_no_client_running() {
+    let mut c = Cluster::new(3);
+    c.members[2].kill9();
+    // A client creates a key while member 2 is down, and exits.
+    c.keys(0, &["gen", "--type", "rsa:2048", "--label", "while-down"])
+        .expect_ok();
+    c.keys(1, &["gen", "--type", "aes:128", "--label", "also-while-down"])
+        .expect_ok();
+    // Member 2 restarts; no client runs; the group heals by itself.
+    c.members[2].spawn();
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+    assert_eq!(shown(&c, 2, "also-while-down"), shown(&c, 0, "also-while-down"));
+    assert!(has_label(&c, 2, "while-down"));
+    // The recovered member serves the replicated private key.
+    let data = c.work.path().join("d");
+    std::fs::write(&data, b"x").unwrap();
+    let sig = c.work.path().join("sig");
+    c.keys(
+        2,
+        &[
+            "sign",
+            "--label",
+            "while-down",
+            "--mech",
+            "SHA256-RSA-PKCS",
+            "--in",
+            data.to_str().unwrap(),
+            "--out",
+            sig.to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+    c.keys(
+        0,
+        &[
+            "verify",
+            "--label",
+            "while-down",
+            "--mech",
+            "SHA256-RSA-PKCS",
+            "--in",
+            data.to_str().unwrap(),
+            "--signature",
+            sig.to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+}
+
+#[test]
+fn t3_4_5_attribute_change_a_rename_made_while_a_member_is_offline_reaches_it() {
+    let mut c = Cluster::new(3);
+    c.keys(0, &["gen", "--type", "aes:256", "--label", "old-name"])
+        .expect_ok();
+    c.members[1].kill9();
+    c.keys(
+        0,
+        &[
+            "set-attr",
+            "--label",
+            "old-name",
+            "--set",
+            "label=new-name",
+            "--set",
+            "id=0a0b",
+        ],
+    )
+    .expect_ok();
+    c.members[1].spawn();
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+    for m in 0..3 {
+        assert!(has_label(&c, m, "new-name"), "member {m} kept the old label");
+        assert!(!has_label(&c, m, "old-name"));
+    }
+    assert_eq!(shown(&c, 1, "new-name"), shown(&c, 0, "new-name"));
+}
+
+#[test]
+fn t3_4_6_split_brain_create_objects_made_on_both_sides_all_survive() {
+    let c = Cluster::new(3);
+    c.isolate(2, Mode::Cut);
+    c.keys(0, &["gen", "--type", "aes:128", "--label", "left"])
+        .expect_ok();
+    c.keys(2, &["gen", "--type", "aes:128", "--label", "right"])
+        .expect_ok();
+    assert!(!has_label(&c, 2, "left"));
+    c.heal_all();
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+    for m in 0..3 {
+        assert!(
+            has_label(&c, m, "left") && has_label(&c, m, "right"),
+            "member {m} lost an object"
+        );
+    }
+}
+
+#[test]
+fn t3_4_7_split_brain_delete_deleted_objects_stay_deleted_even_after_synchronize() {
+    let c = Cluster::new(3);
+    c.keys(0, &["gen", "--type", "aes:128", "--label", "doomed"])
+        .expect_ok();
+    c.keys(
+        0,
+        &["gen", "--type", "aes:128", "--label", "renamed-then-deleted"],
+    )
+    .expect_ok();
+    c.isolate(2, Mode::Cut);
+    // Deleted on one side of the split, changed on the other.
+    c.keys(2, &["delete", "--label", "doomed"]).expect_ok();
+    c.keys(0, &["set-attr", "--label", "doomed", "--set", "label=doomed-2"])
+        .expect_ok();
+    c.keys(0, &["delete", "--label", "renamed-then-deleted"])
+        .expect_ok();
+    c.keys(
+        2,
+        &[
+            "set-attr",
+            "--label",
+            "renamed-then-deleted",
+            "--set",
+            "label=zombie",
+        ],
+    )
+    .expect_ok();
+    c.heal_all();
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+    c.ha(0, &["synchronize", "--group", GROUP]).expect_ok();
+    c.ha(2, &["synchronize", "--group", GROUP]).expect_ok();
+    for m in 0..3 {
+        for gone in ["doomed", "doomed-2", "renamed-then-deleted", "zombie"] {
+            assert!(!has_label(&c, m, gone), "'{gone}' came back on member {m}");
+        }
+    }
+    assert!(c.wait_in_sync(1, Duration::from_secs(5)));
+}
+
+#[test]
+fn t3_4_11_a_stopped_member_does_not_stall_key_generation() {
+    let c = Cluster::new(3);
+    c.members[2].signal(Signal::SIGSTOP);
+    let started = Instant::now();
+    for i in 0..8 {
+        let t = Instant::now();
+        c.keys(0, &["gen", "--type", "aes:128", "--label", &format!("slow-{i}")])
+            .expect_ok();
+        // Bounded by the replication timeout (2 s), never a stall.
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "key generation {i} took {:?}",
+            t.elapsed()
+        );
+    }
+    eprintln!(
+        "8 key generations with a stopped member took {:?}",
+        started.elapsed()
+    );
+    c.members[2].signal(Signal::SIGCONT);
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+    assert!(has_label(&c, 2, "slow-7"));
+}
+
+#[test]
+fn t3_4_3_black_holed_member_costs_a_deadline_not_a_hang() {
+    let c = Cluster::new(3);
+    c.isolate(1, Mode::BlackHole);
+    let t = Instant::now();
+    c.keys(0, &["gen", "--type", "aes:128", "--label", "bh"])
+        .expect_ok();
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "a black hole stalled the write: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        c.wait(Duration::from_secs(6), || c.state_of(0, 1) == "down"),
+        "{:#}",
+        c.status(0)
+    );
+    c.heal_all();
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+    assert!(has_label(&c, 1, "bh"));
+}

@@ -251,3 +251,150 @@ fn t3_4_3_black_holed_member_costs_a_deadline_not_a_hang() {
     assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
     assert!(has_label(&c, 1, "bh"));
 }
+
+/// Starts a fresh appliance with the given secrets and prepares its partition.
+fn candidate(c: &mut Cluster, domain: &std::path::Path, owner: &std::path::Path) -> usize {
+    let j = c.add_appliance(c.members.len(), domain, owner);
+    c.so_login(j);
+    c.ha(
+        j,
+        &[
+            "prepare",
+            "--partition",
+            hahsm_it::cluster::PARTITION,
+            "--owner-secret",
+            owner.to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+    j
+}
+
+fn member_count(c: &Cluster) -> usize {
+    c.status(0)["members"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+#[test]
+fn t3_4_12_a_member_of_another_cloning_domain_is_refused_when_added() {
+    let mut c = Cluster::new(2);
+    let other_domain = c.work.path().join("secrets/other-domain.key");
+    let owner = c.owner_secret.clone();
+    let j = candidate(&mut c, &other_domain, &owner);
+    let out = c
+        .ha(
+            0,
+            &[
+                "add-member",
+                "--group",
+                GROUP,
+                "--address",
+                &c.members[j].peer_address,
+                "--fingerprint",
+                &c.fingerprints[j],
+            ],
+        )
+        .expect_err("different cloning-domain secret");
+    assert!(
+        !out.stderr.contains("partition-owner"),
+        "only the domain differs: {}",
+        out.stderr
+    );
+    assert_eq!(member_count(&c), 2);
+}
+
+#[test]
+fn t3_4_13_a_member_with_another_partition_owner_secret_is_refused_when_added() {
+    let mut c = Cluster::new(2);
+    let other_owner = c.work.path().join("secrets/other-owner.key");
+    let domain = c.domain_secret.clone();
+    let j = candidate(&mut c, &domain, &other_owner);
+    let out = c
+        .ha(
+            0,
+            &[
+                "add-member",
+                "--group",
+                GROUP,
+                "--address",
+                &c.members[j].peer_address,
+                "--fingerprint",
+                &c.fingerprints[j],
+            ],
+        )
+        .expect_err("different partition-owner secret");
+    assert!(
+        !out.stderr.contains("cloning-domain"),
+        "only the owner secret differs: {}",
+        out.stderr
+    );
+    assert_eq!(member_count(&c), 2);
+}
+
+#[test]
+fn a_rogue_domain_custodian_cannot_join_nor_pull_a_single_object() {
+    use hahsm_proto::peer::{PeerRequest, PeerRequestFrame, PeerResponseFrame};
+    let mut c = Cluster::new(2);
+    c.keys(0, &["gen", "--type", "aes:256", "--label", "crown-jewels"])
+        .expect_ok();
+    // The custodian of the red key builds a fresh HSM with it, and a partition
+    // of the same name with an owner secret of their own.
+    let rogue_owner = c.work.path().join("secrets/rogue-owner.key");
+    let domain = c.domain_secret.clone();
+    let r = candidate(&mut c, &domain, &rogue_owner);
+    c.ha(
+        0,
+        &[
+            "add-member",
+            "--group",
+            GROUP,
+            "--address",
+            &c.members[r].peer_address,
+            "--fingerprint",
+            &c.fingerprints[r],
+        ],
+    )
+    .expect_err("different partition-owner secret");
+    // Asking a member directly for the group's operations fails too.
+    let group_id: [u8; 16] = hex::decode(c.status(0)["id"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let data = c.members[r].data_dir();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answer = rt.block_on(async {
+        let identity = hahsm_link::load_identity(&data.join("server.pem"), &data.join("server.key")).unwrap();
+        let pinned = hahsm_link::Fingerprint::parse(&c.fingerprints[0]).unwrap();
+        let tls = hahsm_link::client_config(identity, pinned).unwrap();
+        let t = Duration::from_secs(3);
+        let mut s = hahsm_link::connect(&c.members[0].peer_address, tls, t, t)
+            .await
+            .unwrap();
+        let pull = PeerRequest::Pull {
+            group_id,
+            origin: c.serials[0],
+            after_seq: 0,
+            limit: 100,
+        };
+        let frame = PeerRequestFrame {
+            id: 1,
+            deadline_ms: 2000,
+            request: pull,
+        };
+        hahsm_link::write_frame(&mut s, &hahsm_proto::encode(&frame))
+            .await
+            .unwrap();
+        let bytes = hahsm_link::read_frame(&mut s, 1 << 24).await.unwrap().unwrap();
+        hahsm_proto::decode::<PeerResponseFrame>(&bytes).unwrap().result
+    });
+    let err = answer.expect_err("a non-member must not pull operations");
+    assert!(err.message.contains("not a member"), "{err:?}");
+    // The rogue's partition holds nothing of the group's.
+    let rogue = c.admin(r, &["partition", "list"]).expect_ok().stdout;
+    let objects: Vec<&str> = rogue
+        .lines()
+        .filter(|l| l.starts_with("haPart"))
+        .flat_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    assert_eq!(objects, vec!["0"], "{rogue}");
+    assert!(c.members[0].log().contains("refused a peer that is not a member"));
+}

@@ -589,89 +589,105 @@ impl Store {
     /// same origin with the same (non-zero) sequence number, [`StoreError::Invalid`] for a
     /// sequence number above `i64::MAX`, [`StoreError::Full`] for a full disk.
     pub fn commit(&self, partition_id: i64, write: &Write) -> StoreResult<u64> {
+        self.write_tx("commit", |tx| self.apply_write(tx, partition_id, write))
+    }
+
+    /// Applies several writes in one transaction: all of them, or none. The
+    /// replication runtime uses it to apply a batch of a peer's operations with
+    /// one sync to disk. Returns the last op's log index.
+    pub fn commit_many(&self, partition_id: i64, writes: &[Write]) -> StoreResult<u64> {
+        self.write_tx("commit", |tx| {
+            let mut last = 0;
+            for w in writes {
+                last = self.apply_write(tx, partition_id, w)?;
+            }
+            Ok(last)
+        })
+    }
+
+    fn apply_write(&self, tx: &Transaction<'_>, partition_id: i64, write: &Write) -> StoreResult<u64> {
         let op = &write.op;
         let seq = i64::try_from(op.seq)
             .map_err(|_| StoreError::Invalid(format!("op sequence number {} is above i64::MAX", op.seq)))?;
-        self.write_tx("commit", |tx| {
-            if write.clear {
-                tx.execute("DELETE FROM objects WHERE partition_id = ?1", [partition_id])
-                    .map_err(self.err("commit: clear objects"))?;
-            }
-            if !write.puts.is_empty() {
-                let e = self.err("commit: put object");
-                let mut put = tx
-                    .prepare_cached(
-                        "INSERT INTO objects (partition_id, ouid, version, sealed)
-                         VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (partition_id, ouid)
-                         DO UPDATE SET version = excluded.version, sealed = excluded.sealed",
-                    )
-                    .map_err(&e)?;
-                for object in &write.puts {
-                    put.execute(params![
-                        partition_id,
-                        &object.ouid[..],
-                        object.version as i64,
-                        object.sealed
-                    ])
-                    .map_err(|err| match e(err) {
-                        StoreError::NotFound(_) => partition_not_found(partition_id),
-                        other => other,
-                    })?;
-                }
-            }
-            if !write.deletes.is_empty() {
-                let e = self.err("commit: delete object");
-                let mut delete = tx
-                    .prepare_cached("DELETE FROM objects WHERE partition_id = ?1 AND ouid = ?2")
-                    .map_err(&e)?;
-                for ouid in &write.deletes {
-                    delete.execute(params![partition_id, &ouid[..]]).map_err(&e)?;
-                }
-            }
-            let e = self.err("commit: append op");
-            tx.prepare_cached(
-                "INSERT INTO oplog (partition_id, origin, seq, hlc_wall, hlc_logical,
-                     client_op_id, kind, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
+
+        if write.clear {
+            tx.execute("DELETE FROM objects WHERE partition_id = ?1", [partition_id])
+                .map_err(self.err("commit: clear objects"))?;
+        }
+        if !write.puts.is_empty() {
+            let e = self.err("commit: put object");
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT INTO objects (partition_id, ouid, version, sealed)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (partition_id, ouid)
+                     DO UPDATE SET version = excluded.version, sealed = excluded.sealed",
+                )
+                .map_err(&e)?;
+            for object in &write.puts {
+                put.execute(params![
                     partition_id,
-                    op.origin as i64,
-                    seq,
-                    op.hlc_wall as i64,
-                    i64::from(op.hlc_logical),
-                    op.client_op_id.as_ref().map(|id| &id[..]),
-                    op.kind,
-                    op.body
+                    &object.ouid[..],
+                    object.version as i64,
+                    object.sealed
                 ])
-            })
-            .map_err(|err| match e(err) {
-                StoreError::NotFound(_) => partition_not_found(partition_id),
-                StoreError::Exists(_) => StoreError::Exists(format!(
-                    "partition {partition_id} already has op {} from origin {}",
-                    op.seq, op.origin
-                )),
-                other => other,
-            })?;
-            let index = tx.last_insert_rowid();
-            if let Some(digest) = &write.digest {
-                let changed = tx
-                    .execute(
-                        "UPDATE partitions SET digest = ?2 WHERE id = ?1",
-                        params![partition_id, digest],
-                    )
-                    .map_err(self.err("commit: set digest"))?;
-                if changed == 0 {
-                    return Err(partition_not_found(partition_id));
-                }
+                .map_err(|err| match e(err) {
+                    StoreError::NotFound(_) => partition_not_found(partition_id),
+                    other => other,
+                })?;
             }
-            // AUTOINCREMENT rowids start at 1 and stay below i64::MAX (SQLite fails with
-            // SQLITE_FULL rather than wrap), so the conversion cannot fail; be safe anyway.
-            u64::try_from(index)
-                .map_err(|_| StoreError::Corrupt(format!("{}: negative op-log index", self.path.display())))
+        }
+        if !write.deletes.is_empty() {
+            let e = self.err("commit: delete object");
+            let mut delete = tx
+                .prepare_cached("DELETE FROM objects WHERE partition_id = ?1 AND ouid = ?2")
+                .map_err(&e)?;
+            for ouid in &write.deletes {
+                delete.execute(params![partition_id, &ouid[..]]).map_err(&e)?;
+            }
+        }
+        let e = self.err("commit: append op");
+        tx.prepare_cached(
+            "INSERT INTO oplog (partition_id, origin, seq, hlc_wall, hlc_logical,
+                 client_op_id, kind, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                partition_id,
+                op.origin as i64,
+                seq,
+                op.hlc_wall as i64,
+                i64::from(op.hlc_logical),
+                op.client_op_id.as_ref().map(|id| &id[..]),
+                op.kind,
+                op.body
+            ])
         })
+        .map_err(|err| match e(err) {
+            StoreError::NotFound(_) => partition_not_found(partition_id),
+            StoreError::Exists(_) => StoreError::Exists(format!(
+                "partition {partition_id} already has op {} from origin {}",
+                op.seq, op.origin
+            )),
+            other => other,
+        })?;
+        let index = tx.last_insert_rowid();
+        if let Some(digest) = &write.digest {
+            let changed = tx
+                .execute(
+                    "UPDATE partitions SET digest = ?2 WHERE id = ?1",
+                    params![partition_id, digest],
+                )
+                .map_err(self.err("commit: set digest"))?;
+            if changed == 0 {
+                return Err(partition_not_found(partition_id));
+            }
+        }
+        // AUTOINCREMENT rowids start at 1 and stay below i64::MAX (SQLite fails with
+        // SQLITE_FULL rather than wrap), so the conversion cannot fail; be safe anyway.
+        u64::try_from(index)
+            .map_err(|_| StoreError::Corrupt(format!("{}: negative op-log index", self.path.display())))
     }
 
     /// Up to `limit` log entries of the partition with an index above `after_index`,

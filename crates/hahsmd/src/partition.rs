@@ -413,91 +413,122 @@ impl ActivePartition {
             client_op_id,
             body,
         };
-        match self.persist(&mut state, op).await? {
-            Applied::Applied => Ok(()),
+        match self.persist(&mut state, vec![op]).await?.as_slice() {
+            [Applied::Applied] => Ok(()),
             other => Err(TokenError::DeviceError(format!(
                 "local write was not applied: {other:?}"
             ))),
         }
     }
 
-    /// An operation from a peer, its secrets already sealed under this
-    /// partition's master key. Applied in per-origin sequence order only.
-    pub async fn apply_remote(&self, op: Op) -> TokenResult<Applied> {
+    /// Operations from a peer, their secrets already sealed under this
+    /// partition's master key, applied with one sync to disk. Each origin's
+    /// operations apply in sequence order only: past a gap, nothing of that
+    /// origin applies.
+    pub async fn apply_remote(&self, ops: Vec<Op>) -> TokenResult<Vec<Applied>> {
         let mut state = self.writes.lock().await;
         {
             let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
-            *hlc = hlc.observe(op.stamp.hlc, crate::now_ms());
+            for op in &ops {
+                *hlc = hlc.observe(op.stamp.hlc, crate::now_ms());
+            }
         }
-        self.persist(&mut state, op).await
+        self.persist(&mut state, ops).await
     }
 
-    /// The one write path: the op-log entry, the changed rows and the new
-    /// sealed digest go to the store in one transaction; memory changes only
-    /// after the commit, so nothing is visible that is not durable.
-    async fn persist(&self, state: &mut WriteState, op: Op) -> TokenResult<Applied> {
-        let plan = self.replica_read().plan(&op);
-        let changes = match &plan {
-            Plan::Duplicate => return Ok(Applied::Duplicate),
-            Plan::Gap { expected } => return Ok(Applied::Gap { expected: *expected }),
-            Plan::Apply { changes, .. } => changes,
-        };
+    /// The one write path. Each operation is planned by the engine in turn;
+    /// the op-log entries, the changed rows and the new sealed digest go to the
+    /// store in one transaction; the live objects that requests see change
+    /// only after the commit, so nothing is visible that is not durable. If the
+    /// commit fails, the engine's state is reloaded from the store.
+    async fn persist(&self, state: &mut WriteState, ops: Vec<Op>) -> TokenResult<Vec<Applied>> {
+        let mut results = Vec::with_capacity(ops.len());
+        let mut writes = Vec::new();
+        let mut touched = std::collections::BTreeSet::new();
         let mut digest = state.digest;
-        let mut rows = Vec::with_capacity(changes.len());
-        let mut new_versions = Vec::with_capacity(changes.len());
-        for (ouid, new_state) in changes {
-            let old = state.versions.get(ouid).copied();
-            let version = old.map_or(1, |v| v + 1);
-            if let Some(v) = old {
-                xor_into(&mut digest, &digest_term(ouid, v));
+        let mut versions: HashMap<Ouid, u64> = HashMap::new();
+        let mut next_seq = state.next_seq;
+        {
+            let mut replica = self.replica.write().unwrap_or_else(|p| p.into_inner());
+            for op in ops {
+                let plan = replica.plan(&op);
+                let changes = match &plan {
+                    Plan::Duplicate => {
+                        results.push(Applied::Duplicate);
+                        continue;
+                    }
+                    Plan::Gap { expected } => {
+                        results.push(Applied::Gap { expected: *expected });
+                        continue;
+                    }
+                    Plan::Apply { changes, .. } => changes,
+                };
+                let mut rows = Vec::with_capacity(changes.len());
+                for (ouid, new_state) in changes {
+                    let old = versions.get(ouid).or_else(|| state.versions.get(ouid)).copied();
+                    let version = old.map_or(1, |v| v + 1);
+                    if let Some(v) = old {
+                        xor_into(&mut digest, &digest_term(ouid, v));
+                    }
+                    xor_into(&mut digest, &digest_term(ouid, version));
+                    let mut plain = encode(new_state)?;
+                    let sealed = self.pmk.seal(&record_aad(self.serial, ouid, version), &plain);
+                    plain.zeroize();
+                    rows.push(ObjectRow {
+                        ouid: ouid.0,
+                        version,
+                        sealed: sealed?,
+                    });
+                    versions.insert(*ouid, version);
+                    touched.insert(*ouid);
+                }
+                let mut plain_op = encode(&op)?;
+                let sealed_op = self
+                    .pmk
+                    .seal(&op_aad(self.serial, op.stamp.origin, op.seq), &plain_op);
+                plain_op.zeroize();
+                writes.push(Write {
+                    clear: false,
+                    puts: rows,
+                    deletes: vec![],
+                    op: OpRow {
+                        index: 0,
+                        origin: op.stamp.origin,
+                        seq: op.seq,
+                        hlc_wall: op.stamp.hlc.wall_ms,
+                        hlc_logical: op.stamp.hlc.logical,
+                        client_op_id: op.client_op_id,
+                        kind: op.body.kind().to_string(),
+                        body: sealed_op?,
+                    },
+                    digest: Some(self.pmk.seal(&digest_aad(self.serial), &digest)?),
+                });
+                if op.stamp.origin == self.member {
+                    next_seq = op.seq + 1;
+                }
+                // Later operations of the batch must see this one's effects.
+                replica.commit(plan);
+                results.push(Applied::Applied);
             }
-            xor_into(&mut digest, &digest_term(ouid, version));
-            let mut plain = encode(new_state)?;
-            let sealed = self.pmk.seal(&record_aad(self.serial, ouid, version), &plain);
-            plain.zeroize();
-            rows.push(ObjectRow {
-                ouid: ouid.0,
-                version,
-                sealed: sealed?,
-            });
-            new_versions.push((*ouid, version));
         }
-        let mut plain_op = encode(&op)?;
-        let sealed_op = self
-            .pmk
-            .seal(&op_aad(self.serial, op.stamp.origin, op.seq), &plain_op);
-        plain_op.zeroize();
-        let write = Write {
-            clear: false,
-            puts: rows,
-            deletes: vec![],
-            op: OpRow {
-                index: 0,
-                origin: op.stamp.origin,
-                seq: op.seq,
-                hlc_wall: op.stamp.hlc.wall_ms,
-                hlc_logical: op.stamp.hlc.logical,
-                client_op_id: op.client_op_id,
-                kind: op.body.kind().to_string(),
-                body: sealed_op?,
-            },
-            digest: Some(self.pmk.seal(&digest_aad(self.serial), &digest)?),
-        };
+        if writes.is_empty() {
+            return Ok(results);
+        }
         let store = self.store.clone();
         let id = self.id;
-        tokio::task::spawn_blocking(move || store.commit(id, &write))
+        let committed = tokio::task::spawn_blocking(move || store.commit_many(id, &writes))
             .await
-            .map_err(|e| TokenError::DeviceError(format!("store task failed: {e}")))??;
-
-        // Durable: now memory follows.
-        state.digest = digest;
-        state.versions.extend(new_versions);
-        if op.stamp.origin == self.member {
-            state.next_seq = op.seq + 1;
+            .map_err(|e| TokenError::DeviceError(format!("store task failed: {e}")));
+        if let Err(e) = committed.and_then(|r| r.map_err(TokenError::from)) {
+            self.reload(state)?;
+            return Err(e);
         }
-        let touched: Vec<Ouid> = changes.iter().map(|(o, _)| *o).collect();
-        let mut replica = self.replica.write().unwrap_or_else(|p| p.into_inner());
-        replica.commit(plan);
+
+        // Durable: now requests may see it.
+        state.digest = digest;
+        state.versions.extend(versions);
+        state.next_seq = next_seq;
+        let replica = self.replica_read();
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         for ouid in touched {
             match replica.get(&ouid) {
@@ -509,7 +540,35 @@ impl ActivePartition {
                 }
             }
         }
-        Ok(Applied::Applied)
+        Ok(results)
+    }
+
+    /// Rebuilds the engine's state from the store, after a failed commit left
+    /// memory ahead of the disk.
+    fn reload(&self, state: &mut WriteState) -> TokenResult<()> {
+        let row = self
+            .store
+            .get_partition_by_id(self.id)?
+            .ok_or_else(|| TokenError::DeviceError("the partition vanished from the store".into()))?;
+        let fresh = ActivePartition::open(
+            self.store.clone(),
+            &row,
+            SealKey::new(SecretBytes::new(self.pmk.key_bytes().to_vec()))?,
+            self.member,
+            self.hlc.clone(),
+            self.max_objects,
+        )?;
+        let fresh_state = fresh
+            .writes
+            .try_lock()
+            .map_err(|_| TokenError::DeviceError("reload raced".into()))?;
+        state.next_seq = fresh_state.next_seq;
+        state.digest = fresh_state.digest;
+        state.versions = fresh_state.versions.clone();
+        drop(fresh_state);
+        *self.replica.write().unwrap_or_else(|p| p.into_inner()) =
+            std::mem::take(&mut *fresh.replica.write().unwrap_or_else(|p| p.into_inner()));
+        Ok(())
     }
 }
 

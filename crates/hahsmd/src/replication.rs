@@ -12,7 +12,7 @@
 //!
 //! See `docs/replication.md` for the protocol as a specification.
 use crate::appliance::{AdminError, AdminResult, Appliance};
-use crate::partition::{ActivePartition, Applied};
+use crate::partition::ActivePartition;
 use hahsm_crypto::{self as crypto, SealKey, SecretBytes};
 use hahsm_link::{ClientAuthorizer, Fingerprint, LinkError};
 use hahsm_proto::admin::{GroupMemberStatus, GroupStatus};
@@ -301,11 +301,12 @@ impl Group {
         Ok(ops)
     }
 
-    /// Applies operations from a peer, in order, stopping at a gap.
-    async fn incoming(&self, p: &ActivePartition, ops: Vec<Op>) -> TokenResult<()> {
+    /// Applies a batch of operations from a peer, with one sync to disk;
+    /// operations past a gap are left for a later pull.
+    async fn incoming(&self, p: &ActivePartition, mut ops: Vec<Op>) -> TokenResult<()> {
         let def = self.def();
         let key = &self.repl_key;
-        for mut op in ops {
+        for op in &mut ops {
             if let OpBody::Create { objects } = &mut op.body {
                 for o in objects {
                     if let Some(sealed) = o.sealed_secret.take() {
@@ -318,10 +319,8 @@ impl Group {
                     }
                 }
             }
-            if let Applied::Gap { .. } = p.apply_remote(op).await? {
-                break;
-            }
         }
+        p.apply_remote(ops).await?;
         Ok(())
     }
 

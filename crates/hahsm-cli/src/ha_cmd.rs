@@ -199,18 +199,8 @@ fn print_group(g: &GroupStatus, sync: bool) {
         }
         println!("in sync: {}", if g.in_sync { "yes" } else { "NO" });
         if !g.in_sync {
-            let reference = g.members.iter().map(|m| m.object_count).max().unwrap_or(0);
-            for m in &g.members {
-                if m.state != "alive" && m.state != "standby" {
-                    println!("  member {} ({}) is {}", m.serial, m.name, m.state);
-                } else if m.object_count < reference {
-                    println!(
-                        "  member {} ({}) lacks {} object(s)",
-                        m.serial,
-                        m.name,
-                        reference - m.object_count
-                    );
-                }
+            for line in differences(g) {
+                println!("  {line}");
             }
         }
     } else {
@@ -218,4 +208,48 @@ fn print_group(g: &GroupStatus, sync: bool) {
             println!("  member {} ({}) {}", m.serial, m.name, m.state);
         }
     }
+}
+
+/// What each member lacks compared with the most advanced member, per origin:
+/// the operations it has not applied yet, and whether its content differs.
+fn differences(g: &GroupStatus) -> Vec<String> {
+    let mut best: std::collections::BTreeMap<u64, u64> = Default::default();
+    for m in &g.members {
+        for (origin, seq) in &m.version_vector {
+            let e = best.entry(*origin).or_default();
+            *e = (*e).max(*seq);
+        }
+    }
+    let mut out = Vec::new();
+    for m in &g.members {
+        if m.state == "down" {
+            out.push(format!("member {} ({}) is down", m.serial, m.name));
+            continue;
+        }
+        let have: std::collections::BTreeMap<u64, u64> = m.version_vector.iter().copied().collect();
+        for (origin, top) in &best {
+            let mine = have.get(origin).copied().unwrap_or(0);
+            if mine < *top {
+                out.push(format!(
+                    "member {} ({}) lacks {} operation(s) from member {origin} (has {mine}, the group has {top})",
+                    m.serial,
+                    m.name,
+                    top - mine
+                ));
+            }
+        }
+        if m.state == "lagging" {
+            out.push(format!("member {} ({}) is lagging", m.serial, m.name));
+        }
+    }
+    let digests: std::collections::BTreeSet<&str> = g
+        .members
+        .iter()
+        .filter(|m| m.state != "down")
+        .map(|m| m.digest.as_str())
+        .collect();
+    if digests.len() > 1 && out.is_empty() {
+        out.push("members hold different objects or attributes at the same version (digests differ)".into());
+    }
+    out
 }

@@ -77,6 +77,12 @@ fn t3_4_4_recovery_a_member_that_was_down_catches_up_with_no_client_running() {
         .expect_ok();
     c.keys(1, &["gen", "--type", "aes:128", "--label", "also-while-down"])
         .expect_ok();
+    // The operator sees which member is out of step.
+    let serial = c.serials[2].to_string();
+    assert!(c.wait(Duration::from_secs(6), || {
+        let text = c.ha(0, &["show", "--sync-status"]).stdout;
+        text.contains("in sync: NO") && text.contains(&format!("member {serial} (hsm2) is down"))
+    }));
     // Member 2 restarts; no client runs; the group heals by itself.
     c.members[2].spawn();
     assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));

@@ -404,3 +404,79 @@ fn a_rogue_domain_custodian_cannot_join_nor_pull_a_single_object() {
     assert_eq!(objects, vec!["0"], "{rogue}");
     assert!(c.members[0].log().contains("refused a peer that is not a member"));
 }
+
+#[test]
+fn a_standby_member_receives_every_object_but_serves_only_when_the_active_members_are_gone() {
+    let mut c = Cluster::new(2);
+    let domain = c.domain_secret.clone();
+    let owner = c.owner_secret.clone();
+    let s = candidate(&mut c, &domain, &owner);
+    c.ha(
+        0,
+        &[
+            "add-standby",
+            "--group",
+            GROUP,
+            "--address",
+            &c.members[s].peer_address,
+            "--fingerprint",
+            &c.fingerprints[s],
+        ],
+    )
+    .expect_ok();
+    // Register the client on the standby too.
+    let cert = c.conf.with_file_name("app1.pem");
+    c.admin(
+        s,
+        &[
+            "client",
+            "register",
+            "--client",
+            "app1",
+            "--cert",
+            cert.to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+    c.admin(
+        s,
+        &[
+            "client",
+            "assign-partition",
+            "--client",
+            "app1",
+            "--partition",
+            hahsm_it::cluster::PARTITION,
+        ],
+    )
+    .expect_ok();
+    let name = format!("hsm{s}");
+    hahsm_it::hahsm(
+        Some(&c.conf),
+        &[
+            "client",
+            "add-server",
+            "--name",
+            &name,
+            "--address",
+            &c.members[s].address,
+            "--fingerprint",
+            &c.fingerprints[s],
+        ],
+    )
+    .expect_ok();
+    c.keys(0, &["gen", "--type", "aes:128", "--label", "for-standby"])
+        .expect_ok();
+    assert!(
+        c.wait(Duration::from_secs(8), || c.state_of(0, s) == "standby"),
+        "{:#}",
+        c.status(0)
+    );
+    assert!(c.wait_in_sync(0, Duration::from_secs(8)), "{:#}", c.status(0));
+    c.keys(s, &["list"]).expect_err("standby");
+    // Every active member gone: the standby serves, with everything it received.
+    c.members[0].kill9();
+    c.members[1].kill9();
+    assert!(c.wait(Duration::from_secs(8), || c.keys(s, &["list"]).ok));
+    assert!(has_label(&c, s, "for-standby"));
+}

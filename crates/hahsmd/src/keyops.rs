@@ -119,6 +119,9 @@ impl KeyOps<'_> {
             .app
             .active_partition(partition)
             .ok_or(TokenError::PartitionNotActive)?;
+        if let Some(g) = crate::replication::group_of(self.app, partition) {
+            g.serving_allowed()?;
+        }
         let role = self.conn.role(partition);
         Ok(Ctx {
             name: partition.to_string(),

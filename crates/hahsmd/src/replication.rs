@@ -633,6 +633,26 @@ impl Group {
         self.wake.notify_one();
     }
 
+    /// A standby member serves no requests while an active member is up.
+    pub fn serving_allowed(&self) -> TokenResult<()> {
+        let def = self.def();
+        let standby = def.member(self.me).is_some_and(|m| m.standby);
+        if !standby {
+            return Ok(());
+        }
+        let active_up = self
+            .others()
+            .iter()
+            .any(|m| !m.standby && self.peer(m.serial).health != PeerHealth::Down);
+        if active_up {
+            return Err(TokenError::DeviceError(format!(
+                "this member is a standby of HA group '{}' and serves no requests while an active member is up",
+                def.label
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether a write may go ahead under the group's write concern.
     pub fn write_allowed(&self) -> TokenResult<()> {
         let def = self.def();

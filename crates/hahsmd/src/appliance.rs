@@ -504,7 +504,10 @@ impl Appliance {
     }
 
     pub fn factory_reset(&self) -> AdminResult<()> {
-        self.active_write().clear();
+        let active: Vec<String> = self.active_write().drain().map(|(n, _)| n).collect();
+        for name in active {
+            crate::replication::stop_group(self, &name);
+        }
         for p in self.store.list_partitions()? {
             self.store.delete_partition(p.id)?;
         }
@@ -635,6 +638,7 @@ impl Appliance {
         row.sealed_pmk = None;
         self.store.update_partition(&row)?;
         self.active_write().remove(name);
+        crate::replication::stop_group(self, name);
         info!(partition = name, "partition deactivated");
         Ok(())
     }
@@ -871,6 +875,7 @@ impl Appliance {
         self.require_so()?;
         let row = self.partition_row(name)?;
         self.active_write().remove(name);
+        crate::replication::stop_group(self, name);
         self.store.delete_partition(row.id)?;
         self.reload_clients()?;
         warn!(partition = name, "partition deleted");

@@ -1148,6 +1148,18 @@ pub fn resume_group(app: &Appliance, p: &Arc<ActivePartition>) {
     }
 }
 
+/// Stops replicating a partition: at deactivation, or when removed from its group.
+pub fn stop_group(app: &Appliance, partition: &str) {
+    if let Some(g) = app
+        .groups
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(partition)
+    {
+        let _ = g.stop.send(true);
+    }
+}
+
 /// The group of a partition, if it is in one.
 pub fn group_of(app: &Appliance, partition: &str) -> Option<Arc<Group>> {
     app.groups
@@ -1404,10 +1416,7 @@ async fn handle_peer(
                 *g.def.write().unwrap_or_else(|p| p.into_inner()) = group.clone();
                 if removed {
                     warn!(group = %group.label, "this member was removed from the group");
-                    app.groups
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&p.name);
+                    stop_group(app, &p.name);
                 }
             }
             Ok(PeerResponse::Done)

@@ -18,16 +18,25 @@
 //!    member) at any time after that member applied the destroy;
 //! 4. last-writer-wins per attribute, by the greatest stamp among all writes.
 //!
+//! Checked at every step as well: gap and duplicate plans change nothing; a
+//! member applies each origin's operations in order; a local write's stamp is
+//! greater than every stamp its member has applied (so a write made after
+//! seeing another wins over it); and at each restart, replaying the member's log
+//! origin by origin, in a random order of origins, rebuilds the same replica.
+//!
+//! The default run is 2000 seeds of 300 steps and 60 seeds of 3000 steps.
 //! Replaying a seed and soaking:
 //!
 //! ```text
-//! HAHSM_SIM_SEED=1234 HAHSM_SIM_TRACE=1 cargo test -p hahsm-replica --test simulation -- --nocapture
-//! HAHSM_SIM_SEEDS=200000 HAHSM_SIM_STEPS=1000 cargo test -p hahsm-replica --test simulation
+//! HAHSM_SIM_SEED=1234 HAHSM_SIM_STEPS=300 HAHSM_SIM_TRACE=1 \
+//!     cargo test -p hahsm-replica --test simulation random_schedules -- --nocapture
+//! HAHSM_SIM_SEEDS=200000 HAHSM_SIM_STEPS=1000 cargo test -p hahsm-replica --test simulation random_schedules
 //! ```
 //!
-//! `HAHSM_SIM_SEED` runs that seed only, `HAHSM_SIM_SEEDS` sets how many seeds run
-//! (from 0), `HAHSM_SIM_STEPS` the steps per seed, and `HAHSM_SIM_TRACE=1` prints
-//! every event. A failure names its seed, step count and invariant.
+//! `HAHSM_SIM_SEED` runs that seed only, `HAHSM_SIM_SEEDS` runs N seeds from
+//! `HAHSM_SIM_FIRST_SEED` (0 unless given), `HAHSM_SIM_STEPS` sets the steps per
+//! seed (300 unless given), and `HAHSM_SIM_TRACE=1` prints every event. A
+//! failure prints its seed, its invariant and the command that replays it.
 
 use hahsm_replica::{ObjectState, Plan, Replica, VersionVector};
 use hahsm_token::oplog::{NewObject, Op, OpBody, Stamp};
@@ -35,8 +44,10 @@ use hahsm_token::{ck, AttrType, AttrValue, Hlc, MemberId, Ouid, Template};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 
-const DEFAULT_SEEDS: u64 = 2000;
-const DEFAULT_STEPS: usize = 300;
+/// Many short schedules: (seeds, steps per seed).
+const SHORT: (u64, usize) = (2000, 300);
+/// Fewer long histories: deep gaps, pulls answered in several batches, re-imports.
+const LONG: (u64, usize) = (60, 3000);
 /// At most this many operations answer one pull; the puller asks again for more.
 const MAX_BATCH: usize = 8;
 /// Anti-entropy rounds after healing before the simulation gives up on quiescence.
@@ -49,39 +60,51 @@ const EPOCH_MS: i64 = 1_700_000_000_000;
 
 #[test]
 fn random_schedules_keep_every_invariant() {
-    let steps = env_u64("HAHSM_SIM_STEPS").map_or(DEFAULT_STEPS, |s| s as usize);
-    let seeds: Vec<u64> = match env_u64("HAHSM_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env_u64("HAHSM_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
-    };
     let trace = std::env::var("HAHSM_SIM_TRACE").is_ok_and(|v| v == "1");
-    let mut totals = Totals::default();
-    for &seed in &seeds {
-        let stats = run_seed(seed, steps, trace);
-        totals.add(&stats);
+    let steps = env_u64("HAHSM_SIM_STEPS").map(|s| s as usize);
+    let runs = match (env_u64("HAHSM_SIM_SEED"), env_u64("HAHSM_SIM_SEEDS")) {
+        (Some(seed), _) => vec![(seed..seed + 1, steps.unwrap_or(SHORT.1))],
+        (None, Some(n)) => {
+            let first = env_u64("HAHSM_SIM_FIRST_SEED").unwrap_or(0);
+            vec![(first..first + n, steps.unwrap_or(SHORT.1))]
+        }
+        (None, None) => match steps {
+            Some(steps) => vec![(0..SHORT.0, steps)],
+            None => vec![(0..SHORT.0, SHORT.1), (0..LONG.0, LONG.1)],
+        },
+    };
+    for (seeds, steps) in runs {
+        let n = seeds.end - seeds.start;
+        let mut totals = Stats::default();
+        for seed in seeds {
+            totals.add(&run_seed(seed, steps, trace));
+        }
+        eprintln!("simulation: {n} seeds x {steps} steps: {totals:?}");
+        // The schedules must reach the interesting paths, or the invariants prove little.
+        if n >= 50 {
+            let t = &totals;
+            let per_seed = steps as u64 / 10;
+            assert!(t.ops > n * per_seed, "too few operations: {t:?}");
+            assert!(
+                t.destroys > n && t.reimports > 0,
+                "too few destroys or re-imports: {t:?}"
+            );
+            assert!(
+                t.gaps > n && t.duplicates > n,
+                "too few gaps or duplicates: {t:?}"
+            );
+            assert!(
+                t.ghosts > 0,
+                "no attribute change arrived before its create: {t:?}"
+            );
+            assert!(t.late_writes > 0, "no write arrived after a destroy: {t:?}");
+            assert!(
+                t.split_ops > n && t.restarts > n,
+                "too few splits or restarts: {t:?}"
+            );
+            assert!(t.continued_pulls > 0, "no pull needed a second batch: {t:?}");
+        }
     }
-    // The schedules must actually exercise the interesting paths, or the
-    // invariants above prove little.
-    let n = seeds.len() as u64;
-    if n >= 100 {
-        assert!(totals.ops > n * 50, "too few operations: {totals:?}");
-        assert!(totals.destroys > n, "too few destroys: {totals:?}");
-        assert!(totals.gaps > n, "too few gaps: {totals:?}");
-        assert!(totals.duplicates > n, "too few duplicates: {totals:?}");
-        assert!(
-            totals.ghosts > 0,
-            "no attribute change ever arrived before its create: {totals:?}"
-        );
-        assert!(
-            totals.late_writes > 0,
-            "no write ever arrived after a destroy: {totals:?}"
-        );
-        assert!(
-            totals.split_ops > n,
-            "too few operations during splits: {totals:?}"
-        );
-    }
-    eprintln!("simulation: {} seeds x {steps} steps: {totals:?}", seeds.len());
 }
 
 /// One seed: a random cluster, a random schedule, then heal, settle and check.
@@ -191,6 +214,7 @@ impl Cluster {
             // member already knows, live or destroyed: a re-import from a backup.
             let known: Vec<Ouid> = self.members[m].replica.states().map(|(o, _)| *o).collect();
             let ouid = if !known.is_empty() && self.rng.chance(4) {
+                self.stats.reimports += 1;
                 known[self.rng.index(known.len())]
             } else {
                 self.rng.ouid()
@@ -654,31 +678,24 @@ struct Stats {
     late_writes: u64,
     split_ops: u64,
     restarts: u64,
+    reimports: u64,
+    continued_pulls: u64,
 }
 
-#[derive(Debug, Default)]
-struct Totals(Stats);
-
-impl Totals {
+impl Stats {
     fn add(&mut self, s: &Stats) {
-        let t = &mut self.0;
-        t.ops += s.ops;
-        t.destroys += s.destroys;
-        t.applied_remote += s.applied_remote;
-        t.gaps += s.gaps;
-        t.duplicates += s.duplicates;
-        t.dropped += s.dropped;
-        t.ghosts += s.ghosts;
-        t.late_writes += s.late_writes;
-        t.split_ops += s.split_ops;
-        t.restarts += s.restarts;
-    }
-}
-
-impl std::ops::Deref for Totals {
-    type Target = Stats;
-    fn deref(&self) -> &Stats {
-        &self.0
+        self.ops += s.ops;
+        self.destroys += s.destroys;
+        self.applied_remote += s.applied_remote;
+        self.gaps += s.gaps;
+        self.duplicates += s.duplicates;
+        self.dropped += s.dropped;
+        self.ghosts += s.ghosts;
+        self.late_writes += s.late_writes;
+        self.split_ops += s.split_ops;
+        self.restarts += s.restarts;
+        self.reimports += s.reimports;
+        self.continued_pulls += s.continued_pulls;
     }
 }
 
@@ -1064,6 +1081,7 @@ impl Cluster {
                     }
                 }
                 if full {
+                    self.stats.continued_pulls += 1;
                     let after = self.members[to].replica.version_vector().get(origin);
                     self.send(to, from, Msg::Pull { origin, after });
                 }

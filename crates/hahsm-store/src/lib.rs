@@ -737,6 +737,23 @@ impl Store {
         .map_err(self.err("read op log by origin"))
     }
 
+    /// The greatest hybrid-logical-clock stamp in the partition's log, as
+    /// (wall milliseconds, logical); (0, 0) for an empty log. A restarted member
+    /// moves its clock past it, so its new writes order after its old ones even
+    /// if the wall clock went back.
+    pub fn max_hlc(&self, partition_id: i64) -> StoreResult<(u64, u32)> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT hlc_wall, hlc_logical FROM oplog WHERE partition_id = ?1
+             ORDER BY hlc_wall DESC, hlc_logical DESC LIMIT 1",
+            [partition_id],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u32)),
+        )
+        .optional()
+        .map(|o| o.unwrap_or((0, 0)))
+        .map_err(self.err("read max hlc"))
+    }
+
     /// For each origin, the highest sequence number logged: the partition's
     /// version vector, as the log proves it.
     pub fn version_vector(&self, partition_id: i64) -> StoreResult<Vec<(u64, u64)>> {

@@ -987,3 +987,42 @@ fn a_full_disk_gives_full_and_loses_no_committed_write() {
         println!("note: could not grow the tmpfs; skipped the write-after-full check");
     }
 }
+
+#[test]
+fn replication_reads_ops_by_origin_version_vectors_and_the_latest_clock() {
+    let dir = tempdir();
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    let a = store.create_partition(&partition("a")).expect("create");
+    assert_eq!(store.max_hlc(a).expect("hlc"), (0, 0));
+    let mut batch = Vec::new();
+    for (origin, seq, wall) in [(7, 1, 500), (9, 1, 900), (7, 2, 700), (9, 2, 400)] {
+        let mut o = op(origin, seq, "create");
+        o.hlc_wall = wall;
+        batch.push(Write {
+            op: o,
+            ..Default::default()
+        });
+    }
+    store.commit_many(a, &batch).expect("commit many");
+    assert_eq!(store.version_vector(a).expect("vv"), vec![(7, 2), (9, 2)]);
+    let from7 = store.ops_from_origin(a, 7, 1, 10).expect("ops");
+    assert_eq!(
+        from7.iter().map(|o| (o.origin, o.seq)).collect::<Vec<_>>(),
+        vec![(7, 2)]
+    );
+    // The greatest clock, not the last written.
+    assert_eq!(store.max_hlc(a).expect("hlc").0, 900);
+    // A batch with one bad write commits nothing of the batch.
+    let dup = vec![
+        Write {
+            op: op(7, 3, "create"),
+            ..Default::default()
+        },
+        Write {
+            op: op(7, 2, "create"),
+            ..Default::default()
+        },
+    ];
+    assert!(store.commit_many(a, &dup).is_err());
+    assert_eq!(store.version_vector(a).expect("vv"), vec![(7, 2), (9, 2)]);
+}

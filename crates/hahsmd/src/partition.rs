@@ -173,6 +173,11 @@ impl ActivePartition {
             ));
         }
         let vv = VersionVector(store.version_vector(row.id)?.into_iter().collect());
+        let (wall_ms, logical) = store.max_hlc(row.id)?;
+        {
+            let mut clock = hlc.lock().unwrap_or_else(|p| p.into_inner());
+            *clock = (*clock).max(Hlc { wall_ms, logical });
+        }
         let next_seq = vv.get(member) + 1;
         let replica = Replica::restore(vv, states);
         let live = replica

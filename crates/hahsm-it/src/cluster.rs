@@ -31,6 +31,11 @@ fn s(p: &Path) -> String {
 impl Cluster {
     /// `n` members in one group, the first being the group's creator.
     pub fn new(n: usize) -> Cluster {
+        Self::with_group_options(n, &[])
+    }
+
+    /// Like `new`, with extra `ha create-group` options (e.g. `--quorum`).
+    pub fn with_group_options(n: usize, options: &[&str]) -> Cluster {
         let work = tempfile::tempdir().expect("temp dir");
         let secrets = work.path().join("secrets");
         std::fs::create_dir_all(&secrets).expect("secrets dir");
@@ -75,8 +80,9 @@ impl Cluster {
             )
             .expect_ok();
         }
-        c.ha(0, &["create-group", "--label", GROUP, "--partition", PARTITION])
-            .expect_ok();
+        let mut create = vec!["create-group", "--label", GROUP, "--partition", PARTITION];
+        create.extend_from_slice(options);
+        c.ha(0, &create).expect_ok();
         for j in 1..n {
             c.add_member(j).expect_ok();
         }

@@ -480,3 +480,67 @@ fn a_standby_member_receives_every_object_but_serves_only_when_the_active_member
     assert!(c.wait(Duration::from_secs(8), || c.keys(s, &["list"]).ok));
     assert!(has_label(&c, s, "for-standby"));
 }
+
+#[test]
+fn t3_4_11_a_slowed_link_does_not_stall_key_generation() {
+    let c = Cluster::new(3);
+    for j in [0, 1] {
+        c.proxies[&(j, 2)].set_delay(Duration::from_millis(2500));
+        c.proxies[&(2, j)].set_delay(Duration::from_millis(2500));
+    }
+    for i in 0..6 {
+        let t = Instant::now();
+        c.keys(
+            0,
+            &["gen", "--type", "aes:128", "--label", &format!("slowed-{i}")],
+        )
+        .expect_ok();
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "key generation {i} took {:?}",
+            t.elapsed()
+        );
+    }
+    for j in [0, 1] {
+        c.proxies[&(j, 2)].set_delay(Duration::ZERO);
+        c.proxies[&(2, j)].set_delay(Duration::ZERO);
+    }
+    assert!(c.wait_in_sync(0, Duration::from_secs(20)), "{:#}", c.status(0));
+    assert!(has_label(&c, 2, "slowed-5"));
+}
+
+#[test]
+fn quorum_write_concern_refuses_writes_on_the_minority_side_of_a_split() {
+    let c = Cluster::with_group_options(3, &["--quorum"]);
+    c.isolate(0, Mode::Cut);
+    // Once member 0 sees both peers down, it is a minority and refuses writes.
+    assert!(c.wait(Duration::from_secs(8), || c.state_of(0, 1) == "down"
+        && c.state_of(0, 2) == "down"));
+    c.keys(0, &["gen", "--type", "aes:128", "--label", "minority"])
+        .expect_err("quorum");
+    // The majority side keeps working.
+    c.keys(1, &["gen", "--type", "aes:128", "--label", "majority"])
+        .expect_ok();
+    c.heal_all();
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+    assert!(has_label(&c, 0, "majority"));
+    assert!(!has_label(&c, 1, "minority"));
+}
+
+#[test]
+fn a_removed_member_can_no_longer_write_into_the_group() {
+    let c = Cluster::new(3);
+    let serial = c.serials[2].to_string();
+    c.ha(0, &["remove-member", "--group", GROUP, "--serial", &serial])
+        .expect_ok();
+    assert_eq!(member_count(&c), 2);
+    // It still serves its own copy, but what it writes stays with it.
+    c.keys(2, &["gen", "--type", "aes:128", "--label", "from-removed"])
+        .expect_ok();
+    c.keys(0, &["gen", "--type", "aes:128", "--label", "after-removal"])
+        .expect_ok();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!has_label(&c, 0, "from-removed"));
+    assert!(!has_label(&c, 2, "after-removal"));
+    assert!(c.wait_in_sync(0, Duration::from_secs(5)), "{:#}", c.status(0));
+}

@@ -1381,8 +1381,11 @@ async fn handle_peer(
             state,
         } => {
             let (g, p) = authorized(app, fp, &group_id)?;
-            let label = g.def().label;
-            g.seen(state.serial, &label, state);
+            let def = g.def();
+            // The sender is who its certificate says, whatever the message claims.
+            if let Some(sender) = def.member_by_fingerprint(&fp.to_hex()) {
+                g.seen(sender.serial, &def.label, state);
+            }
             Ok(PeerResponse::HeartbeatAck {
                 epoch: g.def().epoch,
                 state: g.state(&p),

@@ -260,15 +260,26 @@ impl<S: Clone> Replica<S> {
     /// two replicas with the same live objects and attributes feed the same
     /// bytes. The caller hashes them into the partition digest.
     pub fn canonical(&self, mut sink: impl FnMut(&[u8])) {
-        for (ouid, state) in self.live() {
-            sink(ouid.as_bytes());
-            for (attr, (_, value)) in &state.attrs {
-                sink(&attr.to_le_bytes());
-                let raw = value.to_raw();
-                sink(&(raw.len() as u64).to_le_bytes());
-                sink(&raw);
-            }
+        for (ouid, _) in self.live() {
+            self.canonical_object(ouid, &mut sink);
         }
+    }
+
+    /// The canonical form of one object, if it is live: its OUID and its
+    /// attributes in order. Runtimes keep a digest up to date from it, one
+    /// changed object at a time.
+    pub fn canonical_object(&self, ouid: &Ouid, mut sink: impl FnMut(&[u8])) -> bool {
+        let Some(state) = self.objects.get(ouid).filter(|s| s.is_live()) else {
+            return false;
+        };
+        sink(ouid.as_bytes());
+        for (attr, (_, value)) in &state.attrs {
+            sink(&attr.to_le_bytes());
+            let raw = value.to_raw();
+            sink(&(raw.len() as u64).to_le_bytes());
+            sink(&raw);
+        }
+        true
     }
 }
 

@@ -75,6 +75,10 @@ pub struct ActivePartition {
     hlc: Arc<Mutex<Hlc>>,
     store: Arc<Store>,
     replica: RwLock<Replica<Vec<u8>>>,
+    /// The content digest (XOR of each live object's canonical hash) and each
+    /// live object's term, kept up to date one changed object at a time, so
+    /// heartbeats never rehash the whole partition.
+    content: Mutex<([u8; 32], HashMap<Ouid, [u8; 32]>)>,
     live: RwLock<HashMap<Ouid, Arc<ObjectEntry>>>,
     writes: tokio::sync::Mutex<WriteState>,
     max_objects: usize,
@@ -180,6 +184,13 @@ impl ActivePartition {
         }
         let next_seq = vv.get(member) + 1;
         let replica = Replica::restore(vv, states);
+        let mut content = ([0u8; 32], HashMap::new());
+        for (ouid, _) in replica.live() {
+            if let Some(term) = content_term(&replica, ouid) {
+                xor_into(&mut content.0, &term);
+                content.1.insert(*ouid, term);
+            }
+        }
         let live = replica
             .live()
             .map(|(o, s)| (*o, Arc::new(ObjectEntry::from_state(*o, s))))
@@ -193,6 +204,7 @@ impl ActivePartition {
             hlc,
             store,
             replica: RwLock::new(replica),
+            content: Mutex::new(content),
             live: RwLock::new(live),
             writes: tokio::sync::Mutex::new(WriteState {
                 next_seq,
@@ -254,9 +266,7 @@ impl ActivePartition {
     /// A digest of the live objects and their attributes: equal on two members
     /// exactly when they hold the same objects with the same attributes.
     pub fn content_digest(&self) -> [u8; 32] {
-        let mut buf = Vec::new();
-        self.replica_read().canonical(|b| buf.extend_from_slice(b));
-        crypto::sha256(&buf)
+        self.content.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
     /// A new object for this partition, with its secret sealed under the PMK:
@@ -535,6 +545,18 @@ impl ActivePartition {
         state.next_seq = next_seq;
         let replica = self.replica_read();
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        let mut content = self.content.lock().unwrap_or_else(|p| p.into_inner());
+        for ouid in &touched {
+            let (digest, terms) = &mut *content;
+            if let Some(old) = terms.remove(ouid) {
+                xor_into(digest, &old);
+            }
+            if let Some(term) = content_term(&replica, ouid) {
+                xor_into(digest, &term);
+                terms.insert(*ouid, term);
+            }
+        }
+        drop(content);
         for ouid in touched {
             match replica.get(&ouid) {
                 Some(s) if s.is_live() => {
@@ -575,6 +597,14 @@ impl ActivePartition {
             std::mem::take(&mut *fresh.replica.write().unwrap_or_else(|p| p.into_inner()));
         Ok(())
     }
+}
+
+/// One live object's contribution to the content digest.
+fn content_term(replica: &Replica<Vec<u8>>, ouid: &Ouid) -> Option<[u8; 32]> {
+    let mut buf = Vec::new();
+    replica
+        .canonical_object(ouid, |b| buf.extend_from_slice(b))
+        .then(|| crypto::sha256(&buf))
 }
 
 /// Reads a public key back from an object's attributes.

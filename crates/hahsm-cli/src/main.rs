@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod appliance_cmd;
+mod bench_cmd;
 mod client_cmd;
 mod ha_cmd;
 mod keys_cmd;
@@ -30,6 +31,8 @@ enum Command {
     Ha(ha_cmd::HaArgs),
     /// Manage and use keys on a member, over the mutual-TLS link.
     Keys(keys_cmd::KeysArgs),
+    /// Signatures/s through the PKCS#11 module against aws-lc-rs in-process.
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Where the client config is: `--conf`, `HAHSM_CONF`, or `~/.hahsm/client.toml`.
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
             Command::Client(c) => client_cmd::run(c).await,
             Command::Ha(h) => ha_cmd::run(h).await,
             Command::Keys(k) => keys_cmd::run(k).await,
+            Command::Bench(b) => bench_cmd::run(b).await,
         }
     });
     match result {

@@ -20,10 +20,16 @@ use std::time::{Duration, Instant};
 
 async fn connect(conf: &std::path::Path, server: usize, partition: &str, pin: &str) -> MemberConnection {
     let config = hahsm_client::ClientConfig::load(conf).expect("client config");
-    let conn = MemberConnection::connect(&config, &config.servers[server]).await.expect("connects");
-    conn.call(Request::Login { partition: partition.into(), user_type: USER_NORMAL, pin: Secret::from(pin) })
+    let conn = MemberConnection::connect(&config, &config.servers[server])
         .await
-        .expect("logs in");
+        .expect("connects");
+    conn.call(Request::Login {
+        partition: partition.into(),
+        user_type: USER_NORMAL,
+        pin: Secret::from(pin),
+    })
+    .await
+    .expect("logs in");
     conn
 }
 
@@ -54,14 +60,20 @@ fn aes_keygen(partition: &str, i: u64) -> Request {
 }
 
 /// Runs `concurrency` request loops for `seconds`; returns (ops/s, worst latency).
-async fn rate(conn: Arc<MemberConnection>, partition: &str, seconds: u64, concurrency: usize) -> (f64, Duration) {
+async fn rate(
+    conn: Arc<MemberConnection>,
+    partition: &str,
+    seconds: u64,
+    concurrency: usize,
+) -> (f64, Duration) {
     let done = Arc::new(AtomicU64::new(0));
     let worst = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (conn, done, worst, partition) = (conn.clone(), done.clone(), worst.clone(), partition.to_string());
+        let (conn, done, worst, partition) =
+            (conn.clone(), done.clone(), worst.clone(), partition.to_string());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let t = Instant::now();
@@ -78,7 +90,10 @@ async fn rate(conn: Arc<MemberConnection>, partition: &str, seconds: u64, concur
         t.await.expect("task");
     }
     let n = done.load(Ordering::Relaxed) as f64;
-    (n / start.elapsed().as_secs_f64(), Duration::from_micros(worst.load(Ordering::Relaxed)))
+    (
+        n / start.elapsed().as_secs_f64(),
+        Duration::from_micros(worst.load(Ordering::Relaxed)),
+    )
 }
 
 fn main() {
@@ -95,7 +110,10 @@ fn main() {
         rate(conn, &st.partition, seconds, concurrency).await
     });
     drop(st);
-    println!("standalone member            {:>8.2} keys/s  (worst {:?})", standalone.0, standalone.1);
+    println!(
+        "standalone member            {:>8.2} keys/s  (worst {:?})",
+        standalone.0, standalone.1
+    );
 
     let c = Cluster::new(3);
     let conn = Arc::new(rt.block_on(connect(&c.conf, 0, PARTITION, PIN)));
@@ -115,7 +133,30 @@ fn main() {
         stopped.0 / standalone.0
     );
     c.members[2].signal(Signal::SIGCONT);
-    assert!(c.wait_in_sync(0, Duration::from_secs(60)), "the group did not heal");
+    assert!(
+        c.wait_in_sync(0, Duration::from_secs(60)),
+        "the group did not heal"
+    );
+    // A slowed member: 200 ms added each way on its links.
+    for j in [0, 1] {
+        c.proxies[&(j, 2)].set_delay(Duration::from_millis(200));
+        c.proxies[&(2, j)].set_delay(Duration::from_millis(200));
+    }
+    let slowed = rt.block_on(rate(conn.clone(), PARTITION, seconds, concurrency));
+    println!(
+        "3-member group, one slowed   {:>8.2} keys/s  (worst {:?})  {:.2} of standalone",
+        slowed.0,
+        slowed.1,
+        slowed.0 / standalone.0
+    );
+    for j in [0, 1] {
+        c.proxies[&(j, 2)].set_delay(Duration::ZERO);
+        c.proxies[&(2, j)].set_delay(Duration::ZERO);
+    }
+    assert!(
+        c.wait_in_sync(0, Duration::from_secs(60)),
+        "the group did not heal"
+    );
     drop(c);
 
     // Catch-up: a member misses `catch_up_ops` operations, then returns.
@@ -142,7 +183,10 @@ fn main() {
             t.await.expect("task");
         }
     });
-    println!("{catch_up_ops} writes with one member down took {:?}", written.elapsed());
+    println!(
+        "{catch_up_ops} writes with one member down took {:?}",
+        written.elapsed()
+    );
     let restarted = Instant::now();
     c.members[2].spawn();
     let ready = restarted.elapsed();

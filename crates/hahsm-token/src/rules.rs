@@ -87,7 +87,11 @@ fn check_usages(template: &Template, class: u64, key_type: u64) -> TokenResult<(
         if template.flag(attr, false) && !allowed.contains(&attr) {
             // HMAC keys may also be marked for encryption by some applications;
             // PKCS#11 does not forbid it, so only key-pair halves are strict.
-            if class == ck::CKO_SECRET_KEY {
+            // OpenSC's pkcs11-tool (and libp11) ask for CKA_DERIVE on both halves
+            // of an EC pair; a public key that "derives" grants nothing.
+            if class == ck::CKO_SECRET_KEY
+                || (class == ck::CKO_PUBLIC_KEY && key_type == ck::CKK_EC && attr == ck::CKA_DERIVE)
+            {
                 continue;
             }
             return Err(TokenError::TemplateInconsistent(format!(
@@ -630,6 +634,22 @@ mod tests {
         assert!(matches!(
             check_key_use(&t, ck::CKM_AES_CBC_PAD, Usage::Encrypt),
             Err(TokenError::KeyFunctionNotPermitted(_))
+        ));
+    }
+
+    #[test]
+    fn ec_public_keys_may_carry_derive_but_rsa_public_keys_may_not_sign() {
+        let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        let public = Template::new()
+            .with(ck::CKA_EC_PARAMS, AttrValue::Bytes(p256))
+            .with(ck::CKA_DERIVE, AttrValue::Bool(true));
+        assert!(generated_key_pair(ck::CKM_EC_KEY_PAIR_GEN, &public, &Template::new()).is_ok());
+        let rsa = Template::new()
+            .with(ck::CKA_MODULUS_BITS, AttrValue::Ulong(2048))
+            .with(ck::CKA_SIGN, AttrValue::Bool(true));
+        assert!(matches!(
+            generated_key_pair(ck::CKM_RSA_PKCS_KEY_PAIR_GEN, &rsa, &Template::new()),
+            Err(TokenError::TemplateInconsistent(_))
         ));
     }
 

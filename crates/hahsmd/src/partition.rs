@@ -51,6 +51,9 @@ impl ObjectEntry {
     }
 }
 
+/// The content digest and each live object's term in it.
+type ContentDigest = ([u8; 32], HashMap<Ouid, [u8; 32]>);
+
 /// What one replicated operation did, for the replication runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -78,7 +81,7 @@ pub struct ActivePartition {
     /// The content digest (XOR of each live object's canonical hash) and each
     /// live object's term, kept up to date one changed object at a time, so
     /// heartbeats never rehash the whole partition.
-    content: Mutex<([u8; 32], HashMap<Ouid, [u8; 32]>)>,
+    content: Mutex<ContentDigest>,
     live: RwLock<HashMap<Ouid, Arc<ObjectEntry>>>,
     writes: tokio::sync::Mutex<WriteState>,
     max_objects: usize,

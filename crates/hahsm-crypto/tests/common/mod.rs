@@ -77,7 +77,7 @@ fn der_len(n: usize) -> Vec<u8> {
 
 fn der_uint(be: &[u8]) -> Vec<u8> {
     let mut v: Vec<u8> = be.iter().copied().skip_while(|b| *b == 0).collect();
-    if v.first().map_or(true, |b| b & 0x80 != 0) {
+    if v.first().is_none_or(|b| b & 0x80 != 0) {
         v.insert(0, 0);
     }
     let mut out = vec![0x02];

@@ -117,7 +117,10 @@ pub fn expect_rv<T: std::fmt::Debug>(r: Result<T, Error>, want: RvError) {
 
 /// Runs named checks in order, each isolated from the others' panics, and
 /// fails with the names of those that failed.
-pub fn run_checks<E>(env: &E, checks: &[(&str, fn(&E))]) {
+/// A named check of one test.
+pub type Check<E> = (&'static str, fn(&E));
+
+pub fn run_checks<E>(env: &E, checks: &[Check<E>]) {
     let mut failed = Vec::new();
     for (name, check) in checks {
         eprintln!("--- check {name}");
@@ -168,4 +171,123 @@ pub fn ecdsa_der(sig: &[u8]) -> Vec<u8> {
     out.push(body.len() as u8);
     out.extend(body);
     out
+}
+
+/// Raw calls on the module's function list, for what the safe wrapper cannot
+/// express: NULL pointers, short buffers, mechanisms it does not know.
+pub mod raw {
+    use super::Env;
+    use cryptoki_sys as ck;
+
+    /// A read/write session opened through the raw function list.
+    pub fn session(env: &Env) -> ck::CK_SESSION_HANDLE {
+        let mut h = 0;
+        // SAFETY: valid arguments; the module is initialized.
+        let r = unsafe {
+            env.raw.C_OpenSession.unwrap()(
+                env.slot.id(),
+                ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION,
+                std::ptr::null_mut(),
+                None,
+                &mut h,
+            )
+        };
+        assert_eq!(r, ck::CKR_OK);
+        h
+    }
+
+    /// `C_WrapKey` with a mechanism without parameters: (rv, output).
+    pub fn wrap(env: &Env, h: ck::CK_SESSION_HANDLE, mech: u64, kek: u64, key: u64) -> (u64, Vec<u8>) {
+        let mut m = ck::CK_MECHANISM {
+            mechanism: mech,
+            pParameter: std::ptr::null_mut(),
+            ulParameterLen: 0,
+        };
+        let mut len = 0;
+        // SAFETY: valid pointers; a NULL output asks for the length.
+        let r = unsafe { env.raw.C_WrapKey.unwrap()(h, &mut m, kek, key, std::ptr::null_mut(), &mut len) };
+        if r != ck::CKR_OK {
+            return (r, Vec::new());
+        }
+        let mut out = vec![0u8; len as usize];
+        // SAFETY: `out` holds `len` bytes.
+        let r = unsafe { env.raw.C_WrapKey.unwrap()(h, &mut m, kek, key, out.as_mut_ptr(), &mut len) };
+        out.truncate(len as usize);
+        (r, out)
+    }
+
+    /// `C_UnwrapKey` with a mechanism without parameters; panics on failure.
+    pub fn unwrap(
+        env: &Env,
+        h: ck::CK_SESSION_HANDLE,
+        mech: u64,
+        kek: u64,
+        wrapped: &[u8],
+        template: &[cryptoki::object::Attribute],
+    ) -> cryptoki::object::ObjectHandle {
+        let mut m = ck::CK_MECHANISM {
+            mechanism: mech,
+            pParameter: std::ptr::null_mut(),
+            ulParameterLen: 0,
+        };
+        let mut t: Vec<ck::CK_ATTRIBUTE> = template.iter().map(|a| a.into()).collect();
+        let mut out = 0;
+        // SAFETY: valid pointers and lengths; the attributes borrow `template`.
+        let r = unsafe {
+            env.raw.C_UnwrapKey.unwrap()(
+                h,
+                &mut m,
+                kek,
+                wrapped.as_ptr() as *mut u8,
+                wrapped.len() as u64,
+                t.as_mut_ptr(),
+                t.len() as u64,
+                &mut out,
+            )
+        };
+        assert_eq!(r, ck::CKR_OK, "C_UnwrapKey");
+        // SAFETY: the handle was just issued by the module.
+        unsafe { cryptoki::object::ObjectHandle::new_from_raw(out) }
+    }
+
+    /// The mechanism list, unfiltered.
+    pub fn mechanisms(env: &Env) -> Vec<u64> {
+        let mut n = 0;
+        // SAFETY: a NULL list asks for the count.
+        assert_eq!(
+            unsafe { env.raw.C_GetMechanismList.unwrap()(env.slot.id(), std::ptr::null_mut(), &mut n) },
+            ck::CKR_OK
+        );
+        let mut list = vec![0; n as usize];
+        // SAFETY: `list` holds `n` entries.
+        assert_eq!(
+            unsafe { env.raw.C_GetMechanismList.unwrap()(env.slot.id(), list.as_mut_ptr(), &mut n) },
+            ck::CKR_OK
+        );
+        list
+    }
+
+    /// The 3.0 function list, through `C_GetInterface` (default interface).
+    pub fn functions_3_0() -> (libloading::Library, ck::CK_FUNCTION_LIST_3_0) {
+        // SAFETY: loading our own module.
+        let lib = unsafe { libloading::Library::new(super::module_path()) }.expect("dlopen");
+        type GetInterface =
+            unsafe extern "C" fn(*mut u8, *mut ck::CK_VERSION, *mut *mut ck::CK_INTERFACE, u64) -> u64;
+        // SAFETY: C_GetInterface has this signature in PKCS#11 3.0.
+        let get: libloading::Symbol<GetInterface> = unsafe { lib.get(b"C_GetInterface") }.expect("exported");
+        let mut iface = std::ptr::null_mut();
+        // SAFETY: NULL name and version ask for the default interface.
+        assert_eq!(
+            unsafe { get(std::ptr::null_mut(), std::ptr::null_mut(), &mut iface, 0) },
+            0
+        );
+        // SAFETY: the module returned its static interface and 3.0 function list.
+        let list = unsafe { *((*iface).pFunctionList as *const ck::CK_FUNCTION_LIST_3_0) };
+        (lib, list)
+    }
+
+    /// Handle of a cryptoki object.
+    pub fn obj(o: cryptoki::object::ObjectHandle) -> u64 {
+        o.handle()
+    }
 }

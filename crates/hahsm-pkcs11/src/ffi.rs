@@ -1,0 +1,1090 @@
+//! The C ABI: every `C_*` function of PKCS#11 3.0, and the function lists and
+//! interfaces that hand them out.
+//!
+//! Each shim is short: it takes its pointer and length checks from [`crate::ptr`],
+//! calls a safe function in [`crate::api`], and lets [`ptr::guard`] turn the
+//! result into a `CK_RV` (catching any panic as `CKR_GENERAL_ERROR`). Section
+//! numbers refer to the PKCS#11 3.0 base specification.
+//!
+//! The contract of every function here is the PKCS#11 one: pointers are NULL
+//! or valid for the lengths passed with them.
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use crate::api::{self, Input};
+use crate::module;
+use crate::ptr::{self, guard};
+use crate::session::OpKind;
+use hahsm_token::ck::*;
+use std::os::raw::c_void;
+
+// ------------------------------------------------------- general (§5.4) --
+
+/// §5.4 `C_Initialize`.
+#[no_mangle]
+pub unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
+    guard("C_Initialize", || {
+        // SAFETY: `args` is NULL or a CK_C_INITIALIZE_ARGS (PKCS#11 §5.4).
+        unsafe { ptr::init_args(args as *const CK_C_INITIALIZE_ARGS) }?;
+        module::initialize()
+    })
+}
+
+/// §5.4 `C_Finalize`.
+#[no_mangle]
+pub unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
+    guard("C_Finalize", || {
+        if !reserved.is_null() {
+            return Err(crate::Error::Rv(CKR_ARGUMENTS_BAD));
+        }
+        module::finalize()
+    })
+}
+
+/// §5.4 `C_GetInfo`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
+    guard("C_GetInfo", || {
+        let i = api::info()?;
+        // SAFETY: `info` is NULL or valid for writes (PKCS#11 §5.4).
+        *unsafe { ptr::out(info) }? = i;
+        Ok(())
+    })
+}
+
+/// §5.4 `C_GetFunctionList`: the 2.40 list.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
+    guard("C_GetFunctionList", || {
+        // SAFETY: `list` is NULL or valid for writes (PKCS#11 §5.4).
+        *unsafe { ptr::out(list) }? = &FUNCTION_LIST as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;
+        Ok(())
+    })
+}
+
+/// §5.4 `C_GetInterfaceList`: "PKCS 11" 3.0 and 2.40.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut CK_ULONG) -> CK_RV {
+    guard("C_GetInterfaceList", || {
+        // SAFETY: `count` is NULL or valid; `list` NULL or valid for `*count` entries (§5.4).
+        unsafe { ptr::list(list, count, &INTERFACES.0) }
+    })
+}
+
+/// §5.4 `C_GetInterface`: NULL name and version give the 3.0 interface.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInterface(
+    name: *mut CK_UTF8CHAR,
+    version: *mut CK_VERSION,
+    interface: *mut *mut CK_INTERFACE,
+    flags: CK_FLAGS,
+) -> CK_RV {
+    guard("C_GetInterface", || {
+        // SAFETY: `interface` is NULL or valid for writes (§5.4).
+        let out = unsafe { ptr::out(interface) }?;
+        if !name.is_null() {
+            // SAFETY: a non-NULL name is a NUL-terminated string (§5.4).
+            let wanted = unsafe { std::ffi::CStr::from_ptr(name as *const std::os::raw::c_char) };
+            if wanted.to_bytes() != b"PKCS 11" {
+                return Err(crate::Error::Rv(CKR_ARGUMENTS_BAD));
+            }
+        }
+        // SAFETY: `version` is NULL or valid for reads (§5.4).
+        let wanted_version = unsafe { version.as_ref() }.map(|v| (v.major, v.minor));
+        let found = INTERFACES.0.iter().find(|i| {
+            // SAFETY: our own interfaces point at our own function lists, whose
+            // first field is a CK_VERSION.
+            let v = unsafe { &*(i.pFunctionList as *const CK_VERSION) };
+            let version_ok = match wanted_version {
+                Some(w) => w == (v.major, v.minor),
+                None => true,
+            };
+            version_ok && i.flags & flags == flags
+        });
+        match found {
+            Some(i) => {
+                *out = i as *const CK_INTERFACE as *mut CK_INTERFACE;
+                Ok(())
+            }
+            None => Err(crate::Error::Rv(CKR_ARGUMENTS_BAD)),
+        }
+    })
+}
+
+// ---------------------------------------------- slots and tokens (§5.5) --
+
+/// §5.5 `C_GetSlotList`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetSlotList(
+    present: CK_BBOOL,
+    list: *mut CK_SLOT_ID,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_GetSlotList", || {
+        let slots = api::slot_list(present != 0)?;
+        // SAFETY: `count` is NULL or valid; `list` NULL or valid for `*count` ids (§5.5).
+        unsafe { ptr::list(list, count, &slots) }
+    })
+}
+
+/// §5.5 `C_GetSlotInfo`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
+    guard("C_GetSlotInfo", || {
+        // SAFETY: `info` is NULL or valid for writes (§5.5).
+        let out = unsafe { ptr::out(info) }?;
+        *out = api::slot_info(slot)?;
+        Ok(())
+    })
+}
+
+/// §5.5 `C_GetTokenInfo`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
+    guard("C_GetTokenInfo", || {
+        // SAFETY: `info` is NULL or valid for writes (§5.5).
+        let out = unsafe { ptr::out(info) }?;
+        *out = api::token_info(slot)?;
+        Ok(())
+    })
+}
+
+/// §5.5 `C_WaitForSlotEvent`: slots do not change while the module runs;
+/// with `CKF_DONT_BLOCK` there is no event, and blocking is not offered.
+#[no_mangle]
+pub unsafe extern "C" fn C_WaitForSlotEvent(
+    flags: CK_FLAGS,
+    slot: *mut CK_SLOT_ID,
+    reserved: *mut c_void,
+) -> CK_RV {
+    guard("C_WaitForSlotEvent", || {
+        module::get()?;
+        if !reserved.is_null() {
+            return Err(crate::Error::Rv(CKR_ARGUMENTS_BAD));
+        }
+        // SAFETY: `slot` is NULL or valid for writes (§5.5).
+        unsafe { ptr::out(slot) }?;
+        if flags & CKF_DONT_BLOCK != 0 {
+            Err(crate::Error::Rv(CKR_NO_EVENT))
+        } else {
+            Err(crate::Error::Rv(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+    })
+}
+
+/// §5.5 `C_GetMechanismList`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetMechanismList(
+    slot: CK_SLOT_ID,
+    list: *mut CK_MECHANISM_TYPE,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_GetMechanismList", || {
+        let mechs = api::mechanism_list(slot)?;
+        // SAFETY: `count` is NULL or valid; `list` NULL or valid for `*count` entries (§5.5).
+        unsafe { ptr::list(list, count, &mechs) }
+    })
+}
+
+/// §5.5 `C_GetMechanismInfo`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetMechanismInfo(
+    slot: CK_SLOT_ID,
+    mech: CK_MECHANISM_TYPE,
+    info: *mut CK_MECHANISM_INFO,
+) -> CK_RV {
+    guard("C_GetMechanismInfo", || {
+        // SAFETY: `info` is NULL or valid for writes (§5.5).
+        let out = unsafe { ptr::out(info) }?;
+        *out = api::mechanism_info(slot, mech)?;
+        Ok(())
+    })
+}
+
+/// §5.5 `C_InitToken`: not offered, see [`api::init_token`].
+#[no_mangle]
+pub unsafe extern "C" fn C_InitToken(
+    slot: CK_SLOT_ID,
+    _pin: *mut CK_UTF8CHAR,
+    _pin_len: CK_ULONG,
+    _label: *mut CK_UTF8CHAR,
+) -> CK_RV {
+    guard("C_InitToken", || api::init_token(slot))
+}
+
+/// §5.5 `C_InitPIN`.
+#[no_mangle]
+pub unsafe extern "C" fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULONG) -> CK_RV {
+    guard("C_InitPIN", || {
+        // SAFETY: `pin` is NULL or valid for `len` bytes (§5.5).
+        let pin = unsafe { ptr::bytes(pin, len) }?;
+        api::init_pin(h, pin)
+    })
+}
+
+/// §5.5 `C_SetPIN`.
+#[no_mangle]
+pub unsafe extern "C" fn C_SetPIN(
+    h: CK_SESSION_HANDLE,
+    old: *mut CK_UTF8CHAR,
+    old_len: CK_ULONG,
+    new: *mut CK_UTF8CHAR,
+    new_len: CK_ULONG,
+) -> CK_RV {
+    guard("C_SetPIN", || {
+        // SAFETY: each PIN pointer is NULL or valid for its length (§5.5).
+        let (old, new) = unsafe { (ptr::bytes(old, old_len)?, ptr::bytes(new, new_len)?) };
+        api::set_pin(h, old, new)
+    })
+}
+
+// ------------------------------------------------------ sessions (§5.6) --
+
+/// §5.6 `C_OpenSession`. Notification callbacks are not used.
+#[no_mangle]
+pub unsafe extern "C" fn C_OpenSession(
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    _app: *mut c_void,
+    _notify: CK_NOTIFY,
+    session: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
+    guard("C_OpenSession", || {
+        // SAFETY: `session` is NULL or valid for writes (§5.6).
+        let out = unsafe { ptr::out(session) }?;
+        *out = api::open_session(slot, flags)?;
+        Ok(())
+    })
+}
+
+/// §5.6 `C_CloseSession`.
+#[no_mangle]
+pub unsafe extern "C" fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
+    guard("C_CloseSession", || api::close_session(h))
+}
+
+/// §5.6 `C_CloseAllSessions`.
+#[no_mangle]
+pub unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
+    guard("C_CloseAllSessions", || api::close_all_sessions(slot))
+}
+
+/// §5.6 `C_GetSessionInfo`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO) -> CK_RV {
+    guard("C_GetSessionInfo", || {
+        // SAFETY: `info` is NULL or valid for writes (§5.6).
+        let out = unsafe { ptr::out(info) }?;
+        *out = api::session_info(h)?;
+        Ok(())
+    })
+}
+
+/// §5.6 `C_SessionCancel` (3.0).
+#[no_mangle]
+pub unsafe extern "C" fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
+    guard("C_SessionCancel", || api::session_cancel(h, flags))
+}
+
+/// §5.6 `C_Login`.
+#[no_mangle]
+pub unsafe extern "C" fn C_Login(
+    h: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+) -> CK_RV {
+    guard("C_Login", || {
+        // SAFETY: `pin` is NULL or valid for `len` bytes (§5.6).
+        let pin = unsafe { ptr::bytes(pin, len) }?;
+        api::login(h, user, pin)
+    })
+}
+
+/// §5.6 `C_LoginUser` (3.0). hahsm partitions have one user per role, so the
+/// user name is checked for validity and otherwise not used.
+#[no_mangle]
+pub unsafe extern "C" fn C_LoginUser(
+    h: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+    name: *mut CK_UTF8CHAR,
+    name_len: CK_ULONG,
+) -> CK_RV {
+    guard("C_LoginUser", || {
+        // SAFETY: `pin` and `name` are NULL or valid for their lengths (§5.6).
+        let (pin, _name) = unsafe { (ptr::bytes(pin, len)?, ptr::bytes(name, name_len)?) };
+        api::login(h, user, pin)
+    })
+}
+
+/// §5.6 `C_Logout`.
+#[no_mangle]
+pub unsafe extern "C" fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
+    guard("C_Logout", || api::logout(h))
+}
+
+// --------------------------------------------- object management (§5.7) --
+
+/// §5.7 `C_CreateObject`.
+#[no_mangle]
+pub unsafe extern "C" fn C_CreateObject(
+    h: CK_SESSION_HANDLE,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    object: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guard("C_CreateObject", || {
+        // SAFETY: `object` is NULL or writable; `template` NULL or `count` attributes (§5.7).
+        let (out, t) = unsafe { (ptr::out(object)?, ptr::template(template, count)?) };
+        *out = api::create_object(h, t)?;
+        Ok(())
+    })
+}
+
+/// §5.7 `C_CopyObject`.
+#[no_mangle]
+pub unsafe extern "C" fn C_CopyObject(
+    h: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    new_object: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guard("C_CopyObject", || {
+        // SAFETY: `new_object` is NULL or writable; `template` NULL or `count` attributes (§5.7).
+        let (out, t) = unsafe { (ptr::out(new_object)?, ptr::template(template, count)?) };
+        *out = api::copy_object(h, object, t)?;
+        Ok(())
+    })
+}
+
+/// §5.7 `C_DestroyObject`.
+#[no_mangle]
+pub unsafe extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> CK_RV {
+    guard("C_DestroyObject", || api::destroy_object(h, object))
+}
+
+/// §5.7 `C_GetObjectSize`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetObjectSize(
+    h: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    size: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_GetObjectSize", || {
+        // SAFETY: `size` is NULL or valid for writes (§5.7).
+        let out = unsafe { ptr::out(size) }?;
+        *out = api::object_size(h, object)?;
+        Ok(())
+    })
+}
+
+/// §5.7 `C_GetAttributeValue`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetAttributeValue(
+    h: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> CK_RV {
+    guard("C_GetAttributeValue", || {
+        // SAFETY: `template` is NULL or valid for `count` attributes (§5.7).
+        let types = unsafe { ptr::attribute_types(template, count) }?;
+        let results = api::get_attributes(h, object, types)?;
+        // SAFETY: the same `count` attributes, each `pValue` NULL or valid for `ulValueLen`.
+        unsafe { ptr::write_attributes(template, &results) }
+    })
+}
+
+/// §5.7 `C_SetAttributeValue`.
+#[no_mangle]
+pub unsafe extern "C" fn C_SetAttributeValue(
+    h: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> CK_RV {
+    guard("C_SetAttributeValue", || {
+        // SAFETY: `template` is NULL or valid for `count` attributes (§5.7).
+        let t = unsafe { ptr::template(template, count) }?;
+        api::set_attributes(h, object, t)
+    })
+}
+
+/// §5.7 `C_FindObjectsInit`.
+#[no_mangle]
+pub unsafe extern "C" fn C_FindObjectsInit(
+    h: CK_SESSION_HANDLE,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> CK_RV {
+    guard("C_FindObjectsInit", || {
+        // SAFETY: `template` is NULL or valid for `count` attributes (§5.7).
+        let t = unsafe { ptr::search_template(template, count) }?;
+        api::find_init(h, t)
+    })
+}
+
+/// §5.7 `C_FindObjects`.
+#[no_mangle]
+pub unsafe extern "C" fn C_FindObjects(
+    h: CK_SESSION_HANDLE,
+    objects: *mut CK_OBJECT_HANDLE,
+    max: CK_ULONG,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_FindObjects", || {
+        // SAFETY: `count` is NULL or valid for writes (§5.7).
+        let count = unsafe { ptr::out(count) }?;
+        if objects.is_null() && max > 0 {
+            return Err(crate::Error::Rv(CKR_ARGUMENTS_BAD));
+        }
+        let found = api::find(h, max as usize)?;
+        if !found.is_empty() {
+            // SAFETY: `objects` holds `max` >= `found.len()` writable handles.
+            unsafe { std::ptr::copy_nonoverlapping(found.as_ptr(), objects, found.len()) };
+        }
+        *count = found.len() as CK_ULONG;
+        Ok(())
+    })
+}
+
+/// §5.7 `C_FindObjectsFinal`.
+#[no_mangle]
+pub unsafe extern "C" fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
+    guard("C_FindObjectsFinal", || api::find_final(h))
+}
+
+// ------------------------- encryption, decryption, digests, signatures --
+
+/// The `C_*Init` of an operation; a NULL mechanism ends the active one (3.0).
+///
+/// # Safety
+/// `mech` is NULL or a valid `CK_MECHANISM`.
+unsafe fn op_init(
+    name: &str,
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    mech: *mut CK_MECHANISM,
+    key: Option<CK_OBJECT_HANDLE>,
+) -> CK_RV {
+    guard(name, || {
+        // SAFETY: forwarded contract.
+        match unsafe { ptr::mechanism(mech) }? {
+            None => api::op_cancel(h, kind),
+            Some(m) => api::op_init(h, kind, m, key),
+        }
+    })
+}
+
+/// A single-part operation or a `C_*Final` that produces output.
+///
+/// # Safety
+/// `data` is NULL or valid for `len` bytes; `out`/`out_len` as for [`ptr::output`].
+unsafe fn produce(
+    name: &str,
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    data: Option<(*mut CK_BYTE, CK_ULONG)>,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    guard(name, || {
+        let input = match data {
+            // SAFETY: forwarded contract.
+            Some((p, n)) => Input::Single(unsafe { ptr::bytes(p, n) }?),
+            None => Input::Final,
+        };
+        // SAFETY: forwarded contract.
+        unsafe { ptr::output(out, out_len, |cap| api::produce(h, kind, input, cap)) }
+    })
+}
+
+/// A `C_*Update` that gathers input and, for ciphers, produces no output yet.
+/// For ciphers, a NULL output buffer only asks for the output length (zero)
+/// and does not consume the input, as the buffer convention says.
+///
+/// # Safety
+/// `data` is NULL or valid for `len` bytes; `out_len` NULL or valid.
+unsafe fn update(
+    name: &str,
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: Option<(*mut CK_BYTE, *mut CK_ULONG)>,
+) -> CK_RV {
+    guard(name, || {
+        // SAFETY: forwarded contract.
+        let data = unsafe { ptr::bytes(data, len) }?;
+        match out {
+            Some((buf, out_len)) => {
+                // SAFETY: forwarded contract.
+                let n = unsafe { ptr::out(out_len) }?;
+                if !buf.is_null() {
+                    api::update(h, kind, data)?;
+                } else {
+                    api::update_check(h, kind)?;
+                }
+                *n = 0;
+                Ok(())
+            }
+            None => api::update(h, kind, data),
+        }
+    })
+}
+
+/// §5.8 `C_EncryptInit`.
+#[no_mangle]
+pub unsafe extern "C" fn C_EncryptInit(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    // SAFETY: `mech` is NULL or valid (§5.8).
+    unsafe { op_init("C_EncryptInit", h, OpKind::Encrypt, mech, Some(key)) }
+}
+
+/// §5.8 `C_Encrypt`.
+#[no_mangle]
+pub unsafe extern "C" fn C_Encrypt(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.8).
+    unsafe { produce("C_Encrypt", h, OpKind::Encrypt, Some((data, len)), out, out_len) }
+}
+
+/// §5.8 `C_EncryptUpdate`: input is gathered; the output comes at `C_EncryptFinal`.
+#[no_mangle]
+pub unsafe extern "C" fn C_EncryptUpdate(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.8).
+    unsafe {
+        update(
+            "C_EncryptUpdate",
+            h,
+            OpKind::Encrypt,
+            data,
+            len,
+            Some((out, out_len)),
+        )
+    }
+}
+
+/// §5.8 `C_EncryptFinal`.
+#[no_mangle]
+pub unsafe extern "C" fn C_EncryptFinal(
+    h: CK_SESSION_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.8).
+    unsafe { produce("C_EncryptFinal", h, OpKind::Encrypt, None, out, out_len) }
+}
+
+/// §5.9 `C_DecryptInit`.
+#[no_mangle]
+pub unsafe extern "C" fn C_DecryptInit(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    // SAFETY: `mech` is NULL or valid (§5.9).
+    unsafe { op_init("C_DecryptInit", h, OpKind::Decrypt, mech, Some(key)) }
+}
+
+/// §5.9 `C_Decrypt`.
+#[no_mangle]
+pub unsafe extern "C" fn C_Decrypt(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.9).
+    unsafe { produce("C_Decrypt", h, OpKind::Decrypt, Some((data, len)), out, out_len) }
+}
+
+/// §5.9 `C_DecryptUpdate`: input is gathered; the output comes at `C_DecryptFinal`.
+#[no_mangle]
+pub unsafe extern "C" fn C_DecryptUpdate(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.9).
+    unsafe {
+        update(
+            "C_DecryptUpdate",
+            h,
+            OpKind::Decrypt,
+            data,
+            len,
+            Some((out, out_len)),
+        )
+    }
+}
+
+/// §5.9 `C_DecryptFinal`.
+#[no_mangle]
+pub unsafe extern "C" fn C_DecryptFinal(
+    h: CK_SESSION_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.9).
+    unsafe { produce("C_DecryptFinal", h, OpKind::Decrypt, None, out, out_len) }
+}
+
+/// §5.10 `C_DigestInit`.
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestInit(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM) -> CK_RV {
+    // SAFETY: `mech` is NULL or valid (§5.10).
+    unsafe { op_init("C_DigestInit", h, OpKind::Digest, mech, None) }
+}
+
+/// §5.10 `C_Digest`.
+#[no_mangle]
+pub unsafe extern "C" fn C_Digest(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.10).
+    unsafe { produce("C_Digest", h, OpKind::Digest, Some((data, len)), out, out_len) }
+}
+
+/// §5.10 `C_DigestUpdate`.
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    // SAFETY: `data` is NULL or valid for `len` bytes (§5.10).
+    unsafe { update("C_DigestUpdate", h, OpKind::Digest, data, len, None) }
+}
+
+/// §5.10 `C_DigestFinal`.
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestFinal(
+    h: CK_SESSION_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.10).
+    unsafe { produce("C_DigestFinal", h, OpKind::Digest, None, out, out_len) }
+}
+
+/// §5.11 `C_SignInit`.
+#[no_mangle]
+pub unsafe extern "C" fn C_SignInit(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    // SAFETY: `mech` is NULL or valid (§5.11).
+    unsafe { op_init("C_SignInit", h, OpKind::Sign, mech, Some(key)) }
+}
+
+/// §5.11 `C_Sign`.
+#[no_mangle]
+pub unsafe extern "C" fn C_Sign(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    sig: *mut CK_BYTE,
+    sig_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.11).
+    unsafe { produce("C_Sign", h, OpKind::Sign, Some((data, len)), sig, sig_len) }
+}
+
+/// §5.11 `C_SignUpdate`.
+#[no_mangle]
+pub unsafe extern "C" fn C_SignUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    // SAFETY: `data` is NULL or valid for `len` bytes (§5.11).
+    unsafe { update("C_SignUpdate", h, OpKind::Sign, data, len, None) }
+}
+
+/// §5.11 `C_SignFinal`.
+#[no_mangle]
+pub unsafe extern "C" fn C_SignFinal(
+    h: CK_SESSION_HANDLE,
+    sig: *mut CK_BYTE,
+    sig_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: buffers are NULL or valid for their lengths (§5.11).
+    unsafe { produce("C_SignFinal", h, OpKind::Sign, None, sig, sig_len) }
+}
+
+/// §5.12 `C_VerifyInit`.
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifyInit(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    // SAFETY: `mech` is NULL or valid (§5.12).
+    unsafe { op_init("C_VerifyInit", h, OpKind::Verify, mech, Some(key)) }
+}
+
+/// §5.12 `C_Verify`.
+#[no_mangle]
+pub unsafe extern "C" fn C_Verify(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    sig: *mut CK_BYTE,
+    sig_len: CK_ULONG,
+) -> CK_RV {
+    guard("C_Verify", || {
+        // SAFETY: buffers are NULL or valid for their lengths (§5.12).
+        let (data, sig) = unsafe { (ptr::bytes(data, len)?, ptr::bytes(sig, sig_len)?) };
+        api::verify(h, Input::Single(data), sig)
+    })
+}
+
+/// §5.12 `C_VerifyUpdate`.
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifyUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    // SAFETY: `data` is NULL or valid for `len` bytes (§5.12).
+    unsafe { update("C_VerifyUpdate", h, OpKind::Verify, data, len, None) }
+}
+
+/// §5.12 `C_VerifyFinal`.
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifyFinal(h: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: CK_ULONG) -> CK_RV {
+    guard("C_VerifyFinal", || {
+        // SAFETY: `sig` is NULL or valid for `sig_len` bytes (§5.12).
+        let sig = unsafe { ptr::bytes(sig, sig_len) }?;
+        api::verify(h, Input::Final, sig)
+    })
+}
+
+// ------------------------------------------------ key management (§5.14) --
+
+/// §5.14 `C_GenerateKey`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateKey(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guard("C_GenerateKey", || {
+        // SAFETY: pointers are NULL or valid for their lengths (§5.14).
+        let (out, m, t) = unsafe {
+            (
+                ptr::out(key)?,
+                ptr::required_mechanism(mech)?,
+                ptr::template(template, count)?,
+            )
+        };
+        *out = api::generate_key(h, m, t)?;
+        Ok(())
+    })
+}
+
+/// §5.14 `C_GenerateKeyPair`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateKeyPair(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    pub_template: *mut CK_ATTRIBUTE,
+    pub_count: CK_ULONG,
+    priv_template: *mut CK_ATTRIBUTE,
+    priv_count: CK_ULONG,
+    pub_key: *mut CK_OBJECT_HANDLE,
+    priv_key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guard("C_GenerateKeyPair", || {
+        // SAFETY: pointers are NULL or valid for their lengths (§5.14).
+        let (pub_out, priv_out, m, pt, st) = unsafe {
+            (
+                ptr::out(pub_key)?,
+                ptr::out(priv_key)?,
+                ptr::required_mechanism(mech)?,
+                ptr::template(pub_template, pub_count)?,
+                ptr::template(priv_template, priv_count)?,
+            )
+        };
+        let (p, s) = api::generate_key_pair(h, m, pt, st)?;
+        *pub_out = p;
+        *priv_out = s;
+        Ok(())
+    })
+}
+
+/// §5.14 `C_WrapKey`.
+#[no_mangle]
+pub unsafe extern "C" fn C_WrapKey(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    wrapping: CK_OBJECT_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    guard("C_WrapKey", || {
+        // SAFETY: pointers are NULL or valid for their lengths (§5.14).
+        let m = unsafe { ptr::required_mechanism(mech) }?;
+        // SAFETY: as above.
+        unsafe { ptr::output(out, out_len, |cap| api::wrap_key(h, m, wrapping, key, cap)) }
+    })
+}
+
+/// §5.14 `C_UnwrapKey`.
+#[no_mangle]
+pub unsafe extern "C" fn C_UnwrapKey(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    unwrapping: CK_OBJECT_HANDLE,
+    wrapped: *mut CK_BYTE,
+    wrapped_len: CK_ULONG,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guard("C_UnwrapKey", || {
+        // SAFETY: pointers are NULL or valid for their lengths (§5.14).
+        let (out, m, w, t) = unsafe {
+            (
+                ptr::out(key)?,
+                ptr::required_mechanism(mech)?,
+                ptr::bytes(wrapped, wrapped_len)?,
+                ptr::template(template, count)?,
+            )
+        };
+        *out = api::unwrap_key(h, m, unwrapping, w, t)?;
+        Ok(())
+    })
+}
+
+/// §5.14 `C_DeriveKey`.
+#[no_mangle]
+pub unsafe extern "C" fn C_DeriveKey(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    base: CK_OBJECT_HANDLE,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guard("C_DeriveKey", || {
+        // SAFETY: pointers are NULL or valid for their lengths (§5.14).
+        let (out, m, t) = unsafe {
+            (
+                ptr::out(key)?,
+                ptr::required_mechanism(mech)?,
+                ptr::template(template, count)?,
+            )
+        };
+        *out = api::derive_key(h, m, base, t)?;
+        Ok(())
+    })
+}
+
+// ------------------------------------------------ random numbers (§5.15) --
+
+/// §5.15 `C_SeedRandom`: the member's generator takes no seed.
+#[no_mangle]
+pub unsafe extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, _seed: *mut CK_BYTE, _len: CK_ULONG) -> CK_RV {
+    guard("C_SeedRandom", || {
+        module::get()?.session(h)?;
+        Err(crate::Error::Rv(CKR_RANDOM_SEED_NOT_SUPPORTED))
+    })
+}
+
+/// §5.15 `C_GenerateRandom`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateRandom(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    guard("C_GenerateRandom", || {
+        if out.is_null() && len > 0 {
+            return Err(crate::Error::Rv(CKR_ARGUMENTS_BAD));
+        }
+        let bytes = api::generate_random(h, len as usize)?;
+        if !bytes.is_empty() {
+            // SAFETY: `out` is valid for `len` == `bytes.len()` writable bytes (§5.15).
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, bytes.len()) };
+        }
+        Ok(())
+    })
+}
+
+// ----------------------------------------------- functions not offered --
+
+/// Defines functions that return `CKR_FUNCTION_NOT_SUPPORTED` (or the code
+/// given), so that no function-list entry is NULL.
+macro_rules! not_supported {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) $(=> $code:expr)? ;)*) => {$(
+        #[doc = concat!("`", stringify!($name), "`: not offered by hahsm.")]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
+            $(let _ = $arg;)*
+            not_supported!(@code $($code)?)
+        }
+    )*};
+    (@code) => { CKR_FUNCTION_NOT_SUPPORTED };
+    (@code $code:expr) => { $code };
+}
+
+not_supported! {
+    C_GetOperationState(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: *mut CK_ULONG);
+    C_SetOperationState(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: CK_OBJECT_HANDLE, d: CK_OBJECT_HANDLE);
+    C_DigestKey(h: CK_SESSION_HANDLE, k: CK_OBJECT_HANDLE);
+    C_SignRecoverInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_SignRecover(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
+    C_VerifyRecoverInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_VerifyRecover(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
+    C_DigestEncryptUpdate(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
+    C_DecryptDigestUpdate(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
+    C_SignEncryptUpdate(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
+    C_DecryptVerifyUpdate(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
+    C_GetFunctionStatus(h: CK_SESSION_HANDLE) => CKR_FUNCTION_NOT_PARALLEL;
+    C_CancelFunction(h: CK_SESSION_HANDLE) => CKR_FUNCTION_NOT_PARALLEL;
+    C_MessageEncryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_EncryptMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
+    C_EncryptMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
+    C_EncryptMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
+    C_MessageEncryptFinal(h: CK_SESSION_HANDLE);
+    C_MessageDecryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_DecryptMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
+    C_DecryptMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
+    C_DecryptMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
+    C_MessageDecryptFinal(h: CK_SESSION_HANDLE);
+    C_MessageSignInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_SignMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, s: *mut CK_BYTE, sl: *mut CK_ULONG);
+    C_SignMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG);
+    C_SignMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, s: *mut CK_BYTE, sl: *mut CK_ULONG);
+    C_MessageSignFinal(h: CK_SESSION_HANDLE);
+    C_MessageVerifyInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_VerifyMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, s: *mut CK_BYTE, sl: CK_ULONG);
+    C_VerifyMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG);
+    C_VerifyMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, s: *mut CK_BYTE, sl: CK_ULONG);
+    C_MessageVerifyFinal(h: CK_SESSION_HANDLE);
+}
+
+// ------------------------------------------ function lists and interfaces --
+
+/// Fills a function list's common entries; every one points to a function.
+macro_rules! function_list {
+    ($ty:ident, $major:expr, $minor:expr, { $($extra:ident),* }) => {
+        $ty {
+            version: CK_VERSION { major: $major, minor: $minor },
+            C_Initialize: Some(C_Initialize),
+            C_Finalize: Some(C_Finalize),
+            C_GetInfo: Some(C_GetInfo),
+            C_GetFunctionList: Some(C_GetFunctionList),
+            C_GetSlotList: Some(C_GetSlotList),
+            C_GetSlotInfo: Some(C_GetSlotInfo),
+            C_GetTokenInfo: Some(C_GetTokenInfo),
+            C_GetMechanismList: Some(C_GetMechanismList),
+            C_GetMechanismInfo: Some(C_GetMechanismInfo),
+            C_InitToken: Some(C_InitToken),
+            C_InitPIN: Some(C_InitPIN),
+            C_SetPIN: Some(C_SetPIN),
+            C_OpenSession: Some(C_OpenSession),
+            C_CloseSession: Some(C_CloseSession),
+            C_CloseAllSessions: Some(C_CloseAllSessions),
+            C_GetSessionInfo: Some(C_GetSessionInfo),
+            C_GetOperationState: Some(C_GetOperationState),
+            C_SetOperationState: Some(C_SetOperationState),
+            C_Login: Some(C_Login),
+            C_Logout: Some(C_Logout),
+            C_CreateObject: Some(C_CreateObject),
+            C_CopyObject: Some(C_CopyObject),
+            C_DestroyObject: Some(C_DestroyObject),
+            C_GetObjectSize: Some(C_GetObjectSize),
+            C_GetAttributeValue: Some(C_GetAttributeValue),
+            C_SetAttributeValue: Some(C_SetAttributeValue),
+            C_FindObjectsInit: Some(C_FindObjectsInit),
+            C_FindObjects: Some(C_FindObjects),
+            C_FindObjectsFinal: Some(C_FindObjectsFinal),
+            C_EncryptInit: Some(C_EncryptInit),
+            C_Encrypt: Some(C_Encrypt),
+            C_EncryptUpdate: Some(C_EncryptUpdate),
+            C_EncryptFinal: Some(C_EncryptFinal),
+            C_DecryptInit: Some(C_DecryptInit),
+            C_Decrypt: Some(C_Decrypt),
+            C_DecryptUpdate: Some(C_DecryptUpdate),
+            C_DecryptFinal: Some(C_DecryptFinal),
+            C_DigestInit: Some(C_DigestInit),
+            C_Digest: Some(C_Digest),
+            C_DigestUpdate: Some(C_DigestUpdate),
+            C_DigestKey: Some(C_DigestKey),
+            C_DigestFinal: Some(C_DigestFinal),
+            C_SignInit: Some(C_SignInit),
+            C_Sign: Some(C_Sign),
+            C_SignUpdate: Some(C_SignUpdate),
+            C_SignFinal: Some(C_SignFinal),
+            C_SignRecoverInit: Some(C_SignRecoverInit),
+            C_SignRecover: Some(C_SignRecover),
+            C_VerifyInit: Some(C_VerifyInit),
+            C_Verify: Some(C_Verify),
+            C_VerifyUpdate: Some(C_VerifyUpdate),
+            C_VerifyFinal: Some(C_VerifyFinal),
+            C_VerifyRecoverInit: Some(C_VerifyRecoverInit),
+            C_VerifyRecover: Some(C_VerifyRecover),
+            C_DigestEncryptUpdate: Some(C_DigestEncryptUpdate),
+            C_DecryptDigestUpdate: Some(C_DecryptDigestUpdate),
+            C_SignEncryptUpdate: Some(C_SignEncryptUpdate),
+            C_DecryptVerifyUpdate: Some(C_DecryptVerifyUpdate),
+            C_GenerateKey: Some(C_GenerateKey),
+            C_GenerateKeyPair: Some(C_GenerateKeyPair),
+            C_WrapKey: Some(C_WrapKey),
+            C_UnwrapKey: Some(C_UnwrapKey),
+            C_DeriveKey: Some(C_DeriveKey),
+            C_SeedRandom: Some(C_SeedRandom),
+            C_GenerateRandom: Some(C_GenerateRandom),
+            C_GetFunctionStatus: Some(C_GetFunctionStatus),
+            C_CancelFunction: Some(C_CancelFunction),
+            C_WaitForSlotEvent: Some(C_WaitForSlotEvent),
+            $($extra: Some($extra),)*
+        }
+    };
+}
+
+static FUNCTION_LIST: CK_FUNCTION_LIST = function_list!(CK_FUNCTION_LIST, 2, 40, {});
+
+static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = function_list!(CK_FUNCTION_LIST_3_0, 3, 0, {
+    C_GetInterfaceList, C_GetInterface, C_LoginUser, C_SessionCancel,
+    C_MessageEncryptInit, C_EncryptMessage, C_EncryptMessageBegin, C_EncryptMessageNext, C_MessageEncryptFinal,
+    C_MessageDecryptInit, C_DecryptMessage, C_DecryptMessageBegin, C_DecryptMessageNext, C_MessageDecryptFinal,
+    C_MessageSignInit, C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal,
+    C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal
+});
+
+/// The interfaces `C_GetInterfaceList` offers, the default (3.0) first.
+struct Interfaces([CK_INTERFACE; 2]);
+
+// SAFETY: the interfaces hold pointers to immutable statics only (a name and
+// two function lists), which any thread may read.
+unsafe impl Sync for Interfaces {}
+
+static INTERFACE_NAME: &[u8] = b"PKCS 11\0";
+
+static INTERFACES: Interfaces = Interfaces([
+    CK_INTERFACE {
+        pInterfaceName: INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
+        pFunctionList: &FUNCTION_LIST_3_0 as *const CK_FUNCTION_LIST_3_0 as *mut c_void,
+        flags: 0,
+    },
+    CK_INTERFACE {
+        pInterfaceName: INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
+        pFunctionList: &FUNCTION_LIST as *const CK_FUNCTION_LIST as *mut c_void,
+        flags: 0,
+    },
+]);

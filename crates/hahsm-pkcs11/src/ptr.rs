@@ -1,0 +1,304 @@
+//! Every access to memory the application passed in. Each function states
+//! what it assumes of the caller's pointers, which is what PKCS#11 requires
+//! of applications: a non-NULL pointer points to valid memory of the length
+//! given with it, for the duration of the call.
+//!
+//! NULL pointers where one is required are `CKR_ARGUMENTS_BAD`, never a crash.
+use crate::decode::{self, Memory, RawAttr, MAX_VALUE_LEN};
+use crate::error::{rv, Error, Result};
+use crate::log;
+use hahsm_proto::client::AttrResult;
+use hahsm_token::{ck, Mechanism, Template};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Runs the safe half of a `C_*` function: no panic crosses `extern "C"`, and
+/// the error becomes a `CK_RV` here and only here.
+pub fn guard(name: &str, f: impl FnOnce() -> Result<()>) -> ck::CK_RV {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => ck::CKR_OK,
+        Ok(Err(e)) => {
+            if log::debug_enabled() {
+                log::log("debug", &format!("{name}: {}", crate::module::describe(&e)));
+            }
+            e.rv()
+        }
+        Err(_) => {
+            log::error(&format!("{name}: internal error (a panic was caught)"));
+            ck::CKR_GENERAL_ERROR
+        }
+    }
+}
+
+/// An output the caller must provide.
+///
+/// # Safety
+/// `p` is NULL or valid for writes of one `T`.
+pub unsafe fn out<'a, T>(p: *mut T) -> Result<&'a mut T> {
+    // SAFETY: the caller guarantees `p` is NULL or valid and exclusive for the call.
+    unsafe { p.as_mut() }.ok_or(Error::Rv(ck::CKR_ARGUMENTS_BAD))
+}
+
+/// Input bytes: NULL is allowed only with a zero length.
+///
+/// # Safety
+/// `p` is NULL or valid for reads of `len` bytes.
+pub unsafe fn bytes<'a>(p: *const u8, len: ck::CK_ULONG) -> Result<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return rv(ck::CKR_ARGUMENTS_BAD);
+    }
+    // SAFETY: non-NULL, and the caller guarantees `len` readable bytes.
+    Ok(unsafe { std::slice::from_raw_parts(p, len as usize) })
+}
+
+/// The buffer convention of PKCS#11 3.0 §5.2 at the FFI edge. `f` gets the
+/// capacity (`None` for a NULL buffer) and returns the output, deciding with
+/// [`crate::error::delivers`] whether the operation ends. The length is always
+/// written back: the output's, or the one needed with `CKR_BUFFER_TOO_SMALL`.
+///
+/// # Safety
+/// `len` is NULL or valid for reads and writes; `buf` is NULL or valid for
+/// writes of `*len` bytes.
+pub unsafe fn output(
+    buf: *mut u8,
+    len: *mut ck::CK_ULONG,
+    f: impl FnOnce(Option<usize>) -> Result<Vec<u8>>,
+) -> Result<()> {
+    // SAFETY: as documented above.
+    let len = unsafe { out(len) }?;
+    let capacity = (!buf.is_null()).then_some(*len as usize);
+    match f(capacity) {
+        Ok(data) => {
+            if let Some(cap) = capacity {
+                if data.len() > cap {
+                    // `f` broke the convention; never write past the buffer.
+                    *len = data.len() as ck::CK_ULONG;
+                    return rv(ck::CKR_BUFFER_TOO_SMALL);
+                }
+                // SAFETY: `buf` holds `cap` >= `data.len()` writable bytes, and
+                // `data` is our own allocation, so the two do not overlap.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
+            }
+            *len = data.len() as ck::CK_ULONG;
+            Ok(())
+        }
+        Err(Error::BufferTooSmall { needed }) => {
+            *len = needed as ck::CK_ULONG;
+            rv(ck::CKR_BUFFER_TOO_SMALL)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A list output (slot list, mechanism list): NULL asks for the count.
+///
+/// # Safety
+/// `count` is NULL or valid for reads and writes; `list` is NULL or valid for
+/// writes of `*count` items.
+pub unsafe fn list<T: Copy>(list: *mut T, count: *mut ck::CK_ULONG, items: &[T]) -> Result<()> {
+    // SAFETY: as documented above.
+    let count = unsafe { out(count) }?;
+    if list.is_null() {
+        *count = items.len() as ck::CK_ULONG;
+        return Ok(());
+    }
+    if (*count as usize) < items.len() {
+        *count = items.len() as ck::CK_ULONG;
+        return rv(ck::CKR_BUFFER_TOO_SMALL);
+    }
+    // SAFETY: `list` holds at least `items.len()` writable items; `items` is ours.
+    unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), list, items.len()) };
+    *count = items.len() as ck::CK_ULONG;
+    Ok(())
+}
+
+/// The attributes of a template, as (type, value bytes) pairs.
+///
+/// # Safety
+/// `p` is NULL or valid for reads of `n` attributes, each `pValue` NULL or
+/// valid for reads of `ulValueLen` bytes.
+unsafe fn raw_attrs<'a>(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<Vec<RawAttr<'a>>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if p.is_null() || n as usize > decode::MAX_TEMPLATE_LEN {
+        return rv(ck::CKR_ARGUMENTS_BAD);
+    }
+    // SAFETY: non-NULL and the caller guarantees `n` readable attributes.
+    let attrs = unsafe { std::slice::from_raw_parts(p, n as usize) };
+    attrs
+        .iter()
+        .map(|a| {
+            let len = a.ulValueLen as usize;
+            let value = if a.pValue.is_null() {
+                (len == 0).then_some(&[][..])
+            } else if len > MAX_VALUE_LEN {
+                return Err(Error::Token(hahsm_token::TokenError::AttributeValueInvalid(
+                    a.type_,
+                )));
+            } else {
+                // SAFETY: non-NULL, and the caller guarantees `len` readable bytes.
+                Some(unsafe { std::slice::from_raw_parts(a.pValue as *const u8, len) })
+            };
+            Ok((a.type_, value))
+        })
+        .collect()
+}
+
+/// A creation template.
+///
+/// # Safety
+/// As for [`raw_attrs`].
+pub unsafe fn template(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<Template> {
+    // SAFETY: forwarded contract.
+    decode::template(&unsafe { raw_attrs(p, n) }?)
+}
+
+/// A search template (`None`: it names an attribute no object has).
+///
+/// # Safety
+/// As for [`raw_attrs`].
+pub unsafe fn search_template(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<Option<Template>> {
+    // SAFETY: forwarded contract.
+    decode::search_template(&unsafe { raw_attrs(p, n) }?)
+}
+
+/// Reads buffers that mechanism parameters point to, in the application's memory.
+struct AppMemory;
+
+impl Memory for AppMemory {
+    fn read(&mut self, addr: usize, len: usize) -> Result<Vec<u8>> {
+        // `decode` checked that `addr` is not NULL and `len` is bounded.
+        // SAFETY: the application guarantees that a pointer inside a mechanism
+        // parameter is valid for reads of the length given beside it.
+        Ok(unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec())
+    }
+}
+
+/// A mechanism; `None` for a NULL pointer (which ends an operation in 3.0).
+///
+/// # Safety
+/// `p` is NULL or valid for reads of a `CK_MECHANISM` whose parameter is NULL
+/// or valid for `ulParameterLen` bytes, with any buffers it points to valid.
+pub unsafe fn mechanism(p: *const ck::CK_MECHANISM) -> Result<Option<Mechanism>> {
+    // SAFETY: the caller guarantees `p` is NULL or valid.
+    let Some(m) = (unsafe { p.as_ref() }) else {
+        return Ok(None);
+    };
+    let len = m.ulParameterLen as usize;
+    if len > MAX_VALUE_LEN || (m.pParameter.is_null() && len > 0) {
+        return rv(ck::CKR_MECHANISM_PARAM_INVALID);
+    }
+    // SAFETY: checked non-NULL when `len` > 0; the caller guarantees `len` bytes.
+    let param = unsafe { bytes(m.pParameter as *const u8, len as ck::CK_ULONG) }?;
+    decode::mechanism(m.mechanism, param, &mut AppMemory).map(Some)
+}
+
+/// A mechanism that must be given.
+///
+/// # Safety
+/// As for [`mechanism`].
+pub unsafe fn required_mechanism(p: *const ck::CK_MECHANISM) -> Result<Mechanism> {
+    // SAFETY: forwarded contract.
+    unsafe { mechanism(p) }?.ok_or(Error::Rv(ck::CKR_ARGUMENTS_BAD))
+}
+
+/// The attribute types a `C_GetAttributeValue` template asks for.
+///
+/// # Safety
+/// `p` is NULL or valid for reads of `n` attributes.
+pub unsafe fn attribute_types(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<Vec<u64>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if p.is_null() || n as usize > decode::MAX_TEMPLATE_LEN {
+        return rv(ck::CKR_ARGUMENTS_BAD);
+    }
+    // SAFETY: non-NULL and the caller guarantees `n` readable attributes.
+    Ok(unsafe { std::slice::from_raw_parts(p, n as usize) }
+        .iter()
+        .map(|a| a.type_)
+        .collect())
+}
+
+/// Fills a `C_GetAttributeValue` template (§5.7): each attribute gets its value
+/// or its length, or `CK_UNAVAILABLE_INFORMATION` with the matching code. Every
+/// attribute is processed; the code returned is the most significant one.
+///
+/// # Safety
+/// `p` is valid for reads and writes of `results.len()` attributes, each
+/// `pValue` NULL or valid for writes of `ulValueLen` bytes.
+pub unsafe fn write_attributes(p: *mut ck::CK_ATTRIBUTE, results: &[AttrResult]) -> Result<()> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: the caller guarantees `results.len()` attributes at `p` (the
+    // types were read from them), which we alone access during the call.
+    let attrs = unsafe { std::slice::from_raw_parts_mut(p, results.len()) };
+    let (mut sensitive, mut invalid, mut small) = (false, false, false);
+    for (a, r) in attrs.iter_mut().zip(results) {
+        match r {
+            AttrResult::Sensitive => {
+                a.ulValueLen = ck::CK_UNAVAILABLE_INFORMATION;
+                sensitive = true;
+            }
+            AttrResult::Invalid => {
+                a.ulValueLen = ck::CK_UNAVAILABLE_INFORMATION;
+                invalid = true;
+            }
+            AttrResult::Value(v) => {
+                let raw = v.to_raw();
+                if a.pValue.is_null() {
+                    a.ulValueLen = raw.len() as ck::CK_ULONG;
+                } else if (a.ulValueLen as usize) < raw.len() {
+                    a.ulValueLen = ck::CK_UNAVAILABLE_INFORMATION;
+                    small = true;
+                } else {
+                    // SAFETY: `pValue` holds `ulValueLen` >= `raw.len()` writable
+                    // bytes; `raw` is our own allocation.
+                    unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), a.pValue as *mut u8, raw.len()) };
+                    a.ulValueLen = raw.len() as ck::CK_ULONG;
+                }
+            }
+        }
+    }
+    match (sensitive, invalid, small) {
+        (true, _, _) => rv(ck::CKR_ATTRIBUTE_SENSITIVE),
+        (_, true, _) => rv(ck::CKR_ATTRIBUTE_TYPE_INVALID),
+        (_, _, true) => rv(ck::CKR_BUFFER_TOO_SMALL),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `CK_C_INITIALIZE_ARGS` (§5.4): NULL, or arguments asking for OS
+/// locking (or for none). Application-supplied mutexes without
+/// `CKF_OS_LOCKING_OK` cannot be honoured: `CKR_CANT_LOCK`.
+///
+/// # Safety
+/// `p` is NULL or valid for reads of a `CK_C_INITIALIZE_ARGS`.
+pub unsafe fn init_args(p: *const ck::CK_C_INITIALIZE_ARGS) -> Result<()> {
+    // SAFETY: the caller guarantees `p` is NULL or valid.
+    let Some(args) = (unsafe { p.as_ref() }) else {
+        return Ok(());
+    };
+    if !args.pReserved.is_null() {
+        return rv(ck::CKR_ARGUMENTS_BAD);
+    }
+    let given = [
+        args.CreateMutex.is_some(),
+        args.DestroyMutex.is_some(),
+        args.LockMutex.is_some(),
+        args.UnlockMutex.is_some(),
+    ];
+    let all = given.iter().all(|g| *g);
+    let none = given.iter().all(|g| !*g);
+    if !all && !none {
+        return rv(ck::CKR_ARGUMENTS_BAD);
+    }
+    if all && args.flags & ck::CKF_OS_LOCKING_OK == 0 {
+        return rv(ck::CKR_CANT_LOCK);
+    }
+    Ok(())
+}

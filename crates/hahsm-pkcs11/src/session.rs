@@ -1,0 +1,137 @@
+//! Sessions and their active operations.
+//!
+//! Multi-part operations buffer their input in the module and send one
+//! single-part request to the member at `C_*Final`, on the same member. The
+//! result of a request is kept until it is delivered, so the "NULL buffer
+//! returns the length" convention costs one request, not two.
+use crate::module::Slot;
+use hahsm_token::{ck, Mechanism, Ouid};
+use std::sync::{Arc, Mutex};
+
+/// Most bytes a multi-part operation buffers: the input must fit in one frame.
+pub const MAX_BUFFERED: usize = 1000 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Encrypt,
+    Decrypt,
+    Digest,
+    Sign,
+    Verify,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 5] = [
+        OpKind::Encrypt,
+        OpKind::Decrypt,
+        OpKind::Digest,
+        OpKind::Sign,
+        OpKind::Verify,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The `CKF_*` flag `C_SessionCancel` names this operation by.
+    pub fn cancel_flag(self) -> u64 {
+        match self {
+            OpKind::Encrypt => ck::CKF_ENCRYPT,
+            OpKind::Decrypt => ck::CKF_DECRYPT,
+            OpKind::Digest => ck::CKF_DIGEST,
+            OpKind::Sign => ck::CKF_SIGN,
+            OpKind::Verify => ck::CKF_VERIFY,
+        }
+    }
+}
+
+/// One active operation.
+pub struct Op {
+    pub mech: Mechanism,
+    /// The key; `None` for a digest.
+    pub key: Option<Ouid>,
+    /// The key needs a context-specific login before each use.
+    pub always_authenticate: bool,
+    pub context_login_done: bool,
+    /// Input gathered by `C_*Update`.
+    pub buffer: Vec<u8>,
+    pub multipart: bool,
+    /// The last request's input and output, kept until the output is delivered.
+    pub cached: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Op {
+    pub fn new(mech: Mechanism, key: Option<Ouid>, always_authenticate: bool) -> Op {
+        Op {
+            mech,
+            key,
+            always_authenticate,
+            context_login_done: false,
+            buffer: Vec::new(),
+            multipart: false,
+            cached: None,
+        }
+    }
+}
+
+/// A `C_FindObjects` search: the matching objects, handed out in pages.
+pub struct Find {
+    pub found: Vec<Ouid>,
+    pub next: usize,
+}
+
+/// A `C_WrapKey` result kept for the call that fetches it.
+pub struct PendingWrap {
+    pub request: (Ouid, Ouid, Mechanism),
+    pub wrapped: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct State {
+    ops: [Option<Op>; 5],
+    pub find: Option<Find>,
+    pub pending_wrap: Option<PendingWrap>,
+}
+
+impl State {
+    pub fn op(&mut self, kind: OpKind) -> Option<&mut Op> {
+        self.ops[kind.index()].as_mut()
+    }
+
+    pub fn has(&self, kind: OpKind) -> bool {
+        self.ops[kind.index()].is_some()
+    }
+
+    pub fn set(&mut self, kind: OpKind, op: Op) {
+        self.ops[kind.index()] = Some(op);
+    }
+
+    pub fn end(&mut self, kind: OpKind) {
+        self.ops[kind.index()] = None;
+    }
+
+    /// Any operation active (for `CKU_CONTEXT_SPECIFIC`).
+    pub fn any_key_op(&mut self) -> Option<&mut Op> {
+        self.ops.iter_mut().flatten().find(|o| o.key.is_some())
+    }
+}
+
+pub struct Session {
+    pub handle: ck::CK_SESSION_HANDLE,
+    pub slot: Arc<Slot>,
+    pub rw: bool,
+    pub state: Mutex<State>,
+}
+
+impl Session {
+    /// The session state of PKCS#11 §5.6 (`CKS_*`), from the token's login.
+    pub fn ck_state(&self) -> u64 {
+        match (self.slot.login(), self.rw) {
+            (Some(u), _) if u == ck::CKU_SO => ck::CKS_RW_SO_FUNCTIONS,
+            (Some(_), true) => ck::CKS_RW_USER_FUNCTIONS,
+            (Some(_), false) => ck::CKS_RO_USER_FUNCTIONS,
+            (None, true) => ck::CKS_RW_PUBLIC_SESSION,
+            (None, false) => ck::CKS_RO_PUBLIC_SESSION,
+        }
+    }
+}

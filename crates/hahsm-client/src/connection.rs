@@ -121,8 +121,17 @@ impl MemberConnection {
         let (outgoing, mut rx) = mpsc::channel::<Vec<u8>>(256);
         let writer_closed = closed.clone();
         tokio::spawn(async move {
+            // Send every request that is queued in one write: fewer TLS
+            // records when many application threads call at once.
             while let Some(frame) = rx.recv().await {
-                if hahsm_link::write_frame(&mut writer, &frame).await.is_err() {
+                let mut batch = vec![frame];
+                while batch.len() < 64 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                if hahsm_link::write_frames(&mut writer, &batch).await.is_err() {
                     break;
                 }
             }

@@ -69,6 +69,23 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Li
     Ok(())
 }
 
+/// Writes several frames with one `write_all` and one flush: a writer task that
+/// finds several answers queued sends them in as few TLS records as possible,
+/// which under load saves a record (and its encryption) per frame.
+pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, payloads: &[Vec<u8>]) -> LinkResult<()> {
+    let total: usize = payloads.iter().map(|p| FRAME_HEADER_LEN + p.len()).sum();
+    let mut buf = Vec::with_capacity(total);
+    for payload in payloads {
+        let len =
+            u32::try_from(payload.len()).map_err(|_| LinkError::PayloadTooLarge { len: payload.len() })?;
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(payload);
+    }
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +109,18 @@ mod tests {
         assert_eq!(read_frame(&mut r, MAX).await.unwrap().unwrap(), b"");
         assert_eq!(read_frame(&mut r, MAX).await.unwrap().unwrap(), vec![7u8; 70_000]);
         assert!(read_frame(&mut r, MAX).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn write_frames_is_the_same_bytes_as_one_frame_at_a_time() {
+        let payloads = vec![b"one".to_vec(), Vec::new(), vec![9u8; 300]];
+        let mut batched = Vec::new();
+        write_frames(&mut batched, &payloads).await.unwrap();
+        let mut single = Vec::new();
+        for p in &payloads {
+            write_frame(&mut single, p).await.unwrap();
+        }
+        assert_eq!(batched, single);
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ mod net;
 pub use config::{client_config, server_config, ClientAuthorizer};
 pub use error::{LinkError, LinkResult};
 pub use fingerprint::Fingerprint;
-pub use frame::{read_frame, write_frame, FRAME_HEADER_LEN};
+pub use frame::{read_frame, write_frame, write_frames, FRAME_HEADER_LEN};
 pub use identity::{
     cert_from_pem, generate_self_signed, load_cert_pem, load_identity, write_private_file, Identity,
 };

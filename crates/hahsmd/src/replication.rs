@@ -238,6 +238,9 @@ struct PeerConn {
     tls: Arc<rustls::ClientConfig>,
     stream: AsyncMutex<Option<hahsm_link::ClientStream>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Writes take turns pushing to a peer; a write whose operations an
+    /// earlier push already delivered has nothing left to send.
+    push_turn: AsyncMutex<()>,
 }
 
 /// One partition's membership of an HA group, running.
@@ -362,6 +365,7 @@ impl Group {
             tls,
             stream: AsyncMutex::new(None),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            push_turn: AsyncMutex::new(()),
         });
         conns.insert(member.serial, conn.clone());
         Ok(conn)
@@ -572,65 +576,103 @@ impl Group {
         }
     }
 
-    /// After a local write: pushes to every peer not known to be down, in
-    /// parallel, and waits until they have it or the replication timeout
-    /// passes. Peers that miss it are marked lagging; anti-entropy catches
-    /// them up in the background.
+    /// After a local write: pushes what each peer in step lacks, to all of
+    /// them in parallel, and waits until they have it (committed), at most the
+    /// replication timeout. Once the first peer has answered, the others get a
+    /// short grace (four times as long as it took, at least 50 ms): a peer far
+    /// slower than its siblings is a straggler. Peers that miss the deadline
+    /// or the grace are marked lagging and are not waited for again until
+    /// anti-entropy has brought them back in step, so one slow, stopped or
+    /// unreachable member cannot stall writes.
     pub async fn replicate_write(&self, p: &ActivePartition) {
+        use futures::stream::{FuturesUnordered, StreamExt};
         let def = self.def();
         let timeout = Duration::from_millis(def.replication_timeout_ms);
         let targets: Vec<GroupMember> = self
             .others()
             .into_iter()
-            .filter(|m| self.peer(m.serial).health != PeerHealth::Down)
+            .filter(|m| self.peer(m.serial).health == PeerHealth::Alive)
             .collect();
+        if targets.is_empty() {
+            self.wake.notify_one();
+            return;
+        }
         let mine = p.version_vector();
         let def = &def;
-        let pushes = targets.iter().map(|m| {
-            let mine = mine.clone();
-            async move {
-                let status = self.peer(m.serial);
-                let theirs = VersionVector(status.state.version_vector.iter().copied().collect());
-                let mut ok = true;
-                for (origin, after) in mine.ahead_of(&theirs) {
-                    let ops = match self.outgoing(p, origin, after, BATCH) {
-                        Ok(o) => o,
-                        Err(_) => {
-                            ok = false;
-                            break;
+        let mut pushes: FuturesUnordered<_> = targets
+            .iter()
+            .map(|m| {
+                let mine = mine.clone();
+                async move { (m.serial, self.push_until_covered(p, m, &mine, def, timeout).await) }
+            })
+            .collect();
+        let started = Instant::now();
+        let mut deadline = started + timeout;
+        let mut answered = std::collections::HashSet::new();
+        loop {
+            let next = tokio::time::timeout_at(deadline.into(), pushes.next()).await;
+            match next {
+                Ok(Some((serial, ok))) => {
+                    if ok {
+                        answered.insert(serial);
+                        if answered.len() == 1 {
+                            let grace = (started.elapsed() * 4).max(Duration::from_millis(50));
+                            deadline = deadline.min(Instant::now() + grace);
                         }
-                    };
-                    match self
-                        .call(
-                            m,
-                            PeerRequest::Push {
-                                group_id: def.id,
-                                ops,
-                            },
-                            timeout,
-                        )
-                        .await
-                    {
-                        Ok(PeerResponse::PushAck { state }) => self.seen(m.serial, &def.label, state),
-                        _ => ok = false,
                     }
                 }
-                (m.serial, ok)
-            }
-        });
-        let results = tokio::time::timeout(timeout, futures::future::join_all(pushes)).await;
-        let done: HashMap<u64, bool> = results.map(|r| r.into_iter().collect()).unwrap_or_default();
-        for m in targets {
-            if !done.get(&m.serial).copied().unwrap_or(false) {
-                self.set_peer(m.serial, |s| {
-                    s.missed_write = true;
-                    if s.health == PeerHealth::Alive {
-                        s.health = PeerHealth::Lagging;
-                    }
-                });
+                Ok(None) | Err(_) => break,
             }
         }
+        for m in targets.iter().filter(|m| !answered.contains(&m.serial)) {
+            self.set_peer(m.serial, |s| {
+                s.missed_write = true;
+                if s.health == PeerHealth::Alive {
+                    s.health = PeerHealth::Lagging;
+                }
+            });
+        }
         self.wake.notify_one();
+    }
+
+    /// Pushes to one peer what `mine` has and it lacks, unless an earlier push
+    /// (perhaps another write's, queued on the same connection) already
+    /// delivered it: concurrent writes share pushes.
+    async fn push_until_covered(
+        &self,
+        p: &ActivePartition,
+        m: &GroupMember,
+        mine: &VersionVector,
+        def: &GroupDef,
+        timeout: Duration,
+    ) -> bool {
+        let conn = match self.conn(m) {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let _turn = conn.push_turn.lock().await;
+        let theirs = VersionVector(self.peer(m.serial).state.version_vector.iter().copied().collect());
+        for (origin, after) in mine.ahead_of(&theirs) {
+            let ops = match self.outgoing(p, origin, after, BATCH) {
+                Ok(o) => o,
+                Err(_) => return false,
+            };
+            match self
+                .call(
+                    m,
+                    PeerRequest::Push {
+                        group_id: def.id,
+                        ops,
+                    },
+                    timeout,
+                )
+                .await
+            {
+                Ok(PeerResponse::PushAck { state }) => self.seen(m.serial, &def.label, state),
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// A standby member serves no requests while an active member is up.

@@ -544,3 +544,34 @@ fn a_removed_member_can_no_longer_write_into_the_group() {
     assert!(!has_label(&c, 2, "after-removal"));
     assert!(c.wait_in_sync(0, Duration::from_secs(5)), "{:#}", c.status(0));
 }
+
+#[test]
+fn a_client_learns_the_whole_group_from_any_one_member() {
+    use hahsm_proto::client::{Request, Response};
+    let c = Cluster::new(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config = hahsm_client::ClientConfig::load(&c.conf).unwrap();
+    let group = rt.block_on(async {
+        // Ask the last member: it was added, not the group's creator.
+        let conn = hahsm_client::MemberConnection::connect(&config, &config.servers[2])
+            .await
+            .unwrap();
+        match conn
+            .call(Request::GetGroup {
+                partition: hahsm_it::cluster::PARTITION.into(),
+            })
+            .await
+            .unwrap()
+        {
+            Response::Group(Some(g)) => g,
+            other => panic!("{other:?}"),
+        }
+    });
+    assert_eq!(group.label, GROUP);
+    assert_eq!(group.members.len(), 3);
+    for (i, m) in c.members.iter().enumerate() {
+        let entry = group.member(c.serials[i]).expect("every member is listed");
+        assert_eq!(entry.client_address, m.address);
+        assert_eq!(entry.fingerprint, c.fingerprints[i]);
+    }
+}

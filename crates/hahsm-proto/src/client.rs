@@ -184,6 +184,11 @@ pub enum Request {
         mechanism: Mechanism,
         data: Vec<u8>,
     },
+    /// The HA group this partition belongs to, as the member knows it: a
+    /// client learns the group from any one member and follows its changes.
+    GetGroup {
+        partition: String,
+    },
 }
 
 impl Request {
@@ -214,6 +219,7 @@ impl Request {
             Request::DeriveKey { .. } => "derive-key",
             Request::GenerateRandom { .. } => "generate-random",
             Request::Digest { .. } => "digest",
+            Request::GetGroup { .. } => "get-group",
         }
     }
 }
@@ -245,9 +251,15 @@ pub enum Response {
     Partitions(Vec<PartitionInfo>),
     Done,
     Object(Ouid),
-    KeyPair { public: Ouid, private: Ouid },
+    KeyPair {
+        public: Ouid,
+        private: Ouid,
+    },
     Objects(Vec<Ouid>),
     Attributes(Vec<(AttrType, AttrResult)>),
     Bytes(Vec<u8>),
     Verified,
+    /// The HA group of a partition: its members, their client addresses and
+    /// pinned fingerprints; `None` when the partition is in no group.
+    Group(Option<crate::peer::GroupDef>),
 }

@@ -560,6 +560,12 @@ impl KeyOps<'_> {
                 crypto::random(len as usize).map(Response::Bytes)
             }
             Request::Digest { mechanism, data } => crypto::digest(mechanism.mech, &data).map(Response::Bytes),
+            Request::GetGroup { partition } => {
+                let ctx = self.ctx(&partition)?;
+                Ok(Response::Group(
+                    crate::replication::group_of(self.app, &ctx.name).map(|g| g.definition()),
+                ))
+            }
         }
     }
 

@@ -273,6 +273,11 @@ fn peer_error(msg: impl Into<String>) -> WireError {
 }
 
 impl Group {
+    /// The group definition as this member holds it.
+    pub fn definition(&self) -> GroupDef {
+        self.def()
+    }
+
     fn def(&self) -> GroupDef {
         self.def.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -704,8 +704,8 @@ fn session_objects_die_with_their_session(env: &Env) {
 fn mechanism_info_reports_true_sizes(env: &Env) {
     let list = raw::mechanisms(env);
     let supported: Vec<u64> = hahsm_token::mechanism::supported()
-        .into_iter()
-        .map(|(m, _)| m)
+        .iter()
+        .map(|(m, _)| *m)
         .collect();
     assert_eq!(list, supported);
     let rsa = env

@@ -125,7 +125,7 @@ pub fn token_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_TOKEN_INFO> {
 
 pub fn mechanism_list(id: ck::CK_SLOT_ID) -> Result<Vec<ck::CK_MECHANISM_TYPE>> {
     module::get()?.slot(id)?;
-    Ok(mechanism::supported().into_iter().map(|(m, _)| m).collect())
+    Ok(mechanism::supported().iter().map(|(m, _)| *m).collect())
 }
 
 pub fn mechanism_info(id: ck::CK_SLOT_ID, mech: ck::CK_MECHANISM_TYPE) -> Result<ck::CK_MECHANISM_INFO> {

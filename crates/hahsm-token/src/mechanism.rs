@@ -67,7 +67,13 @@ const WRAP: u64 = ck::CKF_WRAP | ck::CKF_UNWRAP | HW;
 const EC_FLAGS: u64 = ck::CKF_EC_F_P | ck::CKF_EC_NAMEDCURVE | ck::CKF_EC_UNCOMPRESS;
 
 /// Every mechanism hahsm implements, with its true limits.
-pub fn supported() -> Vec<(u64, MechInfo)> {
+pub fn supported() -> &'static [(u64, MechInfo)] {
+    // Built once: it is consulted on every key use.
+    static TABLE: std::sync::OnceLock<Vec<(u64, MechInfo)>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(table)
+}
+
+fn table() -> Vec<(u64, MechInfo)> {
     let rsa = |flags| MechInfo {
         min_key: 2048,
         max_key: 4096,
@@ -160,7 +166,7 @@ pub fn supported() -> Vec<(u64, MechInfo)> {
 }
 
 pub fn info(mech: u64) -> Option<MechInfo> {
-    supported().into_iter().find(|(m, _)| *m == mech).map(|(_, i)| i)
+    supported().iter().find(|(m, _)| *m == mech).map(|(_, i)| *i)
 }
 
 /// The `CKA_*` usage flag a mechanism needs on its key for an operation.
@@ -309,7 +315,7 @@ mod tests {
 
     #[test]
     fn every_supported_mechanism_has_a_key_type_or_is_a_digest() {
-        for (mech, info) in supported() {
+        for &(mech, info) in supported() {
             assert!(
                 key_type_for(mech).is_some() || info.flags & ck::CKF_DIGEST != 0,
                 "{mech:#x}"

@@ -301,8 +301,12 @@ impl Appliance {
         let mut map = HashMap::new();
         for c in self.store.list_clients()? {
             let partitions = self.store.partitions_of_client(&c.name)?.into_iter().collect();
+            let Ok(fp) = Fingerprint::parse(&c.fingerprint_hex) else {
+                warn!(client = %c.name, "registered fingerprint is malformed; the client is ignored");
+                continue;
+            };
             map.insert(
-                c.fingerprint_hex.clone(),
+                fp,
                 ClientEntry {
                     name: c.name,
                     partitions,
@@ -316,6 +320,10 @@ impl Appliance {
     /// The registered client with this certificate fingerprint.
     pub fn client(&self, fp: &Fingerprint) -> Option<ClientEntry> {
         self.clients.get(fp)
+    }
+
+    pub fn client_may_open(&self, fp: &Fingerprint, partition: &str) -> bool {
+        self.clients.may_open(fp, partition)
     }
 
     /// The TLS acceptor for the client link, built from the member's
@@ -940,24 +948,27 @@ impl Appliance {
 /// Registered clients by certificate fingerprint; the TLS layer asks it on
 /// every handshake, request handlers on every request.
 #[derive(Default)]
-pub struct ClientRegistry(RwLock<HashMap<String, ClientEntry>>);
+pub struct ClientRegistry(RwLock<HashMap<Fingerprint, ClientEntry>>);
 
 impl ClientRegistry {
     pub fn get(&self, fp: &Fingerprint) -> Option<ClientEntry> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(fp).cloned()
+    }
+
+    /// Whether the client may open the partition; on every request, so it
+    /// copies nothing.
+    pub fn may_open(&self, fp: &Fingerprint, partition: &str) -> bool {
         self.0
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&fp.to_hex())
-            .cloned()
+            .get(fp)
+            .is_some_and(|c| c.partitions.contains(partition))
     }
 }
 
 impl ClientAuthorizer for ClientRegistry {
     fn is_registered(&self, fp: &Fingerprint) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&fp.to_hex())
+        self.0.read().unwrap_or_else(|p| p.into_inner()).contains_key(fp)
     }
 }
 

@@ -105,15 +105,12 @@ pub struct KeyOps<'a> {
 
 impl KeyOps<'_> {
     fn ctx(&self, partition: &str) -> TokenResult<Ctx> {
-        match self.app.client(&self.conn.fingerprint) {
-            Some(c) if c.partitions.contains(partition) => {}
-            _ => {
-                warn!(client = %self.conn.client_name, partition, "refused: partition not assigned to this client");
-                return Err(TokenError::NotAuthorized(format!(
-                    "partition '{partition}' is not assigned to client '{}'",
-                    self.conn.client_name
-                )));
-            }
+        if !self.app.client_may_open(&self.conn.fingerprint, partition) {
+            warn!(client = %self.conn.client_name, partition, "refused: partition not assigned to this client");
+            return Err(TokenError::NotAuthorized(format!(
+                "partition '{partition}' is not assigned to client '{}'",
+                self.conn.client_name
+            )));
         }
         let active = self
             .app

@@ -682,11 +682,15 @@ impl Group {
 
     /// A standby member serves no requests while an active member is up.
     pub fn serving_allowed(&self) -> TokenResult<()> {
-        let def = self.def();
-        let standby = def.member(self.me).is_some_and(|m| m.standby);
+        // On every request: look without copying the definition.
+        let standby = {
+            let def = self.def.read().unwrap_or_else(|p| p.into_inner());
+            def.member(self.me).is_some_and(|m| m.standby)
+        };
         if !standby {
             return Ok(());
         }
+        let def = self.def();
         let active_up = self
             .others()
             .iter()

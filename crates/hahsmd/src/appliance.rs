@@ -976,11 +976,17 @@ fn random_pin() -> Result<String, TokenError> {
     // Four groups of four from an alphabet without look-alikes, as the
     // appliance's challenge strings are.
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789";
-    let bytes = crypto::random(16)?;
-    let chars: Vec<char> = bytes
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect();
+    // Rejection sampling: bytes at or above the largest multiple of the
+    // alphabet's size would favour its first letters.
+    let limit = (256 / ALPHABET.len() * ALPHABET.len()) as u8;
+    let mut chars: Vec<char> = Vec::with_capacity(16);
+    while chars.len() < 16 {
+        for b in crypto::random(32)? {
+            if b < limit && chars.len() < 16 {
+                chars.push(ALPHABET[b as usize % ALPHABET.len()] as char);
+            }
+        }
+    }
     Ok(chars
         .chunks(4)
         .map(|c| c.iter().collect::<String>())
@@ -998,5 +1004,26 @@ fn load_or_create_seal_key(path: &std::path::Path) -> anyhow::Result<SealKey> {
             Ok(key)
         }
         Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pins_are_four_groups_of_four_from_the_alphabet() {
+        for _ in 0..50 {
+            let pin = random_pin().unwrap();
+            let groups: Vec<&str> = pin.split('-').collect();
+            assert_eq!(groups.len(), 4, "{pin}");
+            assert!(groups.iter().all(|g| g.len() == 4), "{pin}");
+            assert!(
+                pin.chars()
+                    .all(|c| c == '-' || (c.is_ascii_alphanumeric() && !"IlO01o".contains(c))),
+                "{pin}"
+            );
+        }
+        assert_ne!(random_pin().unwrap(), random_pin().unwrap());
     }
 }

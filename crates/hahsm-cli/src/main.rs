@@ -11,6 +11,7 @@ use std::process::ExitCode;
 mod appliance_cmd;
 mod bench_cmd;
 mod client_cmd;
+mod demo_cmd;
 mod ha_cmd;
 mod keys_cmd;
 
@@ -27,6 +28,8 @@ enum Command {
     Appliance(appliance_cmd::ApplianceArgs),
     /// The client side: certificates, trusted servers and the client config.
     Client(client_cmd::ClientArgs),
+    /// A local HA group of N members, set up end to end, for a first look.
+    Demo(demo_cmd::DemoArgs),
     /// HA groups: prepare, create, add and remove members, sync status.
     Ha(ha_cmd::HaArgs),
     /// Manage and use keys on a member, over the mutual-TLS link.
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             Command::Appliance(a) => appliance_cmd::run(a).await,
             Command::Client(c) => client_cmd::run(c).await,
             Command::Ha(h) => ha_cmd::run(h).await,
+            Command::Demo(d) => demo_cmd::run(d).await,
             Command::Keys(k) => keys_cmd::run(k).await,
             Command::Bench(b) => bench_cmd::run(b).await,
         }

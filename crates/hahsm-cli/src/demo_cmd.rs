@@ -414,7 +414,7 @@ fn stop_all(demo: &DemoFile) {
     }
 }
 
-fn member<'a>(demo: &'a mut DemoFile, number: usize) -> anyhow::Result<&'a mut DemoMember> {
+fn member(demo: &mut DemoFile, number: usize) -> anyhow::Result<&mut DemoMember> {
     let count = demo.members.len();
     demo.members
         .iter_mut()

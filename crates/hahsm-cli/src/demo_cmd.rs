@@ -325,6 +325,7 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
         request_timeout_ms: 10_000,
         connect_timeout_ms: 3_000,
         handshake_timeout_ms: 3_000,
+        ha_only: false,
         servers: Vec::new(),
     };
     for (m, fp) in members.iter().zip(&fingerprints) {

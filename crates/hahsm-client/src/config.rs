@@ -21,6 +21,9 @@ pub struct ClientConfig {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_connect_ms")]
     pub handshake_timeout_ms: u64,
+    /// Show only the HA slots in the PKCS#11 module, hiding the per-member slots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ha_only: bool,
     #[serde(default, rename = "server")]
     pub servers: Vec<ServerEntry>,
 }

@@ -76,10 +76,10 @@ pub fn slot_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_SLOT_INFO> {
     let slot = m.slot(id)?;
     let present = lock(&slot.info).activated;
     Ok(ck::CK_SLOT_INFO {
-        slotDescription: padded(&format!(
-            "hahsm {} partition {}",
-            slot.server.entry.name, slot.partition
-        )),
+        slotDescription: padded(&match &slot.ha {
+            Some(g) => format!("hahsm HA group {} partition {}", g.label, slot.partition),
+            None => format!("hahsm {} partition {}", slot.server.entry.name, slot.partition),
+        }),
         manufacturerID: padded(MANUFACTURER),
         flags: ck::CKF_HW_SLOT | ck::CKF_REMOVABLE_DEVICE | if present { ck::CKF_TOKEN_PRESENT } else { 0 },
         hardwareVersion: version(),
@@ -102,9 +102,13 @@ pub fn token_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_TOKEN_INFO> {
         flags |= ck::CKF_USER_PIN_LOCKED;
     }
     Ok(ck::CK_TOKEN_INFO {
-        label: padded(&slot.partition),
+        label: padded(slot.label()),
         manufacturerID: padded(MANUFACTURER),
-        model: padded("hahsmd partition"),
+        model: padded(if slot.ha.is_some() {
+            "hahsm HA group"
+        } else {
+            "hahsmd partition"
+        }),
         serialNumber: padded(&format!("{:016x}", slot.serial)),
         flags,
         ulMaxSessionCount: ck::CK_EFFECTIVELY_INFINITE,
@@ -235,13 +239,7 @@ pub fn close_session(h: ck::CK_SESSION_HANDLE) -> Result<()> {
     }
     // Closing the token's last session logs the application out (§5.6).
     if m.sessions_of(s.slot.id).is_empty() && s.slot.login().is_some() {
-        m.clear_login(&s.slot);
-        let _ = m.call(
-            &s.slot,
-            Request::Logout {
-                partition: s.slot.partition.clone(),
-            },
-        );
+        let _ = m.logout(&s.slot);
     }
     Ok(())
 }
@@ -273,6 +271,12 @@ pub fn login(h: ck::CK_SESSION_HANDLE, user_type: ck::CK_USER_TYPE, pin: &[u8]) 
         ck::CKU_CONTEXT_SPECIFIC => {
             if slot.login() != Some(ck::CKU_USER) {
                 return rv(ck::CKR_USER_NOT_LOGGED_IN);
+            }
+            if slot.ha.is_some() {
+                // The member that authenticates must be the one that signs;
+                // an HA slot routes each request on its own.
+                crate::log::warn("C_Login(CKU_CONTEXT_SPECIFIC) is not supported in an HA slot yet");
+                return rv(ck::CKR_FUNCTION_NOT_SUPPORTED);
             }
             if lock(&s.state).any_key_op().is_none() {
                 return rv(ck::CKR_OPERATION_NOT_INITIALIZED);
@@ -330,18 +334,7 @@ pub fn logout(h: ck::CK_SESSION_HANDLE) -> Result<()> {
     if s.slot.login().is_none() {
         return rv(ck::CKR_USER_NOT_LOGGED_IN);
     }
-    m.clear_login(&s.slot);
-    match m.call(
-        &s.slot,
-        Request::Logout {
-            partition: s.slot.partition.clone(),
-        },
-    ) {
-        Ok(_) => Ok(()),
-        // The member forgot the login with a lost connection: we are logged out.
-        Err(e) if e.rv() == ck::CKR_USER_NOT_LOGGED_IN => Ok(()),
-        Err(e) => Err(e),
-    }
+    m.logout(&s.slot)
 }
 
 /// `C_SessionCancel` (§5.6, 3.0): ends the operations `flags` names.

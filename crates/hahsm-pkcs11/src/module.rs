@@ -6,21 +6,26 @@
 //! network call. A server's connection is cloned out of its lock before use,
 //! and one multiplexed connection per member carries every thread's requests.
 //!
-//! Shaped for the HA slot to come: a slot names its member through `Server`,
-//! object handles map to the object's cluster-wide OUID (never to a member's
-//! row), and handles are never reused.
+//! A slot is either one partition on one member, or an HA slot: one HA group
+//! whose members all serve it. Object handles map to the object's
+//! cluster-wide OUID (never to a member's row), so a handle works on every
+//! member, and handles are never reused. In an HA slot each request goes to
+//! the member with the fewest requests in flight, and a request that failed
+//! at the connection level is sent at once to another member (a write with
+//! the same operation id, so it is applied once).
 use crate::error::{rv, Error, Result};
 use crate::log;
 use crate::session::Session;
 use hahsm_client::{ClientConfig, ClientError, MemberConnection, ServerEntry};
 use hahsm_proto::client::{PartitionInfo, Request, Response};
+use hahsm_proto::peer::GroupDef;
 use hahsm_proto::Secret;
 use hahsm_token::{ck, Ouid};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Locks a mutex, recovering it if a panicking thread poisoned it (each
 /// critical section leaves the data consistent).
@@ -47,19 +52,146 @@ pub struct Server {
     logins: Mutex<HashMap<String, (u64, Secret)>>,
 }
 
-/// One slot: a partition on a member.
+impl Server {
+    fn new(entry: ServerEntry) -> Server {
+        Server {
+            entry,
+            conn: RwLock::new(None),
+            reconnecting: Mutex::new(()),
+            logins: Mutex::default(),
+        }
+    }
+
+    fn logged_in(&self, partition: &str) -> bool {
+        lock(&self.logins).contains_key(partition)
+    }
+}
+
+/// How long a member that failed at the connection level is passed over
+/// while other members are up.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+/// One member serving an HA slot.
+pub struct HaMember {
+    pub server: Arc<Server>,
+    /// Requests sent to this member and not yet answered.
+    in_flight: AtomicUsize,
+    /// Passed over until then, after a connection-level failure.
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl HaMember {
+    fn new(server: Arc<Server>) -> Arc<HaMember> {
+        Arc::new(HaMember {
+            server,
+            in_flight: AtomicUsize::new(0),
+            down_until: Mutex::new(None),
+        })
+    }
+
+    fn is_down(&self, now: Instant) -> bool {
+        lock(&self.down_until).is_some_and(|t| t > now)
+    }
+}
+
+/// Counts a request in flight on a member while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn start(counter: &'a AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What an HA slot adds to a slot: the group and its serving members.
+pub struct HaGroup {
+    pub id: [u8; 16],
+    pub label: String,
+    pub def: Mutex<GroupDef>,
+    members: RwLock<Vec<Arc<HaMember>>>,
+    /// The application's login to the slot, replayed on each member the
+    /// first time it is used. The PIN stays in a zeroizing `Secret`.
+    login: Mutex<Option<(u64, Secret)>>,
+    /// Rotates the choice among equally loaded members.
+    next: AtomicUsize,
+}
+
+impl HaGroup {
+    pub fn members(&self) -> Vec<Arc<HaMember>> {
+        read(&self.members).clone()
+    }
+
+    /// The untried member with the fewest requests in flight, preferring
+    /// members not marked down.
+    fn pick(&self, members: &[Arc<HaMember>], tried: &[bool]) -> Option<usize> {
+        let n = members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| !tried[i])
+            .min_by_key(|&i| {
+                (
+                    members[i].is_down(now),
+                    members[i].in_flight.load(Ordering::SeqCst),
+                )
+            })
+    }
+}
+
+/// One slot: a partition on a member, or an HA group's partition.
 pub struct Slot {
     pub id: ck::CK_SLOT_ID,
+    /// The member; for an HA slot, its first member.
     pub server: Arc<Server>,
     pub partition: String,
     pub serial: u64,
     pub info: Mutex<PartitionInfo>,
+    /// For a member's slot: the HA group its partition belongs to.
+    pub group: Option<[u8; 16]>,
+    /// For an HA slot: the group and its members.
+    pub ha: Option<HaGroup>,
 }
 
 impl Slot {
     /// The role logged in to this slot's token, if any (`CKU_USER` or `CKU_SO`).
     pub fn login(&self) -> Option<u64> {
-        lock(&self.server.logins).get(&self.partition).map(|(u, _)| *u)
+        match &self.ha {
+            Some(g) => lock(&g.login).as_ref().map(|(u, _)| *u),
+            None => lock(&self.server.logins).get(&self.partition).map(|(u, _)| *u),
+        }
+    }
+
+    /// The token label: the group's label for an HA slot, else the partition name.
+    pub fn label(&self) -> &str {
+        match &self.ha {
+            Some(g) => &g.label,
+            None => &self.partition,
+        }
+    }
+}
+
+/// A fingerprint as written in configs and group definitions, for comparison.
+fn same_fingerprint(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.replace(':', "").to_ascii_lowercase();
+    norm(a) == norm(b)
+}
+
+/// Whether a failed request may have failed because of its member, so that
+/// another member should be tried.
+fn member_failed(e: &Error) -> bool {
+    match e {
+        Error::Client(c) => c.is_connection_failure(),
+        // `block` gave up waiting: the member did not answer in time.
+        Error::Rv(rv) => *rv == ck::CKR_DEVICE_ERROR,
+        _ => false,
     }
 }
 
@@ -161,14 +293,7 @@ pub fn initialize() -> Result<()> {
     let servers = config
         .servers
         .iter()
-        .map(|entry| {
-            Arc::new(Server {
-                entry: entry.clone(),
-                conn: RwLock::new(None),
-                reconnecting: Mutex::new(()),
-                logins: Mutex::default(),
-            })
-        })
+        .map(|entry| Arc::new(Server::new(entry.clone())))
         .collect();
     let module = Arc::new(Module {
         pid: std::process::id(),
@@ -208,9 +333,18 @@ pub fn finalize() -> Result<()> {
 impl Module {
     fn shutdown(&self) {
         write(&self.sessions).clear();
-        for s in &self.servers {
+        let learned = read(&self.slots)
+            .iter()
+            .filter_map(|s| s.ha.as_ref())
+            .flat_map(|g| g.members())
+            .map(|m| m.server.clone())
+            .collect::<Vec<_>>();
+        for s in self.servers.iter().chain(&learned) {
             write(&s.conn).take();
             lock(&s.logins).clear();
+        }
+        for g in read(&self.slots).iter().filter_map(|s| s.ha.as_ref()) {
+            lock(&g.login).take();
         }
         if let Some(rt) = lock(&self.runtime).take() {
             // Shut down from a thread of our own: the caller may be inside
@@ -330,27 +464,136 @@ impl Module {
         }
     }
 
+    /// Sends one request for a slot: to its member, or for an HA slot to
+    /// the least busy member, failing over to the others.
     pub fn call(&self, slot: &Slot, request: Request) -> Result<Response> {
-        self.call_server(&slot.server, request)
+        match &slot.ha {
+            None => self.call_server(&slot.server, request),
+            Some(g) => self.call_group(slot, g, request),
+        }
     }
 
-    /// Records a successful login (for re-login after a reconnection).
+    /// Sends a request to the member with the fewest requests in flight. A
+    /// connection-level failure sends the same request (a write keeps its
+    /// operation id) at once to another member, until one answers or every
+    /// member has failed.
+    fn call_group(&self, slot: &Slot, g: &HaGroup, request: Request) -> Result<Response> {
+        let members = g.members();
+        let mut tried = vec![false; members.len()];
+        let mut last = None;
+        while let Some(i) = g.pick(&members, &tried) {
+            tried[i] = true;
+            let member = &members[i];
+            let result = {
+                let _busy = InFlight::start(&member.in_flight);
+                self.login_member(slot, g, member)
+                    .and_then(|()| self.call_server(&member.server, request.clone()))
+            };
+            match result {
+                Err(e) if member_failed(&e) => {
+                    log::warn(&format!(
+                        "{}: {} failed ({}); trying another member",
+                        member.server.entry.name,
+                        request.name(),
+                        describe(&e)
+                    ));
+                    *lock(&member.down_until) = Some(Instant::now() + DOWN_FOR);
+                    last = Some(e);
+                }
+                other => {
+                    if lock(&member.down_until).take().is_some() {
+                        log::log("info", &format!("{}: serving again", member.server.entry.name));
+                    }
+                    return other;
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR)))
+    }
+
+    /// Logs a member in to the HA slot's partition the first time it is used
+    /// while the application is logged in.
+    fn login_member(&self, slot: &Slot, g: &HaGroup, member: &HaMember) -> Result<()> {
+        let Some((user_type, pin)) = lock(&g.login).clone() else {
+            return Ok(());
+        };
+        if member.server.logged_in(&slot.partition) {
+            return Ok(());
+        }
+        let r = self.call_server(
+            &member.server,
+            Request::Login {
+                partition: slot.partition.clone(),
+                user_type,
+                pin: pin.clone(),
+            },
+        );
+        match r {
+            Ok(_) => {}
+            Err(e) if e.rv() == ck::CKR_USER_ALREADY_LOGGED_IN => {}
+            Err(e) => return Err(e),
+        }
+        lock(&member.server.logins).insert(slot.partition.clone(), (user_type, pin));
+        Ok(())
+    }
+
+    /// Records a successful login (for re-login after a reconnection, and
+    /// for an HA slot, on each member when first used).
     pub fn set_login(&self, slot: &Slot, user_type: u64, pin: Secret) {
-        lock(&slot.server.logins).insert(slot.partition.clone(), (user_type, pin));
+        match &slot.ha {
+            Some(g) => *lock(&g.login) = Some((user_type, pin)),
+            None => {
+                lock(&slot.server.logins).insert(slot.partition.clone(), (user_type, pin));
+            }
+        }
     }
 
     pub fn clear_login(&self, slot: &Slot) {
         lock(&slot.server.logins).remove(&slot.partition);
     }
 
+    /// Logs the application out of a slot: of its member, or of every member
+    /// of an HA slot that it was logged in to. The PIN is dropped (zeroized).
+    pub fn logout(&self, slot: &Slot) -> Result<()> {
+        let Some(g) = &slot.ha else {
+            self.clear_login(slot);
+            return match self.call(
+                slot,
+                Request::Logout {
+                    partition: slot.partition.clone(),
+                },
+            ) {
+                Ok(_) => Ok(()),
+                // The member forgot the login with a lost connection: we are logged out.
+                Err(e) if e.rv() == ck::CKR_USER_NOT_LOGGED_IN => Ok(()),
+                Err(e) => Err(e),
+            };
+        };
+        lock(&g.login).take();
+        for member in g.members() {
+            if lock(&member.server.logins).remove(&slot.partition).is_some() {
+                let _ = self.call_server(
+                    &member.server,
+                    Request::Logout {
+                        partition: slot.partition.clone(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
     // ------------------------------------------------------------- slots --
 
-    /// Lists the partitions of every member not yet listed, adding their slots.
-    /// Slot ids come from the partition serial, so they survive restarts of
-    /// the application and of the member.
+    /// Lists the partitions of every member not yet listed, adding their
+    /// slots, and one HA slot per HA group those partitions belong to.
+    /// Slot ids come from the partition (or group) serial, so they survive
+    /// restarts of the application and of the member.
     pub fn refresh_slots(&self) {
         for server in &self.servers {
-            let known = read(&self.slots).iter().any(|s| Arc::ptr_eq(&s.server, server));
+            let known = read(&self.slots)
+                .iter()
+                .any(|s| s.ha.is_none() && Arc::ptr_eq(&s.server, server));
             if known {
                 continue;
             }
@@ -366,11 +609,26 @@ impl Module {
                     continue;
                 }
             };
+            let parts: Vec<(PartitionInfo, Option<GroupDef>)> = parts
+                .into_iter()
+                .map(|info| {
+                    let group = match self.call_server(
+                        server,
+                        Request::GetGroup {
+                            partition: info.name.clone(),
+                        },
+                    ) {
+                        Ok(Response::Group(g)) => g,
+                        _ => None,
+                    };
+                    (info, group)
+                })
+                .collect();
             let mut slots = write(&self.slots);
-            for info in parts {
-                let mut id = (info.serial & 0x7fff_ffff) as ck::CK_SLOT_ID;
-                while slots.iter().any(|s| s.id == id) {
-                    id = (id + 1) & 0x7fff_ffff;
+            for (info, group) in parts {
+                let id = free_slot_id(&slots, info.serial);
+                if let Some(def) = &group {
+                    join_group(&mut slots, def, server, &info);
                 }
                 slots.push(Arc::new(Slot {
                     id,
@@ -378,20 +636,56 @@ impl Module {
                     partition: info.name.clone(),
                     serial: info.serial,
                     info: Mutex::new(info),
+                    group: group.map(|g| g.id),
+                    ha: None,
                 }));
             }
-            slots.sort_by_key(|s| s.id);
+            // HA slots first, then the members' slots.
+            slots.sort_by_key(|s| (s.ha.is_none(), s.id));
+        }
+        // Members the groups name that the config does not: learned from the
+        // group definition, with its client address and pinned fingerprint.
+        for slot in read(&self.slots).iter() {
+            let Some(g) = &slot.ha else { continue };
+            let def = lock(&g.def).clone();
+            let mut members = write(&g.members);
+            for gm in def.members.iter().filter(|m| !m.standby) {
+                let known = members
+                    .iter()
+                    .any(|m| same_fingerprint(&m.server.entry.fingerprint, &gm.fingerprint))
+                    || self
+                        .servers
+                        .iter()
+                        .any(|s| same_fingerprint(&s.entry.fingerprint, &gm.fingerprint));
+                if known || gm.client_address.is_empty() {
+                    continue;
+                }
+                members.push(HaMember::new(Arc::new(Server::new(ServerEntry {
+                    name: format!("{}-{}", gm.hsm_label, gm.serial),
+                    address: gm.client_address.clone(),
+                    fingerprint: gm.fingerprint.clone(),
+                }))));
+            }
         }
     }
 
+    /// Whether a slot is listed: with `ha_only`, only HA slots are.
+    fn visible(&self, slot: &Slot) -> bool {
+        !self.config.ha_only || slot.ha.is_some()
+    }
+
     pub fn slots(&self) -> Vec<Arc<Slot>> {
-        read(&self.slots).clone()
+        read(&self.slots)
+            .iter()
+            .filter(|s| self.visible(s))
+            .cloned()
+            .collect()
     }
 
     pub fn slot(&self, id: ck::CK_SLOT_ID) -> Result<Arc<Slot>> {
         read(&self.slots)
             .iter()
-            .find(|s| s.id == id)
+            .find(|s| s.id == id && self.visible(s))
             .cloned()
             .ok_or(Error::Rv(ck::CKR_SLOT_ID_INVALID))
     }
@@ -498,6 +792,54 @@ impl Module {
             .map(|(h, e)| (*h, e.ouid))
             .collect()
     }
+}
+
+/// A slot id from a serial, not yet taken.
+fn free_slot_id(slots: &[Arc<Slot>], serial: u64) -> ck::CK_SLOT_ID {
+    let mut id = (serial & 0x7fff_ffff) as ck::CK_SLOT_ID;
+    while slots.iter().any(|s| s.id == id) {
+        id = (id + 1) & 0x7fff_ffff;
+    }
+    id
+}
+
+/// Adds a member to its group's HA slot, making the slot on first sight.
+fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, info: &PartitionInfo) {
+    if let Some(g) = slots
+        .iter()
+        .filter_map(|s| s.ha.as_ref())
+        .find(|g| g.id == def.id)
+    {
+        let mut members = write(&g.members);
+        if !members.iter().any(|m| Arc::ptr_eq(&m.server, server)) {
+            members.push(HaMember::new(server.clone()));
+        }
+        let mut known = lock(&g.def);
+        if def.epoch > known.epoch {
+            *known = def.clone();
+        }
+        return;
+    }
+    let id = free_slot_id(slots, def.serial);
+    slots.push(Arc::new(Slot {
+        id,
+        server: server.clone(),
+        partition: def.partition.clone(),
+        serial: def.serial,
+        info: Mutex::new(PartitionInfo {
+            serial: def.serial,
+            ..info.clone()
+        }),
+        group: None,
+        ha: Some(HaGroup {
+            id: def.id,
+            label: def.label.clone(),
+            def: Mutex::new(def.clone()),
+            members: RwLock::new(vec![HaMember::new(server.clone())]),
+            login: Mutex::new(None),
+            next: AtomicUsize::new(0),
+        }),
+    }));
 }
 
 /// An error as the log shows it: the member's message or the connection's fault.

@@ -1,0 +1,267 @@
+//! The HA slot: one slot for the group, served by every member, with load
+//! balancing per operation, transparent failover and writes retried with
+//! their operation id (report §4 and §5.1, tests 3.4.1 and 3.4.3).
+//!
+//! The module keeps process-wide state, so one test sets up one group and
+//! runs the checks in order. Member 0 is reached through a proxy of this
+//! file that can swallow the member's answers, which makes a write's failure
+//! ambiguous: the member applied it, the module never heard.
+mod t20_pkcs11_support;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use hahsm_it::cluster::{Cluster, GROUP, PIN};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use t20_pkcs11_support::module_path;
+
+const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// A TCP proxy whose answers (member to client) can be swallowed while the
+/// requests still reach the member.
+struct OneWay {
+    addr: String,
+    swallow: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl OneWay {
+    fn start(target: &str) -> OneWay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+        let addr = listener.local_addr().expect("address").to_string();
+        let swallow = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (target, sw, cs) = (target.to_string(), swallow.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming().flatten() {
+                let Ok(outbound) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                {
+                    let mut c = cs.lock().unwrap();
+                    c.push(inbound.try_clone().unwrap());
+                    c.push(outbound.try_clone().unwrap());
+                }
+                let (mut up_from, mut up_to) = (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_from, &mut up_to);
+                    let _ = up_to.shutdown(Shutdown::Write);
+                });
+                let (mut down_from, mut down_to) = (outbound, inbound);
+                let sw = sw.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match down_from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) if !sw.load(Ordering::SeqCst) => {
+                                if down_to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                    let _ = down_to.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        OneWay { addr, swallow, conns }
+    }
+
+    fn swallow_answers(&self, on: bool) {
+        self.swallow.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes every connection through the proxy (new ones pass).
+    fn reset(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// How many lines of `hahsm keys list` on member `i` name `label`.
+fn count_on(c: &Cluster, i: usize, label: &str) -> usize {
+    let list = c.keys(i, &["list"]).expect_ok().stdout;
+    list.lines()
+        .filter(|l| l.split_whitespace().any(|w| w == label))
+        .count()
+}
+
+fn aes_key(s: &cryptoki::session::Session, label: &str) -> cryptoki::error::Result<ObjectHandle> {
+    s.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Token(true),
+            Attribute::ValueLen(32.into()),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+        ],
+    )
+}
+
+#[test]
+fn the_ha_slot_balances_fails_over_and_retries_writes_once() {
+    let mut c = Cluster::new(3);
+    // The module's config: HA only, a short deadline, member 0 behind the proxy.
+    let proxy = OneWay::start(&c.members[0].address);
+    let text = std::fs::read_to_string(&c.conf).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("request_timeout_ms") {
+                "request_timeout_ms = 1500".to_string()
+            } else if l.contains(&c.members[0].address) {
+                l.replace(&c.members[0].address, &proxy.addr)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    // Top-level keys must come before the first table.
+    let conf = c.work.path().join("client/ha.toml");
+    std::fs::write(&conf, format!("ha_only = true\n{text}\n")).unwrap();
+    let log = c.work.path().join("pkcs11.log");
+    std::env::set_var("HAHSM_CONF", &conf);
+    std::env::set_var("HAHSM_PKCS11_LOG", &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
+
+    // (1) One slot, the group's, and nothing else.
+    let slots = p11.get_slots_with_token().expect("slots");
+    assert_eq!(slots.len(), 1, "only the HA slot is listed: {slots:?}");
+    assert_eq!(p11.get_all_slots().unwrap().len(), 1);
+    let token = p11.get_token_info(slots[0]).expect("token info");
+    assert_eq!(token.label(), GROUP);
+    let slot = slots[0];
+    let pin = AuthPin::new(PIN.to_string().into());
+    let s = p11.open_rw_session(slot).expect("session");
+    s.login(UserType::User, Some(&pin)).expect("login");
+
+    // (2) 3.4.1 through the HA slot: the key is on every member on return,
+    // and the same handle works whichever member serves the next call.
+    let aes = aes_key(&s, "ha-341").expect("keygen");
+    for i in 0..3 {
+        assert_eq!(count_on(&c, i, "ha-341"), 1, "member {i} lacks the key");
+    }
+    for k in 0..9 {
+        let got = s
+            .get_attributes(aes, &[cryptoki::object::AttributeType::Label])
+            .unwrap_or_else(|e| panic!("attributes {k}: {e}"));
+        assert_eq!(got, vec![Attribute::Label(b"ha-341".to_vec())]);
+        s.generate_random_vec(8)
+            .unwrap_or_else(|e| panic!("random {k}: {e}"));
+    }
+    let (_, ec) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(P256.to_vec()),
+                Attribute::Verify(true),
+                Attribute::Label(b"ha-ec".to_vec()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Sign(true),
+                Attribute::Label(b"ha-ec".to_vec()),
+            ],
+        )
+        .expect("key pair");
+    for k in 0..9 {
+        s.sign(&Mechanism::EcdsaSha256, ec, format!("m{k}").as_bytes())
+            .unwrap_or_else(|e| panic!("sign {k} through the HA slot: {e}"));
+    }
+
+    // (4) An ambiguous failure: member 0 applies the keygen but its answer
+    // is lost. The module retries on another member with the same operation
+    // id, and the group holds exactly one key per call.
+    proxy.swallow_answers(true);
+    let mut labels = Vec::new();
+    for k in 0..8 {
+        let label = format!("ha-once-{k}");
+        aes_key(&s, &label).unwrap_or_else(|e| panic!("keygen {label} with member 0 mute: {e}"));
+        labels.push(label);
+        if read_log().contains("generate-key failed") {
+            break;
+        }
+    }
+    assert!(
+        read_log().contains("generate-key failed"),
+        "no keygen was ever routed to the mute member:\n{}",
+        read_log()
+    );
+    proxy.swallow_answers(false);
+    proxy.reset();
+    for label in &labels {
+        for i in 0..3 {
+            assert_eq!(
+                count_on(&c, i, label),
+                1,
+                "member {i}: key {label} not exactly once"
+            );
+        }
+    }
+
+    // (3) 3.4.3 failover: 12 threads sign while member 1 is killed; no
+    // operation fails.
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..12)
+        .map(|t| {
+            let (p11, failures, done, stop) = (p11.clone(), failures.clone(), done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let s = p11.open_ro_session(slot).expect("session");
+                let mut k = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    match s.sign(&Mechanism::EcdsaSha256, ec, format!("{t}-{k}").as_bytes()) {
+                        Ok(_) => done.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            eprintln!("thread {t}: sign {k} failed: {e}");
+                            failures.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                    k += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = done.load(Ordering::SeqCst);
+    c.members[1].kill9();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let total = done.load(Ordering::SeqCst);
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "operations failed across the kill\n{}",
+        read_log()
+    );
+    assert!(before > 0, "no signature before the kill");
+    assert!(
+        total > before + 50,
+        "signing stalled after the kill: {before} before, {total} in all ({:?})",
+        killed.elapsed()
+    );
+    assert!(read_log().contains("sign failed"), "the kill was never seen");
+    assert!(!read_log().contains(PIN), "the PIN reached the module's log");
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}

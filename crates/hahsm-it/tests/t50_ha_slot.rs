@@ -12,7 +12,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use hahsm_it::cluster::{Cluster, GROUP, PIN};
+use hahsm_it::cluster::{Cluster, GROUP, PARTITION, PIN};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,9 +107,306 @@ fn aes_key(s: &cryptoki::session::Session, label: &str) -> cryptoki::error::Resu
     )
 }
 
+/// The module is process-wide: the tests of this file take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Points the module at the cluster with an HA-only config and a short
+/// deadline, its log at `pkcs11.log` and its HA log at `ha.log`; returns
+/// the HA log's path.
+fn ha_only_config(c: &Cluster) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(&c.conf).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("request_timeout_ms") {
+                "request_timeout_ms = 1500".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let conf = c.work.path().join("client/ha.toml");
+    std::fs::write(&conf, format!("ha_only = true\n{text}\n")).unwrap();
+    let ha_log = c.work.path().join("ha.log");
+    std::env::set_var("HAHSM_CONF", &conf);
+    std::env::set_var("HAHSM_PKCS11_LOG", c.work.path().join("pkcs11.log"));
+    std::env::set_var("HAHSM_HA_LOG", &ha_log);
+    ha_log
+}
+
+/// Loads the module, logs in to the HA slot and makes a signing key pair.
+fn ha_session(p11: &Pkcs11) -> (cryptoki::slot::Slot, cryptoki::session::Session, ObjectHandle) {
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
+    let slots = p11.get_slots_with_token().expect("slots");
+    assert_eq!(slots.len(), 1, "only the HA slot is listed: {slots:?}");
+    let slot = slots[0];
+    let s = p11.open_rw_session(slot).expect("session");
+    s.login(UserType::User, Some(&AuthPin::new(PIN.to_string().into())))
+        .expect("login");
+    let (_, ec) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(P256.to_vec()),
+                Attribute::Verify(true),
+                Attribute::Label(b"ha-loop".to_vec()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Sign(true),
+                Attribute::Label(b"ha-loop".to_vec()),
+            ],
+        )
+        .expect("key pair");
+    (slot, s, ec)
+}
+
+/// Application threads signing in a loop through the HA slot, counting
+/// signatures and failures until stopped.
+struct Signers {
+    done: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Signers {
+    fn start(p11: &Pkcs11, slot: cryptoki::slot::Slot, key: ObjectHandle, n: usize) -> Signers {
+        let done = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|t| {
+                let (p11, failures, done, stop) = (p11.clone(), failures.clone(), done.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let s = p11.open_ro_session(slot).expect("session");
+                    let mut k = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        match s.sign(&Mechanism::EcdsaSha256, key, format!("{t}-{k}").as_bytes()) {
+                            Ok(_) => done.fetch_add(1, Ordering::SeqCst),
+                            Err(e) => {
+                                eprintln!("thread {t}: sign {k} failed: {e}");
+                                failures.fetch_add(1, Ordering::SeqCst)
+                            }
+                        };
+                        k += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        Signers {
+            done,
+            failures,
+            stop,
+            threads,
+        }
+    }
+
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` further signatures were made, at most `limit`.
+    fn wait_for(&self, more: u64, limit: Duration) -> bool {
+        let target = self.done() + more;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.done() >= target {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Stops the threads; returns the number of failed signatures.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("signer");
+        }
+        self.failures.load(Ordering::SeqCst)
+    }
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+/// Report §4.1: a member added to the group while the application signs
+/// through the HA slot takes load without an application restart. Proved by
+/// killing the three original members afterwards: the new one serves alone.
+#[test]
+fn a_member_added_while_the_application_runs_takes_operations() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::new(3);
+    let ha_log = ha_only_config(&c);
+    let read_ha = || std::fs::read_to_string(&ha_log).unwrap_or_default();
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (slot, s, ec) = ha_session(&p11);
+    let signers = Signers::start(&p11, slot, ec, 2);
+    assert!(
+        signers.wait_for(20, Duration::from_secs(5)),
+        "no signing before the growth"
+    );
+
+    // A 4th appliance, with the client registered on it, joins the group.
+    let (domain, owner) = (c.domain_secret.clone(), c.owner_secret.clone());
+    let j = c.add_appliance(3, &domain, &owner);
+    c.so_login(j);
+    let owner_s = owner.to_str().unwrap().to_string();
+    c.ha(
+        j,
+        &["prepare", "--partition", PARTITION, "--owner-secret", &owner_s],
+    )
+    .expect_ok();
+    let cert = c.conf.with_file_name("app1.pem");
+    c.admin(
+        j,
+        &[
+            "client",
+            "register",
+            "--client",
+            "app1",
+            "--cert",
+            cert.to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+    c.admin(
+        j,
+        &[
+            "client",
+            "assign-partition",
+            "--client",
+            "app1",
+            "--partition",
+            PARTITION,
+        ],
+    )
+    .expect_ok();
+    let joined = Instant::now();
+    c.add_member(j).expect_ok();
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+    let serial = c.serials[j].to_string();
+    assert!(
+        wait_until(Duration::from_secs(8), || read_ha().lines().any(|l| l
+            .contains("HA group: haGroup has added member:")
+            && l.ends_with(&serial))),
+        "the module never took the new member in:\n{}",
+        read_ha()
+    );
+    eprintln!("the new member serves {:?} after add-member", joined.elapsed());
+    assert!(
+        signers.wait_for(20, Duration::from_secs(5)),
+        "signing stalled after the growth"
+    );
+
+    // The original members die: the new member alone serves the application.
+    for i in 0..3 {
+        c.members[i].kill9();
+    }
+    assert!(
+        signers.wait_for(50, Duration::from_secs(6)),
+        "signing stopped with only the new member left\n{}",
+        read_ha()
+    );
+    let failures = signers.stop();
+    assert_eq!(failures, 0, "operations failed\n{}", read_ha());
+    assert!(
+        c.members[j].log().contains("client connected"),
+        "the new member never saw the client"
+    );
+    s.sign(&Mechanism::EcdsaSha256, ec, b"after")
+        .expect("sign on the new member alone");
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}
+
+/// A member killed with SIGKILL and restarted re-enters the rotation by
+/// itself: the module probes it with back-off, writes the report's HA log
+/// lines, and the member then serves again (shown by killing the others).
+#[test]
+fn a_restarted_member_reenters_the_rotation_by_itself() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::new(3);
+    let ha_log = ha_only_config(&c);
+    let read_ha = || std::fs::read_to_string(&ha_log).unwrap_or_default();
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (slot, s, ec) = ha_session(&p11);
+    let signers = Signers::start(&p11, slot, ec, 2);
+    assert!(
+        signers.wait_for(20, Duration::from_secs(5)),
+        "no signing before the kill"
+    );
+
+    let serial = c.serials[1].to_string();
+    c.members[1].kill9();
+    assert!(
+        wait_until(Duration::from_secs(5), || read_ha().lines().any(|l| l
+            .contains("HA group: haGroup has dropped member:")
+            && l.ends_with(&serial))),
+        "member 1 was never dropped:\n{}",
+        read_ha()
+    );
+    assert!(
+        wait_until(Duration::from_secs(4), || read_ha()
+            .lines()
+            .any(|l| l.contains("recovery attempt #")
+                && l.contains("failed for member:")
+                && l.ends_with(&serial))),
+        "no failed recovery attempt while member 1 was down:\n{}",
+        read_ha()
+    );
+    c.members[1].spawn();
+    assert!(
+        wait_until(Duration::from_secs(8), || read_ha()
+            .lines()
+            .any(|l| l.contains("recovery attempt #")
+                && l.contains("succeeded for member:")
+                && l.ends_with(&serial))),
+        "member 1 never re-entered:\n{}",
+        read_ha()
+    );
+    let jsonl = std::fs::read_to_string(ha_log.with_extension("log.jsonl")).unwrap_or_default();
+    assert!(
+        jsonl.lines().any(|l| l.contains("\"event\":\"recovered\"")),
+        "no JSON line for the recovery:\n{jsonl}"
+    );
+    // Member 1 serves again: with the others gone, signing goes on through it.
+    c.members[0].kill9();
+    c.members[2].kill9();
+    assert!(
+        signers.wait_for(50, Duration::from_secs(6)),
+        "signing stopped with only the restarted member left\n{}",
+        read_ha()
+    );
+    let failures = signers.stop();
+    assert_eq!(failures, 0, "operations failed\n{}", read_ha());
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}
+
 #[test]
 fn the_ha_slot_balances_fails_over_and_retries_writes_once() {
+    let _one = one_at_a_time();
     let mut c = Cluster::new(3);
+    std::env::set_var("HAHSM_HA_LOG", c.work.path().join("ha.log"));
     // The module's config: HA only, a short deadline, member 0 behind the proxy.
     let proxy = OneWay::start(&c.members[0].address);
     let text = std::fs::read_to_string(&c.conf).unwrap();

@@ -67,17 +67,42 @@ impl Server {
     }
 }
 
-/// How long a member that failed at the connection level is passed over
-/// while other members are up.
-const DOWN_FOR: Duration = Duration::from_secs(1);
+/// How often the background task looks at the HA groups (probes due, and
+/// every `REFRESH_EVERY` the group definitions).
+const TICK: Duration = Duration::from_millis(250);
+/// How often each HA group's definition is read again from a member.
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// The longest wait between two probes of a member out of the rotation.
+const PROBE_MAX: Duration = Duration::from_secs(10);
+
+/// The wait after probe attempt `n` failed: 1 s after the first two attempts,
+/// then 2, 4 and 8 s (each twice), then 10 s for as long as the member stays away.
+fn backoff(n: u32) -> Duration {
+    let secs = 1u64 << (n.saturating_sub(1) / 2).min(4);
+    Duration::from_secs(secs).min(PROBE_MAX)
+}
+
+/// Why and since when a member is out of the rotation.
+struct Outage {
+    /// Probes made so far.
+    attempts: u32,
+    next_probe: Instant,
+    /// A probe is on its way.
+    probing: bool,
+    /// A member that joined the group while the application ran: it enters
+    /// the rotation through its first successful probe.
+    joining: bool,
+}
 
 /// One member serving an HA slot.
 pub struct HaMember {
     pub server: Arc<Server>,
     /// Requests sent to this member and not yet answered.
     in_flight: AtomicUsize,
-    /// Passed over until then, after a connection-level failure.
-    down_until: Mutex<Option<Instant>>,
+    /// Out of the rotation, after a connection-level failure (or while
+    /// joining): application requests pass it over and the background task
+    /// probes it until it may serve again.
+    outage: Mutex<Option<Outage>>,
 }
 
 impl HaMember {
@@ -85,12 +110,27 @@ impl HaMember {
         Arc::new(HaMember {
             server,
             in_flight: AtomicUsize::new(0),
-            down_until: Mutex::new(None),
+            outage: Mutex::new(None),
         })
     }
 
-    fn is_down(&self, now: Instant) -> bool {
-        lock(&self.down_until).is_some_and(|t| t > now)
+    /// A member that joined while the application runs: out of the
+    /// rotation until its first probe succeeds.
+    fn joining(server: Arc<Server>) -> Arc<HaMember> {
+        Arc::new(HaMember {
+            server,
+            in_flight: AtomicUsize::new(0),
+            outage: Mutex::new(Some(Outage {
+                attempts: 0,
+                next_probe: Instant::now(),
+                probing: false,
+                joining: true,
+            })),
+        })
+    }
+
+    pub fn is_down(&self) -> bool {
+        lock(&self.outage).is_some()
     }
 }
 
@@ -121,6 +161,9 @@ pub struct HaGroup {
     login: Mutex<Option<(u64, Secret)>>,
     /// Rotates the choice among equally loaded members.
     next: AtomicUsize,
+    /// The partition's object count a serving member reported at the last
+    /// refresh: a returning member must hold at least as many to re-enter.
+    reference_count: AtomicU64,
 }
 
 impl HaGroup {
@@ -128,21 +171,47 @@ impl HaGroup {
         read(&self.members).clone()
     }
 
-    /// The untried member with the fewest requests in flight, preferring
-    /// members not marked down.
+    /// The untried member in the rotation with the fewest requests in
+    /// flight. Members out of the rotation are left to the background probe,
+    /// unless every member is out: then they are tried as a last resort.
     fn pick(&self, members: &[Arc<HaMember>], tried: &[bool]) -> Option<usize> {
         let n = members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        let down: Vec<bool> = members.iter().map(|m| m.is_down()).collect();
+        let any_up = down.iter().any(|d| !d);
         (0..n)
             .map(|k| (start + k) % n)
-            .filter(|&i| !tried[i])
-            .min_by_key(|&i| {
-                (
-                    members[i].is_down(now),
-                    members[i].in_flight.load(Ordering::SeqCst),
-                )
-            })
+            .filter(|&i| !tried[i] && (!any_up || !down[i]))
+            .min_by_key(|&i| members[i].in_flight.load(Ordering::SeqCst))
+    }
+
+    /// The member's serial, as the HA log names it (its name if the group
+    /// definition does not know it).
+    fn serial_of(&self, member: &HaMember) -> String {
+        lock(&self.def)
+            .members
+            .iter()
+            .find(|m| same_fingerprint(&m.fingerprint, &member.server.entry.fingerprint))
+            .map_or_else(|| member.server.entry.name.clone(), |m| m.serial.to_string())
+    }
+
+    /// Takes a member out of the rotation after a connection-level failure;
+    /// the background task probes it from now on.
+    fn drop_member(&self, member: &HaMember) {
+        {
+            let mut o = lock(&member.outage);
+            if o.is_some() {
+                return;
+            }
+            *o = Some(Outage {
+                attempts: 0,
+                next_probe: Instant::now() + backoff(1),
+                probing: false,
+                joining: false,
+            });
+        }
+        write(&member.server.conn).take();
+        log::ha_event(&self.label, "dropped", &self.serial_of(member), None);
     }
 }
 
@@ -310,6 +379,7 @@ pub fn initialize() -> Result<()> {
         }),
     });
     module.refresh_slots();
+    module.start_watch();
     *global = Some(module);
     Ok(())
 }
@@ -497,15 +567,10 @@ impl Module {
                         request.name(),
                         describe(&e)
                     ));
-                    *lock(&member.down_until) = Some(Instant::now() + DOWN_FOR);
+                    g.drop_member(member);
                     last = Some(e);
                 }
-                other => {
-                    if lock(&member.down_until).take().is_some() {
-                        log::log("info", &format!("{}: serving again", member.server.entry.name));
-                    }
-                    return other;
-                }
+                other => return other,
             }
         }
         Err(last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR)))
@@ -648,24 +713,202 @@ impl Module {
         for slot in read(&self.slots).iter() {
             let Some(g) = &slot.ha else { continue };
             let def = lock(&g.def).clone();
+            self.sync_members(g, &def, false);
+        }
+    }
+
+    /// Makes a group's serving members those its definition names: adds the
+    /// non-standby members not yet serving (the configured `Server` when the
+    /// config names it, else one made from the definition's client address and
+    /// pinned fingerprint) and drops the members no longer named. While the
+    /// application runs (`running`), a new member enters the rotation through
+    /// its first successful probe.
+    fn sync_members(&self, g: &HaGroup, def: &GroupDef, running: bool) {
+        let wanted: Vec<_> = def.members.iter().filter(|m| !m.standby).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        {
             let mut members = write(&g.members);
-            for gm in def.members.iter().filter(|m| !m.standby) {
+            members.retain(|m| {
+                let keep = wanted
+                    .iter()
+                    .any(|w| same_fingerprint(&w.fingerprint, &m.server.entry.fingerprint));
+                if !keep {
+                    removed.push(m.server.entry.name.clone());
+                }
+                keep
+            });
+            for gm in &wanted {
                 let known = members
                     .iter()
-                    .any(|m| same_fingerprint(&m.server.entry.fingerprint, &gm.fingerprint))
-                    || self
-                        .servers
-                        .iter()
-                        .any(|s| same_fingerprint(&s.entry.fingerprint, &gm.fingerprint));
+                    .any(|m| same_fingerprint(&m.server.entry.fingerprint, &gm.fingerprint));
                 if known || gm.client_address.is_empty() {
                     continue;
                 }
-                members.push(HaMember::new(Arc::new(Server::new(ServerEntry {
-                    name: format!("{}-{}", gm.hsm_label, gm.serial),
-                    address: gm.client_address.clone(),
-                    fingerprint: gm.fingerprint.clone(),
-                }))));
+                let server = self
+                    .servers
+                    .iter()
+                    .find(|s| same_fingerprint(&s.entry.fingerprint, &gm.fingerprint))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Server::new(ServerEntry {
+                            name: format!("{}-{}", gm.hsm_label, gm.serial),
+                            address: gm.client_address.clone(),
+                            fingerprint: gm.fingerprint.clone(),
+                        }))
+                    });
+                members.push(if running {
+                    HaMember::joining(server)
+                } else {
+                    HaMember::new(server)
+                });
+                added.push(gm.serial);
             }
+        }
+        if running {
+            for serial in added {
+                log::log(
+                    "info",
+                    &format!("HA group {}: member {serial} joined; probing it", g.label),
+                );
+            }
+        }
+        for name in removed {
+            log::ha_event(&g.label, "removed", &name, None);
+        }
+    }
+
+    // -------------------------------------------------------- background --
+
+    /// Starts the background task that follows each HA group while the
+    /// application runs: every `REFRESH_EVERY` it reads the group definition
+    /// again (from any member in the rotation) and adds or drops members;
+    /// every `TICK` it probes the members out of the rotation whose probe is
+    /// due. It lives on the module's runtime, so `C_Finalize` (which shuts
+    /// the runtime down) ends it; it also ends once the module is gone.
+    fn start_watch(self: &Arc<Self>) {
+        let module = Arc::downgrade(self);
+        self.handle.spawn(async move {
+            let mut last_refresh = Instant::now();
+            loop {
+                tokio::time::sleep(TICK).await;
+                let Some(m) = module.upgrade() else { return };
+                if lock(&m.runtime).is_none() {
+                    return;
+                }
+                let refresh = last_refresh.elapsed() >= REFRESH_EVERY;
+                if refresh {
+                    last_refresh = Instant::now();
+                }
+                let groups: Vec<Arc<Slot>> = read(&m.slots)
+                    .iter()
+                    .filter(|s| s.ha.is_some())
+                    .cloned()
+                    .collect();
+                for slot in groups {
+                    if refresh {
+                        m.refresh_group(&slot).await;
+                    }
+                    m.probe_due(&slot);
+                }
+            }
+        });
+    }
+
+    /// Sends one request from the background task: on the member's
+    /// connection if it has one, else on a fresh one that is not kept.
+    async fn ask(&self, server: &Server, request: Request) -> std::result::Result<Response, String> {
+        let existing = read(&server.conn).as_ref().filter(|c| !c.is_closed()).cloned();
+        let conn = match existing {
+            Some(c) => c,
+            None => Arc::new(connect_bounded(&self.config, &server.entry).await?),
+        };
+        conn.call(request).await.map_err(|e| e.to_string())
+    }
+
+    /// Reads an HA group's definition again from the first member in the
+    /// rotation that answers, with the partition's object count there, and
+    /// follows a newer definition's membership.
+    async fn refresh_group(&self, slot: &Slot) {
+        let Some(g) = &slot.ha else { return };
+        for member in g.members().into_iter().filter(|m| !m.is_down()) {
+            let get = Request::GetGroup {
+                partition: slot.partition.clone(),
+            };
+            let def = match self.ask(&member.server, get).await {
+                Ok(Response::Group(Some(def))) if def.id == g.id => def,
+                _ => continue,
+            };
+            if let Ok(Response::Partitions(parts)) = self.ask(&member.server, Request::ListPartitions).await {
+                if let Some(p) = parts.iter().find(|p| p.name == slot.partition) {
+                    g.reference_count.store(p.object_count, Ordering::SeqCst);
+                }
+            }
+            let newer = {
+                let mut known = lock(&g.def);
+                if def.epoch >= known.epoch {
+                    *known = def.clone();
+                    true
+                } else {
+                    false
+                }
+            };
+            if newer {
+                self.sync_members(g, &def, true);
+            }
+            return;
+        }
+    }
+
+    /// Starts a probe of each member out of the rotation whose probe is due.
+    fn probe_due(&self, slot: &Arc<Slot>) {
+        let Some(g) = &slot.ha else { return };
+        let now = Instant::now();
+        for member in g.members() {
+            let due = match lock(&member.outage).as_mut() {
+                Some(o) if !o.probing && o.next_probe <= now => {
+                    o.probing = true;
+                    o.attempts += 1;
+                    Some((o.attempts, o.joining))
+                }
+                _ => None,
+            };
+            let Some((attempt, joining)) = due else { continue };
+            let (config, slot) = (self.config.clone(), slot.clone());
+            self.handle.spawn(async move {
+                let Some(g) = &slot.ha else { return };
+                let reference = g.reference_count.load(Ordering::SeqCst);
+                let result = probe(&config, &member.server.entry, &slot.partition, g.id, reference).await;
+                let serial = g.serial_of(&member);
+                match result {
+                    Ok(()) => {
+                        lock(&member.outage).take();
+                        // The next request connects afresh and logs in again.
+                        write(&member.server.conn).take();
+                        if joining {
+                            log::ha_event(&g.label, "added", &serial, None);
+                        } else {
+                            log::ha_event(&g.label, "recovered", &serial, Some(attempt));
+                        }
+                    }
+                    Err(why) => {
+                        if let Some(o) = lock(&member.outage).as_mut() {
+                            o.probing = false;
+                            o.next_probe = Instant::now() + backoff(attempt);
+                        }
+                        log::log(
+                            "info",
+                            &format!("{}: probe #{attempt} failed: {why}", member.server.entry.name),
+                        );
+                        if !joining {
+                            log::ha_event(&g.label, "recovery-failed", &serial, Some(attempt));
+                        }
+                    }
+                }
+            });
         }
     }
 
@@ -838,8 +1081,65 @@ fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, 
             members: RwLock::new(vec![HaMember::new(server.clone())]),
             login: Mutex::new(None),
             next: AtomicUsize::new(0),
+            reference_count: AtomicU64::new(0),
         }),
     }));
+}
+
+/// A fresh connection to a member, within the connect and handshake deadlines.
+async fn connect_bounded(
+    config: &ClientConfig,
+    entry: &ServerEntry,
+) -> std::result::Result<MemberConnection, String> {
+    let limit = config.connect_timeout() + config.handshake_timeout();
+    match tokio::time::timeout(limit, MemberConnection::connect(config, entry)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{}: no connection within {limit:?}", entry.name)),
+    }
+}
+
+/// Probes a member out of the rotation over a fresh connection: it must
+/// answer a ping, still hold the group's partition in the group, have that
+/// partition activated, and hold at least `reference` objects there (the
+/// count a serving member reported), which is the closest sign of being in
+/// sync the client link offers.
+async fn probe(
+    config: &ClientConfig,
+    entry: &ServerEntry,
+    partition: &str,
+    group: [u8; 16],
+    reference: u64,
+) -> std::result::Result<(), String> {
+    let conn = connect_bounded(config, entry).await?;
+    let call = |request| {
+        let conn = &conn;
+        async move { conn.call(request).await.map_err(|e| e.to_string()) }
+    };
+    match call(Request::Ping).await? {
+        Response::Pong => {}
+        other => return Err(format!("unexpected answer to a ping: {other:?}")),
+    }
+    match call(Request::GetGroup {
+        partition: partition.to_string(),
+    })
+    .await?
+    {
+        Response::Group(Some(def)) if def.id == group => {}
+        _ => return Err("the partition is not in the group".to_string()),
+    }
+    let Response::Partitions(parts) = call(Request::ListPartitions).await? else {
+        return Err("unexpected answer to list-partitions".to_string());
+    };
+    match parts.iter().find(|p| p.name == partition) {
+        Some(p) if !p.activated => Err("the partition is not activated".to_string()),
+        Some(p) if p.object_count < reference => Err(format!(
+            "catching up: {} of at least {reference} objects",
+            p.object_count
+        )),
+        Some(_) => Ok(()),
+        None => Err("the partition is not assigned to this client".to_string()),
+    }
 }
 
 /// An error as the log shows it: the member's message or the connection's fault.

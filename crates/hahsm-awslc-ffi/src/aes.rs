@@ -5,8 +5,7 @@ use core::ptr::NonNull;
 use zeroize::Zeroizing;
 
 fn gcm_aead(key_len: usize) -> Result<*const sys::EVP_AEAD> {
-    // SAFETY: the EVP_aead_*() functions take no arguments and return pointers
-    // to static, immutable method tables.
+    // SAFETY: the EVP_aead_*() functions take no arguments and return pointers to static, immutable method tables.
     unsafe {
         match key_len {
             16 => Ok(sys::EVP_aead_aes_128_gcm()),
@@ -23,8 +22,7 @@ struct AeadCtx(NonNull<sys::EVP_AEAD_CTX>);
 impl AeadCtx {
     fn gcm(key: &[u8], tag_len: usize) -> Result<AeadCtx> {
         let aead = gcm_aead(key.len())?;
-        // SAFETY: aead is a static method table; key is a live slice passed
-        // with its length; AWS-LC validates tag_len. A non-NULL result is ours.
+        // SAFETY: aead is a static method table; key is a live slice passed with its length; AWS-LC validates tag_len. A non-NULL result is ours.
         let ctx = unsafe { sys::EVP_AEAD_CTX_new(aead, key.as_ptr(), key.len(), tag_len) };
         NonNull::new(ctx)
             .map(AeadCtx)
@@ -34,8 +32,7 @@ impl AeadCtx {
 
 impl Drop for AeadCtx {
     fn drop(&mut self) {
-        // SAFETY: we own this context and free it exactly once; AWS-LC's
-        // allocator wipes the memory (and so the key schedule) on free.
+        // SAFETY: we own this context and free it exactly once; AWS-LC's allocator wipes the memory (and so the key schedule) on free.
         unsafe { sys::EVP_AEAD_CTX_free(self.0.as_ptr()) }
     }
 }
@@ -58,9 +55,7 @@ pub fn aes_gcm_seal(
         .ok_or_else(|| Error::new("AES-GCM: length"))?;
     let mut out = vec![0u8; max_out];
     let mut out_len = 0usize;
-    // SAFETY: out has max_out writable bytes; nonce, plaintext and aad are
-    // live slices passed with their lengths; ctx is valid and used through a
-    // const pointer.
+    // SAFETY: out has max_out writable bytes; nonce, plaintext and aad are live slices passed with their lengths; ctx is valid and used through a const pointer.
     let rc = unsafe {
         sys::EVP_AEAD_CTX_seal(
             ctx.0.as_ptr(),
@@ -99,8 +94,7 @@ pub fn aes_gcm_open(
     let ctx = AeadCtx::gcm(key, tag_len)?;
     let mut out = Zeroizing::new(vec![0u8; sealed.len()]);
     let mut out_len = 0usize;
-    // SAFETY: out has sealed.len() writable bytes (enough for the plaintext);
-    // nonce, sealed and aad are live slices with their lengths; ctx is valid.
+    // SAFETY: out has sealed.len() writable bytes (enough for the plaintext); nonce, sealed and aad are live slices with their lengths; ctx is valid.
     let rc = unsafe {
         sys::EVP_AEAD_CTX_open(
             ctx.0.as_ptr(),
@@ -132,11 +126,9 @@ impl AesKey {
         if !matches!(bits, 128 | 192 | 256) {
             return Err(Error::new("AES key length"));
         }
-        // SAFETY: AES_KEY is plain old data (round keys and a count); all
-        // zeros is a valid value, overwritten just below.
+        // SAFETY: AES_KEY is plain old data (round keys and a count); all zeros is a valid value, overwritten just below.
         let mut k = AesKey(unsafe { core::mem::zeroed() });
-        // SAFETY: key holds bits/8 readable bytes; k.0 is a writable AES_KEY.
-        // These two functions return 0 on success (OpenSSL convention).
+        // SAFETY: key holds bits/8 readable bytes; k.0 is a writable AES_KEY. These two functions return 0 on success (OpenSSL convention).
         let rc = unsafe {
             if encrypt {
                 sys::AES_set_encrypt_key(key.as_ptr(), bits, &mut k.0)
@@ -154,8 +146,7 @@ impl AesKey {
 impl Drop for AesKey {
     fn drop(&mut self) {
         let p: *mut sys::AES_KEY = &mut self.0;
-        // SAFETY: p points to our own AES_KEY of exactly size_of::<AES_KEY>()
-        // bytes; OPENSSL_cleanse overwrites them in a way the compiler keeps.
+        // SAFETY: p points to our own AES_KEY of exactly size_of::<AES_KEY>() bytes; OPENSSL_cleanse overwrites them in a way the compiler keeps.
         unsafe { sys::OPENSSL_cleanse(p.cast(), core::mem::size_of::<sys::AES_KEY>()) }
     }
 }
@@ -168,9 +159,7 @@ pub fn aes_key_wrap(kek: &[u8], input: &[u8]) -> Result<Vec<u8>> {
     }
     let key = AesKey::new(kek, true)?;
     let mut out = vec![0u8; input.len() + 8];
-    // SAFETY: out has input.len() + 8 writable bytes, exactly what RFC 3394
-    // produces; a NULL IV selects the default; key is an expanded encryption
-    // key. Returns the output length, or -1.
+    // SAFETY: out has input.len() + 8 writable bytes, exactly what RFC 3394 produces; a NULL IV selects the default; key is an expanded encryption key. Returns the output length, or -1.
     let rc = unsafe {
         sys::AES_wrap_key(
             &key.0,
@@ -193,9 +182,7 @@ pub fn aes_key_unwrap(kek: &[u8], input: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     }
     let key = AesKey::new(kek, false)?;
     let mut out = Zeroizing::new(vec![0u8; input.len() - 8]);
-    // SAFETY: out has input.len() - 8 writable bytes, exactly what unwrapping
-    // produces; a NULL IV selects the default; key is an expanded decryption
-    // key. Returns the output length, or -1.
+    // SAFETY: out has input.len() - 8 writable bytes, exactly what unwrapping produces; a NULL IV selects the default; key is an expanded decryption key. Returns the output length, or -1.
     let rc = unsafe {
         sys::AES_unwrap_key(
             &key.0,
@@ -224,8 +211,7 @@ pub fn aes_key_wrap_padded(kek: &[u8], input: &[u8]) -> Result<Vec<u8>> {
         .ok_or_else(|| Error::new("AES_wrap_key_padded: input length"))?;
     let mut out = vec![0u8; max_out];
     let mut out_len = 0usize;
-    // SAFETY: out has max_out writable bytes (input rounded up to 8, plus 8),
-    // passed as max_out; input is a live slice; key is an encryption key.
+    // SAFETY: out has max_out writable bytes (input rounded up to 8, plus 8), passed as max_out; input is a live slice; key is an encryption key.
     let rc = unsafe {
         sys::AES_wrap_key_padded(
             &key.0,
@@ -252,8 +238,7 @@ pub fn aes_key_unwrap_padded(kek: &[u8], input: &[u8]) -> Result<Zeroizing<Vec<u
     let key = AesKey::new(kek, false)?;
     let mut out = Zeroizing::new(vec![0u8; input.len()]);
     let mut out_len = 0usize;
-    // SAFETY: out has input.len() writable bytes, passed as max_out, more than
-    // unwrapping can produce; input is a live slice; key is a decryption key.
+    // SAFETY: out has input.len() writable bytes, passed as max_out, more than unwrapping can produce; input is a live slice; key is a decryption key.
     let rc = unsafe {
         sys::AES_unwrap_key_padded(
             &key.0,

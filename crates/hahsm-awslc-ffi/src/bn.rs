@@ -16,8 +16,7 @@ impl Bn {
 
     /// A big-endian unsigned integer.
     pub(crate) fn from_be(bytes: &[u8]) -> Result<Bn> {
-        // SAFETY: BN_bin2bn reads exactly bytes.len() bytes from a live slice;
-        // with `ret` NULL it allocates a new BIGNUM, which we then own.
+        // SAFETY: BN_bin2bn reads exactly bytes.len() bytes from a live slice; with `ret` NULL it allocates a new BIGNUM, which we then own.
         let p = unsafe { sys::BN_bin2bn(bytes.as_ptr(), bytes.len(), ptr::null_mut()) };
         NonNull::new(p).map(Bn).ok_or_else(|| Error::new("BN_bin2bn"))
     }
@@ -45,8 +44,7 @@ impl Bn {
 
 impl Drop for Bn {
     fn drop(&mut self) {
-        // SAFETY: we own this BIGNUM and free it exactly once; BN_clear_free
-        // zeroes its limbs first.
+        // SAFETY: we own this BIGNUM and free it exactly once; BN_clear_free zeroes its limbs first.
         unsafe { sys::BN_clear_free(self.0.as_ptr()) }
     }
 }
@@ -59,8 +57,7 @@ pub(crate) fn to_be(bn: *const sys::BIGNUM) -> Result<Zeroizing<Vec<u8>>> {
     // SAFETY: bn is a non-NULL BIGNUM owned by a live object of the caller.
     let len = unsafe { sys::BN_num_bytes(bn) } as usize;
     let mut out = Zeroizing::new(vec![0u8; len]);
-    // SAFETY: out has exactly BN_num_bytes(bn) writable bytes, which is what
-    // BN_bn2bin writes.
+    // SAFETY: out has exactly BN_num_bytes(bn) writable bytes, which is what BN_bn2bin writes.
     let written = unsafe { sys::BN_bn2bin(bn, out.as_mut_ptr()) };
     if written != len {
         return Err(Error::new("BN_bn2bin"));
@@ -73,9 +70,7 @@ pub(crate) fn to_be_padded(bn: *const sys::BIGNUM, out: &mut [u8]) -> Result<()>
     if bn.is_null() {
         return Err(Error::new("BIGNUM missing"));
     }
-    // SAFETY: out is a live, writable slice of out.len() bytes; bn is a
-    // non-NULL BIGNUM owned by a live object of the caller. The call fails
-    // (returns 0) rather than overflow if bn does not fit.
+    // SAFETY: out is a live, writable slice of out.len() bytes; bn is a non-NULL BIGNUM owned by a live object of the caller. The call fails (returns 0) rather than overflow if bn does not fit.
     let rc = unsafe { sys::BN_bn2bin_padded(out.as_mut_ptr(), out.len(), bn) };
     check(rc, "BN_bn2bin_padded")
 }

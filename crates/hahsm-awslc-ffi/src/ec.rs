@@ -66,8 +66,7 @@ impl core::fmt::Debug for EcKey {
 
 impl Drop for EcKey {
     fn drop(&mut self) {
-        // SAFETY: we own one reference to this EC_KEY and release it once.
-        // EC_KEY_free wipes the private scalar.
+        // SAFETY: we own one reference to this EC_KEY and release it once. EC_KEY_free wipes the private scalar.
         unsafe { sys::EC_KEY_free(self.key.as_ptr()) }
     }
 }
@@ -110,8 +109,7 @@ impl EcKey {
         if pkey.id() != sys::EVP_PKEY_EC {
             return Err(Error::new("not an EC key"));
         }
-        // SAFETY: pkey is a valid EC EVP_PKEY; get1 returns a new reference
-        // that we own (and release in EcKey::drop).
+        // SAFETY: pkey is a valid EC EVP_PKEY; get1 returns a new reference that we own (and release in EcKey::drop).
         let key = unsafe { sys::EVP_PKEY_get1_EC_KEY(pkey.as_ptr()) };
         let key = NonNull::new(key).ok_or_else(|| Error::new("EVP_PKEY_get1_EC_KEY"))?;
         let mut out = EcKey {
@@ -145,14 +143,12 @@ impl EcKey {
         // SAFETY: group is a valid EC_GROUP; a non-NULL result is ours.
         let p = unsafe { sys::EC_POINT_new(group) };
         let p = Point(NonNull::new(p).ok_or_else(|| Error::new("EC_POINT_new"))?);
-        // SAFETY: group and p are valid and p belongs to group; point is a
-        // live slice; a NULL BN_CTX is allowed. Fails for points off the curve.
+        // SAFETY: group and p are valid and p belongs to group; point is a live slice; a NULL BN_CTX is allowed. Fails for points off the curve.
         let rc = unsafe {
             sys::EC_POINT_oct2point(group, p.0.as_ptr(), point.as_ptr(), point.len(), ptr::null_mut())
         };
         check(rc, "EC_POINT_oct2point")?;
-        // SAFETY: the key is ours and not yet shared, so mutating it is fine;
-        // EC_KEY_set_public_key copies the point.
+        // SAFETY: the key is ours and not yet shared, so mutating it is fine; EC_KEY_set_public_key copies the point.
         let rc = unsafe { sys::EC_KEY_set_public_key(key.as_ptr(), p.0.as_ptr()) };
         check(rc, "EC_KEY_set_public_key")?;
         // SAFETY: key is valid; EC_KEY_check_key only reads it.
@@ -176,15 +172,12 @@ impl EcKey {
         if !self.private {
             return Err(Error::new("not a private key"));
         }
-        // SAFETY: digest is a live slice passed with its length; the key is a
-        // valid private EC_KEY used through a const pointer (non-mutating). A
-        // non-NULL result is a new ECDSA_SIG we own.
+        // SAFETY: digest is a live slice passed with its length; the key is a valid private EC_KEY used through a const pointer (non-mutating). A non-NULL result is a new ECDSA_SIG we own.
         let sig = unsafe { sys::ECDSA_do_sign(digest.as_ptr(), digest.len(), self.key.as_ptr()) };
         let sig = Sig(NonNull::new(sig).ok_or_else(|| Error::new("ECDSA_do_sign"))?);
         let mut r: *const sys::BIGNUM = ptr::null();
         let mut s: *const sys::BIGNUM = ptr::null();
-        // SAFETY: sig is valid; the out pointers are live locals. r and s stay
-        // owned by sig, which outlives their use below.
+        // SAFETY: sig is valid; the out pointers are live locals. r and s stay owned by sig, which outlives their use below.
         unsafe { sys::ECDSA_SIG_get0(sig.0.as_ptr(), &mut r, &mut s) };
         let n = self.curve.field_len();
         let mut out = vec![0u8; 2 * n];
@@ -216,8 +209,7 @@ impl EcKey {
         let sig = unsafe { sys::ECDSA_SIG_new() };
         let sig = Sig(NonNull::new(sig).ok_or_else(|| Error::new("ECDSA_SIG_new"))?);
         let (r, s) = (r.into_raw(), s.into_raw());
-        // SAFETY: sig, r and s are valid; on success sig takes ownership of r
-        // and s (freed with sig).
+        // SAFETY: sig, r and s are valid; on success sig takes ownership of r and s (freed with sig).
         let rc = unsafe { sys::ECDSA_SIG_set0(sig.0.as_ptr(), r, s) };
         if rc != 1 {
             // SAFETY: set0 failed, so r and s are still ours: free them once.
@@ -227,10 +219,9 @@ impl EcKey {
             }
             return Err(Error::new("ECDSA_SIG_set0"));
         }
-        // SAFETY: digest is a live slice with its length; sig and the key are
-        // valid and used through const pointers (non-mutating).
-        let rc =
-            unsafe { sys::ECDSA_do_verify(digest.as_ptr(), digest.len(), sig.0.as_ptr(), self.key.as_ptr()) };
+        let (sig, key) = (sig.0.as_ptr(), self.key.as_ptr());
+        // SAFETY: digest is a live slice with its length; sig and the key are valid and used through const pointers (non-mutating).
+        let rc = unsafe { sys::ECDSA_do_verify(digest.as_ptr(), digest.len(), sig, key) };
         Ok(rc == 1)
     }
 }

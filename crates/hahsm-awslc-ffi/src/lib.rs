@@ -76,8 +76,7 @@ impl std::error::Error for Error {}
 pub type Result<T> = core::result::Result<T, Error>;
 
 fn clear_error_queue() {
-    // SAFETY: ERR_clear_error takes no arguments and only touches the calling
-    // thread's own error queue.
+    // SAFETY: ERR_clear_error takes no arguments and only touches the calling thread's own error queue.
     unsafe { sys::ERR_clear_error() }
 }
 
@@ -113,9 +112,7 @@ impl Hash {
     }
 
     fn md(self) -> *const sys::EVP_MD {
-        // SAFETY: the EVP_sha*() functions take no arguments and return
-        // pointers to static, immutable method tables that live for the whole
-        // process; they are never freed.
+        // SAFETY: the EVP_sha*() functions take no arguments and return pointers to static, immutable method tables that live for the whole process; they are never freed.
         unsafe {
             match self {
                 Hash::Sha1 => sys::EVP_sha1(),
@@ -147,9 +144,7 @@ impl Pkey {
             data: der.as_ptr(),
             len: der.len(),
         };
-        // SAFETY: `cbs` points into `der`, which outlives the call; the parser
-        // only reads through it and advances it. A non-NULL result is a new
-        // EVP_PKEY we own.
+        // SAFETY: `cbs` points into `der`, which outlives the call; the parser only reads through it and advances it. A non-NULL result is a new EVP_PKEY we own.
         let p = unsafe { sys::EVP_parse_private_key(&mut cbs) };
         let key = Pkey::from_raw(p, "EVP_parse_private_key")?;
         if cbs.len != 0 {
@@ -166,8 +161,7 @@ impl Pkey {
 
 impl Drop for Pkey {
     fn drop(&mut self) {
-        // SAFETY: we own one reference to this EVP_PKEY and give it up exactly
-        // once, here.
+        // SAFETY: we own one reference to this EVP_PKEY and give it up exactly once, here.
         unsafe { sys::EVP_PKEY_free(self.0.as_ptr()) }
     }
 }

@@ -49,8 +49,7 @@ struct PkeyCtx(NonNull<sys::EVP_PKEY_CTX>);
 
 impl PkeyCtx {
     fn new(pkey: &Pkey) -> Result<PkeyCtx> {
-        // SAFETY: pkey is a valid EVP_PKEY; EVP_PKEY_CTX_new takes its own
-        // reference (an atomic up-ref, safe while other threads use the key).
+        // SAFETY: pkey is a valid EVP_PKEY; EVP_PKEY_CTX_new takes its own reference (an atomic up-ref, safe while other threads use the key).
         let p = unsafe { sys::EVP_PKEY_CTX_new(pkey.as_ptr(), ptr::null_mut()) };
         NonNull::new(p)
             .map(PkeyCtx)
@@ -76,18 +75,15 @@ impl PkeyCtx {
         if label.is_empty() {
             return Ok(());
         }
-        // SAFETY: copies label.len() bytes from a live slice into a new
-        // AWS-LC allocation (NULL on failure).
+        // SAFETY: copies label.len() bytes from a live slice into a new AWS-LC allocation (NULL on failure).
         let copy = unsafe { sys::OPENSSL_memdup(label.as_ptr().cast(), label.len()) }.cast::<u8>();
         if copy.is_null() {
             return Err(Error::new("OPENSSL_memdup"));
         }
-        // SAFETY: `copy` is an OPENSSL_malloc'ed buffer of label.len() bytes;
-        // on success the context takes ownership of it.
+        // SAFETY: `copy` is an OPENSSL_malloc'ed buffer of label.len() bytes; on success the context takes ownership of it.
         let rc = unsafe { sys::EVP_PKEY_CTX_set0_rsa_oaep_label(self.as_ptr(), copy, label.len()) };
         if rc != 1 {
-            // SAFETY: on failure the context did not take `copy`: it is still
-            // ours, and is freed exactly once, here.
+            // SAFETY: on failure the context did not take `copy`: it is still ours, and is freed exactly once, here.
             unsafe { sys::OPENSSL_free(copy.cast()) };
             return Err(Error::new("EVP_PKEY_CTX_set0_rsa_oaep_label"));
         }
@@ -97,8 +93,7 @@ impl PkeyCtx {
 
 impl Drop for PkeyCtx {
     fn drop(&mut self) {
-        // SAFETY: we own this context (and through it one reference to the
-        // key) and free it exactly once.
+        // SAFETY: we own this context (and through it one reference to the key) and free it exactly once.
         unsafe { sys::EVP_PKEY_CTX_free(self.0.as_ptr()) }
     }
 }
@@ -108,9 +103,7 @@ impl RsaKey {
         if pkey.id() != sys::EVP_PKEY_RSA {
             return Err(Error::new("not an RSA key"));
         }
-        // SAFETY: pkey is a valid EVP_PKEY of type RSA; get0 returns a pointer
-        // owned by pkey (no reference taken), valid while pkey lives, which the
-        // struct below guarantees by keeping both together.
+        // SAFETY: pkey is a valid EVP_PKEY of type RSA; get0 returns a pointer owned by pkey (no reference taken), valid while pkey lives, which the struct below guarantees by keeping both together.
         let rsa = unsafe { sys::EVP_PKEY_get0_RSA(pkey.as_ptr()) };
         let rsa = NonNull::new(rsa).ok_or_else(|| Error::new("EVP_PKEY_get0_RSA"))?;
         // SAFETY: rsa is valid (above); RSA_size only reads it.
@@ -139,14 +132,12 @@ impl RsaKey {
     pub fn from_public_components(n: &[u8], e: &[u8]) -> Result<RsaKey> {
         let n = Bn::from_be(n)?;
         let e = Bn::from_be(e)?;
-        // SAFETY: n and e are valid BIGNUMs; RSA_new_public_key copies them and
-        // validates the key, returning a new RSA we own, or NULL.
+        // SAFETY: n and e are valid BIGNUMs; RSA_new_public_key copies them and validates the key, returning a new RSA we own, or NULL.
         let rsa = unsafe { sys::RSA_new_public_key(n.as_ptr(), e.as_ptr()) };
         let rsa = Rsa(NonNull::new(rsa).ok_or_else(|| Error::new("RSA_new_public_key"))?);
         // SAFETY: EVP_PKEY_new takes no arguments; a non-NULL result is ours.
         let pkey = Pkey::from_raw(unsafe { sys::EVP_PKEY_new() }, "EVP_PKEY_new")?;
-        // SAFETY: both pointers are valid; on success the EVP_PKEY takes over
-        // our reference to the RSA, so we must not free it ourselves.
+        // SAFETY: both pointers are valid; on success the EVP_PKEY takes over our reference to the RSA, so we must not free it ourselves.
         let rc = unsafe { sys::EVP_PKEY_assign_RSA(pkey.as_ptr(), rsa.0.as_ptr()) };
         check(rc, "EVP_PKEY_assign_RSA")?;
         core::mem::forget(rsa);
@@ -176,9 +167,7 @@ impl RsaKey {
         self.require_private()?;
         let mut out = vec![0u8; self.size];
         let mut out_len = 0usize;
-        // SAFETY: out has self.size writable bytes, passed as max_out; payload
-        // is a live slice; rsa is a valid private key and RSA_sign_raw is
-        // documented as non-mutating for thread-safety purposes.
+        // SAFETY: out has self.size writable bytes, passed as max_out; payload is a live slice; rsa is a valid private key and RSA_sign_raw is documented as non-mutating for thread-safety purposes.
         let rc = unsafe {
             sys::RSA_sign_raw(
                 self.rsa.as_ptr(),
@@ -199,8 +188,7 @@ impl RsaKey {
     pub fn recover_pkcs1(&self, signature: &[u8]) -> Result<Vec<u8>> {
         let mut out = vec![0u8; self.size];
         let mut out_len = 0usize;
-        // SAFETY: out has self.size writable bytes (max_out); signature is a
-        // live slice; RSA_verify_raw is non-mutating.
+        // SAFETY: out has self.size writable bytes (max_out); signature is a live slice; RSA_verify_raw is non-mutating.
         let rc = unsafe {
             sys::RSA_verify_raw(
                 self.rsa.as_ptr(),
@@ -227,9 +215,7 @@ impl RsaKey {
         self.require_private()?;
         let mut out = Zeroizing::new(vec![0u8; self.size]);
         let mut out_len = 0usize;
-        // SAFETY: out has self.size writable bytes (max_out); input is a live
-        // slice; RSA_decrypt is documented as non-mutating and checks that the
-        // input has the modulus length and is below the modulus.
+        // SAFETY: out has self.size writable bytes (max_out); input is a live slice; RSA_decrypt is documented as non-mutating and checks that the input has the modulus length and is below the modulus.
         let rc = unsafe {
             sys::RSA_decrypt(
                 self.rsa.as_ptr(),
@@ -254,8 +240,7 @@ impl RsaKey {
     pub fn public_raw(&self, input: &[u8]) -> Result<Vec<u8>> {
         let mut out = vec![0u8; self.size];
         let mut out_len = 0usize;
-        // SAFETY: out has self.size writable bytes (max_out); input is a live
-        // slice; RSA_encrypt is documented as non-mutating.
+        // SAFETY: out has self.size writable bytes (max_out); input is a live slice; RSA_encrypt is documented as non-mutating.
         let rc = unsafe {
             sys::RSA_encrypt(
                 self.rsa.as_ptr(),
@@ -281,9 +266,7 @@ impl RsaKey {
         let salt = to_c_int(salt_len, "RSA_sign_pss_mgf1: salt length")?;
         let mut out = vec![0u8; self.size];
         let mut out_len = 0usize;
-        // SAFETY: out has self.size writable bytes (max_out); digest is a live
-        // slice of the hash's length; the EVP_MDs are static; salt is a
-        // non-negative explicit length (AWS-LC rejects one that does not fit).
+        // SAFETY: out has self.size writable bytes (max_out); digest is a live slice of the hash's length; the EVP_MDs are static; salt is a non-negative explicit length (AWS-LC rejects one that does not fit).
         let rc = unsafe {
             sys::RSA_sign_pss_mgf1(
                 self.rsa.as_ptr(),
@@ -317,9 +300,7 @@ impl RsaKey {
         let Ok(salt) = to_c_int(salt_len, "RSA_verify_pss_mgf1: salt length") else {
             return false;
         };
-        // SAFETY: digest and signature are live slices passed with their
-        // lengths; the EVP_MDs are static; RSA_verify_pss_mgf1 is
-        // non-mutating.
+        // SAFETY: digest and signature are live slices passed with their lengths; the EVP_MDs are static; RSA_verify_pss_mgf1 is non-mutating.
         let rc = unsafe {
             sys::RSA_verify_pss_mgf1(
                 self.rsa.as_ptr(),
@@ -349,8 +330,7 @@ impl RsaKey {
         ctx.set_oaep(hash, mgf1, label)?;
         let mut out = vec![0u8; self.size];
         let mut out_len = out.len();
-        // SAFETY: out_len holds the capacity of `out` on input, as
-        // EVP_PKEY_encrypt requires; plaintext is a live slice.
+        // SAFETY: out_len holds the capacity of `out` on input, as EVP_PKEY_encrypt requires; plaintext is a live slice.
         let rc = unsafe {
             sys::EVP_PKEY_encrypt(
                 ctx.as_ptr(),
@@ -380,8 +360,7 @@ impl RsaKey {
         ctx.set_oaep(hash, mgf1, label)?;
         let mut out = Zeroizing::new(vec![0u8; self.size]);
         let mut out_len = out.len();
-        // SAFETY: out_len holds the capacity of `out` on input, as
-        // EVP_PKEY_decrypt requires; ciphertext is a live slice.
+        // SAFETY: out_len holds the capacity of `out` on input, as EVP_PKEY_decrypt requires; ciphertext is a live slice.
         let rc = unsafe {
             sys::EVP_PKEY_decrypt(
                 ctx.as_ptr(),
@@ -431,8 +410,7 @@ pub fn rsa_crt_params(d: &[u8], p: &[u8], q: &[u8]) -> Result<RsaCrt> {
     let mut ctx = BnCtx::new()?;
     let mut p1 = Bn::new()?;
     let mut q1 = Bn::new()?;
-    // SAFETY: all BIGNUMs are valid and distinct; BN_sub writes only to its
-    // first argument. BN_value_one returns a static constant.
+    // SAFETY: all BIGNUMs are valid and distinct; BN_sub writes only to its first argument. BN_value_one returns a static constant.
     let rc = unsafe { sys::BN_sub(p1.as_mut_ptr(), p.as_ptr(), sys::BN_value_one()) };
     check(rc, "BN_sub")?;
     // SAFETY: as above.
@@ -443,8 +421,7 @@ pub fn rsa_crt_params(d: &[u8], p: &[u8], q: &[u8]) -> Result<RsaCrt> {
     }
     let mut dp = Bn::new()?;
     let mut dq = Bn::new()?;
-    // SAFETY: valid, distinct BIGNUMs and a BN_CTX of ours; a NULL quotient is
-    // allowed ("remainder only"); the divisor was checked to be non-zero.
+    // SAFETY: valid, distinct BIGNUMs and a BN_CTX of ours; a NULL quotient is allowed ("remainder only"); the divisor was checked to be non-zero.
     let rc = unsafe {
         sys::BN_div(
             ptr::null_mut(),
@@ -468,8 +445,7 @@ pub fn rsa_crt_params(d: &[u8], p: &[u8], q: &[u8]) -> Result<RsaCrt> {
     check(rc, "BN_div")?;
     let mut qinv = Bn::new()?;
     let (out, scratch) = (qinv.as_mut_ptr(), ctx.as_mut_ptr());
-    // SAFETY: valid, distinct BIGNUMs and our BN_CTX; BN_mod_inverse writes to
-    // `qinv` (non-NULL out) and returns NULL if q has no inverse mod p.
+    // SAFETY: valid, distinct BIGNUMs and our BN_CTX; BN_mod_inverse writes to `qinv` (non-NULL out) and returns NULL if q has no inverse mod p.
     let r = unsafe { sys::BN_mod_inverse(out, q.as_ptr(), p.as_ptr(), scratch) };
     if r.is_null() {
         return Err(Error::new("BN_mod_inverse"));

@@ -74,9 +74,9 @@ fn wrong_operation_state(env: &Env) {
     let (_, private) = ec_private(&s, &[]);
     let h = s.handle();
     let mut len = 0;
+    let sign = env.raw.C_Sign.unwrap();
     // SAFETY: valid pointers; no operation is active.
-    let r =
-        unsafe { env.raw.C_Sign.unwrap()(h, b"x".as_ptr() as *mut u8, 1, std::ptr::null_mut(), &mut len) };
+    let r = unsafe { sign(h, b"x".as_ptr() as *mut u8, 1, std::ptr::null_mut(), &mut len) };
     assert_eq!(r, ck::CKR_OPERATION_NOT_INITIALIZED);
     s.sign_init(&Mechanism::EcdsaSha256, private).unwrap();
     expect_rv(
@@ -215,9 +215,9 @@ fn bad_arguments(env: &Env) {
     assert_eq!(r, ck::CKR_MECHANISM_INVALID);
     // Waiting for slot events without blocking.
     let mut slot = 0;
+    let wait = env.raw.C_WaitForSlotEvent.unwrap();
     // SAFETY: valid pointers.
-    let r =
-        unsafe { env.raw.C_WaitForSlotEvent.unwrap()(ck::CKF_DONT_BLOCK, &mut slot, std::ptr::null_mut()) };
+    let r = unsafe { wait(ck::CKF_DONT_BLOCK, &mut slot, std::ptr::null_mut()) };
     assert_eq!(r, ck::CKR_NO_EVENT);
 }
 
@@ -252,9 +252,9 @@ fn key_use_is_enforced(env: &Env) {
             ulValueLen: 0,
         },
     ];
+    let get_attributes = env.raw.C_GetAttributeValue.unwrap();
     // SAFETY: two attributes, the first with a 32-byte buffer, the second asking for its length.
-    let r =
-        unsafe { env.raw.C_GetAttributeValue.unwrap()(s.handle(), raw::obj(k), template.as_mut_ptr(), 2) };
+    let r = unsafe { get_attributes(s.handle(), raw::obj(k), template.as_mut_ptr(), 2) };
     assert_eq!(r, ck::CKR_ATTRIBUTE_SENSITIVE);
     assert_eq!(template[0].ulValueLen, ck::CK_UNAVAILABLE_INFORMATION);
     assert_eq!(

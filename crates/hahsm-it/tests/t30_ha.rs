@@ -276,6 +276,23 @@ fn candidate(c: &mut Cluster, domain: &std::path::Path, owner: &std::path::Path)
     j
 }
 
+/// `ha add-member` for appliance `j`, run on member 0, straight to its peer listener.
+fn add_candidate(c: &Cluster, j: usize) -> hahsm_it::Run {
+    let fp = c.fingerprints[j].clone();
+    c.ha(
+        0,
+        &[
+            "add-member",
+            "--group",
+            GROUP,
+            "--address",
+            &c.members[j].peer_address,
+            "--fingerprint",
+            &fp,
+        ],
+    )
+}
+
 fn member_count(c: &Cluster) -> usize {
     c.status(0)["members"].as_array().map(Vec::len).unwrap_or(0)
 }
@@ -286,20 +303,7 @@ fn t3_4_12_a_member_of_another_cloning_domain_is_refused_when_added() {
     let other_domain = c.work.path().join("secrets/other-domain.key");
     let owner = c.owner_secret.clone();
     let j = candidate(&mut c, &other_domain, &owner);
-    let out = c
-        .ha(
-            0,
-            &[
-                "add-member",
-                "--group",
-                GROUP,
-                "--address",
-                &c.members[j].peer_address,
-                "--fingerprint",
-                &c.fingerprints[j],
-            ],
-        )
-        .expect_err("different cloning-domain secret");
+    let out = add_candidate(&c, j).expect_err("different cloning-domain secret");
     assert!(
         !out.stderr.contains("partition-owner"),
         "only the domain differs: {}",
@@ -314,20 +318,7 @@ fn t3_4_13_a_member_with_another_partition_owner_secret_is_refused_when_added() 
     let other_owner = c.work.path().join("secrets/other-owner.key");
     let domain = c.domain_secret.clone();
     let j = candidate(&mut c, &domain, &other_owner);
-    let out = c
-        .ha(
-            0,
-            &[
-                "add-member",
-                "--group",
-                GROUP,
-                "--address",
-                &c.members[j].peer_address,
-                "--fingerprint",
-                &c.fingerprints[j],
-            ],
-        )
-        .expect_err("different partition-owner secret");
+    let out = add_candidate(&c, j).expect_err("different partition-owner secret");
     assert!(
         !out.stderr.contains("cloning-domain"),
         "only the owner secret differs: {}",
@@ -347,19 +338,7 @@ fn a_rogue_domain_custodian_cannot_join_nor_pull_a_single_object() {
     let rogue_owner = c.work.path().join("secrets/rogue-owner.key");
     let domain = c.domain_secret.clone();
     let r = candidate(&mut c, &domain, &rogue_owner);
-    c.ha(
-        0,
-        &[
-            "add-member",
-            "--group",
-            GROUP,
-            "--address",
-            &c.members[r].peer_address,
-            "--fingerprint",
-            &c.fingerprints[r],
-        ],
-    )
-    .expect_err("different partition-owner secret");
+    add_candidate(&c, r).expect_err("different partition-owner secret");
     // Asking a member directly for the group's operations fails too.
     let group_id: [u8; 16] = hex::decode(c.status(0)["id"].as_str().unwrap())
         .unwrap()

@@ -91,8 +91,7 @@ pub unsafe extern "C" fn C_GetInterface(
         // SAFETY: `version` is NULL or valid for reads (§5.4).
         let wanted_version = unsafe { version.as_ref() }.map(|v| (v.major, v.minor));
         let found = INTERFACES.0.iter().find(|i| {
-            // SAFETY: our own interfaces point at our own function lists, whose
-            // first field is a CK_VERSION.
+            // SAFETY: our own interfaces point at our own function lists, whose first field is a CK_VERSION.
             let v = unsafe { &*(i.pFunctionList as *const CK_VERSION) };
             let version_ok = match wanted_version {
                 Some(w) => w == (v.major, v.minor),

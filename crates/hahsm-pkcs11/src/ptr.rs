@@ -77,8 +77,7 @@ pub unsafe fn output(
                     *len = data.len() as ck::CK_ULONG;
                     return rv(ck::CKR_BUFFER_TOO_SMALL);
                 }
-                // SAFETY: `buf` holds `cap` >= `data.len()` writable bytes, and
-                // `data` is our own allocation, so the two do not overlap.
+                // SAFETY: `buf` holds `cap` >= `data.len()` writable bytes, and `data` is our own allocation, so the two do not overlap.
                 unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
             }
             *len = data.len() as ck::CK_ULONG;
@@ -171,8 +170,7 @@ struct AppMemory;
 impl Memory for AppMemory {
     fn read(&mut self, addr: usize, len: usize) -> Result<Vec<u8>> {
         // `decode` checked that `addr` is not NULL and `len` is bounded.
-        // SAFETY: the application guarantees that a pointer inside a mechanism
-        // parameter is valid for reads of the length given beside it.
+        // SAFETY: the application guarantees that a pointer inside a mechanism parameter is valid for reads of the length given beside it.
         Ok(unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec())
     }
 }
@@ -234,8 +232,7 @@ pub unsafe fn write_attributes(p: *mut ck::CK_ATTRIBUTE, results: &[AttrResult])
     if results.is_empty() {
         return Ok(());
     }
-    // SAFETY: the caller guarantees `results.len()` attributes at `p` (the
-    // types were read from them), which we alone access during the call.
+    // SAFETY: the caller guarantees `results.len()` attributes at `p` (the types were read from them), which we alone access during the call.
     let attrs = unsafe { std::slice::from_raw_parts_mut(p, results.len()) };
     let (mut sensitive, mut invalid, mut small) = (false, false, false);
     for (a, r) in attrs.iter_mut().zip(results) {
@@ -256,8 +253,7 @@ pub unsafe fn write_attributes(p: *mut ck::CK_ATTRIBUTE, results: &[AttrResult])
                     a.ulValueLen = ck::CK_UNAVAILABLE_INFORMATION;
                     small = true;
                 } else {
-                    // SAFETY: `pValue` holds `ulValueLen` >= `raw.len()` writable
-                    // bytes; `raw` is our own allocation.
+                    // SAFETY: `pValue` holds `ulValueLen` >= `raw.len()` writable bytes; `raw` is our own allocation.
                     unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), a.pValue as *mut u8, raw.len()) };
                     a.ulValueLen = raw.len() as ck::CK_ULONG;
                 }

@@ -458,8 +458,7 @@ impl KeyOps<'_> {
                 mechanism,
                 data,
             } => {
-                let (ctx, entry) = self.usable_key(&partition, &key, &mechanism, Usage::Sign)?;
-                let k = ctx.active.key(&entry)?;
+                let k = self.loaded_key(&partition, &key, &mechanism, Usage::Sign)?;
                 crypto::sign(&mechanism, &k, &data).map(Response::Bytes)
             }
             Request::Verify {
@@ -469,8 +468,7 @@ impl KeyOps<'_> {
                 data,
                 signature,
             } => {
-                let (ctx, entry) = self.usable_key(&partition, &key, &mechanism, Usage::Verify)?;
-                let k = ctx.active.key(&entry)?;
+                let k = self.loaded_key(&partition, &key, &mechanism, Usage::Verify)?;
                 crypto::verify(&mechanism, &k, &data, &signature).map(|()| Response::Verified)
             }
             Request::Encrypt {
@@ -479,8 +477,7 @@ impl KeyOps<'_> {
                 mechanism,
                 data,
             } => {
-                let (ctx, entry) = self.usable_key(&partition, &key, &mechanism, Usage::Encrypt)?;
-                let k = ctx.active.key(&entry)?;
+                let k = self.loaded_key(&partition, &key, &mechanism, Usage::Encrypt)?;
                 crypto::encrypt(&mechanism, &k, &data).map(Response::Bytes)
             }
             Request::Decrypt {
@@ -489,8 +486,7 @@ impl KeyOps<'_> {
                 mechanism,
                 data,
             } => {
-                let (ctx, entry) = self.usable_key(&partition, &key, &mechanism, Usage::Decrypt)?;
-                let k = ctx.active.key(&entry)?;
+                let k = self.loaded_key(&partition, &key, &mechanism, Usage::Decrypt)?;
                 crypto::decrypt(&mechanism, &k, &data).map(Response::Bytes)
             }
             Request::WrapKey {
@@ -669,6 +665,18 @@ impl KeyOps<'_> {
         let entry = self.key(&ctx, key)?;
         rules::check_key_use(&entry.attrs, mech.mech, usage)?;
         Ok((ctx, entry))
+    }
+
+    /// The parsed key for an operation, once every check has passed.
+    fn loaded_key(
+        &self,
+        partition: &str,
+        key: &Ouid,
+        mech: &Mechanism,
+        usage: Usage,
+    ) -> TokenResult<Arc<hahsm_crypto::LoadedKey>> {
+        let (ctx, entry) = self.usable_key(partition, key, mech, usage)?;
+        ctx.active.key(&entry)
     }
 
     fn secret_if_any(&self, ctx: &Ctx, entry: &ObjectEntry) -> TokenResult<Option<SecretBytes>> {

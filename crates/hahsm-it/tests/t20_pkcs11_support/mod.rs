@@ -88,9 +88,9 @@ impl Env {
 pub fn raw_functions() -> (libloading::Library, cryptoki_sys::CK_FUNCTION_LIST) {
     // SAFETY: loading our own module runs no initializers with preconditions.
     let lib = unsafe { libloading::Library::new(module_path()) }.expect("dlopen");
+    type GetFunctionList = unsafe extern "C" fn(*mut *mut cryptoki_sys::CK_FUNCTION_LIST) -> u64;
     // SAFETY: C_GetFunctionList has this signature in every PKCS#11 module.
-    let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut cryptoki_sys::CK_FUNCTION_LIST) -> u64> =
-        unsafe { lib.get(b"C_GetFunctionList") }.expect("C_GetFunctionList exported");
+    let get = unsafe { lib.get::<GetFunctionList>(b"C_GetFunctionList") }.expect("exported");
     let mut list = std::ptr::null_mut();
     // SAFETY: a valid out-pointer.
     assert_eq!(unsafe { get(&mut list) }, 0);
@@ -253,17 +253,14 @@ pub mod raw {
     /// The mechanism list, unfiltered.
     pub fn mechanisms(env: &Env) -> Vec<u64> {
         let mut n = 0;
+        let list_mechanisms = env.raw.C_GetMechanismList.unwrap();
         // SAFETY: a NULL list asks for the count.
-        assert_eq!(
-            unsafe { env.raw.C_GetMechanismList.unwrap()(env.slot.id(), std::ptr::null_mut(), &mut n) },
-            ck::CKR_OK
-        );
+        let r = unsafe { list_mechanisms(env.slot.id(), std::ptr::null_mut(), &mut n) };
+        assert_eq!(r, ck::CKR_OK);
         let mut list = vec![0; n as usize];
         // SAFETY: `list` holds `n` entries.
-        assert_eq!(
-            unsafe { env.raw.C_GetMechanismList.unwrap()(env.slot.id(), list.as_mut_ptr(), &mut n) },
-            ck::CKR_OK
-        );
+        let r = unsafe { list_mechanisms(env.slot.id(), list.as_mut_ptr(), &mut n) };
+        assert_eq!(r, ck::CKR_OK);
         list
     }
 
@@ -277,10 +274,8 @@ pub mod raw {
         let get: libloading::Symbol<GetInterface> = unsafe { lib.get(b"C_GetInterface") }.expect("exported");
         let mut iface = std::ptr::null_mut();
         // SAFETY: NULL name and version ask for the default interface.
-        assert_eq!(
-            unsafe { get(std::ptr::null_mut(), std::ptr::null_mut(), &mut iface, 0) },
-            0
-        );
+        let r = unsafe { get(std::ptr::null_mut(), std::ptr::null_mut(), &mut iface, 0) };
+        assert_eq!(r, 0);
         // SAFETY: the module returned its static interface and 3.0 function list.
         let list = unsafe { *((*iface).pFunctionList as *const ck::CK_FUNCTION_LIST_3_0) };
         (lib, list)

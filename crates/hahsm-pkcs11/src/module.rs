@@ -16,7 +16,7 @@
 use crate::error::{rv, Error, Result};
 use crate::log;
 use crate::session::Session;
-use hahsm_client::{ClientConfig, ClientError, MemberConnection, ServerEntry};
+use hahsm_client::{BlockingConnection, ClientConfig, ClientError, MemberConnection, ServerEntry};
 use hahsm_proto::client::{PartitionInfo, Request, Response};
 use hahsm_proto::peer::GroupDef;
 use hahsm_proto::Secret;
@@ -50,7 +50,19 @@ pub struct Server {
     /// The logins held on this member, by partition, with what is needed to
     /// log in again after a reconnection. The PIN stays in a zeroizing `Secret`.
     logins: Mutex<HashMap<String, (u64, Secret)>>,
+    /// Bumped with every change of `logins`: a pooled connection logged in
+    /// under an older epoch is closed instead of reused.
+    login_epoch: AtomicU64,
+    /// Idle blocking connections for stateless operations on token keys,
+    /// each with the login epoch it was logged in under.
+    pool: Mutex<Vec<(u64, BlockingConnection)>>,
+    /// Pooled connections open, idle or in use (at most `POOL_MAX`).
+    pooled: AtomicUsize,
 }
+
+/// The most blocking connections the module keeps to one member; threads
+/// beyond that share the multiplexed connection.
+const POOL_MAX: usize = 16;
 
 impl Server {
     fn new(entry: ServerEntry) -> Server {
@@ -59,11 +71,42 @@ impl Server {
             conn: RwLock::new(None),
             reconnecting: Mutex::new(()),
             logins: Mutex::default(),
+            login_epoch: AtomicU64::new(0),
+            pool: Mutex::default(),
+            pooled: AtomicUsize::new(0),
         }
     }
 
     fn logged_in(&self, partition: &str) -> bool {
         lock(&self.logins).contains_key(partition)
+    }
+
+    /// Changes the logins held on this member; pooled connections opened
+    /// before the change are not reused.
+    fn update_logins<R>(&self, change: impl FnOnce(&mut HashMap<String, (u64, Secret)>) -> R) -> R {
+        let mut logins = lock(&self.logins);
+        let r = change(&mut logins);
+        self.login_epoch.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+
+    /// Closes every idle pooled connection (the member failed or the module
+    /// is finalized); connections in use are closed when their call returns.
+    fn clear_pool(&self) {
+        let idle = std::mem::take(&mut *lock(&self.pool));
+        self.pooled.fetch_sub(idle.len(), Ordering::SeqCst);
+    }
+
+    /// Returns a connection whose call succeeded (or was answered with an
+    /// error) to the pool.
+    fn check_in(&self, epoch: u64, conn: BlockingConnection) {
+        lock(&self.pool).push((epoch, conn));
+    }
+
+    /// Forgets a pooled connection that failed.
+    fn discard(&self, conn: BlockingConnection) {
+        drop(conn);
+        self.pooled.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -211,8 +254,18 @@ impl HaGroup {
             });
         }
         write(&member.server.conn).take();
+        member.server.clear_pool();
         log::ha_event(&self.label, "dropped", &self.serial_of(member), None);
     }
+}
+
+/// Which connection to a member carries a request.
+#[derive(Clone, Copy)]
+enum Route {
+    /// The one multiplexed connection, which holds the session objects.
+    Multiplexed,
+    /// A pooled blocking connection (stateless operations on token keys).
+    Pooled,
 }
 
 /// One slot: a partition on a member, or an HA group's partition.
@@ -411,7 +464,8 @@ impl Module {
             .collect::<Vec<_>>();
         for s in self.servers.iter().chain(&learned) {
             write(&s.conn).take();
-            lock(&s.logins).clear();
+            s.update_logins(HashMap::clear);
+            s.clear_pool();
         }
         for g in read(&self.slots).iter().filter_map(|s| s.ha.as_ref()) {
             lock(&g.login).take();
@@ -504,7 +558,7 @@ impl Module {
                     server.entry.name,
                     describe(&e)
                 ));
-                lock(&server.logins).remove(&partition);
+                server.update_logins(|l| l.remove(&partition));
             }
         }
         *write(&server.conn) = Some(conn.clone());
@@ -539,15 +593,118 @@ impl Module {
     pub fn call(&self, slot: &Slot, request: Request) -> Result<Response> {
         match &slot.ha {
             None => self.call_server(&slot.server, request),
-            Some(g) => self.call_group(slot, g, request),
+            Some(g) => self.call_group(slot, g, request, Route::Multiplexed),
         }
+    }
+
+    /// Like [`Module::call`], for an operation that needs no state on the
+    /// member beyond the login: a single-part sign, verify, encrypt, decrypt
+    /// or digest with a token key. It runs on a pooled blocking connection,
+    /// driven by the calling thread (see `hahsm_client::blocking`).
+    pub fn call_stateless(&self, slot: &Slot, request: Request) -> Result<Response> {
+        match &slot.ha {
+            None => self.call_pooled(&slot.server, request),
+            Some(g) => self.call_group(slot, g, request, Route::Pooled),
+        }
+    }
+
+    /// Sends a stateless request on a pooled connection to one member. An
+    /// idle connection the member has closed meanwhile (idle timeout,
+    /// restart) fails at once; the request is then sent once more on a new one.
+    fn call_pooled(&self, server: &Arc<Server>, request: Request) -> Result<Response> {
+        let mut retried = false;
+        loop {
+            let Some((epoch, mut conn, reused)) = self.check_out(server)? else {
+                return self.call_server(server, request);
+            };
+            match conn.call(request.clone(), self.request_timeout()) {
+                Ok(r) => {
+                    server.check_in(epoch, conn);
+                    return Ok(r);
+                }
+                Err(e @ ClientError::Remote(_)) => {
+                    server.check_in(epoch, conn);
+                    return Err(e.into());
+                }
+                Err(ClientError::Disconnected { .. }) if reused && !retried => {
+                    server.discard(conn);
+                    retried = true;
+                }
+                Err(e) => {
+                    server.discard(conn);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// An idle pooled connection logged in under the current logins, or a
+    /// new one; `None` when the member already has `POOL_MAX` of them or a
+    /// login could not be replayed (the caller then uses the multiplexed
+    /// connection). The flag says whether the connection was reused.
+    fn check_out(&self, server: &Arc<Server>) -> Result<Option<(u64, BlockingConnection, bool)>> {
+        let current = server.login_epoch.load(Ordering::SeqCst);
+        loop {
+            let Some((epoch, conn)) = lock(&server.pool).pop() else {
+                break;
+            };
+            if epoch == current {
+                return Ok(Some((epoch, conn, true)));
+            }
+            server.discard(conn);
+        }
+        if server.pooled.fetch_add(1, Ordering::SeqCst) >= POOL_MAX {
+            server.pooled.fetch_sub(1, Ordering::SeqCst);
+            return Ok(None);
+        }
+        let (epoch, logins) = {
+            let logins = lock(&server.logins);
+            let snapshot: Vec<(String, u64, Secret)> = logins
+                .iter()
+                .map(|(p, (u, pin))| (p.clone(), *u, pin.clone()))
+                .collect();
+            (server.login_epoch.load(Ordering::SeqCst), snapshot)
+        };
+        let (config, entry) = (self.config.clone(), server.entry.clone());
+        let limit = self.config.connect_timeout() + self.config.handshake_timeout() + Duration::from_secs(1);
+        let opened = self.block(limit, async move {
+            BlockingConnection::connect(&config, &entry)
+                .await
+                .map_err(Error::from)
+        });
+        let mut conn = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                server.pooled.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        for (partition, user_type, pin) in logins {
+            let login = Request::Login {
+                partition,
+                user_type,
+                pin,
+            };
+            match conn.call(login, self.request_timeout()) {
+                Ok(_) => {}
+                Err(ClientError::Remote(_)) => {
+                    server.discard(conn);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    server.discard(conn);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Some((epoch, conn, false)))
     }
 
     /// Sends a request to the member with the fewest requests in flight. A
     /// connection-level failure sends the same request (a write keeps its
     /// operation id) at once to another member, until one answers or every
     /// member has failed.
-    fn call_group(&self, slot: &Slot, g: &HaGroup, request: Request) -> Result<Response> {
+    fn call_group(&self, slot: &Slot, g: &HaGroup, request: Request, route: Route) -> Result<Response> {
         let members = g.members();
         let mut tried = vec![false; members.len()];
         let mut last = None;
@@ -556,8 +713,10 @@ impl Module {
             let member = &members[i];
             let result = {
                 let _busy = InFlight::start(&member.in_flight);
-                self.login_member(slot, g, member)
-                    .and_then(|()| self.call_server(&member.server, request.clone()))
+                self.login_member(slot, g, member).and_then(|()| match route {
+                    Route::Multiplexed => self.call_server(&member.server, request.clone()),
+                    Route::Pooled => self.call_pooled(&member.server, request.clone()),
+                })
             };
             match result {
                 Err(e) if member_failed(&e) => {
@@ -598,7 +757,9 @@ impl Module {
             Err(e) if e.rv() == ck::CKR_USER_ALREADY_LOGGED_IN => {}
             Err(e) => return Err(e),
         }
-        lock(&member.server.logins).insert(slot.partition.clone(), (user_type, pin));
+        member
+            .server
+            .update_logins(|l| l.insert(slot.partition.clone(), (user_type, pin)));
         Ok(())
     }
 
@@ -608,13 +769,14 @@ impl Module {
         match &slot.ha {
             Some(g) => *lock(&g.login) = Some((user_type, pin)),
             None => {
-                lock(&slot.server.logins).insert(slot.partition.clone(), (user_type, pin));
+                slot.server
+                    .update_logins(|l| l.insert(slot.partition.clone(), (user_type, pin)));
             }
         }
     }
 
     pub fn clear_login(&self, slot: &Slot) {
-        lock(&slot.server.logins).remove(&slot.partition);
+        slot.server.update_logins(|l| l.remove(&slot.partition));
     }
 
     /// Logs the application out of a slot: of its member, or of every member
@@ -636,7 +798,11 @@ impl Module {
         };
         lock(&g.login).take();
         for member in g.members() {
-            if lock(&member.server.logins).remove(&slot.partition).is_some() {
+            if member
+                .server
+                .update_logins(|l| l.remove(&slot.partition))
+                .is_some()
+            {
                 let _ = self.call_server(
                     &member.server,
                     Request::Logout {

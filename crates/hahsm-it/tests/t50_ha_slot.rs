@@ -173,6 +173,8 @@ fn ha_session(p11: &Pkcs11) -> (cryptoki::slot::Slot, cryptoki::session::Session
 struct Signers {
     done: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
+    /// The slowest signature so far, in milliseconds.
+    slowest_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -182,14 +184,19 @@ impl Signers {
         let done = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let slowest_ms = Arc::new(AtomicU64::new(0));
         let threads = (0..n)
             .map(|t| {
                 let (p11, failures, done, stop) = (p11.clone(), failures.clone(), done.clone(), stop.clone());
+                let slowest = slowest_ms.clone();
                 std::thread::spawn(move || {
                     let s = p11.open_ro_session(slot).expect("session");
                     let mut k = 0u64;
                     while !stop.load(Ordering::SeqCst) {
-                        match s.sign(&Mechanism::EcdsaSha256, key, format!("{t}-{k}").as_bytes()) {
+                        let started = Instant::now();
+                        let signed = s.sign(&Mechanism::EcdsaSha256, key, format!("{t}-{k}").as_bytes());
+                        slowest.fetch_max(started.elapsed().as_millis() as u64, Ordering::SeqCst);
+                        match signed {
                             Ok(_) => done.fetch_add(1, Ordering::SeqCst),
                             Err(e) => {
                                 eprintln!("thread {t}: sign {k} failed: {e}");
@@ -205,6 +212,7 @@ impl Signers {
         Signers {
             done,
             failures,
+            slowest_ms,
             stop,
             threads,
         }
@@ -235,6 +243,49 @@ impl Signers {
         }
         self.failures.load(Ordering::SeqCst)
     }
+}
+
+/// 3.4.3 with a black hole: member 2's client link stays open but carries
+/// nothing (no reset), as when a member's network or process freezes. Twelve
+/// signing threads lose no operation: each call stuck on member 2 fails at
+/// its deadline and is retried on another member at once.
+#[test]
+fn twelve_signers_lose_nothing_when_a_member_is_black_holed() {
+    let _one = one_at_a_time();
+    let c = Cluster::new(3);
+    let ha_log = ha_only_config(&c);
+    let proxy = hahsm_it::proxy::Proxy::start(&c.members[2].address);
+    let conf = std::path::PathBuf::from(std::env::var("HAHSM_CONF").expect("HAHSM_CONF"));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, text.replace(&c.members[2].address, &proxy.addr)).unwrap();
+
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (slot, s, ec) = ha_session(&p11);
+    let signers = Signers::start(&p11, slot, ec, 12);
+    assert!(
+        signers.wait_for(200, Duration::from_secs(30)),
+        "no signing before the fault"
+    );
+    proxy.set(hahsm_it::proxy::Mode::BlackHole);
+    let blackholed = Instant::now();
+    assert!(
+        signers.wait_for(300, Duration::from_secs(30)),
+        "signing stalled after the black hole ({:?})",
+        blackholed.elapsed()
+    );
+    let slowest = Duration::from_millis(signers.slowest_ms.load(Ordering::SeqCst));
+    let failures = signers.stop();
+    let ha = std::fs::read_to_string(&ha_log).unwrap_or_default();
+    assert_eq!(failures, 0, "operations failed across the black hole\n{ha}");
+    assert!(
+        ha.contains("dropped"),
+        "the black-holed member was never taken out of the rotation:\n{ha}"
+    );
+    // One deadline (1.5 s here) and a new connection's handshake limit at
+    // most, not a hang.
+    assert!(slowest < Duration::from_secs(10), "a signature took {slowest:?}");
+    drop(s);
+    p11.finalize().expect("C_Finalize");
 }
 
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {

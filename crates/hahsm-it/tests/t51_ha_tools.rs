@@ -1,5 +1,5 @@
-//! Report test 3.4.3 with third-party applications: OpenSC's pkcs11-tool and
-//! OpenSSL (through the libp11 engine) sign through the HA slot while one
+//! Report test 3.4.3 with third-party applications: OpenSC's pkcs11-tool,
+//! OpenSSL (through the libp11 engine) and python-pkcs11 sign through the HA slot while one
 //! member is dead, and across a failover the test forces by stopping
 //! (SIGSTOP) the member the module tries first. Each run is a new process
 //! that knows nothing of the faults; every signature is checked by plain
@@ -113,6 +113,46 @@ impl Env {
     }
 }
 
+impl Env {
+    /// python-pkcs11 makes an RSA key and an AES key through the HA slot and
+    /// signs; plain openssl verifies the signature with the exported key.
+    fn python_pkcs11_signs(&self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/ha_sign.py");
+        let out_dir = self.path("");
+        let out = self.ok("python3", &[script, &self.module, GROUP, PIN, &out_dir]);
+        assert!(out.contains("python-pkcs11 ok"), "{out}");
+        let pem = self.path("py-rsa.pub.pem");
+        let v = run(
+            "openssl",
+            &[
+                "rsa",
+                "-RSAPublicKey_in",
+                "-inform",
+                "DER",
+                "-in",
+                &self.path("py-rsa.pub.der"),
+                "-pubout",
+                "-out",
+                &pem,
+            ],
+        );
+        assert!(v.ok, "{}", v.stderr);
+        let v = run(
+            "openssl",
+            &[
+                "dgst",
+                "-sha256",
+                "-verify",
+                &pem,
+                "-signature",
+                &self.path("py-rsa.sig"),
+                &self.path("py-data.bin"),
+            ],
+        );
+        assert!(v.ok, "openssl verify (python-pkcs11): {} {}", v.stdout, v.stderr);
+    }
+}
+
 fn setup() -> Env {
     let c = Cluster::new(3);
     // HA only, with short deadlines so that a stopped member costs little.
@@ -182,6 +222,7 @@ fn pkcs11_tool_and_openssl_sign_through_the_ha_slot_across_failures() {
     env.c.members[1].kill9();
     env.pkcs11_tool_signs(&data, "one-dead");
     env.openssl_signs(&data, "one-dead");
+    env.python_pkcs11_signs();
 
     // A forced failover: member 0, the first the module tries, stops
     // answering with its sockets open. Each new process finds it out within

@@ -54,7 +54,15 @@ impl Env {
     }
 
     fn pkcs11_tool(&self, args: &[&str]) -> String {
-        let mut full = vec!["--module", &self.module, "--token-label", GROUP, "--login", "--pin", PIN];
+        let mut full = vec![
+            "--module",
+            &self.module,
+            "--token-label",
+            GROUP,
+            "--login",
+            "--pin",
+            PIN,
+        ];
         full.extend_from_slice(args);
         self.ok("pkcs11-tool", &full)
     }
@@ -79,7 +87,15 @@ impl Env {
         let v = run(
             "openssl",
             &[
-                "dgst", "-sha256", "-verify", &pubkey, "-keyform", "DER", "-signature", &der, data,
+                "dgst",
+                "-sha256",
+                "-verify",
+                &pubkey,
+                "-keyform",
+                "DER",
+                "-signature",
+                &der,
+                data,
             ],
         );
         assert!(v.ok, "openssl verify ({tag}): {} {}", v.stdout, v.stderr);
@@ -100,8 +116,8 @@ impl Env {
         let v = run(
             "openssl",
             &[
-                "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", &pubkey, "-in", data, "-sigfile",
-                &sig,
+                "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", &pubkey, "-in", data,
+                "-sigfile", &sig,
             ],
         );
         assert!(

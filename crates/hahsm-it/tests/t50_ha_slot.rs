@@ -389,6 +389,88 @@ fn a_member_added_while_the_application_runs_takes_operations() {
     p11.finalize().expect("C_Finalize");
 }
 
+/// A member that missed writes while it was down serves again only once it
+/// has applied them: with its peer links cut it cannot catch up, and the
+/// module keeps it out of the rotation; healed, it catches up and re-enters.
+#[test]
+fn a_returning_member_waits_out_of_the_rotation_until_it_has_caught_up() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::new(3);
+    let ha_log = ha_only_config(&c);
+    let module_log = c.work.path().join("pkcs11.log");
+    let read_ha = || std::fs::read_to_string(&ha_log).unwrap_or_default();
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (_slot, s, ec) = ha_session(&p11);
+    let serial = c.serials[1].to_string();
+    let recovered = || {
+        read_ha()
+            .lines()
+            .any(|l| l.contains("succeeded for member:") && l.ends_with(&serial))
+    };
+
+    // Keys every member holds; renaming them later changes no object count,
+    // so only the replication progress shows that member 1 missed it.
+    let keys: Vec<ObjectHandle> = (0..10)
+        .map(|k| aes_key(&s, &format!("early-{k}")).expect("keygen"))
+        .collect();
+    assert!(
+        c.wait_in_sync(1, Duration::from_secs(20)),
+        "member 1 never got the keys"
+    );
+    c.members[1].kill9();
+    // Sign until the module has found member 1 gone.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let _ = s.sign(&Mechanism::EcdsaSha256, ec, b"find the dead member");
+            read_ha().contains(&format!("has dropped member: {serial}"))
+        }),
+        "member 1 was never dropped:\n{}",
+        read_ha()
+    );
+    for (k, key) in keys.iter().enumerate() {
+        s.update_attributes(*key, &[Attribute::Label(format!("renamed-{k}").into_bytes())])
+            .unwrap_or_else(|e| panic!("rename {k}: {e}"));
+    }
+    c.isolate(1, hahsm_it::proxy::Mode::Cut);
+    c.members[1].spawn();
+    // Reachable, activated, as many objects as the others, but 10 renames
+    // behind: probes fail as catching up.
+    assert!(
+        wait_until(Duration::from_secs(15), || std::fs::read_to_string(&module_log)
+            .unwrap_or_default()
+            .contains("catching up")),
+        "no probe saw member 1 behind:\n{}",
+        std::fs::read_to_string(&module_log).unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !recovered(),
+        "member 1 re-entered before catching up:\n{}",
+        read_ha()
+    );
+    assert_eq!(
+        count_on(&c, 1, "renamed-9"),
+        0,
+        "member 1 caught up through a cut link"
+    );
+
+    c.heal_all();
+    assert!(
+        wait_until(Duration::from_secs(40), recovered),
+        "member 1 never re-entered after the links healed:\n{}",
+        read_ha()
+    );
+    for k in 0..10 {
+        assert_eq!(
+            count_on(&c, 1, &format!("renamed-{k}")),
+            1,
+            "member 1 lacks renamed-{k}"
+        );
+    }
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}
+
 /// A member killed with SIGKILL and restarted re-enters the rotation by
 /// itself: the module probes it with back-off, writes the report's HA log
 /// lines, and the member then serves again (shown by killing the others).

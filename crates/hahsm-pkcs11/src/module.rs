@@ -204,9 +204,6 @@ pub struct HaGroup {
     login: Mutex<Option<(u64, Secret)>>,
     /// Rotates the choice among equally loaded members.
     next: AtomicUsize,
-    /// The partition's object count a serving member reported at the last
-    /// refresh: a returning member must hold at least as many to re-enter.
-    reference_count: AtomicU64,
 }
 
 impl HaGroup {
@@ -984,6 +981,26 @@ impl Module {
         });
     }
 
+    /// The replication progress of the partition on a member in the rotation
+    /// (other than `returning`), asked now: what a returning member must
+    /// have applied before it serves again. Empty when no member answers
+    /// (then there is nothing to be behind of).
+    async fn serving_progress(&self, g: &HaGroup, returning: &HaMember, partition: &str) -> Vec<(u64, u64)> {
+        let serving = g
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_down() && !std::ptr::eq(m.as_ref(), returning));
+        for member in serving {
+            let ask = Request::Progress {
+                partition: partition.to_string(),
+            };
+            if let Ok(Response::Progress(progress)) = self.ask(&member.server, ask).await {
+                return progress;
+            }
+        }
+        Vec::new()
+    }
+
     /// Sends one request from the background task: on the member's
     /// connection if it has one, else on a fresh one that is not kept.
     async fn ask(&self, server: &Server, request: Request) -> std::result::Result<Response, String> {
@@ -996,8 +1013,7 @@ impl Module {
     }
 
     /// Reads an HA group's definition again from the first member in the
-    /// rotation that answers, with the partition's object count there, and
-    /// follows a newer definition's membership.
+    /// rotation that answers, and follows a newer definition's membership.
     async fn refresh_group(&self, slot: &Slot) {
         let Some(g) = &slot.ha else { return };
         for member in g.members().into_iter().filter(|m| !m.is_down()) {
@@ -1008,11 +1024,6 @@ impl Module {
                 Ok(Response::Group(Some(def))) if def.id == g.id => def,
                 _ => continue,
             };
-            if let Ok(Response::Partitions(parts)) = self.ask(&member.server, Request::ListPartitions).await {
-                if let Some(p) = parts.iter().find(|p| p.name == slot.partition) {
-                    g.reference_count.store(p.object_count, Ordering::SeqCst);
-                }
-            }
             let newer = {
                 let mut known = lock(&g.def);
                 if def.epoch >= known.epoch {
@@ -1030,7 +1041,7 @@ impl Module {
     }
 
     /// Starts a probe of each member out of the rotation whose probe is due.
-    fn probe_due(&self, slot: &Arc<Slot>) {
+    fn probe_due(self: &Arc<Self>, slot: &Arc<Slot>) {
         let Some(g) = &slot.ha else { return };
         let now = Instant::now();
         for member in g.members() {
@@ -1043,11 +1054,11 @@ impl Module {
                 _ => None,
             };
             let Some((attempt, joining)) = due else { continue };
-            let (config, slot) = (self.config.clone(), slot.clone());
+            let (m, slot) = (self.clone(), slot.clone());
             self.handle.spawn(async move {
                 let Some(g) = &slot.ha else { return };
-                let reference = g.reference_count.load(Ordering::SeqCst);
-                let result = probe(&config, &member.server.entry, &slot.partition, g.id, reference).await;
+                let reference = m.serving_progress(g, &member, &slot.partition).await;
+                let result = probe(&m.config, &member.server.entry, &slot.partition, g.id, &reference).await;
                 let serial = g.serial_of(&member);
                 match result {
                     Ok(()) => {
@@ -1247,7 +1258,6 @@ fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, 
             members: RwLock::new(vec![HaMember::new(server.clone())]),
             login: Mutex::new(None),
             next: AtomicUsize::new(0),
-            reference_count: AtomicU64::new(0),
         }),
     }));
 }
@@ -1267,15 +1277,15 @@ async fn connect_bounded(
 
 /// Probes a member out of the rotation over a fresh connection: it must
 /// answer a ping, still hold the group's partition in the group, have that
-/// partition activated, and hold at least `reference` objects there (the
-/// count a serving member reported), which is the closest sign of being in
-/// sync the client link offers.
+/// partition activated, and have applied every operation a serving member
+/// had applied when the probe began (`reference`, per origin), so that it
+/// serves no stale object and misses no key the application made.
 async fn probe(
     config: &ClientConfig,
     entry: &ServerEntry,
     partition: &str,
     group: [u8; 16],
-    reference: u64,
+    reference: &[(u64, u64)],
 ) -> std::result::Result<(), String> {
     let conn = connect_bounded(config, entry).await?;
     let call = |request| {
@@ -1298,14 +1308,34 @@ async fn probe(
         return Err("unexpected answer to list-partitions".to_string());
     };
     match parts.iter().find(|p| p.name == partition) {
-        Some(p) if !p.activated => Err("the partition is not activated".to_string()),
-        Some(p) if p.object_count < reference => Err(format!(
-            "catching up: {} of at least {reference} objects",
-            p.object_count
-        )),
-        Some(_) => Ok(()),
-        None => Err("the partition is not assigned to this client".to_string()),
+        Some(p) if !p.activated => return Err("the partition is not activated".to_string()),
+        Some(_) => {}
+        None => return Err("the partition is not assigned to this client".to_string()),
     }
+    let Response::Progress(progress) = call(Request::Progress {
+        partition: partition.to_string(),
+    })
+    .await?
+    else {
+        return Err("unexpected answer to progress".to_string());
+    };
+    let applied = |origin: u64| {
+        progress
+            .iter()
+            .find(|(o, _)| *o == origin)
+            .map_or(0, |(_, seq)| *seq)
+    };
+    let behind = reference
+        .iter()
+        .filter(|(origin, seq)| applied(*origin) < *seq)
+        .map(|(origin, seq)| seq - applied(*origin))
+        .sum::<u64>();
+    if behind > 0 {
+        return Err(format!(
+            "catching up: {behind} operations behind a serving member"
+        ));
+    }
+    Ok(())
 }
 
 /// An error as the log shows it: the member's message or the connection's fault.

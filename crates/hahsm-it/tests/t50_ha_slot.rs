@@ -389,6 +389,89 @@ fn a_member_added_while_the_application_runs_takes_operations() {
     p11.finalize().expect("C_Finalize");
 }
 
+/// Session objects live in one connection on one member: the HA slot sends
+/// every request that makes, names or searches them to that member, so they
+/// work like any object; when that member dies they are gone (the handle is
+/// refused), while token objects carry on.
+#[test]
+fn session_objects_stay_on_their_member_and_die_with_it() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::new(3);
+    ha_only_config(&c);
+    let module_log = c.work.path().join("pkcs11.log");
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (_slot, s, ec) = ha_session(&p11);
+    let key = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Label(b"ha-session-aes".to_vec()),
+            ],
+        )
+        .expect("session key");
+    let iv = [7u8; 16];
+    for k in 0..30 {
+        let plain = format!("session object use {k:02}..").into_bytes();
+        let ct = s
+            .encrypt(&Mechanism::AesCbcPad(iv), key, &plain)
+            .unwrap_or_else(|e| panic!("encrypt {k}: {e}"));
+        assert_eq!(
+            s.decrypt(&Mechanism::AesCbcPad(iv), key, &ct)
+                .unwrap_or_else(|e| panic!("decrypt {k}: {e}")),
+            plain
+        );
+        let found = s
+            .find_objects(&[Attribute::Label(b"ha-session-aes".to_vec())])
+            .unwrap_or_else(|e| panic!("find {k}: {e}"));
+        assert_eq!(found, vec![key], "find {k}");
+    }
+    // The home member, as the module's log names it.
+    let log = std::fs::read_to_string(&module_log).unwrap_or_default();
+    let home = (0..3)
+        .find(|&i| log.contains(&format!("session objects live on member {}", c.serials[i])))
+        .unwrap_or_else(|| panic!("no session home in the log:\n{log}"));
+    c.members[home].kill9();
+    let err = s
+        .encrypt(&Mechanism::AesCbcPad(iv), key, b"after the home died")
+        .expect_err("the session key died with its member");
+    let code = t20_pkcs11_support::rv(&err);
+    assert!(
+        matches!(
+            code,
+            cryptoki::error::RvError::KeyHandleInvalid
+                | cryptoki::error::RvError::ObjectHandleInvalid
+                | cryptoki::error::RvError::DeviceRemoved
+                | cryptoki::error::RvError::DeviceError
+        ),
+        "{err}"
+    );
+    // Token objects are untouched, and new session objects get a new home.
+    for k in 0..5 {
+        s.sign(&Mechanism::EcdsaSha256, ec, format!("token key {k}").as_bytes())
+            .unwrap_or_else(|e| panic!("token key after the home died, {k}: {e}"));
+    }
+    let again = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(16.into()),
+                Attribute::Encrypt(true),
+            ],
+        )
+        .expect("a new session key");
+    for k in 0..10 {
+        s.encrypt(&Mechanism::AesEcb, again, &[k as u8; 16])
+            .unwrap_or_else(|e| panic!("new session key {k}: {e}"));
+    }
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}
+
 /// A member that missed writes while it was down serves again only once it
 /// has applied them: with its peer links cut it cannot catch up, and the
 /// module keeps it out of the rotation; healed, it catches up and re-enters.

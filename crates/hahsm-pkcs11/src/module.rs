@@ -204,6 +204,11 @@ pub struct HaGroup {
     login: Mutex<Option<(u64, Secret)>>,
     /// Rotates the choice among equally loaded members.
     next: AtomicUsize,
+    /// The member that holds the slot's session objects (they live in one
+    /// connection on one member), chosen when the first one is made.
+    session_home: Mutex<Option<Arc<HaMember>>>,
+    /// The session objects made through this slot, all on `session_home`.
+    session_objects: Mutex<std::collections::HashSet<Ouid>>,
 }
 
 impl HaGroup {
@@ -702,6 +707,9 @@ impl Module {
     /// operation id) at once to another member, until one answers or every
     /// member has failed.
     fn call_group(&self, slot: &Slot, g: &HaGroup, request: Request, route: Route) -> Result<Response> {
+        if let Some(made) = session_bound(g, &request) {
+            return self.call_session_home(slot, g, request, made);
+        }
         let members = g.members();
         let mut tried = vec![false; members.len()];
         let mut last = None;
@@ -730,6 +738,82 @@ impl Module {
             }
         }
         Err(last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR)))
+    }
+
+    /// Sends a request that makes or uses a session object to the slot's
+    /// session home, choosing the least busy member as the home when there
+    /// is none. There is no failover: the session objects die with their
+    /// member, and the next request that needs them gets
+    /// `CKR_OBJECT_HANDLE_INVALID` (or `CKR_KEY_HANDLE_INVALID`) from the new home.
+    fn call_session_home(
+        &self,
+        slot: &Slot,
+        g: &HaGroup,
+        request: Request,
+        made: Vec<bool>,
+    ) -> Result<Response> {
+        let home = {
+            let mut home = lock(&g.session_home);
+            match &*home {
+                Some(m) if !m.is_down() => m.clone(),
+                _ => {
+                    let members = g.members();
+                    let i = g
+                        .pick(&members, &vec![false; members.len()])
+                        .ok_or(Error::Rv(ck::CKR_DEVICE_ERROR))?;
+                    lock(&g.session_objects).clear();
+                    log::log(
+                        "info",
+                        &format!(
+                            "HA group {}: session objects live on member {}",
+                            g.label,
+                            g.serial_of(&members[i])
+                        ),
+                    );
+                    *home = Some(members[i].clone());
+                    members[i].clone()
+                }
+            }
+        };
+        let destroyed = match &request {
+            Request::DestroyObject { object, .. } => Some(*object),
+            _ => None,
+        };
+        let result = {
+            let _busy = InFlight::start(&home.in_flight);
+            self.login_member(slot, g, &home)
+                .and_then(|()| self.call_server(&home.server, request))
+        };
+        match &result {
+            Ok(Response::Done) => {
+                if let Some(o) = destroyed {
+                    lock(&g.session_objects).remove(&o);
+                }
+            }
+            Err(e) if member_failed(e) => {
+                log::warn(&format!(
+                    "{}: the member holding this application's session objects failed ({}); they are lost",
+                    home.server.entry.name,
+                    describe(e)
+                ));
+                g.drop_member(&home);
+                lock(&g.session_home).take();
+                lock(&g.session_objects).clear();
+            }
+            Ok(Response::Object(o)) if made.first() == Some(&true) => {
+                lock(&g.session_objects).insert(*o);
+            }
+            Ok(Response::KeyPair { public, private }) => {
+                let mut objects = lock(&g.session_objects);
+                for (o, session) in [(public, made.first()), (private, made.get(1))] {
+                    if session == Some(&true) {
+                        objects.insert(*o);
+                    }
+                }
+            }
+            _ => {}
+        }
+        result
     }
 
     /// Logs a member in to the HA slot's partition the first time it is used
@@ -1258,6 +1342,8 @@ fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, 
             members: RwLock::new(vec![HaMember::new(server.clone())]),
             login: Mutex::new(None),
             next: AtomicUsize::new(0),
+            session_home: Mutex::default(),
+            session_objects: Mutex::default(),
         }),
     }));
 }
@@ -1336,6 +1422,52 @@ async fn probe(
         ));
     }
     Ok(())
+}
+
+/// Whether a request in an HA slot must go to the slot's session home: it
+/// makes a session object, names one, or searches while some exist. Returns,
+/// for each object the request makes (in the order its answer names them),
+/// whether it is a session object.
+fn session_bound(g: &HaGroup, request: &Request) -> Option<Vec<bool>> {
+    let known = lock(&g.session_objects);
+    let session = |t: &hahsm_token::Template| !t.flag(ck::CKA_TOKEN, false);
+    let made: Vec<bool> = match request {
+        Request::CreateObject { template, .. }
+        | Request::GenerateKey { template, .. }
+        | Request::UnwrapKey { template, .. }
+        | Request::DeriveKey { template, .. } => vec![session(template)],
+        Request::ImportKeyPair { template, .. } => vec![session(template); 2],
+        Request::GenerateKeyPair {
+            public_template,
+            private_template,
+            ..
+        } => vec![session(public_template), session(private_template)],
+        // A copy keeps the original's CKA_TOKEN unless the template sets it.
+        Request::CopyObject { template, object, .. } => vec![match template.get(ck::CKA_TOKEN) {
+            Some(v) => v.as_bool() == Some(false),
+            None => known.contains(object),
+        }],
+        _ => Vec::new(),
+    };
+    let named = match request {
+        Request::GetAttributes { object, .. }
+        | Request::SetAttributes { object, .. }
+        | Request::CopyObject { object, .. }
+        | Request::DestroyObject { object, .. } => vec![*object],
+        Request::Sign { key, .. }
+        | Request::Verify { key, .. }
+        | Request::Encrypt { key, .. }
+        | Request::Decrypt { key, .. } => vec![*key],
+        Request::WrapKey {
+            wrapping_key, key, ..
+        } => vec![*wrapping_key, *key],
+        Request::UnwrapKey { unwrapping_key, .. } => vec![*unwrapping_key],
+        Request::DeriveKey { base_key, .. } => vec![*base_key],
+        _ => Vec::new(),
+    };
+    let searching = matches!(request, Request::FindObjects { .. }) && !known.is_empty();
+    let bound = made.iter().any(|s| *s) || named.iter().any(|o| known.contains(o)) || searching;
+    bound.then_some(made)
 }
 
 /// An error as the log shows it: the member's message or the connection's fault.

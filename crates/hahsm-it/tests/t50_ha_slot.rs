@@ -449,6 +449,42 @@ fn session_objects_stay_on_their_member_and_die_with_it() {
         ),
         "{err}"
     );
+    // Context-specific login works in the HA slot: a key that needs the PIN
+    // for each use signs after C_Login(CKU_CONTEXT_SPECIFIC), not without.
+    let (_, always) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::Token(true), Attribute::EcParams(P256.to_vec())],
+            &[
+                Attribute::Token(true),
+                Attribute::Sign(true),
+                Attribute::AlwaysAuthenticate(true),
+            ],
+        )
+        .expect("always-authenticate key");
+    let refused = s
+        .sign(&Mechanism::EcdsaSha256, always, b"no context login")
+        .expect_err("needs a context-specific login");
+    assert_eq!(
+        t20_pkcs11_support::rv(&refused),
+        cryptoki::error::RvError::UserNotLoggedIn
+    );
+    // cryptoki's sign() cannot log in between C_SignInit and C_Sign: call
+    // C_Sign through the raw function list of the same loaded module.
+    let (_lib, raw) = t20_pkcs11_support::raw_functions();
+    for k in 0..3 {
+        s.sign_init(&Mechanism::EcdsaSha256, always).expect("sign init");
+        s.login(
+            UserType::ContextSpecific,
+            Some(&AuthPin::new(PIN.to_string().into())),
+        )
+        .unwrap_or_else(|e| panic!("context-specific login {k}: {e}"));
+        let (mut sig, mut n) = ([0u8; 64], 64);
+        // SAFETY: `sig` holds `n` bytes; the session is open in this module.
+        let r =
+            unsafe { raw.C_Sign.unwrap()(s.handle(), b"x".as_ptr() as *mut u8, 1, sig.as_mut_ptr(), &mut n) };
+        assert_eq!(r, 0, "C_Sign after a context-specific login ({k})");
+    }
     // Token objects are untouched, and new session objects get a new home.
     for k in 0..5 {
         s.sign(&Mechanism::EcdsaSha256, ec, format!("token key {k}").as_bytes())

@@ -272,12 +272,8 @@ pub fn login(h: ck::CK_SESSION_HANDLE, user_type: ck::CK_USER_TYPE, pin: &[u8]) 
             if slot.login() != Some(ck::CKU_USER) {
                 return rv(ck::CKR_USER_NOT_LOGGED_IN);
             }
-            if slot.ha.is_some() {
-                // The member that authenticates must be the one that signs;
-                // an HA slot routes each request on its own.
-                crate::log::warn("C_Login(CKU_CONTEXT_SPECIFIC) is not supported in an HA slot yet");
-                return rv(ck::CKR_FUNCTION_NOT_SUPPORTED);
-            }
+            // Any member can check the PIN (they share it); in an HA slot the
+            // operation that follows may then run on any member.
             if lock(&s.state).any_key_op().is_none() {
                 return rv(ck::CKR_OPERATION_NOT_INITIALIZED);
             }

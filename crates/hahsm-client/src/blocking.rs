@@ -63,6 +63,7 @@ impl BlockingConnection {
         let frame = encode(&RequestFrame {
             id,
             deadline_ms: deadline.as_millis().min(u128::from(u32::MAX)) as u32,
+            issued_unix_ms: hahsm_proto::client::unix_ms(),
             request,
         });
         let len = u32::try_from(frame.len()).map_err(|_| self.protocol("request too large"))?;

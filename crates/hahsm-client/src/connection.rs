@@ -219,6 +219,7 @@ impl MemberConnection {
         let frame = RequestFrame {
             id,
             deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
+            issued_unix_ms: hahsm_proto::client::unix_ms(),
             request,
         };
         // The reader clears `pending` when the connection ends; a request

@@ -61,6 +61,7 @@ fn main() {
             &encode(&RequestFrame {
                 id: i as u64 + 1,
                 deadline_ms: 1000,
+                issued_unix_ms: 1_800_000_000_000,
                 request,
             }),
         );

@@ -783,6 +783,23 @@ impl Module {
                     g.drop_member(member);
                     last = Some(e);
                 }
+                // The member does not know an object this application holds a
+                // handle for: it has not applied the write that made (or
+                // renamed) it yet, e.g. it was slow when that write was
+                // acknowledged. Another member has; the lagging one stays in
+                // the rotation.
+                Err(e) if object_unknown(&e) => {
+                    log::log(
+                        "info",
+                        &format!(
+                            "{}: {} found no such object ({}); trying another member",
+                            member.server.entry.name,
+                            request.name(),
+                            describe(&e)
+                        ),
+                    );
+                    last = Some(e);
+                }
                 other => return other,
             }
         }
@@ -1483,6 +1500,18 @@ async fn probe(
         ));
     }
     Ok(())
+}
+
+/// A member's answer that it holds no object behind a handle the module gave
+/// out: in an HA slot, another member may hold it.
+fn object_unknown(e: &Error) -> bool {
+    matches!(
+        e.rv(),
+        ck::CKR_OBJECT_HANDLE_INVALID
+            | ck::CKR_KEY_HANDLE_INVALID
+            | ck::CKR_WRAPPING_KEY_HANDLE_INVALID
+            | ck::CKR_UNWRAPPING_KEY_HANDLE_INVALID
+    )
 }
 
 /// Whether a request in an HA slot must go to the slot's session home: it

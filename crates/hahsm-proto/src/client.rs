@@ -37,7 +37,19 @@ pub struct RequestFrame {
     pub id: u64,
     /// Milliseconds the client will wait; the member drops the request after it.
     pub deadline_ms: u32,
+    /// When the client sent the request (its wall clock, ms since the Unix
+    /// epoch). With `deadline_ms` it says when the client gives up, even if
+    /// the request waited in a stopped member's socket: a member never
+    /// applies a write after that (the client may have retried it elsewhere).
+    pub issued_unix_ms: u64,
     pub request: Request,
+}
+
+/// Milliseconds since the Unix epoch on this host's clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +210,26 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether the request changes the member's state (objects, PINs or the
+    /// login counters): such a request must run to completion once started.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::Login { .. }
+                | Request::SetPin { .. }
+                | Request::InitPin { .. }
+                | Request::CreateObject { .. }
+                | Request::ImportKeyPair { .. }
+                | Request::GenerateKey { .. }
+                | Request::GenerateKeyPair { .. }
+                | Request::SetAttributes { .. }
+                | Request::CopyObject { .. }
+                | Request::DestroyObject { .. }
+                | Request::UnwrapKey { .. }
+                | Request::DeriveKey { .. }
+        )
+    }
+
     /// The name used in logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

@@ -198,8 +198,11 @@ impl<S: Clone> Replica<S> {
                     if state.tombstone.is_some() {
                         continue;
                     }
-                    let earlier = state.created.as_ref().is_some_and(|c| c.stamp <= op.stamp);
-                    if !earlier {
+                    // Two creations of one OUID are two attempts of one client
+                    // write (the OUID derives from its operation id): the later
+                    // is the one the client was answered, so it wins.
+                    let later = state.created.as_ref().is_some_and(|c| c.stamp >= op.stamp);
+                    if !later {
                         state.created = Some(Created {
                             stamp: op.stamp,
                             secret: new.sealed_secret.clone(),

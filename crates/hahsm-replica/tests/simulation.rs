@@ -1231,9 +1231,10 @@ impl Cluster {
             match &op.body {
                 OpBody::Create { objects } => {
                     for new in objects {
-                        // A re-import of an existing OUID: the earliest create is the one kept.
+                        // Another creation of an existing OUID (a client write
+                        // retried on another member): the latest is the one kept.
                         let entry = created.entry(new.ouid).or_insert((op.stamp, new.sealed_secret));
-                        if op.stamp < entry.0 {
+                        if op.stamp > entry.0 {
                             *entry = (op.stamp, new.sealed_secret);
                         }
                         write(new.ouid, op.stamp, &new.attrs);

@@ -80,11 +80,23 @@ struct Ctx {
     role: Option<u64>,
 }
 
-fn new_ouid() -> TokenResult<Ouid> {
-    let bytes = crypto::random(16)?;
+/// The OUID of the `index`th object a client write makes, derived from the
+/// write's operation id (and the partition and the client, so that no one
+/// else's op id can name it). A write retried on another member after an
+/// ambiguous failure makes the same OUID there: if the first attempt was
+/// applied after all, the two creations meet as one object, and the
+/// replication engine keeps the later (the one the client was answered).
+fn derived_ouid(partition_serial: u64, client: &Fingerprint, op_id: &OpId, index: usize) -> Ouid {
+    let mut input = Vec::with_capacity(96);
+    input.extend_from_slice(b"hahsm/ouid/v1");
+    input.extend_from_slice(&partition_serial.to_be_bytes());
+    input.extend_from_slice(&client.0);
+    input.extend_from_slice(op_id);
+    input.extend_from_slice(&(index as u64).to_be_bytes());
+    let hash = crypto::sha256(&input);
     let mut id = [0u8; 16];
-    id.copy_from_slice(&bytes);
-    Ok(Ouid(id))
+    id.copy_from_slice(&hash[..16]);
+    Ouid(id)
 }
 
 fn check_template_size(app: &Appliance, t: &Template) -> TokenResult<()> {
@@ -174,12 +186,12 @@ impl KeyOps<'_> {
     ) -> TokenResult<Vec<Ouid>> {
         let separation = self.enforce_separation(ctx);
         let mut entries = Vec::with_capacity(objects.len());
-        for (mut attrs, secret) in objects {
+        for (index, (mut attrs, secret)) in objects.into_iter().enumerate() {
             if attrs.flag(ck::CKA_PRIVATE, false) && !ctx.logged_in {
                 return Err(TokenError::UserNotLoggedIn);
             }
             rules::check_key_separation(&attrs, separation)?;
-            let ouid = new_ouid()?;
+            let ouid = derived_ouid(ctx.active.serial, &self.conn.fingerprint, &op_id, index);
             attrs.set(ck::CKA_UNIQUE_ID, AttrValue::Bytes(ouid.to_string().into_bytes()));
             entries.push(
                 ctx.active

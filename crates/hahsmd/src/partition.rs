@@ -23,6 +23,12 @@ use zeroize::Zeroize;
 /// The state of one OUID as the store keeps it; the secret is sealed under the PMK.
 pub type StoredState = ObjectState<Vec<u8>>;
 
+tokio::task_local! {
+    /// For a client's write: the moment its client gives up. A local write
+    /// made after it is refused (see `server::time_left`).
+    pub static COMMIT_BY: std::time::Instant;
+}
+
 /// One live object, as request handlers see it.
 pub struct ObjectEntry {
     pub ouid: Ouid,
@@ -417,6 +423,14 @@ impl ActivePartition {
     /// number and a fresh hybrid-logical-clock time.
     async fn write_local(&self, body: OpBody, client_op_id: Option<[u8; 16]>) -> TokenResult<()> {
         let mut state = self.writes.lock().await;
+        // A client's write commits before its client gives up, or not at all:
+        // after that the client may have retried it on another member.
+        if COMMIT_BY
+            .try_with(|by| std::time::Instant::now() >= *by)
+            .unwrap_or(false)
+        {
+            return Err(TokenError::DeadlineExceeded);
+        }
         let stamp = {
             let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
             *hlc = hlc.tick(crate::now_ms());

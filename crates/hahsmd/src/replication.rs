@@ -1287,12 +1287,21 @@ pub async fn serve_peers(app: Arc<Appliance>, listener: tokio::net::TcpListener)
                     return;
                 };
                 let deadline = Duration::from_millis(u64::from(req.deadline_ms).clamp(100, 60_000));
-                let result =
-                    match tokio::time::timeout(deadline, handle_peer(&app, &fp, &pending, req.request)).await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(peer_error("deadline passed")),
-                    };
+                // Applying replicated operations must never stop halfway (a
+                // dropped future would leave memory ahead of the store), so
+                // the request runs in a task of its own and the deadline only
+                // bounds the wait for its answer.
+                let work = {
+                    let (app, fp, pending) = (app.clone(), fp.clone(), pending.clone());
+                    tokio::spawn(async move { handle_peer(&app, &fp, &pending, req.request).await })
+                };
+                let result = match tokio::time::timeout(deadline, work).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(peer_error("the request failed")),
+                    Err(_) => Err(peer_error(
+                        "deadline passed; the request completes in the background",
+                    )),
+                };
                 if hahsm_link::write_frame(&mut stream, &encode(&PeerResponseFrame { id: req.id, result }))
                     .await
                     .is_err()

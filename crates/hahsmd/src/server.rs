@@ -40,6 +40,32 @@ pub async fn serve(app: Arc<Appliance>, listener: TcpListener) -> anyhow::Result
     }
 }
 
+/// A client clock this far ahead of the member's is taken as skew, not as a
+/// request from the future: its deadline then counts from its arrival.
+const MAX_CLOCK_SKEW_MS: u64 = 30_000;
+
+/// How long the member may work on a request: until the client gives up (by
+/// the time it was issued and its deadline), at most the configured maximum.
+/// `None` when the client has already given up: the request waited in the
+/// socket (say, while this member was stopped) and may have been retried on
+/// another member, so it must not run, above all not a write.
+fn time_left(request: &RequestFrame, max_ms: u64) -> Option<Duration> {
+    let wait = u64::from(request.deadline_ms).min(max_ms);
+    let now = hahsm_proto::client::unix_ms();
+    if request.issued_unix_ms > now.saturating_add(MAX_CLOCK_SKEW_MS) {
+        warn!(
+            ahead_ms = request.issued_unix_ms - now,
+            "client clock ahead of the member's"
+        );
+        return Some(Duration::from_millis(wait));
+    }
+    let gives_up = request
+        .issued_unix_ms
+        .saturating_add(u64::from(request.deadline_ms));
+    let left = gives_up.saturating_sub(now).min(wait);
+    (left > 0).then(|| Duration::from_millis(left))
+}
+
 fn wire(e: TokenError) -> WireError {
     WireError::from(e)
 }
@@ -146,19 +172,57 @@ async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(
         };
         let (app, conn, tx) = (app.clone(), conn.clone(), tx.clone());
         tokio::spawn(async move {
-            let deadline = Duration::from_millis(
-                u64::from(request.deadline_ms).min(app.config.limits.max_request_deadline_ms),
-            );
             let name = request.request.name();
-            let ops = KeyOps {
-                app: &app,
-                conn: &conn,
+            let Some(deadline) = time_left(&request, app.config.limits.max_request_deadline_ms) else {
+                warn!(client = %conn.client_name, request = name, "request expired before it was read; not run");
+                let _ = tx
+                    .send(encode(&ResponseFrame {
+                        id: request.id,
+                        result: Err(wire(TokenError::DeadlineExceeded)),
+                    }))
+                    .await;
+                drop(permit);
+                return;
             };
-            let result = match tokio::time::timeout(deadline, ops.handle(request.request)).await {
-                Ok(r) => r.map_err(wire),
-                Err(_) => {
-                    warn!(client = %conn.client_name, request = name, "request deadline passed");
-                    Err(wire(TokenError::DeadlineExceeded))
+            let result = if request.request.is_write() {
+                // A write must never stop halfway: dropping its future at the
+                // deadline could leave the member's memory ahead of its store.
+                // It runs to completion in a task of its own; the deadline
+                // only bounds the wait, and a retry with the same operation
+                // id gets its result.
+                let work = {
+                    let (app, conn) = (app.clone(), conn.clone());
+                    let commit_by = tokio::time::Instant::now() + deadline;
+                    tokio::spawn(
+                        crate::partition::COMMIT_BY.scope(commit_by.into_std(), async move {
+                            KeyOps {
+                                app: &app,
+                                conn: &conn,
+                            }
+                            .handle(request.request)
+                            .await
+                        }),
+                    )
+                };
+                match tokio::time::timeout(deadline, work).await {
+                    Ok(Ok(r)) => r.map_err(wire),
+                    Ok(Err(_)) => Err(wire(TokenError::DeviceError("the request failed".into()))),
+                    Err(_) => {
+                        warn!(client = %conn.client_name, request = name, "request deadline passed; the write completes in the background");
+                        Err(wire(TokenError::DeadlineExceeded))
+                    }
+                }
+            } else {
+                let ops = KeyOps {
+                    app: &app,
+                    conn: &conn,
+                };
+                match tokio::time::timeout(deadline, ops.handle(request.request)).await {
+                    Ok(r) => r.map_err(wire),
+                    Err(_) => {
+                        warn!(client = %conn.client_name, request = name, "request deadline passed");
+                        Err(wire(TokenError::DeadlineExceeded))
+                    }
                 }
             };
             let _ = tx

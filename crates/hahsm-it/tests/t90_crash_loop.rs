@@ -171,7 +171,14 @@ fn a_member_killed_at_random_points_loses_no_acknowledged_write() {
         // Member 0 was killed in every round (as the victim, or to stop the
         // writer): it must hold every write it acknowledged.
         let listed = labels_on(&c, 0).unwrap_or_else(|| {
-            panic!("round {round}: member 0 lists nothing after the restart (seed {seed})")
+            let run = c.keys(0, &["list"]);
+            let log = c.members[0].log();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "round {round}: member 0 lists nothing after the restart (seed {seed}): {}\nmember log, newest first:\n{}",
+                run.stderr,
+                tail.join("\n")
+            )
         });
         let lost_locally: Vec<&String> = acked.iter().filter(|l| !listed.contains(*l)).collect();
         assert!(

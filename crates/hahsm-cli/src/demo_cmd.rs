@@ -56,10 +56,14 @@ enum DemoCommand {
 pub struct DemoFile {
     pub module: PathBuf,
     pub conf: PathBuf,
+    /// The HA slot's token label (the group's label).
     pub token_label: String,
     pub user_pin: String,
     pub so_pin: String,
     pub group: String,
+    /// An openssl.cnf that loads the libp11 engine with this module.
+    #[serde(default)]
+    pub openssl_conf: PathBuf,
     pub members: Vec<DemoMember>,
 }
 
@@ -325,7 +329,8 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
         request_timeout_ms: 10_000,
         connect_timeout_ms: 3_000,
         handshake_timeout_ms: 3_000,
-        ha_only: false,
+        // Applications see the HA slot only, as they would in production.
+        ha_only: true,
         servers: Vec::new(),
     };
     for (m, fp) in members.iter().zip(&fingerprints) {
@@ -355,13 +360,25 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
     }
     let conf = client_dir.join("client.toml");
     config.save(&conf)?;
+    let module = sibling("libhahsm_pkcs11.so").unwrap_or_else(|_| PathBuf::from("libhahsm_pkcs11.so"));
+    // Without MODULE_PATH the libp11 engine loads p11-kit's proxy, not hahsm.
+    let openssl_conf = client_dir.join("openssl-pkcs11.cnf");
+    std::fs::write(
+        &openssl_conf,
+        format!(
+            "openssl_conf = conf\n[conf]\nengines = engines\n[engines]\npkcs11 = pkcs11\n\
+             [pkcs11]\nengine_id = pkcs11\nMODULE_PATH = {}\ninit = 0\n",
+            module.display()
+        ),
+    )?;
     let demo = DemoFile {
-        module: sibling("libhahsm_pkcs11.so").unwrap_or_else(|_| PathBuf::from("libhahsm_pkcs11.so")),
+        module,
         conf,
-        token_label: PARTITION.into(),
+        token_label: GROUP.into(),
         user_pin: USER_PIN.into(),
         so_pin: SO_PIN.into(),
         group: GROUP.into(),
+        openssl_conf,
         members,
     };
     save(dir, &demo)?;
@@ -381,11 +398,11 @@ hahsm demo: {n} members in HA group '{group}', partition '{part}'. Files in {dir
   hahsm keys gen --type ec:p256 --label mykey --server hsm1
   hahsm keys list --server hsm2       # the key is on every member
   hahsm ha show --sync-status --socket {sock}
-  pkcs11-tool --module {m} -L
+  pkcs11-tool --module {m} -L          # one slot: the HA group '{group}'
   pkcs11-tool --module {m} --login --pin {pin} --keypairgen --key-type EC:prime256v1 --label p11key
-  OPENSSL_CONF=/dev/null openssl pkeyutl -engine pkcs11 -keyform engine -sign \
-      -inkey "pkcs11:token={part};object=p11key;type=private;pin-value={pin}" -in <(head -c 32 /dev/urandom) -out sig
-  python3 -c 'import pkcs11; lib = pkcs11.lib("{m}"); print([t.label for t in lib.get_tokens()])'
+  OPENSSL_CONF={ossl} openssl pkeyutl -engine pkcs11 -keyform engine -sign \
+      -inkey "pkcs11:token={group};object=p11key;type=private;pin-value={pin}" -in <(head -c 32 /dev/urandom) -out sig
+  python3 -c 'import pkcs11; t = pkcs11.lib("{m}").get_token(token_label="{group}"); print(t.open(user_pin="{pin}").generate_random(64).hex())'
 
   Faults: hahsm demo kill-member 2 | pause-member 2 | resume-member 2 | restart-member 2
   Script access: {dir}/demo.json"#,
@@ -397,6 +414,7 @@ hahsm demo: {n} members in HA group '{group}', partition '{part}'. Files in {dir
         pin = demo.user_pin,
         so = demo.so_pin,
         sock = dir.join("member1/data/admin.sock").display(),
+        ossl = demo.openssl_conf.display(),
     );
 }
 

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+type WriteHalf = tokio::io::WriteHalf<hahsm_link::ClientStream>;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -61,9 +63,68 @@ pub struct MemberConnection {
     info: MemberInfo,
     next_id: AtomicU64,
     pending: Pending,
-    outgoing: mpsc::Sender<Vec<u8>>,
+    outgoing: Arc<hahsm_link::SharedWriter<WriteHalf>>,
     closed: Arc<AtomicBool>,
     request_timeout: Duration,
+    /// Dropped with the connection, which ends its reader task.
+    _stop_reader: oneshot::Sender<()>,
+}
+
+impl Drop for MemberConnection {
+    fn drop(&mut self) {
+        self.outgoing.abandon();
+    }
+}
+
+/// Opens a link to one configured server: TCP, TLS with the server's
+/// certificate pinned, the link greeting, then the hello exchange.
+pub(crate) async fn open_link(
+    config: &ClientConfig,
+    server: &ServerEntry,
+) -> Result<(hahsm_link::ClientStream, MemberInfo), ClientError> {
+    let link = |source| ClientError::Link {
+        server: server.name.clone(),
+        source,
+    };
+    let identity = hahsm_link::load_identity(&config.cert, &config.key).map_err(link)?;
+    let pinned = Fingerprint::parse(&server.fingerprint).map_err(link)?;
+    let tls = hahsm_link::client_config(identity, pinned).map_err(link)?;
+    let mut stream = hahsm_link::connect(
+        &server.address,
+        tls,
+        config.connect_timeout(),
+        config.handshake_timeout(),
+    )
+    .await
+    .map_err(link)?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_software: format!("hahsm-client {}", env!("CARGO_PKG_VERSION")),
+    };
+    hahsm_link::write_frame(&mut stream, &encode(&hello))
+        .await
+        .map_err(link)?;
+    let answer = tokio::time::timeout(
+        config.handshake_timeout(),
+        hahsm_link::read_frame(&mut stream, hahsm_proto::DEFAULT_MAX_FRAME),
+    )
+    .await
+    .map_err(|_| link(LinkError::HandshakeTimeout))?
+    .map_err(link)?
+    .ok_or_else(|| ClientError::Disconnected {
+        server: server.name.clone(),
+    })?;
+    let info = match decode::<Welcome>(&answer) {
+        Ok(Welcome::Accepted(info)) => info,
+        Ok(Welcome::Refused(e)) => return Err(ClientError::Remote(e)),
+        Err(e) => {
+            return Err(ClientError::Protocol {
+                server: server.name.clone(),
+                message: e.to_string(),
+            })
+        }
+    };
+    Ok((stream, info))
 }
 
 impl MemberConnection {
@@ -72,75 +133,25 @@ impl MemberConnection {
         config: &ClientConfig,
         server: &ServerEntry,
     ) -> Result<MemberConnection, ClientError> {
-        let link = |source| ClientError::Link {
-            server: server.name.clone(),
-            source,
-        };
-        let identity = hahsm_link::load_identity(&config.cert, &config.key).map_err(link)?;
-        let pinned = Fingerprint::parse(&server.fingerprint).map_err(link)?;
-        let tls = hahsm_link::client_config(identity, pinned).map_err(link)?;
-        let mut stream = hahsm_link::connect(
-            &server.address,
-            tls,
-            config.connect_timeout(),
-            config.handshake_timeout(),
-        )
-        .await
-        .map_err(link)?;
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client_software: format!("hahsm-client {}", env!("CARGO_PKG_VERSION")),
-        };
-        hahsm_link::write_frame(&mut stream, &encode(&hello))
-            .await
-            .map_err(link)?;
-        let answer = tokio::time::timeout(
-            config.handshake_timeout(),
-            hahsm_link::read_frame(&mut stream, hahsm_proto::DEFAULT_MAX_FRAME),
-        )
-        .await
-        .map_err(|_| link(LinkError::HandshakeTimeout))?
-        .map_err(link)?
-        .ok_or_else(|| ClientError::Disconnected {
-            server: server.name.clone(),
-        })?;
-        let info = match decode::<Welcome>(&answer) {
-            Ok(Welcome::Accepted(info)) => info,
-            Ok(Welcome::Refused(e)) => return Err(ClientError::Remote(e)),
-            Err(e) => {
-                return Err(ClientError::Protocol {
-                    server: server.name.clone(),
-                    message: e.to_string(),
-                })
-            }
-        };
-
-        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (stream, info) = open_link(config, server).await?;
+        let (mut reader, writer) = tokio::io::split(stream);
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let (outgoing, mut rx) = mpsc::channel::<Vec<u8>>(256);
-        let writer_closed = closed.clone();
-        tokio::spawn(async move {
-            // Send every request that is queued in one write: fewer TLS
-            // records when many application threads call at once.
-            while let Some(frame) = rx.recv().await {
-                let mut batch = vec![frame];
-                while batch.len() < 64 {
-                    match rx.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
-                }
-                if hahsm_link::write_frames(&mut writer, &batch).await.is_err() {
-                    break;
-                }
-            }
-            writer_closed.store(true, Ordering::SeqCst);
-        });
+        // The calling thread writes its own request when the socket is free:
+        // no hand-off to a writer task on the way out.
+        let outgoing = hahsm_link::SharedWriter::start(writer);
         let reader_pending = pending.clone();
         let reader_closed = closed.clone();
+        let (stop_reader, mut stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            while let Ok(Some(frame)) = hahsm_link::read_frame(&mut reader, u32::MAX >> 4).await {
+            loop {
+                let frame = tokio::select! {
+                    f = hahsm_link::read_frame(&mut reader, u32::MAX >> 4) => f,
+                    // The connection was dropped: close the socket now rather
+                    // than when the member times it out.
+                    _ = &mut stopped => break,
+                };
+                let Ok(Some(frame)) = frame else { break };
                 let Ok(ResponseFrame { id, result }) = decode::<ResponseFrame>(&frame) else {
                     break;
                 };
@@ -167,6 +178,7 @@ impl MemberConnection {
             outgoing,
             closed,
             request_timeout: config.request_timeout(),
+            _stop_reader: stop_reader,
         })
     }
 
@@ -179,7 +191,7 @@ impl MemberConnection {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.closed.load(Ordering::SeqCst) || self.outgoing.is_broken()
     }
 
     /// Sends one request and waits for its answer, at most the configured
@@ -209,7 +221,9 @@ impl MemberConnection {
             deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
             request,
         };
-        if self.outgoing.send(encode(&frame)).await.is_err() {
+        // The reader clears `pending` when the connection ends; a request
+        // registered just after that must not wait for its deadline.
+        if self.outgoing.send(encode(&frame)).await.is_err() || self.is_closed() {
             self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             return Err(ClientError::Disconnected {
                 server: self.server.clone(),

@@ -11,7 +11,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use cryptoki_sys as ck;
 use hahsm_it::Standalone;
-use t20_pkcs11_support::{expect_rv, module_path, raw, run_checks, Env};
+use t20_pkcs11_support::{expect_rv, module_path, raw, run_checks, rv, Env};
 
 fn aes(s: &Session, attrs: &[Attribute]) -> ObjectHandle {
     let mut t: Vec<Attribute> = [
@@ -350,6 +350,49 @@ fn login_rules(env: &Env) {
     rw.logout().unwrap();
 }
 
+/// Signing with a token key runs on the module's pooled connections, each
+/// logged in on its own: a logout must reach them all, and a new login too.
+fn logout_reaches_pooled_connections(env: &Env) {
+    let s = env.user();
+    let (_, private) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
+            ],
+            &[Attribute::Token(true), Attribute::Sign(true)],
+        )
+        .expect("token EC key pair");
+    // Several threads at once, so that several pooled connections exist.
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                let t = env.user();
+                for _ in 0..20 {
+                    t.sign(&Mechanism::EcdsaSha256, private, b"pooled")
+                        .expect("signs");
+                }
+            });
+        }
+    });
+    s.logout().expect("logout");
+    for _ in 0..8 {
+        let refused = s
+            .sign(&Mechanism::EcdsaSha256, private, b"after logout")
+            .expect_err("a private key cannot sign after the logout");
+        // The private object is out of sight until the next login.
+        assert!(
+            matches!(rv(&refused), RvError::UserNotLoggedIn | RvError::KeyHandleInvalid),
+            "{refused}"
+        );
+    }
+    s.login(UserType::User, Some(&env.pin())).expect("login again");
+    s.sign(&Mechanism::EcdsaSha256, private, b"logged in again")
+        .expect("signs after a new login");
+    s.destroy_object(private).expect("destroy");
+}
+
 fn context_specific_login_for_always_authenticate_keys(env: &Env) {
     let s = env.user();
     let (_, private) = ec_private(&s, &[Attribute::AlwaysAuthenticate(true)]);
@@ -513,6 +556,10 @@ fn client_errors_have_exact_return_codes() {
             ("bad_arguments", bad_arguments),
             ("key_use_is_enforced", key_use_is_enforced),
             ("login_rules", login_rules),
+            (
+                "logout_reaches_pooled_connections",
+                logout_reaches_pooled_connections,
+            ),
             (
                 "context_specific_login_for_always_authenticate_keys",
                 context_specific_login_for_always_authenticate_keys,

@@ -93,6 +93,68 @@ fn demo_detached_serves_keys_survives_faults_and_stops() {
     .stdout
     .contains("while-3-paused")));
 
+    // What the demo prints for pkcs11-tool and OpenSSL works as printed:
+    // one slot, the group's, and a key made there signs through the engine.
+    let module = demo["module"].as_str().unwrap();
+    let label = demo["token_label"].as_str().unwrap();
+    let with_conf = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(program)
+            .args(args)
+            .env("HAHSM_CONF", &conf)
+            .env("OPENSSL_CONF", demo["openssl_conf"].as_str().unwrap())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{program} {args:?}: {text}");
+        text
+    };
+    let slots = with_conf("pkcs11-tool", &["--module", module, "-L"]);
+    assert_eq!(slots.matches("token label").count(), 1, "HA slot only: {slots}");
+    assert!(slots.contains(label), "{slots}");
+    with_conf(
+        "pkcs11-tool",
+        &[
+            "--module",
+            module,
+            "--login",
+            "--pin",
+            pin,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "p11key",
+        ],
+    );
+    let data = dir.join("data.bin");
+    std::fs::write(&data, [1u8; 32]).unwrap();
+    let uri = format!("pkcs11:token={label};object=p11key;type=private;pin-value={pin}");
+    let sig = dir.join("sig");
+    with_conf(
+        "openssl",
+        &[
+            "pkeyutl",
+            "-engine",
+            "pkcs11",
+            "-keyform",
+            "engine",
+            "-sign",
+            "-inkey",
+            &uri,
+            "-in",
+            data.to_str().unwrap(),
+            "-out",
+            sig.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::metadata(&sig).unwrap().len() > 0);
+
     let demo: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("demo.json")).unwrap()).unwrap();
     hahsm(None, &["demo", "stop", "--dir", d]).expect_ok();

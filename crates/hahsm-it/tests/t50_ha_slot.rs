@@ -173,6 +173,8 @@ fn ha_session(p11: &Pkcs11) -> (cryptoki::slot::Slot, cryptoki::session::Session
 struct Signers {
     done: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
+    /// The slowest signature so far, in milliseconds.
+    slowest_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -182,14 +184,19 @@ impl Signers {
         let done = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let slowest_ms = Arc::new(AtomicU64::new(0));
         let threads = (0..n)
             .map(|t| {
                 let (p11, failures, done, stop) = (p11.clone(), failures.clone(), done.clone(), stop.clone());
+                let slowest = slowest_ms.clone();
                 std::thread::spawn(move || {
                     let s = p11.open_ro_session(slot).expect("session");
                     let mut k = 0u64;
                     while !stop.load(Ordering::SeqCst) {
-                        match s.sign(&Mechanism::EcdsaSha256, key, format!("{t}-{k}").as_bytes()) {
+                        let started = Instant::now();
+                        let signed = s.sign(&Mechanism::EcdsaSha256, key, format!("{t}-{k}").as_bytes());
+                        slowest.fetch_max(started.elapsed().as_millis() as u64, Ordering::SeqCst);
+                        match signed {
                             Ok(_) => done.fetch_add(1, Ordering::SeqCst),
                             Err(e) => {
                                 eprintln!("thread {t}: sign {k} failed: {e}");
@@ -205,6 +212,7 @@ impl Signers {
         Signers {
             done,
             failures,
+            slowest_ms,
             stop,
             threads,
         }
@@ -235,6 +243,49 @@ impl Signers {
         }
         self.failures.load(Ordering::SeqCst)
     }
+}
+
+/// 3.4.3 with a black hole: member 2's client link stays open but carries
+/// nothing (no reset), as when a member's network or process freezes. Twelve
+/// signing threads lose no operation: each call stuck on member 2 fails at
+/// its deadline and is retried on another member at once.
+#[test]
+fn twelve_signers_lose_nothing_when_a_member_is_black_holed() {
+    let _one = one_at_a_time();
+    let c = Cluster::new(3);
+    let ha_log = ha_only_config(&c);
+    let proxy = hahsm_it::proxy::Proxy::start(&c.members[2].address);
+    let conf = std::path::PathBuf::from(std::env::var("HAHSM_CONF").expect("HAHSM_CONF"));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, text.replace(&c.members[2].address, &proxy.addr)).unwrap();
+
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (slot, s, ec) = ha_session(&p11);
+    let signers = Signers::start(&p11, slot, ec, 12);
+    assert!(
+        signers.wait_for(200, Duration::from_secs(30)),
+        "no signing before the fault"
+    );
+    proxy.set(hahsm_it::proxy::Mode::BlackHole);
+    let blackholed = Instant::now();
+    assert!(
+        signers.wait_for(300, Duration::from_secs(30)),
+        "signing stalled after the black hole ({:?})",
+        blackholed.elapsed()
+    );
+    let slowest = Duration::from_millis(signers.slowest_ms.load(Ordering::SeqCst));
+    let failures = signers.stop();
+    let ha = std::fs::read_to_string(&ha_log).unwrap_or_default();
+    assert_eq!(failures, 0, "operations failed across the black hole\n{ha}");
+    assert!(
+        ha.contains("dropped"),
+        "the black-holed member was never taken out of the rotation:\n{ha}"
+    );
+    // One deadline (1.5 s here) and a new connection's handshake limit at
+    // most, not a hang.
+    assert!(slowest < Duration::from_secs(10), "a signature took {slowest:?}");
+    drop(s);
+    p11.finalize().expect("C_Finalize");
 }
 
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -334,6 +385,207 @@ fn a_member_added_while_the_application_runs_takes_operations() {
     );
     s.sign(&Mechanism::EcdsaSha256, ec, b"after")
         .expect("sign on the new member alone");
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}
+
+/// Session objects live in one connection on one member: the HA slot sends
+/// every request that makes, names or searches them to that member, so they
+/// work like any object; when that member dies they are gone (the handle is
+/// refused), while token objects carry on.
+#[test]
+fn session_objects_stay_on_their_member_and_die_with_it() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::new(3);
+    ha_only_config(&c);
+    let module_log = c.work.path().join("pkcs11.log");
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (_slot, s, ec) = ha_session(&p11);
+    let key = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Label(b"ha-session-aes".to_vec()),
+            ],
+        )
+        .expect("session key");
+    let iv = [7u8; 16];
+    for k in 0..30 {
+        let plain = format!("session object use {k:02}..").into_bytes();
+        let ct = s
+            .encrypt(&Mechanism::AesCbcPad(iv), key, &plain)
+            .unwrap_or_else(|e| panic!("encrypt {k}: {e}"));
+        assert_eq!(
+            s.decrypt(&Mechanism::AesCbcPad(iv), key, &ct)
+                .unwrap_or_else(|e| panic!("decrypt {k}: {e}")),
+            plain
+        );
+        let found = s
+            .find_objects(&[Attribute::Label(b"ha-session-aes".to_vec())])
+            .unwrap_or_else(|e| panic!("find {k}: {e}"));
+        assert_eq!(found, vec![key], "find {k}");
+    }
+    // The home member, as the module's log names it.
+    let log = std::fs::read_to_string(&module_log).unwrap_or_default();
+    let home = (0..3)
+        .find(|&i| log.contains(&format!("session objects live on member {}", c.serials[i])))
+        .unwrap_or_else(|| panic!("no session home in the log:\n{log}"));
+    c.members[home].kill9();
+    let err = s
+        .encrypt(&Mechanism::AesCbcPad(iv), key, b"after the home died")
+        .expect_err("the session key died with its member");
+    let code = t20_pkcs11_support::rv(&err);
+    assert!(
+        matches!(
+            code,
+            cryptoki::error::RvError::KeyHandleInvalid
+                | cryptoki::error::RvError::ObjectHandleInvalid
+                | cryptoki::error::RvError::DeviceRemoved
+                | cryptoki::error::RvError::DeviceError
+        ),
+        "{err}"
+    );
+    // Context-specific login works in the HA slot: a key that needs the PIN
+    // for each use signs after C_Login(CKU_CONTEXT_SPECIFIC), not without.
+    let (_, always) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::Token(true), Attribute::EcParams(P256.to_vec())],
+            &[
+                Attribute::Token(true),
+                Attribute::Sign(true),
+                Attribute::AlwaysAuthenticate(true),
+            ],
+        )
+        .expect("always-authenticate key");
+    let refused = s
+        .sign(&Mechanism::EcdsaSha256, always, b"no context login")
+        .expect_err("needs a context-specific login");
+    assert_eq!(
+        t20_pkcs11_support::rv(&refused),
+        cryptoki::error::RvError::UserNotLoggedIn
+    );
+    // cryptoki's sign() cannot log in between C_SignInit and C_Sign: call
+    // C_Sign through the raw function list of the same loaded module.
+    let (_lib, raw) = t20_pkcs11_support::raw_functions();
+    for k in 0..3 {
+        s.sign_init(&Mechanism::EcdsaSha256, always).expect("sign init");
+        s.login(
+            UserType::ContextSpecific,
+            Some(&AuthPin::new(PIN.to_string().into())),
+        )
+        .unwrap_or_else(|e| panic!("context-specific login {k}: {e}"));
+        let (mut sig, mut n) = ([0u8; 64], 64);
+        // SAFETY: `sig` holds `n` bytes; the session is open in this module.
+        let r =
+            unsafe { raw.C_Sign.unwrap()(s.handle(), b"x".as_ptr() as *mut u8, 1, sig.as_mut_ptr(), &mut n) };
+        assert_eq!(r, 0, "C_Sign after a context-specific login ({k})");
+    }
+    // Token objects are untouched, and new session objects get a new home.
+    for k in 0..5 {
+        s.sign(&Mechanism::EcdsaSha256, ec, format!("token key {k}").as_bytes())
+            .unwrap_or_else(|e| panic!("token key after the home died, {k}: {e}"));
+    }
+    let again = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(16.into()),
+                Attribute::Encrypt(true),
+            ],
+        )
+        .expect("a new session key");
+    for k in 0..10 {
+        s.encrypt(&Mechanism::AesEcb, again, &[k as u8; 16])
+            .unwrap_or_else(|e| panic!("new session key {k}: {e}"));
+    }
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}
+
+/// A member that missed writes while it was down serves again only once it
+/// has applied them: with its peer links cut it cannot catch up, and the
+/// module keeps it out of the rotation; healed, it catches up and re-enters.
+#[test]
+fn a_returning_member_waits_out_of_the_rotation_until_it_has_caught_up() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::new(3);
+    let ha_log = ha_only_config(&c);
+    let module_log = c.work.path().join("pkcs11.log");
+    let read_ha = || std::fs::read_to_string(&ha_log).unwrap_or_default();
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (_slot, s, ec) = ha_session(&p11);
+    let serial = c.serials[1].to_string();
+    let recovered = || {
+        read_ha()
+            .lines()
+            .any(|l| l.contains("succeeded for member:") && l.ends_with(&serial))
+    };
+
+    // Keys every member holds; renaming them later changes no object count,
+    // so only the replication progress shows that member 1 missed it.
+    let keys: Vec<ObjectHandle> = (0..10)
+        .map(|k| aes_key(&s, &format!("early-{k}")).expect("keygen"))
+        .collect();
+    assert!(
+        c.wait_in_sync(1, Duration::from_secs(20)),
+        "member 1 never got the keys"
+    );
+    c.members[1].kill9();
+    // Sign until the module has found member 1 gone.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let _ = s.sign(&Mechanism::EcdsaSha256, ec, b"find the dead member");
+            read_ha().contains(&format!("has dropped member: {serial}"))
+        }),
+        "member 1 was never dropped:\n{}",
+        read_ha()
+    );
+    for (k, key) in keys.iter().enumerate() {
+        s.update_attributes(*key, &[Attribute::Label(format!("renamed-{k}").into_bytes())])
+            .unwrap_or_else(|e| panic!("rename {k}: {e}"));
+    }
+    c.isolate(1, hahsm_it::proxy::Mode::Cut);
+    c.members[1].spawn();
+    // Reachable, activated, as many objects as the others, but 10 renames
+    // behind: probes fail as catching up.
+    assert!(
+        wait_until(Duration::from_secs(15), || std::fs::read_to_string(&module_log)
+            .unwrap_or_default()
+            .contains("catching up")),
+        "no probe saw member 1 behind:\n{}",
+        std::fs::read_to_string(&module_log).unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !recovered(),
+        "member 1 re-entered before catching up:\n{}",
+        read_ha()
+    );
+    assert_eq!(
+        count_on(&c, 1, "renamed-9"),
+        0,
+        "member 1 caught up through a cut link"
+    );
+
+    c.heal_all();
+    assert!(
+        wait_until(Duration::from_secs(40), recovered),
+        "member 1 never re-entered after the links healed:\n{}",
+        read_ha()
+    );
+    for k in 0..10 {
+        assert_eq!(
+            count_on(&c, 1, &format!("renamed-{k}")),
+            1,
+            "member 1 lacks renamed-{k}"
+        );
+    }
     drop(s);
     p11.finalize().expect("C_Finalize");
 }

@@ -15,7 +15,8 @@
 //!   handshake and the server's greeting, because a stopped peer still completes TCP connects
 //!   through the kernel backlog and then never answers;
 //! - **frames**: [`read_frame`] and [`write_frame`] move `u32` big-endian length-prefixed byte
-//!   strings, refusing oversized lengths before allocating.
+//!   strings, refusing oversized lengths before allocating; a [`SharedWriter`] lets many tasks
+//!   send on one connection without a writer-task hand-off per frame.
 //!
 //! ```no_run
 //! # async fn demo() -> hahsm_link::LinkResult<()> {
@@ -41,6 +42,7 @@ mod fingerprint;
 mod frame;
 mod identity;
 mod net;
+mod shared_writer;
 
 pub use config::{client_config, server_config, ClientAuthorizer};
 pub use error::{LinkError, LinkResult};
@@ -50,6 +52,7 @@ pub use identity::{
     cert_from_pem, generate_self_signed, load_cert_pem, load_identity, write_private_file, Identity,
 };
 pub use net::{accept, connect, ClientStream, ServerStream, LINK_GREETING};
+pub use shared_writer::SharedWriter;
 
 /// Re-exported so callers can name the configuration and stream types without depending on these
 /// crates directly.

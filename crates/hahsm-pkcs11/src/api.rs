@@ -272,12 +272,8 @@ pub fn login(h: ck::CK_SESSION_HANDLE, user_type: ck::CK_USER_TYPE, pin: &[u8]) 
             if slot.login() != Some(ck::CKU_USER) {
                 return rv(ck::CKR_USER_NOT_LOGGED_IN);
             }
-            if slot.ha.is_some() {
-                // The member that authenticates must be the one that signs;
-                // an HA slot routes each request on its own.
-                crate::log::warn("C_Login(CKU_CONTEXT_SPECIFIC) is not supported in an HA slot yet");
-                return rv(ck::CKR_FUNCTION_NOT_SUPPORTED);
-            }
+            // Any member can check the PIN (they share it); in an HA slot the
+            // operation that follows may then run on any member.
             if lock(&s.state).any_key_op().is_none() {
                 return rv(ck::CKR_OPERATION_NOT_INITIALIZED);
             }
@@ -702,12 +698,18 @@ pub fn op_init(
             if !mech_has_flag(mech.mech, ck::CKF_DIGEST) {
                 return rv(ck::CKR_MECHANISM_INVALID);
             }
-            Op::new(mech, None, false)
+            Op {
+                stateless: true,
+                ..Op::new(mech, None, false)
+            }
         }
         (_, Some(kh)) => {
             let (ouid, info) = key(&m, &s, kh)?;
             check_key_for(&mech, &info, usage_of(kind))?;
-            Op::new(mech, Some(ouid), info.always_authenticate)
+            Op {
+                stateless: info.token && !info.always_authenticate,
+                ..Op::new(mech, Some(ouid), info.always_authenticate)
+            }
         }
         (_, None) => return rv(ck::CKR_KEY_HANDLE_INVALID),
     };
@@ -778,7 +780,7 @@ pub fn produce(
     capacity: Option<usize>,
 ) -> Result<Vec<u8>> {
     let (m, s) = session(h)?;
-    let (data, mech, key) = {
+    let (data, mech, key, stateless) = {
         let mut st = lock(&s.state);
         let op = st.op(kind).ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
         let data = match input {
@@ -796,9 +798,14 @@ pub fn produce(
                 return deliver(&mut st, kind, out, capacity);
             }
         }
-        (data, op.mech.clone(), op.key)
+        (data, op.mech.clone(), op.key, op.stateless)
     };
-    let result = m.call(&s.slot, op_request(&s, kind, mech, key, data.clone()));
+    let request = op_request(&s, kind, mech, key, data.clone());
+    let result = if stateless {
+        m.call_stateless(&s.slot, request)
+    } else {
+        m.call(&s.slot, request)
+    };
     let mut st = lock(&s.state);
     match result {
         Ok(Response::Bytes(out)) => {
@@ -844,7 +851,7 @@ pub fn update_check(h: ck::CK_SESSION_HANDLE, kind: OpKind) -> Result<()> {
 /// `C_Verify` and `C_VerifyFinal`. The operation ends either way.
 pub fn verify(h: ck::CK_SESSION_HANDLE, input: Input<'_>, signature: &[u8]) -> Result<()> {
     let (m, s) = session(h)?;
-    let (data, mech, key) = {
+    let (data, mech, key, stateless) = {
         let mut st = lock(&s.state);
         let op = st
             .op(OpKind::Verify)
@@ -854,23 +861,28 @@ pub fn verify(h: ck::CK_SESSION_HANDLE, input: Input<'_>, signature: &[u8]) -> R
             Input::Single(d) => d.to_vec(),
             Input::Final => std::mem::take(&mut op.buffer),
         };
-        let r = (data, op.mech.clone(), op.key.unwrap_or(Ouid([0; 16])));
+        let r = (
+            data,
+            op.mech.clone(),
+            op.key.unwrap_or(Ouid([0; 16])),
+            op.stateless,
+        );
         st.end(OpKind::Verify);
         r
     };
-    expect(
-        m.call(
-            &s.slot,
-            Request::Verify {
-                partition: s.slot.partition.clone(),
-                key,
-                mechanism: mech,
-                data,
-                signature: signature.to_vec(),
-            },
-        ),
-        Response::Verified,
-    )
+    let request = Request::Verify {
+        partition: s.slot.partition.clone(),
+        key,
+        mechanism: mech,
+        data,
+        signature: signature.to_vec(),
+    };
+    let result = if stateless {
+        m.call_stateless(&s.slot, request)
+    } else {
+        m.call(&s.slot, request)
+    };
+    expect(result, Response::Verified)
 }
 
 // ------------------------------------------------------ key management --

@@ -16,7 +16,7 @@
 use crate::error::{rv, Error, Result};
 use crate::log;
 use crate::session::Session;
-use hahsm_client::{ClientConfig, ClientError, MemberConnection, ServerEntry};
+use hahsm_client::{BlockingConnection, ClientConfig, ClientError, MemberConnection, ServerEntry};
 use hahsm_proto::client::{PartitionInfo, Request, Response};
 use hahsm_proto::peer::GroupDef;
 use hahsm_proto::Secret;
@@ -50,7 +50,19 @@ pub struct Server {
     /// The logins held on this member, by partition, with what is needed to
     /// log in again after a reconnection. The PIN stays in a zeroizing `Secret`.
     logins: Mutex<HashMap<String, (u64, Secret)>>,
+    /// Bumped with every change of `logins`: a pooled connection logged in
+    /// under an older epoch is closed instead of reused.
+    login_epoch: AtomicU64,
+    /// Idle blocking connections for stateless operations on token keys,
+    /// each with the login epoch it was logged in under.
+    pool: Mutex<Vec<(u64, BlockingConnection)>>,
+    /// Pooled connections open, idle or in use (at most `POOL_MAX`).
+    pooled: AtomicUsize,
 }
+
+/// The most blocking connections the module keeps to one member; threads
+/// beyond that share the multiplexed connection.
+const POOL_MAX: usize = 16;
 
 impl Server {
     fn new(entry: ServerEntry) -> Server {
@@ -59,11 +71,42 @@ impl Server {
             conn: RwLock::new(None),
             reconnecting: Mutex::new(()),
             logins: Mutex::default(),
+            login_epoch: AtomicU64::new(0),
+            pool: Mutex::default(),
+            pooled: AtomicUsize::new(0),
         }
     }
 
     fn logged_in(&self, partition: &str) -> bool {
         lock(&self.logins).contains_key(partition)
+    }
+
+    /// Changes the logins held on this member; pooled connections opened
+    /// before the change are not reused.
+    fn update_logins<R>(&self, change: impl FnOnce(&mut HashMap<String, (u64, Secret)>) -> R) -> R {
+        let mut logins = lock(&self.logins);
+        let r = change(&mut logins);
+        self.login_epoch.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+
+    /// Closes every idle pooled connection (the member failed or the module
+    /// is finalized); connections in use are closed when their call returns.
+    fn clear_pool(&self) {
+        let idle = std::mem::take(&mut *lock(&self.pool));
+        self.pooled.fetch_sub(idle.len(), Ordering::SeqCst);
+    }
+
+    /// Returns a connection whose call succeeded (or was answered with an
+    /// error) to the pool.
+    fn check_in(&self, epoch: u64, conn: BlockingConnection) {
+        lock(&self.pool).push((epoch, conn));
+    }
+
+    /// Forgets a pooled connection that failed.
+    fn discard(&self, conn: BlockingConnection) {
+        drop(conn);
+        self.pooled.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -161,9 +204,11 @@ pub struct HaGroup {
     login: Mutex<Option<(u64, Secret)>>,
     /// Rotates the choice among equally loaded members.
     next: AtomicUsize,
-    /// The partition's object count a serving member reported at the last
-    /// refresh: a returning member must hold at least as many to re-enter.
-    reference_count: AtomicU64,
+    /// The member that holds the slot's session objects (they live in one
+    /// connection on one member), chosen when the first one is made.
+    session_home: Mutex<Option<Arc<HaMember>>>,
+    /// The session objects made through this slot, all on `session_home`.
+    session_objects: Mutex<std::collections::HashSet<Ouid>>,
 }
 
 impl HaGroup {
@@ -211,8 +256,18 @@ impl HaGroup {
             });
         }
         write(&member.server.conn).take();
+        member.server.clear_pool();
         log::ha_event(&self.label, "dropped", &self.serial_of(member), None);
     }
+}
+
+/// Which connection to a member carries a request.
+#[derive(Clone, Copy)]
+enum Route {
+    /// The one multiplexed connection, which holds the session objects.
+    Multiplexed,
+    /// A pooled blocking connection (stateless operations on token keys).
+    Pooled,
 }
 
 /// One slot: a partition on a member, or an HA group's partition.
@@ -411,7 +466,8 @@ impl Module {
             .collect::<Vec<_>>();
         for s in self.servers.iter().chain(&learned) {
             write(&s.conn).take();
-            lock(&s.logins).clear();
+            s.update_logins(HashMap::clear);
+            s.clear_pool();
         }
         for g in read(&self.slots).iter().filter_map(|s| s.ha.as_ref()) {
             lock(&g.login).take();
@@ -504,7 +560,7 @@ impl Module {
                     server.entry.name,
                     describe(&e)
                 ));
-                lock(&server.logins).remove(&partition);
+                server.update_logins(|l| l.remove(&partition));
             }
         }
         *write(&server.conn) = Some(conn.clone());
@@ -539,15 +595,121 @@ impl Module {
     pub fn call(&self, slot: &Slot, request: Request) -> Result<Response> {
         match &slot.ha {
             None => self.call_server(&slot.server, request),
-            Some(g) => self.call_group(slot, g, request),
+            Some(g) => self.call_group(slot, g, request, Route::Multiplexed),
         }
+    }
+
+    /// Like [`Module::call`], for an operation that needs no state on the
+    /// member beyond the login: a single-part sign, verify, encrypt, decrypt
+    /// or digest with a token key. It runs on a pooled blocking connection,
+    /// driven by the calling thread (see `hahsm_client::blocking`).
+    pub fn call_stateless(&self, slot: &Slot, request: Request) -> Result<Response> {
+        match &slot.ha {
+            None => self.call_pooled(&slot.server, request),
+            Some(g) => self.call_group(slot, g, request, Route::Pooled),
+        }
+    }
+
+    /// Sends a stateless request on a pooled connection to one member. An
+    /// idle connection the member has closed meanwhile (idle timeout,
+    /// restart) fails at once; the request is then sent once more on a new one.
+    fn call_pooled(&self, server: &Arc<Server>, request: Request) -> Result<Response> {
+        let mut retried = false;
+        loop {
+            let Some((epoch, mut conn, reused)) = self.check_out(server)? else {
+                return self.call_server(server, request);
+            };
+            match conn.call(request.clone(), self.request_timeout()) {
+                Ok(r) => {
+                    server.check_in(epoch, conn);
+                    return Ok(r);
+                }
+                Err(e @ ClientError::Remote(_)) => {
+                    server.check_in(epoch, conn);
+                    return Err(e.into());
+                }
+                Err(ClientError::Disconnected { .. }) if reused && !retried => {
+                    server.discard(conn);
+                    retried = true;
+                }
+                Err(e) => {
+                    server.discard(conn);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// An idle pooled connection logged in under the current logins, or a
+    /// new one; `None` when the member already has `POOL_MAX` of them or a
+    /// login could not be replayed (the caller then uses the multiplexed
+    /// connection). The flag says whether the connection was reused.
+    fn check_out(&self, server: &Arc<Server>) -> Result<Option<(u64, BlockingConnection, bool)>> {
+        let current = server.login_epoch.load(Ordering::SeqCst);
+        loop {
+            let Some((epoch, conn)) = lock(&server.pool).pop() else {
+                break;
+            };
+            if epoch == current {
+                return Ok(Some((epoch, conn, true)));
+            }
+            server.discard(conn);
+        }
+        if server.pooled.fetch_add(1, Ordering::SeqCst) >= POOL_MAX {
+            server.pooled.fetch_sub(1, Ordering::SeqCst);
+            return Ok(None);
+        }
+        let (epoch, logins) = {
+            let logins = lock(&server.logins);
+            let snapshot: Vec<(String, u64, Secret)> = logins
+                .iter()
+                .map(|(p, (u, pin))| (p.clone(), *u, pin.clone()))
+                .collect();
+            (server.login_epoch.load(Ordering::SeqCst), snapshot)
+        };
+        let (config, entry) = (self.config.clone(), server.entry.clone());
+        let limit = self.config.connect_timeout() + self.config.handshake_timeout() + Duration::from_secs(1);
+        let opened = self.block(limit, async move {
+            BlockingConnection::connect(&config, &entry)
+                .await
+                .map_err(Error::from)
+        });
+        let mut conn = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                server.pooled.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        for (partition, user_type, pin) in logins {
+            let login = Request::Login {
+                partition,
+                user_type,
+                pin,
+            };
+            match conn.call(login, self.request_timeout()) {
+                Ok(_) => {}
+                Err(ClientError::Remote(_)) => {
+                    server.discard(conn);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    server.discard(conn);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Some((epoch, conn, false)))
     }
 
     /// Sends a request to the member with the fewest requests in flight. A
     /// connection-level failure sends the same request (a write keeps its
     /// operation id) at once to another member, until one answers or every
     /// member has failed.
-    fn call_group(&self, slot: &Slot, g: &HaGroup, request: Request) -> Result<Response> {
+    fn call_group(&self, slot: &Slot, g: &HaGroup, request: Request, route: Route) -> Result<Response> {
+        if let Some(made) = session_bound(g, &request) {
+            return self.call_session_home(slot, g, request, made);
+        }
         let members = g.members();
         let mut tried = vec![false; members.len()];
         let mut last = None;
@@ -556,8 +718,10 @@ impl Module {
             let member = &members[i];
             let result = {
                 let _busy = InFlight::start(&member.in_flight);
-                self.login_member(slot, g, member)
-                    .and_then(|()| self.call_server(&member.server, request.clone()))
+                self.login_member(slot, g, member).and_then(|()| match route {
+                    Route::Multiplexed => self.call_server(&member.server, request.clone()),
+                    Route::Pooled => self.call_pooled(&member.server, request.clone()),
+                })
             };
             match result {
                 Err(e) if member_failed(&e) => {
@@ -574,6 +738,82 @@ impl Module {
             }
         }
         Err(last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR)))
+    }
+
+    /// Sends a request that makes or uses a session object to the slot's
+    /// session home, choosing the least busy member as the home when there
+    /// is none. There is no failover: the session objects die with their
+    /// member, and the next request that needs them gets
+    /// `CKR_OBJECT_HANDLE_INVALID` (or `CKR_KEY_HANDLE_INVALID`) from the new home.
+    fn call_session_home(
+        &self,
+        slot: &Slot,
+        g: &HaGroup,
+        request: Request,
+        made: Vec<bool>,
+    ) -> Result<Response> {
+        let home = {
+            let mut home = lock(&g.session_home);
+            match &*home {
+                Some(m) if !m.is_down() => m.clone(),
+                _ => {
+                    let members = g.members();
+                    let i = g
+                        .pick(&members, &vec![false; members.len()])
+                        .ok_or(Error::Rv(ck::CKR_DEVICE_ERROR))?;
+                    lock(&g.session_objects).clear();
+                    log::log(
+                        "info",
+                        &format!(
+                            "HA group {}: session objects live on member {}",
+                            g.label,
+                            g.serial_of(&members[i])
+                        ),
+                    );
+                    *home = Some(members[i].clone());
+                    members[i].clone()
+                }
+            }
+        };
+        let destroyed = match &request {
+            Request::DestroyObject { object, .. } => Some(*object),
+            _ => None,
+        };
+        let result = {
+            let _busy = InFlight::start(&home.in_flight);
+            self.login_member(slot, g, &home)
+                .and_then(|()| self.call_server(&home.server, request))
+        };
+        match &result {
+            Ok(Response::Done) => {
+                if let Some(o) = destroyed {
+                    lock(&g.session_objects).remove(&o);
+                }
+            }
+            Err(e) if member_failed(e) => {
+                log::warn(&format!(
+                    "{}: the member holding this application's session objects failed ({}); they are lost",
+                    home.server.entry.name,
+                    describe(e)
+                ));
+                g.drop_member(&home);
+                lock(&g.session_home).take();
+                lock(&g.session_objects).clear();
+            }
+            Ok(Response::Object(o)) if made.first() == Some(&true) => {
+                lock(&g.session_objects).insert(*o);
+            }
+            Ok(Response::KeyPair { public, private }) => {
+                let mut objects = lock(&g.session_objects);
+                for (o, session) in [(public, made.first()), (private, made.get(1))] {
+                    if session == Some(&true) {
+                        objects.insert(*o);
+                    }
+                }
+            }
+            _ => {}
+        }
+        result
     }
 
     /// Logs a member in to the HA slot's partition the first time it is used
@@ -598,7 +838,9 @@ impl Module {
             Err(e) if e.rv() == ck::CKR_USER_ALREADY_LOGGED_IN => {}
             Err(e) => return Err(e),
         }
-        lock(&member.server.logins).insert(slot.partition.clone(), (user_type, pin));
+        member
+            .server
+            .update_logins(|l| l.insert(slot.partition.clone(), (user_type, pin)));
         Ok(())
     }
 
@@ -608,13 +850,14 @@ impl Module {
         match &slot.ha {
             Some(g) => *lock(&g.login) = Some((user_type, pin)),
             None => {
-                lock(&slot.server.logins).insert(slot.partition.clone(), (user_type, pin));
+                slot.server
+                    .update_logins(|l| l.insert(slot.partition.clone(), (user_type, pin)));
             }
         }
     }
 
     pub fn clear_login(&self, slot: &Slot) {
-        lock(&slot.server.logins).remove(&slot.partition);
+        slot.server.update_logins(|l| l.remove(&slot.partition));
     }
 
     /// Logs the application out of a slot: of its member, or of every member
@@ -636,7 +879,11 @@ impl Module {
         };
         lock(&g.login).take();
         for member in g.members() {
-            if lock(&member.server.logins).remove(&slot.partition).is_some() {
+            if member
+                .server
+                .update_logins(|l| l.remove(&slot.partition))
+                .is_some()
+            {
                 let _ = self.call_server(
                     &member.server,
                     Request::Logout {
@@ -818,6 +1065,26 @@ impl Module {
         });
     }
 
+    /// The replication progress of the partition on a member in the rotation
+    /// (other than `returning`), asked now: what a returning member must
+    /// have applied before it serves again. Empty when no member answers
+    /// (then there is nothing to be behind of).
+    async fn serving_progress(&self, g: &HaGroup, returning: &HaMember, partition: &str) -> Vec<(u64, u64)> {
+        let serving = g
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_down() && !std::ptr::eq(m.as_ref(), returning));
+        for member in serving {
+            let ask = Request::Progress {
+                partition: partition.to_string(),
+            };
+            if let Ok(Response::Progress(progress)) = self.ask(&member.server, ask).await {
+                return progress;
+            }
+        }
+        Vec::new()
+    }
+
     /// Sends one request from the background task: on the member's
     /// connection if it has one, else on a fresh one that is not kept.
     async fn ask(&self, server: &Server, request: Request) -> std::result::Result<Response, String> {
@@ -830,8 +1097,7 @@ impl Module {
     }
 
     /// Reads an HA group's definition again from the first member in the
-    /// rotation that answers, with the partition's object count there, and
-    /// follows a newer definition's membership.
+    /// rotation that answers, and follows a newer definition's membership.
     async fn refresh_group(&self, slot: &Slot) {
         let Some(g) = &slot.ha else { return };
         for member in g.members().into_iter().filter(|m| !m.is_down()) {
@@ -842,11 +1108,6 @@ impl Module {
                 Ok(Response::Group(Some(def))) if def.id == g.id => def,
                 _ => continue,
             };
-            if let Ok(Response::Partitions(parts)) = self.ask(&member.server, Request::ListPartitions).await {
-                if let Some(p) = parts.iter().find(|p| p.name == slot.partition) {
-                    g.reference_count.store(p.object_count, Ordering::SeqCst);
-                }
-            }
             let newer = {
                 let mut known = lock(&g.def);
                 if def.epoch >= known.epoch {
@@ -864,7 +1125,7 @@ impl Module {
     }
 
     /// Starts a probe of each member out of the rotation whose probe is due.
-    fn probe_due(&self, slot: &Arc<Slot>) {
+    fn probe_due(self: &Arc<Self>, slot: &Arc<Slot>) {
         let Some(g) = &slot.ha else { return };
         let now = Instant::now();
         for member in g.members() {
@@ -877,11 +1138,11 @@ impl Module {
                 _ => None,
             };
             let Some((attempt, joining)) = due else { continue };
-            let (config, slot) = (self.config.clone(), slot.clone());
+            let (m, slot) = (self.clone(), slot.clone());
             self.handle.spawn(async move {
                 let Some(g) = &slot.ha else { return };
-                let reference = g.reference_count.load(Ordering::SeqCst);
-                let result = probe(&config, &member.server.entry, &slot.partition, g.id, reference).await;
+                let reference = m.serving_progress(g, &member, &slot.partition).await;
+                let result = probe(&m.config, &member.server.entry, &slot.partition, g.id, &reference).await;
                 let serial = g.serial_of(&member);
                 match result {
                     Ok(()) => {
@@ -1081,7 +1342,8 @@ fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, 
             members: RwLock::new(vec![HaMember::new(server.clone())]),
             login: Mutex::new(None),
             next: AtomicUsize::new(0),
-            reference_count: AtomicU64::new(0),
+            session_home: Mutex::default(),
+            session_objects: Mutex::default(),
         }),
     }));
 }
@@ -1101,15 +1363,15 @@ async fn connect_bounded(
 
 /// Probes a member out of the rotation over a fresh connection: it must
 /// answer a ping, still hold the group's partition in the group, have that
-/// partition activated, and hold at least `reference` objects there (the
-/// count a serving member reported), which is the closest sign of being in
-/// sync the client link offers.
+/// partition activated, and have applied every operation a serving member
+/// had applied when the probe began (`reference`, per origin), so that it
+/// serves no stale object and misses no key the application made.
 async fn probe(
     config: &ClientConfig,
     entry: &ServerEntry,
     partition: &str,
     group: [u8; 16],
-    reference: u64,
+    reference: &[(u64, u64)],
 ) -> std::result::Result<(), String> {
     let conn = connect_bounded(config, entry).await?;
     let call = |request| {
@@ -1132,14 +1394,80 @@ async fn probe(
         return Err("unexpected answer to list-partitions".to_string());
     };
     match parts.iter().find(|p| p.name == partition) {
-        Some(p) if !p.activated => Err("the partition is not activated".to_string()),
-        Some(p) if p.object_count < reference => Err(format!(
-            "catching up: {} of at least {reference} objects",
-            p.object_count
-        )),
-        Some(_) => Ok(()),
-        None => Err("the partition is not assigned to this client".to_string()),
+        Some(p) if !p.activated => return Err("the partition is not activated".to_string()),
+        Some(_) => {}
+        None => return Err("the partition is not assigned to this client".to_string()),
     }
+    let Response::Progress(progress) = call(Request::Progress {
+        partition: partition.to_string(),
+    })
+    .await?
+    else {
+        return Err("unexpected answer to progress".to_string());
+    };
+    let applied = |origin: u64| {
+        progress
+            .iter()
+            .find(|(o, _)| *o == origin)
+            .map_or(0, |(_, seq)| *seq)
+    };
+    let behind = reference
+        .iter()
+        .filter(|(origin, seq)| applied(*origin) < *seq)
+        .map(|(origin, seq)| seq - applied(*origin))
+        .sum::<u64>();
+    if behind > 0 {
+        return Err(format!(
+            "catching up: {behind} operations behind a serving member"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a request in an HA slot must go to the slot's session home: it
+/// makes a session object, names one, or searches while some exist. Returns,
+/// for each object the request makes (in the order its answer names them),
+/// whether it is a session object.
+fn session_bound(g: &HaGroup, request: &Request) -> Option<Vec<bool>> {
+    let known = lock(&g.session_objects);
+    let session = |t: &hahsm_token::Template| !t.flag(ck::CKA_TOKEN, false);
+    let made: Vec<bool> = match request {
+        Request::CreateObject { template, .. }
+        | Request::GenerateKey { template, .. }
+        | Request::UnwrapKey { template, .. }
+        | Request::DeriveKey { template, .. } => vec![session(template)],
+        Request::ImportKeyPair { template, .. } => vec![session(template); 2],
+        Request::GenerateKeyPair {
+            public_template,
+            private_template,
+            ..
+        } => vec![session(public_template), session(private_template)],
+        // A copy keeps the original's CKA_TOKEN unless the template sets it.
+        Request::CopyObject { template, object, .. } => vec![match template.get(ck::CKA_TOKEN) {
+            Some(v) => v.as_bool() == Some(false),
+            None => known.contains(object),
+        }],
+        _ => Vec::new(),
+    };
+    let named = match request {
+        Request::GetAttributes { object, .. }
+        | Request::SetAttributes { object, .. }
+        | Request::CopyObject { object, .. }
+        | Request::DestroyObject { object, .. } => vec![*object],
+        Request::Sign { key, .. }
+        | Request::Verify { key, .. }
+        | Request::Encrypt { key, .. }
+        | Request::Decrypt { key, .. } => vec![*key],
+        Request::WrapKey {
+            wrapping_key, key, ..
+        } => vec![*wrapping_key, *key],
+        Request::UnwrapKey { unwrapping_key, .. } => vec![*unwrapping_key],
+        Request::DeriveKey { base_key, .. } => vec![*base_key],
+        _ => Vec::new(),
+    };
+    let searching = matches!(request, Request::FindObjects { .. }) && !known.is_empty();
+    let bound = made.iter().any(|s| *s) || named.iter().any(|o| known.contains(o)) || searching;
+    bound.then_some(made)
 }
 
 /// An error as the log shows it: the member's message or the connection's fault.

@@ -58,6 +58,9 @@ pub struct Op {
     pub multipart: bool,
     /// The last request's input and output, kept until the output is delivered.
     pub cached: Option<(Vec<u8>, Vec<u8>)>,
+    /// No state on the member is needed (a digest, or a token key without
+    /// context-specific login): any connection to any member may carry it.
+    pub stateless: bool,
 }
 
 impl Op {
@@ -70,6 +73,7 @@ impl Op {
             buffer: Vec::new(),
             multipart: false,
             cached: None,
+            stateless: false,
         }
     }
 }

@@ -189,6 +189,12 @@ pub enum Request {
     GetGroup {
         partition: String,
     },
+    /// The partition's replication progress on this member: for each origin,
+    /// the highest operation applied. A returning member re-enters the HA
+    /// slot's rotation only once its progress covers a serving member's.
+    Progress {
+        partition: String,
+    },
 }
 
 impl Request {
@@ -220,6 +226,7 @@ impl Request {
             Request::GenerateRandom { .. } => "generate-random",
             Request::Digest { .. } => "digest",
             Request::GetGroup { .. } => "get-group",
+            Request::Progress { .. } => "progress",
         }
     }
 }
@@ -262,4 +269,6 @@ pub enum Response {
     /// The HA group of a partition: its members, their client addresses and
     /// pinned fingerprints; `None` when the partition is in no group.
     Group(Option<crate::peer::GroupDef>),
+    /// (origin member id, highest sequence applied) for each origin.
+    Progress(Vec<(u64, u64)>),
 }

@@ -597,6 +597,12 @@ impl KeyOps<'_> {
                     crate::replication::group_of(self.app, &ctx.name).map(|g| g.definition()),
                 ))
             }
+            Request::Progress { partition } => {
+                let ctx = self.ctx(&partition)?;
+                Ok(Response::Progress(
+                    ctx.active.version_vector().0.into_iter().collect(),
+                ))
+            }
         }
     }
 

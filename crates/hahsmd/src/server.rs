@@ -1,6 +1,6 @@
 //! The client link: a TLS listener and, per connection, a reader loop that
-//! runs requests concurrently and a writer task that sends their answers in
-//! completion order. Every request runs under its deadline.
+//! runs requests concurrently; each answers as it completes, through the
+//! connection's shared writer. Every request runs under its deadline.
 use crate::admission::Admission;
 use crate::appliance::Appliance;
 use crate::keyops::{Connection, KeyOps};
@@ -11,7 +11,7 @@ use hahsm_token::TokenError;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 pub async fn serve(app: Arc<Appliance>, listener: TcpListener) -> anyhow::Result<()> {
@@ -130,23 +130,10 @@ async fn connection(
     }
 
     let conn = Arc::new(Connection::new(fp, client.name.clone()));
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<ResponseFrame>(limits.max_in_flight_per_connection.max(1));
-    let write_task = tokio::spawn(async move {
-        // Send every answer that is ready in one write: fewer TLS records under load.
-        while let Some(frame) = rx.recv().await {
-            let mut batch = vec![encode(&frame)];
-            while batch.len() < 64 {
-                match rx.try_recv() {
-                    Ok(more) => batch.push(encode(&more)),
-                    Err(_) => break,
-                }
-            }
-            if hahsm_link::write_frames(&mut writer, &batch).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (mut reader, writer) = tokio::io::split(stream);
+    // Each request's task writes its own answer when the socket is free (no
+    // writer-task hand-off); answers that meet a busy socket go out together.
+    let tx = hahsm_link::SharedWriter::start(writer);
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_per_connection.max(1)));
     loop {
         let frame = match tokio::time::timeout(
@@ -164,10 +151,10 @@ async fn connection(
             Ok(Err(e)) => {
                 warn!(client = %client.name, error = %e, "bad frame; closing the connection");
                 let _ = tx
-                    .send(ResponseFrame {
+                    .send(encode(&ResponseFrame {
                         id: 0,
                         result: Err(wire(TokenError::ArgumentsBad(e.to_string()))),
-                    })
+                    }))
                     .await;
                 break;
             }
@@ -177,10 +164,10 @@ async fn connection(
             Err(e) => {
                 warn!(client = %client.name, error = %e, "malformed request frame; closing the connection");
                 let _ = tx
-                    .send(ResponseFrame {
+                    .send(encode(&ResponseFrame {
                         id: 0,
                         result: Err(wire(TokenError::ArgumentsBad(e.to_string()))),
-                    })
+                    }))
                     .await;
                 break;
             }
@@ -207,16 +194,22 @@ async fn connection(
                 }
             };
             let _ = tx
-                .send(ResponseFrame {
+                .send(encode(&ResponseFrame {
                     id: request.id,
                     result,
-                })
+                }))
                 .await;
             drop(permit);
         });
     }
-    drop(tx);
-    // Let answers already computed reach the client before closing.
-    let _ = tokio::time::timeout(Duration::from_secs(5), write_task).await;
+    // Let the requests still running answer, and those answers reach the
+    // client, before closing.
+    let max = u32::try_from(limits.max_in_flight_per_connection.max(1)).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _all_done = in_flight.acquire_many(max).await;
+        let _ = tx.close().await;
+    })
+    .await;
+    tx.abandon();
     Ok(())
 }

@@ -1,0 +1,260 @@
+//! Report test 3.4.3 with third-party applications: OpenSC's pkcs11-tool,
+//! OpenSSL (through the libp11 engine) and python-pkcs11 sign through the HA slot while one
+//! member is dead, and across a failover the test forces by stopping
+//! (SIGSTOP) the member the module tries first. Each run is a new process
+//! that knows nothing of the faults; every signature is checked by plain
+//! openssl.
+mod t20_pkcs11_support;
+
+use hahsm_it::cluster::{Cluster, GROUP, PIN};
+use hahsm_it::run;
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use t20_pkcs11_support::{ecdsa_der, module_path, tool};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Env {
+    c: Cluster,
+    module: String,
+    conf: PathBuf,
+    ha_log: PathBuf,
+    pkcs11_log: PathBuf,
+    openssl_conf: PathBuf,
+}
+
+impl Env {
+    fn path(&self, name: &str) -> String {
+        self.c.work.path().join(name).to_str().expect("utf-8").to_string()
+    }
+
+    fn ha_log(&self) -> String {
+        std::fs::read_to_string(&self.ha_log).unwrap_or_default()
+    }
+
+    /// Runs a program with the module's environment; panics with its output
+    /// and the module's log when it fails.
+    #[track_caller]
+    fn ok(&self, program: &str, args: &[&str]) -> String {
+        let envs: Vec<(&str, &Path)> = vec![
+            ("HAHSM_CONF", &self.conf),
+            ("HAHSM_PKCS11_LOG", &self.pkcs11_log),
+            ("HAHSM_HA_LOG", &self.ha_log),
+            ("OPENSSL_CONF", &self.openssl_conf),
+        ];
+        let (ok, out, err) = tool(program, args, &envs, LIMIT);
+        assert!(
+            ok,
+            "{program} {args:?} failed\nstdout:\n{out}\nstderr:\n{err}\nmodule log:\n{}\nHA log:\n{}",
+            std::fs::read_to_string(&self.pkcs11_log).unwrap_or_default(),
+            self.ha_log()
+        );
+        out
+    }
+
+    fn pkcs11_tool(&self, args: &[&str]) -> String {
+        let mut full = vec![
+            "--module",
+            &self.module,
+            "--token-label",
+            GROUP,
+            "--login",
+            "--pin",
+            PIN,
+        ];
+        full.extend_from_slice(args);
+        self.ok("pkcs11-tool", &full)
+    }
+
+    /// pkcs11-tool signs `data` with the HA key; plain openssl verifies it.
+    fn pkcs11_tool_signs(&self, data: &str, tag: &str) {
+        let sig = self.path(&format!("{tag}.sig"));
+        self.pkcs11_tool(&[
+            "--sign",
+            "--mechanism",
+            "ECDSA-SHA256",
+            "--label",
+            "ha-tool",
+            "--input-file",
+            data,
+            "--output-file",
+            &sig,
+        ]);
+        let der = self.path(&format!("{tag}.sig.der"));
+        std::fs::write(&der, ecdsa_der(&std::fs::read(&sig).unwrap())).unwrap();
+        let pubkey = self.path("ha-tool.pub.der");
+        let v = run(
+            "openssl",
+            &[
+                "dgst",
+                "-sha256",
+                "-verify",
+                &pubkey,
+                "-keyform",
+                "DER",
+                "-signature",
+                &der,
+                data,
+            ],
+        );
+        assert!(v.ok, "openssl verify ({tag}): {} {}", v.stdout, v.stderr);
+    }
+
+    /// OpenSSL signs `data` through the libp11 engine; plain openssl verifies it.
+    fn openssl_signs(&self, data: &str, tag: &str) {
+        let sig = self.path(&format!("{tag}.ossl.sig"));
+        let uri = format!("pkcs11:token={GROUP};object=ha-tool;type=private");
+        self.ok(
+            "openssl",
+            &[
+                "pkeyutl", "-engine", "pkcs11", "-keyform", "engine", "-sign", "-inkey", &uri, "-in", data,
+                "-out", &sig,
+            ],
+        );
+        let pubkey = self.path("ha-tool.pub.der");
+        let v = run(
+            "openssl",
+            &[
+                "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", &pubkey, "-in", data,
+                "-sigfile", &sig,
+            ],
+        );
+        assert!(
+            v.ok && v.stdout.contains("Success"),
+            "openssl verify ({tag}): {} {}",
+            v.stdout,
+            v.stderr
+        );
+    }
+}
+
+impl Env {
+    /// python-pkcs11 makes an RSA key and an AES key through the HA slot and
+    /// signs; plain openssl verifies the signature with the exported key.
+    fn python_pkcs11_signs(&self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/ha_sign.py");
+        let out_dir = self.path("");
+        let out = self.ok("python3", &[script, &self.module, GROUP, PIN, &out_dir]);
+        assert!(out.contains("python-pkcs11 ok"), "{out}");
+        let pem = self.path("py-rsa.pub.pem");
+        let v = run(
+            "openssl",
+            &[
+                "rsa",
+                "-RSAPublicKey_in",
+                "-inform",
+                "DER",
+                "-in",
+                &self.path("py-rsa.pub.der"),
+                "-pubout",
+                "-out",
+                &pem,
+            ],
+        );
+        assert!(v.ok, "{}", v.stderr);
+        let v = run(
+            "openssl",
+            &[
+                "dgst",
+                "-sha256",
+                "-verify",
+                &pem,
+                "-signature",
+                &self.path("py-rsa.sig"),
+                &self.path("py-data.bin"),
+            ],
+        );
+        assert!(v.ok, "openssl verify (python-pkcs11): {} {}", v.stdout, v.stderr);
+    }
+}
+
+fn setup() -> Env {
+    let c = Cluster::new(3);
+    // HA only, with short deadlines so that a stopped member costs little.
+    let text = std::fs::read_to_string(&c.conf).unwrap();
+    let text = text
+        .lines()
+        .map(|l| match l.split('=').next().map(str::trim) {
+            Some("request_timeout_ms") => "request_timeout_ms = 1500".to_string(),
+            Some("handshake_timeout_ms") => "handshake_timeout_ms = 1000".to_string(),
+            Some("connect_timeout_ms") => "connect_timeout_ms = 1000".to_string(),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let conf = c.work.path().join("client/ha-tools.toml");
+    std::fs::write(&conf, format!("ha_only = true\n{text}\n")).unwrap();
+    let module = module_path().to_str().expect("utf-8").to_string();
+    let openssl_conf = c.work.path().join("openssl-p11.cnf");
+    std::fs::write(
+        &openssl_conf,
+        format!(
+            "openssl_conf = conf\n[conf]\nengines = engines\n[engines]\npkcs11 = pkcs11\n\
+             [pkcs11]\nengine_id = pkcs11\nMODULE_PATH = {module}\nPIN = {PIN}\ninit = 0\n"
+        ),
+    )
+    .unwrap();
+    Env {
+        ha_log: c.work.path().join("ha.log"),
+        pkcs11_log: c.work.path().join("pkcs11.log"),
+        c,
+        module,
+        conf,
+        openssl_conf,
+    }
+}
+
+#[test]
+fn pkcs11_tool_and_openssl_sign_through_the_ha_slot_across_failures() {
+    let mut env = setup();
+    let data = env.path("ha-data.bin");
+    std::fs::write(&data, [0x5a; 32]).unwrap();
+
+    // The HA slot is the only one, labelled as the group.
+    let slots = env.ok("pkcs11-tool", &["--module", &env.module, "-L"]);
+    assert!(slots.contains(GROUP), "{slots}");
+    env.pkcs11_tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "ha-tool",
+        "--id",
+        "51",
+    ]);
+    env.pkcs11_tool(&[
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--label",
+        "ha-tool",
+        "--output-file",
+        &env.path("ha-tool.pub.der"),
+    ]);
+    env.pkcs11_tool_signs(&data, "all-up");
+
+    // A member down: member 1 is killed.
+    env.c.members[1].kill9();
+    env.pkcs11_tool_signs(&data, "one-dead");
+    env.openssl_signs(&data, "one-dead");
+    env.python_pkcs11_signs();
+
+    // A forced failover: member 0, the first the module tries, stops
+    // answering with its sockets open. Each new process finds it out within
+    // a deadline, drops it, and signs on member 2.
+    let member0 = format!("has dropped member: {}", env.c.serials[0]);
+    assert_eq!(env.ha_log().matches(&member0).count(), 0, "{}", env.ha_log());
+    env.c.members[0].signal(Signal::SIGSTOP);
+    env.pkcs11_tool_signs(&data, "failover");
+    env.openssl_signs(&data, "failover");
+    env.c.members[0].signal(Signal::SIGCONT);
+    let dropped = env.ha_log().matches(&member0).count();
+    assert!(
+        dropped >= 2,
+        "each program should have dropped the stopped member 0 ({dropped} times):\n{}",
+        env.ha_log()
+    );
+    let log = std::fs::read_to_string(&env.pkcs11_log).unwrap_or_default();
+    assert!(!log.contains(PIN), "the PIN reached the module's log");
+}

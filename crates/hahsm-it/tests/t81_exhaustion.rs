@@ -18,7 +18,10 @@ fn raise_open_files_limit() -> u64 {
         rlim_max: 0,
     };
     // SAFETY: a valid out-pointer to an rlimit.
-    assert_eq!(unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    assert_eq!(
+        unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
     if limit.rlim_cur < limit.rlim_max {
         let raised = nix::libc::rlimit {
             rlim_cur: limit.rlim_max,
@@ -119,7 +122,11 @@ fn a_slowloris_client_is_cut_off_and_starves_no_one() {
         move || {
             let started = Instant::now();
             let mut c = std::net::TcpStream::connect(address).unwrap();
-            for b in [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc].iter().cycle().take(60) {
+            for b in [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]
+                .iter()
+                .cycle()
+                .take(60)
+            {
                 if c.write_all(&[*b]).is_err() || closed_by_member(&c) {
                     return started.elapsed();
                 }
@@ -147,7 +154,9 @@ fn a_slowloris_client_is_cut_off_and_starves_no_one() {
             }
             if !served {
                 // Meanwhile, another client is served as usual.
-                let out = tokio::task::block_in_place(|| st.keys(&["gen", "--type", "aes:128", "--label", "meanwhile"]));
+                let out = tokio::task::block_in_place(|| {
+                    st.keys(&["gen", "--type", "aes:128", "--label", "meanwhile"])
+                });
                 served = out.ok;
             }
         }
@@ -195,7 +204,14 @@ fn second_client(st: &Standalone, name: &str) -> PathBuf {
         ])
         .expect_ok();
     st.member
-        .admin(&["client", "assign-partition", "--client", name, "--partition", &st.partition])
+        .admin(&[
+            "client",
+            "assign-partition",
+            "--client",
+            name,
+            "--partition",
+            &st.partition,
+        ])
         .expect_ok();
     conf
 }
@@ -231,7 +247,9 @@ fn one_client_cannot_take_every_connection() {
         let a = connect(&other).await.expect("another client is served");
         let _b = connect(&other).await.expect("another client is served");
         refused(connect(&other).await, "the member has reached its limit of 6");
-        a.call(Request::ListPartitions).await.expect("and its requests are answered");
+        a.call(Request::ListPartitions)
+            .await
+            .expect("and its requests are answered");
         // A closed connection frees its place.
         drop(mine.pop());
         let mut again = None;

@@ -170,6 +170,24 @@ impl Member {
 
     /// Starts the daemon and waits until its admin socket answers.
     pub fn spawn(&mut self) {
+        // A restarted member binds the port it had; on a busy machine another
+        // process's outgoing connection may hold that port as its ephemeral
+        // source port for a moment. Try again then, as an operator would.
+        for _ in 0..20 {
+            let log_before = self.log().len();
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(log) if log[log_before.min(log.len())..].contains("in use") => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(log) => panic!("hahsmd exited during start-up; log:\n{log}"),
+            }
+        }
+        panic!("hahsmd could not bind its ports; log:\n{}", self.log());
+    }
+
+    /// One start attempt: `Err(log)` if the daemon exited during start-up.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let _ = std::fs::remove_file(self.data_dir().join("listen.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -197,10 +215,11 @@ impl Member {
                     .map(|a| a.trim().to_string())
                     .unwrap_or_default();
                 self.pin_port();
-                return;
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("hahsmd exited during start-up ({status}); log:\n{}", self.log());
+                self.child = None;
+                return Err(format!("({status})\n{}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,

@@ -17,6 +17,8 @@ pub enum Mode {
 struct State {
     mode: AtomicU8,
     delay_ms: AtomicU64,
+    /// Bytes passed on, both ways: how much a member behind this proxy served.
+    forwarded: AtomicU64,
     /// Bumped on every mode change: forwarding tasks of an older generation stop.
     generation: tokio::sync::watch::Sender<u64>,
 }
@@ -45,6 +47,7 @@ impl Proxy {
         let state = Arc::new(State {
             mode: AtomicU8::new(0),
             delay_ms: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
             generation,
         });
         let listener = runtime()
@@ -66,6 +69,11 @@ impl Proxy {
     pub fn set(&self, mode: Mode) {
         self.state.mode.store(mode as u8, Ordering::SeqCst);
         self.state.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Bytes passed on so far, both ways.
+    pub fn forwarded_bytes(&self) -> u64 {
+        self.state.forwarded.load(Ordering::SeqCst)
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -137,5 +145,6 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+        st.forwarded.fetch_add(n as u64, Ordering::SeqCst);
     }
 }

@@ -508,6 +508,51 @@ fn session_objects_stay_on_their_member_and_die_with_it() {
     p11.finalize().expect("C_Finalize");
 }
 
+/// Latency breaks ties: with one application thread (so every member has
+/// nothing in flight), a member whose link adds 20 ms each way serves far
+/// fewer signatures than the two fast ones, though it stays in the rotation.
+#[test]
+fn latency_breaks_ties_between_idle_members() {
+    let _one = one_at_a_time();
+    let c = Cluster::new(3);
+    ha_only_config(&c);
+    let proxies: Vec<hahsm_it::proxy::Proxy> = (0..3)
+        .map(|i| hahsm_it::proxy::Proxy::start(&c.members[i].address))
+        .collect();
+    let conf = std::path::PathBuf::from(std::env::var("HAHSM_CONF").expect("HAHSM_CONF"));
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    for (i, p) in proxies.iter().enumerate() {
+        text = text.replace(&c.members[i].address, &p.addr);
+    }
+    std::fs::write(&conf, text).unwrap();
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (_slot, s, ec) = ha_session(&p11);
+    let sign = |n: usize| {
+        for k in 0..n {
+            s.sign(&Mechanism::EcdsaSha256, ec, format!("tie {k}").as_bytes())
+                .unwrap_or_else(|e| panic!("sign {k}: {e}"));
+        }
+    };
+    // Every member serves and is measured (its pooled connections opened).
+    sign(60);
+    proxies[2].set_delay(Duration::from_millis(20));
+    sign(10);
+    let before: Vec<u64> = proxies.iter().map(|p| p.forwarded_bytes()).collect();
+    sign(150);
+    let served: Vec<u64> = proxies
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| p.forwarded_bytes() - b)
+        .collect();
+    let fast = served[0] + served[1];
+    assert!(
+        served[2] * 5 < fast,
+        "the slow member served about as much as the fast ones (bytes {served:?})"
+    );
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}
+
 /// A member that missed writes while it was down serves again only once it
 /// has applied them: with its peer links cut it cannot catch up, and the
 /// module keeps it out of the rotation; healed, it catches up and re-enters.

@@ -58,6 +58,10 @@ pub struct Server {
     pool: Mutex<Vec<(u64, BlockingConnection)>>,
     /// Pooled connections open, idle or in use (at most `POOL_MAX`).
     pooled: AtomicUsize,
+    /// Moving average of the member's answer time on an open connection, in
+    /// µs (0 until the first answer): an HA slot's tie-breaker between
+    /// equally busy members. Connection setup is not counted.
+    latency_us: AtomicU64,
 }
 
 /// The most blocking connections the module keeps to one member; threads
@@ -74,7 +78,22 @@ impl Server {
             login_epoch: AtomicU64::new(0),
             pool: Mutex::default(),
             pooled: AtomicUsize::new(0),
+            latency_us: AtomicU64::new(0),
         }
+    }
+
+    /// Folds one answer time into the moving average (weight 1/8).
+    fn record_latency(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old - old / 8 + sample / 8
+                })
+            });
     }
 
     fn logged_in(&self, partition: &str) -> bool {
@@ -217,17 +236,37 @@ impl HaGroup {
     }
 
     /// The untried member in the rotation with the fewest requests in
-    /// flight. Members out of the rotation are left to the background probe,
+    /// flight; among those, the fastest to answer lately, where members
+    /// under four times the fastest's time count as equal and take turns (a
+    /// member not measured yet counts as fastest, so it gets measured). One
+    /// pick in eight ignores latency, so that a member passed over after a
+    /// slow spell is measured again soon.
+    /// Members out of the rotation are left to the background probe,
     /// unless every member is out: then they are tried as a last resort.
     fn pick(&self, members: &[Arc<HaMember>], tried: &[bool]) -> Option<usize> {
         let n = members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let down: Vec<bool> = members.iter().map(|m| m.is_down()).collect();
         let any_up = down.iter().any(|d| !d);
-        (0..n)
+        let candidates: Vec<usize> = (0..n)
             .map(|k| (start + k) % n)
             .filter(|&i| !tried[i] && (!any_up || !down[i]))
-            .min_by_key(|&i| members[i].in_flight.load(Ordering::SeqCst))
+            .collect();
+        let explore = start % 8 == 0;
+        let latency = |i: usize| {
+            if explore {
+                0
+            } else {
+                members[i].server.latency_us.load(Ordering::Relaxed)
+            }
+        };
+        let fastest = candidates.iter().map(|&i| latency(i)).min()?.max(1);
+        candidates.into_iter().min_by_key(|&i| {
+            (
+                members[i].in_flight.load(Ordering::SeqCst),
+                latency(i) / (4 * fastest),
+            )
+        })
     }
 
     /// The member's serial, as the HA log names it (its name if the group
@@ -577,7 +616,12 @@ impl Module {
             let req = request.clone();
             let c = conn.clone();
             let limit = self.request_timeout() + Duration::from_secs(1);
-            match self.block(limit, async move { c.call(req).await.map_err(Error::from) }) {
+            let started = Instant::now();
+            let answer = self.block(limit, async move { c.call(req).await.map_err(Error::from) });
+            if matches!(&answer, Ok(_) | Err(Error::Client(ClientError::Remote(_)))) {
+                server.record_latency(started.elapsed());
+            }
+            match answer {
                 Err(Error::Client(e @ (ClientError::Disconnected { .. } | ClientError::Link { .. })))
                     if !retried =>
                 {
@@ -619,7 +663,12 @@ impl Module {
             let Some((epoch, mut conn, reused)) = self.check_out(server)? else {
                 return self.call_server(server, request);
             };
-            match conn.call(request.clone(), self.request_timeout()) {
+            let started = Instant::now();
+            let answer = conn.call(request.clone(), self.request_timeout());
+            if matches!(&answer, Ok(_) | Err(ClientError::Remote(_))) {
+                server.record_latency(started.elapsed());
+            }
+            match answer {
                 Ok(r) => {
                     server.check_in(epoch, conn);
                     return Ok(r);
@@ -1058,6 +1107,18 @@ impl Module {
                 for slot in groups {
                     if refresh {
                         m.refresh_group(&slot).await;
+                        // Halve the latency averages: a member passed over
+                        // after one slow spell looks fast again before long,
+                        // and is measured anew.
+                        if let Some(g) = &slot.ha {
+                            for member in g.members() {
+                                let _ = member.server.latency_us.fetch_update(
+                                    Ordering::Relaxed,
+                                    Ordering::Relaxed,
+                                    |v| Some(v / 2),
+                                );
+                            }
+                        }
                     }
                     m.probe_due(&slot);
                 }

@@ -216,15 +216,27 @@ impl MemberConnection {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
-        let frame = RequestFrame {
+        let frame = encode(&RequestFrame {
             id,
             deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
             issued_unix_ms: hahsm_proto::client::unix_ms(),
             request,
-        };
+        });
+        // A member closes the link on a frame over its limit; say why instead.
+        if frame.len() > hahsm_proto::DEFAULT_MAX_FRAME as usize {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Err(ClientError::Remote(WireError {
+                code: ck::CKR_ARGUMENTS_BAD,
+                message: format!(
+                    "the request is {} bytes; a frame may hold at most {} (the member's limit)",
+                    frame.len(),
+                    hahsm_proto::DEFAULT_MAX_FRAME
+                ),
+            }));
+        }
         // The reader clears `pending` when the connection ends; a request
         // registered just after that must not wait for its deadline.
-        if self.outgoing.send(encode(&frame)).await.is_err() || self.is_closed() {
+        if self.outgoing.send(frame).await.is_err() || self.is_closed() {
             self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             return Err(ClientError::Disconnected {
                 server: self.server.clone(),

@@ -215,15 +215,16 @@ impl Member {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(addr) = std::fs::read_to_string(self.data_dir().join("listen.addr")) {
-                if self.admin(&["status"]).ok {
-                    self.address = addr.trim().to_string();
-                    self.peer_address = std::fs::read_to_string(self.data_dir().join("peer.addr"))
-                        .map(|a| a.trim().to_string())
-                        .unwrap_or_default();
-                    self.pin_port();
-                    return Ok(());
-                }
+            // The file may be read between its creation and its write: an
+            // empty address is not an address yet.
+            let addr = std::fs::read_to_string(self.data_dir().join("listen.addr")).unwrap_or_default();
+            if !addr.trim().is_empty() && self.admin(&["status"]).ok {
+                self.address = addr.trim().to_string();
+                self.peer_address = std::fs::read_to_string(self.data_dir().join("peer.addr"))
+                    .map(|a| a.trim().to_string())
+                    .unwrap_or_default();
+                self.pin_port();
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;

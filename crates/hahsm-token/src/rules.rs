@@ -164,6 +164,17 @@ pub fn check_key_separation(t: &Template, enforce: bool) -> TokenResult<()> {
     Ok(())
 }
 
+/// The same rule over the two halves of a key pair: a public key that wraps
+/// and a private key that decrypts are one key that does both.
+pub fn check_pair_separation(public: &Template, private: &Template, enforce: bool) -> TokenResult<()> {
+    let mut union = Template::new();
+    for attr in [ck::CKA_WRAP, ck::CKA_UNWRAP, ck::CKA_ENCRYPT, ck::CKA_DECRYPT] {
+        let on = public.flag(attr, false) || private.flag(attr, false);
+        union.set(attr, AttrValue::Bool(on));
+    }
+    check_key_separation(&union, enforce)
+}
+
 /// The attributes of a new secret key made by `C_GenerateKey`. Returns the
 /// template and the key length in bytes.
 pub fn generated_secret_key(mech: u64, template: &Template) -> TokenResult<(Template, usize)> {
@@ -379,6 +390,14 @@ pub fn set_attributes(current: &Template, changes: &Template) -> TokenResult<Tem
                 continue;
             }
             return Err(TokenError::AttributeReadOnly(attr));
+        }
+        // The mechanisms a key allows may be narrowed, never widened.
+        if let (ck::CKA_ALLOWED_MECHANISMS, Some(AttrValue::UlongList(now)), AttrValue::UlongList(new)) =
+            (attr, current.get(attr), value)
+        {
+            if !now.is_empty() && (new.is_empty() || new.iter().any(|m| !now.contains(m))) {
+                return Err(TokenError::AttributeReadOnly(attr));
+            }
         }
         let now = current.bool(attr);
         match (attr, value.as_bool()) {
@@ -651,6 +670,45 @@ mod tests {
             generated_key_pair(ck::CKM_RSA_PKCS_KEY_PAIR_GEN, &rsa, &Template::new()),
             Err(TokenError::TemplateInconsistent(_))
         ));
+    }
+
+    #[test]
+    fn allowed_mechanisms_may_be_narrowed_but_not_widened() {
+        let (mut t, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
+        t.set(
+            ck::CKA_ALLOWED_MECHANISMS,
+            AttrValue::UlongList(vec![ck::CKM_AES_CBC_PAD, ck::CKM_AES_GCM]),
+        );
+        let set = |list: Vec<u64>| {
+            set_attributes(
+                &t,
+                &Template::new().with(ck::CKA_ALLOWED_MECHANISMS, AttrValue::UlongList(list)),
+            )
+        };
+        assert!(set(vec![ck::CKM_AES_GCM]).is_ok());
+        for wider in [
+            vec![ck::CKM_AES_ECB],
+            vec![],
+            vec![ck::CKM_AES_GCM, ck::CKM_AES_ECB],
+        ] {
+            assert_eq!(
+                set(wider),
+                Err(TokenError::AttributeReadOnly(ck::CKA_ALLOWED_MECHANISMS))
+            );
+        }
+    }
+
+    #[test]
+    fn key_separation_covers_both_halves_of_a_pair() {
+        let public = Template::new().with(ck::CKA_WRAP, AttrValue::Bool(true));
+        let private = Template::new().with(ck::CKA_DECRYPT, AttrValue::Bool(true));
+        assert!(check_pair_separation(&public, &private, false).is_ok());
+        assert!(matches!(
+            check_pair_separation(&public, &private, true),
+            Err(TokenError::TemplateInconsistent(_))
+        ));
+        let signing = Template::new().with(ck::CKA_SIGN, AttrValue::Bool(true));
+        assert!(check_pair_separation(&public, &signing, true).is_ok());
     }
 
     #[test]

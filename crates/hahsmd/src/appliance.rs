@@ -102,6 +102,9 @@ pub struct Appliance {
     pub bound_peer: std::sync::OnceLock<String>,
     /// Serializes administrative changes, so two operators cannot interleave.
     admin_lock: tokio::sync::Mutex<()>,
+    /// Serializes PIN checks, so that concurrent guesses are each counted
+    /// against the lockout limit before the next is tried.
+    pub pin_check_lock: tokio::sync::Mutex<()>,
 }
 
 fn secret_ok(secret: &Secret, what: &str) -> AdminResult<()> {
@@ -230,6 +233,7 @@ impl Appliance {
             bound_client: std::sync::OnceLock::new(),
             bound_peer: std::sync::OnceLock::new(),
             admin_lock: tokio::sync::Mutex::new(()),
+            pin_check_lock: tokio::sync::Mutex::new(()),
         });
         appliance.reload_clients()?;
         appliance.auto_activate();

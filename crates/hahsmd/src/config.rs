@@ -29,7 +29,14 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_frame_bytes: u32,
+    /// Established (authenticated) client connections, in all.
     pub max_connections: usize,
+    /// Established connections of one client certificate.
+    pub max_connections_per_client: usize,
+    /// Connections still in their TLS handshake or hello. When full, a new
+    /// connection evicts the oldest, so idle or half-open connections cannot
+    /// lock real clients out.
+    pub max_pending_handshakes: usize,
     /// Requests one connection may have in flight at once.
     pub max_in_flight_per_connection: usize,
     pub handshake_timeout_ms: u64,
@@ -48,6 +55,8 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: hahsm_proto::DEFAULT_MAX_FRAME,
             max_connections: 1024,
+            max_connections_per_client: 256,
+            max_pending_handshakes: 256,
             max_in_flight_per_connection: 64,
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 300_000,

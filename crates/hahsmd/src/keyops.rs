@@ -99,6 +99,27 @@ fn derived_ouid(partition_serial: u64, client: &Fingerprint, op_id: &OpId, index
     Ouid(id)
 }
 
+/// `CKA_TRUSTED` marks a key allowed to wrap keys that demand it
+/// (`CKA_WRAP_WITH_TRUSTED`); only the partition SO may grant it, or any user
+/// could wrap those keys under a key of their own.
+fn check_trusted(ctx: &Ctx, attrs: &Template) -> TokenResult<()> {
+    if attrs.flag(ck::CKA_TRUSTED, false) && ctx.role != Some(USER_SO) {
+        return Err(TokenError::AttributeReadOnly(ck::CKA_TRUSTED));
+    }
+    Ok(())
+}
+
+/// Under key separation, a generated key wraps or unwraps only when its
+/// template asks for it, so the defaults alone never break the rule.
+fn separated_defaults(mut template: Template, separation: bool) -> Template {
+    if separation {
+        for attr in [ck::CKA_WRAP, ck::CKA_UNWRAP] {
+            template.set_default(attr, AttrValue::Bool(false));
+        }
+    }
+    template
+}
+
 fn check_template_size(app: &Appliance, t: &Template) -> TokenResult<()> {
     if t.len() > app.config.limits.max_template_attributes {
         return Err(TokenError::ArgumentsBad(format!(
@@ -191,6 +212,7 @@ impl KeyOps<'_> {
                 return Err(TokenError::UserNotLoggedIn);
             }
             rules::check_key_separation(&attrs, separation)?;
+            check_trusted(ctx, &attrs)?;
             let ouid = derived_ouid(ctx.active.serial, &self.conn.fingerprint, &op_id, index);
             attrs.set(ck::CKA_UNIQUE_ID, AttrValue::Bytes(ouid.to_string().into_bytes()));
             entries.push(
@@ -220,7 +242,7 @@ impl KeyOps<'_> {
                 partition,
                 user_type,
                 pin,
-            } => self.login(&partition, user_type, pin.expose()),
+            } => self.login(&partition, user_type, pin.expose()).await,
             Request::Logout { partition } => {
                 let _ = self.ctx(&partition)?;
                 let removed = self
@@ -242,6 +264,7 @@ impl KeyOps<'_> {
                 } else {
                     PinKind::User
                 };
+                let _serialized = self.app.pin_check_lock.lock().await;
                 let row = self.app.partition_row_for_login(&partition)?;
                 self.app.check_pin(&row, &ctx.active, kind, old_pin.expose())?;
                 // Re-read: the check may have reset the failed-login count.
@@ -269,10 +292,15 @@ impl KeyOps<'_> {
             } => {
                 let ctx = self.ctx(&partition)?;
                 check_template_size(self.app, &template)?;
+                let (attrs, secret) = imported_object(&template)?;
+                // Before the retry check: a replayed private create must not
+                // tell a client that is not logged in what it made.
+                if attrs.flag(ck::CKA_PRIVATE, false) && !ctx.logged_in {
+                    return Err(TokenError::UserNotLoggedIn);
+                }
                 if let Some(done) = self.previous(&ctx, &op_id)? {
                     return Ok(done);
                 }
-                let (attrs, secret) = imported_object(&template)?;
                 let ids = self.store_new(&ctx, vec![(attrs, secret)], op_id).await?;
                 Ok(Response::Object(ids[0]))
             }
@@ -289,6 +317,7 @@ impl KeyOps<'_> {
                 }
                 let pair = crypto::import_private_key_der(private_key_der.expose())?;
                 let (pubt, privt) = imported_pair_templates(&pair.public, &template)?;
+                rules::check_pair_separation(&pubt, &privt, self.enforce_separation(&ctx))?;
                 let ids = self
                     .store_new(&ctx, vec![(pubt, None), (privt, Some(pair.private_pkcs8))], op_id)
                     .await?;
@@ -309,6 +338,7 @@ impl KeyOps<'_> {
                 if let Some(done) = self.previous(&ctx, &op_id)? {
                     return Ok(done);
                 }
+                let template = separated_defaults(template, self.enforce_separation(&ctx));
                 let (attrs, len) = rules::generated_secret_key(mechanism.mech, &template)?;
                 let secret = crypto::generate_secret(len)?;
                 let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
@@ -328,8 +358,13 @@ impl KeyOps<'_> {
                 if let Some(done) = self.previous(&ctx, &op_id)? {
                     return Ok(done);
                 }
-                let (spec, mut pubt, mut privt) =
-                    rules::generated_key_pair(mechanism.mech, &public_template, &private_template)?;
+                let separation = self.enforce_separation(&ctx);
+                let (spec, mut pubt, mut privt) = rules::generated_key_pair(
+                    mechanism.mech,
+                    &separated_defaults(public_template, separation),
+                    &separated_defaults(private_template, separation),
+                )?;
+                rules::check_pair_separation(&pubt, &privt, separation)?;
                 // Key generation can take a while (RSA-4096): keep it off the async workers.
                 let pair = tokio::task::spawn_blocking(move || generate_pair(&spec))
                     .await
@@ -406,6 +441,9 @@ impl KeyOps<'_> {
                     attrs.set(*k, v.clone());
                 }
                 rules::check_key_separation(&attrs, self.enforce_separation(&ctx))?;
+                if changed.flag(ck::CKA_TRUSTED, false) {
+                    check_trusted(&ctx, &changed)?;
+                }
                 if self.conn.session_object(&ctx.name, &object).is_some() {
                     let secret = self.secret_if_any(&ctx, &entry)?;
                     let e = ctx
@@ -607,7 +645,7 @@ impl KeyOps<'_> {
         Ok(Response::Partitions(out))
     }
 
-    fn login(&self, partition: &str, user_type: u64, pin: &[u8]) -> TokenResult<Response> {
+    async fn login(&self, partition: &str, user_type: u64, pin: &[u8]) -> TokenResult<Response> {
         let ctx = self.ctx(partition)?;
         let kind = match (user_type, ctx.role) {
             (USER_NORMAL, None) => PinKind::User,
@@ -622,6 +660,9 @@ impl KeyOps<'_> {
             (USER_NORMAL | USER_SO, Some(_)) => return Err(TokenError::UserAnotherAlreadyLoggedIn),
             _ => return Err(TokenError::UserTypeInvalid),
         };
+        // The failed-login count is read and written under this lock: without
+        // it, guesses sent in parallel would all read the same count.
+        let _serialized = self.app.pin_check_lock.lock().await;
         let row = self.app.partition_row_for_login(partition)?;
         match self.app.check_pin(&row, &ctx.active, kind, pin) {
             Ok(()) => {
@@ -682,6 +723,18 @@ impl KeyOps<'_> {
         let ctx = self.ctx(partition)?;
         let entry = self.key(&ctx, key)?;
         rules::check_key_use(&entry.attrs, mech.mech, usage)?;
+        // Keys made before the partition turned key separation on are held to
+        // it when used (the policy is read only for keys that break it).
+        if matches!(
+            usage,
+            Usage::Wrap | Usage::Unwrap | Usage::Encrypt | Usage::Decrypt
+        ) && rules::check_key_separation(&entry.attrs, true).is_err()
+            && self.enforce_separation(&ctx)
+        {
+            return Err(TokenError::KeyFunctionNotPermitted(
+                "key separation is enforced: this key both wraps and encrypts".into(),
+            ));
+        }
         Ok((ctx, entry))
     }
 

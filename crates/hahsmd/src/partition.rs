@@ -16,7 +16,7 @@ use hahsm_replica::{ObjectState, Plan, Replica, VersionVector};
 use hahsm_store::{ObjectRow, OpRow, PartitionRow, Store, Write};
 use hahsm_token::oplog::{NewObject, Op, OpBody, Stamp};
 use hahsm_token::{ck, Hlc, MemberId, Ouid, Template, TokenError, TokenResult};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use zeroize::Zeroize;
 
@@ -57,6 +57,71 @@ impl ObjectEntry {
     }
 }
 
+/// The live objects, indexed by label as well: applications find their keys
+/// by label, and a partition may hold a hundred thousand objects.
+#[derive(Default)]
+struct LiveObjects {
+    by_ouid: HashMap<Ouid, Arc<ObjectEntry>>,
+    by_label: HashMap<Vec<u8>, BTreeSet<Ouid>>,
+}
+
+impl LiveObjects {
+    fn insert(&mut self, entry: Arc<ObjectEntry>) {
+        self.remove(&entry.ouid);
+        if let Some(label) = entry.attrs.bytes(ck::CKA_LABEL) {
+            self.by_label
+                .entry(label.to_vec())
+                .or_default()
+                .insert(entry.ouid);
+        }
+        self.by_ouid.insert(entry.ouid, entry);
+    }
+
+    fn remove(&mut self, ouid: &Ouid) {
+        let Some(old) = self.by_ouid.remove(ouid) else {
+            return;
+        };
+        if let Some(label) = old.attrs.bytes(ck::CKA_LABEL) {
+            if let Some(same) = self.by_label.get_mut(label) {
+                same.remove(ouid);
+                if same.is_empty() {
+                    self.by_label.remove(label);
+                }
+            }
+        }
+    }
+
+    /// The objects matching `filter`, in OUID order: through the label index
+    /// when the filter names a label, by a scan otherwise.
+    fn find(&self, filter: &Template, logged_in: bool, limit: usize) -> Vec<Ouid> {
+        let visible = |o: &ObjectEntry| (logged_in || !o.is_private()) && o.attrs.matches(filter);
+        let mut found: Vec<Ouid> = match filter.bytes(ck::CKA_LABEL) {
+            Some(label) => self
+                .by_label
+                .get(label)
+                .into_iter()
+                .flatten()
+                .filter_map(|o| self.by_ouid.get(o))
+                .filter(|o| visible(o))
+                .map(|o| o.ouid)
+                .take(limit)
+                .collect(),
+            None => {
+                let mut all: Vec<Ouid> = self
+                    .by_ouid
+                    .values()
+                    .filter(|o| visible(o))
+                    .map(|o| o.ouid)
+                    .collect();
+                all.sort();
+                all
+            }
+        };
+        found.truncate(limit);
+        found
+    }
+}
+
 /// The content digest and each live object's term in it.
 type ContentDigest = ([u8; 32], HashMap<Ouid, [u8; 32]>);
 
@@ -88,7 +153,7 @@ pub struct ActivePartition {
     /// live object's term, kept up to date one changed object at a time, so
     /// heartbeats never rehash the whole partition.
     content: Mutex<ContentDigest>,
-    live: RwLock<HashMap<Ouid, Arc<ObjectEntry>>>,
+    live: RwLock<LiveObjects>,
     writes: tokio::sync::Mutex<WriteState>,
     max_objects: usize,
 }
@@ -200,10 +265,10 @@ impl ActivePartition {
                 content.1.insert(*ouid, term);
             }
         }
-        let live = replica
-            .live()
-            .map(|(o, s)| (*o, Arc::new(ObjectEntry::from_state(*o, s))))
-            .collect();
+        let mut live = LiveObjects::default();
+        for (o, s) in replica.live() {
+            live.insert(Arc::new(ObjectEntry::from_state(*o, s)));
+        }
         Ok(ActivePartition {
             id: row.id,
             name: row.name.clone(),
@@ -232,7 +297,7 @@ impl ActivePartition {
         self.member
     }
 
-    fn live_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Ouid, Arc<ObjectEntry>>> {
+    fn live_read(&self) -> std::sync::RwLockReadGuard<'_, LiveObjects> {
         self.live.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -241,29 +306,21 @@ impl ActivePartition {
     }
 
     pub fn object_count(&self) -> usize {
-        self.live_read().len()
+        self.live_read().by_ouid.len()
     }
 
     pub fn get(&self, ouid: &Ouid) -> Option<Arc<ObjectEntry>> {
-        self.live_read().get(ouid).cloned()
+        self.live_read().by_ouid.get(ouid).cloned()
     }
 
     /// Object ids matching `filter`, private objects only when `logged_in`.
     pub fn find(&self, filter: &Template, logged_in: bool, limit: usize) -> Vec<Ouid> {
-        let objects = self.live_read();
-        let mut found: Vec<Ouid> = objects
-            .values()
-            .filter(|o| (logged_in || !o.is_private()) && o.attrs.matches(filter))
-            .map(|o| o.ouid)
-            .collect();
-        // A stable order, so paging and listings do not jump around.
-        found.sort();
-        found.truncate(limit);
-        found
+        // In OUID order, so paging and listings do not jump around.
+        self.live_read().find(filter, logged_in, limit)
     }
 
     pub fn all(&self) -> Vec<Arc<ObjectEntry>> {
-        let mut all: Vec<_> = self.live_read().values().cloned().collect();
+        let mut all: Vec<_> = self.live_read().by_ouid.values().cloned().collect();
         all.sort_by_key(|o| o.ouid);
         all
     }
@@ -415,7 +472,7 @@ impl ActivePartition {
 
     /// Destroys every object this member holds, as one operation.
     pub async fn clear(&self) -> TokenResult<()> {
-        let destroyed = self.live_read().keys().copied().collect();
+        let destroyed = self.live_read().by_ouid.keys().copied().collect();
         self.write_local(OpBody::Clear { destroyed }, None).await
     }
 
@@ -577,7 +634,7 @@ impl ActivePartition {
         for ouid in touched {
             match replica.get(&ouid) {
                 Some(s) if s.is_live() => {
-                    live.insert(ouid, Arc::new(ObjectEntry::from_state(ouid, s)));
+                    live.insert(Arc::new(ObjectEntry::from_state(ouid, s)));
                 }
                 _ => {
                     live.remove(&ouid);
@@ -653,5 +710,65 @@ pub fn public_key_of(a: &Template) -> TokenResult<PublicKey> {
             )?,
         }),
         _ => Err(TokenError::KeyTypeInconsistent),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hahsm_token::AttrValue;
+
+    fn entry(id: u8, label: &str, private: bool) -> Arc<ObjectEntry> {
+        Arc::new(ObjectEntry {
+            ouid: Ouid([id; 16]),
+            attrs: Template::new()
+                .with(ck::CKA_LABEL, AttrValue::Bytes(label.as_bytes().to_vec()))
+                .with(ck::CKA_PRIVATE, AttrValue::Bool(private)),
+            sealed_secret: None,
+            loaded: OnceLock::new(),
+        })
+    }
+
+    fn label(l: &str) -> Template {
+        Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(l.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn the_label_index_follows_renames_and_removals() {
+        let mut live = LiveObjects::default();
+        live.insert(entry(2, "a", false));
+        live.insert(entry(1, "a", false));
+        live.insert(entry(3, "b", true));
+        assert_eq!(
+            live.find(&label("a"), false, 10),
+            vec![Ouid([1; 16]), Ouid([2; 16])]
+        );
+        assert_eq!(live.find(&label("a"), false, 1), vec![Ouid([1; 16])]);
+        assert!(
+            live.find(&label("b"), false, 10).is_empty(),
+            "private before login"
+        );
+        assert_eq!(live.find(&label("b"), true, 10), vec![Ouid([3; 16])]);
+        // A rename moves the object from one label to the other.
+        live.insert(entry(2, "b", false));
+        assert_eq!(live.find(&label("a"), true, 10), vec![Ouid([1; 16])]);
+        assert_eq!(
+            live.find(&label("b"), true, 10),
+            vec![Ouid([2; 16]), Ouid([3; 16])]
+        );
+        live.remove(&Ouid([1; 16]));
+        assert!(live.find(&label("a"), true, 10).is_empty());
+        assert!(
+            !live.by_label.contains_key(b"a".as_slice()),
+            "no empty entries left"
+        );
+        // Without a label, every visible object, in OUID order.
+        assert_eq!(
+            live.find(&Template::new(), true, 10),
+            vec![Ouid([2; 16]), Ouid([3; 16])]
+        );
+        // A label of the wrong kind matches nothing.
+        let odd = Template::new().with(ck::CKA_LABEL, AttrValue::Ulong(1));
+        assert!(live.find(&odd, true, 10).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! The client link: a TLS listener and, per connection, a reader loop that
 //! runs requests concurrently; each answers as it completes, through the
 //! connection's shared writer. Every request runs under its deadline.
+use crate::admission::Admission;
 use crate::appliance::Appliance;
 use crate::keyops::{Connection, KeyOps};
 use hahsm_link::LinkError;
@@ -14,7 +15,12 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 pub async fn serve(app: Arc<Appliance>, listener: TcpListener) -> anyhow::Result<()> {
-    let connections = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let limits = &app.config.limits;
+    let admission = Admission::new(
+        limits.max_pending_handshakes,
+        limits.max_connections,
+        limits.max_connections_per_client,
+    );
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -25,17 +31,11 @@ pub async fn serve(app: Arc<Appliance>, listener: TcpListener) -> anyhow::Result
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            warn!(%peer, limit = app.config.limits.max_connections, "connection refused: too many connections");
-            drop(tcp);
-            continue;
-        };
-        let app = app.clone();
+        let (app, admission) = (app.clone(), admission.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(app, tcp).await {
+            if let Err(e) = connection(app, admission, tcp).await {
                 debug!(%peer, error = %e, "connection ended");
             }
-            drop(permit);
         });
     }
 }
@@ -70,11 +70,25 @@ fn wire(e: TokenError) -> WireError {
     WireError::from(e)
 }
 
-async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(), LinkError> {
+async fn connection(
+    app: Arc<Appliance>,
+    admission: Arc<Admission>,
+    tcp: tokio::net::TcpStream,
+) -> Result<(), LinkError> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let limits = app.config.limits.clone();
     let acceptor = app.tls_acceptor().map_err(|e| LinkError::Config(e.to_string()))?;
-    let (mut stream, fp) = match hahsm_link::accept(tcp, &acceptor, limits.handshake_timeout()).await {
+    // Until the hello is answered the connection holds a place in the
+    // handshake pool, which a newer connection may take.
+    let pending = admission.handshake();
+    let accepted = tokio::select! {
+        r = hahsm_link::accept(tcp, &acceptor, limits.handshake_timeout()) => r,
+        () = pending.evicted() => {
+            debug!(%peer, "handshake evicted by a newer connection");
+            return Ok(());
+        }
+    };
+    let (mut stream, fp) = match accepted {
         Ok(x) => x,
         Err(e) => {
             warn!(%peer, error = %e, "TLS handshake failed");
@@ -87,14 +101,32 @@ async fn connection(app: Arc<Appliance>, tcp: tokio::net::TcpStream) -> Result<(
     };
     // The hello must come promptly too: a client that completes TLS and then
     // stalls holds a connection slot.
-    let hello = tokio::time::timeout(
-        limits.handshake_timeout(),
-        hahsm_link::read_frame(&mut stream, limits.max_frame_bytes),
-    )
-    .await
-    .map_err(|_| LinkError::HandshakeTimeout)??;
+    let hello = tokio::select! {
+        r = tokio::time::timeout(
+            limits.handshake_timeout(),
+            hahsm_link::read_frame(&mut stream, limits.max_frame_bytes),
+        ) => r.map_err(|_| LinkError::HandshakeTimeout)??,
+        () = pending.evicted() => {
+            debug!(%peer, "hello evicted by a newer connection");
+            return Ok(());
+        }
+    };
+    drop(pending);
     let Some(hello) = hello else { return Ok(()) };
+    let admitted = admission.establish(&fp);
     let welcome = match decode::<Hello>(&hello) {
+        Ok(_) if admitted.is_err() => {
+            let refusal = admitted
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            warn!(%peer, client = %client.name, "connection refused: {refusal}");
+            Welcome::Refused(WireError {
+                code: hahsm_token::ck::CKR_SESSION_COUNT,
+                message: refusal,
+            })
+        }
         Ok(h) if h.protocol_version == PROTOCOL_VERSION => {
             info!(%peer, client = %client.name, software = %h.client_software, "client connected");
             Welcome::Accepted(MemberInfo {

@@ -564,3 +564,128 @@ fn a_backup_restores_into_the_running_group_converges_and_keeps_deleted_keys_del
     );
     assert!(c.wait_in_sync(1, Duration::from_secs(15)), "{:#}", c.status(1));
 }
+
+/// The trap of restoring a member onto itself: its old op log ends before
+/// writes it made after the backup, which its peers hold. Writing on from the
+/// old sequence numbers, its new writes would be dropped by the peers as
+/// duplicates; the restored partition writes under a new origin id instead.
+#[test]
+fn a_member_restored_from_its_own_old_backup_writes_under_a_new_origin_and_its_writes_reach_the_group() {
+    let c = Cluster::new(2);
+    let socket1 = c.members[1].admin_socket();
+    let bak = c.work.path().join("hsm1.bak");
+    c.keys(1, &["gen", "--type", "aes:128", "--label", "before-backup"])
+        .expect_ok();
+    hahsm(
+        None,
+        &[
+            "backup",
+            "--socket",
+            s(&socket1),
+            "--partition",
+            PARTITION,
+            "--owner-secret",
+            s(&c.owner_secret),
+            "--domain-secret",
+            s(&c.domain_secret),
+            "--out",
+            s(&bak),
+        ],
+    )
+    .expect_ok();
+    // Writes on member 1 after its backup: its own sequence numbers go on.
+    for i in 0..3 {
+        c.keys(1, &["gen", "--type", "aes:128", "--label", &format!("after-{i}")])
+            .expect_ok();
+    }
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+
+    // Member 1 is lost: removed from the group, wiped, and rebuilt from its backup.
+    let serial = c.serials[1].to_string();
+    c.ha(0, &["remove-member", "--group", GROUP, "--serial", &serial])
+        .expect_ok();
+    c.admin(1, &["hsm", "factory-reset", "--force"]).expect_ok();
+    let so = c.members[1].dir.join("so.key");
+    c.admin(
+        1,
+        &[
+            "hsm",
+            "init",
+            "--label",
+            "hsm1",
+            "--so-secret",
+            s(&so),
+            "--domain-secret",
+            s(&c.domain_secret),
+        ],
+    )
+    .expect_ok();
+    c.so_login(1);
+    for p in ["7", "16", "20"] {
+        c.admin(1, &["hsm", "change-policy", "--policy", p, "--value", "1"])
+            .expect_ok();
+    }
+    hahsm(
+        None,
+        &[
+            "restore",
+            "--socket",
+            s(&socket1),
+            "--partition",
+            PARTITION,
+            "--owner-secret",
+            s(&c.owner_secret),
+            "--domain-secret",
+            s(&c.domain_secret),
+            "--file",
+            s(&bak),
+        ],
+    )
+    .expect_ok();
+    let cert = c.conf.with_file_name("app1.pem");
+    c.admin(1, &["client", "register", "--client", "app1", "--cert", s(&cert)])
+        .expect_ok();
+    c.admin(
+        1,
+        &[
+            "client",
+            "assign-partition",
+            "--client",
+            "app1",
+            "--partition",
+            PARTITION,
+        ],
+    )
+    .expect_ok();
+    // A write before it rejoins: under its old origin it would take a
+    // sequence number the group already holds for another key.
+    c.keys(1, &["gen", "--type", "aes:128", "--label", "before-rejoin"])
+        .expect_ok();
+    c.ha(
+        1,
+        &[
+            "prepare",
+            "--partition",
+            PARTITION,
+            "--owner-secret",
+            s(&c.owner_secret),
+        ],
+    )
+    .expect_ok();
+    c.add_member(1).expect_ok();
+    assert!(
+        c.wait(Duration::from_secs(20), || has_label(&c, 1, "after-2")),
+        "the restored member never caught up"
+    );
+    assert!(
+        c.wait(Duration::from_secs(15), || has_label(&c, 0, "before-rejoin")),
+        "member 0 dropped the restored member's write"
+    );
+    for i in 0..3 {
+        assert!(has_label(&c, 1, &format!("after-{i}")));
+    }
+    c.keys(1, &["gen", "--type", "aes:128", "--label", "after-rejoin"])
+        .expect_ok();
+    assert!(c.wait(Duration::from_secs(15), || has_label(&c, 0, "after-rejoin")));
+    assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
+}

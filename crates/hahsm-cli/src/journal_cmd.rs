@@ -116,10 +116,18 @@ pub async fn run(args: JournalArgs) -> anyhow::Result<()> {
         return report_verify(&[(file.display().to_string(), lines, None)]);
     }
     let mut members = Vec::new();
+    let mut unreachable = Vec::new();
     for s in sockets(&args)? {
-        members.push(fetch(&s).await?);
+        match fetch(&s).await {
+            Ok(m) => members.push(m),
+            // One member down must not hide what the others say.
+            Err(e) => unreachable.push(format!("{}: {e}", s.display())),
+        }
     }
-    match args.command {
+    for u in &unreachable {
+        eprintln!("hahsm: cannot read the journal of {u}");
+    }
+    let result = match args.command {
         Some(JournalCommand::Verify { .. }) => {
             let all: Vec<_> = members
                 .iter()
@@ -134,7 +142,15 @@ pub async fn run(args: JournalArgs) -> anyhow::Result<()> {
             report_verify(&all)
         }
         None => table(&members, args.json),
+    };
+    result?;
+    if !unreachable.is_empty() {
+        bail!(
+            "{} member(s) could not be read; the table leaves them out",
+            unreachable.len()
+        );
     }
+    Ok(())
 }
 
 fn report_verify(journals: &[(String, Vec<String>, Option<JournalHead>)]) -> anyhow::Result<()> {

@@ -189,7 +189,8 @@ impl Member {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(addr) = std::fs::read_to_string(self.data_dir().join("listen.addr")) {
-                if self.admin(&["status"]).ok {
+                // The file may be caught between its creation and its write.
+                if !addr.trim().is_empty() && self.admin(&["status"]).ok {
                     self.address = addr.trim().to_string();
                     self.peer_address = std::fs::read_to_string(self.data_dir().join("peer.addr"))
                         .map(|a| a.trim().to_string())

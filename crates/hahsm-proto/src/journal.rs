@@ -28,8 +28,8 @@ pub struct JournalEntry {
     pub role: String,
     /// Who, more precisely: the console user's uid, or the peer's serial.
     pub actor: String,
-    /// The SHA-256 fingerprint of the peer's certificate, for `peer`; the
-    /// member's own certificate for actions on its console.
+    /// The SHA-256 fingerprint of the peer's certificate, for `peer`; `-` on
+    /// the console, which is a local socket without certificates.
     pub fingerprint: String,
     /// What: the request's name, e.g. `PartitionChangePolicy`.
     pub action: String,

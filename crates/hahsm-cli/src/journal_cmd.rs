@@ -275,7 +275,9 @@ fn rows(members: &[MemberJournal]) -> (Vec<Row>, Vec<String>) {
     for key in order {
         let group = &by_key[&key];
         let first = &group[0].1;
-        let every = needed_on_every_member(&first.action);
+        // An action refused everywhere it was tried is needed nowhere: it shows
+        // as refused, not as pending on every member.
+        let every = needed_on_every_member(&first.action) && group.iter().any(|(_, e)| e.done());
         let mut per_member = BTreeMap::new();
         let mut pending_on = Vec::new();
         for (i, m) in members.iter().enumerate() {

@@ -60,6 +60,21 @@ fn the_journal_records_every_admin_action_and_verify_catches_edits_deletions_and
     c.admin(1, &["hsm", "login", "--so-secret", s(&wrong_so)])
         .expect_err("SO secret is wrong");
 
+    // Refused wherever it was tried: refused, and not pending anywhere.
+    c.admin(
+        1,
+        &[
+            "partition",
+            "change-policy",
+            "--partition",
+            "nope",
+            "--policy",
+            "15",
+            "--value",
+            "3",
+        ],
+    )
+    .expect_err("no partition named 'nope'");
     let out = journal(&c, &["--json"]).expect_ok();
     let table: serde_json::Value = serde_json::from_str(&out.stdout).expect("journal --json");
     let policy = row(&table, "PartitionChangePolicy partition haPart policy 15 = 5");
@@ -74,6 +89,9 @@ fn the_journal_records_every_admin_action_and_verify_catches_edits_deletions_and
             .any(|p| p.as_str().unwrap().contains("policy 15 = 5: to be done on hsm1")),
         "{table:#}"
     );
+    let nope = row(&table, "PartitionChangePolicy partition nope policy 15 = 3");
+    assert_eq!(nope["members"]["hsm0"], "not-needed", "{nope:#}");
+    assert_eq!(nope["members"]["hsm1"], "refused", "{nope:#}");
     let assign = row(&table, "ClientAssignPartition client app1 partition haPart");
     assert_eq!(assign["members"]["hsm0"], "done");
     assert_eq!(assign["members"]["hsm1"], "done");

@@ -24,7 +24,8 @@ pub struct JournalEntry {
     /// The serial of the member that journaled it.
     pub member: u64,
     /// Who: `so` (the HSM security officer, logged in on the console),
-    /// `console` (the admin socket without an SO login) or `peer` (another member).
+    /// `console` (the admin socket without an SO login), `peer` (another
+    /// member), or `member` (the member itself, e.g. `JournalTruncated`).
     pub role: String,
     /// Who, more precisely: the console user's uid, or the peer's serial.
     pub actor: String,

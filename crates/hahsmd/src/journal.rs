@@ -8,7 +8,9 @@
 //!
 //! A cut tail: the member also records the journal's head (entry count and
 //! last hash) in its store, after each append. `hahsm journal verify` compares
-//! the file with that head, so entries removed from the end of the file show.
+//! the file with that head, so entries removed from the end of the file show;
+//! and a member that starts on a journal cut while it was down appends a
+//! `JournalTruncated` entry naming the head it had recorded.
 //! Someone who can rewrite both the file and the store can rewrite history;
 //! copying the heads that `hahsm journal` prints elsewhere catches that too.
 use hahsm_proto::journal::{next_entry, JournalEntry, JournalHead};
@@ -74,16 +76,47 @@ impl Journal {
         let head = JournalHead { count, hash };
         let sealed = sealed_head(&store);
         // The store lags the file by one entry after a crash between the two
-        // writes; a file shorter than the store is what `verify` reports.
+        // writes. A file that ends before the recorded head was cut while the
+        // member was down: say so in the journal itself, so that appending on
+        // does not hide it.
+        let cut = sealed
+            .as_ref()
+            .filter(|s| s.count > count || (s.count == count && s.hash != head.hash))
+            .cloned();
         if sealed.as_ref().is_none_or(|s| s.count < count) {
             store.put_meta(META_HEAD, &postcard::to_allocvec(&head)?)?;
         }
-        Ok(Journal {
+        let journal = Journal {
             path: path.to_path_buf(),
             member,
             store,
             head: Mutex::new(head),
-        })
+        };
+        if let Some(sealed) = cut {
+            warn!(
+                entries = count,
+                recorded = sealed.count,
+                "the journal ends before the head this member recorded: entries were removed"
+            );
+            let who = Who {
+                role: "member".into(),
+                actor: "hahsmd".into(),
+                fingerprint: "-".into(),
+            };
+            journal.append(
+                &who,
+                Action {
+                    action: "JournalTruncated".into(),
+                    object: "journal".into(),
+                    request: format!(
+                        "at start the journal held {count} entries, but this member had recorded {} ending with {}",
+                        sealed.count, sealed.hash
+                    ),
+                    result: "done".into(),
+                },
+            )?;
+        }
+        Ok(journal)
     }
 
     /// Appends one entry and syncs it to disk.
@@ -230,5 +263,29 @@ mod tests {
         assert_eq!(v.entries[2].object, "hsm policy 3");
         assert_eq!(v.head, head);
         assert_eq!(j.read(2, 100).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn a_tail_cut_while_the_member_was_down_is_journaled_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
+        let path = dir.path().join("journal.jsonl");
+        let j = Journal::open(&path, 42, store.clone()).unwrap();
+        for n in 0..3 {
+            j.append(&who(), act(n)).unwrap();
+        }
+        drop(j);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, kept).unwrap();
+        let j = Journal::open(&path, 42, store).unwrap();
+        let (lines, head) = j.read(0, 100).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[2].contains("JournalTruncated") && lines[2].contains("recorded 3"),
+            "{}",
+            lines[2]
+        );
+        hahsm_proto::journal::verify(&lines, Some(&head), hahsm_crypto::sha256).unwrap();
     }
 }

@@ -14,7 +14,7 @@ if cargo fuzz --version >/dev/null 2>&1; then
   # seed corpus (a run adds inputs to its corpus). Longer runs: HAHSM_FUZZ_SECONDS.
   scratch="$(mktemp -d)"
   trap 'rm -rf "$scratch"' EXIT
-  for target in decode wire peer stored_state client_config; do
+  for target in decode wire peer stored_state client_config custody; do
     mkdir -p "$scratch/$target"
     cp fuzz/corpus/"$target"/* "$scratch/$target/"
     (cd fuzz && cargo fuzz run -s none "$target" "$scratch/$target" -- -max_total_time="${HAHSM_FUZZ_SECONDS:-8}")

@@ -3,7 +3,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use hahsm_client::admin::AdminClient;
 use hahsm_client::secrets;
-use hahsm_proto::admin::{AdminRequest as R, AdminResponse, PolicyLine};
+use hahsm_proto::admin::{AdminRequest as R, AdminResponse, DomainSecret, PolicyLine};
 use hahsm_proto::Secret;
 use std::path::PathBuf;
 
@@ -37,14 +37,15 @@ enum ApplianceCommand {
 enum HsmCommand {
     /// Initialize the HSM. A secret file that does not exist is created with a new
     /// random secret (mode 0600); an existing one is reused, as when a second
-    /// member joins the same cloning domain.
+    /// member joins the same cloning domain. Instead of the domain secret file,
+    /// M shares of it (`--share FILE`, repeated) may be given.
     Init {
         #[arg(long)]
         label: String,
         #[arg(long)]
         so_secret: PathBuf,
-        #[arg(long)]
-        domain_secret: PathBuf,
+        #[command(flatten)]
+        domain: crate::custody_cmd::DomainArgs,
     },
     /// Log in as the HSM security officer for the admin commands that follow.
     Login {
@@ -219,12 +220,22 @@ pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {
             HsmCommand::Init {
                 label,
                 so_secret,
-                domain_secret,
+                domain,
             } => {
                 let (so, so_new) = secrets::read_or_generate(&so_secret)?;
-                let (domain, domain_new) = secrets::read_or_generate(&domain_secret)?;
-                for (new, path, what) in [(so_new, &so_secret, "SO"), (domain_new, &domain_secret, "domain")]
-                {
+                let mut made = vec![(so_new, so_secret.clone(), "SO")];
+                let domain = match (&domain.domain_secret, domain.share.is_empty()) {
+                    (Some(path), _) => {
+                        let (secret, new) = secrets::read_or_generate(path)?;
+                        made.push((new, path.clone(), "domain"));
+                        DomainSecret::Whole(secret)
+                    }
+                    (None, false) => domain.required()?,
+                    (None, true) => {
+                        bail!("give --domain-secret FILE, or --share FILE for each of M domain shares")
+                    }
+                };
+                for (new, path, what) in made {
                     let verb = if new { "wrote a new" } else { "using the existing" };
                     println!("{verb} {what} secret: {}", path.display());
                 }
@@ -447,6 +458,8 @@ fn print_response(response: AdminResponse) {
                 );
             }
         }
+        AdminResponse::Journal { lines, .. } => lines.iter().for_each(|l| println!("{l}")),
+        AdminResponse::Backup(blob) => println!("a backup of {} bytes (use `hahsm backup`)", blob.0.len()),
         AdminResponse::Error(msg) => eprintln!("{msg}"),
     }
 }

@@ -204,7 +204,7 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
             R::HsmInit {
                 label: format!("hsm{number}"),
                 so_secret: so.clone(),
-                domain_secret: domain.clone(),
+                domain_secret: hahsm_proto::admin::DomainSecret::Whole(domain.clone()),
             },
         )
         .await?;
@@ -310,6 +310,7 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
                 peer_address: m.peer_address.clone(),
                 fingerprint: fp.clone(),
                 standby: false,
+                domain: None,
             },
         )
         .await?;

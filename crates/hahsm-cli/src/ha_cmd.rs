@@ -54,6 +54,10 @@ enum HaCommand {
         /// The new member's certificate fingerprint (its `sysconf fingerprint`).
         #[arg(long)]
         fingerprint: String,
+        /// The domain secret, checked against this member's; M shares are
+        /// required when this member was initialised from shares.
+        #[command(flatten)]
+        domain: crate::custody_cmd::DomainArgs,
     },
     /// Add a standby member: it receives every object but serves no crypto
     /// while an active member is up.
@@ -64,6 +68,8 @@ enum HaCommand {
         address: String,
         #[arg(long)]
         fingerprint: String,
+        #[command(flatten)]
+        domain: crate::custody_cmd::DomainArgs,
     },
     RemoveMember {
         #[arg(long)]
@@ -124,12 +130,14 @@ pub async fn run(args: HaArgs) -> anyhow::Result<()> {
             group,
             address,
             fingerprint,
+            domain,
         } => (
             R::HaAddMember {
                 group,
                 peer_address: address,
                 fingerprint,
                 standby: false,
+                domain: domain.read()?,
             },
             false,
             true,
@@ -138,12 +146,14 @@ pub async fn run(args: HaArgs) -> anyhow::Result<()> {
             group,
             address,
             fingerprint,
+            domain,
         } => (
             R::HaAddMember {
                 group,
                 peer_address: address,
                 fingerprint,
                 standby: true,
+                domain: domain.read()?,
             },
             false,
             true,

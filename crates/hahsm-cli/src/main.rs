@@ -11,8 +11,10 @@ use std::process::ExitCode;
 mod appliance_cmd;
 mod bench_cmd;
 mod client_cmd;
+mod custody_cmd;
 mod demo_cmd;
 mod ha_cmd;
+mod journal_cmd;
 mod keys_cmd;
 
 #[derive(Parser)]
@@ -36,6 +38,14 @@ enum Command {
     Keys(keys_cmd::KeysArgs),
     /// Signatures/s through the PKCS#11 module against aws-lc-rs in-process.
     Bench(bench_cmd::BenchArgs),
+    /// The members' audit journals merged into one table; `journal verify` checks them.
+    Journal(journal_cmd::JournalArgs),
+    /// The cloning-domain secret: split it into M-of-N shares.
+    Domain(custody_cmd::DomainCmdArgs),
+    /// Write an encrypted backup of a partition (needs the domain and owner secrets).
+    Backup(custody_cmd::BackupArgs),
+    /// Restore a backup as a new partition on a member.
+    Restore(custody_cmd::RestoreArgs),
 }
 
 /// Where the client config is: `--conf`, `HAHSM_CONF`, or `~/.hahsm/client.toml`.
@@ -87,6 +97,10 @@ fn main() -> ExitCode {
             Command::Demo(d) => demo_cmd::run(d).await,
             Command::Keys(k) => keys_cmd::run(k).await,
             Command::Bench(b) => bench_cmd::run(b).await,
+            Command::Journal(j) => journal_cmd::run(j).await,
+            Command::Domain(d) => custody_cmd::run_domain(d),
+            Command::Backup(b) => custody_cmd::backup(b).await,
+            Command::Restore(r) => custody_cmd::restore(r).await,
         }
     });
     match result {

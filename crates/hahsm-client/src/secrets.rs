@@ -83,6 +83,74 @@ pub fn read_or_generate(path: &Path) -> Result<(Secret, bool), SecretFileError> 
     }
 }
 
+/// Reads a share file written by [`write_share_file`]: a comment line, then
+/// the share as hex. Like a secret file, it must not be readable by others.
+pub fn read_share(path: &Path) -> Result<Secret, SecretFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display().to_string();
+    let read_err = |source| SecretFileError::Read {
+        path: shown.clone(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(read_err)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SecretFileError::Permissions { path: shown, mode });
+    }
+    let mut text = std::fs::read_to_string(path).map_err(read_err)?;
+    let decoded = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(hex::decode);
+    text.zeroize();
+    match decoded {
+        Some(Ok(bytes)) => Ok(Secret::new(bytes)),
+        _ => Err(SecretFileError::Malformed(shown)),
+    }
+}
+
+/// Writes one share (mode 0600), refusing to overwrite a file.
+pub fn write_share_file(path: &Path, comment: &str, share: &[u8]) -> Result<(), SecretFileError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = format!("# {comment}\n{}\n", hex::encode(share));
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        });
+    text.zeroize();
+    result.map_err(|source| SecretFileError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Overwrites a secret file with zeros, syncs, and removes it. On a journaling
+/// or copy-on-write file system, or an SSD, old blocks may survive the
+/// overwrite: keep secret files on encrypted storage.
+pub fn destroy_secret_file(path: &Path) -> Result<(), SecretFileError> {
+    use std::io::Write;
+    let shown = path.display().to_string();
+    let write_err = |source| SecretFileError::Write {
+        path: shown.clone(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(write_err)?.len() as usize;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(write_err)?;
+    f.write_all(&vec![0u8; len]).map_err(write_err)?;
+    f.sync_all().map_err(write_err)?;
+    drop(f);
+    std::fs::remove_file(path).map_err(write_err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,7 @@ mod keys;
 mod loaded;
 mod mech;
 mod seal;
+pub mod shares;
 
 pub use hahsm_token::{ck, TokenError, TokenResult};
 pub use keys::{

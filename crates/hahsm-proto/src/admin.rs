@@ -9,7 +9,7 @@ pub enum AdminRequest {
     HsmInit {
         label: String,
         so_secret: Secret,
-        domain_secret: Secret,
+        domain_secret: DomainSecret,
     },
     HsmLogin {
         so_secret: Secret,
@@ -86,6 +86,9 @@ pub enum AdminRequest {
         peer_address: String,
         fingerprint: String,
         standby: bool,
+        /// The cloning-domain secret, checked against this member's before the
+        /// join. Required when this member was initialised from shares.
+        domain: Option<DomainSecret>,
     },
     HaRemoveMember {
         group: String,
@@ -114,6 +117,142 @@ pub enum AdminRequest {
         client: String,
         partition: String,
     },
+    /// Entries of this member's audit journal after entry `after`, at most `limit`.
+    JournalRead {
+        after: u64,
+        limit: u32,
+    },
+    /// Writes the partition, with its tombstones and op log, into an encrypted
+    /// backup (needs the SO, the domain secret and the partition-owner secret).
+    PartitionBackup {
+        name: String,
+        owner_secret: Secret,
+        domain: DomainSecret,
+    },
+    /// Restores a backup as a new partition `name` on this member (needs the SO,
+    /// the domain secret and the partition-owner secret the backup was made with).
+    PartitionRestore {
+        name: String,
+        owner_secret: Secret,
+        domain: DomainSecret,
+        backup: Blob,
+    },
+}
+
+/// The cloning-domain secret as the operator gives it: the whole secret file,
+/// or M shares of it (`hahsm domain split`), which the member combines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DomainSecret {
+    Whole(Secret),
+    /// Each share file's content, as written by `hahsm domain split`.
+    Shares(Vec<Secret>),
+}
+
+/// Opaque bytes (an encrypted backup) that print as their length only, so a
+/// journaled request stays short.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Blob(pub Vec<u8>);
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl AdminRequest {
+    /// The request's name, e.g. `PartitionCreate`.
+    pub fn name(&self) -> String {
+        format!("{self:?}")
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// The request with every secret shown as `<redacted>`: its `Debug` form,
+    /// since `Secret` prints no value and `Blob` only its length.
+    pub fn redacted(&self) -> String {
+        format!("{self:?}").replace("Secret(<redacted>)", "<redacted>")
+    }
+
+    /// Whether the request only reads; those are not journaled.
+    pub fn is_read_only(&self) -> bool {
+        use AdminRequest as R;
+        match self {
+            R::Status
+            | R::HsmShowPolicies
+            | R::Fingerprint
+            | R::PartitionShowPolicies { .. }
+            | R::PartitionShowContents { .. }
+            | R::PartitionList
+            | R::HaShow { .. }
+            | R::ClientList
+            | R::JournalRead { .. } => true,
+            R::HsmInit { .. }
+            | R::HsmLogin { .. }
+            | R::HsmLogout
+            | R::HsmChangePolicy { .. }
+            | R::FactoryReset
+            | R::RegenCert { .. }
+            | R::PartitionCreate { .. }
+            | R::PartitionChangePin { .. }
+            | R::PartitionChangeSoPin { .. }
+            | R::PartitionActivate { .. }
+            | R::PartitionDeactivate { .. }
+            | R::PartitionChangePolicy { .. }
+            | R::PartitionClear { .. }
+            | R::PartitionDelete { .. }
+            | R::HaPrepare { .. }
+            | R::HaCreateGroup { .. }
+            | R::HaAddMember { .. }
+            | R::HaRemoveMember { .. }
+            | R::HaSynchronize { .. }
+            | R::ClientRegister { .. }
+            | R::ClientRemove { .. }
+            | R::ClientAssignPartition { .. }
+            | R::ClientRevokePartition { .. }
+            | R::PartitionBackup { .. }
+            | R::PartitionRestore { .. } => false,
+        }
+    }
+
+    /// The object the request acts on, for the journal.
+    pub fn object(&self) -> String {
+        use AdminRequest as R;
+        match self {
+            R::Status | R::HsmShowPolicies | R::PartitionList | R::ClientList | R::JournalRead { .. } => {
+                "member".into()
+            }
+            R::HsmInit { label, .. } => format!("hsm {label}"),
+            R::HsmLogin { .. } | R::HsmLogout | R::FactoryReset => "hsm".into(),
+            R::HsmChangePolicy { policy, .. } => format!("hsm policy {policy}"),
+            R::RegenCert { .. } | R::Fingerprint => "server certificate".into(),
+            R::PartitionCreate { name, .. }
+            | R::PartitionChangePin { name, .. }
+            | R::PartitionChangeSoPin { name, .. }
+            | R::PartitionActivate { name, .. }
+            | R::PartitionDeactivate { name }
+            | R::PartitionShowPolicies { name }
+            | R::PartitionShowContents { name }
+            | R::PartitionClear { name }
+            | R::PartitionDelete { name }
+            | R::PartitionBackup { name, .. }
+            | R::PartitionRestore { name, .. } => format!("partition {name}"),
+            R::PartitionChangePolicy { name, policy, .. } => format!("partition {name} policy {policy}"),
+            R::HaPrepare { partition, .. } => format!("partition {partition}"),
+            R::HaCreateGroup { label, .. }
+            | R::HaAddMember { group: label, .. }
+            | R::HaRemoveMember { group: label, .. }
+            | R::HaSynchronize { group: label } => format!("group {label}"),
+            R::HaShow { group } => format!("group {}", group.as_deref().unwrap_or("*")),
+            R::ClientRegister { name, .. } | R::ClientRemove { name } => format!("client {name}"),
+            R::ClientAssignPartition { client, partition }
+            | R::ClientRevokePartition { client, partition } => {
+                format!("client {client} partition {partition}")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +321,15 @@ pub enum AdminResponse {
     Contents(Vec<ObjectSummary>),
     Clients(Vec<ClientSummary>),
     Groups(Vec<GroupStatus>),
+    /// Journal lines as the member holds them, and where its journal ends.
+    Journal {
+        member: u64,
+        hsm_label: String,
+        lines: Vec<String>,
+        head: crate::journal::JournalHead,
+    },
+    /// An encrypted backup file's content.
+    Backup(Blob),
     Error(String),
 }
 

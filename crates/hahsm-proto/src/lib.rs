@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod journal;
 pub mod peer;
 mod secret;
 

@@ -2,6 +2,8 @@
 //! the member's private data directory; frames as on the client link, without
 //! TLS, one request answered at a time.
 use crate::appliance::Appliance;
+use crate::custody;
+use crate::journal::{Action, Who};
 use crate::replication;
 use hahsm_proto::admin::GroupStatus;
 use hahsm_proto::admin::{AdminRequest, AdminResponse, MemberStatus};
@@ -29,14 +31,16 @@ pub async fn serve(app: Arc<Appliance>, listener: UnixListener) {
             continue;
         };
         let app = app.clone();
+        let actor = match stream.peer_cred() {
+            Ok(c) => format!("uid {}", c.uid()),
+            Err(_) => "uid ?".into(),
+        };
         tokio::spawn(async move {
-            while let Ok(Some(frame)) =
-                hahsm_link::read_frame(&mut stream, hahsm_proto::DEFAULT_MAX_FRAME).await
-            {
+            while let Ok(Some(frame)) = hahsm_link::read_frame(&mut stream, ADMIN_MAX_FRAME).await {
                 let response = match decode::<AdminRequest>(&frame) {
                     Ok(req) => {
                         let _guard = app.admin_lock().lock().await;
-                        dispatch(&app, req).await
+                        dispatch(&app, &actor, req).await
                     }
                     Err(e) => AdminResponse::Error(e.to_string()),
                 };
@@ -51,14 +55,23 @@ pub async fn serve(app: Arc<Appliance>, listener: UnixListener) {
     }
 }
 
-async fn dispatch(app: &Appliance, req: AdminRequest) -> AdminResponse {
-    let name = format!("{req:?}")
-        .split([' ', '{', '('])
-        .next()
-        .unwrap_or("")
-        .to_string();
+/// The largest admin frame: a backup being restored travels in one.
+const ADMIN_MAX_FRAME: u32 = hahsm_proto::DEFAULT_MAX_FRAME * 16;
+
+/// Runs one request. Every request that changes something is journaled here,
+/// whatever it is, with its result: a new request needs no code to be audited.
+async fn dispatch(app: &Appliance, actor: &str, req: AdminRequest) -> AdminResponse {
+    let name = req.name();
+    let journaled = (!req.is_read_only()).then(|| {
+        let who = Who {
+            role: if app.so_logged_in() { "so" } else { "console" }.into(),
+            actor: actor.to_string(),
+            fingerprint: "-".into(),
+        };
+        (who, req.object(), req.redacted())
+    });
     let result = run(app, req).await;
-    match result {
+    let response = match result {
         Ok(r) => {
             info!(command = %name, "admin command done");
             r
@@ -66,6 +79,33 @@ async fn dispatch(app: &Appliance, req: AdminRequest) -> AdminResponse {
         Err(e) => {
             warn!(command = %name, error = %e, "admin command refused");
             AdminResponse::Error(e.to_string())
+        }
+    };
+    let Some((who, object, request)) = journaled else {
+        return response;
+    };
+    let result = match &response {
+        AdminResponse::Error(e) => format!("refused: {e}"),
+        _ => "done".to_string(),
+    };
+    let action = Action {
+        action: name,
+        object,
+        request,
+        result,
+    };
+    match app.journal.append(&who, action) {
+        Ok(()) => response,
+        Err(e) => {
+            warn!(error = %e, "cannot write the journal");
+            AdminResponse::Error(format!(
+                "the command ended ({}) but could not be journaled: {e}",
+                if matches!(response, AdminResponse::Error(_)) {
+                    "refused"
+                } else {
+                    "done"
+                }
+            ))
         }
     }
 }
@@ -93,7 +133,7 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             so_secret,
             domain_secret,
         } => {
-            app.hsm_init(&label, &so_secret, &domain_secret)?;
+            custody::hsm_init(app, &label, &so_secret, &domain_secret)?;
             done(&format!("HSM '{label}' initialized (serial {})", app.serial))
         }
         R::HsmLogin { so_secret } => {
@@ -202,9 +242,13 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             peer_address,
             fingerprint,
             standby,
-        } => groups(vec![
-            replication::add_member(app, &group, &peer_address, &fingerprint, standby).await?,
-        ]),
+            domain,
+        } => {
+            custody::authorize_add_member(app, domain.as_ref())?;
+            groups(vec![
+                replication::add_member(app, &group, &peer_address, &fingerprint, standby).await?,
+            ])
+        }
         R::HaRemoveMember { group, serial } => {
             groups(vec![replication::remove_member(app, &group, serial).await?])
         }
@@ -230,6 +274,36 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
         R::ClientRevokePartition { client, partition } => {
             app.client_assign(&client, &partition, false)?;
             done(&format!("partition '{partition}' revoked from client '{client}'"))
+        }
+        R::JournalRead { after, limit } => {
+            let (lines, head) = app.journal.read(after, limit.clamp(1, 10_000) as usize)?;
+            Ok(AdminResponse::Journal {
+                member: app.serial,
+                hsm_label: app.hsm_label(),
+                lines,
+                head,
+            })
+        }
+        R::PartitionBackup {
+            name,
+            owner_secret,
+            domain,
+        } => Ok(AdminResponse::Backup(custody::backup(
+            app,
+            &name,
+            &owner_secret,
+            &domain,
+        )?)),
+        R::PartitionRestore {
+            name,
+            owner_secret,
+            domain,
+            backup,
+        } => {
+            let serial = custody::restore(app, &name, &owner_secret, &domain, &backup).await?;
+            done(&format!(
+                "partition '{name}' restored from the backup (serial {serial}), activated, with a new origin id"
+            ))
         }
     }
 }

@@ -81,6 +81,11 @@ const META_SO_SALT: &str = "hsm.so_salt";
 const META_SO_VERIFIER: &str = "hsm.so_verifier";
 const META_DOMAIN: &str = "hsm.domain_wrapped";
 const META_POLICIES: &str = "hsm.policies";
+/// Followed by a partition serial: the partition's origin id, when not the member's serial.
+const META_ORIGIN: &str = "partition.origin.";
+
+/// A PIN verifier and its salt, in clear (for backups only).
+pub type PinPair = Option<(Vec<u8>, Vec<u8>)>;
 
 pub struct Appliance {
     pub config: Config,
@@ -105,6 +110,8 @@ pub struct Appliance {
     /// Serializes PIN checks, so that concurrent guesses are each counted
     /// against the lockout limit before the next is tried.
     pub pin_check_lock: tokio::sync::Mutex<()>,
+    /// The audit journal of administrative actions.
+    pub journal: crate::journal::Journal,
 }
 
 fn secret_ok(secret: &Secret, what: &str) -> AdminResult<()> {
@@ -218,7 +225,10 @@ impl Appliance {
                 s
             }
         };
+        let journal =
+            crate::journal::Journal::open(&config.data_dir.join("journal.jsonl"), serial, store.clone())?;
         let appliance = Arc::new(Appliance {
+            journal,
             config,
             store,
             serial,
@@ -279,7 +289,7 @@ impl Appliance {
             self.store.clone(),
             row,
             pmk,
-            self.serial,
+            self.partition_origin(row.serial),
             self.hlc.clone(),
             self.config.limits.max_objects_per_partition,
         )?;
@@ -392,6 +402,69 @@ impl Appliance {
 
     pub fn admin_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.admin_lock
+    }
+
+    /// The origin id a partition's own writes carry: the member's serial,
+    /// or the new id a restored partition was given (see `custody`).
+    fn partition_origin(&self, partition_serial: u64) -> u64 {
+        self.store
+            .get_meta(&format!("{META_ORIGIN}{partition_serial}"))
+            .ok()
+            .flatten()
+            .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(self.serial)
+    }
+
+    /// Gives a partition a new random origin id, before it is activated.
+    pub fn new_origin(&self, partition_serial: u64) -> AdminResult<u64> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&crypto::random(8)?);
+        // Positive in the store's signed column, and never 0 ("none").
+        let origin = (u64::from_le_bytes(b) >> 1).max(1);
+        self.store
+            .put_meta(&format!("{META_ORIGIN}{partition_serial}"), &origin.to_le_bytes())?;
+        Ok(origin)
+    }
+
+    /// A partition's user and SO PIN verifiers (salt, verifier), opened with its master key.
+    pub fn pin_verifiers(&self, row: &PartitionRow, pmk: &SealKey) -> AdminResult<(PinPair, PinPair)> {
+        let open = |sealed: Option<&Vec<u8>>, salt: &[u8], kind| -> AdminResult<PinPair> {
+            match sealed {
+                Some(s) => Ok(Some((
+                    salt.to_vec(),
+                    pmk.open(&pin_aad(row.serial, kind), s)?.expose().to_vec(),
+                ))),
+                None => Ok(None),
+            }
+        };
+        let extra = extra_of(row);
+        Ok((
+            open(row.sealed_pin.as_ref(), &row.pin_salt, PinKind::User)?,
+            open(extra.sealed_so_pin.as_ref(), &extra.so_pin_salt, PinKind::So)?,
+        ))
+    }
+
+    /// Sets a partition's PIN verifiers, sealing them under its master key.
+    pub fn set_pin_verifiers(
+        &self,
+        name: &str,
+        pmk: &SealKey,
+        user: PinPair,
+        so: PinPair,
+    ) -> AdminResult<()> {
+        let mut row = self.partition_row(name)?;
+        if let Some((salt, verifier)) = user {
+            row.sealed_pin = Some(pmk.seal(&pin_aad(row.serial, PinKind::User), &verifier)?);
+            row.pin_salt = salt;
+        }
+        if let Some((salt, verifier)) = so {
+            let mut extra = extra_of(&row);
+            extra.sealed_so_pin = Some(pmk.seal(&pin_aad(row.serial, PinKind::So), &verifier)?);
+            extra.so_pin_salt = salt;
+            row.extra = encode(&extra);
+        }
+        self.store.update_partition(&row)?;
+        Ok(())
     }
 
     // ----- HSM level -----
@@ -535,6 +608,7 @@ impl Appliance {
         ] {
             self.store.delete_meta(key)?;
         }
+        crate::custody::forget(self)?;
         self.hsm_logout();
         self.reload_clients()?;
         warn!("factory reset: every partition, client and secret was erased");

@@ -13,13 +13,18 @@
 //! - [`server`]: the TLS listener and the multiplexed connection loop;
 //! - [`replication`]: HA groups: dual-control keys, the join handshake, the
 //!   peer listener, heartbeats, failure detection and anti-entropy;
-//! - [`admin`]: the admin socket.
+//! - [`admin`]: the admin socket;
+//! - [`journal`]: the hash-chained audit journal of administrative actions;
+//! - [`custody`]: the domain secret from a whole file or M-of-N shares, and
+//!   encrypted partition backups.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admission;
 pub mod appliance;
 pub mod config;
+pub mod custody;
+pub mod journal;
 pub mod keyops;
 pub mod partition;
 pub mod replication;

@@ -1287,6 +1287,7 @@ pub async fn serve_peers(app: Arc<Appliance>, listener: tokio::net::TcpListener)
                     return;
                 };
                 let deadline = Duration::from_millis(u64::from(req.deadline_ms).clamp(100, 60_000));
+                let journaled = peer_admin_action(&req.request);
                 // Applying replicated operations must never stop halfway (a
                 // dropped future would leave memory ahead of the store), so
                 // the request runs in a task of its own and the deadline only
@@ -1302,6 +1303,9 @@ pub async fn serve_peers(app: Arc<Appliance>, listener: tokio::net::TcpListener)
                         "deadline passed; the request completes in the background",
                     )),
                 };
+                if let Some(action) = journaled {
+                    journal_peer_action(&app, &fp, action, &result);
+                }
                 if hahsm_link::write_frame(&mut stream, &encode(&PeerResponseFrame { id: req.id, result }))
                     .await
                     .is_err()
@@ -1310,6 +1314,56 @@ pub async fn serve_peers(app: Arc<Appliance>, listener: tokio::net::TcpListener)
                 }
             }
         });
+    }
+}
+
+/// The administrative peer requests (joins and group changes), as the
+/// journal records them; heartbeats and operations are not journaled.
+fn peer_admin_action(request: &PeerRequest) -> Option<crate::journal::Action> {
+    let (action, group) = match request {
+        PeerRequest::JoinChallenge { group, .. } => ("HaJoinChallenge", group),
+        PeerRequest::JoinConfirm { group, .. } => ("HaJoinConfirm", group),
+        PeerRequest::GroupUpdate { group } => ("HaGroupUpdate", group),
+        PeerRequest::Heartbeat { .. } | PeerRequest::Pull { .. } | PeerRequest::Push { .. } => return None,
+    };
+    let members: Vec<String> = group.members.iter().map(|m| m.serial.to_string()).collect();
+    Some(crate::journal::Action {
+        action: action.to_string(),
+        object: format!("group {}", group.label),
+        request: format!(
+            "{action} {{ group: {:?}, partition: {:?}, epoch: {}, members: [{}] }}",
+            group.label,
+            group.partition,
+            group.epoch,
+            members.join(", ")
+        ),
+        result: String::new(),
+    })
+}
+
+fn journal_peer_action(
+    app: &Appliance,
+    fp: &Fingerprint,
+    mut action: crate::journal::Action,
+    result: &Result<PeerResponse, WireError>,
+) {
+    let sender = {
+        let groups = app.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups
+            .values()
+            .find_map(|g| g.def().member_by_fingerprint(&fp.to_hex()).map(|m| m.serial))
+    };
+    action.result = match result {
+        Ok(_) => "done".into(),
+        Err(e) => format!("refused: {}", e.message),
+    };
+    let who = crate::journal::Who {
+        role: "peer".into(),
+        actor: sender.map_or_else(|| "member ?".to_string(), |s| format!("member {s}")),
+        fingerprint: fp.to_string(),
+    };
+    if let Err(e) = app.journal.append(&who, action) {
+        warn!(error = %e, "cannot write the journal");
     }
 }
 

@@ -14,6 +14,7 @@ mod client_cmd;
 mod demo_cmd;
 mod ha_cmd;
 mod keys_cmd;
+mod monitor_cmd;
 
 #[derive(Parser)]
 #[command(name = "hahsm", version, about = "Operate a hahsm cluster of network HSMs")]
@@ -36,6 +37,8 @@ enum Command {
     Keys(keys_cmd::KeysArgs),
     /// Signatures/s through the PKCS#11 module against aws-lc-rs in-process.
     Bench(bench_cmd::BenchArgs),
+    /// The HA group, live: member states, lag, sync and policy drift.
+    Monitor(monitor_cmd::MonitorArgs),
 }
 
 /// Where the client config is: `--conf`, `HAHSM_CONF`, or `~/.hahsm/client.toml`.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
             Command::Demo(d) => demo_cmd::run(d).await,
             Command::Keys(k) => keys_cmd::run(k).await,
             Command::Bench(b) => bench_cmd::run(b).await,
+            Command::Monitor(m) => monitor_cmd::run(m).await,
         }
     });
     match result {

@@ -99,6 +99,9 @@ pub fn hahsm_env(conf: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Ru
     Run::from(cmd.output().expect("hahsm runs"))
 }
 
+/// The `[monitoring]` table every test member starts with.
+const MONITORING: &str = "[monitoring]\nmetrics_listen = \"127.0.0.1:0\"\n";
+
 /// One `hahsmd` process with its own data directory.
 pub struct Member {
     pub dir: PathBuf,
@@ -125,14 +128,22 @@ impl Member {
         Self::start_config(dir, "", limits)
     }
 
+    /// Like `start`, with extra TOML lines under `[monitoring]` (which may
+    /// open `[monitoring.alerts]`).
+    pub fn start_monitored(dir: &Path, monitoring: &str) -> Member {
+        Self::start_config(dir, "", "").with_monitoring(monitoring)
+    }
+
     fn start_config(dir: &Path, top: &str, limits: &str) -> Member {
         std::fs::create_dir_all(dir).expect("member dir");
         let data = dir.join("data");
         let config = dir.join("hahsmd.toml");
+        // The metrics endpoint on a free port: members of one test, and
+        // tests running at once, must not contend for the default port.
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{top}[limits]\n{limits}\n",
+                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{top}{MONITORING}[limits]\n{limits}\n",
                 data.display()
             ),
         )
@@ -146,6 +157,27 @@ impl Member {
         };
         m.spawn();
         m
+    }
+
+    /// Adds TOML lines under `[monitoring]` and restarts the member.
+    pub fn with_monitoring(mut self, monitoring: &str) -> Member {
+        self.add_monitoring(monitoring);
+        self.stop();
+        self.spawn();
+        self
+    }
+
+    /// Adds TOML lines under `[monitoring]`; they apply at the next start.
+    pub fn add_monitoring(&self, monitoring: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let text = text.replacen(MONITORING, &format!("{MONITORING}{monitoring}\n"), 1);
+        std::fs::write(&self.config, text).expect("config written");
+    }
+
+    /// The metrics endpoint's URL, from the address the member wrote.
+    pub fn metrics_url(&self) -> String {
+        let addr = std::fs::read_to_string(self.data_dir().join("metrics.addr")).expect("metrics.addr");
+        format!("http://{}/metrics", addr.trim())
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -330,7 +362,17 @@ impl Standalone {
     /// (data in `work/testhsm/data`): a test may prepare that first, say by
     /// mounting a small file system there.
     pub fn build(work: tempfile::TempDir, limits: &str) -> Standalone {
+        Self::build_monitored(work, limits, "")
+    }
+
+    /// Like `build`, with extra TOML lines under `[monitoring]`.
+    pub fn build_monitored(work: tempfile::TempDir, limits: &str, monitoring: &str) -> Standalone {
         let member = Member::start_with(&work.path().join("testhsm"), limits);
+        let member = if monitoring.is_empty() {
+            member
+        } else {
+            member.with_monitoring(monitoring)
+        };
         let secrets = work.path().join("secrets");
         std::fs::create_dir_all(&secrets).expect("secrets dir");
         let so = secrets.join("so.key");

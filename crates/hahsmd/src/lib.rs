@@ -13,13 +13,18 @@
 //! - [`server`]: the TLS listener and the multiplexed connection loop;
 //! - [`replication`]: HA groups: dual-control keys, the join handshake, the
 //!   peer listener, heartbeats, failure detection and anti-entropy;
-//! - [`admin`]: the admin socket.
+//! - [`admin`]: the admin socket;
+//! - [`monitor`]: monitoring with no application: the metrics endpoint
+//!   ([`metrics`]), alerts ([`alerts`]) and the loop that watches the groups.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod alerts;
 pub mod appliance;
 pub mod config;
 pub mod keyops;
+pub mod metrics;
+pub mod monitor;
 pub mod partition;
 pub mod replication;
 pub mod server;

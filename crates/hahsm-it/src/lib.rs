@@ -120,21 +120,21 @@ impl Member {
 
     /// Like `start`, with a peer listener for HA groups.
     pub fn start_peer(dir: &Path) -> Member {
-        Self::start_config(dir, "peer_listen = \"127.0.0.1:0\"\n", "")
+        Self::start_config(dir, "peer_listen = \"127.0.0.1:0\"\n", "", "")
     }
 
     /// Like `start`, with extra TOML lines under `[limits]`.
     pub fn start_with(dir: &Path, limits: &str) -> Member {
-        Self::start_config(dir, "", limits)
+        Self::start_config(dir, "", "", limits)
     }
 
-    /// Like `start`, with extra TOML lines under `[monitoring]` (which may
-    /// open `[monitoring.alerts]`).
-    pub fn start_monitored(dir: &Path, monitoring: &str) -> Member {
-        Self::start_config(dir, "", "").with_monitoring(monitoring)
+    /// Like `start_with`, with extra TOML lines under `[monitoring]` (which
+    /// may open `[monitoring.alerts]`).
+    pub fn start_monitored(dir: &Path, monitoring: &str, limits: &str) -> Member {
+        Self::start_config(dir, "", monitoring, limits)
     }
 
-    fn start_config(dir: &Path, top: &str, limits: &str) -> Member {
+    fn start_config(dir: &Path, top: &str, monitoring: &str, limits: &str) -> Member {
         std::fs::create_dir_all(dir).expect("member dir");
         let data = dir.join("data");
         let config = dir.join("hahsmd.toml");
@@ -143,7 +143,7 @@ impl Member {
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{top}{MONITORING}[limits]\n{limits}\n",
+                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{top}{MONITORING}{monitoring}\n[limits]\n{limits}\n",
                 data.display()
             ),
         )
@@ -157,14 +157,6 @@ impl Member {
         };
         m.spawn();
         m
-    }
-
-    /// Adds TOML lines under `[monitoring]` and restarts the member.
-    pub fn with_monitoring(mut self, monitoring: &str) -> Member {
-        self.add_monitoring(monitoring);
-        self.stop();
-        self.spawn();
-        self
     }
 
     /// Adds TOML lines under `[monitoring]`; they apply at the next start.
@@ -367,12 +359,7 @@ impl Standalone {
 
     /// Like `build`, with extra TOML lines under `[monitoring]`.
     pub fn build_monitored(work: tempfile::TempDir, limits: &str, monitoring: &str) -> Standalone {
-        let member = Member::start_with(&work.path().join("testhsm"), limits);
-        let member = if monitoring.is_empty() {
-            member
-        } else {
-            member.with_monitoring(monitoring)
-        };
+        let member = Member::start_monitored(&work.path().join("testhsm"), monitoring, limits);
         let secrets = work.path().join("secrets");
         std::fs::create_dir_all(&secrets).expect("secrets dir");
         let so = secrets.join("so.key");

@@ -26,7 +26,8 @@ fn alert_script(dir: &Path) -> PathBuf {
     let script = dir.join("alert.sh");
     std::fs::write(
         &script,
-        "#!/bin/sh\n{ printf '%s %s %s ' \"$HAHSM_ALERT_KIND\" \"$HAHSM_ALERT_STATUS\" \"$HAHSM_ALERT_MEMBER\"; cat; } >> \"$1\"\n",
+        // One write per alert, so a reader never sees half a line.
+        "#!/bin/sh\njson=$(cat)\nprintf '%s %s %s %s\\n' \"$HAHSM_ALERT_KIND\" \"$HAHSM_ALERT_STATUS\" \"$HAHSM_ALERT_MEMBER\" \"$json\" >> \"$1\"\n",
     )
     .unwrap();
     script
@@ -99,7 +100,7 @@ fn killing_a_member_with_no_application_runs_the_alert_command_within_3s() {
     let (webhook, bodies) = flaky_webhook();
     let c = Cluster::with_monitoring(3, &|i| {
         let out = tmp.path().join(format!("alerts{i}.log"));
-        let mut cfg = exec_config(&script, &out, "");
+        let mut cfg = exec_config(&script, &out, "out_of_sync_after_secs = 1\n");
         if i == 0 {
             cfg.push_str(&format!("webhook = \"{webhook}\"\n"));
         }
@@ -150,12 +151,34 @@ fn killing_a_member_with_no_application_runs_the_alert_command_within_3s() {
         bodies.lock().unwrap()
     );
 
-    // The member comes back: member-recovered, again with no application.
+    // A lasting outage leaves the group out of sync: that alert follows.
+    let outage = |l: &String| {
+        l.starts_with("out-of-sync firing ") && l.contains(&format!("member {victim} (hsm2) is down"))
+    };
+    assert!(
+        wait(Duration::from_secs(10), || alerts(&out0).iter().any(outage)),
+        "no out-of-sync alert: {:?}",
+        alerts(&out0)
+    );
+
+    // The member comes back: member-recovered, again with no application,
+    // and once it has caught up, the group is in sync again.
     c.members[2].spawn();
     let recovered = |line: &String| line.starts_with(&format!("member-recovered firing {victim} "));
     assert!(
         wait(Duration::from_secs(15), || alerts(&out0).iter().any(recovered)),
         "no member-recovered alert: {:?}",
+        alerts(&out0)
+    );
+    assert!(
+        wait(Duration::from_secs(15), || {
+            let all = alerts(&out0);
+            let fired = all.iter().position(outage).unwrap_or(usize::MAX);
+            all.iter()
+                .skip(fired.saturating_add(1))
+                .any(|l| l.starts_with("out-of-sync resolved "))
+        }),
+        "no out-of-sync resolved alert after the outage: {:?}",
         alerts(&out0)
     );
     // Nothing secret travels in an alert.
@@ -603,4 +626,34 @@ fn a_pin_lockout_raises_an_alert_without_the_pin() {
     // The same alert is kept in the member's own alerts.jsonl.
     let kept = std::fs::read_to_string(st.member.data_dir().join("alerts.jsonl")).unwrap();
     assert!(kept.contains("\"pin-lockout\""), "{kept}");
+}
+
+#[test]
+fn a_bad_alert_target_or_metrics_address_gets_a_clear_error() {
+    let work = tempfile::tempdir().unwrap();
+    let mut m = hahsm_it::Member::start(&work.path().join("m"));
+    m.stop();
+    m.add_monitoring("[monitoring.alerts]\nwebhook = \"https://alerts.example/hook\"\n");
+    let (code, err) = m.spawn_expect_exit();
+    assert_ne!(code, Some(0));
+    assert!(err.contains("only http:// URLs are supported"), "{err}");
+
+    // A metrics port that is taken does not keep the HSM from serving.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = std::fs::read_to_string(&m.config).unwrap();
+    let text = text
+        .replace("webhook = \"https://alerts.example/hook\"\n", "")
+        .replace(
+            "metrics_listen = \"127.0.0.1:0\"",
+            &format!("metrics_listen = \"{}\"", taken.local_addr().unwrap()),
+        );
+    std::fs::write(&m.config, text).unwrap();
+    m.spawn();
+    let status = m.admin(&["status"]).expect_ok().stdout;
+    assert!(status.contains("metrics:          off"), "{status}");
+    assert!(
+        m.log().contains("cannot bind the metrics endpoint"),
+        "{}",
+        m.log()
+    );
 }

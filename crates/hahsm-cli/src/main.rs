@@ -59,7 +59,7 @@ impl ConfArg {
 
 /// The error and its causes, leaving out a cause whose text the message
 /// already carries (many errors quote their source).
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
         let part = cause.to_string();

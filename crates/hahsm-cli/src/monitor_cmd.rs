@@ -47,7 +47,7 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
             // One frame for a script: the error is the answer. Live, a
             // member that restarts must not end the monitor.
             Err(e) if frames == Some(1) => return Err(e),
-            Err(e) => format!("hahsm monitor: {e:#}\n"),
+            Err(e) => format!("hahsm monitor: {}\n", crate::error_chain(&e)),
         };
         let mut out = std::io::stdout().lock();
         if redraw {

@@ -657,3 +657,57 @@ fn a_bad_alert_target_or_metrics_address_gets_a_clear_error() {
         m.log()
     );
 }
+
+/// One raw HTTP exchange with the metrics endpoint: the status line.
+fn http_status(addr: &str, request: &[u8]) -> String {
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    tcp.write_all(request).unwrap();
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn the_metrics_endpoint_answers_only_get_metrics_and_survives_garbage() {
+    let work = tempfile::tempdir().unwrap();
+    let m = hahsm_it::Member::start(&work.path().join("m"));
+    let url = m.metrics_url();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    // Scrapers that connect and say nothing do not hold the endpoint: a
+    // scrape behind 40 of them is served at once, or at worst when their 2 s
+    // header deadline passes, never after the 10 s connection deadline (the
+    // bound is generous for a loaded machine).
+    let idle: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let started = Instant::now();
+    let answer = http_status(
+        &addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.contains("200"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a scrape waited {:?} behind idle connections",
+        started.elapsed()
+    );
+    drop(idle);
+    assert!(http_status(&addr, b"GET /keys HTTP/1.1\r\nHost: x\r\n\r\n").contains("404"));
+    assert!(http_status(
+        &addr,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .contains("405"));
+    let garbage = http_status(&addr, b"\x00\x01\x02 not http at all\r\n\r\n");
+    assert!(garbage.is_empty() || garbage.contains("400"), "{garbage}");
+    let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(1 << 20));
+    let _ = std::panic::catch_unwind(|| http_status(&addr, huge.as_bytes()));
+    // The member still serves valid metrics and its admin socket.
+    let s = scrape(&url);
+    assert!(s.value("hahsm_store_size_bytes", &[]).unwrap() > 0.0);
+    m.admin(&["status"]).expect_ok();
+}

@@ -21,9 +21,12 @@ use tracing::{info, warn};
 
 /// How often the watch loop looks at the groups.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
-/// Scrapes served at once; more wait for the TCP backlog.
-const MAX_SCRAPERS: usize = 8;
-/// A scrape connection idle or unfinished for this long is closed.
+/// Scrape connections served at once; more wait in the TCP backlog.
+const MAX_SCRAPERS: usize = 32;
+/// A scraper sends its request at once: one that has not within this long
+/// is closed, so idle connections cannot hold the endpoint.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Any scrape connection is closed after this long.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The member's metrics and alerts.
@@ -101,7 +104,7 @@ async fn serve_metrics(app: Arc<Appliance>, listener: tokio::net::TcpListener) {
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(SCRAPE_TIMEOUT)
+                .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
             let _ = tokio::time::timeout(SCRAPE_TIMEOUT, conn).await;

@@ -1290,14 +1290,21 @@ pub fn stop_group(app: &Appliance, partition: &str) {
     }
 }
 
-/// This member's HSM policies and the partition's, as heartbeats carry them.
+/// This member's HSM policies and the partition's, as heartbeats carry them:
+/// the value in force of every policy in the tables, so a policy a store
+/// never recorded compares as the value it has, not as missing.
 fn policy_snapshot(app: &Appliance, partition: &str) -> PolicySnapshot {
-    let pairs = |p: policy::Policies| p.0.into_iter().collect::<Vec<(u32, u64)>>();
+    let in_force = |table: &[policy::PolicyDef], p: policy::Policies| -> Vec<(u32, u64)> {
+        table.iter().map(|d| (d.number, p.get(d.number))).collect()
+    };
     PolicySnapshot {
-        hsm: app.hsm_policies().map(pairs).unwrap_or_default(),
+        hsm: app
+            .hsm_policies()
+            .map(|p| in_force(policy::HSM_POLICIES, p))
+            .unwrap_or_default(),
         partition: app
             .partition_policy_values(partition)
-            .map(pairs)
+            .map(|p| in_force(policy::PARTITION_POLICIES, p))
             .unwrap_or_default(),
     }
 }
@@ -1313,10 +1320,7 @@ pub fn refresh_policies(app: &Appliance) {
         .collect();
     for (partition, g) in groups {
         let now = policy_snapshot(app, &partition);
-        let mut current = g.policies.write().unwrap_or_else(|p| p.into_inner());
-        if *current != now {
-            *current = now;
-        }
+        *g.policies.write().unwrap_or_else(|p| p.into_inner()) = now;
     }
 }
 

@@ -266,9 +266,15 @@ impl Member {
         )
     }
 
+    /// Sends a signal. SIGSTOP returns only once every thread of the member
+    /// has stopped: the kernel delivers it asynchronously, and a request sent
+    /// at once could otherwise still be served.
     pub fn signal(&self, sig: Signal) {
         if let Some(pid) = self.pid() {
             let _ = kill(Pid::from_raw(pid as i32), sig);
+            if sig == Signal::SIGSTOP {
+                wait_stopped(pid);
+            }
         }
     }
 
@@ -319,6 +325,28 @@ impl Drop for Member {
         // must be resumed to die cleanly.
         self.signal(Signal::SIGCONT);
         self.kill9();
+    }
+}
+
+/// Waits (at most 5 s) until every thread of `pid` is in the stopped state.
+fn wait_stopped(pid: u32) {
+    let stopped = || -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return true;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.trim_start().chars().next())
+                })
+                .is_none_or(|state| state == 'T' || state == 't')
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stopped() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -390,6 +390,7 @@ fn print_response(response: AdminResponse) {
             if let Some(peer) = s.peer_address {
                 println!("peer listener:    {peer}");
             }
+            println!("metrics:          {}", s.metrics.as_deref().unwrap_or("off"));
         }
         AdminResponse::Policies(lines) => print_policies(&lines),
         AdminResponse::Fingerprint(fp) => println!("SHA256 Fingerprint={fp}"),

@@ -75,6 +75,9 @@ pub struct DemoMember {
     pub address: String,
     pub peer_address: String,
     pub data_dir: PathBuf,
+    /// The member's metrics URL (Prometheus/OpenMetrics).
+    #[serde(default)]
+    pub metrics: String,
 }
 
 fn default_dir() -> PathBuf {
@@ -112,11 +115,19 @@ fn save(dir: &Path, demo: &DemoFile) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A started member: its pid, client and peer addresses, and metrics URL.
+struct Spawned {
+    pid: u32,
+    address: String,
+    peer_address: String,
+    metrics: String,
+}
+
 /// Starts one member's daemon in its own process group (so a terminal's
 /// Ctrl-C reaches only the demo command), and waits until it is ready.
-fn spawn_member(member_dir: &Path) -> anyhow::Result<(u32, String, String)> {
+fn spawn_member(member_dir: &Path) -> anyhow::Result<Spawned> {
     let data = member_dir.join("data");
-    for f in ["listen.addr", "peer.addr"] {
+    for f in ["listen.addr", "peer.addr", "metrics.addr"] {
         let _ = std::fs::remove_file(data.join(f));
     }
     let log = std::fs::OpenOptions::new()
@@ -139,7 +150,16 @@ fn spawn_member(member_dir: &Path) -> anyhow::Result<(u32, String, String)> {
             std::fs::read_to_string(data.join("listen.addr")),
             std::fs::read_to_string(data.join("peer.addr")),
         ) {
-            return Ok((pid, a.trim().to_string(), p.trim().to_string()));
+            // Written before listen.addr, when the endpoint could bind.
+            let metrics = std::fs::read_to_string(data.join("metrics.addr"))
+                .map(|m| format!("http://{}/metrics", m.trim()))
+                .unwrap_or_default();
+            return Ok(Spawned {
+                pid,
+                address: a.trim().to_string(),
+                peer_address: p.trim().to_string(),
+                metrics,
+            });
         }
         if !alive(pid) || Instant::now() > deadline {
             bail!(
@@ -185,16 +205,27 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
         std::fs::write(
             mdir.join("hahsmd.toml"),
             format!(
-                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\npeer_listen = \"127.0.0.1:0\"\n",
+                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\npeer_listen = \"127.0.0.1:0\"\n\
+                 [monitoring]\nmetrics_listen = \"127.0.0.1:0\"\n",
                 data.display()
             ),
         )?;
-        let (pid, address, peer_address) = spawn_member(&mdir)?;
+        let Spawned {
+            pid,
+            address,
+            peer_address,
+            metrics,
+        } = spawn_member(&mdir)?;
+        let metrics_listen = metrics
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_string();
         // Keep the ports across restarts, as a real appliance keeps its address.
         std::fs::write(
             mdir.join("hahsmd.toml"),
             format!(
-                "data_dir = \"{}\"\nlisten = \"{address}\"\npeer_listen = \"{peer_address}\"\n",
+                "data_dir = \"{}\"\nlisten = \"{address}\"\npeer_listen = \"{peer_address}\"\n\
+                 [monitoring]\nmetrics_listen = \"{metrics_listen}\"\n",
                 data.display()
             ),
         )?;
@@ -278,6 +309,7 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
             address,
             peer_address,
             data_dir: data,
+            metrics,
         });
     }
 
@@ -399,6 +431,7 @@ hahsm demo: {n} members in HA group '{group}', partition '{part}'. Files in {dir
   hahsm keys gen --type ec:p256 --label mykey --server hsm1
   hahsm keys list --server hsm2       # the key is on every member
   hahsm ha show --sync-status --socket {sock}
+  hahsm monitor --socket {sock}      # live; metrics of member 1: {metrics}
   pkcs11-tool --module {m} -L          # one slot: the HA group '{group}'
   pkcs11-tool --module {m} --login --pin {pin} --keypairgen --key-type EC:prime256v1 --label p11key
   OPENSSL_CONF={ossl} openssl pkeyutl -engine pkcs11 -keyform engine -sign \
@@ -416,6 +449,7 @@ hahsm demo: {n} members in HA group '{group}', partition '{part}'. Files in {dir
         so = demo.so_pin,
         sock = dir.join("member1/data/admin.sock").display(),
         ossl = demo.openssl_conf.display(),
+        metrics = demo.members.first().map(|m| m.metrics.as_str()).unwrap_or("-"),
     );
 }
 
@@ -469,8 +503,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
-            let (pid, _, _) = spawn_member(&dir.join(format!("member{number}")))?;
+            let spawned = spawn_member(&dir.join(format!("member{number}")))?;
+            let pid = spawned.pid;
             m.pid = pid;
+            m.metrics = spawned.metrics;
             println!("member {number} restarted (pid {pid})");
             save(&dir, &demo)?;
         }

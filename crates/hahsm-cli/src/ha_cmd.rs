@@ -78,15 +78,32 @@ enum HaCommand {
         #[arg(long)]
         serial: u64,
     },
-    /// Show the group; with --sync-status, each member's state, object count and digest.
+    /// Show the group as `hahsm monitor` does, once: each member's state,
+    /// objects, replication lag and metrics URL, whether the group is in sync,
+    /// and any policy drift between members. --sync-status adds the digests.
     Show {
         #[arg(long)]
         group: Option<String>,
         #[arg(long)]
         sync_status: bool,
-        /// Print JSON for scripts.
+        /// Print JSON for scripts (each member's `metrics` URL included).
         #[arg(long)]
         json: bool,
+    },
+    /// Give other members one member's HSM and partition policies, through
+    /// the ordinary change-policy commands on each member's console (the SO
+    /// must be logged in there). The policies come from the source member's
+    /// heartbeats, so it must be up.
+    SyncPolicies {
+        #[arg(long)]
+        group: String,
+        /// The member whose policies the others take: its serial or HSM label.
+        #[arg(long)]
+        from: String,
+        /// The admin socket of a further member to apply them to (repeat for
+        /// each); the member of --socket is always one of them.
+        #[arg(long = "to-socket")]
+        to_sockets: Vec<PathBuf>,
     },
     /// Run an anti-entropy round with every member now. It only adds what is
     /// missing: deleted objects stay deleted.
@@ -98,7 +115,6 @@ enum HaCommand {
 
 pub async fn run(args: HaArgs) -> anyhow::Result<()> {
     let socket = admin_socket(args.socket.clone(), &args.data_dir);
-    let mut admin = AdminClient::connect(&socket).await?;
     let (request, json, sync) = match args.command {
         HaCommand::Prepare {
             partition,
@@ -165,7 +181,17 @@ pub async fn run(args: HaArgs) -> anyhow::Result<()> {
             json,
         } => (R::HaShow { group }, json, sync_status),
         HaCommand::Synchronize { group } => (R::HaSynchronize { group }, false, true),
+        HaCommand::SyncPolicies {
+            group,
+            from,
+            to_sockets,
+        } => {
+            let mut targets = vec![socket];
+            targets.extend(to_sockets);
+            return sync_policies(&group, &from, &targets).await;
+        }
     };
+    let mut admin = AdminClient::connect(&socket).await?;
     match admin.call(request).await? {
         AdminResponse::Done(msg) => println!("{msg}"),
         AdminResponse::Groups(groups) if json => {
@@ -178,7 +204,7 @@ pub async fn run(args: HaArgs) -> anyhow::Result<()> {
         }
         AdminResponse::Groups(groups) => {
             for g in &groups {
-                print_group(g, sync);
+                print!("{}", crate::monitor_cmd::render_group(g, sync));
             }
         }
         other => bail!("unexpected answer {other:?}"),
@@ -186,80 +212,119 @@ pub async fn run(args: HaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_group(g: &GroupStatus, sync: bool) {
-    println!(
-        "HA group '{}'  serial {}  partition {}  write concern {}",
-        g.label, g.serial, g.partition, g.write_concern
-    );
-    if sync {
-        println!(
-            "{:<16} {:>10} {:<8} {:>8}  {:<16} peer",
-            "member", "serial", "state", "objects", "digest"
-        );
-        for m in &g.members {
-            println!(
-                "{:<16} {:>10} {:<8} {:>8}  {:<16} {}",
-                m.name,
-                m.serial,
-                m.state,
-                m.object_count,
-                &m.digest[..m.digest.len().min(16)],
-                m.peer_address
-            );
-        }
-        println!("in sync: {}", if g.in_sync { "yes" } else { "NO" });
-        if !g.in_sync {
-            for line in differences(g) {
-                println!("  {line}");
-            }
-        }
-    } else {
-        for m in &g.members {
-            println!("  member {} ({}) {}", m.serial, m.name, m.state);
-        }
+async fn group_on(admin: &mut AdminClient, group: &str) -> anyhow::Result<GroupStatus> {
+    match admin
+        .call(R::HaShow {
+            group: Some(group.to_string()),
+        })
+        .await?
+    {
+        AdminResponse::Groups(mut g) if !g.is_empty() => Ok(g.swap_remove(0)),
+        other => bail!("unexpected answer {other:?}"),
     }
 }
 
-/// What each member lacks compared with the most advanced member, per origin:
-/// the operations it has not applied yet, and whether its content differs.
-fn differences(g: &GroupStatus) -> Vec<String> {
-    let mut best: std::collections::BTreeMap<u64, u64> = Default::default();
-    for m in &g.members {
-        for (origin, seq) in &m.version_vector {
-            let e = best.entry(*origin).or_default();
-            *e = (*e).max(*seq);
-        }
-    }
-    let mut out = Vec::new();
-    for m in &g.members {
-        if m.state == "down" {
-            out.push(format!("member {} ({}) is down", m.serial, m.name));
+/// `ha sync-policies`: on each target member, the policies whose value
+/// differs from the source member's are set with the ordinary
+/// `HsmChangePolicy` and `PartitionChangePolicy` requests.
+async fn sync_policies(group: &str, from: &str, targets: &[PathBuf]) -> anyhow::Result<()> {
+    for socket in targets {
+        let mut admin = AdminClient::connect(socket).await?;
+        let me = match admin.call(R::Status).await? {
+            AdminResponse::Status(s) => s,
+            other => bail!("unexpected answer {other:?}"),
+        };
+        let g = group_on(&mut admin, group).await?;
+        let source = g
+            .members
+            .iter()
+            .find(|m| m.serial.to_string() == from || m.name == from)
+            .ok_or_else(|| anyhow::anyhow!("no member '{from}' in HA group '{}'", g.label))?;
+        if source.serial == me.serial {
+            println!(
+                "member {} ({}) is the source: nothing to change",
+                me.serial, me.hsm_label
+            );
             continue;
         }
-        let have: std::collections::BTreeMap<u64, u64> = m.version_vector.iter().copied().collect();
-        for (origin, top) in &best {
-            let mine = have.get(origin).copied().unwrap_or(0);
-            if mine < *top {
-                out.push(format!(
-                    "member {} ({}) lacks {} operation(s) from member {origin} (has {mine}, the group has {top})",
-                    m.serial,
-                    m.name,
-                    top - mine
-                ));
+        if source.state == "down" || source.policies.is_empty() {
+            bail!(
+                "member {} ({}) is {}: its policies are not known for sure; bring it back first",
+                source.serial,
+                source.name,
+                if source.state == "down" {
+                    "down"
+                } else {
+                    "not heard from yet"
+                }
+            );
+        }
+        let mine = g
+            .members
+            .iter()
+            .find(|m| m.serial == me.serial)
+            .ok_or_else(|| anyhow::anyhow!("this member is not in HA group '{}'", g.label))?;
+        let differs = |theirs: &[(u32, u64)], ours: &[(u32, u64)]| -> Vec<(u32, u64)> {
+            theirs
+                .iter()
+                .filter(|(n, v)| ours.iter().find(|(k, _)| k == n).map(|(_, w)| w) != Some(v))
+                .copied()
+                .collect()
+        };
+        let hsm = differs(&source.policies.hsm, &mine.policies.hsm);
+        let partition = differs(&source.policies.partition, &mine.policies.partition);
+        if hsm.is_empty() && partition.is_empty() {
+            println!(
+                "member {} ({}) already has the policies of member {} ({})",
+                me.serial, me.hsm_label, source.serial, source.name
+            );
+            continue;
+        }
+        for (number, value) in hsm {
+            admin
+                .call(R::HsmChangePolicy {
+                    policy: number.to_string(),
+                    value,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("member {}: HSM policy {number}: {e}", me.serial))?;
+            println!(
+                "member {} ({}): HSM policy {number} set to {value}",
+                me.serial, me.hsm_label
+            );
+        }
+        for (number, value) in partition {
+            admin
+                .call(R::PartitionChangePolicy {
+                    name: g.partition.clone(),
+                    policy: number.to_string(),
+                    value,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("member {}: partition policy {number}: {e}", me.serial))?;
+            println!(
+                "member {} ({}): partition {} policy {number} set to {value}",
+                me.serial, me.hsm_label, g.partition
+            );
+        }
+    }
+    // The members learn of each other's new policies with the next
+    // heartbeats: wait briefly for the first member's view to agree.
+    let mut admin = AdminClient::connect(&targets[0]).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let g = group_on(&mut admin, group).await?;
+        if g.policy_drift.is_empty() {
+            println!("policies: the same on every member");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            println!("policies still differ (members not given with --to-socket keep theirs):");
+            for line in &g.policy_drift {
+                println!("  {line}");
             }
+            return Ok(());
         }
-        if m.state == "lagging" {
-            out.push(format!("member {} ({}) is lagging", m.serial, m.name));
-        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    let digests: std::collections::BTreeSet<&str> = g
-        .members
-        .iter()
-        .filter(|m| m.state != "down")
-        .map(|m| m.digest.as_str())
-        .collect();
-    if digests.len() > 1 && out.is_empty() {
-        out.push("members hold different objects or attributes at the same version (digests differ)".into());
-    }
-    out
 }

@@ -16,6 +16,7 @@ mod demo_cmd;
 mod ha_cmd;
 mod journal_cmd;
 mod keys_cmd;
+mod monitor_cmd;
 
 #[derive(Parser)]
 #[command(name = "hahsm", version, about = "Operate a hahsm cluster of network HSMs")]
@@ -46,6 +47,8 @@ enum Command {
     Backup(custody_cmd::BackupArgs),
     /// Restore a backup as a new partition on a member.
     Restore(custody_cmd::RestoreArgs),
+    /// The HA group, live: member states, lag, sync and policy drift.
+    Monitor(monitor_cmd::MonitorArgs),
 }
 
 /// Where the client config is: `--conf`, `HAHSM_CONF`, or `~/.hahsm/client.toml`.
@@ -66,7 +69,7 @@ impl ConfArg {
 
 /// The error and its causes, leaving out a cause whose text the message
 /// already carries (many errors quote their source).
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
         let part = cause.to_string();
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Command::Domain(d) => custody_cmd::run_domain(d),
             Command::Backup(b) => custody_cmd::backup(b).await,
             Command::Restore(r) => custody_cmd::restore(r).await,
+            Command::Monitor(m) => monitor_cmd::run(m).await,
         }
     });
     match result {

@@ -106,6 +106,11 @@ fn main() {
             version_vector: vec![(7, 1)],
             live_objects: 1,
             digest: [0; 32],
+            policies: hahsm_proto::peer::PolicySnapshot {
+                hsm: vec![(7, 1), (16, 1)],
+                partition: vec![(15, 10)],
+            },
+            metrics: "http://127.0.0.1:9792/metrics".into(),
         },
     };
     write(

@@ -36,6 +36,16 @@ impl Cluster {
 
     /// Like `new`, with extra `ha create-group` options (e.g. `--quorum`).
     pub fn with_group_options(n: usize, options: &[&str]) -> Cluster {
+        Self::build(n, options, &|_| String::new())
+    }
+
+    /// Like `new`, with extra TOML lines under each member's `[monitoring]`
+    /// (given the member's index), e.g. its alert command.
+    pub fn with_monitoring(n: usize, monitoring: &dyn Fn(usize) -> String) -> Cluster {
+        Self::build(n, &[], monitoring)
+    }
+
+    fn build(n: usize, options: &[&str], monitoring: &dyn Fn(usize) -> String) -> Cluster {
         let work = tempfile::tempdir().expect("temp dir");
         let secrets = work.path().join("secrets");
         std::fs::create_dir_all(&secrets).expect("secrets dir");
@@ -65,6 +75,7 @@ impl Cluster {
                 }
             }
             let m = &mut c.members[i];
+            m.add_monitoring(&monitoring(i));
             let text = std::fs::read_to_string(&m.config).expect("config");
             // Top-level keys must come before the first table.
             let (top, rest) = text.split_at(text.find("[limits]").unwrap_or(text.len()));

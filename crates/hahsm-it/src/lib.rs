@@ -99,6 +99,9 @@ pub fn hahsm_env(conf: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Ru
     Run::from(cmd.output().expect("hahsm runs"))
 }
 
+/// The `[monitoring]` table every test member starts with.
+const MONITORING: &str = "[monitoring]\nmetrics_listen = \"127.0.0.1:0\"\n";
+
 /// One `hahsmd` process with its own data directory.
 pub struct Member {
     pub dir: PathBuf,
@@ -117,22 +120,30 @@ impl Member {
 
     /// Like `start`, with a peer listener for HA groups.
     pub fn start_peer(dir: &Path) -> Member {
-        Self::start_config(dir, "peer_listen = \"127.0.0.1:0\"\n", "")
+        Self::start_config(dir, "peer_listen = \"127.0.0.1:0\"\n", "", "")
     }
 
     /// Like `start`, with extra TOML lines under `[limits]`.
     pub fn start_with(dir: &Path, limits: &str) -> Member {
-        Self::start_config(dir, "", limits)
+        Self::start_config(dir, "", "", limits)
     }
 
-    fn start_config(dir: &Path, top: &str, limits: &str) -> Member {
+    /// Like `start_with`, with extra TOML lines under `[monitoring]` (which
+    /// may open `[monitoring.alerts]`).
+    pub fn start_monitored(dir: &Path, monitoring: &str, limits: &str) -> Member {
+        Self::start_config(dir, "", monitoring, limits)
+    }
+
+    fn start_config(dir: &Path, top: &str, monitoring: &str, limits: &str) -> Member {
         std::fs::create_dir_all(dir).expect("member dir");
         let data = dir.join("data");
         let config = dir.join("hahsmd.toml");
+        // The metrics endpoint on a free port: members of one test, and
+        // tests running at once, must not contend for the default port.
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{top}[limits]\n{limits}\n",
+                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{top}{MONITORING}{monitoring}\n[limits]\n{limits}\n",
                 data.display()
             ),
         )
@@ -146,6 +157,19 @@ impl Member {
         };
         m.spawn();
         m
+    }
+
+    /// Adds TOML lines under `[monitoring]`; they apply at the next start.
+    pub fn add_monitoring(&self, monitoring: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let text = text.replacen(MONITORING, &format!("{MONITORING}{monitoring}\n"), 1);
+        std::fs::write(&self.config, text).expect("config written");
+    }
+
+    /// The metrics endpoint's URL, from the address the member wrote.
+    pub fn metrics_url(&self) -> String {
+        let addr = std::fs::read_to_string(self.data_dir().join("metrics.addr")).expect("metrics.addr");
+        format!("http://{}/metrics", addr.trim())
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -271,9 +295,15 @@ impl Member {
         )
     }
 
+    /// Sends a signal. SIGSTOP returns only once every thread of the member
+    /// has stopped: the kernel delivers it asynchronously, and a request sent
+    /// at once could otherwise still be served.
     pub fn signal(&self, sig: Signal) {
         if let Some(pid) = self.pid() {
             let _ = kill(Pid::from_raw(pid as i32), sig);
+            if sig == Signal::SIGSTOP {
+                wait_stopped(pid);
+            }
         }
     }
 
@@ -327,6 +357,28 @@ impl Drop for Member {
     }
 }
 
+/// Waits (at most 5 s) until every thread of `pid` is in the stopped state.
+fn wait_stopped(pid: u32) {
+    let stopped = || -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return true;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.trim_start().chars().next())
+                })
+                .is_none_or(|state| state == 'T' || state == 't')
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stopped() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A member set up as in the report's listings 3.1 and 3.2: HSM initialized,
 /// a partition with a PIN and the activation policies, a client certificate
 /// registered and assigned, and a client config that pins the member.
@@ -359,7 +411,12 @@ impl Standalone {
     /// (data in `work/testhsm/data`): a test may prepare that first, say by
     /// mounting a small file system there.
     pub fn build(work: tempfile::TempDir, limits: &str) -> Standalone {
-        let member = Member::start_with(&work.path().join("testhsm"), limits);
+        Self::build_monitored(work, limits, "")
+    }
+
+    /// Like `build`, with extra TOML lines under `[monitoring]`.
+    pub fn build_monitored(work: tempfile::TempDir, limits: &str, monitoring: &str) -> Standalone {
+        let member = Member::start_monitored(&work.path().join("testhsm"), monitoring, limits);
         let secrets = work.path().join("secrets");
         std::fs::create_dir_all(&secrets).expect("secrets dir");
         let so = secrets.join("so.key");

@@ -42,6 +42,25 @@ fn demo_detached_serves_keys_survives_faults_and_stops() {
         assert!(demo[key].is_string(), "demo.json lacks {key}");
     }
     assert_eq!(demo["members"].as_array().unwrap().len(), 3);
+    // Each member's metrics endpoint is discoverable, and answers.
+    for m in demo["members"].as_array().unwrap() {
+        let url = m["metrics"].as_str().unwrap_or_default();
+        let addr = url
+            .strip_prefix("http://")
+            .and_then(|u| u.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("demo.json member without a metrics URL: {m}"));
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            tcp,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("hahsm_group_in_sync{group=\""), "{answer}");
+    }
     let conf = std::path::PathBuf::from(demo["conf"].as_str().unwrap());
     let pin = demo["user_pin"].as_str().unwrap();
     let keys = |args: &[&str]| {

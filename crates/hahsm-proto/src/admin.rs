@@ -305,6 +305,8 @@ pub struct MemberStatus {
     pub software_version: String,
     /// The peer listener's address, if the member has one.
     pub peer_address: Option<String>,
+    /// The metrics endpoint's URL, once it is bound.
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -347,6 +349,18 @@ pub struct GroupMemberStatus {
     pub version_vector: Vec<(u64, u64)>,
     pub peer_address: String,
     pub client_address: String,
+    /// Operations the most advanced member known here has and this one lacks.
+    pub lag_operations: u64,
+    /// How long this member has lacked operations, in milliseconds (0 when it
+    /// lacks none), as far as this member has observed.
+    pub lag_ms: u64,
+    /// Milliseconds since this member last heard from it (0 for itself;
+    /// None if never).
+    pub last_seen_ms: Option<u64>,
+    /// Its HSM and partition policies, as its heartbeats last carried them.
+    pub policies: crate::peer::PolicySnapshot,
+    /// Its metrics URL, or empty when unknown.
+    pub metrics: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,4 +374,9 @@ pub struct GroupStatus {
     pub members: Vec<GroupMemberStatus>,
     /// Every member alive, with the same version vector and digest.
     pub in_sync: bool,
+    /// A member is down or lagging.
+    pub degraded: bool,
+    /// One line per HSM or partition policy whose value differs between
+    /// members; empty when every member has the same policies.
+    pub policy_drift: Vec<String>,
 }

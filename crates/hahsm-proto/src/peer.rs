@@ -119,6 +119,25 @@ pub struct ReplicaState {
     pub version_vector: Vec<(u64, u64)>,
     pub live_objects: u64,
     pub digest: [u8; 32],
+    /// The member's HSM and partition policies, so every member can tell
+    /// when the group's policies drift apart, with no operator asking.
+    pub policies: PolicySnapshot,
+    /// The member's metrics URL (`http://host:port/metrics`), or empty.
+    pub metrics: String,
+}
+
+/// One member's policy values: `(policy number, value)`, sorted by number.
+/// Empty when the member has not been heard from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySnapshot {
+    pub hsm: Vec<(u32, u64)>,
+    pub partition: Vec<(u32, u64)>,
+}
+
+impl PolicySnapshot {
+    pub fn is_empty(&self) -> bool {
+        self.hsm.is_empty() && self.partition.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -127,6 +127,7 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             fingerprint: app.fingerprint().unwrap_or_default(),
             software_version: crate::SOFTWARE_VERSION.to_string(),
             peer_address: app.peer_address(),
+            metrics: app.monitor.metrics_url(),
         })),
         R::HsmInit {
             label,

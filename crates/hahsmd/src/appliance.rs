@@ -112,6 +112,8 @@ pub struct Appliance {
     pub pin_check_lock: tokio::sync::Mutex<()>,
     /// The audit journal of administrative actions.
     pub journal: crate::journal::Journal,
+    /// Metrics and alerts.
+    pub monitor: Arc<crate::monitor::Monitor>,
 }
 
 fn secret_ok(secret: &Secret, what: &str) -> AdminResult<()> {
@@ -244,6 +246,7 @@ impl Appliance {
             bound_peer: std::sync::OnceLock::new(),
             admin_lock: tokio::sync::Mutex::new(()),
             pin_check_lock: tokio::sync::Mutex::new(()),
+            monitor: Arc::new(crate::monitor::Monitor::new(serial)),
         });
         appliance.reload_clients()?;
         appliance.auto_activate();
@@ -858,6 +861,7 @@ impl Appliance {
             as u32;
         if max > 0 && row.failed_logins >= max {
             warn!(partition = %row.name, "login refused: the PIN is locked");
+            self.monitor.metrics.failed_login(&row.name, kind == PinKind::So);
             return Err(TokenError::PinLocked);
         }
         let extra = extra_of(row);
@@ -879,8 +883,20 @@ impl Appliance {
         }
         let failed = row.failed_logins + 1;
         self.store.set_failed_logins(row.id, failed)?;
+        self.monitor.metrics.failed_login(&row.name, kind == PinKind::So);
         if max > 0 && failed >= max {
             warn!(partition = %row.name, failed, "PIN locked after too many failed logins");
+            self.monitor.raise(
+                crate::alerts::Alert::new(
+                    crate::alerts::AlertKind::PinLockout,
+                    crate::alerts::AlertStatus::Firing,
+                    format!(
+                        "partition {}: PIN locked after {failed} failed logins; the partition-owner secret clears it",
+                        row.name
+                    ),
+                )
+                .partition(&row.name),
+            );
             return Err(TokenError::PinLocked);
         }
         warn!(partition = %row.name, failed, ?kind, "login refused: wrong PIN");

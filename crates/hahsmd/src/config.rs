@@ -22,6 +22,66 @@ pub struct Config {
     pub admin_socket: Option<PathBuf>,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub monitoring: Monitoring,
+}
+
+/// Metrics and alerts (`[monitoring]`); see docs/operator-guide.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitoring {
+    /// The metrics endpoint's address; localhost by default. Port 0 picks a
+    /// free port, written to `<data_dir>/metrics.addr`. Empty turns it off.
+    pub metrics_listen: String,
+    /// How long the group may stay out of sync before the out-of-sync alert.
+    pub out_of_sync_after_secs: u64,
+    /// How long policies may differ before the policy-drift alert (a
+    /// moment's grace while `ha sync-policies` goes round the members).
+    pub policy_drift_after_secs: u64,
+    #[serde(default)]
+    pub alerts: AlertTargets,
+}
+
+impl Default for Monitoring {
+    fn default() -> Self {
+        Monitoring {
+            metrics_listen: DEFAULT_METRICS_LISTEN.to_string(),
+            out_of_sync_after_secs: 10,
+            policy_drift_after_secs: 3,
+            alerts: AlertTargets::default(),
+        }
+    }
+}
+
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9792";
+
+/// Where alerts go (`[monitoring.alerts]`): a command, a webhook, or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertTargets {
+    /// A program and its arguments, run without a shell for each alert, with
+    /// the alert in `HAHSM_ALERT_*` variables and as JSON on its stdin.
+    pub exec: Vec<String>,
+    /// An `http://` URL that each alert is POSTed to as JSON.
+    pub webhook: Option<String>,
+    /// Further attempts after a failed delivery, with doubling back-off.
+    pub retries: u32,
+    /// The first back-off, in milliseconds.
+    pub retry_backoff_ms: u64,
+    /// How long one attempt may take (the command is killed after it).
+    pub timeout_ms: u64,
+}
+
+impl Default for AlertTargets {
+    fn default() -> Self {
+        AlertTargets {
+            exec: Vec::new(),
+            webhook: None,
+            retries: 5,
+            retry_backoff_ms: 500,
+            timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Limits that keep one client from taking the member down.
@@ -84,6 +144,8 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         let config: Config =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        crate::alerts::validate(&config.monitoring.alerts)
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
         Ok(config)
     }
 
@@ -103,6 +165,11 @@ impl Config {
 
     pub fn key_path(&self) -> PathBuf {
         self.data_dir.join("server.key")
+    }
+
+    /// Where the metrics endpoint writes the address it is bound to.
+    pub fn metrics_addr_path(&self) -> PathBuf {
+        self.data_dir.join("metrics.addr")
     }
 
     /// The host-local key that seals partition keys for auto-activation.

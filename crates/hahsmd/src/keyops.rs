@@ -234,7 +234,21 @@ impl KeyOps<'_> {
         Ok(ids)
     }
 
+    /// Handles one request, counted and timed by operation and mechanism
+    /// for the metrics. (A request cut off by its deadline is not timed.)
     pub async fn handle(&self, request: Request) -> TokenResult<Response> {
+        let operation = request.name();
+        let mechanism = mechanism_of(&request);
+        let started = std::time::Instant::now();
+        let result = self.handle_request(request).await;
+        self.app
+            .monitor
+            .metrics
+            .operation(operation, mechanism, result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn handle_request(&self, request: Request) -> TokenResult<Response> {
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::ListPartitions => self.list_partitions(),
@@ -808,6 +822,23 @@ impl KeyOps<'_> {
             AttrValue::Bool(!extractable && base.attrs.flag(ck::CKA_NEVER_EXTRACTABLE, false)),
         );
         Ok((attrs, secret))
+    }
+}
+
+/// The mechanism a request uses, if any, for the metrics' labels.
+fn mechanism_of(request: &Request) -> Option<u64> {
+    match request {
+        Request::GenerateKey { mechanism, .. }
+        | Request::GenerateKeyPair { mechanism, .. }
+        | Request::Sign { mechanism, .. }
+        | Request::Verify { mechanism, .. }
+        | Request::Encrypt { mechanism, .. }
+        | Request::Decrypt { mechanism, .. }
+        | Request::WrapKey { mechanism, .. }
+        | Request::UnwrapKey { mechanism, .. }
+        | Request::DeriveKey { mechanism, .. }
+        | Request::Digest { mechanism, .. } => Some(mechanism.mech),
+        _ => None,
     }
 }
 

@@ -16,16 +16,21 @@
 //! - [`admin`]: the admin socket;
 //! - [`journal`]: the hash-chained audit journal of administrative actions;
 //! - [`custody`]: the domain secret from a whole file or M-of-N shares, and
-//!   encrypted partition backups.
+//!   encrypted partition backups;
+//! - [`monitor`]: monitoring with no application: the metrics endpoint
+//!   ([`metrics`]), alerts ([`alerts`]) and the loop that watches the groups.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod admission;
+pub mod alerts;
 pub mod appliance;
 pub mod config;
 pub mod custody;
 pub mod journal;
 pub mod keyops;
+pub mod metrics;
+pub mod monitor;
 pub mod partition;
 pub mod replication;
 pub mod server;

@@ -69,6 +69,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(hahsmd::replication::serve_peers(app.clone(), peers));
     }
     tokio::spawn(admin::serve(app.clone(), admin_listener));
+    // Monitoring: the metrics endpoint, the alert dispatcher, the watch loop.
+    hahsmd::monitor::start_metrics(&app).await;
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let metrics = app.monitor.metrics.clone();
+            app.monitor
+                .alerts
+                .dispatch(
+                    app.config.monitoring.alerts.clone(),
+                    app.config.data_dir.clone(),
+                    metrics,
+                )
+                .await;
+        });
+    }
+    tokio::spawn(hahsmd::monitor::watch(app.clone()));
     // Written last: its presence tells scripts and tests the member is ready.
     std::fs::write(app.config.data_dir.join("listen.addr"), bound.to_string())?;
     tokio::spawn(server::serve(app.clone(), listener));

@@ -11,14 +11,15 @@
 //!   member that was away catches up by itself.
 //!
 //! See `docs/replication.md` for the protocol as a specification.
+use crate::alerts::{Alert, AlertKind, AlertStatus};
 use crate::appliance::{AdminError, AdminResult, Appliance};
 use crate::partition::ActivePartition;
 use hahsm_crypto::{self as crypto, SealKey, SecretBytes};
 use hahsm_link::{ClientAuthorizer, Fingerprint, LinkError};
 use hahsm_proto::admin::{GroupMemberStatus, GroupStatus};
 use hahsm_proto::peer::{
-    GroupDef, GroupMember, PeerRequest, PeerRequestFrame, PeerResponse, PeerResponseFrame, Proof,
-    ReplicaState, WriteConcern,
+    GroupDef, GroupMember, PeerRequest, PeerRequestFrame, PeerResponse, PeerResponseFrame, PolicySnapshot,
+    Proof, ReplicaState, WriteConcern,
 };
 use hahsm_proto::{decode, encode, WireError};
 use hahsm_replica::VersionVector;
@@ -36,6 +37,11 @@ use tracing::{info, warn};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 /// A member silent for this long is declared down.
 pub const DOWN_AFTER: Duration = Duration::from_millis(2000);
+/// While a peer that is not yet down fails to answer, it is probed this
+/// often instead of every heartbeat interval, so that it is declared down
+/// (and the alert raised) close to `DOWN_AFTER` after it went silent, not up
+/// to a heartbeat interval later.
+const SUSPECT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// Most operations one pull or push carries.
 const BATCH: u32 = 2000;
 
@@ -148,9 +154,11 @@ fn wire_aad(group: &GroupDef, ouid: &hahsm_token::Ouid) -> Vec<u8> {
 // ----- the HA log -----
 
 /// The HA event log: the report's table 5.2 lines in `ha.log`, and the same
-/// events as JSON lines in `ha.jsonl`.
+/// events as JSON lines in `ha.jsonl`. A dropped or recovered member also
+/// raises its alert here, the moment the failure detector decides.
 pub struct HaLog {
     dir: std::path::PathBuf,
+    monitor: Arc<crate::monitor::Monitor>,
 }
 
 impl HaLog {
@@ -170,6 +178,21 @@ impl HaLog {
             (other, _) => format!("{now} [{pid}] HA group: {group} {other} member: {member}"),
         };
         warn!("{line}");
+        let kind = match event {
+            "dropped" => Some(AlertKind::MemberDown),
+            "recovered" => Some(AlertKind::MemberRecovered),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let summary = line
+                .split_once("HA group: ")
+                .map_or(line.as_str(), |(_, rest)| rest);
+            self.monitor.raise(
+                Alert::new(kind, AlertStatus::Firing, format!("HA group: {summary}"))
+                    .group(group)
+                    .member(member),
+            );
+        }
         let json = serde_json::json!({
             "time_ms": crate::now_ms(), "group": group, "event": event, "member": member, "attempt": attempt,
         });
@@ -257,6 +280,12 @@ pub struct Group {
     ha_log: HaLog,
     stop: tokio::sync::watch::Sender<bool>,
     wake: tokio::sync::Notify,
+    /// This member's HSM and partition policies, as heartbeats carry them;
+    /// kept current by the monitor's watch loop.
+    policies: RwLock<PolicySnapshot>,
+    monitor: Arc<crate::monitor::Monitor>,
+    /// Since when each member (by serial) has lacked operations.
+    behind_since: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Drop for Group {
@@ -288,6 +317,8 @@ impl Group {
             version_vector: p.version_vector().0.into_iter().collect(),
             live_objects: p.object_count() as u64,
             digest: p.content_digest(),
+            policies: self.policies.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            metrics: self.monitor.metrics_url().unwrap_or_default(),
         }
     }
 
@@ -729,11 +760,10 @@ impl Group {
     pub fn status(&self, p: &ActivePartition) -> GroupStatus {
         let def = self.def();
         let mine = self.state(p);
-        let mut members = Vec::new();
-        let mut in_sync = true;
+        let mut seen = Vec::new();
         for m in &def.members {
-            let (health, state) = if m.serial == self.me {
-                ("alive", mine.clone())
+            if m.serial == self.me {
+                seen.push(("alive", mine.clone(), Some(Duration::ZERO)));
             } else {
                 let s = self.peer(m.serial);
                 let fresh = s.last_seen.is_some_and(|t| t.elapsed() < DOWN_AFTER * 2);
@@ -743,8 +773,37 @@ impl Group {
                     PeerHealth::Lagging => "lagging",
                     PeerHealth::Alive => "alive",
                 };
-                (health, s.state)
+                seen.push((health, s.state, s.last_seen.map(|t| t.elapsed())));
+            }
+        }
+        let best = crate::monitor::best_vector(seen.iter().map(|(_, s, _)| s.version_vector.as_slice()));
+        let drift = crate::monitor::policy_drift(
+            &def.members
+                .iter()
+                .zip(&seen)
+                .map(|(m, (_, s, _))| (m.hsm_label.clone(), &s.policies))
+                .collect::<Vec<_>>(),
+        );
+        let mut behind = self.behind_since.lock().unwrap_or_else(|p| p.into_inner());
+        behind.retain(|serial, _| def.member(*serial).is_some());
+        let mut members = Vec::new();
+        let mut in_sync = true;
+        let mut degraded = false;
+        for (m, (health, state, last_seen)) in def.members.iter().zip(seen) {
+            let lag_operations = crate::monitor::lag_operations(&state.version_vector, &best);
+            let lag_ms = if lag_operations == 0 {
+                behind.remove(&m.serial);
+                0
+            } else {
+                behind
+                    .entry(m.serial)
+                    .or_insert_with(Instant::now)
+                    .elapsed()
+                    .as_millis() as u64
             };
+            if health != "alive" {
+                degraded = true;
+            }
             let state_name = if m.standby && health == "alive" {
                 "standby"
             } else {
@@ -763,6 +822,11 @@ impl Group {
                 version_vector: state.version_vector.clone(),
                 peer_address: m.peer_address.clone(),
                 client_address: m.client_address.clone(),
+                lag_operations,
+                lag_ms,
+                last_seen_ms: last_seen.map(|d| d.as_millis() as u64),
+                policies: state.policies,
+                metrics: state.metrics,
             });
         }
         GroupStatus {
@@ -773,6 +837,8 @@ impl Group {
             write_concern: format!("{:?}", def.write_concern),
             members,
             in_sync,
+            degraded,
+            policy_drift: drift,
         }
     }
 
@@ -796,8 +862,17 @@ impl Group {
             });
             futures::future::join_all(rounds).await;
             drop(p);
+            let suspect = others.iter().any(|m| {
+                let s = self.peer(m.serial);
+                s.health != PeerHealth::Down && s.last_seen.is_some_and(|t| t.elapsed() > HEARTBEAT_INTERVAL)
+            });
+            let pause = if suspect {
+                SUSPECT_PROBE_INTERVAL
+            } else {
+                HEARTBEAT_INTERVAL
+            };
             tokio::select! {
-                _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = self.wake.notified() => {}
                 _ = stop.changed() => return,
             }
@@ -1170,9 +1245,13 @@ fn start(
         routes: app.config.peer_routes.clone(),
         ha_log: HaLog {
             dir: app.config.data_dir.clone(),
+            monitor: app.monitor.clone(),
         },
         stop,
         wake: tokio::sync::Notify::new(),
+        policies: RwLock::new(policy_snapshot(app, &p.name)),
+        monitor: app.monitor.clone(),
+        behind_since: Mutex::new(HashMap::new()),
     });
     app.groups
         .write()
@@ -1208,6 +1287,40 @@ pub fn stop_group(app: &Appliance, partition: &str) {
         .remove(partition)
     {
         let _ = g.stop.send(true);
+    }
+}
+
+/// This member's HSM policies and the partition's, as heartbeats carry them:
+/// the value in force of every policy in the tables, so a policy a store
+/// never recorded compares as the value it has, not as missing.
+fn policy_snapshot(app: &Appliance, partition: &str) -> PolicySnapshot {
+    let in_force = |table: &[policy::PolicyDef], p: policy::Policies| -> Vec<(u32, u64)> {
+        table.iter().map(|d| (d.number, p.get(d.number))).collect()
+    };
+    PolicySnapshot {
+        hsm: app
+            .hsm_policies()
+            .map(|p| in_force(policy::HSM_POLICIES, p))
+            .unwrap_or_default(),
+        partition: app
+            .partition_policy_values(partition)
+            .map(|p| in_force(policy::PARTITION_POLICIES, p))
+            .unwrap_or_default(),
+    }
+}
+
+/// Brings every group's copy of this member's policies up to date.
+pub fn refresh_policies(app: &Appliance) {
+    let groups: Vec<(String, Arc<Group>)> = app
+        .groups
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(partition, g)| (partition.clone(), g.clone()))
+        .collect();
+    for (partition, g) in groups {
+        let now = policy_snapshot(app, &partition);
+        *g.policies.write().unwrap_or_else(|p| p.into_inner()) = now;
     }
 }
 

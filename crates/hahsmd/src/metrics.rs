@@ -1,0 +1,491 @@
+//! The member's metrics, in the OpenMetrics text format (prometheus-client).
+//!
+//! Two kinds:
+//! - counters and histograms recorded as things happen: operations by
+//!   mechanism and their latency, failed logins, alerts;
+//! - gauges read from the member's state at each scrape: each group's
+//!   members (state, lag), in-sync, degraded, policy drift, partitions and
+//!   the store's size. Reading at scrape time means a gauge can never be
+//!   stale, and a member that left the group leaves the metrics with it.
+use crate::alerts::Alert;
+use crate::appliance::Appliance;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// The content type of the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    operation: &'static str,
+    mechanism: Cow<'static, str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpTimeLabels {
+    operation: &'static str,
+    mechanism: Cow<'static, str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    partition: String,
+    user: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    group: String,
+    member: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberStateLabels {
+    group: String,
+    member: String,
+    name: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    kind: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The states a member of a group can be in, as `ha show` names them.
+pub const MEMBER_STATES: [&str; 4] = ["alive", "lagging", "down", "standby"];
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 13 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// One scrape at a time: a scrape clears and refills the state gauges.
+    scrape: Mutex<()>,
+    operations: Family<OpLabels, Counter>,
+    operation_seconds: Family<OpTimeLabels, Histogram, fn() -> Histogram>,
+    failed_logins: Family<LoginLabels, Counter>,
+    alerts: Family<AlertLabels, Counter>,
+    alert_delivery_failures: Family<TargetLabels, Counter>,
+    alerts_dropped: Counter,
+    store_bytes: Gauge,
+    partition_objects: Family<PartitionLabels, Gauge>,
+    partition_failed_logins: Family<PartitionLabels, Gauge>,
+    partition_pin_locked: Family<PartitionLabels, Gauge>,
+    group_in_sync: Family<GroupLabels, Gauge>,
+    group_degraded: Family<GroupLabels, Gauge>,
+    group_policy_drift: Family<GroupLabels, Gauge>,
+    member_up: Family<MemberLabels, Gauge>,
+    member_state: Family<MemberStateLabels, Gauge>,
+    lag_operations: Family<MemberLabels, Gauge>,
+    lag_seconds: Family<MemberLabels, FloatGauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("hahsm");
+        let m = Metrics {
+            registry: Registry::default(),
+            scrape: Mutex::new(()),
+            operations: Family::default(),
+            operation_seconds: Family::new_with_constructor(latency_histogram),
+            failed_logins: Family::default(),
+            alerts: Family::default(),
+            alert_delivery_failures: Family::default(),
+            alerts_dropped: Counter::default(),
+            store_bytes: Gauge::default(),
+            partition_objects: Family::default(),
+            partition_failed_logins: Family::default(),
+            partition_pin_locked: Family::default(),
+            group_in_sync: Family::default(),
+            group_degraded: Family::default(),
+            group_policy_drift: Family::default(),
+            member_up: Family::default(),
+            member_state: Family::default(),
+            lag_operations: Family::default(),
+            lag_seconds: Family::default(),
+        };
+        r.register(
+            "operations",
+            "Client requests handled, by operation, mechanism and result",
+            m.operations.clone(),
+        );
+        r.register(
+            "operation_duration_seconds",
+            "Time to handle a client request, by operation and mechanism",
+            m.operation_seconds.clone(),
+        );
+        r.register(
+            "failed_logins",
+            "Failed partition logins (wrong or locked PIN) since the member started",
+            m.failed_logins.clone(),
+        );
+        r.register("alerts", "Alerts raised, by kind and status", m.alerts.clone());
+        r.register(
+            "alert_delivery_failures",
+            "Failed attempts to deliver an alert, by target (exec, webhook)",
+            m.alert_delivery_failures.clone(),
+        );
+        r.register(
+            "alerts_dropped",
+            "Alerts dropped because the alert queue was full",
+            m.alerts_dropped.clone(),
+        );
+        r.register(
+            "store_size_bytes",
+            "Size of the member's store on disk (database and write-ahead log)",
+            m.store_bytes.clone(),
+        );
+        r.register(
+            "partition_objects",
+            "Live token objects in an activated partition",
+            m.partition_objects.clone(),
+        );
+        r.register(
+            "partition_failed_logins",
+            "Consecutive failed logins counted toward the lockout (durable)",
+            m.partition_failed_logins.clone(),
+        );
+        r.register(
+            "partition_pin_locked",
+            "1 when the partition's PIN is locked after too many failed logins",
+            m.partition_pin_locked.clone(),
+        );
+        r.register(
+            "group_in_sync",
+            "1 when every member of the group is alive with the same operations and objects",
+            m.group_in_sync.clone(),
+        );
+        r.register(
+            "group_degraded",
+            "1 when a member of the group is down or lagging",
+            m.group_degraded.clone(),
+        );
+        r.register(
+            "group_policy_drift",
+            "Number of HSM or partition policies whose value differs between members",
+            m.group_policy_drift.clone(),
+        );
+        r.register(
+            "member_up",
+            "1 when this member hears from the group member (always 1 for itself)",
+            m.member_up.clone(),
+        );
+        r.register(
+            "member_state",
+            "The group member's state as this member sees it: 1 for the current state",
+            m.member_state.clone(),
+        );
+        r.register(
+            "replication_lag_operations",
+            "Operations the group member lacks, against the most advanced member known here",
+            m.lag_operations.clone(),
+        );
+        r.register(
+            "replication_lag_seconds",
+            "How long the group member has lacked operations (0 when it lacks none)",
+            m.lag_seconds.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// Records one client request.
+    pub fn operation(&self, operation: &'static str, mechanism: Option<u64>, ok: bool, took: Duration) {
+        let mechanism = mechanism_label(mechanism);
+        self.operations
+            .get_or_create(&OpLabels {
+                operation,
+                mechanism: mechanism.clone(),
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+        self.operation_seconds
+            .get_or_create(&OpTimeLabels { operation, mechanism })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn failed_login(&self, partition: &str, so: bool) {
+        self.failed_logins
+            .get_or_create(&LoginLabels {
+                partition: partition.to_string(),
+                user: if so { "so" } else { "user" },
+            })
+            .inc();
+    }
+
+    pub fn alert_raised(&self, alert: &Alert) {
+        self.alerts
+            .get_or_create(&AlertLabels {
+                kind: alert.kind.name(),
+                status: alert.status.name(),
+            })
+            .inc();
+    }
+
+    pub fn alert_delivery_failed(&self, target: &str) {
+        self.alert_delivery_failures
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn alert_dropped(&self) {
+        self.alerts_dropped.inc();
+    }
+
+    /// The scrape: reads the member's state into the gauges, then encodes
+    /// every metric.
+    pub fn render(&self, app: &Appliance) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.read_state(app);
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            // Writing to a String cannot fail; say so rather than serve half.
+            return "# EOF\n".to_string();
+        }
+        out
+    }
+
+    fn read_state(&self, app: &Appliance) {
+        self.store_bytes.set(store_size(app) as i64);
+        for f in [
+            &self.partition_objects,
+            &self.partition_failed_logins,
+            &self.partition_pin_locked,
+        ] {
+            f.clear();
+        }
+        for p in app.partition_list().unwrap_or_default() {
+            let l = PartitionLabels {
+                partition: p.name.clone(),
+            };
+            if p.activated {
+                self.partition_objects
+                    .get_or_create(&l)
+                    .set(p.object_count as i64);
+            }
+            self.partition_failed_logins
+                .get_or_create(&l)
+                .set(i64::from(p.failed_logins));
+            self.partition_pin_locked
+                .get_or_create(&l)
+                .set(i64::from(p.pin_locked));
+        }
+        for f in [
+            &self.group_in_sync,
+            &self.group_degraded,
+            &self.group_policy_drift,
+        ] {
+            f.clear();
+        }
+        self.member_up.clear();
+        self.member_state.clear();
+        self.lag_operations.clear();
+        self.lag_seconds.clear();
+        for g in crate::replication::show(app, None).unwrap_or_default() {
+            let gl = GroupLabels {
+                group: g.label.clone(),
+            };
+            self.group_in_sync.get_or_create(&gl).set(i64::from(g.in_sync));
+            self.group_degraded.get_or_create(&gl).set(i64::from(g.degraded));
+            self.group_policy_drift
+                .get_or_create(&gl)
+                .set(g.policy_drift.len() as i64);
+            for m in &g.members {
+                let ml = MemberLabels {
+                    group: g.label.clone(),
+                    member: m.serial.to_string(),
+                    name: m.name.clone(),
+                };
+                self.member_up
+                    .get_or_create(&ml)
+                    .set(i64::from(m.state != "down"));
+                for state in MEMBER_STATES {
+                    self.member_state
+                        .get_or_create(&MemberStateLabels {
+                            group: g.label.clone(),
+                            member: m.serial.to_string(),
+                            name: m.name.clone(),
+                            state,
+                        })
+                        .set(i64::from(m.state == state));
+                }
+                self.lag_operations
+                    .get_or_create(&ml)
+                    .set(m.lag_operations as i64);
+                self.lag_seconds.get_or_create(&ml).set(m.lag_ms as f64 / 1000.0);
+            }
+        }
+    }
+}
+
+/// The store's database file with its write-ahead log and shared memory.
+fn store_size(app: &Appliance) -> u64 {
+    let db = app.config.store_path();
+    let mut total = 0;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        total += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    }
+    total
+}
+
+/// The mechanisms' names as `hahsm keys --mech` spells them.
+const MECHANISM_NAMES: &[&str] = &[
+    "RSA-PKCS",
+    "RSA-X-509",
+    "SHA1-RSA-PKCS",
+    "SHA224-RSA-PKCS",
+    "SHA256-RSA-PKCS",
+    "SHA384-RSA-PKCS",
+    "SHA512-RSA-PKCS",
+    "RSA-PKCS-PSS",
+    "SHA1-RSA-PKCS-PSS",
+    "SHA224-RSA-PKCS-PSS",
+    "SHA256-RSA-PKCS-PSS",
+    "SHA384-RSA-PKCS-PSS",
+    "SHA512-RSA-PKCS-PSS",
+    "RSA-PKCS-OAEP",
+    "ECDSA",
+    "ECDSA-SHA1",
+    "ECDSA-SHA224",
+    "ECDSA-SHA256",
+    "ECDSA-SHA384",
+    "ECDSA-SHA512",
+    "ECDH1-DERIVE",
+    "EDDSA",
+    "AES-ECB",
+    "AES-CBC",
+    "AES-CBC-PAD",
+    "AES-GCM",
+    "AES-KEY-WRAP",
+    "AES-KEY-WRAP-PAD",
+    "SHA256-HMAC",
+    "SHA384-HMAC",
+    "SHA512-HMAC",
+    "SHA-1",
+    "SHA224",
+    "SHA256",
+    "SHA384",
+    "SHA512",
+];
+
+/// Key generation mechanisms, which `--mech` does not name.
+const KEYGEN_NAMES: &[(u64, &str)] = &[
+    (
+        hahsm_token::ck::CKM_RSA_PKCS_KEY_PAIR_GEN,
+        "RSA-PKCS-KEY-PAIR-GEN",
+    ),
+    (hahsm_token::ck::CKM_EC_KEY_PAIR_GEN, "EC-KEY-PAIR-GEN"),
+    (
+        hahsm_token::ck::CKM_EC_EDWARDS_KEY_PAIR_GEN,
+        "EC-EDWARDS-KEY-PAIR-GEN",
+    ),
+    (hahsm_token::ck::CKM_AES_KEY_GEN, "AES-KEY-GEN"),
+    (
+        hahsm_token::ck::CKM_GENERIC_SECRET_KEY_GEN,
+        "GENERIC-SECRET-KEY-GEN",
+    ),
+];
+
+fn mechanism_label(mech: Option<u64>) -> Cow<'static, str> {
+    static NAMES: OnceLock<HashMap<u64, &'static str>> = OnceLock::new();
+    let Some(mech) = mech else {
+        return Cow::Borrowed("none");
+    };
+    let names = NAMES.get_or_init(|| {
+        MECHANISM_NAMES
+            .iter()
+            .filter_map(|n| hahsm_token::mechanism::by_name(n).map(|m| (m, *n)))
+            .chain(KEYGEN_NAMES.iter().copied())
+            .collect()
+    });
+    match names.get(&mech) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(format!("0x{mech:08x}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_mechanism_name_is_one_the_cli_knows() {
+        for n in MECHANISM_NAMES {
+            assert!(hahsm_token::mechanism::by_name(n).is_some(), "{n}");
+        }
+    }
+
+    #[test]
+    fn mechanism_labels_are_the_cli_names() {
+        assert_eq!(
+            mechanism_label(Some(hahsm_token::ck::CKM_ECDSA)),
+            "ECDSA".to_string()
+        );
+        assert_eq!(mechanism_label(None), "none".to_string());
+        assert_eq!(mechanism_label(Some(0x8000_1234)), "0x80001234".to_string());
+    }
+
+    #[test]
+    fn operations_are_counted_and_timed_by_mechanism() {
+        let m = Metrics::new();
+        m.operation(
+            "sign",
+            Some(hahsm_token::ck::CKM_ECDSA),
+            true,
+            Duration::from_millis(2),
+        );
+        m.operation("sign", Some(hahsm_token::ck::CKM_ECDSA), false, Duration::ZERO);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        assert!(
+            out.contains(r#"hahsm_operations_total{operation="sign",mechanism="ECDSA",result="ok"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"hahsm_operation_duration_seconds_count{operation="sign",mechanism="ECDSA"} 2"#),
+            "{out}"
+        );
+        assert!(out.ends_with("# EOF\n"));
+    }
+}

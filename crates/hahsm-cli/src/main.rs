@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod appliance_cmd;
-mod bench_cmd;
+mod bench;
 mod client_cmd;
 mod demo_cmd;
 mod ha_cmd;
@@ -34,8 +34,9 @@ enum Command {
     Ha(ha_cmd::HaArgs),
     /// Manage and use keys on a member, over the mutual-TLS link.
     Keys(keys_cmd::KeysArgs),
-    /// Signatures/s through the PKCS#11 module against aws-lc-rs in-process.
-    Bench(bench_cmd::BenchArgs),
+    /// Measure the PKCS#11 module as applications use it, against aws-lc-rs and SoftHSM2;
+    /// the report's performance tests as scenarios.
+    Bench(bench::BenchArgs),
 }
 
 /// Where the client config is: `--conf`, `HAHSM_CONF`, or `~/.hahsm/client.toml`.
@@ -86,7 +87,7 @@ fn main() -> ExitCode {
             Command::Ha(h) => ha_cmd::run(h).await,
             Command::Demo(d) => demo_cmd::run(d).await,
             Command::Keys(k) => keys_cmd::run(k).await,
-            Command::Bench(b) => bench_cmd::run(b).await,
+            Command::Bench(b) => bench::run(b).await,
         }
     });
     match result {

@@ -1,0 +1,314 @@
+//! The report's performance tests (§3.4.8 to 3.4.11), one command each. Each
+//! starts a local HA group with `hahsm demo` in a directory of its own,
+//! measures, writes `<name>.csv`, `<name>.jsonl` and its plots into `--out`,
+//! and stops the group.
+use super::args::{BenchOpts, Mode, ScenarioArgs, ScenarioName, SlotChoice};
+use super::output::Output;
+use super::plot::{self, Series};
+use super::{Bench, Placement, Target};
+use crate::demo_cmd::DemoFile;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A group started with `hahsm demo --detach`; stopped when dropped.
+struct Group {
+    dir: PathBuf,
+    demo: DemoFile,
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn hahsm() -> Result<Command> {
+    Ok(Command::new(
+        std::env::current_exe().context("cannot find this program's path")?,
+    ))
+}
+
+impl Group {
+    fn start(members: usize, dir: Option<&Path>) -> Result<Group> {
+        let (dir, temp) = match dir {
+            Some(d) => (d.to_path_buf(), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("hahsm-bench-group").tempdir()?;
+                (t.path().join("demo"), Some(t))
+            }
+        };
+        eprintln!(
+            "hahsm bench: starting a {members}-member group in {}",
+            dir.display()
+        );
+        let out = hahsm()?
+            .args(["demo", "--detach", "--members", &members.to_string(), "--dir"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "hahsm demo could not start the group: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = std::fs::read_to_string(dir.join("demo.json")).context("the group's demo.json")?;
+        Ok(Group {
+            demo: serde_json::from_str(&text)?,
+            dir,
+            _temp: temp,
+        })
+    }
+
+    /// Physical slot of member `n` (from 1): the demo names its servers hsm1, hsm2, …
+    fn member(n: usize) -> Option<SlotChoice> {
+        Some(SlotChoice::Name(format!("hsm{n}")))
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(mut c) = hahsm() {
+            let _ = c
+                .args(["demo", "stop", "--dir"])
+                .arg(&self.dir)
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A process that keeps one member busy (the report's second `multitoken2`
+/// on the first physical slot); killed when dropped.
+struct Load(Child);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What one scenario measures: its modes, and the configurations of each point.
+struct Plan {
+    modes: Vec<Mode>,
+    /// (configuration name, placement) for every point, in order; `x` is the
+    /// value the plots put on the horizontal axis.
+    points: Vec<(String, Placement, usize)>,
+    x_desc: &'static str,
+}
+
+fn default_threads(name: ScenarioName) -> Vec<usize> {
+    match name {
+        // Table 4.1's rows.
+        ScenarioName::Threads => vec![1, 3, 10, 20, 60, 100],
+        // Table 4.2's rows (threads per process).
+        ScenarioName::Processes => vec![1, 3, 10, 20, 30, 60, 100],
+        // Table 4.4's total threads (a multiple of the members).
+        ScenarioName::HaVsStandalone => vec![3, 9, 15, 30, 60],
+        // Table 4.5: multitoken2 -nslots 1x12.
+        ScenarioName::SlowMember => vec![12],
+    }
+}
+
+fn plan(name: ScenarioName, opts: &BenchOpts, members: usize) -> Plan {
+    let threads = opts
+        .threads
+        .clone()
+        .map_or_else(|| default_threads(name), |t| t.0);
+    let modes = if opts.mode.is_empty() {
+        match name {
+            ScenarioName::Processes => vec![Mode::RsaSign(2048)],
+            _ => vec![Mode::RsaSign(2048), Mode::RsaKeygen(2048)],
+        }
+    } else {
+        opts.mode.clone()
+    };
+    let ha = Some(SlotChoice::Ha);
+    let ha_name = format!("hahsm HA slot ({members} members)");
+    let mut points = Vec::new();
+    match name {
+        ScenarioName::Threads => {
+            for &t in &threads {
+                points.push((ha_name.clone(), Placement::same(ha.clone(), 1, t), t));
+            }
+        }
+        ScenarioName::Processes => {
+            for procs in 1..=3 {
+                for &t in &threads {
+                    let label = format!("HA slot, {procs} process{}", if procs == 1 { "" } else { "es" });
+                    points.push((label, Placement::same(ha.clone(), procs, t), t));
+                }
+            }
+        }
+        ScenarioName::HaVsStandalone => {
+            for &total in &threads {
+                let per_member = total.div_ceil(members).max(1);
+                points.push((ha_name.clone(), Placement::same(ha.clone(), 1, total), total));
+                points.push((
+                    format!("{members} members used one by one ({members} processes)"),
+                    Placement {
+                        slots: (1..=members).map(Group::member).collect(),
+                        threads: per_member,
+                    },
+                    per_member * members,
+                ));
+                points.push((
+                    "one member alone (1 process)".to_string(),
+                    Placement::same(Group::member(1), 1, total),
+                    total,
+                ));
+            }
+        }
+        ScenarioName::SlowMember => {
+            for &t in &threads {
+                points.push((
+                    "one member (hsm1)".into(),
+                    Placement::same(Group::member(1), 1, t),
+                    t,
+                ));
+                points.push((ha_name.clone(), Placement::same(ha.clone(), 1, t), t));
+                points.push((
+                    format!("{ha_name}, hsm1 busy"),
+                    Placement::same(ha.clone(), 1, t),
+                    t,
+                ));
+            }
+        }
+    }
+    Plan {
+        modes,
+        points,
+        x_desc: match name {
+            ScenarioName::Processes => "threads per process",
+            _ => "threads (in all)",
+        },
+    }
+}
+
+pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
+    if args.members == 0 || args.members > 9 {
+        bail!("--members takes 1 to 9");
+    }
+    if args.name == ScenarioName::SlowMember && args.members < 2 {
+        bail!("slow-member needs at least 2 members");
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let plan = plan(args.name, opts, args.members);
+    let group = Group::start(args.members, args.dir.as_deref())?;
+    let target = Target {
+        module: opts.module.clone().unwrap_or_else(|| group.demo.module.clone()),
+        slot: Some(SlotChoice::Ha),
+        partition: None,
+        pin: group.demo.user_pin.clone(),
+        conf: Some(group.demo.conf.clone()),
+    };
+    let bench = Bench::new(opts, target, 3.0)?;
+    let name = args.name.to_string();
+    let csv = args.out.join(format!("{name}.csv"));
+    let mut out = Output::new(opts.json, Some(&csv))?.with_config_in_json();
+    let mut jsonl = String::new();
+    let mut xs = Vec::new();
+    for &mode in &plan.modes {
+        for (config, placement, x) in &plan.points {
+            let _load = if config.ends_with("busy") {
+                Some(busy(&bench)?)
+            } else {
+                None
+            };
+            let point = bench.point(mode, placement)?;
+            out.add(config, mode, point)?;
+            xs.push(*x);
+            if let Some(row) = out.points().last() {
+                jsonl.push_str(&serde_json::to_string(row)?);
+                jsonl.push('\n');
+            }
+        }
+    }
+    out.finish()?;
+    std::fs::write(args.out.join(format!("{name}.jsonl")), jsonl)?;
+    if args.name != ScenarioName::SlowMember {
+        for &mode in &plan.modes {
+            let series = scenario_series(out.points(), &xs, mode);
+            let title = format!("{} — report test {}", mode.label(), test_number(args.name));
+            for ext in ["svg", "png"] {
+                let file = args.out.join(format!("{name}-{}.{ext}", mode.slug()));
+                plot::draw(&file, &title, mode, plan.x_desc, &series)?;
+            }
+        }
+    }
+    eprintln!(
+        "hahsm bench: {name} written to {} ({name}.csv, {name}.jsonl{})",
+        args.out.display(),
+        if args.name == ScenarioName::SlowMember {
+            ""
+        } else {
+            ", plots"
+        }
+    );
+    out.check_nonzero()
+}
+
+fn test_number(name: ScenarioName) -> &'static str {
+    match name {
+        ScenarioName::Threads => "3.4.8",
+        ScenarioName::Processes => "3.4.9",
+        ScenarioName::HaVsStandalone => "3.4.10",
+        ScenarioName::SlowMember => "3.4.11",
+    }
+}
+
+/// Lines per configuration, and the baselines' lines once each (from the
+/// 1-process HA configuration, where they ran on the same total threads).
+fn scenario_series(rows: &[super::output::Row], xs: &[usize], mode: Mode) -> Vec<Series> {
+    let mut series: Vec<Series> = Vec::new();
+    let mut add = |name: String, x: f64, y: f64| match series.iter_mut().find(|s| s.name == name) {
+        Some(s) => s.points.push((x, y)),
+        None => series.push(Series {
+            name,
+            points: vec![(x, y)],
+        }),
+    };
+    for (r, x) in rows.iter().zip(xs).filter(|(r, _)| r.mode == mode) {
+        let x = *x as f64;
+        add(r.config.clone(), x, r.point.ops_per_s);
+        if r.point.processes == 1 && r.config.starts_with("hahsm HA slot") && !r.config.ends_with("busy") {
+            if let Some(v) = r.point.raw_ops_per_s {
+                add("aws-lc-rs in-process (raw)".into(), x, v);
+            }
+            if let Some(v) = r.point.softhsm_ops_per_s {
+                add("SoftHSM2".into(), x, v);
+            }
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    series
+}
+
+/// Starts the load on member 1: 12 threads signing there (report test
+/// 3.4.11, step 5), and gives it time to log in and make its key.
+fn busy(bench: &Bench) -> Result<Load> {
+    let mut cmd = hahsm()?;
+    cmd.args([
+        "bench",
+        "--mode",
+        "rsa-sign:2048",
+        "--slot",
+        "hsm1",
+        "--threads",
+        "12",
+    ])
+    .args(["--seconds", "86400", "--warmup", "0", "--json"])
+    .arg("--module")
+    .arg(&bench.hahsm.module)
+    .env("HAHSM_PIN", &bench.hahsm.pin)
+    .env_remove("HAHSM_PARTITION")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(c) = &bench.hahsm.conf {
+        cmd.arg("--conf").arg(c);
+    }
+    let load = Load(cmd.spawn().context("starting the load on member 1")?);
+    std::thread::sleep(Duration::from_secs(3));
+    Ok(load)
+}

@@ -329,7 +329,7 @@ mod tests {
                 n += 1;
                 std::thread::sleep(Duration::from_millis(2));
                 // Thread 1 fails one operation in ten.
-                if thread == 1 && n % 10 == 0 {
+                if thread == 1 && n % 10 == 9 {
                     bail!("planned failure");
                 }
                 Ok(())

@@ -154,9 +154,17 @@ impl Bench {
             point.set_raw(&s);
         }
         if let Some((_, module, target)) = &self.softhsm {
-            let same = Placement::same(target.slot.clone(), processes, threads);
-            let s = self.module_sample(module, target, mode, &same, &format!("{what} softhsm"))?;
-            point.set_softhsm(&s);
+            let slot = module.slot(target.slot.as_ref(), None)?;
+            if module.offers(slot, mode)? {
+                let same = Placement::same(target.slot.clone(), processes, threads);
+                let s = self.module_sample(module, target, mode, &same, &format!("{what} softhsm"))?;
+                point.set_softhsm(&s);
+            } else {
+                eprintln!(
+                    "hahsm bench: SoftHSM2 does not offer {}: no softhsm baseline for it",
+                    mode.label()
+                );
+            }
         }
         Ok(point)
     }

@@ -132,9 +132,9 @@ impl Output {
             p.max_us,
             p.errors,
             num(p.raw_ops_per_s, 1),
-            num(p.raw_ratio, 2),
+            num(p.raw_ratio, 3),
             num(p.softhsm_ops_per_s, 1),
-            num(p.softhsm_ratio, 2),
+            num(p.softhsm_ratio, 3),
             row.config
         );
     }

@@ -9,7 +9,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -102,6 +102,21 @@ impl Module {
             .context("C_Login")?;
         logins.insert(slot.id(), session);
         Ok(())
+    }
+
+    /// Whether the token in `slot` offers the mechanism `mode` measures.
+    pub fn offers(&self, slot: Slot, mode: Mode) -> Result<bool> {
+        let wanted = match mode {
+            Mode::RsaSign(_) => MechanismType::SHA256_RSA_PKCS,
+            Mode::RsaKeygen(_) => MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+            Mode::EcdsaSign(Curve::P256) => MechanismType::ECDSA_SHA256,
+            Mode::EcdsaSign(Curve::P384) => MechanismType::ECDSA_SHA384,
+            Mode::EddsaSign => MechanismType::EDDSA,
+            Mode::AesGcm => MechanismType::AES_GCM,
+            Mode::Hmac => MechanismType::SHA256_HMAC,
+            Mode::Ecdh(_) => MechanismType::ECDH1_DERIVE,
+        };
+        Ok(self.p11.get_mechanism_list(slot)?.contains(&wanted))
     }
 
     /// Makes the keys `mode` needs on `slot`, ready for `threads` to use.

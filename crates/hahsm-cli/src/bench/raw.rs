@@ -21,7 +21,7 @@ enum Key {
     Ecdsa(EcdsaKeyPair),
     Ed25519(Ed25519KeyPair),
     Aes(LessSafeKey),
-    Hmac(hmac::Key),
+    Hmac(Box<hmac::Key>),
     Ecdh(PrivateKey, &'static agreement::Algorithm, Vec<u8>),
 }
 
@@ -85,9 +85,9 @@ impl RawWorkload {
                     UnboundKey::new(&AES_256_GCM, &k).map_err(failed("AES key"))?,
                 ))
             }
-            Mode::Hmac => {
-                Key::Hmac(hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(failed("HMAC key"))?)
-            }
+            Mode::Hmac => Key::Hmac(Box::new(
+                hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(failed("HMAC key"))?,
+            )),
             Mode::Ecdh(c) => Key::Ecdh(
                 PrivateKey::generate(ecdh_alg(c)).map_err(failed("EC key generation"))?,
                 ecdh_alg(c),
@@ -153,8 +153,8 @@ impl Workload for RawWorkload {
                 Ok(())
             }),
             Key::Ecdh(k, alg, peer) => Box::new(move || {
-                let peer = UnparsedPublicKey::new(*alg, &peer[..]);
-                agreement::agree(k, &peer, Unspecified, |secret| Ok(secret.len())).map_err(failed("ECDH"))?;
+                let peer = UnparsedPublicKey::new(alg, &peer[..]);
+                agreement::agree(k, peer, Unspecified, |secret| Ok(secret.len())).map_err(failed("ECDH"))?;
                 Ok(())
             }),
         })

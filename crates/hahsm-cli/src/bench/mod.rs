@@ -169,6 +169,26 @@ impl Bench {
         Ok(point)
     }
 
+    /// hahsm at one point through another client config (a standalone
+    /// member): always in worker processes, since this process's module is
+    /// bound to the first config. No baselines.
+    pub fn point_elsewhere(&self, target: &Target, mode: Mode, placement: &Placement) -> Result<Point> {
+        let what = format!("{} {}×{}", mode.label(), placement.processes(), placement.threads);
+        let progress = Progress::start(what, self.timing);
+        let commands = placement
+            .slots
+            .iter()
+            .map(|slot| self.worker_command(target, slot.as_ref(), mode, placement.threads))
+            .collect::<Result<Vec<_>>>()?;
+        let sample = driver::run_workers(commands, self.timing, &progress.counter)?;
+        Ok(Point::new(
+            mode.to_string(),
+            placement.threads,
+            placement.processes(),
+            &sample,
+        ))
+    }
+
     fn module_sample(
         &self,
         module: &Module,

@@ -6,6 +6,7 @@ use super::args::{Curve, Mode, SlotChoice};
 use super::driver::{Op, Workload};
 use anyhow::{anyhow, bail, Context, Result};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
@@ -97,9 +98,12 @@ impl Module {
             return Ok(());
         }
         let session = self.p11.open_rw_session(slot)?;
-        session
-            .login(UserType::User, Some(&AuthPin::new(pin.into())))
-            .context("C_Login")?;
+        match session.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
+            // hahsm's HA slot and a member's physical slot share the member's
+            // login: logging in to one may already have logged in the other.
+            Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => return Err(e).context("C_Login"),
+        }
         logins.insert(slot.id(), session);
         Ok(())
     }

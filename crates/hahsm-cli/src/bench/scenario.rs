@@ -89,10 +89,39 @@ impl Drop for Load {
 /// What one scenario measures: its modes, and the configurations of each point.
 struct Plan {
     modes: Vec<Mode>,
-    /// (configuration name, placement) for every point, in order; `x` is the
-    /// value the plots put on the horizontal axis.
-    points: Vec<(String, Placement, usize)>,
+    points: Vec<PlanPoint>,
     x_desc: &'static str,
+}
+
+struct PlanPoint {
+    config: String,
+    placement: Placement,
+    /// What the plots put on the horizontal axis.
+    x: usize,
+    /// Measured on a standalone member (a group of one, with no peers to
+    /// replicate to) instead of the group.
+    standalone: bool,
+}
+
+fn at(config: impl Into<String>, placement: Placement, x: usize) -> PlanPoint {
+    PlanPoint {
+        config: config.into(),
+        placement,
+        x,
+        standalone: false,
+    }
+}
+
+/// The report's "one HSM": a member that replicates to no one. A physical
+/// slot of a group member is not that in hahsm: members replicate writes
+/// themselves, whichever slot the client used.
+fn standalone(threads: usize) -> PlanPoint {
+    PlanPoint {
+        config: "standalone member (no peers)".into(),
+        placement: Placement::same(Group::member(1), 1, threads),
+        x: threads,
+        standalone: true,
+    }
 }
 
 fn default_threads(name: ScenarioName) -> Vec<usize> {
@@ -127,45 +156,37 @@ fn plan(name: ScenarioName, opts: &BenchOpts, members: usize) -> Plan {
     match name {
         ScenarioName::Threads => {
             for &t in &threads {
-                points.push((ha_name.clone(), Placement::same(ha.clone(), 1, t), t));
+                points.push(at(ha_name.clone(), Placement::same(ha.clone(), 1, t), t));
             }
         }
         ScenarioName::Processes => {
             for procs in 1..=3 {
                 for &t in &threads {
                     let label = format!("HA slot, {procs} process{}", if procs == 1 { "" } else { "es" });
-                    points.push((label, Placement::same(ha.clone(), procs, t), t));
+                    points.push(at(label, Placement::same(ha.clone(), procs, t), t));
                 }
             }
         }
         ScenarioName::HaVsStandalone => {
             for &total in &threads {
                 let per_member = total.div_ceil(members).max(1);
-                points.push((ha_name.clone(), Placement::same(ha.clone(), 1, total), total));
-                points.push((
-                    format!("{members} members used one by one ({members} processes)"),
+                points.push(at(ha_name.clone(), Placement::same(ha.clone(), 1, total), total));
+                points.push(at(
+                    format!("{members} members' physical slots ({members} processes)"),
                     Placement {
                         slots: (1..=members).map(Group::member).collect(),
                         threads: per_member,
                     },
                     per_member * members,
                 ));
-                points.push((
-                    "one member alone (1 process)".to_string(),
-                    Placement::same(Group::member(1), 1, total),
-                    total,
-                ));
+                points.push(standalone(total));
             }
         }
         ScenarioName::SlowMember => {
             for &t in &threads {
-                points.push((
-                    "one member (hsm1)".into(),
-                    Placement::same(Group::member(1), 1, t),
-                    t,
-                ));
-                points.push((ha_name.clone(), Placement::same(ha.clone(), 1, t), t));
-                points.push((
+                points.push(standalone(t));
+                points.push(at(ha_name.clone(), Placement::same(ha.clone(), 1, t), t));
+                points.push(at(
                     format!("{ha_name}, hsm1 busy"),
                     Placement::same(ha.clone(), 1, t),
                     t,
@@ -200,6 +221,20 @@ pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
         pin: group.demo.user_pin.clone(),
         conf: Some(group.demo.conf.clone()),
     };
+    let needs_standalone = plan.points.iter().any(|p| p.standalone);
+    let single = if needs_standalone {
+        let dir = args.dir.as_ref().map(|d| d.join("standalone"));
+        Some(Group::start(1, dir.as_deref())?)
+    } else {
+        None
+    };
+    let single_target = single.as_ref().map(|g| Target {
+        module: opts.module.clone().unwrap_or_else(|| g.demo.module.clone()),
+        slot: Group::member(1),
+        partition: None,
+        pin: g.demo.user_pin.clone(),
+        conf: Some(g.demo.conf.clone()),
+    });
     let bench = Bench::new(opts, target, 3.0)?;
     let name = args.name.to_string();
     let csv = args.out.join(format!("{name}.csv"));
@@ -207,15 +242,18 @@ pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
     let mut jsonl = String::new();
     let mut xs = Vec::new();
     for &mode in &plan.modes {
-        for (config, placement, x) in &plan.points {
-            let _load = if config.ends_with("busy") {
+        for p in &plan.points {
+            let _load = if p.config.ends_with("busy") {
                 Some(busy(&bench)?)
             } else {
                 None
             };
-            let point = bench.point(mode, placement)?;
-            out.add(config, mode, point)?;
-            xs.push(*x);
+            let point = match &single_target {
+                Some(t) if p.standalone => bench.point_elsewhere(t, mode, &p.placement)?,
+                _ => bench.point(mode, &p.placement)?,
+            };
+            out.add(&p.config, mode, point)?;
+            xs.push(p.x);
             if let Some(row) = out.points().last() {
                 jsonl.push_str(&serde_json::to_string(row)?);
                 jsonl.push('\n');

@@ -146,6 +146,14 @@ impl Bench {
         let what = format!("{} {}×{}", mode.label(), processes, threads);
         let sample = self.module_sample(&self.hahsm_module, &self.hahsm, mode, placement, &what)?;
         let mut point = Point::new(mode.to_string(), threads, processes, &sample);
+        let window_us = self.timing.window.as_micros() as u64;
+        if point.p50_us > window_us / 4 {
+            eprintln!(
+                "hahsm bench: {what}: one operation takes about {} ms, over a quarter of the {} s window, so this rate is coarse: use a longer --seconds",
+                point.p50_us / 1000,
+                self.timing.window.as_secs_f64()
+            );
+        }
         if self.raw {
             // The same operation, on as many threads as all processes together.
             let workload = raw::RawWorkload::new(mode, self.bytes)?;

@@ -120,11 +120,25 @@ impl Module {
             Mode::Hmac => MechanismType::SHA256_HMAC,
             Mode::Ecdh(_) => MechanismType::ECDH1_DERIVE,
         };
-        Ok(self.p11.get_mechanism_list(slot)?.contains(&wanted))
+        let offered = self.p11.get_mechanism_list(slot)?;
+        Ok(offered.contains(&wanted)
+            || matches!(mode, Mode::EcdsaSign(_)) && offered.contains(&MechanismType::ECDSA))
+    }
+
+    /// ECDSA with the hash done by the application (`CKM_ECDSA` over a digest),
+    /// for tokens such as SoftHSM2 that lack `CKM_ECDSA_SHA256`/`SHA384`.
+    fn ecdsa_prehash(&self, slot: Slot, mode: Mode) -> Result<bool> {
+        let wanted = match mode {
+            Mode::EcdsaSign(Curve::P256) => MechanismType::ECDSA_SHA256,
+            Mode::EcdsaSign(Curve::P384) => MechanismType::ECDSA_SHA384,
+            _ => return Ok(false),
+        };
+        Ok(!self.p11.get_mechanism_list(slot)?.contains(&wanted))
     }
 
     /// Makes the keys `mode` needs on `slot`, ready for `threads` to use.
     pub fn prepare(&self, slot: Slot, mode: Mode, bytes: usize) -> Result<Pkcs11Workload<'_>> {
+        let prehash = self.ecdsa_prehash(slot, mode)?;
         let s = self.p11.open_rw_session(slot)?;
         let label = next_label();
         let mut keys = Vec::new();
@@ -194,6 +208,7 @@ impl Module {
             slot,
             mode,
             key,
+            prehash,
             peer_point,
             data: vec![0x5a; bytes],
             label,
@@ -259,6 +274,8 @@ pub struct Pkcs11Workload<'m> {
     mode: Mode,
     /// The key the operations use (none for key generation).
     key: Option<ObjectHandle>,
+    /// Sign with `CKM_ECDSA` over a digest made here.
+    prehash: bool,
     peer_point: Vec<u8>,
     data: Vec<u8>,
     label: String,
@@ -308,6 +325,18 @@ impl Workload for Pkcs11Workload<'_> {
         };
         Ok(match self.mode {
             Mode::RsaSign(_) => sign(s, Mechanism::Sha256RsaPkcs)?,
+            Mode::EcdsaSign(curve) if self.prehash => {
+                let key = key()?;
+                let hash = match curve {
+                    Curve::P256 => &aws_lc_rs::digest::SHA256,
+                    Curve::P384 => &aws_lc_rs::digest::SHA384,
+                };
+                Box::new(move || {
+                    let digest = aws_lc_rs::digest::digest(hash, data);
+                    s.sign(&Mechanism::Ecdsa, key, digest.as_ref())?;
+                    Ok(())
+                })
+            }
             Mode::EcdsaSign(Curve::P256) => sign(s, Mechanism::EcdsaSha256)?,
             Mode::EcdsaSign(Curve::P384) => sign(s, Mechanism::EcdsaSha384)?,
             Mode::EddsaSign => sign(s, Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)))?,

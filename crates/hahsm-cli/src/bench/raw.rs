@@ -6,19 +6,23 @@ use super::driver::{Op, Workload};
 use anyhow::{anyhow, Result};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey};
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::error::Unspecified;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{
-    EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
-    RSA_PKCS1_SHA256,
+    EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+    ECDSA_P384_SHA384_FIXED_SIGNING, RSA_PKCS1_SHA256,
 };
 use aws_lc_rs::{hmac, signature::KeyPair as _};
 
+/// Signing keys are kept as PKCS#8 and parsed once per thread: threads sharing
+/// one parsed key contend on its internal locks (RSA blinding), which with
+/// more threads than cores would understate what this CPU can do.
 enum Key {
-    Rsa(RsaKeyPair),
+    Rsa(Vec<u8>),
     RsaKeygen(KeySize),
-    Ecdsa(EcdsaKeyPair),
+    Ecdsa(&'static EcdsaSigningAlgorithm, Vec<u8>),
     Ed25519(Ed25519KeyPair),
     Aes(LessSafeKey),
     Hmac(Box<hmac::Key>),
@@ -65,16 +69,20 @@ impl RawWorkload {
         let rng = SystemRandom::new();
         let key = match mode {
             Mode::RsaSign(bits) => {
-                Key::Rsa(RsaKeyPair::generate(rsa_size(bits)?).map_err(failed("RSA key generation"))?)
+                let k = RsaKeyPair::generate(rsa_size(bits)?).map_err(failed("RSA key generation"))?;
+                let der: Pkcs8V1Der = k.as_der().map_err(failed("RSA key encoding"))?;
+                Key::Rsa(der.as_ref().to_vec())
             }
             Mode::RsaKeygen(bits) => Key::RsaKeygen(rsa_size(bits)?),
-            Mode::EcdsaSign(c) => Key::Ecdsa(
-                EcdsaKeyPair::generate(match c {
+            Mode::EcdsaSign(c) => {
+                let alg = match c {
                     Curve::P256 => &ECDSA_P256_SHA256_FIXED_SIGNING,
                     Curve::P384 => &ECDSA_P384_SHA384_FIXED_SIGNING,
-                })
-                .map_err(failed("EC key generation"))?,
-            ),
+                };
+                let k = EcdsaKeyPair::generate(alg).map_err(failed("EC key generation"))?;
+                let der = k.to_pkcs8v1().map_err(failed("EC key encoding"))?;
+                Key::Ecdsa(alg, der.as_ref().to_vec())
+            }
             Mode::EddsaSign => {
                 Key::Ed25519(Ed25519KeyPair::generate().map_err(failed("Ed25519 key generation"))?)
             }
@@ -106,7 +114,8 @@ impl Workload for RawWorkload {
         let data = &self.data[..];
         let rng = SystemRandom::new();
         Ok(match &self.key {
-            Key::Rsa(k) => {
+            Key::Rsa(der) => {
+                let k = RsaKeyPair::from_pkcs8(der).map_err(failed("RSA key parsing"))?;
                 let mut sig = vec![0u8; k.public_modulus_len()];
                 Box::new(move || {
                     k.sign(&RSA_PKCS1_SHA256, &rng, data, &mut sig)
@@ -120,10 +129,13 @@ impl Workload for RawWorkload {
                     Ok(())
                 })
             }
-            Key::Ecdsa(k) => Box::new(move || {
-                k.sign(&rng, data).map_err(failed("ECDSA signing"))?;
-                Ok(())
-            }),
+            Key::Ecdsa(alg, der) => {
+                let k = EcdsaKeyPair::from_pkcs8(alg, der).map_err(failed("EC key parsing"))?;
+                Box::new(move || {
+                    k.sign(&rng, data).map_err(failed("ECDSA signing"))?;
+                    Ok(())
+                })
+            }
             Key::Ed25519(k) => {
                 let _ = k.public_key();
                 Box::new(move || {

@@ -41,3 +41,6 @@ HAHSM_CONF="$group/demo/client/client.toml" HAHSM_PIN="$pin" "$h" bench --slot h
   --mode rsa-sign:2048,rsa-sign:3072,rsa-sign:4096,rsa-keygen:2048,ecdsa-sign:p256,ecdsa-sign:p384,eddsa-sign,aes-gcm,hmac,ecdh:p256 \
   --threads 1,8 --seconds "$secs" --warmup 1 --baseline raw,softhsm --csv "$out/modes.csv"
 echo "# load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
+if command -v python3 >/dev/null; then
+  python3 scripts/bench-tables.py "$out" > "$out/tables.md"
+fi

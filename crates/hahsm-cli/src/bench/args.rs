@@ -29,7 +29,8 @@ pub enum BenchCommand {
 pub struct BenchOpts {
     /// What to measure, comma-separated or repeated: rsa-sign[:2048|3072|4096],
     /// rsa-keygen[:BITS], ecdsa-sign[:p256|p384], eddsa-sign, aes-gcm, hmac,
-    /// ecdh[:p256|p384] [default: rsa-sign:2048,ecdsa-sign:p256]
+    /// ecdh[:p256|p384] [default: rsa-sign:2048,ecdsa-sign:p256; scenarios:
+    /// rsa-sign:2048,rsa-keygen:2048]
     #[arg(long, value_delimiter = ',', global = true)]
     pub mode: Vec<Mode>,
     /// Application threads per process: a list and/or ranges, e.g. `8`,
@@ -132,11 +133,11 @@ pub struct ScenarioArgs {
 pub enum ScenarioName {
     /// 3.4.8: 1 to 100 threads on the HA slot, signing and key generation (table 4.1, figure 4.1).
     Threads,
-    /// 3.4.9: 1 to 3 processes × threads on the HA slot (table 4.2, figure 4.1).
+    /// 3.4.9: 1 to 3 processes × threads on the HA slot, signing (table 4.2, figure 4.1).
     Processes,
-    /// 3.4.10: the HA slot against the members used one by one, side by side (tables 4.3, 4.4, figure 4.2).
+    /// 3.4.10: the HA slot against the members' physical slots used at once and against a standalone member (tables 4.3, 4.4, figure 4.2).
     HaVsStandalone,
-    /// 3.4.11: one member saturated by another process, signing and key generation (table 4.5).
+    /// 3.4.11: the HA slot while another process saturates member 1, against a standalone member (table 4.5).
     SlowMember,
 }
 

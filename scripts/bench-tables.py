@@ -82,7 +82,7 @@ PHYS, ONE = "3 members' physical slots", "standalone member"
 print("\n### Table 4.3: HA overhead (test 3.4.10), RSA-2048, 3 threads in all\n")
 print("| | Luna SA 5 sig/s | hahsm sig/s | Luna keys/s | hahsm keys/s |")
 print("|---|---|---|---|---|")
-print(f"| three members used one by one (3 processes × 1 thread) | 765.3 | {num(find(h, PHYS, 1))} | 3.262 "
+print(f"| three members' physical slots at once (3 processes × 1 thread) | 765.3 | {num(find(h, PHYS, 1))} | 3.262 "
       f"| {num(find(hk, PHYS, 1), digits=1)} |")
 print(f"| HA slot (1 process × 3 threads) | 265.6 | {num(find(h, HA, 3))} | 1.032 | {num(find(hk, HA, 3), digits=1)} |")
 print(f"| hahsm only: one standalone member (no peers), 3 threads | | {num(find(h, ONE, 3))} | "
@@ -135,4 +135,4 @@ if m:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in m:
         print(f"| {r['mode']} | {r['threads']} | {num(r)} | {r['p50_us']} | {r['p99_us']} | {num(r, 'raw_ops_per_s')} "
-              f"| {num(r, 'raw_ratio', 2)} | {num(r, 'softhsm_ops_per_s')} | {num(r, 'softhsm_ratio', 2)} |")
+              f"| {num(r, 'raw_ratio', 3)} | {num(r, 'softhsm_ops_per_s')} | {num(r, 'softhsm_ratio', 2)} |")

@@ -127,6 +127,9 @@ pub struct ScenarioArgs {
     /// The group's directory [default: a temporary directory, removed afterwards]
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Only draw the plots again, from `<name>.jsonl` in `--out`.
+    #[arg(long)]
+    pub replot: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -149,7 +149,8 @@ fn chart<DB: DrawingBackend>(
     root.fill(&WHITE)?;
     let all = series.iter().flat_map(|s| s.points.iter());
     let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
-    let y_max = all.map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.1;
+    // Headroom above the highest point for the legend in the upper left.
+    let y_max = all.map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.3;
     let mut chart = ChartBuilder::on(root)
         .caption(title, (FAMILY, 24))
         .margin(20)

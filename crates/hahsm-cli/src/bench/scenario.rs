@@ -3,8 +3,9 @@
 //! measures, writes `<name>.csv`, `<name>.jsonl` and its plots into `--out`,
 //! and stops the group.
 use super::args::{BenchOpts, Mode, ScenarioArgs, ScenarioName, SlotChoice};
-use super::output::Output;
+use super::output::{Output, Row};
 use super::plot::{self, Series};
+use super::stats::Point;
 use super::{Bench, Placement, Target};
 use crate::demo_cmd::DemoFile;
 use anyhow::{bail, Context, Result};
@@ -26,7 +27,31 @@ fn hahsm() -> Result<Command> {
 }
 
 impl Group {
+    /// Starts the group, again if a member's address came out unreadable
+    /// (`hahsm demo` can read a member's address file before the member has
+    /// finished writing it).
     fn start(members: usize, dir: Option<&Path>) -> Result<Group> {
+        let mut attempt = 1;
+        loop {
+            let group = Group::start_once(members, dir)?;
+            let bad = group
+                .demo
+                .members
+                .iter()
+                .any(|m| m.address.parse::<std::net::SocketAddr>().is_err());
+            if !bad {
+                return Ok(group);
+            }
+            if attempt == 3 {
+                bail!("hahsm demo gave a member no usable address, three times");
+            }
+            eprintln!("hahsm bench: a member's address came out unreadable; starting the group again");
+            drop(group);
+            attempt += 1;
+        }
+    }
+
+    fn start_once(members: usize, dir: Option<&Path>) -> Result<Group> {
         let (dir, temp) = match dir {
             Some(d) => (d.to_path_buf(), None),
             None => {
@@ -90,24 +115,20 @@ impl Drop for Load {
 struct Plan {
     modes: Vec<Mode>,
     points: Vec<PlanPoint>,
-    x_desc: &'static str,
 }
 
 struct PlanPoint {
     config: String,
     placement: Placement,
-    /// What the plots put on the horizontal axis.
-    x: usize,
     /// Measured on a standalone member (a group of one, with no peers to
     /// replicate to) instead of the group.
     standalone: bool,
 }
 
-fn at(config: impl Into<String>, placement: Placement, x: usize) -> PlanPoint {
+fn at(config: impl Into<String>, placement: Placement) -> PlanPoint {
     PlanPoint {
         config: config.into(),
         placement,
-        x,
         standalone: false,
     }
 }
@@ -119,7 +140,6 @@ fn standalone(threads: usize) -> PlanPoint {
     PlanPoint {
         config: "standalone member (no peers)".into(),
         placement: Placement::same(Group::member(1), 1, threads),
-        x: threads,
         standalone: true,
     }
 }
@@ -156,28 +176,27 @@ fn plan(name: ScenarioName, opts: &BenchOpts, members: usize) -> Plan {
     match name {
         ScenarioName::Threads => {
             for &t in &threads {
-                points.push(at(ha_name.clone(), Placement::same(ha.clone(), 1, t), t));
+                points.push(at(ha_name.clone(), Placement::same(ha.clone(), 1, t)));
             }
         }
         ScenarioName::Processes => {
             for procs in 1..=3 {
                 for &t in &threads {
                     let label = format!("HA slot, {procs} process{}", if procs == 1 { "" } else { "es" });
-                    points.push(at(label, Placement::same(ha.clone(), procs, t), t));
+                    points.push(at(label, Placement::same(ha.clone(), procs, t)));
                 }
             }
         }
         ScenarioName::HaVsStandalone => {
             for &total in &threads {
                 let per_member = total.div_ceil(members).max(1);
-                points.push(at(ha_name.clone(), Placement::same(ha.clone(), 1, total), total));
+                points.push(at(ha_name.clone(), Placement::same(ha.clone(), 1, total)));
                 points.push(at(
                     format!("{members} members' physical slots ({members} processes)"),
                     Placement {
                         slots: (1..=members).map(Group::member).collect(),
                         threads: per_member,
                     },
-                    per_member * members,
                 ));
                 points.push(standalone(total));
             }
@@ -185,26 +204,21 @@ fn plan(name: ScenarioName, opts: &BenchOpts, members: usize) -> Plan {
         ScenarioName::SlowMember => {
             for &t in &threads {
                 points.push(standalone(t));
-                points.push(at(ha_name.clone(), Placement::same(ha.clone(), 1, t), t));
+                points.push(at(ha_name.clone(), Placement::same(ha.clone(), 1, t)));
                 points.push(at(
                     format!("{ha_name}, hsm1 busy"),
                     Placement::same(ha.clone(), 1, t),
-                    t,
                 ));
             }
         }
     }
-    Plan {
-        modes,
-        points,
-        x_desc: match name {
-            ScenarioName::Processes => "threads per process",
-            _ => "threads (in all)",
-        },
-    }
+    Plan { modes, points }
 }
 
 pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
+    if args.replot {
+        return replot(args);
+    }
     if args.members == 0 || args.members > 9 {
         bail!("--members takes 1 to 9");
     }
@@ -240,7 +254,6 @@ pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
     let csv = args.out.join(format!("{name}.csv"));
     let mut out = Output::new(opts.json, Some(&csv))?.with_config_in_json();
     let mut jsonl = String::new();
-    let mut xs = Vec::new();
     for &mode in &plan.modes {
         for p in &plan.points {
             let _load = if p.config.ends_with("busy") {
@@ -253,7 +266,6 @@ pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
                 _ => bench.point(mode, &p.placement)?,
             };
             out.add(&p.config, mode, point)?;
-            xs.push(p.x);
             if let Some(row) = out.points().last() {
                 jsonl.push_str(&serde_json::to_string(row)?);
                 jsonl.push('\n');
@@ -262,16 +274,7 @@ pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
     }
     out.finish()?;
     std::fs::write(args.out.join(format!("{name}.jsonl")), jsonl)?;
-    if args.name != ScenarioName::SlowMember {
-        for &mode in &plan.modes {
-            let series = scenario_series(out.points(), &xs, mode);
-            let title = format!("{} — report test {}", mode.label(), test_number(args.name));
-            for ext in ["svg", "png"] {
-                let file = args.out.join(format!("{name}-{}.{ext}", mode.slug()));
-                plot::draw(&file, &title, mode, plan.x_desc, &series)?;
-            }
-        }
-    }
+    draw_plots(args, out.points())?;
     eprintln!(
         "hahsm bench: {name} written to {} ({name}.csv, {name}.jsonl{})",
         args.out.display(),
@@ -282,6 +285,56 @@ pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
         }
     );
     out.check_nonzero()
+}
+
+/// `<name>-<mode>.svg` and `.png` for every mode (slow-member is a table only).
+fn draw_plots(args: &ScenarioArgs, rows: &[Row]) -> Result<()> {
+    if args.name == ScenarioName::SlowMember {
+        return Ok(());
+    }
+    let x_desc = match args.name {
+        ScenarioName::Processes => "threads per process",
+        _ => "threads (in all)",
+    };
+    let mut modes: Vec<Mode> = Vec::new();
+    for r in rows {
+        if !modes.contains(&r.mode) {
+            modes.push(r.mode);
+        }
+    }
+    for mode in modes {
+        let series = scenario_series(args.name, rows, mode);
+        let title = format!("{} — report test {}", mode.label(), test_number(args.name));
+        for ext in ["svg", "png"] {
+            let file = args.out.join(format!("{}-{}.{ext}", args.name, mode.slug()));
+            plot::draw(&file, &title, mode, x_desc, &series)?;
+        }
+    }
+    Ok(())
+}
+
+/// `--replot`: the plots again from `<name>.jsonl`, without measuring.
+fn replot(args: &ScenarioArgs) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        config: String,
+        #[serde(flatten)]
+        point: Point,
+    }
+    let path = args.out.join(format!("{}.jsonl", args.name));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rows = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let l: Line = serde_json::from_str(line).with_context(|| format!("a line of {}", path.display()))?;
+        rows.push(Row {
+            mode: l.point.mode.parse()?,
+            config: l.config,
+            point: l.point,
+        });
+    }
+    draw_plots(args, &rows)?;
+    eprintln!("hahsm bench: plots redrawn from {}", path.display());
+    Ok(())
 }
 
 fn test_number(name: ScenarioName) -> &'static str {
@@ -295,7 +348,7 @@ fn test_number(name: ScenarioName) -> &'static str {
 
 /// Lines per configuration, and the baselines' lines once each (from the
 /// 1-process HA configuration, where they ran on the same total threads).
-fn scenario_series(rows: &[super::output::Row], xs: &[usize], mode: Mode) -> Vec<Series> {
+fn scenario_series(name: ScenarioName, rows: &[Row], mode: Mode) -> Vec<Series> {
     let mut series: Vec<Series> = Vec::new();
     let mut add = |name: String, x: f64, y: f64| match series.iter_mut().find(|s| s.name == name) {
         Some(s) => s.points.push((x, y)),
@@ -304,8 +357,12 @@ fn scenario_series(rows: &[super::output::Row], xs: &[usize], mode: Mode) -> Vec
             points: vec![(x, y)],
         }),
     };
-    for (r, x) in rows.iter().zip(xs).filter(|(r, _)| r.mode == mode) {
-        let x = *x as f64;
+    for r in rows.iter().filter(|r| r.mode == mode) {
+        // The report plots test 3.4.10 against the threads of all processes together.
+        let x = match name {
+            ScenarioName::HaVsStandalone => (r.point.threads * r.point.processes) as f64,
+            _ => r.point.threads as f64,
+        };
         add(r.config.clone(), x, r.point.ops_per_s);
         if r.point.processes == 1 && r.config.starts_with("hahsm HA slot") && !r.config.ends_with("busy") {
             if let Some(v) = r.point.raw_ops_per_s {

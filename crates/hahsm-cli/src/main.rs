@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod appliance_cmd;
-mod bench_cmd;
+mod bench;
 mod client_cmd;
 mod custody_cmd;
 mod demo_cmd;
@@ -37,8 +37,9 @@ enum Command {
     Ha(ha_cmd::HaArgs),
     /// Manage and use keys on a member, over the mutual-TLS link.
     Keys(keys_cmd::KeysArgs),
-    /// Signatures/s through the PKCS#11 module against aws-lc-rs in-process.
-    Bench(bench_cmd::BenchArgs),
+    /// Measure the PKCS#11 module as applications use it, against aws-lc-rs and SoftHSM2;
+    /// the report's performance tests as scenarios.
+    Bench(bench::BenchArgs),
     /// The members' audit journals merged into one table; `journal verify` checks them.
     Journal(journal_cmd::JournalArgs),
     /// The cloning-domain secret: split it into M-of-N shares.
@@ -99,7 +100,7 @@ fn main() -> ExitCode {
             Command::Ha(h) => ha_cmd::run(h).await,
             Command::Demo(d) => demo_cmd::run(d).await,
             Command::Keys(k) => keys_cmd::run(k).await,
-            Command::Bench(b) => bench_cmd::run(b).await,
+            Command::Bench(b) => bench::run(b).await,
             Command::Journal(j) => journal_cmd::run(j).await,
             Command::Domain(d) => custody_cmd::run_domain(d),
             Command::Backup(b) => custody_cmd::backup(b).await,

@@ -63,7 +63,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for peers on {peer_listen}: {e}"))?;
         let peer_bound = peers.local_addr()?;
-        std::fs::write(app.config.data_dir.join("peer.addr"), peer_bound.to_string())?;
+        hahsmd::write_atomically(&app.config.data_dir.join("peer.addr"), &peer_bound.to_string())?;
         let _ = app.bound_peer.set(peer_bound.to_string());
         tracing::info!(peer_listen = %peer_bound, "peer listener ready");
         tokio::spawn(hahsmd::replication::serve_peers(app.clone(), peers));
@@ -87,7 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::spawn(hahsmd::monitor::watch(app.clone()));
     // Written last: its presence tells scripts and tests the member is ready.
-    std::fs::write(app.config.data_dir.join("listen.addr"), bound.to_string())?;
+    hahsmd::write_atomically(&app.config.data_dir.join("listen.addr"), &bound.to_string())?;
     tokio::spawn(server::serve(app.clone(), listener));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

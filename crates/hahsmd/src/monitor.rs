@@ -76,7 +76,7 @@ pub async fn start_metrics(app: &Arc<Appliance>) {
         return;
     };
     let url = format!("http://{bound}/metrics");
-    if let Err(e) = std::fs::write(app.config.metrics_addr_path(), bound.to_string()) {
+    if let Err(e) = crate::write_atomically(&app.config.metrics_addr_path(), &bound.to_string()) {
         warn!(error = %e, "cannot write metrics.addr");
     }
     let _ = app.monitor.metrics_url.set(url.clone());

@@ -56,6 +56,10 @@ enum DemoCommand {
 pub struct DemoFile {
     pub module: PathBuf,
     pub conf: PathBuf,
+    /// The same client without `ha_only`: every member's physical slot as
+    /// well, for measuring or inspecting one member (`hahsm bench --slot hsm2`).
+    #[serde(default)]
+    pub conf_all_slots: PathBuf,
     /// The HA slot's token label (the group's label).
     pub token_label: String,
     pub user_pin: String,
@@ -362,8 +366,7 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
         request_timeout_ms: 10_000,
         connect_timeout_ms: 3_000,
         handshake_timeout_ms: 3_000,
-        // Applications see the HA slot only, as they would in production.
-        ha_only: true,
+        ha_only: false,
         servers: Vec::new(),
     };
     for (m, fp) in members.iter().zip(&fingerprints) {
@@ -391,6 +394,10 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
             fingerprint: fp.clone(),
         });
     }
+    let conf_all_slots = client_dir.join("client-all-slots.toml");
+    config.save(&conf_all_slots)?;
+    // Applications see the HA slot only, as they would in production.
+    config.ha_only = true;
     let conf = client_dir.join("client.toml");
     config.save(&conf)?;
     let module = sibling("libhahsm_pkcs11.so").unwrap_or_else(|_| PathBuf::from("libhahsm_pkcs11.so"));
@@ -407,6 +414,7 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
     let demo = DemoFile {
         module,
         conf,
+        conf_all_slots,
         token_label: GROUP.into(),
         user_pin: USER_PIN.into(),
         so_pin: SO_PIN.into(),

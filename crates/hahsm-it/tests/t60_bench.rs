@@ -41,7 +41,8 @@ impl Demo {
             attempt += 1;
         };
         Demo {
-            conf: PathBuf::from(demo["conf"].as_str().unwrap()),
+            // Every slot: the test measures physical slots as well as the HA slot.
+            conf: PathBuf::from(demo["conf_all_slots"].as_str().unwrap()),
             pin: demo["user_pin"].as_str().unwrap().to_string(),
             dir,
             _work: work,

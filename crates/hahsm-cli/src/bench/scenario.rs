@@ -233,7 +233,7 @@ pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
         slot: Some(SlotChoice::Ha),
         partition: None,
         pin: group.demo.user_pin.clone(),
-        conf: Some(group.demo.conf.clone()),
+        conf: Some(group.demo.conf_all_slots.clone()),
     };
     let needs_standalone = plan.points.iter().any(|p| p.standalone);
     let single = if needs_standalone {
@@ -247,7 +247,7 @@ pub fn run(opts: &BenchOpts, args: &ScenarioArgs) -> Result<()> {
         slot: Group::member(1),
         partition: None,
         pin: g.demo.user_pin.clone(),
-        conf: Some(g.demo.conf.clone()),
+        conf: Some(g.demo.conf_all_slots.clone()),
     });
     let bench = Bench::new(opts, target, 3.0)?;
     let name = args.name.to_string();

@@ -340,6 +340,8 @@ fn benchmark_through_the_module() {
             "8",
             "--seconds",
             &seconds,
+            "--baseline",
+            "raw,softhsm",
             "--module",
             module.to_str().expect("utf-8"),
         ],

@@ -13,7 +13,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
-use hahsm_it::cluster::{Cluster, PIN};
+use hahsm_it::cluster::{Cluster, PARTITION, PIN};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -237,6 +237,27 @@ fn scan_files(dir: &Path, needles: &[Needle], secret_files: &[PathBuf]) -> Vec<P
     files
 }
 
+/// The body of a plain HTTP GET (the members' metrics endpoints).
+fn http_get(url: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut conn = std::net::TcpStream::connect(host).expect("metrics endpoint");
+    write!(
+        conn,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    out
+}
+
 fn ha_slot_session(p11: &Pkcs11) -> Session {
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("C_Initialize");
@@ -447,6 +468,35 @@ fn no_secret_reaches_a_file_or_the_wire() {
         "the WALs were scanned"
     );
 
+    // A backup of the partition, and each member's metrics page, kept where
+    // an operator would keep them: scanned with everything else below.
+    let backup = c.work.path().join("leak-backup.bak");
+    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
+    hahsm_it::hahsm(
+        None,
+        &[
+            "backup",
+            "--socket",
+            &path(&c.members[0].admin_socket()),
+            "--partition",
+            PARTITION,
+            "--owner-secret",
+            &path(&c.owner_secret),
+            "--domain-secret",
+            &path(&c.domain_secret),
+            "--out",
+            &path(&backup),
+        ],
+    )
+    .expect_ok();
+    for (i, m) in c.members.iter().enumerate() {
+        std::fs::write(
+            c.work.path().join(format!("metrics-{i}.txt")),
+            http_get(&m.metrics_url()),
+        )
+        .unwrap();
+    }
+
     // Every member restarts; the keys are used again.
     // The first stays down until its peers log it dropped, so the HA logs
     // have lines to scan.
@@ -481,6 +531,12 @@ fn no_secret_reaches_a_file_or_the_wire() {
         files.iter().any(|f| f.ends_with("ha.log")),
         "the HA log (the restarts' drop and recovery lines) was scanned"
     );
+    for scanned in ["leak-backup.bak", "metrics-0.txt", "journal.jsonl"] {
+        assert!(
+            files.iter().any(|f| f.ends_with(scanned)),
+            "{scanned} was scanned"
+        );
+    }
 
     if let Some(capture) = capture {
         let streams = capture.finish();

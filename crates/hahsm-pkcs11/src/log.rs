@@ -1,5 +1,6 @@
 //! The module's log: one line per event, to the file named by
-//! `HAHSM_PKCS11_LOG`, or to stderr. It never receives PINs or key bytes: the
+//! `HAHSM_PKCS11_LOG`, or else (warnings and errors only, unless
+//! `HAHSM_PKCS11_DEBUG` is set) to stderr. It never receives PINs or key bytes: the
 //! callers pass only names, codes and error messages built from `TokenError`
 //! and `ClientError`, whose texts carry no secrets.
 use std::io::Write;
@@ -20,6 +21,12 @@ pub fn log(level: &str, message: &str) {
             let _ = f.write_all(line.as_bytes());
             return;
         }
+    }
+    // Without a log file, the application's stderr gets warnings and errors
+    // only (and everything with HAHSM_PKCS11_DEBUG): routine HA events must
+    // not clutter an application's output.
+    if level == "info" && !debug_enabled() {
+        return;
     }
     let _ = std::io::stderr().write_all(line.as_bytes());
 }

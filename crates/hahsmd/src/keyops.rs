@@ -81,15 +81,18 @@ struct Ctx {
 }
 
 /// The OUID of the `index`th object a client write makes, derived from the
-/// write's operation id (and the partition and the client, so that no one
+/// write's operation id (and the partition's name and the client, so that no one
 /// else's op id can name it). A write retried on another member after an
 /// ambiguous failure makes the same OUID there: if the first attempt was
 /// applied after all, the two creations meet as one object, and the
 /// replication engine keeps the later (the one the client was answered).
-fn derived_ouid(partition_serial: u64, client: &Fingerprint, op_id: &OpId, index: usize) -> Ouid {
-    let mut input = Vec::with_capacity(96);
-    input.extend_from_slice(b"hahsm/ouid/v1");
-    input.extend_from_slice(&partition_serial.to_be_bytes());
+fn derived_ouid(partition: &str, client: &Fingerprint, op_id: &OpId, index: usize) -> Ouid {
+    let mut input = Vec::with_capacity(128);
+    input.extend_from_slice(b"hahsm/ouid/v2");
+    // The partition's name, not its serial: each member of a group has its own
+    // serial for the same partition, and a retry must make the same OUID on any.
+    input.extend_from_slice(&(partition.len() as u64).to_be_bytes());
+    input.extend_from_slice(partition.as_bytes());
     input.extend_from_slice(&client.0);
     input.extend_from_slice(op_id);
     input.extend_from_slice(&(index as u64).to_be_bytes());
@@ -213,7 +216,7 @@ impl KeyOps<'_> {
             }
             rules::check_key_separation(&attrs, separation)?;
             check_trusted(ctx, &attrs)?;
-            let ouid = derived_ouid(ctx.active.serial, &self.conn.fingerprint, &op_id, index);
+            let ouid = derived_ouid(&ctx.name, &self.conn.fingerprint, &op_id, index);
             attrs.set(ck::CKA_UNIQUE_ID, AttrValue::Bytes(ouid.to_string().into_bytes()));
             entries.push(
                 ctx.active

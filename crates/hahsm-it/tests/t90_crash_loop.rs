@@ -207,6 +207,14 @@ fn a_member_killed_at_random_points_loses_no_acknowledged_write() {
             .map(|m| m["digest"].as_str().unwrap_or_default().to_string())
             .collect();
         assert_eq!(digests.len(), 1, "round {round}: members differ: {digests:?}");
+        if (round + 1) % 10 == 0 {
+            eprintln!(
+                "crash loop: {} kills so far, {} acknowledged writes, 0 lost, {:.0} s",
+                round + 1,
+                all_acked.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     eprintln!(
         "crash loop: {iterations} kills, {} acknowledged writes, 0 lost, {:.0} s (seed {seed})",

@@ -11,7 +11,8 @@
 //!   all-reachable, so no write may be refused);
 //! - the resident memory of the member that is never restarted stayed flat.
 //!
-//! `HAHSM_SOAK_SECONDS` (default 20) and `HAHSM_SOAK_SEED` replay a run; the
+//! `HAHSM_SOAK_SECONDS` (default 20) and `HAHSM_SOAK_SEED` replay a run
+//! (`HAHSM_SOAK_KEEP=1` keeps the members' and workers' logs); the
 //! long run's figures are in SECURITY.md. The worker processes are this test
 //! binary again, running the ignored `soak_worker` entry.
 mod t20_pkcs11_support;
@@ -212,6 +213,11 @@ fn chaos_soak_loses_nothing_and_converges() {
     eprintln!("soak: {seconds} s, {WORKERS} processes, HAHSM_SOAK_SEED={seed}");
     let mut rng = Rng(seed);
     let mut c = Cluster::new(3);
+    if std::env::var_os("HAHSM_SOAK_KEEP").is_some() {
+        // Keep the members' and workers' logs for a post-mortem.
+        c.work.disable_cleanup(true);
+        eprintln!("soak: keeping {}", c.work.path().display());
+    }
     let text = std::fs::read_to_string(&c.conf).unwrap();
     let conf = c.work.path().join("client/soak.toml");
     std::fs::write(&conf, format!("ha_only = true\n{text}\n")).unwrap();

@@ -36,6 +36,8 @@ impl ClientError {
     /// The PKCS#11 return code an application should see.
     pub fn ckr(&self) -> u64 {
         match self {
+            // A vendor code of the member's, for clients that can try another.
+            ClientError::Remote(e) if e.code == hahsm_token::error::CKR_NO_QUORUM => ck::CKR_DEVICE_ERROR,
             ClientError::Remote(e) => e.code,
             ClientError::Disconnected { .. } => ck::CKR_DEVICE_REMOVED,
             ClientError::Link {

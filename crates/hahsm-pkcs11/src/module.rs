@@ -788,6 +788,21 @@ impl Module {
                 // renamed) it yet, e.g. it was slow when that write was
                 // acknowledged. Another member has; the lagging one stays in
                 // the rotation.
+                // The member cannot reach a quorum of the group (it is on the
+                // minority side of a cut); a member on the majority side can.
+                Err(Error::Client(ClientError::Remote(ref w)))
+                    if w.code == hahsm_token::error::CKR_NO_QUORUM =>
+                {
+                    log::log(
+                        "info",
+                        &format!(
+                            "{}: {} refused for want of a quorum; trying another member",
+                            member.server.entry.name,
+                            request.name()
+                        ),
+                    );
+                    last = Some(Error::Rv(ck::CKR_DEVICE_ERROR));
+                }
                 Err(e) if object_unknown(&e) => {
                     log::log(
                         "info",

@@ -6,6 +6,10 @@ use thiserror::Error;
 
 pub type TokenResult<T> = Result<T, TokenError>;
 
+/// On the wire only: a member refused a write for want of a quorum. Clients
+/// report it as `CKR_DEVICE_ERROR`; the HA slot first tries another member.
+pub const CKR_NO_QUORUM: u64 = ck::CKR_VENDOR_DEFINED | 0x4851;
+
 #[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum TokenError {
@@ -87,6 +91,10 @@ pub enum TokenError {
     ArgumentsBad(String),
     #[error("too many sessions or objects: {0}")]
     LimitReached(String),
+    /// A write refused because the group's write concern (quorum) cannot be
+    /// met from this member; another member may meet it.
+    #[error("{0}")]
+    NoQuorum(String),
 }
 
 impl TokenError {
@@ -129,6 +137,7 @@ impl TokenError {
             NotAuthorized(_) => ck::CKR_TOKEN_NOT_RECOGNIZED,
             DeviceMemory(_) => ck::CKR_DEVICE_MEMORY,
             DeviceError(_) => ck::CKR_DEVICE_ERROR,
+            NoQuorum(_) => CKR_NO_QUORUM,
             DeadlineExceeded => ck::CKR_FUNCTION_CANCELED,
             FunctionFailed(_) => ck::CKR_FUNCTION_FAILED,
             ArgumentsBad(_) => ck::CKR_ARGUMENTS_BAD,

@@ -750,7 +750,7 @@ impl Group {
         if reachable * 2 > voters {
             Ok(())
         } else {
-            Err(TokenError::DeviceError(format!(
+            Err(TokenError::NoQuorum(format!(
                 "write refused: write concern is quorum and only {reachable} of {voters} members are reachable"
             )))
         }

@@ -74,8 +74,10 @@ impl Env {
             "--sign",
             "--mechanism",
             "ECDSA-SHA256",
-            "--label",
-            "ha-tool",
+            // pkcs11-tool picks the key to sign with by --id; it ignores
+            // --label there and would take the first private key it finds.
+            "--id",
+            "51",
             "--input-file",
             data,
             "--output-file",

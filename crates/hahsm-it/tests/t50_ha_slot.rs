@@ -480,9 +480,9 @@ fn session_objects_stay_on_their_member_and_die_with_it() {
         )
         .unwrap_or_else(|e| panic!("context-specific login {k}: {e}"));
         let (mut sig, mut n) = ([0u8; 64], 64);
+        let (c_sign, data) = (raw.C_Sign.unwrap(), b"x".as_ptr() as *mut u8);
         // SAFETY: `sig` holds `n` bytes; the session is open in this module.
-        let r =
-            unsafe { raw.C_Sign.unwrap()(s.handle(), b"x".as_ptr() as *mut u8, 1, sig.as_mut_ptr(), &mut n) };
+        let r = unsafe { c_sign(s.handle(), data, 1, sig.as_mut_ptr(), &mut n) };
         assert_eq!(r, 0, "C_Sign after a context-specific login ({k})");
     }
     // Token objects are untouched, and new session objects get a new home.

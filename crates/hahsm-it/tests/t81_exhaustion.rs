@@ -18,10 +18,8 @@ fn raise_open_files_limit() -> u64 {
         rlim_max: 0,
     };
     // SAFETY: a valid out-pointer to an rlimit.
-    assert_eq!(
-        unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) },
-        0
-    );
+    let got = unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(got, 0);
     if limit.rlim_cur < limit.rlim_max {
         let raised = nix::libc::rlimit {
             rlim_cur: limit.rlim_max,

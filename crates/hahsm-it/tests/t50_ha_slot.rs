@@ -139,6 +139,14 @@ fn ha_only_config(c: &Cluster) -> std::path::PathBuf {
     ha_log
 }
 
+/// Sends the module's traffic to member `i` through `proxy`, by rewriting
+/// the member's address in the config `ha_only_config` wrote.
+fn route_through(c: &Cluster, i: usize, proxy: &hahsm_it::proxy::Proxy) {
+    let conf = std::path::PathBuf::from(std::env::var("HAHSM_CONF").expect("HAHSM_CONF"));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, text.replace(&c.members[i].address, &proxy.addr)).unwrap();
+}
+
 /// Loads the module, logs in to the HA slot and makes a signing key pair.
 fn ha_session(p11: &Pkcs11) -> (cryptoki::slot::Slot, cryptoki::session::Session, ObjectHandle) {
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
@@ -255,9 +263,7 @@ fn twelve_signers_lose_nothing_when_a_member_is_black_holed() {
     let c = Cluster::new(3);
     let ha_log = ha_only_config(&c);
     let proxy = hahsm_it::proxy::Proxy::start(&c.members[2].address);
-    let conf = std::path::PathBuf::from(std::env::var("HAHSM_CONF").expect("HAHSM_CONF"));
-    let text = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, text.replace(&c.members[2].address, &proxy.addr)).unwrap();
+    route_through(&c, 2, &proxy);
 
     let p11 = Pkcs11::new(module_path()).expect("module loads");
     let (slot, s, ec) = ha_session(&p11);
@@ -519,12 +525,9 @@ fn latency_breaks_ties_between_idle_members() {
     let proxies: Vec<hahsm_it::proxy::Proxy> = (0..3)
         .map(|i| hahsm_it::proxy::Proxy::start(&c.members[i].address))
         .collect();
-    let conf = std::path::PathBuf::from(std::env::var("HAHSM_CONF").expect("HAHSM_CONF"));
-    let mut text = std::fs::read_to_string(&conf).unwrap();
     for (i, p) in proxies.iter().enumerate() {
-        text = text.replace(&c.members[i].address, &p.addr);
+        route_through(&c, i, p);
     }
-    std::fs::write(&conf, text).unwrap();
     let p11 = Pkcs11::new(module_path()).expect("module loads");
     let (_slot, s, ec) = ha_session(&p11);
     let sign = |n: usize| {

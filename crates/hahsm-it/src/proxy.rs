@@ -66,9 +66,12 @@ impl Proxy {
         Proxy { addr, state }
     }
 
+    /// Changes the mode. Only a change ends the connections forwarded so far:
+    /// healing every link must not reset the links that were never cut.
     pub fn set(&self, mode: Mode) {
-        self.state.mode.store(mode as u8, Ordering::SeqCst);
-        self.state.generation.send_modify(|g| *g += 1);
+        if self.state.mode.swap(mode as u8, Ordering::SeqCst) != mode as u8 {
+            self.state.generation.send_modify(|g| *g += 1);
+        }
     }
 
     /// Bytes passed on so far, both ways.

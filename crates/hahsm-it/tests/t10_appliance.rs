@@ -756,6 +756,59 @@ fn the_same_op_id_makes_one_key_only() {
     assert_eq!(list.matches(" once ").count(), 1, "{list}");
 }
 
+/// The HA slot resends a write with its operation id when the first answer
+/// was lost or the member could not get it confirmed; the member that already
+/// applied it must answer as the first time, not with another shape.
+#[test]
+fn a_retried_rename_or_destroy_answers_done() {
+    use hahsm_proto::client::{Request, Response};
+    use hahsm_token::{ck, AttrValue, Mechanism, Template};
+    let st = Standalone::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = st.connect().await;
+        let made = conn
+            .call(Request::GenerateKey {
+                partition: st.partition.clone(),
+                mechanism: Mechanism::new(ck::CKM_AES_KEY_GEN),
+                template: Template::new()
+                    .with(ck::CKA_TOKEN, AttrValue::Bool(true))
+                    .with(ck::CKA_VALUE_LEN, AttrValue::Ulong(16)),
+                op_id: hahsm_client::connection::new_op_id(),
+            })
+            .await
+            .unwrap();
+        let Response::Object(key) = made else {
+            panic!("{made:?}")
+        };
+        let op_id = hahsm_client::connection::new_op_id();
+        let rename = || Request::SetAttributes {
+            partition: st.partition.clone(),
+            object: key,
+            template: Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(b"renamed".to_vec())),
+            op_id,
+        };
+        assert_eq!(conn.call(rename()).await.unwrap(), Response::Done);
+        assert_eq!(
+            conn.call(rename()).await.unwrap(),
+            Response::Done,
+            "retried rename"
+        );
+        let op_id = hahsm_client::connection::new_op_id();
+        let destroy = || Request::DestroyObject {
+            partition: st.partition.clone(),
+            object: key,
+            op_id,
+        };
+        assert_eq!(conn.call(destroy()).await.unwrap(), Response::Done);
+        assert_eq!(
+            conn.call(destroy()).await.unwrap(),
+            Response::Done,
+            "retried destroy"
+        );
+    });
+}
+
 #[test]
 fn factory_reset_erases_and_init_needs_fresh_setup() {
     let st = Standalone::new();

@@ -506,6 +506,29 @@ fn quorum_write_concern_refuses_writes_on_the_minority_side_of_a_split() {
     assert!(!has_label(&c, 1, "minority"));
 }
 
+/// A member whose links to its peers were just black-holed does not know it
+/// yet (nothing has failed so far), so it makes the write; but it must not
+/// acknowledge a write that only it holds: under the quorum write concern an
+/// acknowledgement means a majority has the write, so the write survives the
+/// loss of that member.
+#[test]
+fn quorum_acknowledges_a_write_only_once_a_majority_holds_it() {
+    let c = Cluster::with_group_options(3, &["--quorum"]);
+    c.isolate(0, Mode::BlackHole);
+    c.keys(0, &["gen", "--type", "aes:128", "--label", "held-by-one"])
+        .expect_err("only 1 of 3 members confirmed it");
+    // The majority side never saw it; it stays on member 0 …
+    assert!(!has_label(&c, 1, "held-by-one"));
+    assert!(has_label(&c, 0, "held-by-one"));
+    // … and reaches the others once the link is back (its outcome was unknown).
+    c.heal_all();
+    assert!(c.wait(Duration::from_secs(15), || has_label(&c, 1, "held-by-one")));
+    // A connected member's writes are acknowledged as usual.
+    c.keys(1, &["gen", "--type", "aes:128", "--label", "held-by-all"])
+        .expect_ok();
+    assert!(has_label(&c, 2, "held-by-all"));
+}
+
 #[test]
 fn a_removed_member_can_no_longer_write_into_the_group() {
     let c = Cluster::new(3);

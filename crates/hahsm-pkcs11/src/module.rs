@@ -815,10 +815,28 @@ impl Module {
                     );
                     last = Some(e);
                 }
+                Err(e) if e.rv() == ck::CKR_DEVICE_ERROR => {
+                    log::warn(&format!(
+                        "{}: {} failed on the member: {}",
+                        member.server.entry.name,
+                        request.name(),
+                        describe(&e)
+                    ));
+                    return Err(e);
+                }
                 other => return other,
             }
         }
-        Err(last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR)))
+        let e = last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR));
+        if !object_unknown(&e) {
+            log::warn(&format!(
+                "HA group {}: {} failed on every member it could try ({})",
+                g.label,
+                request.name(),
+                describe(&e)
+            ));
+        }
+        Err(e)
     }
 
     /// Sends a request that makes or uses a session object to the slot's

@@ -967,7 +967,7 @@ impl Appliance {
             .ok_or_else(|| AdminError(format!("partition '{name}' is not activated")))?;
         active.clear().await?;
         if let Some(g) = crate::replication::group_of(self, name) {
-            g.replicate_write(&active).await;
+            g.replicate_write(&active).await?;
         }
         warn!(partition = name, "partition cleared");
         Ok(())

@@ -227,7 +227,7 @@ impl KeyOps<'_> {
         if token {
             self.before_write(ctx)?;
             let ids = ctx.active.create(entries, Some(op_id)).await?;
-            self.after_write(ctx).await;
+            self.after_write(ctx).await?;
             return Ok(ids);
         }
         let ids = entries.iter().map(|e| e.ouid).collect();
@@ -448,8 +448,8 @@ impl KeyOps<'_> {
             } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &template)?;
-                if let Some(done) = self.previous(&ctx, &op_id)? {
-                    return Ok(done);
+                if self.already_done(&ctx, &op_id)? {
+                    return Ok(Response::Done);
                 }
                 let entry = self.object(&ctx, &object)?;
                 let changed = rules::set_attributes(&entry.attrs, &template)?;
@@ -470,7 +470,7 @@ impl KeyOps<'_> {
                 } else {
                     self.before_write(&ctx)?;
                     ctx.active.update(object, changed, Some(op_id)).await?;
-                    self.after_write(&ctx).await;
+                    self.after_write(&ctx).await?;
                 }
                 Ok(Response::Done)
             }
@@ -497,11 +497,8 @@ impl KeyOps<'_> {
                 op_id,
             } => {
                 let ctx = self.ctx_logged_in(&partition)?;
-                if let Some(done) = self.previous(&ctx, &op_id)? {
-                    return Ok(match done {
-                        Response::Object(_) => Response::Done,
-                        other => other,
-                    });
+                if self.already_done(&ctx, &op_id)? {
+                    return Ok(Response::Done);
                 }
                 let entry = self.object(&ctx, &object)?;
                 if !entry.attrs.flag(ck::CKA_DESTROYABLE, true) {
@@ -514,7 +511,7 @@ impl KeyOps<'_> {
                 } else {
                     self.before_write(&ctx)?;
                     ctx.active.destroy(object, Some(op_id)).await?;
-                    self.after_write(&ctx).await;
+                    self.after_write(&ctx).await?;
                     info!(client = %self.conn.client_name, partition, object = %object, "object destroyed");
                 }
                 Ok(Response::Done)
@@ -709,13 +706,21 @@ impl KeyOps<'_> {
     }
 
     /// Replicates a write just made, waiting at most the replication timeout.
-    async fn after_write(&self, ctx: &Ctx) {
-        if let Some(g) = crate::replication::group_of(self.app, &ctx.name) {
-            g.replicate_write(&ctx.active).await;
+    /// Under the quorum write concern, fails unless a majority now holds it.
+    async fn after_write(&self, ctx: &Ctx) -> TokenResult<()> {
+        match crate::replication::group_of(self.app, &ctx.name) {
+            Some(g) => g.replicate_write(&ctx.active).await,
+            None => Ok(()),
         }
     }
 
-    /// A write retried with the same operation id returns its first result.
+    /// A set-attributes or destroy retried with the same operation id was
+    /// applied the first time (here, or on a peer that replicated it here).
+    fn already_done(&self, ctx: &Ctx, op_id: &OpId) -> TokenResult<bool> {
+        Ok(ctx.active.previous_result(op_id)?.is_some())
+    }
+
+    /// A create retried with the same operation id returns its first result.
     fn previous(&self, ctx: &Ctx, op_id: &OpId) -> TokenResult<Option<Response>> {
         Ok(ctx
             .active

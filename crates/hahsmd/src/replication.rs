@@ -238,6 +238,10 @@ struct PeerStatus {
     recovery_attempts: u32,
     /// A write deadline was missed; cleared when the peer is caught up.
     missed_write: bool,
+    /// The last call could not reach it (connect, I/O or time-out); cleared
+    /// by its next answer. The quorum check counts it unreachable meanwhile,
+    /// so a member cut off from its peers refuses writes before making them.
+    link_failed: bool,
 }
 
 impl Default for PeerStatus {
@@ -250,6 +254,7 @@ impl Default for PeerStatus {
             state: ReplicaState::default(),
             recovery_attempts: 0,
             missed_write: false,
+            link_failed: false,
         }
     }
 }
@@ -421,7 +426,7 @@ impl Group {
             if guard.is_none() {
                 let s = hahsm_link::connect(&self.address_of(member), tls, deadline, deadline)
                     .await
-                    .map_err(|e| peer_error(e.to_string()))?;
+                    .map_err(|e| self.link_failed(member, e.to_string()))?;
                 *guard = Some(s);
             }
             let Some(stream) = guard.as_mut() else {
@@ -445,12 +450,12 @@ impl Group {
                     Ok(r) if r.id == id => r.result,
                     _ => {
                         *guard = None;
-                        Err(peer_error("malformed answer from peer"))
+                        Err(self.link_failed(member, "malformed answer from peer".into()))
                     }
                 },
                 Err(e) => {
                     *guard = None;
-                    Err(peer_error(e.to_string()))
+                    Err(self.link_failed(member, e.to_string()))
                 }
             }
         };
@@ -461,12 +466,18 @@ impl Group {
                 if let Ok(mut g) = conn.stream.try_lock() {
                     *g = None;
                 }
-                Err(peer_error(format!(
-                    "member {} did not answer within {deadline:?}",
-                    member.serial
-                )))
+                Err(self.link_failed(
+                    member,
+                    format!("member {} did not answer within {deadline:?}", member.serial),
+                ))
             }
         }
+    }
+
+    /// Notes that a call could not reach `member`, and makes its error.
+    fn link_failed(&self, member: &GroupMember, why: String) -> WireError {
+        self.set_peer(member.serial, |s| s.link_failed = true);
+        peer_error(why)
     }
 
     fn others(&self) -> Vec<GroupMember> {
@@ -578,6 +589,7 @@ impl Group {
                 s.health = PeerHealth::Lagging;
             }
             s.last_seen = Some(Instant::now());
+            s.link_failed = false;
             s.state = state;
         });
         if let Some(n) = recovered {
@@ -612,68 +624,103 @@ impl Group {
         }
     }
 
-    /// After a local write: pushes what each peer in step lacks, to all of
-    /// them in parallel, and waits until they have it (committed), at most the
-    /// replication timeout. Once the first peer has answered, the others get a
-    /// short grace (four times as long as it took, at least 50 ms): a peer far
-    /// slower than its siblings is a straggler. Peers that miss the deadline
-    /// or the grace are marked lagging and are not waited for again until
-    /// anti-entropy has brought them back in step, so one slow, stopped or
-    /// unreachable member cannot stall writes.
-    pub async fn replicate_write(&self, p: &ActivePartition) {
+    /// After a local write: pushes what each peer lacks, to all of them in
+    /// parallel, and waits until they have it (committed), at most the
+    /// replication timeout.
+    ///
+    /// - `AllReachable` pushes to the peers in step. Once the first has
+    ///   answered, the others get a short grace (four times as long as it
+    ///   took, at least 50 ms): a peer far slower than its siblings is a
+    ///   straggler. Peers that miss the deadline or the grace are marked
+    ///   lagging and are not waited for again until anti-entropy has brought
+    ///   them back in step, so one slow, stopped or unreachable member cannot
+    ///   stall writes.
+    /// - `Quorum` pushes to every peer not known to be down, lagging ones
+    ///   included, and the grace starts only once a majority of the voting
+    ///   members holds the write. If no majority holds it by the deadline the
+    ///   write is not acknowledged: the caller gets `NoQuorum`. The write
+    ///   stays in this member's log and reaches the others when they are
+    ///   back, so its outcome is unknown to the application, which retries
+    ///   it (with the same operation id) on another member.
+    pub async fn replicate_write(&self, p: &ActivePartition) -> TokenResult<()> {
         use futures::stream::{FuturesUnordered, StreamExt};
         let def = self.def();
+        let needs_majority = def.write_concern == WriteConcern::Quorum;
         let timeout = Duration::from_millis(def.replication_timeout_ms);
         let targets: Vec<GroupMember> = self
             .others()
             .into_iter()
-            .filter(|m| self.peer(m.serial).health == PeerHealth::Alive)
-            .collect();
-        if targets.is_empty() {
-            self.wake.notify_one();
-            return;
-        }
-        let mine = p.version_vector();
-        let def = &def;
-        let mut pushes: FuturesUnordered<_> = targets
-            .iter()
-            .map(|m| {
-                let mine = mine.clone();
-                async move { (m.serial, self.push_until_covered(p, m, &mine, def, timeout).await) }
+            .filter(|m| match self.peer(m.serial).health {
+                PeerHealth::Alive => true,
+                PeerHealth::Lagging => needs_majority,
+                PeerHealth::Down => false,
             })
             .collect();
-        let started = Instant::now();
-        let mut deadline = started + timeout;
+        let voters = def.members.iter().filter(|m| !m.standby).count();
+        // This member holds the write; count the voters among those that confirm it.
+        let majority_holds = |confirmed: &std::collections::HashSet<u64>| {
+            let holders = 1 + targets
+                .iter()
+                .filter(|m| !m.standby && confirmed.contains(&m.serial))
+                .count();
+            holders * 2 > voters
+        };
         let mut answered = std::collections::HashSet::new();
-        loop {
-            let next = tokio::time::timeout_at(deadline.into(), pushes.next()).await;
-            match next {
-                Ok(Some((serial, ok))) => {
-                    if ok {
+        if !targets.is_empty() {
+            let mine = p.version_vector();
+            let def = &def;
+            let mut pushes: FuturesUnordered<_> = targets
+                .iter()
+                .map(|m| {
+                    let mine = mine.clone();
+                    async move { (m.serial, self.push_until_covered(p, m, &mine, def, timeout).await) }
+                })
+                .collect();
+            let started = Instant::now();
+            let mut deadline = started + timeout;
+            let mut grace_started = false;
+            loop {
+                let next = tokio::time::timeout_at(deadline.into(), pushes.next()).await;
+                match next {
+                    Ok(Some((serial, true))) => {
                         answered.insert(serial);
-                        if answered.len() == 1 {
+                        let enough = !needs_majority || majority_holds(&answered);
+                        if enough && !grace_started {
+                            grace_started = true;
                             let grace = (started.elapsed() * 4).max(Duration::from_millis(50));
                             deadline = deadline.min(Instant::now() + grace);
                         }
                     }
+                    Ok(Some((_, false))) => {}
+                    Ok(None) | Err(_) => break,
                 }
-                Ok(None) | Err(_) => break,
+            }
+            for m in targets.iter().filter(|m| !answered.contains(&m.serial)) {
+                self.set_peer(m.serial, |s| {
+                    s.missed_write = true;
+                    if s.health == PeerHealth::Alive {
+                        s.health = PeerHealth::Lagging;
+                    }
+                });
             }
         }
-        for m in targets.iter().filter(|m| !answered.contains(&m.serial)) {
-            self.set_peer(m.serial, |s| {
-                s.missed_write = true;
-                if s.health == PeerHealth::Alive {
-                    s.health = PeerHealth::Lagging;
-                }
-            });
-        }
         self.wake.notify_one();
+        if needs_majority && !majority_holds(&answered) {
+            return Err(TokenError::NoQuorum(format!(
+                "write not acknowledged: the write concern is quorum and only {} of {voters} members confirmed it \
+                 (the others were unreachable or slower than the replication timeout, {} ms); it stays on this \
+                 member and reaches the others when they are back",
+                1 + answered.len(),
+                def.replication_timeout_ms
+            )));
+        }
+        Ok(())
     }
 
-    /// Pushes to one peer what `mine` has and it lacks, unless an earlier push
-    /// (perhaps another write's, queued on the same connection) already
-    /// delivered it: concurrent writes share pushes.
+    /// Pushes to one peer what `mine` has and it lacks, batch by batch, until
+    /// its acknowledged state covers `mine`. An earlier push (perhaps another
+    /// write's, queued on the same connection) may already have delivered
+    /// it: concurrent writes share pushes.
     async fn push_until_covered(
         &self,
         p: &ActivePartition,
@@ -687,28 +734,47 @@ impl Group {
             Err(_) => return false,
         };
         let _turn = conn.push_turn.lock().await;
-        let theirs = VersionVector(self.peer(m.serial).state.version_vector.iter().copied().collect());
-        for (origin, after) in mine.ahead_of(&theirs) {
-            let ops = match self.outgoing(p, origin, after, BATCH) {
-                Ok(o) => o,
-                Err(_) => return false,
-            };
-            match self
-                .call(
-                    m,
-                    PeerRequest::Push {
-                        group_id: def.id,
-                        ops,
-                    },
-                    timeout,
-                )
-                .await
-            {
-                Ok(PeerResponse::PushAck { state }) => self.seen(m.serial, &def.label, state),
-                _ => return false,
+        let mut behind_before = None;
+        // A connection reset (a network blip, the peer's restart) is worth
+        // one more try on a fresh connection; the caller's deadline bounds it.
+        let mut may_reconnect = true;
+        'rounds: loop {
+            let theirs = VersionVector(self.peer(m.serial).state.version_vector.iter().copied().collect());
+            let behind = mine.ahead_of(&theirs);
+            if behind.is_empty() {
+                return true;
+            }
+            if behind_before.as_ref() == Some(&behind) {
+                // It acknowledged the last round but took none of it.
+                return false;
+            }
+            behind_before = Some(behind.clone());
+            for (origin, after) in behind {
+                let ops = match self.outgoing(p, origin, after, BATCH) {
+                    Ok(o) if !o.is_empty() => o,
+                    _ => return false,
+                };
+                match self
+                    .call(
+                        m,
+                        PeerRequest::Push {
+                            group_id: def.id,
+                            ops,
+                        },
+                        timeout,
+                    )
+                    .await
+                {
+                    Ok(PeerResponse::PushAck { state }) => self.seen(m.serial, &def.label, state),
+                    Err(_) if may_reconnect => {
+                        may_reconnect = false;
+                        behind_before = None;
+                        continue 'rounds;
+                    }
+                    _ => return false,
+                }
             }
         }
-        true
     }
 
     /// A standby member serves no requests while an active member is up.
@@ -745,7 +811,10 @@ impl Group {
         let reachable = 1 + self
             .others()
             .iter()
-            .filter(|m| !m.standby && self.peer(m.serial).health != PeerHealth::Down)
+            .filter(|m| {
+                let peer = self.peer(m.serial);
+                !m.standby && peer.health != PeerHealth::Down && !peer.link_failed
+            })
             .count();
         if reachable * 2 > voters {
             Ok(())

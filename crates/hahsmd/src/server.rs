@@ -257,6 +257,13 @@ async fn connection(
                     }
                 }
             };
+            if let Err(e) = &result {
+                // The member's own failures, not the application's mistakes.
+                if e.code == hahsm_token::ck::CKR_DEVICE_ERROR || e.code == hahsm_token::error::CKR_NO_QUORUM
+                {
+                    warn!(client = %conn.client_name, request = name, error = %e.message, "request failed");
+                }
+            }
             let _ = tx
                 .send(encode(&ResponseFrame {
                     id: request.id,

@@ -12,7 +12,8 @@ pub enum WriteConcern {
     /// Durable locally and on every member that is reachable, waiting at most
     /// the replication timeout; members that miss it are caught up later.
     AllReachable,
-    /// As above, and refused unless a majority of the group is reachable.
+    /// Acknowledged only once a majority of the voting members holds the
+    /// write; refused before it is made unless a majority is reachable.
     Quorum,
 }
 

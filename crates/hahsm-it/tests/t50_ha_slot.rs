@@ -294,6 +294,45 @@ fn twelve_signers_lose_nothing_when_a_member_is_black_holed() {
     p11.finalize().expect("C_Finalize");
 }
 
+/// Under the quorum write concern a member cut off from its peers refuses
+/// writes (before making them once it knows, or because no majority
+/// confirmed them); the HA slot completes each on another member with the
+/// same operation id, and the application sees none of it.
+#[test]
+fn writes_a_cut_off_member_refuses_for_want_of_a_quorum_complete_elsewhere() {
+    let _one = one_at_a_time();
+    let c = Cluster::with_group_options(3, &["--quorum"]);
+    ha_only_config(&c);
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (_slot, s, _ec) = ha_session(&p11);
+    c.isolate(0, hahsm_it::proxy::Mode::Cut);
+    let module_log = || std::fs::read_to_string(c.work.path().join("pkcs11.log")).unwrap_or_default();
+    const KEYS: usize = 24;
+    for n in 0..KEYS {
+        if let Err(e) = aes_key(&s, &format!("cut-off-{n}")) {
+            panic!("key generation {n} failed: {e}\n{}", module_log());
+        }
+    }
+    let log = module_log();
+    assert!(
+        log.contains("hsm0: generate-key refused for want of a quorum"),
+        "member 0 was never asked, so the retry went untested:\n{log}"
+    );
+    // Each key exists once on the majority side (a refused one that member 0
+    // made anyway has the same object id, and merges into it later).
+    let list = c.keys(1, &["list"]).expect_ok().stdout;
+    for n in 0..KEYS {
+        let label = format!("cut-off-{n}");
+        let copies = list
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == label))
+            .count();
+        assert_eq!(copies, 1, "{label} on member 1:\n{list}");
+    }
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}
+
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

@@ -165,7 +165,14 @@ pub struct HaMember {
     /// joining): application requests pass it over and the background task
     /// probes it until it may serve again.
     outage: Mutex<Option<Outage>>,
+    /// When it last refused a write for want of a quorum (cut off from the
+    /// majority): for a moment after, writes go to the other members first.
+    quorum_refused_at: Mutex<Option<Instant>>,
 }
+
+/// How long a member that refused a write for want of a quorum is asked for
+/// writes last: about one heartbeat, time for its view of the group to change.
+const QUORUM_SIDELINE: Duration = Duration::from_secs(1);
 
 impl HaMember {
     fn new(server: Arc<Server>) -> Arc<HaMember> {
@@ -173,6 +180,7 @@ impl HaMember {
             server,
             in_flight: AtomicUsize::new(0),
             outage: Mutex::new(None),
+            quorum_refused_at: Mutex::new(None),
         })
     }
 
@@ -188,11 +196,16 @@ impl HaMember {
                 probing: false,
                 joining: true,
             })),
+            quorum_refused_at: Mutex::new(None),
         })
     }
 
     pub fn is_down(&self) -> bool {
         lock(&self.outage).is_some()
+    }
+
+    fn refused_a_write_lately(&self) -> bool {
+        lock(&self.quorum_refused_at).is_some_and(|t| t.elapsed() < QUORUM_SIDELINE)
     }
 }
 
@@ -761,8 +774,17 @@ impl Module {
         }
         let members = g.members();
         let mut tried = vec![false; members.len()];
+        // A member that refused a write for want of a quorum a moment ago is
+        // likely still cut off from the majority: ask it for writes last.
+        let mut asked_last: Vec<usize> = Vec::new();
+        if request.is_write() {
+            asked_last = (0..members.len())
+                .filter(|&i| members[i].refused_a_write_lately())
+                .collect();
+            asked_last.iter().for_each(|&i| tried[i] = true);
+        }
         let mut last = None;
-        while let Some(i) = g.pick(&members, &tried) {
+        while let Some(i) = g.pick(&members, &tried).or_else(|| asked_last.pop()) {
             tried[i] = true;
             let member = &members[i];
             let result = {
@@ -783,16 +805,14 @@ impl Module {
                     g.drop_member(member);
                     last = Some(e);
                 }
-                // The member does not know an object this application holds a
-                // handle for: it has not applied the write that made (or
-                // renamed) it yet, e.g. it was slow when that write was
-                // acknowledged. Another member has; the lagging one stays in
-                // the rotation.
-                // The member cannot reach a quorum of the group (it is on the
-                // minority side of a cut); a member on the majority side can.
+                // The member cannot reach a quorum of the group, or could not
+                // get this write confirmed by one (it is on the minority side
+                // of a cut); a member on the majority side can. The write
+                // keeps its operation id, so it lands once.
                 Err(Error::Client(ClientError::Remote(ref w)))
                     if w.code == hahsm_token::error::CKR_NO_QUORUM =>
                 {
+                    *lock(&member.quorum_refused_at) = Some(Instant::now());
                     log::log(
                         "info",
                         &format!(
@@ -803,6 +823,11 @@ impl Module {
                     );
                     last = Some(Error::Rv(ck::CKR_DEVICE_ERROR));
                 }
+                // The member does not know an object this application holds a
+                // handle for: it has not applied the write that made (or
+                // renamed) it yet, e.g. it was slow when that write was
+                // acknowledged. Another member has; the lagging one stays in
+                // the rotation.
                 Err(e) if object_unknown(&e) => {
                     log::log(
                         "info",

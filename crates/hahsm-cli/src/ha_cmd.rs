@@ -37,7 +37,8 @@ enum HaCommand {
         label: String,
         #[arg(long)]
         partition: String,
-        /// Refuse writes unless a majority of members is reachable.
+        /// Acknowledge a write only once a majority of members holds it, and
+        /// refuse writes unless a majority is reachable.
         #[arg(long)]
         quorum: bool,
         /// How long a write waits for the other members, in milliseconds.

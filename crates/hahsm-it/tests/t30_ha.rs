@@ -529,6 +529,51 @@ fn quorum_acknowledges_a_write_only_once_a_majority_holds_it() {
     assert!(has_label(&c, 2, "held-by-all"));
 }
 
+/// A write refused because no majority confirmed it stays on its member;
+/// the same write sent again (same operation id) to that member must meet the
+/// write concern too, not be answered from the member's log alone.
+#[test]
+fn a_refused_write_sent_again_to_the_same_member_is_refused_again() {
+    use hahsm_proto::client::{Request, USER_NORMAL};
+    use hahsm_token::{ck, AttrValue, Mechanism, Template};
+    let c = Cluster::with_group_options(3, &["--quorum"]);
+    c.isolate(0, Mode::BlackHole);
+    let config = hahsm_client::ClientConfig::load(&c.conf).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = hahsm_client::MemberConnection::connect(&config, &config.servers[0])
+            .await
+            .unwrap();
+        conn.call(Request::Login {
+            partition: hahsm_it::cluster::PARTITION.into(),
+            user_type: USER_NORMAL,
+            pin: hahsm_proto::Secret::from(hahsm_it::cluster::PIN),
+        })
+        .await
+        .expect("logs in");
+        let op_id = hahsm_client::connection::new_op_id();
+        let keygen = || Request::GenerateKey {
+            partition: hahsm_it::cluster::PARTITION.into(),
+            mechanism: Mechanism::new(ck::CKM_AES_KEY_GEN),
+            template: Template::new()
+                .with(ck::CKA_TOKEN, AttrValue::Bool(true))
+                .with(ck::CKA_VALUE_LEN, AttrValue::Ulong(16)),
+            op_id,
+        };
+        for attempt in ["first", "second"] {
+            match conn.call(keygen()).await {
+                Err(hahsm_client::ClientError::Remote(e)) => assert_eq!(
+                    e.code,
+                    hahsm_token::error::CKR_NO_QUORUM,
+                    "{attempt} attempt: {}",
+                    e.message
+                ),
+                other => panic!("{attempt} attempt was not refused: {other:?}"),
+            }
+        }
+    });
+}
+
 #[test]
 fn a_removed_member_can_no_longer_write_into_the_group() {
     let c = Cluster::new(3);

@@ -315,7 +315,7 @@ impl KeyOps<'_> {
                 if attrs.flag(ck::CKA_PRIVATE, false) && !ctx.logged_in {
                     return Err(TokenError::UserNotLoggedIn);
                 }
-                if let Some(done) = self.previous(&ctx, &op_id)? {
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
                 let ids = self.store_new(&ctx, vec![(attrs, secret)], op_id).await?;
@@ -329,7 +329,7 @@ impl KeyOps<'_> {
             } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &template)?;
-                if let Some(done) = self.previous(&ctx, &op_id)? {
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
                 let pair = crypto::import_private_key_der(private_key_der.expose())?;
@@ -352,7 +352,7 @@ impl KeyOps<'_> {
             } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &template)?;
-                if let Some(done) = self.previous(&ctx, &op_id)? {
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
                 let template = separated_defaults(template, self.enforce_separation(&ctx));
@@ -372,7 +372,7 @@ impl KeyOps<'_> {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &public_template)?;
                 check_template_size(self.app, &private_template)?;
-                if let Some(done) = self.previous(&ctx, &op_id)? {
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
                 let separation = self.enforce_separation(&ctx);
@@ -448,7 +448,7 @@ impl KeyOps<'_> {
             } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &template)?;
-                if self.already_done(&ctx, &op_id)? {
+                if self.already_done(&ctx, &op_id).await? {
                     return Ok(Response::Done);
                 }
                 let entry = self.object(&ctx, &object)?;
@@ -482,7 +482,7 @@ impl KeyOps<'_> {
             } => {
                 let ctx = self.ctx_logged_in(&partition)?;
                 check_template_size(self.app, &template)?;
-                if let Some(done) = self.previous(&ctx, &op_id)? {
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
                 let entry = self.object(&ctx, &object)?;
@@ -497,7 +497,7 @@ impl KeyOps<'_> {
                 op_id,
             } => {
                 let ctx = self.ctx_logged_in(&partition)?;
-                if self.already_done(&ctx, &op_id)? {
+                if self.already_done(&ctx, &op_id).await? {
                     return Ok(Response::Done);
                 }
                 let entry = self.object(&ctx, &object)?;
@@ -580,7 +580,7 @@ impl KeyOps<'_> {
                     return Err(TokenError::UserNotLoggedIn);
                 }
                 check_template_size(self.app, &template)?;
-                if let Some(done) = self.previous(&ctx, &op_id)? {
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
                 let k = ctx.active.key(&unwrapping)?;
@@ -601,7 +601,7 @@ impl KeyOps<'_> {
                     return Err(TokenError::UserNotLoggedIn);
                 }
                 check_template_size(self.app, &template)?;
-                if let Some(done) = self.previous(&ctx, &op_id)? {
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
                 let (attrs, secret) = self.derived_object(&ctx, &base, &mechanism, &template)?;
@@ -716,23 +716,27 @@ impl KeyOps<'_> {
 
     /// A set-attributes or destroy retried with the same operation id was
     /// applied the first time (here, or on a peer that replicated it here).
-    fn already_done(&self, ctx: &Ctx, op_id: &OpId) -> TokenResult<bool> {
-        Ok(ctx.active.previous_result(op_id)?.is_some())
+    async fn already_done(&self, ctx: &Ctx, op_id: &OpId) -> TokenResult<bool> {
+        Ok(self.previous(ctx, op_id).await?.is_some())
     }
 
-    /// A create retried with the same operation id returns its first result.
-    fn previous(&self, ctx: &Ctx, op_id: &OpId) -> TokenResult<Option<Response>> {
-        Ok(ctx
-            .active
-            .previous_result(op_id)?
-            .map(|ids| match ids.as_slice() {
-                [one] => Response::Object(*one),
-                [public, private] => Response::KeyPair {
-                    public: *public,
-                    private: *private,
-                },
-                _ => Response::Done,
-            }))
+    /// A create retried with the same operation id returns its first result,
+    /// once the write concern holds for it: the first attempt may have been
+    /// refused because no majority confirmed it, and the retry must not
+    /// acknowledge it on this member's word alone.
+    async fn previous(&self, ctx: &Ctx, op_id: &OpId) -> TokenResult<Option<Response>> {
+        let Some(ids) = ctx.active.previous_result(op_id)? else {
+            return Ok(None);
+        };
+        self.after_write(ctx).await?;
+        Ok(Some(match ids.as_slice() {
+            [one] => Response::Object(*one),
+            [public, private] => Response::KeyPair {
+                public: *public,
+                private: *private,
+            },
+            _ => Response::Done,
+        }))
     }
 
     fn usable_key(

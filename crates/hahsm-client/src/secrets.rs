@@ -49,16 +49,11 @@ pub fn read_secret(path: &Path) -> Result<Secret, SecretFileError> {
     }
 }
 
-/// Writes a new random secret to `path` (mode 0600), refusing to overwrite.
-pub fn generate_secret_file(path: &Path) -> Result<Secret, SecretFileError> {
+/// Writes `text` to a new file at `path` (mode 0600, synced), refusing to
+/// overwrite, and zeroizes `text` whatever happens.
+fn write_private_file(path: &Path, mut text: String) -> Result<(), SecretFileError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let shown = path.display().to_string();
-    let mut bytes = vec![0u8; SECRET_BYTES];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| SecretFileError::Random)?;
-    let secret = Secret::new(bytes.clone());
-    let mut text = hex::encode(&bytes) + "\n";
-    bytes.zeroize();
     let result = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -69,7 +64,20 @@ pub fn generate_secret_file(path: &Path) -> Result<Secret, SecretFileError> {
             f.sync_all()
         });
     text.zeroize();
-    result.map_err(|source| SecretFileError::Write { path: shown, source })?;
+    result.map_err(|source| SecretFileError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Writes a new random secret to `path` (mode 0600), refusing to overwrite.
+pub fn generate_secret_file(path: &Path) -> Result<Secret, SecretFileError> {
+    let mut bytes = vec![0u8; SECRET_BYTES];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| SecretFileError::Random)?;
+    let secret = Secret::new(bytes.clone());
+    let text = hex::encode(&bytes) + "\n";
+    bytes.zeroize();
+    write_private_file(path, text)?;
     Ok(secret)
 }
 
@@ -111,23 +119,7 @@ pub fn read_share(path: &Path) -> Result<Secret, SecretFileError> {
 
 /// Writes one share (mode 0600), refusing to overwrite a file.
 pub fn write_share_file(path: &Path, comment: &str, share: &[u8]) -> Result<(), SecretFileError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut text = format!("# {comment}\n{}\n", hex::encode(share));
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        });
-    text.zeroize();
-    result.map_err(|source| SecretFileError::Write {
-        path: path.display().to_string(),
-        source,
-    })
+    write_private_file(path, format!("# {comment}\n{}\n", hex::encode(share)))
 }
 
 /// Overwrites a secret file with zeros, syncs, and removes it. On a journaling

@@ -24,6 +24,55 @@ pub struct Cluster {
     pub owner_secret: PathBuf,
 }
 
+/// Initializes a started appliance as `label` (with `domain_args`: a domain
+/// secret or shares), logs the SO in, turns on the HSM and partition policies
+/// an HA group needs, and creates and activates partition `PARTITION` under
+/// `owner`, with the user PIN `PIN`.
+pub fn set_up_for_ha(m: &Member, label: &str, so: &Path, domain_args: &[&str], owner: &Path) {
+    let run = |args: &[&str]| m.admin(args).expect_ok();
+    let mut init = vec!["hsm", "init", "--label", label, "--so-secret", s_ref(so)];
+    init.extend_from_slice(domain_args);
+    run(&init);
+    run(&["hsm", "login", "--so-secret", s_ref(so)]);
+    for p in ["7", "16", "20"] {
+        run(&["hsm", "change-policy", "--policy", p, "--value", "1"]);
+    }
+    run(&[
+        "partition",
+        "create",
+        "--partition",
+        PARTITION,
+        "--owner-secret",
+        s_ref(owner),
+        "--pin",
+        PIN,
+    ]);
+    for p in ["0", "4", "21", "22", "23"] {
+        run(&[
+            "partition",
+            "change-policy",
+            "--partition",
+            PARTITION,
+            "--policy",
+            p,
+            "--value",
+            "1",
+        ]);
+    }
+    run(&[
+        "partition",
+        "activate",
+        "--partition",
+        PARTITION,
+        "--owner-secret",
+        s_ref(owner),
+    ]);
+}
+
+fn s_ref(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
 fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
 }
@@ -147,51 +196,14 @@ impl Cluster {
         let dir = self.work.path().join(format!("hsm{i}"));
         let m = Member::start_peer(&dir);
         let so = dir.join("so.key");
-        let run = |args: &[&str]| m.admin(args).expect_ok();
-        run(&[
-            "hsm",
-            "init",
-            "--label",
+        set_up_for_ha(
+            &m,
             &format!("hsm{i}"),
-            "--so-secret",
-            &s(&so),
-            "--domain-secret",
-            &s(domain),
-        ]);
-        run(&["hsm", "login", "--so-secret", &s(&so)]);
-        for p in ["7", "16", "20"] {
-            run(&["hsm", "change-policy", "--policy", p, "--value", "1"]);
-        }
-        run(&[
-            "partition",
-            "create",
-            "--partition",
-            PARTITION,
-            "--owner-secret",
-            &s(owner),
-            "--pin",
-            PIN,
-        ]);
-        for p in ["0", "4", "21", "22", "23"] {
-            run(&[
-                "partition",
-                "change-policy",
-                "--partition",
-                PARTITION,
-                "--policy",
-                p,
-                "--value",
-                "1",
-            ]);
-        }
-        run(&[
-            "partition",
-            "activate",
-            "--partition",
-            PARTITION,
-            "--owner-secret",
-            &s(owner),
-        ]);
+            &so,
+            &["--domain-secret", &s(domain)],
+            owner,
+        );
+        let run = |args: &[&str]| m.admin(args).expect_ok();
         let status = run(&["status"]).stdout;
         let serial = status
             .lines()

@@ -1,7 +1,7 @@
 //! Custody on real members: the hash-chained journal of administrative actions
 //! (report table 5.1), M-of-N shares of the domain secret (§5.1.3), and
 //! encrypted backups restored into a running group.
-use hahsm_it::cluster::{Cluster, GROUP, PARTITION, PIN};
+use hahsm_it::cluster::{set_up_for_ha, Cluster, GROUP, PARTITION, PIN};
 use hahsm_it::{hahsm, Member, Run};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -201,44 +201,7 @@ fn the_journal_records_every_admin_action_and_verify_catches_edits_deletions_and
 fn member(work: &Path, label: &str, domain_args: &[&str], owner: &Path) -> (Member, String) {
     let m = Member::start_peer(&work.join(label));
     let so = m.dir.join("so.key");
-    let mut init = vec!["hsm", "init", "--label", label, "--so-secret", s(&so)];
-    init.extend_from_slice(domain_args);
-    m.admin(&init).expect_ok();
-    m.admin(&["hsm", "login", "--so-secret", s(&so)]).expect_ok();
-    let run = |args: &[&str]| m.admin(args).expect_ok();
-    for p in ["7", "16", "20"] {
-        run(&["hsm", "change-policy", "--policy", p, "--value", "1"]);
-    }
-    run(&[
-        "partition",
-        "create",
-        "--partition",
-        PARTITION,
-        "--owner-secret",
-        s(owner),
-        "--pin",
-        PIN,
-    ]);
-    for p in ["0", "4", "21", "22", "23"] {
-        run(&[
-            "partition",
-            "change-policy",
-            "--partition",
-            PARTITION,
-            "--policy",
-            p,
-            "--value",
-            "1",
-        ]);
-    }
-    run(&[
-        "partition",
-        "activate",
-        "--partition",
-        PARTITION,
-        "--owner-secret",
-        s(owner),
-    ]);
+    set_up_for_ha(&m, label, &so, domain_args, owner);
     ha(
         &m,
         &["prepare", "--partition", PARTITION, "--owner-secret", s(owner)],

@@ -398,6 +398,52 @@ pub const PIN: &str = "myPwD-1234";
 /// The partition SO's PIN (PKCS#11 `CKU_SO`).
 pub const SO_PIN: &str = "so-pin-5678";
 
+/// Makes client `name`'s certificate and config at `conf`, pins `member` in
+/// it, registers the certificate on the member and, if given, assigns it
+/// `partition`.
+fn set_up_client(member: &Member, conf: &Path, name: &str, partition: Option<&str>) {
+    hahsm(Some(conf), &["client", "create-cert", "--name", name]).expect_ok();
+    hahsm(
+        Some(conf),
+        &[
+            "client",
+            "add-server",
+            "--name",
+            "testhsm",
+            "--address",
+            &member.address,
+            "--fingerprint",
+            &member.fingerprint(),
+        ],
+    )
+    .expect_ok();
+    let cert = conf.with_file_name(format!("{name}.pem"));
+    member
+        .admin(&[
+            "client",
+            "register",
+            "--client",
+            name,
+            "--hostname",
+            "127.0.0.1",
+            "--cert",
+            cert.to_str().expect("utf-8"),
+        ])
+        .expect_ok();
+    if let Some(partition) = partition {
+        member
+            .admin(&[
+                "client",
+                "assign-partition",
+                "--client",
+                name,
+                "--partition",
+                partition,
+            ])
+            .expect_ok();
+    }
+}
+
 impl Standalone {
     pub fn new() -> Standalone {
         Self::with_limits("")
@@ -505,47 +551,8 @@ impl Standalone {
             ])
             .expect_ok();
 
-        let client_dir = work.path().join("client");
-        let conf = client_dir.join("client.toml");
-        hahsm(Some(&conf), &["client", "create-cert", "--name", "app1"]).expect_ok();
-        let fp = member.fingerprint();
-        hahsm(
-            Some(&conf),
-            &[
-                "client",
-                "add-server",
-                "--name",
-                "testhsm",
-                "--address",
-                &member.address,
-                "--fingerprint",
-                &fp,
-            ],
-        )
-        .expect_ok();
-        let cert = client_dir.join("app1.pem");
-        member
-            .admin(&[
-                "client",
-                "register",
-                "--client",
-                "app1",
-                "--hostname",
-                "127.0.0.1",
-                "--cert",
-                &p(&cert),
-            ])
-            .expect_ok();
-        member
-            .admin(&[
-                "client",
-                "assign-partition",
-                "--client",
-                "app1",
-                "--partition",
-                PARTITION,
-            ])
-            .expect_ok();
+        let conf = work.path().join("client/client.toml");
+        set_up_client(&member, &conf, "app1", Some(PARTITION));
         Standalone {
             work,
             member,
@@ -560,6 +567,20 @@ impl Standalone {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.work.path().join(name)
+    }
+
+    /// Another client, with its own certificate and config (returned), at
+    /// `<name>/client.toml`; registered on the member, and assigned the
+    /// partition if `assign`.
+    pub fn add_client(&self, name: &str, assign: bool) -> PathBuf {
+        let conf = self.path(&format!("{name}/client.toml"));
+        set_up_client(
+            &self.member,
+            &conf,
+            name,
+            assign.then_some(self.partition.as_str()),
+        );
+        conf
     }
 
     /// `hahsm keys ARGS…` with this setup's config, partition and PIN.

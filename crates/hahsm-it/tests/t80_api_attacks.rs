@@ -13,7 +13,7 @@ use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectC
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use cryptoki_sys as ck;
-use hahsm_it::{hahsm, Standalone};
+use hahsm_it::Standalone;
 use hahsm_proto::client::{Request, RequestFrame, Response, ResponseFrame};
 use hahsm_token::{AttrValue, Template};
 use t20_pkcs11_support::{expect_rv, raw, run_checks, Env};
@@ -531,53 +531,6 @@ fn api_attacks_are_refused_with_exact_codes() {
 
 // --- Replayed frames and parallel guessing, through the client link itself.
 
-/// A second registered client, assigned the same partition; returns its config.
-fn second_client(st: &Standalone, name: &str, assign: bool) -> std::path::PathBuf {
-    let conf = st.path(&format!("{name}/client.toml"));
-    hahsm(Some(&conf), &["client", "create-cert", "--name", name]).expect_ok();
-    let fp = st.member.fingerprint();
-    hahsm(
-        Some(&conf),
-        &[
-            "client",
-            "add-server",
-            "--name",
-            "testhsm",
-            "--address",
-            &st.member.address,
-            "--fingerprint",
-            &fp,
-        ],
-    )
-    .expect_ok();
-    let cert = st.path(&format!("{name}/{name}.pem"));
-    st.member
-        .admin(&[
-            "client",
-            "register",
-            "--client",
-            name,
-            "--hostname",
-            "127.0.0.1",
-            "--cert",
-            cert.to_str().unwrap(),
-        ])
-        .expect_ok();
-    if assign {
-        st.member
-            .admin(&[
-                "client",
-                "assign-partition",
-                "--client",
-                name,
-                "--partition",
-                &st.partition,
-            ])
-            .expect_ok();
-    }
-    conf
-}
-
 /// Sends raw frame bytes on a fresh TLS connection made with `conf`'s
 /// certificate, after the hello, and returns the member's answer.
 async fn replay(st: &Standalone, conf: &std::path::Path, frame: &[u8]) -> ResponseFrame {
@@ -623,8 +576,8 @@ fn code(r: &ResponseFrame) -> u64 {
 fn replayed_request_frames_act_for_no_one() {
     use hahsm_token::{ck, Mechanism};
     let st = Standalone::new();
-    let other = second_client(&st, "app2", true);
-    let stranger = second_client(&st, "app3", false);
+    let other = st.add_client("app2", true);
+    let stranger = st.add_client("app3", false);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let conn = st.connect().await;

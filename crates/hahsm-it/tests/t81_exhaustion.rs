@@ -3,11 +3,11 @@
 //! hundred thousand objects. None may take the member down or starve the
 //! other clients; each limit is configurable and answers with a clear error.
 use hahsm_client::{ClientError, MemberConnection};
-use hahsm_it::{hahsm, Standalone};
+use hahsm_it::Standalone;
 use hahsm_proto::client::{Request, Response};
 use hahsm_token::{ck, AttrValue, Template};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Raises this process's soft limit on open files to its hard limit (the
@@ -170,50 +170,6 @@ fn a_slowloris_client_is_cut_off_and_starves_no_one() {
     st.keys(&["show", "--label", "meanwhile"]).expect_ok();
 }
 
-/// Registers a second client certificate, assigned to the partition.
-fn second_client(st: &Standalone, name: &str) -> PathBuf {
-    let conf = st.path(&format!("{name}/client.toml"));
-    hahsm(Some(&conf), &["client", "create-cert", "--name", name]).expect_ok();
-    hahsm(
-        Some(&conf),
-        &[
-            "client",
-            "add-server",
-            "--name",
-            "testhsm",
-            "--address",
-            &st.member.address,
-            "--fingerprint",
-            &st.member.fingerprint(),
-        ],
-    )
-    .expect_ok();
-    let cert = st.path(&format!("{name}/{name}.pem"));
-    st.member
-        .admin(&[
-            "client",
-            "register",
-            "--client",
-            name,
-            "--hostname",
-            "127.0.0.1",
-            "--cert",
-            cert.to_str().unwrap(),
-        ])
-        .expect_ok();
-    st.member
-        .admin(&[
-            "client",
-            "assign-partition",
-            "--client",
-            name,
-            "--partition",
-            &st.partition,
-        ])
-        .expect_ok();
-    conf
-}
-
 async fn connect(conf: &Path) -> Result<MemberConnection, ClientError> {
     let config = hahsm_client::ClientConfig::load(conf).unwrap();
     MemberConnection::connect(&config, &config.servers[0]).await
@@ -233,7 +189,7 @@ fn refused(r: Result<MemberConnection, ClientError>, message: &str) {
 #[test]
 fn one_client_cannot_take_every_connection() {
     let st = Standalone::with_limits("max_connections = 6\nmax_connections_per_client = 4");
-    let other = second_client(&st, "app2");
+    let other = st.add_client("app2", true);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut mine = Vec::new();

@@ -284,6 +284,17 @@ impl Cluster {
             .to_string()
     }
 
+    /// The distinct content digests of the members, as member `i` reports
+    /// them: one when they hold the same objects.
+    pub fn member_digests(&self, i: usize) -> std::collections::BTreeSet<String> {
+        self.status(i)["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| m["digest"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     pub fn wait_in_sync(&self, i: usize, timeout: Duration) -> bool {
         self.wait(timeout, || self.status(i)["in_sync"] == true)
     }

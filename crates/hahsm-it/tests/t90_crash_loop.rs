@@ -200,12 +200,7 @@ fn a_member_killed_at_random_points_loses_no_acknowledged_write() {
                 "round {round}: member {i} lacks acknowledged writes {missing:?} (seed {seed})"
             );
         }
-        let digests: BTreeSet<String> = c.status(0)["members"]
-            .as_array()
-            .expect("members")
-            .iter()
-            .map(|m| m["digest"].as_str().unwrap_or_default().to_string())
-            .collect();
+        let digests = c.member_digests(0);
         assert_eq!(digests.len(), 1, "round {round}: members differ: {digests:?}");
         if (round + 1) % 10 == 0 {
             eprintln!(

@@ -354,12 +354,7 @@ fn chaos_soak_loses_nothing_and_converges() {
     }
 
     let e = read_journals(&journals);
-    let digests: BTreeSet<String> = c.status(0)["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .map(|m| m["digest"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let digests = c.member_digests(0);
     assert_eq!(digests.len(), 1, "members differ: {digests:?}");
     for i in 0..3 {
         let listed = labels_on(&c, i);

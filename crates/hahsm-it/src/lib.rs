@@ -37,6 +37,7 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A command's result, with its output as text for assertions.
+#[derive(Debug)]
 pub struct Run {
     pub ok: bool,
     pub code: Option<i32>,

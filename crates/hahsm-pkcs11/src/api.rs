@@ -162,6 +162,7 @@ pub fn init_pin(h: ck::CK_SESSION_HANDLE, pin: &[u8]) -> Result<()> {
             Request::InitPin {
                 partition: s.slot.partition.clone(),
                 new_pin: Secret::new(pin.to_vec()),
+                op_id: new_op_id(),
             },
         ),
         Response::Done,
@@ -180,10 +181,13 @@ pub fn set_pin(h: ck::CK_SESSION_HANDLE, old: &[u8], new: &[u8]) -> Result<()> {
                 partition: s.slot.partition.clone(),
                 old_pin: Secret::new(old.to_vec()),
                 new_pin: Secret::new(new.to_vec()),
+                op_id: new_op_id(),
             },
         ),
         Response::Done,
-    )
+    )?;
+    m.pin_changed(&s.slot, Secret::new(new.to_vec()));
+    Ok(())
 }
 
 // ----------------------------------------------------- sessions (§5.6) --
@@ -302,24 +306,7 @@ pub fn login(h: ck::CK_SESSION_HANDLE, user_type: ck::CK_USER_TYPE, pin: &[u8]) 
             if user_type == ck::CKU_SO && m.sessions_of(slot.id).iter().any(|s| !s.rw) {
                 return rv(ck::CKR_SESSION_READ_ONLY_EXISTS);
             }
-            let r = m.call(
-                slot,
-                Request::Login {
-                    partition: slot.partition.clone(),
-                    user_type,
-                    pin: wire_pin.clone(),
-                },
-            );
-            match r {
-                Ok(Response::Done) => {}
-                // Logged in on the member already (another module instance
-                // sharing nothing with us cannot be: the login is per connection).
-                Err(e) if e.rv() == ck::CKR_USER_ALREADY_LOGGED_IN => {}
-                Ok(_) => return Err(unexpected()),
-                Err(e) => return Err(e),
-            }
-            m.set_login(slot, user_type, wire_pin);
-            Ok(())
+            m.login(slot, user_type, wire_pin)
         }
         _ => rv(ck::CKR_USER_TYPE_INVALID),
     }
@@ -327,9 +314,6 @@ pub fn login(h: ck::CK_SESSION_HANDLE, user_type: ck::CK_USER_TYPE, pin: &[u8]) 
 
 pub fn logout(h: ck::CK_SESSION_HANDLE) -> Result<()> {
     let (m, s) = session(h)?;
-    if s.slot.login().is_none() {
-        return rv(ck::CKR_USER_NOT_LOGGED_IN);
-    }
     m.logout(&s.slot)
 }
 

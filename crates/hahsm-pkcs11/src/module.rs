@@ -41,20 +41,58 @@ pub fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One configured member and the module's connection to it.
+/// The login state of one token (slot) for this application: PKCS#11 logins
+/// are per token and per application, whichever session made them.
+#[derive(Default)]
+pub struct TokenLogin {
+    /// Who is logged in, with the PIN that logs the slot's other connections
+    /// in. The PIN stays in a zeroizing `Secret`.
+    who: Option<(u64, Secret)>,
+    /// Bumped by every login, logout and end of a login: a connection
+    /// logged in under an older generation is logged out (or in) again
+    /// before it carries a request.
+    generation: u64,
+}
+
+impl TokenLogin {
+    fn change(&mut self, who: Option<(u64, Secret)>) -> u64 {
+        self.who = who;
+        self.generation += 1;
+        self.generation
+    }
+}
+
+/// What one connection's member believes about the login: the generation of
+/// the token's login it was last brought in line with (none yet for a new
+/// connection), and whether the member holds a login on it.
+#[derive(Default)]
+struct ConnLogin {
+    generation: Option<u64>,
+    logged_in: bool,
+}
+
+/// A multiplexed connection and its login as the member sees it. The mutex
+/// is held while the login is brought in line, so two threads never log
+/// one connection in or out at once.
+struct Linked {
+    conn: Arc<MemberConnection>,
+    login: Mutex<ConnLogin>,
+}
+
+/// One member as one slot reaches it: its connections and what they are
+/// logged in as. Every slot has its own, so that a login to one token (an HA
+/// slot, or a member's slot) never answers for another.
 pub struct Server {
     pub entry: ServerEntry,
-    conn: RwLock<Option<Arc<MemberConnection>>>,
+    /// The slot's partition (empty for the connections that list partitions).
+    partition: String,
+    /// The slot's login, shared by the slot's members.
+    token: Arc<Mutex<TokenLogin>>,
+    conn: RwLock<Option<Arc<Linked>>>,
     /// Serializes reconnection, so that many threads do not all reconnect.
     reconnecting: Mutex<()>,
-    /// The logins held on this member, by partition, with what is needed to
-    /// log in again after a reconnection. The PIN stays in a zeroizing `Secret`.
-    logins: Mutex<HashMap<String, (u64, Secret)>>,
-    /// Bumped with every change of `logins`: a pooled connection logged in
-    /// under an older epoch is closed instead of reused.
-    login_epoch: AtomicU64,
     /// Idle blocking connections for stateless operations on token keys,
-    /// each with the login epoch it was logged in under.
+    /// each with the login generation it was logged in under.
     pool: Mutex<Vec<(u64, BlockingConnection)>>,
     /// Pooled connections open, idle or in use (at most `POOL_MAX`).
     pooled: AtomicUsize,
@@ -69,17 +107,22 @@ pub struct Server {
 const POOL_MAX: usize = 16;
 
 impl Server {
-    fn new(entry: ServerEntry) -> Server {
+    fn new(entry: ServerEntry, partition: &str, token: Arc<Mutex<TokenLogin>>) -> Server {
         Server {
             entry,
+            partition: partition.to_string(),
+            token,
             conn: RwLock::new(None),
             reconnecting: Mutex::new(()),
-            logins: Mutex::default(),
-            login_epoch: AtomicU64::new(0),
             pool: Mutex::default(),
             pooled: AtomicUsize::new(0),
             latency_us: AtomicU64::new(0),
         }
+    }
+
+    /// A member's connections for listing its partitions: never logged in.
+    fn lister(entry: ServerEntry) -> Server {
+        Server::new(entry, "", Arc::default())
     }
 
     /// Folds one answer time into the moving average (weight 1/8).
@@ -96,30 +139,26 @@ impl Server {
             });
     }
 
-    fn logged_in(&self, partition: &str) -> bool {
-        lock(&self.logins).contains_key(partition)
+    fn generation(&self) -> u64 {
+        lock(&self.token).generation
     }
 
-    /// Changes the logins held on this member; pooled connections opened
-    /// before the change are not reused.
-    fn update_logins<R>(&self, change: impl FnOnce(&mut HashMap<String, (u64, Secret)>) -> R) -> R {
-        let mut logins = lock(&self.logins);
-        let r = change(&mut logins);
-        self.login_epoch.fetch_add(1, Ordering::SeqCst);
-        r
-    }
-
-    /// Closes every idle pooled connection (the member failed or the module
-    /// is finalized); connections in use are closed when their call returns.
+    /// Closes every idle pooled connection (the member failed, the login
+    /// changed, or the module is finalized); connections in use are closed
+    /// when their call returns.
     fn clear_pool(&self) {
         let idle = std::mem::take(&mut *lock(&self.pool));
         self.pooled.fetch_sub(idle.len(), Ordering::SeqCst);
     }
 
     /// Returns a connection whose call succeeded (or was answered with an
-    /// error) to the pool.
-    fn check_in(&self, epoch: u64, conn: BlockingConnection) {
-        lock(&self.pool).push((epoch, conn));
+    /// error) to the pool, unless the login changed since it was logged in.
+    fn check_in(&self, generation: u64, conn: BlockingConnection) {
+        if generation == self.generation() {
+            lock(&self.pool).push((generation, conn));
+        } else {
+            self.discard(conn);
+        }
     }
 
     /// Forgets a pooled connection that failed.
@@ -127,6 +166,18 @@ impl Server {
         drop(conn);
         self.pooled.fetch_sub(1, Ordering::SeqCst);
     }
+
+    fn current(&self) -> Option<Arc<Linked>> {
+        read(&self.conn).as_ref().filter(|c| !c.conn.is_closed()).cloned()
+    }
+}
+
+/// Member answers that say the PIN a login carried no longer opens the token.
+fn pin_refused(e: &Error) -> bool {
+    matches!(
+        e.rv(),
+        ck::CKR_PIN_INCORRECT | ck::CKR_PIN_LOCKED | ck::CKR_PIN_EXPIRED | ck::CKR_USER_PIN_NOT_INITIALIZED
+    )
 }
 
 /// How often the background task looks at the HA groups (probes due, and
@@ -231,9 +282,8 @@ pub struct HaGroup {
     pub label: String,
     pub def: Mutex<GroupDef>,
     members: RwLock<Vec<Arc<HaMember>>>,
-    /// The application's login to the slot, replayed on each member the
-    /// first time it is used. The PIN stays in a zeroizing `Secret`.
-    login: Mutex<Option<(u64, Secret)>>,
+    /// The slot's login (as `Slot::token`), for the members that join.
+    token: Arc<Mutex<TokenLogin>>,
     /// Rotates the choice among equally loaded members.
     next: AtomicUsize,
     /// The member that holds the slot's session objects (they live in one
@@ -334,14 +384,24 @@ pub struct Slot {
     pub group: Option<[u8; 16]>,
     /// For an HA slot: the group and its members.
     pub ha: Option<HaGroup>,
+    /// The application's login to this token, shared by the slot's
+    /// connections to every member.
+    token: Arc<Mutex<TokenLogin>>,
+    /// Serializes login, logout and PIN changes of the token.
+    login_change: Mutex<()>,
 }
 
 impl Slot {
     /// The role logged in to this slot's token, if any (`CKU_USER` or `CKU_SO`).
     pub fn login(&self) -> Option<u64> {
+        lock(&self.token).who.as_ref().map(|(u, _)| *u)
+    }
+
+    /// The slot's connections to each of its members.
+    fn links(&self) -> Vec<Arc<Server>> {
         match &self.ha {
-            Some(g) => lock(&g.login).as_ref().map(|(u, _)| *u),
-            None => lock(&self.server.logins).get(&self.partition).map(|(u, _)| *u),
+            Some(g) => g.members().into_iter().map(|m| m.server.clone()).collect(),
+            None => vec![self.server.clone()],
         }
     }
 
@@ -469,7 +529,7 @@ pub fn initialize() -> Result<()> {
     let servers = config
         .servers
         .iter()
-        .map(|entry| Arc::new(Server::new(entry.clone())))
+        .map(|entry| Arc::new(Server::lister(entry.clone())))
         .collect();
     let module = Arc::new(Module {
         pid: std::process::id(),
@@ -510,25 +570,29 @@ pub fn finalize() -> Result<()> {
 impl Module {
     fn shutdown(&self) {
         write(&self.sessions).clear();
-        let learned = read(&self.slots)
+        let links = read(&self.slots)
             .iter()
-            .filter_map(|s| s.ha.as_ref())
-            .flat_map(|g| g.members())
-            .map(|m| m.server.clone())
+            .flat_map(|s| {
+                let _change = lock(&s.login_change);
+                lock(&s.token).change(None);
+                s.links()
+            })
             .collect::<Vec<_>>();
-        for s in self.servers.iter().chain(&learned) {
+        for s in self.servers.iter().chain(&links) {
             write(&s.conn).take();
-            s.update_logins(HashMap::clear);
             s.clear_pool();
-        }
-        for g in read(&self.slots).iter().filter_map(|s| s.ha.as_ref()) {
-            lock(&g.login).take();
         }
         if let Some(rt) = lock(&self.runtime).take() {
             // Shut down from a thread of our own: the caller may be inside
             // an async context (or an atexit handler), where tokio forbids it.
-            let stopper = std::thread::spawn(move || rt.shutdown_timeout(Duration::from_secs(2)));
-            let _ = stopper.join();
+            match std::thread::Builder::new().spawn(move || rt.shutdown_timeout(Duration::from_secs(2))) {
+                Ok(stopper) => {
+                    let _ = stopper.join();
+                }
+                // No thread to be had (the process is exiting): leave the
+                // runtime's threads to the exit.
+                Err(_) => {}
+            }
         }
     }
 
@@ -550,7 +614,14 @@ impl Module {
                 Err(_) => rv(ck::CKR_DEVICE_ERROR),
             }
         };
-        if tokio::runtime::Handle::try_current().is_err() {
+        let outside_any_runtime = match tokio::runtime::Handle::try_current() {
+            Ok(_) => false,
+            // During thread-local destruction (a session closed from a TLS
+            // destructor) tokio cannot enter the runtime on this thread:
+            // hand the future to a worker instead.
+            Err(e) => !e.is_thread_local_destroyed(),
+        };
+        if outside_any_runtime {
             // The common case: drive the future on this thread; the runtime's
             // workers carry the socket I/O and the timers.
             return self.handle.block_on(bounded);
@@ -563,15 +634,21 @@ impl Module {
             .unwrap_or_else(|_| rv(ck::CKR_DEVICE_ERROR))
     }
 
-    /// The connection to a member, connecting (and logging in again where
-    /// the application was logged in) when there is none or it was lost.
+    /// The multiplexed connection to a member, connecting when there is
+    /// none or it was lost, and logged in (or out) as the slot's token is.
     fn connection(&self, server: &Arc<Server>) -> Result<Arc<MemberConnection>> {
-        let current = || read(&server.conn).as_ref().filter(|c| !c.is_closed()).cloned();
-        if let Some(c) = current() {
+        let linked = self.linked(server)?;
+        self.align(server, &linked)?;
+        Ok(linked.conn.clone())
+    }
+
+    /// The multiplexed connection as it is, connecting when there is none.
+    fn linked(&self, server: &Arc<Server>) -> Result<Arc<Linked>> {
+        if let Some(c) = server.current() {
             return Ok(c);
         }
         let _one = lock(&server.reconnecting);
-        if let Some(c) = current() {
+        if let Some(c) = server.current() {
             return Ok(c);
         }
         let (config, entry) = (self.config.clone(), server.entry.clone());
@@ -589,34 +666,127 @@ impl Module {
                     describe(e)
                 ))
             })?;
-        let conn = Arc::new(conn);
-        let logins: Vec<(String, u64, Secret)> = lock(&server.logins)
-            .iter()
-            .map(|(p, (u, pin))| (p.clone(), *u, pin.clone()))
-            .collect();
-        for (partition, user_type, pin) in logins {
-            let c = conn.clone();
-            let p = partition.clone();
-            let again = self.block(self.request_timeout(), async move {
-                c.call(Request::Login {
-                    partition: p,
+        let linked = Arc::new(Linked {
+            conn: Arc::new(conn),
+            login: Mutex::default(),
+        });
+        *write(&server.conn) = Some(linked.clone());
+        Ok(linked)
+    }
+
+    /// One request on a connection, within the request deadline.
+    fn send(&self, conn: &Arc<MemberConnection>, request: Request) -> Result<Response> {
+        let c = conn.clone();
+        let limit = self.request_timeout() + Duration::from_secs(1);
+        self.block(limit, async move { c.call(request).await.map_err(Error::from) })
+    }
+
+    /// Brings a connection's login in line with the token's: logs out a login
+    /// the token no longer holds, and logs in with the token's PIN. A PIN the
+    /// member refuses (changed or locked meanwhile, by another application)
+    /// ends the token's login: the application is logged out, and its next
+    /// request that needs the login gets `CKR_USER_NOT_LOGGED_IN`.
+    fn align(&self, server: &Server, linked: &Linked) -> Result<()> {
+        let mut conn = lock(&linked.login);
+        for _ in 0..3 {
+            let (who, generation) = {
+                let t = lock(&server.token);
+                (t.who.clone(), t.generation)
+            };
+            if conn.generation == Some(generation) {
+                return Ok(());
+            }
+            if conn.logged_in {
+                let out = Request::Logout {
+                    partition: server.partition.clone(),
+                };
+                match self.send(&linked.conn, out) {
+                    Ok(_) => {}
+                    Err(e) if e.rv() == ck::CKR_USER_NOT_LOGGED_IN => {}
+                    Err(e) => return Err(e),
+                }
+                conn.logged_in = false;
+            }
+            if let Some((user_type, pin)) = who {
+                let login = Request::Login {
+                    partition: server.partition.clone(),
                     user_type,
                     pin,
-                })
-                .await
-                .map_err(Error::from)
-            });
-            if let Err(e) = again {
-                log::warn(&format!(
-                    "{}: logging in again to partition '{partition}' failed: {}",
-                    server.entry.name,
-                    describe(&e)
-                ));
-                server.update_logins(|l| l.remove(&partition));
+                };
+                match self.send(&linked.conn, login) {
+                    Ok(_) => conn.logged_in = true,
+                    // The member holds a login this connection lost track
+                    // of: log it out, and log in again with the PIN checked.
+                    Err(e) if e.rv() == ck::CKR_USER_ALREADY_LOGGED_IN => {
+                        conn.logged_in = true;
+                        continue;
+                    }
+                    Err(e) if pin_refused(&e) => {
+                        log::warn(&format!(
+                            "{}: logging in again to partition '{}' failed ({}); the application is logged out",
+                            server.entry.name,
+                            server.partition,
+                            describe(&e)
+                        ));
+                        let mut t = lock(&server.token);
+                        if t.generation == generation {
+                            t.change(None);
+                        }
+                        conn.generation = Some(t.generation);
+                        return rv(ck::CKR_USER_NOT_LOGGED_IN);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
+            conn.generation = Some(generation);
         }
-        *write(&server.conn) = Some(conn.clone());
-        Ok(conn)
+        rv(ck::CKR_DEVICE_ERROR)
+    }
+
+    /// Checks a login's PIN on one member, on a connection that holds no
+    /// login, and on success makes it the token's login. A member that says
+    /// the connection is logged in already is logged out and asked again:
+    /// its word never stands in for a PIN check.
+    fn login_on(&self, server: &Arc<Server>, user_type: u64, pin: &Secret) -> Result<()> {
+        let linked = self.linked(server)?;
+        let mut conn = lock(&linked.login);
+        let out = || Request::Logout {
+            partition: server.partition.clone(),
+        };
+        if conn.logged_in {
+            match self.send(&linked.conn, out()) {
+                Ok(_) => {}
+                Err(e) if e.rv() == ck::CKR_USER_NOT_LOGGED_IN => {}
+                Err(e) => return Err(e),
+            }
+            conn.logged_in = false;
+        }
+        let login = Request::Login {
+            partition: server.partition.clone(),
+            user_type,
+            pin: pin.clone(),
+        };
+        let mut answer = self.send(&linked.conn, login.clone());
+        if matches!(&answer, Err(e) if e.rv() == ck::CKR_USER_ALREADY_LOGGED_IN) {
+            match self.send(&linked.conn, out()) {
+                Ok(_) => {}
+                Err(e) if e.rv() == ck::CKR_USER_NOT_LOGGED_IN => {}
+                Err(e) => return Err(e),
+            }
+            answer = self.send(&linked.conn, login);
+        }
+        match answer {
+            Ok(Response::Done) => {}
+            Ok(_) => return rv(ck::CKR_DEVICE_ERROR),
+            Err(e) if e.rv() == ck::CKR_USER_ALREADY_LOGGED_IN => return rv(ck::CKR_DEVICE_ERROR),
+            Err(e) => return Err(e),
+        }
+        let generation = lock(&server.token).change(Some((user_type, pin.clone())));
+        *conn = ConnLogin {
+            generation: Some(generation),
+            logged_in: true,
+        };
+        Ok(())
     }
 
     /// Sends one request to a member. A request that failed because the
@@ -652,7 +822,7 @@ impl Module {
     pub fn call(&self, slot: &Slot, request: Request) -> Result<Response> {
         match &slot.ha {
             None => self.call_server(&slot.server, request),
-            Some(g) => self.call_group(slot, g, request, Route::Multiplexed),
+            Some(g) => self.call_group(g, request, Route::Multiplexed),
         }
     }
 
@@ -663,7 +833,7 @@ impl Module {
     pub fn call_stateless(&self, slot: &Slot, request: Request) -> Result<Response> {
         match &slot.ha {
             None => self.call_pooled(&slot.server, request),
-            Some(g) => self.call_group(slot, g, request, Route::Pooled),
+            Some(g) => self.call_group(g, request, Route::Pooled),
         }
     }
 
@@ -702,18 +872,19 @@ impl Module {
         }
     }
 
-    /// An idle pooled connection logged in under the current logins, or a
-    /// new one; `None` when the member already has `POOL_MAX` of them or a
-    /// login could not be replayed (the caller then uses the multiplexed
-    /// connection). The flag says whether the connection was reused.
+    /// An idle pooled connection logged in as the token is now, or a new
+    /// one; `None` when the member already has `POOL_MAX` of them or the
+    /// login could not be made on it (the caller then uses the multiplexed
+    /// connection, which deals with that). The flag says whether the
+    /// connection was reused.
     fn check_out(&self, server: &Arc<Server>) -> Result<Option<(u64, BlockingConnection, bool)>> {
-        let current = server.login_epoch.load(Ordering::SeqCst);
+        let current = server.generation();
         loop {
-            let Some((epoch, conn)) = lock(&server.pool).pop() else {
+            let Some((generation, conn)) = lock(&server.pool).pop() else {
                 break;
             };
-            if epoch == current {
-                return Ok(Some((epoch, conn, true)));
+            if generation == current {
+                return Ok(Some((generation, conn, true)));
             }
             server.discard(conn);
         }
@@ -721,13 +892,9 @@ impl Module {
             server.pooled.fetch_sub(1, Ordering::SeqCst);
             return Ok(None);
         }
-        let (epoch, logins) = {
-            let logins = lock(&server.logins);
-            let snapshot: Vec<(String, u64, Secret)> = logins
-                .iter()
-                .map(|(p, (u, pin))| (p.clone(), *u, pin.clone()))
-                .collect();
-            (server.login_epoch.load(Ordering::SeqCst), snapshot)
+        let (who, generation) = {
+            let t = lock(&server.token);
+            (t.who.clone(), t.generation)
         };
         let (config, entry) = (self.config.clone(), server.entry.clone());
         let limit = self.config.connect_timeout() + self.config.handshake_timeout() + Duration::from_secs(1);
@@ -743,9 +910,9 @@ impl Module {
                 return Err(e);
             }
         };
-        for (partition, user_type, pin) in logins {
+        if let Some((user_type, pin)) = who {
             let login = Request::Login {
-                partition,
+                partition: server.partition.clone(),
                 user_type,
                 pin,
             };
@@ -761,17 +928,32 @@ impl Module {
                 }
             }
         }
-        Ok(Some((epoch, conn, false)))
+        Ok(Some((generation, conn, false)))
     }
 
     /// Sends a request to the member with the fewest requests in flight. A
     /// connection-level failure sends the same request (a write keeps its
     /// operation id) at once to another member, until one answers or every
     /// member has failed.
-    fn call_group(&self, slot: &Slot, g: &HaGroup, request: Request, route: Route) -> Result<Response> {
+    fn call_group(&self, g: &HaGroup, request: Request, route: Route) -> Result<Response> {
         if let Some(made) = session_bound(g, &request) {
-            return self.call_session_home(slot, g, request, made);
+            return self.call_session_home(g, request, made);
         }
+        self.over_members(g, &request, |member| match route {
+            Route::Multiplexed => self.call_server(&member.server, request.clone()),
+            Route::Pooled => self.call_pooled(&member.server, request.clone()),
+        })
+    }
+
+    /// Makes `attempt` on the least busy member, and on another after a
+    /// connection-level failure or a refusal for want of a quorum, until
+    /// one answers or every member has failed.
+    fn over_members(
+        &self,
+        g: &HaGroup,
+        request: &Request,
+        attempt: impl Fn(&Arc<HaMember>) -> Result<Response>,
+    ) -> Result<Response> {
         let members = g.members();
         let mut tried = vec![false; members.len()];
         // A member that refused a write for want of a quorum a moment ago is
@@ -789,10 +971,7 @@ impl Module {
             let member = &members[i];
             let result = {
                 let _busy = InFlight::start(&member.in_flight);
-                self.login_member(slot, g, member).and_then(|()| match route {
-                    Route::Multiplexed => self.call_server(&member.server, request.clone()),
-                    Route::Pooled => self.call_pooled(&member.server, request.clone()),
-                })
+                attempt(member)
             };
             match result {
                 Err(e) if member_failed(&e) => {
@@ -869,13 +1048,7 @@ impl Module {
     /// is none. There is no failover: the session objects die with their
     /// member, and the next request that needs them gets
     /// `CKR_OBJECT_HANDLE_INVALID` (or `CKR_KEY_HANDLE_INVALID`) from the new home.
-    fn call_session_home(
-        &self,
-        slot: &Slot,
-        g: &HaGroup,
-        request: Request,
-        made: Vec<bool>,
-    ) -> Result<Response> {
+    fn call_session_home(&self, g: &HaGroup, request: Request, made: Vec<bool>) -> Result<Response> {
         let home = {
             let mut home = lock(&g.session_home);
             match &*home {
@@ -905,8 +1078,7 @@ impl Module {
         };
         let result = {
             let _busy = InFlight::start(&home.in_flight);
-            self.login_member(slot, g, &home)
-                .and_then(|()| self.call_server(&home.server, request))
+            self.call_server(&home.server, request)
         };
         match &result {
             Ok(Response::Done) => {
@@ -940,83 +1112,64 @@ impl Module {
         result
     }
 
-    /// Logs a member in to the HA slot's partition the first time it is used
-    /// while the application is logged in.
-    fn login_member(&self, slot: &Slot, g: &HaGroup, member: &HaMember) -> Result<()> {
-        let Some((user_type, pin)) = lock(&g.login).clone() else {
-            return Ok(());
+    /// `C_Login` as the user or SO: the PIN is checked by a member (for an
+    /// HA slot, the least busy one that answers), then logs every other
+    /// connection of the slot in as they are next used.
+    pub fn login(&self, slot: &Slot, user_type: u64, pin: Secret) -> Result<()> {
+        let _change = lock(&slot.login_change);
+        match slot.login() {
+            Some(u) if u == user_type => return rv(ck::CKR_USER_ALREADY_LOGGED_IN),
+            Some(_) => return rv(ck::CKR_USER_ANOTHER_ALREADY_LOGGED_IN),
+            None => {}
+        }
+        let request = Request::Login {
+            partition: slot.partition.clone(),
+            user_type,
+            pin: pin.clone(),
         };
-        if member.server.logged_in(&slot.partition) {
-            return Ok(());
-        }
-        let r = self.call_server(
-            &member.server,
-            Request::Login {
-                partition: slot.partition.clone(),
-                user_type,
-                pin: pin.clone(),
-            },
-        );
-        match r {
-            Ok(_) => {}
-            Err(e) if e.rv() == ck::CKR_USER_ALREADY_LOGGED_IN => {}
-            Err(e) => return Err(e),
-        }
-        member
-            .server
-            .update_logins(|l| l.insert(slot.partition.clone(), (user_type, pin)));
-        Ok(())
-    }
-
-    /// Records a successful login (for re-login after a reconnection, and
-    /// for an HA slot, on each member when first used).
-    pub fn set_login(&self, slot: &Slot, user_type: u64, pin: Secret) {
         match &slot.ha {
-            Some(g) => *lock(&g.login) = Some((user_type, pin)),
-            None => {
-                slot.server
-                    .update_logins(|l| l.insert(slot.partition.clone(), (user_type, pin)));
-            }
+            None => self.login_on(&slot.server, user_type, &pin),
+            Some(g) => self
+                .over_members(g, &request, |member| {
+                    self.login_on(&member.server, user_type, &pin)
+                        .map(|()| Response::Done)
+                })
+                .map(|_| ()),
         }
     }
 
-    pub fn clear_login(&self, slot: &Slot) {
-        slot.server.update_logins(|l| l.remove(&slot.partition));
-    }
-
-    /// Logs the application out of a slot: of its member, or of every member
-    /// of an HA slot that it was logged in to. The PIN is dropped (zeroized).
+    /// `C_Logout`: ends the token's login for every session, and logs out
+    /// every connection of the slot now (pooled ones are closed). The PIN is
+    /// dropped (zeroized).
     pub fn logout(&self, slot: &Slot) -> Result<()> {
-        let Some(g) = &slot.ha else {
-            self.clear_login(slot);
-            return match self.call(
-                slot,
-                Request::Logout {
-                    partition: slot.partition.clone(),
-                },
-            ) {
-                Ok(_) => Ok(()),
-                // The member forgot the login with a lost connection: we are logged out.
-                Err(e) if e.rv() == ck::CKR_USER_NOT_LOGGED_IN => Ok(()),
-                Err(e) => Err(e),
-            };
-        };
-        lock(&g.login).take();
-        for member in g.members() {
-            if member
-                .server
-                .update_logins(|l| l.remove(&slot.partition))
-                .is_some()
-            {
-                let _ = self.call_server(
-                    &member.server,
-                    Request::Logout {
-                        partition: slot.partition.clone(),
-                    },
-                );
+        let _change = lock(&slot.login_change);
+        {
+            let mut t = lock(&slot.token);
+            if t.who.is_none() {
+                return rv(ck::CKR_USER_NOT_LOGGED_IN);
+            }
+            t.change(None);
+        }
+        for server in slot.links() {
+            server.clear_pool();
+            if let Some(linked) = server.current() {
+                if self.align(&server, &linked).is_err() {
+                    // A connection that cannot be logged out is closed: the
+                    // member ends its logins with it.
+                    write(&server.conn).take();
+                }
             }
         }
         Ok(())
+    }
+
+    /// After `C_SetPIN` changed the logged-in role's PIN: the slot's other
+    /// connections log in with the new one from now on.
+    pub fn pin_changed(&self, slot: &Slot, new_pin: Secret) {
+        let _change = lock(&slot.login_change);
+        if let Some((_, pin)) = lock(&slot.token).who.as_mut() {
+            *pin = new_pin;
+        }
     }
 
     // ------------------------------------------------------------- slots --
@@ -1029,7 +1182,7 @@ impl Module {
         for server in &self.servers {
             let known = read(&self.slots)
                 .iter()
-                .any(|s| s.ha.is_none() && Arc::ptr_eq(&s.server, server));
+                .any(|s| s.ha.is_none() && s.server.entry.name == server.entry.name);
             if known {
                 continue;
             }
@@ -1066,14 +1219,17 @@ impl Module {
                 if let Some(def) = &group {
                     join_group(&mut slots, def, server, &info);
                 }
+                let token: Arc<Mutex<TokenLogin>> = Arc::default();
                 slots.push(Arc::new(Slot {
                     id,
-                    server: server.clone(),
+                    server: Arc::new(Server::new(server.entry.clone(), &info.name, token.clone())),
                     partition: info.name.clone(),
                     serial: info.serial,
                     info: Mutex::new(info),
                     group: group.map(|g| g.id),
                     ha: None,
+                    token,
+                    login_change: Mutex::new(()),
                 }));
             }
             // HA slots first, then the members' slots.
@@ -1119,18 +1275,17 @@ impl Module {
                 if known || gm.client_address.is_empty() {
                     continue;
                 }
-                let server = self
+                let entry = self
                     .servers
                     .iter()
                     .find(|s| same_fingerprint(&s.entry.fingerprint, &gm.fingerprint))
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(Server::new(ServerEntry {
-                            name: format!("{}-{}", gm.hsm_label, gm.serial),
-                            address: gm.client_address.clone(),
-                            fingerprint: gm.fingerprint.clone(),
-                        }))
+                    .map(|s| s.entry.clone())
+                    .unwrap_or_else(|| ServerEntry {
+                        name: format!("{}-{}", gm.hsm_label, gm.serial),
+                        address: gm.client_address.clone(),
+                        fingerprint: gm.fingerprint.clone(),
                     });
+                let server = Arc::new(Server::new(entry, &def.partition, g.token.clone()));
                 members.push(if running {
                     HaMember::joining(server)
                 } else {
@@ -1224,9 +1379,8 @@ impl Module {
     /// Sends one request from the background task: on the member's
     /// connection if it has one, else on a fresh one that is not kept.
     async fn ask(&self, server: &Server, request: Request) -> std::result::Result<Response, String> {
-        let existing = read(&server.conn).as_ref().filter(|c| !c.is_closed()).cloned();
-        let conn = match existing {
-            Some(c) => c,
+        let conn = match server.current() {
+            Some(c) => c.conn.clone(),
             None => Arc::new(connect_bounded(&self.config, &server.entry).await?),
         };
         conn.call(request).await.map_err(|e| e.to_string())
@@ -1451,8 +1605,12 @@ fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, 
         .find(|g| g.id == def.id)
     {
         let mut members = write(&g.members);
-        if !members.iter().any(|m| Arc::ptr_eq(&m.server, server)) {
-            members.push(HaMember::new(server.clone()));
+        if !members
+            .iter()
+            .any(|m| same_fingerprint(&m.server.entry.fingerprint, &server.entry.fingerprint))
+        {
+            let link = Server::new(server.entry.clone(), &def.partition, g.token.clone());
+            members.push(HaMember::new(Arc::new(link)));
         }
         let mut known = lock(&g.def);
         if def.epoch > known.epoch {
@@ -1461,9 +1619,11 @@ fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, 
         return;
     }
     let id = free_slot_id(slots, def.serial);
+    let token: Arc<Mutex<TokenLogin>> = Arc::default();
+    let first = Arc::new(Server::new(server.entry.clone(), &def.partition, token.clone()));
     slots.push(Arc::new(Slot {
         id,
-        server: server.clone(),
+        server: first.clone(),
         partition: def.partition.clone(),
         serial: def.serial,
         info: Mutex::new(PartitionInfo {
@@ -1475,12 +1635,14 @@ fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, 
             id: def.id,
             label: def.label.clone(),
             def: Mutex::new(def.clone()),
-            members: RwLock::new(vec![HaMember::new(server.clone())]),
-            login: Mutex::new(None),
+            members: RwLock::new(vec![HaMember::new(first)]),
+            token: token.clone(),
             next: AtomicUsize::new(0),
             session_home: Mutex::default(),
             session_objects: Mutex::default(),
         }),
+        token,
+        login_change: Mutex::new(()),
     }));
 }
 

@@ -80,15 +80,19 @@ pub enum Request {
     },
     /// `C_SetPIN`: changes the PIN of the role logged in on this connection
     /// (the user's when none is).
+    /// A group write: a retry with the same `op_id` is answered `Done`.
     SetPin {
         partition: String,
         old_pin: Secret,
         new_pin: Secret,
+        op_id: OpId,
     },
-    /// `C_InitPIN`: the partition SO sets the user PIN, which also clears a lockout.
+    /// `C_InitPIN`: the partition SO sets the user PIN, which also clears a
+    /// lockout. A group write, as `SetPin`.
     InitPin {
         partition: String,
         new_pin: Secret,
+        op_id: OpId,
     },
     CreateObject {
         partition: String,

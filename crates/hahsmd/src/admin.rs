@@ -183,7 +183,13 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             owner_secret,
             new_pin,
         } => {
-            app.partition_change_pin(&name, old_pin.as_ref(), owner_secret.as_ref(), &new_pin)?;
+            match (old_pin.as_ref(), owner_secret.as_ref()) {
+                (Some(old), None) => crate::pins::change_with_old_pin(app, &name, old, &new_pin).await?,
+                _ => {
+                    app.partition_change_pin(&name, owner_secret.as_ref(), &new_pin)?;
+                    crate::pins::publish(app, &name).await?;
+                }
+            }
             done(&format!("PIN of partition '{name}' changed"))
         }
         R::PartitionChangeSoPin {
@@ -192,6 +198,7 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             new_pin,
         } => {
             app.partition_change_so_pin(&name, &owner_secret, &new_pin)?;
+            crate::pins::publish(app, &name).await?;
             done(&format!("SO PIN of partition '{name}' changed"))
         }
         R::PartitionActivate { name, owner_secret } => {

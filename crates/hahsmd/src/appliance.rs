@@ -126,7 +126,7 @@ fn secret_ok(secret: &Secret, what: &str) -> AdminResult<()> {
     Ok(())
 }
 
-fn pin_ok(pin: &[u8]) -> Result<(), TokenError> {
+pub fn pin_ok(pin: &[u8]) -> Result<(), TokenError> {
     if pin.len() < MIN_PIN_LEN || pin.len() > MAX_PIN_LEN {
         return Err(TokenError::PinLenRange);
     }
@@ -161,6 +161,18 @@ fn autoactivate_aad(serial: u64) -> Vec<u8> {
     let mut aad = b"hahsm/autoactivate/v1".to_vec();
     aad.extend_from_slice(&serial.to_le_bytes());
     aad
+}
+
+fn pin_pending_meta(partition: &str, kind: PinKind) -> String {
+    match kind {
+        PinKind::User => format!("pin-pending/{partition}/user"),
+        PinKind::So => format!("pin-pending/{partition}/so"),
+    }
+}
+
+/// Partition policy 15: the failed logins that lock the PIN (0: no limit).
+pub fn max_failed_logins(row: &PartitionRow) -> u32 {
+    decode_policies(&row.policies, PARTITION_POLICIES).get(policy::partition::MAX_FAILED_LOGINS) as u32
 }
 
 fn pin_aad(serial: u64, kind: PinKind) -> Vec<u8> {
@@ -780,30 +792,21 @@ impl Appliance {
         Ok(())
     }
 
-    /// Changes the user PIN with the old PIN (partition active) or with the
-    /// partition-owner secret, which also clears a lockout.
+    /// Changes the user PIN with the partition-owner secret, which also
+    /// clears a lockout. (With the old PIN, the partition must be active, and
+    /// the group changes it: `crate::pins::change_with_old_pin`.)
     pub fn partition_change_pin(
         &self,
         name: &str,
-        old_pin: Option<&Secret>,
         owner: Option<&Secret>,
         new_pin: &Secret,
     ) -> AdminResult<()> {
         let row = self.partition_row(name)?;
         pin_ok(new_pin.expose())?;
-        let pmk = match (old_pin, owner) {
-            (_, Some(owner)) => self.unwrap_pmk(&row, owner)?,
-            (Some(old), None) => {
-                let active = self.active_partition(name).ok_or_else(|| {
-                    AdminError(format!(
-                        "partition '{name}' is not activated; give --owner-secret instead"
-                    ))
-                })?;
-                self.check_pin(&row, &active, PinKind::User, old.expose())?;
-                SealKey::new(SecretBytes::new(active.pmk().key_bytes().to_vec()))?
-            }
-            (None, None) => return fail("give the old PIN or the partition-owner secret"),
+        let Some(owner) = owner else {
+            return fail("give the old PIN or the partition-owner secret");
         };
+        let pmk = self.unwrap_pmk(&row, owner)?;
         self.store_pin(row, &pmk, PinKind::User, new_pin.expose())?;
         info!(partition = name, "partition PIN changed");
         Ok(())
@@ -845,64 +848,49 @@ impl Appliance {
             }
         }
         self.store.update_partition(&row)?;
+        // The group gets it when the partition is next active (at once, if
+        // it is: see `crate::pins::publish`).
+        self.store.put_meta(&pin_pending_meta(&row.name, kind), b"1")?;
         Ok(())
     }
 
-    /// Checks a user or SO PIN. Failures of either count durably toward the
-    /// partition's lockout policy, so neither PIN can be guessed without bound.
-    pub fn check_pin(
+    /// The verifier a partition's row holds for a PIN, opened with the
+    /// active partition's master key: the PIN as set with the owner secret,
+    /// before it is published to the group (see `crate::pins`).
+    pub fn row_verifier(
         &self,
         row: &PartitionRow,
         active: &ActivePartition,
         kind: PinKind,
-        pin: &[u8],
-    ) -> Result<(), TokenError> {
-        let max = decode_policies(&row.policies, PARTITION_POLICIES).get(policy::partition::MAX_FAILED_LOGINS)
-            as u32;
-        if max > 0 && row.failed_logins >= max {
-            warn!(partition = %row.name, "login refused: the PIN is locked");
-            self.monitor.metrics.failed_login(&row.name, kind == PinKind::So);
-            return Err(TokenError::PinLocked);
-        }
+    ) -> Result<Option<crate::pins::Verifier>, TokenError> {
         let extra = extra_of(row);
         let (stored, salt) = match kind {
             PinKind::User => (row.sealed_pin.as_ref(), &row.pin_salt),
             PinKind::So => (extra.sealed_so_pin.as_ref(), &extra.so_pin_salt),
         };
-        let stored = stored.ok_or(TokenError::UserPinNotInitialized)?;
-        let verifier = active
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let hash = active
             .pmk()
             .open(&pin_aad(row.serial, kind), stored)
             .map_err(|_| TokenError::DeviceError("store integrity check failed: PIN verifier".into()))?;
-        let given = crypto::pin_verifier(pin, salt);
-        if crypto::ct_eq(&given, verifier.expose()) {
-            if row.failed_logins != 0 {
-                self.store.set_failed_logins(row.id, 0)?;
-            }
-            return Ok(());
-        }
-        let failed = row.failed_logins + 1;
-        self.store.set_failed_logins(row.id, failed)?;
-        self.monitor.metrics.failed_login(&row.name, kind == PinKind::So);
-        if max > 0 && failed >= max {
-            warn!(partition = %row.name, failed, "PIN locked after too many failed logins");
-            self.monitor.raise(
-                crate::alerts::Alert::new(
-                    crate::alerts::AlertKind::PinLockout,
-                    crate::alerts::AlertStatus::Firing,
-                    format!(
-                        "partition {}: PIN locked after {failed} failed logins; the partition-owner secret clears it",
-                        row.name
-                    ),
-                )
-                .partition(&row.name),
-            );
-            return Err(TokenError::PinLocked);
-        }
-        warn!(partition = %row.name, failed, ?kind, "login refused: wrong PIN");
-        Err(TokenError::PinIncorrect {
-            remaining: max.saturating_sub(failed),
-        })
+        Ok(Some(crate::pins::Verifier {
+            salt: salt.clone(),
+            hash,
+        }))
+    }
+
+    /// Whether the row holds a PIN the group has not been given yet.
+    pub fn pin_pending(&self, partition: &str, kind: PinKind) -> bool {
+        matches!(
+            self.store.get_meta(&pin_pending_meta(partition, kind)),
+            Ok(Some(_))
+        )
+    }
+
+    pub fn clear_pin_pending(&self, partition: &str, kind: PinKind) -> Result<(), TokenError> {
+        Ok(self.store.delete_meta(&pin_pending_meta(partition, kind))?)
     }
 
     pub fn partition_row_for_login(&self, name: &str) -> Result<PartitionRow, TokenError> {
@@ -916,6 +904,12 @@ impl Appliance {
         for row in self.store.list_partitions()? {
             let policies = decode_policies(&row.policies, PARTITION_POLICIES);
             let max = policies.get(policy::partition::MAX_FAILED_LOGINS) as u32;
+            // Active, the group's count (see `crate::pins`); the row's count
+            // is from before PINs were group state.
+            let failed_logins = match self.active_partition(&row.name) {
+                Some(a) => u32::try_from(crate::pins::failures(&a)).unwrap_or(u32::MAX),
+                None => row.failed_logins,
+            };
             out.push(PartitionSummary {
                 // Live objects when active; otherwise the rows, which also
                 // count tombstones, are the best the store can say.
@@ -925,8 +919,8 @@ impl Appliance {
                 },
                 activated: self.active_partition(&row.name).is_some(),
                 auto_activation: row.sealed_pmk.is_some(),
-                failed_logins: row.failed_logins,
-                pin_locked: max > 0 && row.failed_logins >= max,
+                failed_logins,
+                pin_locked: max > 0 && failed_logins >= max,
                 so_pin_set: extra_of(&row).sealed_so_pin.is_some(),
                 name: row.name,
                 serial: row.serial,

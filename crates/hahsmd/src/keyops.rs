@@ -274,31 +274,43 @@ impl KeyOps<'_> {
                 partition,
                 old_pin,
                 new_pin,
+                op_id,
             } => {
                 let ctx = self.ctx(&partition)?;
+                if self.already_done(&ctx, &op_id).await? {
+                    return Ok(Response::Done);
+                }
                 let kind = if ctx.role == Some(USER_SO) {
                     PinKind::So
                 } else {
                     PinKind::User
                 };
-                let _serialized = self.app.pin_check_lock.lock().await;
                 let row = self.app.partition_row_for_login(&partition)?;
-                self.app.check_pin(&row, &ctx.active, kind, old_pin.expose())?;
-                // Re-read: the check may have reset the failed-login count.
-                let row = self.app.partition_row_for_login(&partition)?;
-                self.app
-                    .store_pin(row, ctx.active.pmk(), kind, new_pin.expose())?;
+                crate::pins::check(self.app, &row, &ctx.active, kind, old_pin.expose()).await?;
+                crate::pins::set(self.app, &ctx.active, kind, new_pin.expose(), Some(op_id)).await?;
                 info!(client = %self.conn.client_name, partition, ?kind, "PIN changed");
                 Ok(Response::Done)
             }
-            Request::InitPin { partition, new_pin } => {
+            Request::InitPin {
+                partition,
+                new_pin,
+                op_id,
+            } => {
                 let ctx = self.ctx(&partition)?;
                 if ctx.role != Some(USER_SO) {
                     return Err(TokenError::UserNotLoggedIn);
                 }
-                let row = self.app.partition_row_for_login(&partition)?;
-                self.app
-                    .store_pin(row, ctx.active.pmk(), PinKind::User, new_pin.expose())?;
+                if self.already_done(&ctx, &op_id).await? {
+                    return Ok(Response::Done);
+                }
+                crate::pins::set(
+                    self.app,
+                    &ctx.active,
+                    PinKind::User,
+                    new_pin.expose(),
+                    Some(op_id),
+                )
+                .await?;
                 info!(client = %self.conn.client_name, partition, "user PIN initialized by the partition SO");
                 Ok(Response::Done)
             }
@@ -674,11 +686,8 @@ impl KeyOps<'_> {
             (USER_NORMAL | USER_SO, Some(_)) => return Err(TokenError::UserAnotherAlreadyLoggedIn),
             _ => return Err(TokenError::UserTypeInvalid),
         };
-        // The failed-login count is read and written under this lock: without
-        // it, guesses sent in parallel would all read the same count.
-        let _serialized = self.app.pin_check_lock.lock().await;
         let row = self.app.partition_row_for_login(partition)?;
-        match self.app.check_pin(&row, &ctx.active, kind, pin) {
+        match crate::pins::check(self.app, &row, &ctx.active, kind, pin).await {
             Ok(()) => {
                 if user_type != USER_CONTEXT_SPECIFIC {
                     self.conn

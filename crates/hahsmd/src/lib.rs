@@ -32,6 +32,7 @@ pub mod keyops;
 pub mod metrics;
 pub mod monitor;
 pub mod partition;
+pub mod pins;
 pub mod replication;
 pub mod server;
 

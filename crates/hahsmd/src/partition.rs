@@ -63,11 +63,19 @@ impl ObjectEntry {
 struct LiveObjects {
     by_ouid: HashMap<Ouid, Arc<ObjectEntry>>,
     by_label: HashMap<Vec<u8>, BTreeSet<Ouid>>,
+    /// The partition's own records (PINs, failed-login counts; see
+    /// `crate::pins`): replicated and digested as objects are, but never
+    /// found, counted, listed or cleared as objects.
+    reserved: HashMap<Ouid, Arc<ObjectEntry>>,
 }
 
 impl LiveObjects {
     fn insert(&mut self, entry: Arc<ObjectEntry>) {
         self.remove(&entry.ouid);
+        if crate::pins::is_reserved(&entry.ouid) {
+            self.reserved.insert(entry.ouid, entry);
+            return;
+        }
         if let Some(label) = entry.attrs.bytes(ck::CKA_LABEL) {
             self.by_label
                 .entry(label.to_vec())
@@ -78,6 +86,7 @@ impl LiveObjects {
     }
 
     fn remove(&mut self, ouid: &Ouid) {
+        self.reserved.remove(ouid);
         let Some(old) = self.by_ouid.remove(ouid) else {
             return;
         };
@@ -319,6 +328,16 @@ impl ActivePartition {
         self.live_read().find(filter, logged_in, limit)
     }
 
+    /// One of the partition's own records (see `crate::pins`).
+    pub fn reserved(&self, ouid: &Ouid) -> Option<Arc<ObjectEntry>> {
+        self.live_read().reserved.get(ouid).cloned()
+    }
+
+    /// Every one of the partition's own records.
+    pub fn reserved_all(&self) -> Vec<Arc<ObjectEntry>> {
+        self.live_read().reserved.values().cloned().collect()
+    }
+
     pub fn all(&self) -> Vec<Arc<ObjectEntry>> {
         let mut all: Vec<_> = self.live_read().by_ouid.values().cloned().collect();
         all.sort_by_key(|o| o.ouid);
@@ -458,6 +477,25 @@ impl ActivePartition {
             .collect();
         self.write_local(OpBody::Create { objects }, op_id).await?;
         Ok(ids)
+    }
+
+    /// Writes reserved records (see `crate::pins`) as one operation. They
+    /// are not objects, so the partition's object limit does not apply: a
+    /// full partition still counts failed logins.
+    pub async fn create_reserved(
+        &self,
+        entries: Vec<ObjectEntry>,
+        op_id: Option<[u8; 16]>,
+    ) -> TokenResult<()> {
+        let objects = entries
+            .into_iter()
+            .map(|e| NewObject {
+                ouid: e.ouid,
+                attrs: e.attrs,
+                sealed_secret: e.sealed_secret,
+            })
+            .collect();
+        self.write_local(OpBody::Create { objects }, op_id).await
     }
 
     /// Changes attributes (already checked against the PKCS#11 rules).

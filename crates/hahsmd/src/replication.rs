@@ -801,6 +801,44 @@ impl Group {
         Ok(())
     }
 
+    /// Whether this member may check a PIN now. Under `quorum`, only with a
+    /// majority reachable (a member cut off from it answers no PIN at all, so
+    /// a guesser there gets nothing). And only once caught up with every peer
+    /// it can hear: each peer must be down, or have been heard from since this
+    /// member started, with every operation it reported applied here too, so
+    /// that a member back from an outage never checks a PIN against the
+    /// verifier or the failure count it missed a change of. It waits for
+    /// that a little (anti-entropy is woken at once), then refuses as
+    /// `NoQuorum`, which the HA slot answers by asking another member.
+    pub async fn login_gate(&self, p: &ActivePartition) -> TokenResult<()> {
+        const PATIENCE: Duration = Duration::from_millis(3000);
+        self.write_allowed()?;
+        let started = Instant::now();
+        loop {
+            let mine = p.version_vector();
+            let behind: Vec<u64> = self
+                .others()
+                .iter()
+                .filter(|m| {
+                    let s = self.peer(m.serial);
+                    let theirs = VersionVector(s.state.version_vector.iter().copied().collect());
+                    s.health != PeerHealth::Down && (s.last_seen.is_none() || !mine.covers(&theirs))
+                })
+                .map(|m| m.serial)
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= PATIENCE {
+                return Err(TokenError::NoQuorum(format!(
+                    "login refused: this member is catching up with members {behind:?} of its group"
+                )));
+            }
+            self.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Whether a write may go ahead under the group's write concern.
     pub fn write_allowed(&self) -> TokenResult<()> {
         let def = self.def();

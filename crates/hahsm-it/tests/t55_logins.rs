@@ -1,0 +1,341 @@
+//! Logins and PINs across an HA group, through the built module's HA slot
+//! and through each member directly (issue 20):
+//! - a wrong or NULL PIN is never accepted, whatever another session or
+//!   library instance of the process holds;
+//! - `C_InitPIN` and `C_SetPIN` change the PIN on every member, also on one
+//!   that was down during the change (it refuses the old PIN once back);
+//! - the failed-login limit (partition policy 15) holds for the group: wrong
+//!   PINs spread over the members lock the PIN on every member, and the
+//!   owner secret unlocks every member.
+//!
+//! The module keeps process-wide state, so the tests of this file take turns.
+mod t20_pkcs11_support;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error, RvError};
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::types::AuthPin;
+use hahsm_it::cluster::{Cluster, PARTITION, PIN};
+use hahsm_it::{hahsm_env, Run};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use t20_pkcs11_support::module_path;
+
+const SO_PIN: &str = "haSo-98765";
+const WRONG: &str = "not-the-pin-000";
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Points the module at the cluster, listing only the HA slot.
+fn ha_only(c: &Cluster) {
+    let text = std::fs::read_to_string(&c.conf).unwrap();
+    let conf = c.work.path().join("client/ha.toml");
+    std::fs::write(&conf, format!("ha_only = true\n{text}\n")).unwrap();
+    std::env::set_var("HAHSM_CONF", &conf);
+    std::env::set_var("HAHSM_PKCS11_LOG", c.work.path().join("pkcs11.log"));
+}
+
+fn pin(p: &str) -> AuthPin {
+    AuthPin::new(p.to_string().into())
+}
+
+/// The PKCS#11 code of a failed call, `None` for success.
+fn code<T>(r: cryptoki::error::Result<T>) -> Option<RvError> {
+    match r {
+        Ok(_) => None,
+        Err(Error::Pkcs11(rv, _)) => Some(rv),
+        Err(e) => panic!("not a PKCS#11 error: {e}"),
+    }
+}
+
+/// A login with `pin` straight to member `i` (a new `hahsm` process, so a
+/// new connection that nothing else logged in).
+fn login_on(c: &Cluster, i: usize, pin: &str) -> Run {
+    let server = format!("hsm{i}");
+    hahsm_env(
+        Some(&c.conf),
+        &["keys", "--server", &server, "list"],
+        &[("HAHSM_PIN", pin), ("HAHSM_PARTITION", PARTITION)],
+    )
+}
+
+fn refused_as(run: &Run, what: &str) -> bool {
+    !run.ok && run.stderr.contains(what)
+}
+
+/// Member `i` accepts `good` and refuses `bad`. No waiting: the change was
+/// acknowledged, so every reachable member holds it (and a retry loop would
+/// spend the failed-login allowance).
+#[track_caller]
+fn accepts_only(c: &Cluster, i: usize, good: &str, bad: &str) {
+    let new = login_on(c, i, good);
+    assert!(new.ok, "member {i} does not accept the new PIN: {}", new.stderr);
+    let old = login_on(c, i, bad);
+    assert!(
+        refused_as(&old, "incorrect PIN"),
+        "member {i} accepts the old PIN: {old:?}"
+    );
+}
+
+/// The module, loaded and initialized; finalized when dropped, also when a
+/// test fails, so that the next test can initialize it again.
+struct Loaded(Option<Pkcs11>);
+
+impl Loaded {
+    fn new() -> Loaded {
+        let p11 = Pkcs11::new(module_path()).expect("loads the module");
+        p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .expect("C_Initialize");
+        Loaded(Some(p11))
+    }
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = Pkcs11;
+    fn deref(&self) -> &Pkcs11 {
+        self.0.as_ref().expect("loaded")
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        if let Some(p11) = self.0.take() {
+            let _ = p11.finalize();
+        }
+    }
+}
+
+/// The HA slot's only slot.
+fn ha_slot(p11: &Pkcs11) -> cryptoki::slot::Slot {
+    let slots = p11.get_slots_with_token().expect("slots");
+    assert_eq!(slots.len(), 1, "only the HA slot is listed: {slots:?}");
+    slots[0]
+}
+
+fn private_objects(s: &Session) -> usize {
+    s.find_objects(&[Attribute::Class(ObjectClass::DATA), Attribute::Private(true)])
+        .map(|v| v.len())
+        .unwrap_or(0)
+}
+
+/// Report failure 1: a second library instance of the process logs in and
+/// out while the first keeps its session; after a NULL PIN, a wrong PIN was
+/// answered `CKR_OK` and the session saw the private objects.
+#[test]
+fn a_wrong_or_null_pin_is_never_accepted_through_the_ha_slot() {
+    let _turn = one_at_a_time();
+    let c = Cluster::new(3);
+    ha_only(&c);
+    let p11a = Loaded::new();
+    // The same library loaded a second time in the process: it shares the
+    // module's state, so C_Initialize says it is initialized already.
+    let p11b = Pkcs11::new(module_path()).expect("loads the module again");
+    let again = p11b.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    assert_eq!(code(again), Some(RvError::CryptokiAlreadyInitialized));
+    let slot = ha_slot(&p11a);
+
+    let s1 = p11a.open_rw_session(slot).expect("session 1");
+    s1.login(UserType::User, Some(&pin(PIN))).expect("login");
+    s1.create_object(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Label(b"t55-private".to_vec()),
+        Attribute::Value(b"secret-ish".to_vec()),
+    ])
+    .expect("private data object");
+
+    let s2 = p11b.open_rw_session(slot).expect("session 2");
+    let mut accepted_wrong = Vec::new();
+    for round in 0..4 {
+        // The token is logged in (s1 did, or the last round did).
+        assert_eq!(
+            code(s2.login(UserType::User, Some(&pin(PIN)))),
+            Some(RvError::UserAlreadyLoggedIn),
+            "round {round}"
+        );
+        s2.logout().expect("logout");
+        assert_eq!(
+            s1.get_session_info().unwrap().session_state(),
+            SessionState::RwPublic
+        );
+        s2.login(UserType::User, Some(&pin(PIN)))
+            .expect("login with the right PIN");
+        s2.logout().expect("logout");
+        for (what, given) in [("NULL", None), ("wrong", Some(pin(WRONG)))] {
+            let r = code(s2.login(UserType::User, given.as_ref()));
+            if r.is_none() {
+                accepted_wrong.push(format!("round {round}: {what} PIN accepted"));
+            } else {
+                assert_eq!(r, Some(RvError::PinIncorrect), "round {round}, {what} PIN");
+            }
+            let state = s2.get_session_info().unwrap().session_state();
+            if state != SessionState::RwPublic || private_objects(&s2) != 0 {
+                accepted_wrong.push(format!(
+                    "round {round}: after a {what} PIN the session is {state:?} and sees {} private objects",
+                    private_objects(&s2)
+                ));
+            }
+        }
+        s2.login(UserType::User, Some(&pin(PIN)))
+            .expect("login with the right PIN");
+        assert_eq!(
+            private_objects(&s1),
+            1,
+            "round {round}: the login is the token's, s1 sees it"
+        );
+    }
+    assert!(accepted_wrong.is_empty(), "{accepted_wrong:#?}");
+    drop((s1, s2));
+}
+
+/// Report failure 2: `C_InitPIN` as the partition SO through the HA slot
+/// changed one member only. Also `C_SetPIN`, and a member down during the
+/// change: once back, it refuses the old PIN before it serves any login.
+#[test]
+fn init_pin_and_set_pin_change_every_member() {
+    let _turn = one_at_a_time();
+    let mut c = Cluster::new(3);
+    for i in 0..3 {
+        let owner = c.owner_secret.to_str().unwrap().to_string();
+        c.admin(
+            i,
+            &[
+                "partition",
+                "change-so-pin",
+                "--partition",
+                PARTITION,
+                "--owner-secret",
+                &owner,
+                "--new-pin",
+                SO_PIN,
+            ],
+        )
+        .expect_ok();
+    }
+    ha_only(&c);
+    let p11 = Loaded::new();
+    let slot = ha_slot(&p11);
+    const NEW: &str = "haPwd-init-2";
+    {
+        let so = p11.open_rw_session(slot).expect("session");
+        so.login(UserType::So, Some(&pin(SO_PIN))).expect("SO login");
+        so.init_pin(&pin(NEW)).expect("C_InitPIN");
+        so.logout().expect("logout");
+    }
+    for i in 0..3 {
+        accepts_only(&c, i, NEW, PIN);
+    }
+    assert!(
+        c.wait_in_sync(0, Duration::from_secs(10)),
+        "in sync: {}",
+        c.status(0)
+    );
+
+    // Member 2 is down while the user changes the PIN.
+    c.members[2].kill9();
+    const NEWER: &str = "haPwd-set-3";
+    {
+        let s = p11.open_rw_session(slot).expect("session");
+        s.login(UserType::User, Some(&pin(NEW))).expect("login");
+        s.set_pin(&pin(NEW), &pin(NEWER)).expect("C_SetPIN");
+        s.logout().expect("logout");
+    }
+    for i in 0..2 {
+        accepts_only(&c, i, NEWER, NEW);
+    }
+    c.members[2].spawn();
+    // From its first answer on, the returning member refuses the PIN it
+    // missed the change of; it accepts the new one once caught up.
+    let started = Instant::now();
+    let mut accepted_new = false;
+    while started.elapsed() < Duration::from_secs(20) && !accepted_new {
+        let old = login_on(&c, 2, NEW);
+        assert!(!old.ok, "the returning member accepted the old PIN");
+        accepted_new = login_on(&c, 2, NEWER).ok;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(accepted_new, "the returning member never accepted the new PIN");
+    accepts_only(&c, 2, NEWER, NEW);
+    assert!(
+        c.wait_in_sync(0, Duration::from_secs(10)),
+        "in sync: {}",
+        c.status(0)
+    );
+}
+
+/// Report failure 3: the lockout split across members. With policy 15 at 6,
+/// six wrong PINs, two on each member, lock the PIN on every member; the
+/// owner secret, on one member, unlocks all.
+#[test]
+fn wrong_pins_spread_over_the_members_lock_every_member() {
+    let _turn = one_at_a_time();
+    let c = Cluster::new(3);
+    const LIMIT: usize = 6;
+    for i in 0..3 {
+        c.admin(
+            i,
+            &[
+                "partition",
+                "change-policy",
+                "--partition",
+                PARTITION,
+                "--policy",
+                "15",
+                "--value",
+                &LIMIT.to_string(),
+            ],
+        )
+        .expect_ok();
+    }
+    for n in 0..LIMIT {
+        let run = login_on(&c, n % 3, WRONG);
+        assert!(!run.ok, "wrong PIN {n} accepted");
+    }
+    for i in 0..3 {
+        let run = login_on(&c, i, PIN);
+        assert!(
+            refused_as(&run, "locked"),
+            "member {i} is not locked after {LIMIT} wrong PINs over the group: {run:?}"
+        );
+    }
+    ha_only(&c);
+    {
+        let p11 = Loaded::new();
+        let s = p11.open_rw_session(ha_slot(&p11)).expect("session");
+        assert_eq!(
+            code(s.login(UserType::User, Some(&pin(PIN)))),
+            Some(RvError::PinLocked),
+            "the HA slot"
+        );
+    }
+    // The owner secret clears the lockout, on one member, for the group.
+    const RESET: &str = "haPwd-reset-4";
+    let owner = c.owner_secret.to_str().unwrap().to_string();
+    c.admin(
+        1,
+        &[
+            "partition",
+            "change-pin",
+            "--partition",
+            PARTITION,
+            "--owner-secret",
+            &owner,
+            "--new-pin",
+            RESET,
+        ],
+    )
+    .expect_ok();
+    for i in 0..3 {
+        accepts_only(&c, i, RESET, PIN);
+    }
+    assert!(
+        c.wait_in_sync(0, Duration::from_secs(10)),
+        "in sync: {}",
+        c.status(0)
+    );
+}

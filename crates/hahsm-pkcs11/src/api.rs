@@ -229,16 +229,11 @@ pub fn open_session(id: ck::CK_SLOT_ID, flags: ck::CK_FLAGS) -> Result<ck::CK_SE
 pub fn close_session(h: ck::CK_SESSION_HANDLE) -> Result<()> {
     let m = module::get()?;
     let s = m.remove_session(h)?;
-    // Session objects die with the session that made them (§4.4).
-    for (handle, ouid) in m.owned_by(h) {
-        let _ = m.call(
-            &s.slot,
-            Request::DestroyObject {
-                partition: s.slot.partition.clone(),
-                object: ouid,
-                op_id: new_op_id(),
-            },
-        );
+    // Session objects die with the session that made them (§4.4), logged
+    // in or not, destroyable or not.
+    let owned = m.owned_by(h);
+    m.release_session_objects(&s.slot, owned.iter().map(|(_, o)| *o).collect());
+    for (handle, _) in owned {
         m.forget_object(handle);
     }
     // Closing the token's last session logs the application out (§5.6).

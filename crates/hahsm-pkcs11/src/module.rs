@@ -1163,6 +1163,37 @@ impl Module {
         Ok(())
     }
 
+    /// Ends session objects of a session that closed, on the member and
+    /// connection that hold them. A member that cannot be reached holds
+    /// them no more either: they die with its connection.
+    pub fn release_session_objects(&self, slot: &Slot, objects: Vec<Ouid>) {
+        if objects.is_empty() {
+            return;
+        }
+        let home = match &slot.ha {
+            None => Some(slot.server.clone()),
+            Some(g) => {
+                lock(&g.session_objects).retain(|o| !objects.contains(o));
+                lock(&g.session_home).as_ref().map(|m| m.server.clone())
+            }
+        };
+        let Some(server) = home else { return };
+        // On the connection as it is: a new one holds none of them.
+        let Some(linked) = server.current() else { return };
+        let release = Request::ReleaseSessionObjects {
+            partition: slot.partition.clone(),
+            objects,
+        };
+        if let Err(e) = self.send(&linked.conn, release) {
+            log::warn(&format!(
+                "{}: releasing session objects failed ({}); closing the connection, which ends them",
+                server.entry.name,
+                describe(&e)
+            ));
+            write(&server.conn).take();
+        }
+    }
+
     /// After `C_SetPIN` changed the logged-in role's PIN: the slot's other
     /// connections log in with the new one from now on.
     pub fn pin_changed(&self, slot: &Slot, new_pin: Secret) {

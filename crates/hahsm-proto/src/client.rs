@@ -211,6 +211,12 @@ pub enum Request {
     Progress {
         partition: String,
     },
+    /// Ends session objects of this connection whose session closed, logged
+    /// in or not (`C_DestroyObject` needs a login; closing a session does not).
+    ReleaseSessionObjects {
+        partition: String,
+        objects: Vec<Ouid>,
+    },
 }
 
 impl Request {
@@ -263,6 +269,7 @@ impl Request {
             Request::Digest { .. } => "digest",
             Request::GetGroup { .. } => "get-group",
             Request::Progress { .. } => "progress",
+            Request::ReleaseSessionObjects { .. } => "release-session-objects",
         }
     }
 }

@@ -808,6 +808,7 @@ impl Appliance {
         };
         let pmk = self.unwrap_pmk(&row, owner)?;
         self.store_pin(row, &pmk, PinKind::User, new_pin.expose())?;
+        self.mark_pin_pending(name, PinKind::User)?;
         info!(partition = name, "partition PIN changed");
         Ok(())
     }
@@ -818,6 +819,7 @@ impl Appliance {
         pin_ok(new_pin.expose())?;
         let pmk = self.unwrap_pmk(&row, owner)?;
         self.store_pin(row, &pmk, PinKind::So, new_pin.expose())?;
+        self.mark_pin_pending(name, PinKind::So)?;
         info!(partition = name, "partition SO PIN changed");
         Ok(())
     }
@@ -848,9 +850,6 @@ impl Appliance {
             }
         }
         self.store.update_partition(&row)?;
-        // The group gets it when the partition is next active (at once, if
-        // it is: see `crate::pins::publish`).
-        self.store.put_meta(&pin_pending_meta(&row.name, kind), b"1")?;
         Ok(())
     }
 
@@ -887,6 +886,14 @@ impl Appliance {
             self.store.get_meta(&pin_pending_meta(partition, kind)),
             Ok(Some(_))
         )
+    }
+
+    /// A PIN set in the row: the group gets it when the partition is next
+    /// active here (at once, if it is: see `crate::pins::publish`).
+    fn mark_pin_pending(&self, partition: &str, kind: PinKind) -> AdminResult<()> {
+        self.store
+            .put_meta(&pin_pending_meta(partition, kind), b"1")
+            .map_err(|e| AdminError(e.to_string()))
     }
 
     pub fn clear_pin_pending(&self, partition: &str, kind: PinKind) -> Result<(), TokenError> {

@@ -503,6 +503,15 @@ impl KeyOps<'_> {
                 let ids = self.store_new(&ctx, vec![(attrs, secret)], op_id).await?;
                 Ok(Response::Object(ids[0]))
             }
+            Request::ReleaseSessionObjects { partition, objects } => {
+                let ctx = self.ctx(&partition)?;
+                for o in &objects {
+                    if self.conn.session_object(&ctx.name, o).is_some() {
+                        self.conn.remove_session_object(o);
+                    }
+                }
+                Ok(Response::Done)
+            }
             Request::DestroyObject {
                 partition,
                 object,

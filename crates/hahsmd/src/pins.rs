@@ -11,6 +11,8 @@
 //!   the record's secret, so it is sealed under the partition master key in
 //!   the store and under the group's replication key on the wire, as every
 //!   secret is. A change is a new creation of the record: the later wins.
+//!   Until the first change, each member checks the PIN its partition was
+//!   created with (its row's verifier).
 //! - `FAILURES` of member M: how many failed logins M has seen in all. Only
 //!   M writes its own count, so counts never conflict and never go back.
 //! - `RESET`: each member's count when the failures were last cleared (a new
@@ -154,6 +156,16 @@ fn failure_entry(p: &ActivePartition) -> TokenResult<ObjectEntry> {
     )
 }
 
+/// Whether a write of records is a client's write, refused up front where
+/// the write concern cannot take it (a PIN change), or the member's own
+/// bookkeeping, recorded here whatever the group can confirm (a failed
+/// login must count even on a member cut off from the majority).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Concern {
+    ClientWrite,
+    Bookkeeping,
+}
+
 /// Writes records as one operation of the partition, and replicates it
 /// under the group's write concern. The outer error: not written here; the
 /// inner: written here, not confirmed by the group.
@@ -162,9 +174,10 @@ async fn write(
     p: &ActivePartition,
     entries: Vec<ObjectEntry>,
     op_id: Option<[u8; 16]>,
+    concern: Concern,
 ) -> TokenResult<TokenResult<()>> {
     let group = crate::replication::group_of(app, &p.name);
-    if let Some(g) = &group {
+    if let (Some(g), Concern::ClientWrite) = (&group, concern) {
         g.write_allowed()?;
     }
     p.create_reserved(entries, op_id).await?;
@@ -207,22 +220,18 @@ pub async fn check(
     }
     let stored = match verifier(p, kind)? {
         Some(v) => v,
-        None => {
-            // A partition from before PINs were group state: its row holds
-            // the verifier. Publish it to the group on first use.
-            let v = app
-                .row_verifier(row, p, kind)?
-                .ok_or(TokenError::UserPinNotInitialized)?;
-            write(app, p, vec![pin_entry(p, kind, &v.salt, v.hash.expose())?], None).await??;
-            v
-        }
+        // No PIN change since the partition was made: each member's row
+        // holds the PIN it was created with.
+        None => app
+            .row_verifier(row, p, kind)?
+            .ok_or(TokenError::UserPinNotInitialized)?,
     };
     let given = crypto::pin_verifier(pin, &stored.salt);
     if crypto::ct_eq(&given, stored.hash.expose()) {
         if failed > 0 {
             // Best effort: a reset that does not replicate leaves the
             // failures counted, which is the strict side.
-            let _ = write(app, p, vec![reset_entry(p)?], None).await;
+            let _ = write(app, p, vec![reset_entry(p)?], None, Concern::Bookkeeping).await;
         }
         return Ok(());
     }
@@ -230,7 +239,9 @@ pub async fn check(
     // answer on the PIN: guesses are never free. One recorded here counts
     // whether or not the group confirms it in time: it is in this member's
     // log, and reaches the others with it.
-    let counted = write(app, p, vec![failure_entry(p)?], None).await.map_err(|e| {
+    let counted = write(app, p, vec![failure_entry(p)?], None, Concern::Bookkeeping)
+        .await
+        .map_err(|e| {
         warn!(partition = %p.name, error = %e, "a failed login could not be recorded; the login is refused");
         TokenError::DeviceError("the failed login could not be recorded".into())
     })?;
@@ -275,7 +286,7 @@ pub async fn set(
     if kind == PinKind::User {
         entries.push(reset_entry(p)?);
     }
-    write(app, p, entries, op_id).await?
+    write(app, p, entries, op_id, Concern::ClientWrite).await?
 }
 
 /// Publishes to the group the PINs set in the partition's row while it was
@@ -290,7 +301,9 @@ pub async fn publish_pending(app: &Appliance, row: &PartitionRow, p: &ActivePart
             if kind == PinKind::User {
                 entries.push(reset_entry(p)?);
             }
-            write(app, p, entries, None).await??;
+            // Recorded here, it reaches the group with this member's log even
+            // when not confirmed now: never publish it twice.
+            let _ = write(app, p, entries, None, Concern::ClientWrite).await?;
         }
         app.clear_pin_pending(&p.name, kind)?;
     }

@@ -801,10 +801,8 @@ impl Group {
         Ok(())
     }
 
-    /// Whether this member may check a PIN now. Under `quorum`, only with a
-    /// majority reachable (a member cut off from it answers no PIN at all, so
-    /// a guesser there gets nothing). And only once caught up with every peer
-    /// it can hear: each peer must be down, or have been heard from since this
+    /// Whether this member may check a PIN now: only once caught up with
+    /// every peer it can hear. Each peer must be down, or have been heard from since this
     /// member started, with every operation it reported applied here too, so
     /// that a member back from an outage never checks a PIN against the
     /// verifier or the failure count it missed a change of. It waits for
@@ -812,7 +810,6 @@ impl Group {
     /// `NoQuorum`, which the HA slot answers by asking another member.
     pub async fn login_gate(&self, p: &ActivePartition) -> TokenResult<()> {
         const PATIENCE: Duration = Duration::from_millis(3000);
-        self.write_allowed()?;
         let started = Instant::now();
         loop {
             let mine = p.version_vector();

@@ -339,3 +339,72 @@ fn wrong_pins_spread_over_the_members_lock_every_member() {
         c.status(0)
     );
 }
+
+/// Guesses one member answers before it says the PIN is locked: the
+/// answers "incorrect PIN" it gives to wrong PINs, up to `cap`.
+fn guesses_until_locked(c: &Cluster, members: &[usize], cap: usize) -> usize {
+    let mut incorrect = 0;
+    for n in 0..cap {
+        let run = login_on(c, members[n % members.len()], WRONG);
+        assert!(!run.ok, "a wrong PIN was accepted");
+        if refused_as(&run, "locked") {
+            return incorrect;
+        }
+        if refused_as(&run, "incorrect PIN") {
+            incorrect += 1;
+        }
+    }
+    incorrect
+}
+
+/// During a partition a guesser gets at most the limit on each side, under
+/// both write concerns; once the sides meet again, the failures of both
+/// count, and the PIN is locked on every member.
+#[test]
+fn a_partition_gives_a_guesser_at_most_the_limit_on_each_side() {
+    let _turn = one_at_a_time();
+    for options in [&[][..], &["--quorum"][..]] {
+        let c = Cluster::with_group_options(3, options);
+        const LIMIT: usize = 4;
+        for i in 0..3 {
+            c.admin(
+                i,
+                &[
+                    "partition",
+                    "change-policy",
+                    "--partition",
+                    PARTITION,
+                    "--policy",
+                    "15",
+                    "--value",
+                    &LIMIT.to_string(),
+                ],
+            )
+            .expect_ok();
+        }
+        c.isolate(2, hahsm_it::proxy::Mode::Cut);
+        let apart = c.wait(Duration::from_secs(10), || {
+            c.state_of(0, 2) == "down" && c.state_of(2, 0) == "down" && c.state_of(2, 1) == "down"
+        });
+        assert!(apart, "{options:?}: the sides never saw each other down");
+        let majority = guesses_until_locked(&c, &[0, 1], 3 * LIMIT);
+        let minority = guesses_until_locked(&c, &[2], 3 * LIMIT);
+        assert!(
+            majority < LIMIT && minority < LIMIT,
+            "{options:?}: {majority} wrong PINs answered on the majority side, {minority} on the minority side, limit {LIMIT}"
+        );
+        c.heal_all();
+        assert!(
+            c.wait_in_sync(0, Duration::from_secs(20)),
+            "{options:?}: in sync: {}",
+            c.status(0)
+        );
+        for i in 0..3 {
+            let run = login_on(&c, i, PIN);
+            assert!(
+                refused_as(&run, "locked"),
+                "{options:?}: member {i} after the partition: {run:?}"
+            );
+        }
+    }
+}

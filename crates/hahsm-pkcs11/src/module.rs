@@ -585,13 +585,12 @@ impl Module {
         if let Some(rt) = lock(&self.runtime).take() {
             // Shut down from a thread of our own: the caller may be inside
             // an async context (or an atexit handler), where tokio forbids it.
-            match std::thread::Builder::new().spawn(move || rt.shutdown_timeout(Duration::from_secs(2))) {
-                Ok(stopper) => {
-                    let _ = stopper.join();
-                }
-                // No thread to be had (the process is exiting): leave the
-                // runtime's threads to the exit.
-                Err(_) => {}
+            // With no thread to be had (the process is exiting), the
+            // runtime's threads are left to the exit.
+            if let Ok(stopper) =
+                std::thread::Builder::new().spawn(move || rt.shutdown_timeout(Duration::from_secs(2)))
+            {
+                let _ = stopper.join();
             }
         }
     }

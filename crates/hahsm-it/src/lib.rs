@@ -282,18 +282,37 @@ impl Member {
         }
     }
 
-    /// Starts the daemon expecting it to refuse to run; returns its exit code and log.
+    /// Starts the daemon expecting it to refuse to run; returns its exit code
+    /// and log. A daemon still running after 20 s is killed and reported as
+    /// `None` with what it logged, so that a test of a refusal fails instead of
+    /// hanging when the daemon starts after all.
     pub fn spawn_expect_exit(&mut self) -> (Option<i32>, String) {
-        let out = Command::new(bin("hahsmd"))
+        let mut child = Command::new(bin("hahsmd"))
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("hahsmd runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let started = std::time::Instant::now();
+        let code = loop {
+            match child.try_wait().expect("waits for hahsmd") {
+                Some(status) => break status.code(),
+                None if started.elapsed() > Duration::from_secs(20) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        (code, stderr)
     }
 
     /// Sends a signal. SIGSTOP returns only once every thread of the member

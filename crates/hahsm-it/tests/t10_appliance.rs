@@ -932,3 +932,38 @@ fn a_client_that_never_finishes_its_handshake_is_dropped_at_the_deadline() {
     );
     st.keys(&["list"]).expect_ok();
 }
+
+/// A partition row whose policies or extra data (the SO PIN verifier) do not
+/// decode is a damaged store: the member refuses to start, naming it, instead
+/// of reading default policies or "no SO PIN" from it. Before, it started with
+/// the default policies (auto-activation off, lockout at 10, key separation
+/// off) and without the SO PIN.
+#[test]
+fn a_member_refuses_to_start_on_a_partition_row_it_cannot_decode() {
+    for column in ["policies", "extra"] {
+        let mut st = Standalone::new();
+        st.member.stop();
+        let db = st.member.data_dir().join("hahsm.db");
+        {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            let changed = c
+                .execute(
+                    &format!("UPDATE partitions SET {column} = ?1 WHERE name = 'myPart'"),
+                    rusqlite::params![vec![0xffu8; 3]],
+                )
+                .unwrap();
+            assert_eq!(changed, 1);
+        }
+        let (code, log) = st.member.spawn_expect_exit();
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "{column}: the member started on a damaged row ({code:?})"
+        );
+        assert!(
+            log.contains("partition 'myPart'")
+                && log.contains("does not decode")
+                && log.contains("refusing to start"),
+            "{column}: the error does not name the damage:\n{log}"
+        );
+    }
+}

@@ -175,8 +175,32 @@ impl<S: Clone> Replica<S> {
 
     /// Computes what `op` would change, without changing anything.
     pub fn plan(&self, op: &Op<S>) -> Plan<S> {
+        self.plan_over(op, &self.vv, &BTreeMap::new())
+    }
+
+    /// Plans a batch of operations, each seeing the effects of those before
+    /// it, without changing anything: the caller makes the plans durable,
+    /// then commits them in order, so memory is never ahead of the disk.
+    pub fn plan_batch(&self, ops: &[Op<S>]) -> Vec<Plan<S>> {
+        let mut vv = self.vv.clone();
+        let mut pending: BTreeMap<Ouid, ObjectState<S>> = BTreeMap::new();
+        ops.iter()
+            .map(|op| {
+                let plan = self.plan_over(op, &vv, &pending);
+                if let Plan::Apply { origin, seq, changes } = &plan {
+                    vv.0.insert(*origin, *seq);
+                    pending.extend(changes.iter().cloned());
+                }
+                plan
+            })
+            .collect()
+    }
+
+    /// Plans `op` as if `vv` were the version vector and `pending` changes
+    /// were made on top of the state held.
+    fn plan_over(&self, op: &Op<S>, vv: &VersionVector, pending: &BTreeMap<Ouid, ObjectState<S>>) -> Plan<S> {
         let origin = op.stamp.origin;
-        let have = self.vv.get(origin);
+        let have = vv.get(origin);
         if op.seq <= have {
             return Plan::Duplicate;
         }
@@ -187,8 +211,9 @@ impl<S: Clone> Replica<S> {
         let current = |changes: &BTreeMap<Ouid, ObjectState<S>>, ouid: &Ouid| {
             changes
                 .get(ouid)
+                .or_else(|| pending.get(ouid))
+                .or_else(|| self.objects.get(ouid))
                 .cloned()
-                .or_else(|| self.objects.get(ouid).cloned())
                 .unwrap_or_default()
         };
         match &op.body {
@@ -334,6 +359,53 @@ mod tests {
                 sealed_secret: Some(id),
             }],
         }
+    }
+
+    #[test]
+    fn a_batch_is_planned_without_changing_the_state_and_commits_as_applying_in_turn() {
+        let x = Ouid([3; 16]);
+        let mut r = Replica::new();
+        r.apply(&op(1, 1, 10, create(9, "other")));
+        let batch = vec![
+            op(1, 2, 20, create(3, "a")),
+            op(
+                1,
+                3,
+                30,
+                OpBody::SetAttributes {
+                    ouid: x,
+                    attrs: label("b"),
+                },
+            ),
+            op(2, 1, 25, OpBody::Destroy { ouid: x }),
+            // A duplicate within the batch, and a gap.
+            op(
+                1,
+                3,
+                30,
+                OpBody::SetAttributes {
+                    ouid: x,
+                    attrs: label("b"),
+                },
+            ),
+            op(2, 3, 40, create(4, "gap")),
+        ];
+        let before = r.clone();
+        let plans = r.plan_batch(&batch);
+        assert_eq!(r, before, "planning changed the state");
+        assert!(matches!(plans[3], Plan::Duplicate), "{:?}", plans[3]);
+        assert_eq!(plans[4], Plan::Gap { expected: 2 });
+        let mut one_by_one = before.clone();
+        for o in &batch {
+            one_by_one.apply(o);
+        }
+        for plan in plans {
+            r.commit(plan);
+        }
+        assert_eq!(r, one_by_one);
+        assert!(r.is_tombstoned(&x));
+        assert_eq!(r.version_vector().get(1), 3);
+        assert_eq!(r.version_vector().get(2), 1);
     }
 
     #[test]

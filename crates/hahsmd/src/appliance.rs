@@ -60,8 +60,13 @@ struct PartitionExtra {
     sealed_so_pin: Option<Vec<u8>>,
 }
 
-fn extra_of(row: &PartitionRow) -> PartitionExtra {
-    postcard::from_bytes(&row.extra).unwrap_or_default()
+/// The row's extra data; empty for a partition that never had any. Bytes
+/// that do not decode are a damaged row: refused, never read as "no SO PIN".
+fn extra_of(row: &PartitionRow) -> Result<PartitionExtra, TokenError> {
+    if row.extra.is_empty() {
+        return Ok(PartitionExtra::default());
+    }
+    decode_row(&row.extra, &format!("the extra data of partition '{}'", row.name))
 }
 
 /// A registered client, as the TLS layer and request handlers see it.
@@ -171,8 +176,8 @@ fn pin_pending_meta(partition: &str, kind: PinKind) -> String {
 }
 
 /// Partition policy 15: the failed logins that lock the PIN (0: no limit).
-pub fn max_failed_logins(row: &PartitionRow) -> u32 {
-    decode_policies(&row.policies, PARTITION_POLICIES).get(policy::partition::MAX_FAILED_LOGINS) as u32
+pub fn max_failed_logins(row: &PartitionRow) -> Result<u32, TokenError> {
+    Ok(partition_policies_of(row)?.get(policy::partition::MAX_FAILED_LOGINS) as u32)
 }
 
 fn pin_aad(serial: u64, kind: PinKind) -> Vec<u8> {
@@ -204,12 +209,37 @@ fn policy_lines(table: &[PolicyDef], values: &Policies) -> Vec<PolicyLine> {
         .collect()
 }
 
-fn decode_policies(bytes: &[u8], table: &[PolicyDef]) -> Policies {
-    postcard::from_bytes(bytes).unwrap_or_else(|_| Policies::defaults(table))
+/// Decodes a record of the appliance's own. One that does not decode is a
+/// damaged store, refused as the store refuses a damaged file: replacing it
+/// with defaults could relax a policy or lose a PIN verifier.
+fn decode_row<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, TokenError> {
+    postcard::from_bytes(bytes)
+        .map_err(|_| TokenError::DeviceError(format!("store integrity check failed: {what} does not decode")))
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_allocvec(v).unwrap_or_default()
+fn decode_policies(bytes: &[u8], whose: &str) -> Result<Policies, TokenError> {
+    decode_row(bytes, &format!("the policies of {whose}"))
+}
+
+fn partition_policies_of(row: &PartitionRow) -> Result<Policies, TokenError> {
+    decode_policies(&row.policies, &format!("partition '{}'", row.name))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, TokenError> {
+    postcard::to_allocvec(v).map_err(|e| TokenError::DeviceError(format!("cannot encode a record: {e}")))
+}
+
+/// Refuses a store whose appliance records do not decode (the HSM policies,
+/// each partition's policies and extra data), naming the damaged one.
+fn check_records(store: &Store) -> anyhow::Result<()> {
+    if let Some(b) = store.get_meta(META_POLICIES)? {
+        decode_policies(&b, "the HSM")?;
+    }
+    for row in store.list_partitions()? {
+        partition_policies_of(&row)?;
+        extra_of(&row)?;
+    }
+    Ok(())
 }
 
 /// Creates a directory readable only by this user.
@@ -230,6 +260,7 @@ impl Appliance {
             anyhow::anyhow!("cannot create data directory {}: {e}", config.data_dir.display())
         })?;
         let store = Arc::new(Store::open(&config.store_path())?);
+        check_records(&store).map_err(|e| anyhow::anyhow!("{e}; refusing to start on a damaged store"))?;
         let seal_key = load_or_create_seal_key(&config.seal_key_path())?;
         let serial = match store.get_meta(META_SERIAL)? {
             Some(b) if b.len() == 8 => u64::from_le_bytes(b.try_into().unwrap_or_default()),
@@ -277,7 +308,10 @@ impl Appliance {
             if !row.activated {
                 continue;
             }
-            let policies = decode_policies(&row.policies, PARTITION_POLICIES);
+            // Checked at start-up (`check_records`).
+            let Ok(policies) = partition_policies_of(&row) else {
+                continue;
+            };
             let Some(sealed) = row.sealed_pmk.as_ref() else {
                 info!(partition = %row.name, "partition needs activation with its owner secret");
                 continue;
@@ -452,7 +486,7 @@ impl Appliance {
                 None => Ok(None),
             }
         };
-        let extra = extra_of(row);
+        let extra = extra_of(row)?;
         Ok((
             open(row.sealed_pin.as_ref(), &row.pin_salt, PinKind::User)?,
             open(extra.sealed_so_pin.as_ref(), &extra.so_pin_salt, PinKind::So)?,
@@ -473,10 +507,10 @@ impl Appliance {
             row.pin_salt = salt;
         }
         if let Some((salt, verifier)) = so {
-            let mut extra = extra_of(&row);
+            let mut extra = extra_of(&row)?;
             extra.sealed_so_pin = Some(pmk.seal(&pin_aad(row.serial, PinKind::So), &verifier)?);
             extra.so_pin_salt = salt;
-            row.extra = encode(&extra);
+            row.extra = encode(&extra)?;
         }
         self.store.update_partition(&row)?;
         Ok(())
@@ -529,7 +563,7 @@ impl Appliance {
         self.store.put_meta(META_SO_SALT, &salt)?;
         self.store.put_meta(META_DOMAIN, &wrapped_domain)?;
         self.store
-            .put_meta(META_POLICIES, &encode(&Policies::defaults(HSM_POLICIES)))?;
+            .put_meta(META_POLICIES, &encode(&Policies::defaults(HSM_POLICIES))?)?;
         // Written last: its presence is what marks the HSM initialized.
         self.store.put_meta(META_SO_VERIFIER, verifier.expose())?;
         info!(label, "HSM initialized");
@@ -583,7 +617,7 @@ impl Appliance {
 
     pub fn hsm_policies(&self) -> AdminResult<Policies> {
         Ok(match self.store.get_meta(META_POLICIES)? {
-            Some(b) => decode_policies(&b, HSM_POLICIES),
+            Some(b) => decode_policies(&b, "the HSM")?,
             None => Policies::defaults(HSM_POLICIES),
         })
     }
@@ -598,7 +632,7 @@ impl Appliance {
             .ok_or_else(|| AdminError(format!("no HSM policy '{key}' (see `hsm show-policies`)")))?;
         let mut p = self.hsm_policies()?;
         p.set(def, value).map_err(AdminError)?;
-        self.store.put_meta(META_POLICIES, &encode(&p))?;
+        self.store.put_meta(META_POLICIES, &encode(&p)?)?;
         info!(policy = def.number, name = def.name, value, "HSM policy changed");
         Ok(())
     }
@@ -680,7 +714,7 @@ impl Appliance {
             pin_salt: salt,
             sealed_pin: Some(pmk.seal(&pin_aad(serial, PinKind::User), &verifier)?),
             failed_logins: 0,
-            policies: encode(&Policies::defaults(PARTITION_POLICIES)),
+            policies: encode(&Policies::defaults(PARTITION_POLICIES))?,
             activated: false,
             digest: Vec::new(),
             extra: Vec::new(),
@@ -704,7 +738,7 @@ impl Appliance {
 
     pub fn partition_activate(&self, name: &str, owner_secret: &Secret) -> AdminResult<()> {
         let mut row = self.partition_row(name)?;
-        let policies = decode_policies(&row.policies, PARTITION_POLICIES);
+        let policies = partition_policies_of(&row)?;
         if !policies.enabled(policy::partition::ALLOW_ACTIVATION) {
             return fail(format!(
                 "partition '{name}' does not allow activation: set policy 22 (allow-activation) to 1 first"
@@ -746,17 +780,11 @@ impl Appliance {
 
     pub fn partition_policies(&self, name: &str) -> AdminResult<Vec<PolicyLine>> {
         let row = self.partition_row(name)?;
-        Ok(policy_lines(
-            PARTITION_POLICIES,
-            &decode_policies(&row.policies, PARTITION_POLICIES),
-        ))
+        Ok(policy_lines(PARTITION_POLICIES, &partition_policies_of(&row)?))
     }
 
     pub fn partition_policy_values(&self, name: &str) -> AdminResult<Policies> {
-        Ok(decode_policies(
-            &self.partition_row(name)?.policies,
-            PARTITION_POLICIES,
-        ))
+        Ok(partition_policies_of(&self.partition_row(name)?)?)
     }
 
     pub fn partition_change_policy(&self, name: &str, key: &str, value: u64) -> AdminResult<()> {
@@ -767,9 +795,9 @@ impl Appliance {
                 "no partition policy '{key}' (see `partition show-policies`)"
             ))
         })?;
-        let mut p = decode_policies(&row.policies, PARTITION_POLICIES);
+        let mut p = partition_policies_of(&row)?;
         p.set(def, value).map_err(AdminError)?;
-        row.policies = encode(&p);
+        row.policies = encode(&p)?;
         if def.number == policy::partition::ALLOW_AUTO_ACTIVATION {
             if value == 0 {
                 // Turning auto-activation off removes the sealed key at once.
@@ -843,10 +871,10 @@ impl Appliance {
                 row.failed_logins = 0;
             }
             PinKind::So => {
-                let mut extra = extra_of(&row);
+                let mut extra = extra_of(&row)?;
                 extra.so_pin_salt = salt;
                 extra.sealed_so_pin = Some(sealed);
-                row.extra = encode(&extra);
+                row.extra = encode(&extra)?;
             }
         }
         self.store.update_partition(&row)?;
@@ -862,7 +890,7 @@ impl Appliance {
         active: &ActivePartition,
         kind: PinKind,
     ) -> Result<Option<crate::pins::Verifier>, TokenError> {
-        let extra = extra_of(row);
+        let extra = extra_of(row)?;
         let (stored, salt) = match kind {
             PinKind::User => (row.sealed_pin.as_ref(), &row.pin_salt),
             PinKind::So => (extra.sealed_so_pin.as_ref(), &extra.so_pin_salt),
@@ -909,7 +937,7 @@ impl Appliance {
     pub fn partition_list(&self) -> AdminResult<Vec<PartitionSummary>> {
         let mut out = Vec::new();
         for row in self.store.list_partitions()? {
-            let policies = decode_policies(&row.policies, PARTITION_POLICIES);
+            let policies = partition_policies_of(&row)?;
             let max = policies.get(policy::partition::MAX_FAILED_LOGINS) as u32;
             // Active, the group's count (see `crate::pins`); the row's count
             // is from before PINs were group state.
@@ -928,7 +956,7 @@ impl Appliance {
                 auto_activation: row.sealed_pmk.is_some(),
                 failed_logins,
                 pin_locked: max > 0 && failed_logins >= max,
-                so_pin_set: extra_of(&row).sealed_so_pin.is_some(),
+                so_pin_set: extra_of(&row)?.sealed_so_pin.is_some(),
                 name: row.name,
                 serial: row.serial,
             });

@@ -563,11 +563,14 @@ impl ActivePartition {
         self.persist(&mut state, ops).await
     }
 
-    /// The one write path. Each operation is planned by the engine in turn;
-    /// the op-log entries, the changed rows and the new sealed digest go to the
-    /// store in one transaction; the live objects that requests see change
-    /// only after the commit, so nothing is visible that is not durable. If the
-    /// commit fails, the engine's state is reloaded from the store.
+    /// The one write path. The engine plans the batch (each operation seeing
+    /// the ones before it) without changing anything; the op-log entries, the
+    /// changed rows and the new sealed digest go to the store in one
+    /// transaction; only then do the engine's state, the version vector that
+    /// heartbeats carry and the live objects that requests see change, so
+    /// nothing is visible that is not durable. If the commit fails, memory has
+    /// not moved (and is reloaded from the store, in case the failure came
+    /// after SQLite's commit).
     async fn persist(&self, state: &mut WriteState, ops: Vec<Op>) -> TokenResult<Vec<Applied>> {
         let mut results = Vec::with_capacity(ops.len());
         let mut writes = Vec::new();
@@ -575,68 +578,67 @@ impl ActivePartition {
         let mut digest = state.digest;
         let mut versions: HashMap<Ouid, u64> = HashMap::new();
         let mut next_seq = state.next_seq;
-        {
-            let mut replica = self.replica.write().unwrap_or_else(|p| p.into_inner());
-            for op in ops {
-                let plan = replica.plan(&op);
-                let changes = match &plan {
-                    Plan::Duplicate => {
-                        results.push(Applied::Duplicate);
-                        continue;
-                    }
-                    Plan::Gap { expected } => {
-                        results.push(Applied::Gap { expected: *expected });
-                        continue;
-                    }
-                    Plan::Apply { changes, .. } => changes,
-                };
-                let mut rows = Vec::with_capacity(changes.len());
-                for (ouid, new_state) in changes {
-                    let old = versions.get(ouid).or_else(|| state.versions.get(ouid)).copied();
-                    let version = old.map_or(1, |v| v + 1);
-                    if let Some(v) = old {
-                        xor_into(&mut digest, &digest_term(ouid, v));
-                    }
-                    xor_into(&mut digest, &digest_term(ouid, version));
-                    let mut plain = encode(new_state)?;
-                    let sealed = self.pmk.seal(&record_aad(self.serial, ouid, version), &plain);
-                    plain.zeroize();
-                    rows.push(ObjectRow {
-                        ouid: ouid.0,
-                        version,
-                        sealed: sealed?,
-                    });
-                    versions.insert(*ouid, version);
-                    touched.insert(*ouid);
+        // Planned against the state held, each seeing the ones before it;
+        // nothing changes in memory until the store has them.
+        let plans = self.replica_read().plan_batch(&ops);
+        let mut to_commit = Vec::with_capacity(plans.len());
+        for (op, plan) in ops.into_iter().zip(plans) {
+            let changes = match &plan {
+                Plan::Duplicate => {
+                    results.push(Applied::Duplicate);
+                    continue;
                 }
-                let mut plain_op = encode(&op)?;
-                let sealed_op = self
-                    .pmk
-                    .seal(&op_aad(self.serial, op.stamp.origin, op.seq), &plain_op);
-                plain_op.zeroize();
-                writes.push(Write {
-                    clear: false,
-                    puts: rows,
-                    deletes: vec![],
-                    op: OpRow {
-                        index: 0,
-                        origin: op.stamp.origin,
-                        seq: op.seq,
-                        hlc_wall: op.stamp.hlc.wall_ms,
-                        hlc_logical: op.stamp.hlc.logical,
-                        client_op_id: op.client_op_id,
-                        kind: op.body.kind().to_string(),
-                        body: sealed_op?,
-                    },
-                    digest: Some(self.pmk.seal(&digest_aad(self.serial), &digest)?),
+                Plan::Gap { expected } => {
+                    results.push(Applied::Gap { expected: *expected });
+                    continue;
+                }
+                Plan::Apply { changes, .. } => changes,
+            };
+            let mut rows = Vec::with_capacity(changes.len());
+            for (ouid, new_state) in changes {
+                let old = versions.get(ouid).or_else(|| state.versions.get(ouid)).copied();
+                let version = old.map_or(1, |v| v + 1);
+                if let Some(v) = old {
+                    xor_into(&mut digest, &digest_term(ouid, v));
+                }
+                xor_into(&mut digest, &digest_term(ouid, version));
+                let mut plain = encode(new_state)?;
+                let sealed = self.pmk.seal(&record_aad(self.serial, ouid, version), &plain);
+                plain.zeroize();
+                rows.push(ObjectRow {
+                    ouid: ouid.0,
+                    version,
+                    sealed: sealed?,
                 });
-                if op.stamp.origin == self.member {
-                    next_seq = op.seq + 1;
-                }
-                // Later operations of the batch must see this one's effects.
-                replica.commit(plan);
-                results.push(Applied::Applied);
+                versions.insert(*ouid, version);
+                touched.insert(*ouid);
             }
+            let mut plain_op = encode(&op)?;
+            let sealed_op = self
+                .pmk
+                .seal(&op_aad(self.serial, op.stamp.origin, op.seq), &plain_op);
+            plain_op.zeroize();
+            writes.push(Write {
+                clear: false,
+                puts: rows,
+                deletes: vec![],
+                op: OpRow {
+                    index: 0,
+                    origin: op.stamp.origin,
+                    seq: op.seq,
+                    hlc_wall: op.stamp.hlc.wall_ms,
+                    hlc_logical: op.stamp.hlc.logical,
+                    client_op_id: op.client_op_id,
+                    kind: op.body.kind().to_string(),
+                    body: sealed_op?,
+                },
+                digest: Some(self.pmk.seal(&digest_aad(self.serial), &digest)?),
+            });
+            if op.stamp.origin == self.member {
+                next_seq = op.seq + 1;
+            }
+            to_commit.push(plan);
+            results.push(Applied::Applied);
         }
         if writes.is_empty() {
             return Ok(results);
@@ -646,15 +648,23 @@ impl ActivePartition {
         let committed = tokio::task::spawn_blocking(move || store.commit_many(id, &writes))
             .await
             .map_err(|e| TokenError::DeviceError(format!("store task failed: {e}")));
+        // Memory has not changed. Reloading makes it what the store holds in
+        // case the failure came after SQLite's commit (an fsync error).
         if let Err(e) = committed.and_then(|r| r.map_err(TokenError::from)) {
             self.reload(state)?;
             return Err(e);
         }
 
-        // Durable: now requests may see it.
+        // Durable: now requests and heartbeats may see it.
         state.digest = digest;
         state.versions.extend(versions);
         state.next_seq = next_seq;
+        {
+            let mut replica = self.replica.write().unwrap_or_else(|p| p.into_inner());
+            for plan in to_commit {
+                replica.commit(plan);
+            }
+        }
         let replica = self.replica_read();
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         let mut content = self.content.lock().unwrap_or_else(|p| p.into_inner());
@@ -682,8 +692,8 @@ impl ActivePartition {
         Ok(results)
     }
 
-    /// Rebuilds the engine's state from the store, after a failed commit left
-    /// memory ahead of the disk.
+    /// Rebuilds the engine's state from the store, after a failed commit (which
+    /// may yet have reached the disk).
     fn reload(&self, state: &mut WriteState) -> TokenResult<()> {
         let row = self
             .store
@@ -769,6 +779,84 @@ mod tests {
 
     fn label(l: &str) -> Template {
         Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(l.as_bytes().to_vec()))
+    }
+
+    /// A partition of its own store, in `dir`.
+    fn partition_in(dir: &std::path::Path) -> (Arc<Store>, ActivePartition) {
+        let store = Arc::new(Store::open(&dir.join("hahsm.db")).expect("store"));
+        let row = PartitionRow {
+            id: 0,
+            name: "p".into(),
+            serial: 7,
+            wrapped_pmk: vec![1],
+            sealed_pmk: None,
+            pin_salt: vec![],
+            sealed_pin: None,
+            failed_logins: 0,
+            policies: vec![],
+            activated: true,
+            digest: vec![],
+            extra: vec![],
+        };
+        store.create_partition(&row).expect("partition row");
+        let row = store.get_partition("p").expect("read").expect("there");
+        let pmk = SealKey::new(SecretBytes::new(vec![7; 32])).expect("key");
+        let p = ActivePartition::open(store.clone(), &row, pmk, 1, Arc::default(), 100).expect("opens");
+        (store, p)
+    }
+
+    /// The write path's promise: memory (what requests and heartbeats see)
+    /// changes only once the store holds the write. While another process
+    /// holds the database, a write waits in its commit, and the version
+    /// vector and the objects stay as they were; a failed commit leaves them
+    /// so. Before, the engine's state moved first and was reloaded after a
+    /// failure, and a heartbeat in that window carried the unwritten write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_changes_only_after_the_store_commits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_store, p) = partition_in(dir.path());
+        let p = Arc::new(p);
+        let write = |id: u8| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                let e = p.new_entry(Ouid([id; 16]), label("x"), None).expect("entry");
+                p.create(vec![e], None).await
+            })
+        };
+        let blocker = rusqlite::Connection::open(dir.path().join("hahsm.db")).expect("second connection");
+        blocker
+            .execute_batch("BEGIN EXCLUSIVE")
+            .expect("holds the database");
+        let waiting = write(1);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            p.version_vector().get(1),
+            0,
+            "the version vector moved before the commit"
+        );
+        assert!(
+            p.get(&Ouid([1; 16])).is_none(),
+            "the object is visible before the commit"
+        );
+        blocker.execute_batch("COMMIT").expect("lets go");
+        waiting.await.expect("task").expect("the write commits");
+        assert_eq!(p.version_vector().get(1), 1);
+        assert!(p.get(&Ouid([1; 16])).is_some());
+
+        // Held past the store's busy timeout: the commit fails, memory is as it was.
+        blocker
+            .execute_batch("BEGIN EXCLUSIVE")
+            .expect("holds the database");
+        let failing = write(2);
+        let digest = p.content_digest();
+        let refused = failing.await.expect("task");
+        assert!(refused.is_err(), "the write succeeded with the database held");
+        assert_eq!(p.version_vector().get(1), 1);
+        assert!(p.get(&Ouid([2; 16])).is_none());
+        assert_eq!(p.content_digest(), digest);
+        blocker.execute_batch("COMMIT").expect("lets go");
+        write(3).await.expect("task").expect("writes again");
+        assert_eq!(p.version_vector().get(1), 2);
     }
 
     #[test]

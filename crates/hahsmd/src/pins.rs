@@ -188,8 +188,8 @@ async fn write(
 }
 
 /// The failed-login limit of the partition (0: none).
-fn limit(row: &PartitionRow) -> u64 {
-    crate::appliance::max_failed_logins(row) as u64
+fn limit(row: &PartitionRow) -> TokenResult<u64> {
+    Ok(crate::appliance::max_failed_logins(row)? as u64)
 }
 
 /// Checks a user or SO PIN against the group's verifier. A wrong PIN adds
@@ -211,7 +211,7 @@ pub async fn check(
     // parallel to this member must not all read the same count.
     let _serialized = app.pin_check_lock.lock().await;
     publish_pending(app, row, p).await?;
-    let max = limit(row);
+    let max = limit(row)?;
     let failed = failures(p);
     if max > 0 && failed >= max {
         warn!(partition = %p.name, "login refused: the PIN is locked");

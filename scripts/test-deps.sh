@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what the tests use when it is missing, so that scripts/test.sh
+# works on a fresh Debian machine: the third-party PKCS#11 applications and
+# tools the HA tests drive, Python's python-pkcs11 and prometheus-client, and
+# cargo-fuzz for the fuzz smoke runs. Does nothing for what is already there.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+# Debian packages, by the command each one brings.
+declare -A package_of=(
+  [openssl]=openssl
+  [pkcs11-tool]=opensc
+  [softhsm2-util]=softhsm2
+  [p11tool]=gnutls-bin
+  [tshark]=tshark
+)
+missing=()
+for command in "${!package_of[@]}"; do
+  command -v "$command" >/dev/null || missing+=("${package_of[$command]}")
+done
+# The OpenSSL engine has no command of its own.
+ls /usr/lib/*/engines-3/pkcs11.so >/dev/null 2>&1 || missing+=(libengine-pkcs11-openssl)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "test-deps: missing Debian packages ${missing[*]}, and no root apt-get to install them" >&2
+    exit 1
+  fi
+  echo "test-deps: installing ${missing[*]}" >&2
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+pip_install() {
+  python3 -m pip install --quiet "$1" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "$1"
+}
+# python-pkcs11: a third-party application of the module in the HA tests.
+python3 -c 'import pkcs11' 2>/dev/null || pip_install python-pkcs11
+# The monitoring tests check the metrics endpoint with a third-party
+# OpenMetrics parser: Python's prometheus_client.
+python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null || pip_install prometheus-client
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# The fuzz smoke runs (stable toolchain, built with -s none).
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use hahsm_client::admin::AdminClient;
 use hahsm_client::secrets;
-use hahsm_proto::admin::{AdminRequest as R, AdminResponse, GroupStatus};
+use hahsm_proto::admin::{AdminRequest as R, AdminResponse, GroupStatus, MemberState};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -248,12 +248,12 @@ async fn sync_policies(group: &str, from: &str, targets: &[PathBuf]) -> anyhow::
             );
             continue;
         }
-        if source.state == "down" || source.policies.is_empty() {
+        if source.state == MemberState::Down || source.policies.is_empty() {
             bail!(
                 "member {} ({}) is {}: its policies are not known for sure; bring it back first",
                 source.serial,
                 source.name,
-                if source.state == "down" {
+                if source.state == MemberState::Down {
                     "down"
                 } else {
                     "not heard from yet"

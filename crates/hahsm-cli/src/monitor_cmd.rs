@@ -5,7 +5,7 @@
 use crate::appliance_cmd::admin_socket;
 use clap::Args;
 use hahsm_client::admin::AdminClient;
-use hahsm_proto::admin::{AdminRequest as R, AdminResponse, GroupStatus, MemberStatus};
+use hahsm_proto::admin::{AdminRequest as R, AdminResponse, GroupStatus, MemberState, MemberStatus};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
@@ -85,27 +85,13 @@ fn render_screen(me: &MemberStatus, groups: &[GroupStatus]) -> String {
         me.serial,
         me.hsm_label,
         me.metrics.as_deref().unwrap_or("off"),
-        utc_time(),
+        hahsm_proto::utc::hh_mm_ss(std::time::SystemTime::now()),
     );
     for g in groups {
         s.push_str(&render_group(g, false));
         s.push('\n');
     }
     s
-}
-
-/// HH:MM:SS, as the HA log's lines start.
-fn utc_time() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!(
-        "{:02}:{:02}:{:02}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    )
 }
 
 /// One group: each member's state, objects, lag and metrics URL; whether
@@ -197,7 +183,7 @@ fn differences(g: &GroupStatus) -> Vec<String> {
     }
     let mut out = Vec::new();
     for m in &g.members {
-        if m.state == "down" {
+        if m.state == MemberState::Down {
             out.push(format!("member {} ({}) is down", m.serial, m.name));
             continue;
         }
@@ -213,14 +199,14 @@ fn differences(g: &GroupStatus) -> Vec<String> {
                 ));
             }
         }
-        if m.state == "lagging" {
+        if m.state == MemberState::Lagging {
             out.push(format!("member {} ({}) is lagging", m.serial, m.name));
         }
     }
     let digests: std::collections::BTreeSet<&str> = g
         .members
         .iter()
-        .filter(|m| m.state != "down")
+        .filter(|m| m.state != MemberState::Down)
         .map(|m| m.digest.as_str())
         .collect();
     if digests.len() > 1 && out.is_empty() {

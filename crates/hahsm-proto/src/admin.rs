@@ -335,13 +335,51 @@ pub enum AdminResponse {
     Error(String),
 }
 
+/// A member of an HA group, as another member sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Heard from within the failure-detection window, and caught up.
+    Alive,
+    /// Heard from, but missing operations (or it missed a write deadline).
+    Lagging,
+    /// Silent for longer than the failure-detection window.
+    Down,
+    /// Alive, and a standby: it serves no requests while an active member is up.
+    Standby,
+}
+
+impl MemberState {
+    pub const ALL: [MemberState; 4] = [
+        MemberState::Alive,
+        MemberState::Lagging,
+        MemberState::Down,
+        MemberState::Standby,
+    ];
+
+    /// The state's name, as `ha show` and the metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Lagging => "lagging",
+            MemberState::Down => "down",
+            MemberState::Standby => "standby",
+        }
+    }
+}
+
+impl std::fmt::Display for MemberState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// One member of an HA group, as `ha show --sync-status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupMemberStatus {
     pub name: String,
     pub serial: u64,
-    /// `alive`, `down`, `lagging` or `standby`.
-    pub state: String,
+    pub state: MemberState,
     pub object_count: u64,
     /// Hex SHA-256 over the member's live objects and their attributes.
     pub digest: String,

@@ -12,9 +12,11 @@
 
 pub mod admin;
 pub mod client;
+pub mod halog;
 pub mod journal;
 pub mod peer;
 mod secret;
+pub mod utc;
 
 pub use secret::Secret;
 

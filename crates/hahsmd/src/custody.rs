@@ -203,7 +203,7 @@ pub fn backup(app: &Appliance, name: &str, owner: &Secret, domain: &DomainSecret
         partition: name.to_string(),
         source_serial: row.serial,
         member: app.serial,
-        created: crate::journal::rfc3339_utc(crate::now_ms()),
+        created: hahsm_proto::utc::rfc3339_seconds(std::time::SystemTime::now()),
         ops: ops.len() as u64,
         salt,
     };

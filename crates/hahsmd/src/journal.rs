@@ -125,7 +125,7 @@ impl Journal {
         let entry = next_entry(
             JournalEntry {
                 seq: 0,
-                time: rfc3339_utc(crate::now_ms()),
+                time: hahsm_proto::utc::rfc3339_seconds(std::time::SystemTime::now()),
                 member: self.member,
                 role: who.role.clone(),
                 actor: who.actor.clone(),
@@ -192,38 +192,9 @@ fn sealed_head(store: &Store) -> Option<JournalHead> {
         .and_then(|b| postcard::from_bytes(&b).ok())
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for milliseconds since the Unix epoch.
-pub fn rfc3339_utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_civil_utc() {
-        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_utc(1_359_072_000_000), "2013-01-25T00:00:00Z");
-        assert_eq!(rfc3339_utc(1_709_210_096_000), "2024-02-29T12:34:56Z");
-    }
 
     fn who() -> Who {
         Who {

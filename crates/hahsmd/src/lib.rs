@@ -53,3 +53,26 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<(
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
 }
+
+/// How work that must never stop halfway ended, as its caller saw it.
+pub enum Completion<T> {
+    Done(T),
+    /// The task failed (it panicked): it did not finish.
+    Failed,
+    /// The deadline passed; the work goes on to its end in the background.
+    StillRunning,
+}
+
+/// Runs `work` in a task of its own and waits for it at most `deadline`.
+/// For writes: dropping a write's future at its deadline could leave the
+/// member's memory ahead of its store, so the deadline bounds only the wait.
+pub async fn run_to_completion<T: Send + 'static>(
+    deadline: std::time::Duration,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Completion<T> {
+    match tokio::time::timeout(deadline, tokio::spawn(work)).await {
+        Ok(Ok(r)) => Completion::Done(r),
+        Ok(Err(_)) => Completion::Failed,
+        Err(_) => Completion::StillRunning,
+    }
+}

@@ -9,6 +9,7 @@
 //!   stale, and a member that left the group leaves the metrics with it.
 use crate::alerts::Alert;
 use crate::appliance::Appliance;
+use hahsm_proto::admin::MemberState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -80,9 +81,6 @@ struct TargetLabels {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
-
-/// The states a member of a group can be in, as `ha show` names them.
-pub const MEMBER_STATES: [&str; 4] = ["alive", "lagging", "down", "standby"];
 
 fn latency_histogram() -> Histogram {
     // 100 µs to about 13 s.
@@ -337,14 +335,14 @@ impl Metrics {
                 };
                 self.member_up
                     .get_or_create(&ml)
-                    .set(i64::from(m.state != "down"));
-                for state in MEMBER_STATES {
+                    .set(i64::from(m.state != MemberState::Down));
+                for state in MemberState::ALL {
                     self.member_state
                         .get_or_create(&MemberStateLabels {
                             group: g.label.clone(),
                             member: m.serial.to_string(),
                             name: m.name.clone(),
-                            state,
+                            state: state.name(),
                         })
                         .set(i64::from(m.state == state));
                 }

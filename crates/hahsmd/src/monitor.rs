@@ -11,6 +11,7 @@ use crate::alerts::{Alert, AlertKind, AlertStatus, Alerts};
 use crate::appliance::Appliance;
 use crate::metrics::Metrics;
 use bytes::Bytes;
+use hahsm_proto::admin::MemberState;
 use hahsm_proto::peer::PolicySnapshot;
 use hahsm_token::policy::{PolicyDef, HSM_POLICIES, PARTITION_POLICIES};
 use http_body_util::Full;
@@ -230,9 +231,9 @@ fn out_of_sync_reasons(g: &hahsm_proto::admin::GroupStatus) -> Vec<String> {
     let mut out: Vec<String> = g
         .members
         .iter()
-        .filter(|m| m.state == "down" || m.lag_operations > 0 || m.state == "lagging")
-        .map(|m| match m.state.as_str() {
-            "down" => format!("member {} ({}) is down", m.serial, m.name),
+        .filter(|m| m.state == MemberState::Down || m.lag_operations > 0 || m.state == MemberState::Lagging)
+        .map(|m| match m.state {
+            MemberState::Down => format!("member {} ({}) is down", m.serial, m.name),
             _ => format!(
                 "member {} ({}) lacks {} operation(s)",
                 m.serial, m.name, m.lag_operations

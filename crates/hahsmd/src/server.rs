@@ -4,6 +4,7 @@
 use crate::admission::Admission;
 use crate::appliance::Appliance;
 use crate::keyops::{Connection, KeyOps};
+use crate::Completion;
 use hahsm_link::LinkError;
 use hahsm_proto::client::{Hello, MemberInfo, RequestFrame, ResponseFrame, Welcome};
 use hahsm_proto::{decode, encode, WireError, PROTOCOL_VERSION};
@@ -217,29 +218,24 @@ async fn connection(
                 return;
             };
             let result = if request.request.is_write() {
-                // A write must never stop halfway: dropping its future at the
-                // deadline could leave the member's memory ahead of its store.
-                // It runs to completion in a task of its own; the deadline
-                // only bounds the wait, and a retry with the same operation
-                // id gets its result.
+                // A write never stops halfway (`run_to_completion`); a retry
+                // with the same operation id gets its result.
                 let work = {
                     let (app, conn) = (app.clone(), conn.clone());
-                    let commit_by = tokio::time::Instant::now() + deadline;
-                    tokio::spawn(
-                        crate::partition::COMMIT_BY.scope(commit_by.into_std(), async move {
-                            KeyOps {
-                                app: &app,
-                                conn: &conn,
-                            }
-                            .handle(request.request)
-                            .await
-                        }),
-                    )
+                    let commit_by = std::time::Instant::now() + deadline;
+                    crate::partition::COMMIT_BY.scope(commit_by, async move {
+                        KeyOps {
+                            app: &app,
+                            conn: &conn,
+                        }
+                        .handle(request.request)
+                        .await
+                    })
                 };
-                match tokio::time::timeout(deadline, work).await {
-                    Ok(Ok(r)) => r.map_err(wire),
-                    Ok(Err(_)) => Err(wire(TokenError::DeviceError("the request failed".into()))),
-                    Err(_) => {
+                match crate::run_to_completion(deadline, work).await {
+                    Completion::Done(r) => r.map_err(wire),
+                    Completion::Failed => Err(wire(TokenError::DeviceError("the request failed".into()))),
+                    Completion::StillRunning => {
                         warn!(client = %conn.client_name, request = name, "request deadline passed; the write completes in the background");
                         Err(wire(TokenError::DeadlineExceeded))
                     }

@@ -1,0 +1,466 @@
+//! The protocol's decisions, without I/O: the failure detector (when a
+//! silent peer is down, when it has recovered, which attempts the HA log
+//! names), the quorum and grace arithmetic of a write, and which peers a
+//! member must wait for before it serves a login or a standby serves at all.
+//! Every function takes the time as an argument, so the unit tests below
+//! assert exact outcomes; `group.rs` calls them with the clock and the network.
+use hahsm_proto::halog::HaEvent;
+use hahsm_proto::peer::{GroupDef, ReplicaState, WriteConcern};
+use hahsm_replica::VersionVector;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// How often members heartbeat each other.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+/// A member silent for this long is declared down.
+pub const DOWN_AFTER: Duration = Duration::from_millis(2000);
+/// While a peer that is not yet down fails to answer, it is probed this
+/// often instead of every heartbeat interval, so that it is declared down
+/// (and the alert raised) close to `DOWN_AFTER` after it went silent, not up
+/// to a heartbeat interval later.
+pub const SUSPECT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// The shortest grace the slower peers get after the first confirms a write.
+pub const MIN_GRACE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerHealth {
+    /// Heard from within the failure-detection window, and caught up.
+    Alive,
+    /// Alive, but missing operations this member has (or missed a write deadline).
+    Lagging,
+    Down,
+}
+
+/// What this member knows of one peer.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub health: PeerHealth,
+    pub last_seen: Option<Instant>,
+    pub state: ReplicaState,
+    pub recovery_attempts: u32,
+    /// A write deadline was missed; cleared when the peer is caught up.
+    pub missed_write: bool,
+    /// The last call could not reach it (connect, I/O or time-out); cleared
+    /// by its next answer. The quorum check counts it unreachable meanwhile,
+    /// so a member cut off from its peers refuses writes before making them.
+    pub link_failed: bool,
+}
+
+impl Default for PeerStatus {
+    fn default() -> Self {
+        // A peer is presumed alive until it fails to answer: a member that
+        // starts must not log every peer as dropped.
+        PeerStatus {
+            health: PeerHealth::Alive,
+            last_seen: None,
+            state: ReplicaState::default(),
+            recovery_attempts: 0,
+            missed_write: false,
+            link_failed: false,
+        }
+    }
+}
+
+impl PeerStatus {
+    /// The peer answered at `now` with `state`. A peer that was down has
+    /// recovered (the attempt that reached it is counted), and is lagging
+    /// until anti-entropy shows it caught up.
+    pub fn answered(&mut self, state: ReplicaState, now: Instant) -> Option<HaEvent> {
+        let mut event = None;
+        if self.health == PeerHealth::Down {
+            event = Some(HaEvent::Recovered(self.recovery_attempts + 1));
+            self.recovery_attempts = 0;
+            self.health = PeerHealth::Lagging;
+        }
+        self.last_seen = Some(now);
+        self.link_failed = false;
+        self.state = state;
+        event
+    }
+
+    /// An exchange with the peer failed at `now`. It is declared down once
+    /// silent for `DOWN_AFTER` (since it was last heard, or since this
+    /// member started if never); once down, each failure is a failed
+    /// recovery attempt, of which the HA log names the first three and then
+    /// every tenth, so that an outage of a day does not fill the disk.
+    pub fn failed(&mut self, member_started: Instant, now: Instant) -> Option<HaEvent> {
+        let silent_since = self.last_seen.unwrap_or(member_started);
+        match self.health {
+            PeerHealth::Down => {
+                self.recovery_attempts += 1;
+                let n = self.recovery_attempts;
+                (n <= 3 || n.is_multiple_of(10)).then_some(HaEvent::RecoveryFailed(n))
+            }
+            _ if now.saturating_duration_since(silent_since) >= DOWN_AFTER => {
+                self.health = PeerHealth::Down;
+                Some(HaEvent::Dropped)
+            }
+            _ => None,
+        }
+    }
+
+    /// A push or pull showed whether the peer holds everything this member has.
+    pub fn caught_up(&mut self, covered: bool) {
+        if covered {
+            self.missed_write = false;
+            self.health = PeerHealth::Alive;
+        } else {
+            self.health = PeerHealth::Lagging;
+        }
+    }
+
+    /// The peer did not confirm a write in time: it is not waited for again
+    /// until anti-entropy has brought it back in step.
+    pub fn missed_a_write(&mut self) {
+        self.missed_write = true;
+        if self.health == PeerHealth::Alive {
+            self.health = PeerHealth::Lagging;
+        }
+    }
+
+    /// Whether the peer's answers are recent enough to trust its health:
+    /// a peer not heard from for twice `DOWN_AFTER` shows as down, even
+    /// before the detector has declared it.
+    pub fn fresh(&self, now: Instant) -> bool {
+        self.last_seen
+            .is_some_and(|t| now.saturating_duration_since(t) < DOWN_AFTER * 2)
+    }
+
+    /// A peer not yet down that has been silent for more than a heartbeat.
+    pub fn suspect(&self, now: Instant) -> bool {
+        self.health != PeerHealth::Down
+            && self
+                .last_seen
+                .is_some_and(|t| now.saturating_duration_since(t) > HEARTBEAT_INTERVAL)
+    }
+
+    fn version_vector(&self) -> VersionVector {
+        VersionVector(self.state.version_vector.iter().copied().collect())
+    }
+}
+
+/// The peers' statuses as `Group` keeps them, by serial; a peer never heard
+/// of has the default status.
+pub type Peers = HashMap<u64, PeerStatus>;
+
+fn status_of(peers: &Peers, serial: u64) -> PeerStatus {
+    peers.get(&serial).cloned().unwrap_or_default()
+}
+
+/// How long the pause before the next heartbeat round: shorter while a peer
+/// is suspect.
+pub fn next_pause(peers: &Peers, others: &[u64], now: Instant) -> Duration {
+    if others.iter().any(|s| status_of(peers, *s).suspect(now)) {
+        SUSPECT_PROBE_INTERVAL
+    } else {
+        HEARTBEAT_INTERVAL
+    }
+}
+
+/// The voting (non-standby) members of a group.
+pub fn voters(def: &GroupDef) -> usize {
+    def.members.iter().filter(|m| !m.standby).count()
+}
+
+/// Whether `holders` voting members (this one included) are a majority of `voters`.
+pub fn is_majority(holders: usize, voters: usize) -> bool {
+    holders * 2 > voters
+}
+
+/// The peers a write is pushed to: under `quorum` every peer not known to
+/// be down, lagging ones included; under `all-reachable` only those in step.
+pub fn write_targets(def: &GroupDef, me: u64, peers: &Peers) -> Vec<u64> {
+    let quorum = def.write_concern == WriteConcern::Quorum;
+    def.members
+        .iter()
+        .filter(|m| m.serial != me)
+        .filter(|m| match status_of(peers, m.serial).health {
+            PeerHealth::Alive => true,
+            PeerHealth::Lagging => quorum,
+            PeerHealth::Down => false,
+        })
+        .map(|m| m.serial)
+        .collect()
+}
+
+/// Whether this member and the peers in `confirmed` are a majority of the
+/// group's voters (a standby peer's confirmation does not count).
+pub fn majority_holds(def: &GroupDef, me: u64, confirmed: &HashSet<u64>) -> bool {
+    let holders = 1 + def
+        .members
+        .iter()
+        .filter(|m| m.serial != me && !m.standby && confirmed.contains(&m.serial))
+        .count();
+    is_majority(holders, voters(def))
+}
+
+/// Once enough peers have confirmed a write (`first_after` after it was
+/// pushed), the others get four times as long, at least `MIN_GRACE`: a
+/// peer far slower than its siblings is a straggler, not waited for.
+pub fn grace(first_after: Duration) -> Duration {
+    (first_after * 4).max(MIN_GRACE)
+}
+
+/// Under `quorum`, a write may start only while a majority of the voters is
+/// reachable: this member, and every voting peer neither down nor failing.
+/// Returns the reachable and voting counts when it may not.
+pub fn quorum_refusal(def: &GroupDef, me: u64, peers: &Peers) -> Option<(usize, usize)> {
+    if def.write_concern != WriteConcern::Quorum {
+        return None;
+    }
+    let reachable = 1 + def
+        .members
+        .iter()
+        .filter(|m| {
+            let s = status_of(peers, m.serial);
+            m.serial != me && !m.standby && s.health != PeerHealth::Down && !s.link_failed
+        })
+        .count();
+    let voters = voters(def);
+    (!is_majority(reachable, voters)).then_some((reachable, voters))
+}
+
+/// A standby serves nothing while an active member is up (not known down).
+pub fn standby_must_wait(def: &GroupDef, me: u64, peers: &Peers) -> bool {
+    def.member(me).is_some_and(|m| m.standby)
+        && def
+            .members
+            .iter()
+            .any(|m| m.serial != me && !m.standby && status_of(peers, m.serial).health != PeerHealth::Down)
+}
+
+/// The peers this member must catch up with before it checks a PIN: every
+/// peer not down that it has not heard from since it started, or that
+/// reported operations this member has not applied.
+pub fn catching_up_with(def: &GroupDef, me: u64, mine: &VersionVector, peers: &Peers) -> Vec<u64> {
+    def.members
+        .iter()
+        .filter(|m| m.serial != me)
+        .filter(|m| {
+            let s = status_of(peers, m.serial);
+            s.health != PeerHealth::Down && (s.last_seen.is_none() || !mine.covers(&s.version_vector()))
+        })
+        .map(|m| m.serial)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hahsm_proto::peer::GroupMember;
+
+    fn member(serial: u64, standby: bool) -> GroupMember {
+        GroupMember {
+            serial,
+            hsm_label: format!("hsm{serial}"),
+            partition_serial: serial,
+            peer_address: String::new(),
+            fingerprint: String::new(),
+            client_address: String::new(),
+            standby,
+        }
+    }
+
+    fn group(concern: WriteConcern, members: &[(u64, bool)]) -> GroupDef {
+        GroupDef {
+            id: [0; 16],
+            label: "g".into(),
+            serial: 1,
+            partition: "p".into(),
+            epoch: 1,
+            members: members.iter().map(|&(s, standby)| member(s, standby)).collect(),
+            write_concern: concern,
+            replication_timeout_ms: 1000,
+        }
+    }
+
+    fn with(health: PeerHealth) -> PeerStatus {
+        PeerStatus {
+            health,
+            ..PeerStatus::default()
+        }
+    }
+
+    fn state(vv: &[(u64, u64)]) -> ReplicaState {
+        ReplicaState {
+            version_vector: vv.to_vec(),
+            ..ReplicaState::default()
+        }
+    }
+
+    #[test]
+    fn a_silent_peer_is_dropped_at_down_after_and_its_attempts_are_counted() {
+        let t0 = Instant::now();
+        let mut s = PeerStatus::default();
+        assert_eq!(s.answered(state(&[]), t0), None);
+        // Silent, but not for DOWN_AFTER yet: no event, still alive.
+        assert_eq!(s.failed(t0, t0 + DOWN_AFTER - Duration::from_millis(1)), None);
+        assert_eq!(s.health, PeerHealth::Alive);
+        assert_eq!(s.failed(t0, t0 + DOWN_AFTER), Some(HaEvent::Dropped));
+        assert_eq!(s.health, PeerHealth::Down);
+        // The log names attempts 1, 2, 3, then every tenth.
+        let logged: Vec<u32> = (1..=30)
+            .filter_map(|_| s.failed(t0, t0 + DOWN_AFTER * 2))
+            .map(|e| e.attempt().unwrap())
+            .collect();
+        assert_eq!(logged, vec![1, 2, 3, 10, 20, 30]);
+        // The 31st attempt reaches it: recovered, lagging until caught up.
+        assert_eq!(
+            s.answered(state(&[(1, 5)]), t0 + DOWN_AFTER * 3),
+            Some(HaEvent::Recovered(31))
+        );
+        assert_eq!((s.health, s.recovery_attempts), (PeerHealth::Lagging, 0));
+        s.caught_up(true);
+        assert_eq!(s.health, PeerHealth::Alive);
+    }
+
+    #[test]
+    fn a_peer_never_heard_from_is_dropped_counting_from_the_member_start() {
+        let started = Instant::now();
+        let mut s = PeerStatus::default();
+        assert_eq!(s.failed(started, started + Duration::from_millis(1999)), None);
+        assert_eq!(
+            s.failed(started, started + Duration::from_millis(2000)),
+            Some(HaEvent::Dropped)
+        );
+    }
+
+    #[test]
+    fn a_missed_write_makes_an_alive_peer_lagging_until_caught_up() {
+        let mut s = PeerStatus::default();
+        s.missed_a_write();
+        assert_eq!((s.health, s.missed_write), (PeerHealth::Lagging, true));
+        s.caught_up(false);
+        assert_eq!((s.health, s.missed_write), (PeerHealth::Lagging, true));
+        s.caught_up(true);
+        assert_eq!((s.health, s.missed_write), (PeerHealth::Alive, false));
+        let mut down = with(PeerHealth::Down);
+        down.missed_a_write();
+        assert_eq!(down.health, PeerHealth::Down);
+    }
+
+    #[test]
+    fn freshness_and_suspicion_follow_the_last_answer() {
+        let t0 = Instant::now();
+        let mut s = PeerStatus::default();
+        assert!(!s.fresh(t0) && !s.suspect(t0));
+        s.answered(state(&[]), t0);
+        assert!(s.fresh(t0 + DOWN_AFTER * 2 - Duration::from_millis(1)));
+        assert!(!s.fresh(t0 + DOWN_AFTER * 2));
+        assert!(!s.suspect(t0 + HEARTBEAT_INTERVAL));
+        assert!(s.suspect(t0 + HEARTBEAT_INTERVAL + Duration::from_millis(1)));
+        let peers = Peers::from([(2, s.clone())]);
+        assert_eq!(next_pause(&peers, &[2], t0), HEARTBEAT_INTERVAL);
+        assert_eq!(
+            next_pause(&peers, &[2], t0 + Duration::from_secs(2)),
+            SUSPECT_PROBE_INTERVAL
+        );
+        s.health = PeerHealth::Down;
+        assert!(!s.suspect(t0 + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn majorities_count_voters_only() {
+        assert!(!is_majority(1, 2));
+        assert!(is_majority(2, 3));
+        assert!(!is_majority(2, 4));
+        assert!(is_majority(3, 5));
+        let def = group(
+            WriteConcern::Quorum,
+            &[(1, false), (2, false), (3, false), (4, true)],
+        );
+        assert_eq!(voters(&def), 3);
+        assert!(!majority_holds(&def, 1, &HashSet::new()));
+        // A standby's confirmation does not make a majority.
+        assert!(!majority_holds(&def, 1, &HashSet::from([4])));
+        assert!(majority_holds(&def, 1, &HashSet::from([3])));
+        assert!(majority_holds(&def, 1, &HashSet::from([2, 4])));
+    }
+
+    #[test]
+    fn the_grace_is_four_times_the_first_answer_at_least_fifty_ms() {
+        assert_eq!(grace(Duration::from_millis(1)), Duration::from_millis(50));
+        assert_eq!(grace(Duration::from_millis(12)), Duration::from_millis(50));
+        assert_eq!(grace(Duration::from_millis(13)), Duration::from_millis(52));
+        assert_eq!(grace(Duration::from_millis(300)), Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn writes_go_to_lagging_peers_only_under_quorum() {
+        let peers = Peers::from([
+            (2, with(PeerHealth::Alive)),
+            (3, with(PeerHealth::Lagging)),
+            (4, with(PeerHealth::Down)),
+        ]);
+        let members = [(1, false), (2, false), (3, false), (4, false), (5, false)];
+        // Member 5 was never heard of: presumed alive.
+        assert_eq!(
+            write_targets(&group(WriteConcern::Quorum, &members), 1, &peers),
+            vec![2, 3, 5]
+        );
+        assert_eq!(
+            write_targets(&group(WriteConcern::AllReachable, &members), 1, &peers),
+            vec![2, 5]
+        );
+    }
+
+    #[test]
+    fn quorum_refuses_a_write_without_a_reachable_majority() {
+        let members = [(1, false), (2, false), (3, false), (4, true)];
+        let mut cut = with(PeerHealth::Alive);
+        cut.link_failed = true;
+        let peers = Peers::from([
+            (2, with(PeerHealth::Down)),
+            (3, cut),
+            (4, with(PeerHealth::Alive)),
+        ]);
+        assert_eq!(
+            quorum_refusal(&group(WriteConcern::Quorum, &members), 1, &peers),
+            Some((1, 3))
+        );
+        assert_eq!(
+            quorum_refusal(&group(WriteConcern::AllReachable, &members), 1, &peers),
+            None
+        );
+        let peers = Peers::from([(2, with(PeerHealth::Lagging)), (3, with(PeerHealth::Down))]);
+        assert_eq!(
+            quorum_refusal(&group(WriteConcern::Quorum, &members), 1, &peers),
+            None
+        );
+    }
+
+    #[test]
+    fn a_standby_waits_while_an_active_member_is_up() {
+        let def = group(WriteConcern::AllReachable, &[(1, false), (2, false), (3, true)]);
+        let up = Peers::from([(1, with(PeerHealth::Down)), (2, with(PeerHealth::Lagging))]);
+        assert!(standby_must_wait(&def, 3, &up));
+        let down = Peers::from([(1, with(PeerHealth::Down)), (2, with(PeerHealth::Down))]);
+        assert!(!standby_must_wait(&def, 3, &down));
+        // An active member never waits.
+        assert!(!standby_must_wait(&def, 1, &up));
+    }
+
+    #[test]
+    fn a_login_waits_for_peers_unheard_or_ahead() {
+        let def = group(
+            WriteConcern::AllReachable,
+            &[(1, false), (2, false), (3, false), (4, false)],
+        );
+        let t0 = Instant::now();
+        let mut ahead = PeerStatus::default();
+        ahead.answered(state(&[(2, 7)]), t0);
+        let mut level = PeerStatus::default();
+        level.answered(state(&[(2, 5)]), t0);
+        let peers = Peers::from([(2, ahead), (3, level), (4, with(PeerHealth::Down))]);
+        let mine = VersionVector([(2, 5)].into_iter().collect());
+        // 2 is ahead of this member; 3 is level; 4 is down.
+        assert_eq!(catching_up_with(&def, 1, &mine, &peers), vec![2]);
+        let caught_up = VersionVector([(2, 7)].into_iter().collect());
+        assert_eq!(catching_up_with(&def, 1, &caught_up, &peers), Vec::<u64>::new());
+        // A peer not heard from since this member started is waited for.
+        let unheard = Peers::from([(3, PeerStatus::default())]);
+        let def3 = group(WriteConcern::AllReachable, &[(1, false), (3, false)]);
+        assert_eq!(catching_up_with(&def3, 1, &caught_up, &unheard), vec![3]);
+    }
+}

@@ -1,0 +1,595 @@
+//! One partition's membership of an HA group, running: the connections to
+//! the peers, the push of every local write under the write concern, the
+//! heartbeats and anti-entropy that keep the copies converged with no client
+//! involved, and the gates (quorum, standby, login) that requests pass. The
+//! decisions are `detector`'s and the view is `view`'s; this file does the I/O.
+use super::detector::{self, PeerStatus, Peers, HEARTBEAT_INTERVAL};
+use super::halog::HaLog;
+use super::keys::{wire_aad, ReplicationKeys};
+use crate::partition::ActivePartition;
+use hahsm_crypto::SealKey;
+use hahsm_link::{Fingerprint, LinkError};
+use hahsm_proto::admin::GroupStatus;
+use hahsm_proto::peer::{
+    GroupDef, GroupMember, PeerRequest, PeerRequestFrame, PeerResponse, PeerResponseFrame, PolicySnapshot,
+    ReplicaState, WriteConcern,
+};
+use hahsm_proto::{decode, encode, WireError};
+use hahsm_replica::VersionVector;
+use hahsm_token::oplog::{Op, OpBody};
+use hahsm_token::{ck, TokenError, TokenResult};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex as AsyncMutex;
+
+/// Most operations one pull or push carries.
+pub(super) const BATCH: u32 = 2000;
+
+/// A connection to one peer, which it pins: one request at a time, each
+/// under a deadline.
+pub(super) struct PeerConn {
+    fingerprint: String,
+    tls: Arc<rustls::ClientConfig>,
+    stream: AsyncMutex<Option<hahsm_link::ClientStream>>,
+    next_id: std::sync::atomic::AtomicU64,
+    /// Writes take turns pushing to a peer; a write whose operations an
+    /// earlier push already delivered has nothing left to send.
+    push_turn: AsyncMutex<()>,
+}
+
+/// One partition's membership of an HA group, running.
+pub struct Group {
+    pub def: RwLock<GroupDef>,
+    pub(super) keys: ReplicationKeys,
+    pub(super) repl_key: SealKey,
+    pub(super) partition: Weak<ActivePartition>,
+    pub(super) me: u64,
+    pub(super) peers: Mutex<Peers>,
+    pub(super) conns: Mutex<HashMap<u64, Arc<PeerConn>>>,
+    pub(super) identity: hahsm_link::Identity,
+    pub(super) routes: std::collections::BTreeMap<String, String>,
+    pub(super) ha_log: HaLog,
+    pub(super) stop: tokio::sync::watch::Sender<bool>,
+    pub(super) wake: tokio::sync::Notify,
+    /// This member's HSM and partition policies, as heartbeats carry them;
+    /// kept current by the monitor's watch loop.
+    pub(super) policies: RwLock<PolicySnapshot>,
+    pub(super) monitor: Arc<crate::monitor::Monitor>,
+    /// Since when each member (by serial) has lacked operations.
+    pub(super) behind_since: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+pub(super) fn peer_error(msg: impl Into<String>) -> WireError {
+    WireError {
+        code: ck::CKR_DEVICE_ERROR,
+        message: msg.into(),
+    }
+}
+
+impl Group {
+    /// The group definition as this member holds it.
+    pub fn definition(&self) -> GroupDef {
+        self.def()
+    }
+
+    pub(super) fn def(&self) -> GroupDef {
+        self.def.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn state(&self, p: &ActivePartition) -> ReplicaState {
+        ReplicaState {
+            serial: self.me,
+            version_vector: p.version_vector().0.into_iter().collect(),
+            live_objects: p.object_count() as u64,
+            digest: p.content_digest(),
+            policies: self.policies.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            metrics: self.monitor.metrics_url().unwrap_or_default(),
+        }
+    }
+
+    /// Operations from the local log, their secrets re-sealed for the wire.
+    /// Operations from the local log, their secrets re-sealed for the wire.
+    pub(super) fn outgoing(
+        &self,
+        p: &ActivePartition,
+        origin: u64,
+        after: u64,
+        limit: u32,
+    ) -> TokenResult<Vec<Op>> {
+        let def = self.def();
+        let key = &self.repl_key;
+        let mut ops = p.ops_from(origin, after, limit as usize)?;
+        for op in &mut ops {
+            if let OpBody::Create { objects } = &mut op.body {
+                for o in objects {
+                    if let Some(sealed) = o.sealed_secret.take() {
+                        let secret = p.open_secret(&o.ouid, &sealed)?;
+                        o.sealed_secret = Some(key.seal(&wire_aad(&def, &o.ouid), secret.expose())?);
+                    }
+                }
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Applies a batch of operations from a peer, with one sync to disk;
+    /// operations past a gap are left for a later pull.
+    pub(super) async fn incoming(&self, p: &ActivePartition, mut ops: Vec<Op>) -> TokenResult<()> {
+        let def = self.def();
+        let key = &self.repl_key;
+        for op in &mut ops {
+            if let OpBody::Create { objects } = &mut op.body {
+                for o in objects {
+                    if let Some(sealed) = o.sealed_secret.take() {
+                        let secret = key.open(&wire_aad(&def, &o.ouid), &sealed).map_err(|_| {
+                            TokenError::DeviceError(
+                                "a replicated secret does not open under the group's replication key".into(),
+                            )
+                        })?;
+                        o.sealed_secret = Some(p.seal_secret(&o.ouid, secret.expose())?);
+                    }
+                }
+            }
+        }
+        p.apply_remote(ops).await?;
+        Ok(())
+    }
+
+    fn set_peer(&self, serial: u64, f: impl FnOnce(&mut PeerStatus)) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        f(peers.entry(serial).or_default());
+    }
+
+    fn peer(&self, serial: u64) -> PeerStatus {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&serial)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Where to reach a member: its route in this member's config, or the
+    /// address it advertises.
+    fn address_of(&self, member: &GroupMember) -> String {
+        self.routes
+            .get(&member.serial.to_string())
+            .cloned()
+            .unwrap_or_else(|| member.peer_address.clone())
+    }
+
+    fn conn(&self, member: &GroupMember) -> Result<Arc<PeerConn>, WireError> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conns.get(&member.serial) {
+            if c.fingerprint == member.fingerprint {
+                return Ok(c.clone());
+            }
+        }
+        let pinned = Fingerprint::parse(&member.fingerprint).map_err(|e| peer_error(e.to_string()))?;
+        let tls = hahsm_link::client_config(self.identity.clone(), pinned)
+            .map_err(|e| peer_error(e.to_string()))?;
+        let conn = Arc::new(PeerConn {
+            fingerprint: member.fingerprint.clone(),
+            tls,
+            stream: AsyncMutex::new(None),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            push_turn: AsyncMutex::new(()),
+        });
+        conns.insert(member.serial, conn.clone());
+        Ok(conn)
+    }
+
+    /// One request to a peer, connecting first if needed, all within `deadline`.
+    pub(super) async fn call(
+        &self,
+        member: &GroupMember,
+        request: PeerRequest,
+        deadline: Duration,
+    ) -> Result<PeerResponse, WireError> {
+        let conn = self.conn(member)?;
+        let tls = conn.tls.clone();
+        let fut = async {
+            let mut guard = conn.stream.lock().await;
+            if guard.is_none() {
+                let s = hahsm_link::connect(&self.address_of(member), tls, deadline, deadline)
+                    .await
+                    .map_err(|e| self.link_failed(member, e.to_string()))?;
+                *guard = Some(s);
+            }
+            let Some(stream) = guard.as_mut() else {
+                return Err(peer_error("no connection"));
+            };
+            let id = conn.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let frame = PeerRequestFrame {
+                id,
+                deadline_ms: deadline.as_millis() as u32,
+                request,
+            };
+            let result = async {
+                hahsm_link::write_frame(stream, &encode(&frame)).await?;
+                hahsm_link::read_frame(stream, 256 << 20)
+                    .await?
+                    .ok_or(LinkError::Closed)
+            }
+            .await;
+            match result {
+                Ok(bytes) => match decode::<PeerResponseFrame>(&bytes) {
+                    Ok(r) if r.id == id => r.result,
+                    _ => {
+                        *guard = None;
+                        Err(self.link_failed(member, "malformed answer from peer".into()))
+                    }
+                },
+                Err(e) => {
+                    *guard = None;
+                    Err(self.link_failed(member, e.to_string()))
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The stream may be mid-frame: start afresh next time.
+                if let Ok(mut g) = conn.stream.try_lock() {
+                    *g = None;
+                }
+                Err(self.link_failed(
+                    member,
+                    format!("member {} did not answer within {deadline:?}", member.serial),
+                ))
+            }
+        }
+    }
+
+    /// Notes that a call could not reach `member`, and makes its error.
+    fn link_failed(&self, member: &GroupMember, why: String) -> WireError {
+        self.set_peer(member.serial, |s| s.link_failed = true);
+        peer_error(why)
+    }
+
+    pub(super) fn others(&self) -> Vec<GroupMember> {
+        self.def()
+            .members
+            .into_iter()
+            .filter(|m| m.serial != self.me)
+            .collect()
+    }
+
+    /// Brings one peer up to date in both directions, as far as its version
+    /// vector says. Returns whether the peer answered.
+    pub(super) async fn sync_with(
+        &self,
+        p: &ActivePartition,
+        member: &GroupMember,
+        deadline: Duration,
+    ) -> bool {
+        let def = self.def();
+        let hb = PeerRequest::Heartbeat {
+            group_id: def.id,
+            epoch: def.epoch,
+            state: self.state(p),
+        };
+        let (epoch, theirs) = match self.call(member, hb, deadline).await {
+            Ok(PeerResponse::HeartbeatAck { epoch, state }) => (epoch, state),
+            _ => return false,
+        };
+        self.seen(member.serial, &def.label, theirs.clone());
+        if epoch < def.epoch {
+            let _ = self
+                .call(member, PeerRequest::GroupUpdate { group: def.clone() }, deadline)
+                .await;
+        }
+        let their_vv = VersionVector(theirs.version_vector.iter().copied().collect());
+        // Pull what they have and we lack.
+        for (origin, _) in their_vv.ahead_of(&p.version_vector()) {
+            loop {
+                let after = p.version_vector().get(origin);
+                let req = PeerRequest::Pull {
+                    group_id: def.id,
+                    origin,
+                    after_seq: after,
+                    limit: BATCH,
+                };
+                match self.call(member, req, deadline).await {
+                    Ok(PeerResponse::Ops { ops, more }) => {
+                        let got = ops.len();
+                        if self.incoming(p, ops).await.is_err()
+                            || got == 0
+                            || p.version_vector().get(origin) == after
+                        {
+                            break;
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        // Push what we have and they lack, as a write does.
+        let covered = self
+            .push_until_covered(p, member, &p.version_vector(), &def, deadline)
+            .await;
+        self.set_peer(member.serial, |s| s.caught_up(covered));
+        true
+    }
+
+    /// Records an answer from a peer: it is alive, and if it was down, it has recovered.
+    pub(super) fn seen(&self, serial: u64, label: &str, state: ReplicaState) {
+        let mut event = None;
+        self.set_peer(serial, |s| event = s.answered(state, Instant::now()));
+        if let Some(e) = event {
+            self.ha_log.event(label, serial, e);
+        }
+    }
+
+    /// Records a failed exchange; the detector decides whether the peer is
+    /// now down, or a recovery attempt failed.
+    pub(super) fn missed(&self, serial: u64, label: &str, started: Instant) {
+        let mut event = None;
+        self.set_peer(serial, |s| event = s.failed(started, Instant::now()));
+        if let Some(e) = event {
+            self.ha_log.event(label, serial, e);
+        }
+    }
+
+    fn peers_now(&self) -> Peers {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// After a local write: pushes what each peer lacks, to all of them in
+    /// parallel, and waits until they have it (committed), at most the
+    /// replication timeout.
+    ///
+    /// - `AllReachable` pushes to the peers in step. Once the first has
+    ///   answered, the others get a short grace (`detector::grace`): a peer
+    ///   far slower than its siblings is a straggler. Peers that miss the
+    ///   deadline or the grace are marked lagging and are not waited for
+    ///   again until anti-entropy has brought them back in step, so one slow,
+    ///   stopped or unreachable member cannot stall writes.
+    /// - `Quorum` pushes to every peer not known to be down, lagging ones
+    ///   included, and the grace starts only once a majority of the voting
+    ///   members holds the write. If no majority holds it by the deadline the
+    ///   write is not acknowledged: the caller gets `NoQuorum`. The write
+    ///   stays in this member's log and reaches the others when they are
+    ///   back, so its outcome is unknown to the application, which retries
+    ///   it (with the same operation id) on another member.
+    pub async fn replicate_write(&self, p: &ActivePartition) -> TokenResult<()> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let def = self.def();
+        let needs_majority = def.write_concern == WriteConcern::Quorum;
+        let timeout = Duration::from_millis(def.replication_timeout_ms);
+        let target_serials = detector::write_targets(&def, self.me, &self.peers_now());
+        let targets: Vec<&GroupMember> = def
+            .members
+            .iter()
+            .filter(|m| target_serials.contains(&m.serial))
+            .collect();
+        let mut answered = HashSet::new();
+        if !targets.is_empty() {
+            let mine = p.version_vector();
+            let def = &def;
+            let mut pushes: FuturesUnordered<_> = targets
+                .iter()
+                .map(|m| {
+                    let mine = mine.clone();
+                    async move { (m.serial, self.push_until_covered(p, m, &mine, def, timeout).await) }
+                })
+                .collect();
+            let started = Instant::now();
+            let mut deadline = started + timeout;
+            let mut grace_started = false;
+            loop {
+                let next = tokio::time::timeout_at(deadline.into(), pushes.next()).await;
+                match next {
+                    Ok(Some((serial, true))) => {
+                        answered.insert(serial);
+                        let enough = !needs_majority || detector::majority_holds(def, self.me, &answered);
+                        if enough && !grace_started {
+                            grace_started = true;
+                            deadline = deadline.min(Instant::now() + detector::grace(started.elapsed()));
+                        }
+                    }
+                    Ok(Some((_, false))) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            for m in targets.iter().filter(|m| !answered.contains(&m.serial)) {
+                self.set_peer(m.serial, PeerStatus::missed_a_write);
+            }
+        }
+        self.wake.notify_one();
+        if needs_majority && !detector::majority_holds(&def, self.me, &answered) {
+            return Err(TokenError::NoQuorum(format!(
+                "write not acknowledged: the write concern is quorum and only {} of {} members confirmed it \
+                 (the others were unreachable or slower than the replication timeout, {} ms); it stays on this \
+                 member and reaches the others when they are back",
+                1 + answered.len(),
+                detector::voters(&def),
+                def.replication_timeout_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pushes to one peer what `mine` has and it lacks, batch by batch, until
+    /// its acknowledged state covers `mine`. An earlier push (perhaps another
+    /// write's, queued on the same connection) may already have delivered
+    /// it: concurrent writes, and the heartbeat's anti-entropy, share pushes.
+    async fn push_until_covered(
+        &self,
+        p: &ActivePartition,
+        m: &GroupMember,
+        mine: &VersionVector,
+        def: &GroupDef,
+        timeout: Duration,
+    ) -> bool {
+        let conn = match self.conn(m) {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let _turn = conn.push_turn.lock().await;
+        let mut behind_before = None;
+        // A connection reset (a network blip, the peer's restart) is worth
+        // one more try on a fresh connection; the caller's deadline bounds it.
+        let mut may_reconnect = true;
+        'rounds: loop {
+            let theirs = VersionVector(self.peer(m.serial).state.version_vector.iter().copied().collect());
+            let behind = mine.ahead_of(&theirs);
+            if behind.is_empty() {
+                return true;
+            }
+            if behind_before.as_ref() == Some(&behind) {
+                // It acknowledged the last round but took none of it.
+                return false;
+            }
+            behind_before = Some(behind.clone());
+            for (origin, after) in behind {
+                let ops = match self.outgoing(p, origin, after, BATCH) {
+                    Ok(o) if !o.is_empty() => o,
+                    _ => return false,
+                };
+                match self
+                    .call(
+                        m,
+                        PeerRequest::Push {
+                            group_id: def.id,
+                            ops,
+                        },
+                        timeout,
+                    )
+                    .await
+                {
+                    Ok(PeerResponse::PushAck { state }) => self.seen(m.serial, &def.label, state),
+                    Err(_) if may_reconnect => {
+                        may_reconnect = false;
+                        behind_before = None;
+                        continue 'rounds;
+                    }
+                    _ => return false,
+                }
+            }
+        }
+    }
+
+    /// Sends a new group definition to every other member; heartbeats repeat
+    /// it to anyone who misses it.
+    pub(super) async fn broadcast_definition(&self, def: &GroupDef) {
+        for m in def.members.iter().filter(|m| m.serial != self.me) {
+            let _ = self
+                .call(
+                    m,
+                    PeerRequest::GroupUpdate { group: def.clone() },
+                    Duration::from_secs(2),
+                )
+                .await;
+        }
+    }
+
+    /// A standby member serves no requests while an active member is up.
+    pub fn serving_allowed(&self) -> TokenResult<()> {
+        // On every request: look without copying the definition.
+        let standby = {
+            let def = self.def.read().unwrap_or_else(|p| p.into_inner());
+            def.member(self.me).is_some_and(|m| m.standby)
+        };
+        if !standby {
+            return Ok(());
+        }
+        let def = self.def();
+        if detector::standby_must_wait(&def, self.me, &self.peers_now()) {
+            return Err(TokenError::DeviceError(format!(
+                "this member is a standby of HA group '{}' and serves no requests while an active member is up",
+                def.label
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this member may check a PIN now: only once caught up with
+    /// every peer it can hear (`detector::catching_up_with`), so that a
+    /// member back from an outage never checks a PIN against the verifier or
+    /// the failure count it missed a change of. It waits for that a little
+    /// (anti-entropy is woken at once), then refuses as `NoQuorum`, which
+    /// the HA slot answers by asking another member.
+    pub async fn login_gate(&self, p: &ActivePartition) -> TokenResult<()> {
+        const PATIENCE: Duration = Duration::from_millis(3000);
+        let started = Instant::now();
+        loop {
+            let behind =
+                detector::catching_up_with(&self.def(), self.me, &p.version_vector(), &self.peers_now());
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= PATIENCE {
+                return Err(TokenError::NoQuorum(format!(
+                    "login refused: this member is catching up with members {behind:?} of its group"
+                )));
+            }
+            self.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether a write may go ahead under the group's write concern.
+    pub fn write_allowed(&self) -> TokenResult<()> {
+        match detector::quorum_refusal(&self.def(), self.me, &self.peers_now()) {
+            None => Ok(()),
+            Some((reachable, voters)) => Err(TokenError::NoQuorum(format!(
+                "write refused: write concern is quorum and only {reachable} of {voters} members are reachable"
+            ))),
+        }
+    }
+
+    /// The group's status as this member sees it.
+    pub fn status(&self, p: &ActivePartition) -> GroupStatus {
+        let peers = self.peers_now();
+        let mut behind = self.behind_since.lock().unwrap_or_else(|p| p.into_inner());
+        super::view::group_status(
+            &self.def(),
+            self.me,
+            &self.state(p),
+            &peers,
+            &mut behind,
+            Instant::now(),
+        )
+    }
+
+    /// The background loop: heartbeats and anti-entropy with every peer.
+    pub(super) async fn run(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let started = Instant::now();
+        loop {
+            let Some(p) = self.partition.upgrade() else { return };
+            let label = self.def().label;
+            let others = self.others();
+            let rounds = others.iter().map(|m| {
+                let p = p.clone();
+                let me = self.clone();
+                let label = label.clone();
+                async move {
+                    if !me.sync_with(&p, m, HEARTBEAT_INTERVAL).await {
+                        me.missed(m.serial, &label, started);
+                    }
+                }
+            });
+            futures::future::join_all(rounds).await;
+            drop(p);
+            let serials: Vec<u64> = others.iter().map(|m| m.serial).collect();
+            let pause = detector::next_pause(&self.peers_now(), &serials, Instant::now());
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

@@ -4,8 +4,10 @@
 //!
 //! Section numbers refer to the PKCS#11 3.0 base specification.
 use crate::error::{delivers, rv, Error, Result};
-use crate::module::{self, lock, KeyInfo, Module};
+use crate::handles::KeyInfo;
+use crate::module::{self, Module};
 use crate::session::{Find, Op, OpKind, PendingWrap, Session, State, MAX_BUFFERED};
+use crate::sync::lock;
 use hahsm_client::connection::new_op_id;
 use hahsm_proto::client::{AttrResult, Request, Response};
 use hahsm_proto::Secret;
@@ -94,7 +96,7 @@ pub fn token_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_TOKEN_INFO> {
     if !info.activated {
         return rv(ck::CKR_TOKEN_NOT_PRESENT);
     }
-    let sessions = m.sessions_of(id);
+    let sessions = m.sessions.of_slot(id);
     let rw = sessions.iter().filter(|s| s.rw).count() as u64;
     let mut flags =
         ck::CKF_RNG | ck::CKF_LOGIN_REQUIRED | ck::CKF_USER_PIN_INITIALIZED | ck::CKF_TOKEN_INITIALIZED;
@@ -194,7 +196,7 @@ pub fn set_pin(h: ck::CK_SESSION_HANDLE, old: &[u8], new: &[u8]) -> Result<()> {
 
 fn session(h: ck::CK_SESSION_HANDLE) -> Result<(Arc<Module>, Arc<Session>)> {
     let m = module::get()?;
-    let s = m.session(h)?;
+    let s = m.sessions.get(h)?;
     Ok((m, s))
 }
 
@@ -218,7 +220,7 @@ pub fn open_session(id: ck::CK_SLOT_ID, flags: ck::CK_FLAGS) -> Result<ck::CK_SE
     if !rw && slot.login() == Some(ck::CKU_SO) {
         return rv(ck::CKR_SESSION_READ_WRITE_SO_EXISTS);
     }
-    Ok(m.add_session(|handle| Session {
+    Ok(m.sessions.add(|handle| Session {
         handle,
         slot,
         rw,
@@ -228,16 +230,16 @@ pub fn open_session(id: ck::CK_SLOT_ID, flags: ck::CK_FLAGS) -> Result<ck::CK_SE
 
 pub fn close_session(h: ck::CK_SESSION_HANDLE) -> Result<()> {
     let m = module::get()?;
-    let s = m.remove_session(h)?;
+    let s = m.sessions.remove(h)?;
     // Session objects die with the session that made them (§4.4), logged
     // in or not, destroyable or not.
-    let owned = m.owned_by(h);
+    let owned = m.handles.owned_by(h);
     m.release_session_objects(&s.slot, owned.iter().map(|(_, o)| *o).collect());
     for (handle, _) in owned {
-        m.forget_object(handle);
+        m.handles.forget(handle);
     }
     // Closing the token's last session logs the application out (§5.6).
-    if m.sessions_of(s.slot.id).is_empty() && s.slot.login().is_some() {
+    if m.sessions.of_slot(s.slot.id).is_empty() && s.slot.login().is_some() {
         let _ = m.logout(&s.slot);
     }
     Ok(())
@@ -246,7 +248,7 @@ pub fn close_session(h: ck::CK_SESSION_HANDLE) -> Result<()> {
 pub fn close_all_sessions(id: ck::CK_SLOT_ID) -> Result<()> {
     let m = module::get()?;
     m.slot(id)?;
-    for s in m.sessions_of(id) {
+    for s in m.sessions.of_slot(id) {
         let _ = close_session(s.handle);
     }
     Ok(())
@@ -298,7 +300,7 @@ pub fn login(h: ck::CK_SESSION_HANDLE, user_type: ck::CK_USER_TYPE, pin: &[u8]) 
                 Some(_) => return rv(ck::CKR_USER_ANOTHER_ALREADY_LOGGED_IN),
                 None => {}
             }
-            if user_type == ck::CKU_SO && m.sessions_of(slot.id).iter().any(|s| !s.rw) {
+            if user_type == ck::CKU_SO && m.sessions.of_slot(slot.id).iter().any(|s| !s.rw) {
                 return rv(ck::CKR_SESSION_READ_ONLY_EXISTS);
             }
             m.login(slot, user_type, wire_pin)
@@ -342,9 +344,9 @@ fn check_writable(s: &Session, token: bool) -> Result<()> {
 
 /// Maps a new object to its handle; a session object remembers its session.
 fn new_handle(m: &Module, s: &Session, ouid: Ouid, token: bool) -> ck::CK_OBJECT_HANDLE {
-    let h = m.handle_for(s.slot.id, ouid);
+    let h = m.handles.handle_for(s.slot.id, ouid);
     if !token {
-        m.set_owner(h, s.handle);
+        m.handles.set_owner(h, s.handle);
     }
     h
 }
@@ -405,7 +407,7 @@ pub fn copy_object(
     template: Template,
 ) -> Result<ck::CK_OBJECT_HANDLE> {
     let (m, s) = session(h)?;
-    let (ouid, known) = m.object(s.slot.id, object)?;
+    let (ouid, known) = m.handles.object(s.slot.id, object)?;
     let token = match template.bool(ck::CKA_TOKEN) {
         Some(t) => t,
         None => is_token_object(&m, &s, ouid, known)?,
@@ -425,7 +427,7 @@ pub fn copy_object(
 
 pub fn destroy_object(h: ck::CK_SESSION_HANDLE, object: ck::CK_OBJECT_HANDLE) -> Result<()> {
     let (m, s) = session(h)?;
-    let (ouid, known) = m.object(s.slot.id, object)?;
+    let (ouid, known) = m.handles.object(s.slot.id, object)?;
     check_writable(&s, is_token_object(&m, &s, ouid, known)?)?;
     expect(
         m.call(
@@ -438,7 +440,7 @@ pub fn destroy_object(h: ck::CK_SESSION_HANDLE, object: ck::CK_OBJECT_HANDLE) ->
         ),
         Response::Done,
     )?;
-    m.forget_object(object);
+    m.handles.forget(object);
     Ok(())
 }
 
@@ -465,7 +467,7 @@ const SIZED: &[AttrType] = &[
 /// approximation the specification allows (§5.7).
 pub fn object_size(h: ck::CK_SESSION_HANDLE, object: ck::CK_OBJECT_HANDLE) -> Result<u64> {
     let (m, s) = session(h)?;
-    let (ouid, _) = m.object(s.slot.id, object)?;
+    let (ouid, _) = m.handles.object(s.slot.id, object)?;
     let attrs = attributes(&m, &s, ouid, SIZED.to_vec())?;
     Ok(attrs
         .iter()
@@ -482,7 +484,7 @@ pub fn get_attributes(
     types: Vec<AttrType>,
 ) -> Result<Vec<AttrResult>> {
     let (m, s) = session(h)?;
-    let (ouid, _) = m.object(s.slot.id, object)?;
+    let (ouid, _) = m.handles.object(s.slot.id, object)?;
     let n = types.len();
     let got = attributes(&m, &s, ouid, types.clone())?;
     // Answer in the caller's order, whatever the member's.
@@ -505,7 +507,7 @@ pub fn set_attributes(
     template: Template,
 ) -> Result<()> {
     let (m, s) = session(h)?;
-    let (ouid, known) = m.object(s.slot.id, object)?;
+    let (ouid, known) = m.handles.object(s.slot.id, object)?;
     check_writable(&s, is_token_object(&m, &s, ouid, known)?)?;
     let r = m.call(
         &s.slot,
@@ -517,7 +519,7 @@ pub fn set_attributes(
         },
     );
     // Usage flags may have changed: read them again at the next use.
-    m.set_key_info(object, None);
+    m.handles.set_key_info(object, None);
     expect(r, Response::Done)
 }
 
@@ -559,7 +561,10 @@ pub fn find(h: ck::CK_SESSION_HANDLE, max: usize) -> Result<Vec<ck::CK_OBJECT_HA
         f.next = end;
         page
     };
-    Ok(page.into_iter().map(|o| m.handle_for(s.slot.id, o)).collect())
+    Ok(page
+        .into_iter()
+        .map(|o| m.handles.handle_for(s.slot.id, o))
+        .collect())
 }
 
 pub fn find_final(h: ck::CK_SESSION_HANDLE) -> Result<()> {
@@ -595,6 +600,7 @@ const USAGE_ATTRS: [u64; 7] = [
 /// member on first use.
 fn key(m: &Module, s: &Session, handle: ck::CK_OBJECT_HANDLE) -> Result<(Ouid, KeyInfo)> {
     let (ouid, known) = m
+        .handles
         .object(s.slot.id, handle)
         .map_err(|_| Error::Rv(ck::CKR_KEY_HANDLE_INVALID))?;
     if let Some(k) = known {
@@ -633,7 +639,7 @@ fn key(m: &Module, s: &Session, handle: ck::CK_OBJECT_HANDLE) -> Result<(Ouid, K
         always_authenticate: flag(ck::CKA_ALWAYS_AUTHENTICATE),
         usages: USAGE_ATTRS.map(|a| (a, flag(a))),
     };
-    m.set_key_info(handle, Some(info));
+    m.handles.set_key_info(handle, Some(info));
     Ok((ouid, info))
 }
 
@@ -645,13 +651,10 @@ fn check_key_for(mech: &Mechanism, info: &KeyInfo, usage: Usage) -> Result<()> {
     }
     if mechanism::key_type_for(mech.mech) != Some(info.key_type) {
         if crate::log::debug_enabled() {
-            crate::log::log(
-                "debug",
-                &format!(
-                    "mechanism {:#x} needs another key type than {:#x} (class {:#x})",
-                    mech.mech, info.key_type, info.class
-                ),
-            );
+            crate::log::debug(&format!(
+                "mechanism {:#x} needs another key type than {:#x} (class {:#x})",
+                mech.mech, info.key_type, info.class
+            ));
         }
         return rv(ck::CKR_KEY_TYPE_INCONSISTENT);
     }
@@ -945,6 +948,7 @@ pub fn wrap_key(
         _ => e,
     })?;
     let (target_ouid, _) = m
+        .handles
         .object(s.slot.id, target)
         .map_err(|_| Error::Rv(ck::CKR_KEY_HANDLE_INVALID))?;
     let request = (wrapping_ouid, target_ouid, mech);

@@ -62,6 +62,15 @@ pub fn delivers(capacity: Option<usize>, produced: usize) -> Result<bool> {
     }
 }
 
+/// An error as the log shows it: the member's message or the connection's fault.
+pub fn describe(e: &Error) -> String {
+    match e {
+        Error::Client(c) => c.to_string(),
+        Error::Token(t) => t.to_string(),
+        other => format!("CKR {:#x}", other.rv()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

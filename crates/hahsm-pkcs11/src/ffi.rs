@@ -902,7 +902,7 @@ pub unsafe extern "C" fn C_DeriveKey(
 #[no_mangle]
 pub unsafe extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, _seed: *mut CK_BYTE, _len: CK_ULONG) -> CK_RV {
     guard("C_SeedRandom", || {
-        module::get()?.session(h)?;
+        module::get()?.sessions.get(h)?;
         Err(crate::Error::Rv(CKR_RANDOM_SEED_NOT_SUPPORTED))
     })
 }

@@ -20,10 +20,13 @@
 //!   safe code only; the fuzz target calls it directly.
 //! - [`api`] implements the functions over decoded arguments and returns
 //!   [`Error`], which [`Error::rv`] maps to a `CK_RV` in one place.
-//! - [`module`] owns the tokio runtime (started by `C_Initialize`, stopped by
-//!   `C_Finalize`), one multiplexed connection per member, the slots (one per
-//!   assigned partition, with ids derived from the partition serial) and the
-//!   handle tables (integers, never reused).
+//! - [`module`] holds the state between `C_Initialize` and `C_Finalize` and
+//!   what spans its parts: `runtime` (the tokio runtime and the blocking
+//!   hand-off), `pool` (the connections per slot and member, logged in as the
+//!   token is), `ha` (an HA slot's members: rotation, failover, probing,
+//!   membership), `slots` (one per assigned partition and per HA group, with
+//!   ids from the serials), `sessions` and `handles` (integers, never reused).
+//!   Each depends only on those listed before it.
 //!
 //! The client config is found through `HAHSM_CONF` or `~/.hahsm/client.toml`;
 //! the module logs to the file named by `HAHSM_PKCS11_LOG`, or to stderr.
@@ -33,9 +36,16 @@ pub mod api;
 pub mod decode;
 mod error;
 pub mod ffi;
+mod ha;
+mod handles;
 pub(crate) mod log;
 pub mod module;
+mod pool;
 pub mod ptr;
+mod runtime;
 pub mod session;
+mod sessions;
+mod slots;
+mod sync;
 
 pub use error::{delivers, Error, Result};

@@ -3,6 +3,7 @@
 //! `HAHSM_PKCS11_DEBUG` is set) to stderr. It never receives PINs or key bytes: the
 //! callers pass only names, codes and error messages built from `TokenError`
 //! and `ClientError`, whose texts carry no secrets.
+use hahsm_proto::halog::{HaEvent, HaRecord};
 use std::io::Write;
 
 pub const ENV_VAR: &str = "HAHSM_PKCS11_LOG";
@@ -14,91 +15,90 @@ pub fn debug_enabled() -> bool {
     *ON.get_or_init(|| std::env::var_os(DEBUG_VAR).is_some())
 }
 
-pub fn log(level: &str, message: &str) {
-    let line = format!("hahsm-pkcs11[{}] {level}: {message}\n", std::process::id());
+/// How much a line matters. Without a log file, only warnings and errors
+/// reach the application's stderr (everything with `HAHSM_PKCS11_DEBUG`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Why a call failed; only with `HAHSM_PKCS11_DEBUG`.
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+pub fn log(level: Level, message: &str) {
+    if level == Level::Debug && !debug_enabled() {
+        return;
+    }
+    let line = format!(
+        "hahsm-pkcs11[{}] {}: {message}\n",
+        std::process::id(),
+        level.name()
+    );
     if let Some(path) = std::env::var_os(ENV_VAR) {
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
             let _ = f.write_all(line.as_bytes());
             return;
         }
     }
-    // Without a log file, the application's stderr gets warnings and errors
-    // only (and everything with HAHSM_PKCS11_DEBUG): routine HA events must
-    // not clutter an application's output.
-    if level == "info" && !debug_enabled() {
+    // Routine HA events must not clutter an application's output.
+    if level == Level::Info && !debug_enabled() {
         return;
     }
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 pub fn error(message: &str) {
-    log("error", message);
+    log(Level::Error, message);
 }
 
 pub fn warn(message: &str) {
-    log("warn", message);
+    log(Level::Warn, message);
+}
+
+pub fn info(message: &str) {
+    log(Level::Info, message);
+}
+
+pub fn debug(message: &str) {
+    log(Level::Debug, message);
 }
 
 /// Names the HA log: the report's table 5.2 lines in this file, and the same
 /// events as JSON lines in `<file>.jsonl`. Unset: no HA log is written.
 pub const HA_LOG_VAR: &str = "HAHSM_HA_LOG";
 
-/// Writes one HA event: `dropped`, `recovery-failed` or `recovered` (with
-/// the attempt number), `added` or `removed`, for the member with `serial`.
-pub fn ha_event(group: &str, event: &str, member: &str, attempt: Option<u32>) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let time = format!(
-        "{:02}:{:02}:{:02}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    );
-    let pid = std::process::id();
-    let line = match (event, attempt) {
-        ("dropped", _) => format!("{time} [{pid}] HA group: {group} has dropped member: {member}"),
-        ("recovery-failed", Some(n)) => {
-            format!("{time} [{pid}] HA group: {group} recovery attempt #{n} failed for member: {member}")
-        }
-        ("recovered", Some(n)) => {
-            format!("{time} [{pid}] HA group: {group} recovery attempt #{n} succeeded for member: {member}")
-        }
-        (other, _) => format!("{time} [{pid}] HA group: {group} has {other} member: {member}"),
+/// Writes one HA event about `member` (its serial, or its address if the
+/// serial is not known yet), in the format the members use too.
+pub fn ha_event(group: &str, event: HaEvent, member: &str) {
+    let record = HaRecord {
+        at: std::time::SystemTime::now(),
+        pid: std::process::id(),
+        group,
+        member,
+        event,
     };
-    log("info", &line);
+    let line = record.text();
+    log(Level::Info, &line);
     let Some(path) = std::env::var_os(HA_LOG_VAR) else {
         return;
     };
-    let attempt = attempt.map_or("null".to_string(), |n| n.to_string());
-    let json = format!(
-        "{{\"time_ms\":{},\"pid\":{pid},\"group\":{},\"event\":{},\"member\":{},\"attempt\":{attempt}}}",
-        now.as_millis(),
-        json_string(group),
-        json_string(event),
-        json_string(member),
-    );
     let mut jsonl = path.clone();
     jsonl.push(".jsonl");
-    for (p, text) in [(path, line), (jsonl, json)] {
+    for (p, text) in [(path, line), (jsonl, record.json())] {
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
             let _ = writeln!(f, "{text}");
         }
     }
-}
-
-/// A JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }

@@ -18,7 +18,7 @@ pub fn guard(name: &str, f: impl FnOnce() -> Result<()>) -> ck::CK_RV {
         Ok(Ok(())) => ck::CKR_OK,
         Ok(Err(e)) => {
             if log::debug_enabled() {
-                log::log("debug", &format!("{name}: {}", crate::module::describe(&e)));
+                log::debug(&format!("{name}: {}", crate::error::describe(&e)));
             }
             e.rv()
         }

@@ -4,7 +4,7 @@
 //! single-part request to the member at `C_*Final`, on the same member. The
 //! result of a request is kept until it is delivered, so the "NULL buffer
 //! returns the length" convention costs one request, not two.
-use crate::module::Slot;
+use crate::slots::Slot;
 use hahsm_token::{ck, Mechanism, Ouid};
 use std::sync::{Arc, Mutex};
 

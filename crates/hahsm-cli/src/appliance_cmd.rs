@@ -1,4 +1,5 @@
 //! `hahsm appliance …`: the member's console, over its admin socket.
+use crate::common::admin_socket;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use hahsm_client::admin::AdminClient;
@@ -204,11 +205,6 @@ fn print_policies(lines: &[PolicyLine]) {
             l.number, l.name, l.description, l.value
         );
     }
-}
-
-/// `--socket`, or the socket in `--data-dir`.
-pub fn admin_socket(socket: Option<PathBuf>, data_dir: &std::path::Path) -> PathBuf {
-    socket.unwrap_or_else(|| data_dir.join("admin.sock"))
 }
 
 pub async fn run(args: ApplianceArgs) -> anyhow::Result<()> {

@@ -1,6 +1,6 @@
 //! `hahsm client …`: the client's certificate, its trusted servers and the
 //! client config that the CLI and the PKCS#11 module read (the report's `vtl`).
-use crate::ConfArg;
+use crate::common::ConfArg;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use hahsm_client::{ClientConfig, MemberConnection, ServerEntry};

@@ -6,7 +6,7 @@
 //!   secret is needed: `appliance hsm init`, `ha add-member`, `backup`, `restore`;
 //! - `hahsm backup` / `hahsm restore`: the member encrypts and decrypts; the CLI
 //!   only moves the encrypted file.
-use crate::appliance_cmd::admin_socket;
+use crate::common::admin_socket;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use hahsm_client::admin::AdminClient;

@@ -1,7 +1,7 @@
 //! `hahsm ha …`: HA groups, administered on a member's console (its admin
 //! socket). The group definition lives on the members, not in clients'
 //! configuration files, so no client can leave the group out of sync.
-use crate::appliance_cmd::admin_socket;
+use crate::common::admin_socket;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use hahsm_client::admin::AdminClient;

@@ -1,6 +1,6 @@
 //! `hahsm keys …`: key management and use on one member, over the mutual-TLS
 //! link (the report's `cmu`).
-use crate::ConfArg;
+use crate::common::ConfArg;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use hahsm_client::connection::new_op_id;

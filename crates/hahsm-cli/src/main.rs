@@ -5,12 +5,13 @@
 //! Exit codes: 0 success, 1 the command failed (the member refused it or could
 //! not be reached), 2 the command line was wrong.
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use common::error_chain;
 use std::process::ExitCode;
 
 mod appliance_cmd;
 mod bench;
 mod client_cmd;
+mod common;
 mod custody_cmd;
 mod demo_cmd;
 mod ha_cmd;
@@ -50,38 +51,6 @@ enum Command {
     Restore(custody_cmd::RestoreArgs),
     /// The HA group, live: member states, lag, sync and policy drift.
     Monitor(monitor_cmd::MonitorArgs),
-}
-
-/// Where the client config is: `--conf`, `HAHSM_CONF`, or `~/.hahsm/client.toml`.
-#[derive(clap::Args, Clone)]
-pub struct ConfArg {
-    /// The client config file [env: HAHSM_CONF; default: ~/.hahsm/client.toml]
-    #[arg(long, global = true)]
-    pub conf: Option<PathBuf>,
-}
-
-impl ConfArg {
-    pub fn path(&self) -> PathBuf {
-        self.conf
-            .clone()
-            .unwrap_or_else(hahsm_client::ClientConfig::default_path)
-    }
-}
-
-/// The error and its causes, leaving out a cause whose text the message
-/// already carries (many errors quote their source).
-pub(crate) fn error_chain(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-    }
-    text
 }
 
 fn main() -> ExitCode {

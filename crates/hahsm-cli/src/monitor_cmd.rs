@@ -2,7 +2,7 @@
 //! console it runs sees it; `hahsm ha show` prints the same view once.
 //! Every fact comes from the member (its heartbeats with the other members),
 //! so the view needs no application and no connection to the other members.
-use crate::appliance_cmd::admin_socket;
+use crate::common::admin_socket;
 use clap::Args;
 use hahsm_client::admin::AdminClient;
 use hahsm_proto::admin::{AdminRequest as R, AdminResponse, GroupStatus, MemberState, MemberStatus};
@@ -47,7 +47,7 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
             // One frame for a script: the error is the answer. Live, a
             // member that restarts must not end the monitor.
             Err(e) if frames == Some(1) => return Err(e),
-            Err(e) => format!("hahsm monitor: {}\n", crate::error_chain(&e)),
+            Err(e) => format!("hahsm monitor: {}\n", crate::common::error_chain(&e)),
         };
         let mut out = std::io::stdout().lock();
         if redraw {

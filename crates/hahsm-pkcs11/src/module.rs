@@ -16,7 +16,8 @@
 //! at the connection level is sent at once to another member (a write with
 //! the same operation id, so it is applied once).
 use crate::error::{describe, rv, Error, Result};
-use crate::ha::Route;
+use crate::ha::routing::{self, Route};
+use crate::ha::watch;
 use crate::handles::Handles;
 use crate::log;
 use crate::pool::{Net, Server};
@@ -148,7 +149,7 @@ impl Module {
     pub fn call(&self, slot: &Slot, request: Request) -> Result<Response> {
         match &slot.ha {
             None => self.net.call_server(&slot.server, request),
-            Some(g) => g.call(&self.net, request, Route::Multiplexed),
+            Some(g) => routing::call(g, &self.net, request, Route::Multiplexed),
         }
     }
 
@@ -159,7 +160,7 @@ impl Module {
     pub fn call_stateless(&self, slot: &Slot, request: Request) -> Result<Response> {
         match &slot.ha {
             None => self.net.call_pooled(&slot.server, request),
-            Some(g) => g.call(&self.net, request, Route::Pooled),
+            Some(g) => routing::call(g, &self.net, request, Route::Pooled),
         }
     }
 
@@ -180,13 +181,12 @@ impl Module {
         };
         match &slot.ha {
             None => self.net.login_on(&slot.server, user_type, &pin),
-            Some(g) => g
-                .over_members(&request, |member| {
-                    self.net
-                        .login_on(&member.server, user_type, &pin)
-                        .map(|()| Response::Done)
-                })
-                .map(|_| ()),
+            Some(g) => routing::over_members(g, &request, |member| {
+                self.net
+                    .login_on(&member.server, user_type, &pin)
+                    .map(|()| Response::Done)
+            })
+            .map(|_| ()),
         }
     }
 
@@ -284,7 +284,7 @@ impl Module {
                     read(&m.slots).iter().filter_map(|s| s.ha.clone()).collect();
                 for g in groups {
                     if refresh {
-                        g.refresh(&m.net, &m.servers).await;
+                        watch::refresh(&g, &m.net, &m.servers).await;
                         // Halve the latency averages: a member passed over
                         // after one slow spell looks fast again before long,
                         // and is measured anew.
@@ -296,7 +296,7 @@ impl Module {
                             );
                         }
                     }
-                    g.probe_due(&m.net);
+                    watch::probe_due(&g, &m.net);
                 }
             }
         });

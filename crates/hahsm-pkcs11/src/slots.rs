@@ -120,7 +120,7 @@ pub fn list_new(net: &Net, servers: &[Arc<Server>], table: &RwLock<Vec<Arc<Slot>
     for slot in read(table).iter() {
         let Some(g) = &slot.ha else { continue };
         let def = lock(&g.def).clone();
-        g.follow(&def, false, servers);
+        crate::ha::watch::follow(g, &def, false, servers);
     }
 }
 

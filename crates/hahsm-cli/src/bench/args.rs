@@ -3,7 +3,7 @@
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 #[derive(Args, Clone)]
@@ -79,7 +79,7 @@ pub struct BenchOpts {
     #[arg(long, global = true)]
     pub plot: Vec<PathBuf>,
     #[command(flatten)]
-    pub conf: crate::ConfArg,
+    pub conf: crate::common::ConfArg,
 }
 
 impl BenchOpts {
@@ -108,7 +108,7 @@ impl BenchOpts {
             bail!("--bytes takes 1 to 65536");
         }
         for p in &self.plot {
-            super::plot::Format::of(p)?;
+            Format::of(p)?;
         }
         Ok(())
     }
@@ -350,6 +350,31 @@ impl fmt::Display for SlotChoice {
             SlotChoice::Ha => f.write_str("ha"),
             SlotChoice::Id(id) => write!(f, "{id}"),
             SlotChoice::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The file format of a `--plot` figure, by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Svg,
+    Png,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Result<Format> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("svg") => Ok(Format::Svg),
+            Some("png") => Ok(Format::Png),
+            _ => bail!(
+                "--plot {}: the file name must end in .svg or .png",
+                path.display()
+            ),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! figures 4.1 and 4.2 draw it. SVG and PNG through plotters' pure-Rust
 //! backends; the text is laid out (and, in PNGs, drawn) with the DejaVu Sans
 //! font embedded in this program, so no system font is needed.
-use super::args::Mode;
+use super::args::{Format, Mode};
 use super::output::Row;
 use anyhow::{anyhow, bail, Result};
 use plotters::coord::Shift;
@@ -13,30 +13,6 @@ use std::path::{Path, PathBuf};
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 const SIZE: (u32, u32) = (1000, 620);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Svg,
-    Png,
-}
-
-impl Format {
-    pub fn of(path: &Path) -> Result<Format> {
-        match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Some("svg") => Ok(Format::Svg),
-            Some("png") => Ok(Format::Png),
-            _ => bail!(
-                "--plot {}: the file name must end in .svg or .png",
-                path.display()
-            ),
-        }
-    }
-}
 
 /// One line of a figure.
 #[derive(Clone, Debug)]

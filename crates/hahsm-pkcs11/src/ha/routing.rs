@@ -3,7 +3,7 @@
 //! a refusal for want of a quorum, an object it has not applied yet), with
 //! the same operation id so a write lands once; and the requests bound to
 //! the member holding the slot's session objects.
-use super::{HaGroup, HaMember, InFlight};
+use super::group::{HaGroup, HaMember, InFlight};
 use crate::error::{describe, Error, Result};
 use crate::log;
 use crate::pool::Net;
@@ -34,177 +34,173 @@ fn member_failed(e: &Error) -> bool {
     }
 }
 
-impl HaGroup {
-    /// Sends a request to the member with the fewest requests in flight. A
-    /// connection-level failure sends the same request (a write keeps its
-    /// operation id) at once to another member, until one answers or every
-    /// member has failed.
-    pub fn call(&self, net: &Net, request: Request, route: Route) -> Result<Response> {
-        if let Some(made) = session_bound(self, &request) {
-            return self.call_session_home(net, request, made);
-        }
-        self.over_members(&request, |member| match route {
-            Route::Multiplexed => net.call_server(&member.server, request.clone()),
-            Route::Pooled => net.call_pooled(&member.server, request.clone()),
-        })
+/// Sends a request to the member with the fewest requests in flight. A
+/// connection-level failure sends the same request (a write keeps its
+/// operation id) at once to another member, until one answers or every
+/// member has failed.
+pub fn call(g: &HaGroup, net: &Net, request: Request, route: Route) -> Result<Response> {
+    if let Some(made) = session_bound(g, &request) {
+        return call_session_home(g, net, request, made);
     }
+    over_members(g, &request, |member| match route {
+        Route::Multiplexed => net.call_server(&member.server, request.clone()),
+        Route::Pooled => net.call_pooled(&member.server, request.clone()),
+    })
+}
 
-    /// Makes `attempt` on the least busy member, and on another after a
-    /// connection-level failure or a refusal for want of a quorum, until
-    /// one answers or every member has failed.
-    pub fn over_members(
-        &self,
-        request: &Request,
-        attempt: impl Fn(&Arc<HaMember>) -> Result<Response>,
-    ) -> Result<Response> {
-        let members = self.members();
-        let mut tried = vec![false; members.len()];
-        // A member that refused a write for want of a quorum a moment ago is
-        // likely still cut off from the majority: ask it for writes last.
-        let mut asked_last: Vec<usize> = Vec::new();
-        if request.is_write() {
-            asked_last = (0..members.len())
-                .filter(|&i| members[i].refused_a_write_lately())
-                .collect();
-            asked_last.iter().for_each(|&i| tried[i] = true);
-        }
-        let mut last = None;
-        while let Some(i) = self.pick(&members, &tried).or_else(|| asked_last.pop()) {
-            tried[i] = true;
-            let member = &members[i];
-            let result = {
-                let _busy = InFlight::start(&member.in_flight);
-                attempt(member)
-            };
-            match result {
-                Err(e) if member_failed(&e) => {
-                    log::warn(&format!(
-                        "{}: {} failed ({}); trying another member",
-                        member.server.entry.name,
-                        request.name(),
-                        describe(&e)
-                    ));
-                    self.drop_member(member);
-                    last = Some(e);
-                }
-                // The member cannot reach a quorum of the group, or could not
-                // get this write confirmed by one (it is on the minority side
-                // of a cut); a member on the majority side can. The write
-                // keeps its operation id, so it lands once.
-                Err(Error::Client(ClientError::Remote(ref w)))
-                    if w.code == hahsm_token::error::CKR_NO_QUORUM =>
-                {
-                    *lock(&member.quorum_refused_at) = Some(Instant::now());
-                    log::info(&format!(
-                        "{}: {} refused for want of a quorum; trying another member",
-                        member.server.entry.name,
-                        request.name()
-                    ));
-                    last = Some(Error::Rv(ck::CKR_DEVICE_ERROR));
-                }
-                // The member does not know an object this application holds a
-                // handle for: it has not applied the write that made (or
-                // renamed) it yet, e.self. it was slow when that write was
-                // acknowledged. Another member has; the lagging one stays in
-                // the rotation.
-                Err(e) if object_unknown(&e) => {
-                    log::info(&format!(
-                        "{}: {} found no such object ({}); trying another member",
-                        member.server.entry.name,
-                        request.name(),
-                        describe(&e)
-                    ));
-                    last = Some(e);
-                }
-                Err(e) if e.rv() == ck::CKR_DEVICE_ERROR => {
-                    log::warn(&format!(
-                        "{}: {} failed on the member: {}",
-                        member.server.entry.name,
-                        request.name(),
-                        describe(&e)
-                    ));
-                    return Err(e);
-                }
-                other => return other,
-            }
-        }
-        let e = last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR));
-        if !object_unknown(&e) {
-            log::warn(&format!(
-                "HA group {}: {} failed on every member it could try ({})",
-                self.label,
-                request.name(),
-                describe(&e)
-            ));
-        }
-        Err(e)
+/// Makes `attempt` on the least busy member, and on another after a
+/// connection-level failure or a refusal for want of a quorum, until
+/// one answers or every member has failed.
+pub fn over_members(
+    g: &HaGroup,
+    request: &Request,
+    attempt: impl Fn(&Arc<HaMember>) -> Result<Response>,
+) -> Result<Response> {
+    let members = g.members();
+    let mut tried = vec![false; members.len()];
+    // A member that refused a write for want of a quorum a moment ago is
+    // likely still cut off from the majority: ask it for writes last.
+    let mut asked_last: Vec<usize> = Vec::new();
+    if request.is_write() {
+        asked_last = (0..members.len())
+            .filter(|&i| members[i].refused_a_write_lately())
+            .collect();
+        asked_last.iter().for_each(|&i| tried[i] = true);
     }
-
-    /// Sends a request that makes or uses a session object to the slot's
-    /// session home, choosing the least busy member as the home when there
-    /// is none. There is no failover: the session objects die with their
-    /// member, and the next request that needs them gets
-    /// `CKR_OBJECT_HANDLE_INVALID` (or `CKR_KEY_HANDLE_INVALID`) from the new home.
-    fn call_session_home(&self, net: &Net, request: Request, made: Vec<bool>) -> Result<Response> {
-        let home = {
-            let mut home = lock(&self.session_home);
-            match &*home {
-                Some(m) if !m.is_down() => m.clone(),
-                _ => {
-                    let members = self.members();
-                    let i = self
-                        .pick(&members, &vec![false; members.len()])
-                        .ok_or(Error::Rv(ck::CKR_DEVICE_ERROR))?;
-                    lock(&self.session_objects).clear();
-                    log::info(&format!(
-                        "HA group {}: session objects live on member {}",
-                        self.label,
-                        self.serial_of(&members[i])
-                    ));
-                    *home = Some(members[i].clone());
-                    members[i].clone()
-                }
-            }
-        };
-        let destroyed = match &request {
-            Request::DestroyObject { object, .. } => Some(*object),
-            _ => None,
-        };
+    let mut last = None;
+    while let Some(i) = g.pick(&members, &tried).or_else(|| asked_last.pop()) {
+        tried[i] = true;
+        let member = &members[i];
         let result = {
-            let _busy = InFlight::start(&home.in_flight);
-            net.call_server(&home.server, request)
+            let _busy = InFlight::start(&member.in_flight);
+            attempt(member)
         };
-        match &result {
-            Ok(Response::Done) => {
-                if let Some(o) = destroyed {
-                    lock(&self.session_objects).remove(&o);
-                }
-            }
-            Err(e) if member_failed(e) => {
+        match result {
+            Err(e) if member_failed(&e) => {
                 log::warn(&format!(
-                    "{}: the member holding this application's session objects failed ({}); they are lost",
-                    home.server.entry.name,
-                    describe(e)
+                    "{}: {} failed ({}); trying another member",
+                    member.server.entry.name,
+                    request.name(),
+                    describe(&e)
                 ));
-                self.drop_member(&home);
-                lock(&self.session_home).take();
-                lock(&self.session_objects).clear();
+                g.drop_member(member);
+                last = Some(e);
             }
-            Ok(Response::Object(o)) if made.first() == Some(&true) => {
-                lock(&self.session_objects).insert(*o);
+            // The member cannot reach a quorum of the group, or could not
+            // get this write confirmed by one (it is on the minority side
+            // of a cut); a member on the majority side can. The write
+            // keeps its operation id, so it lands once.
+            Err(Error::Client(ClientError::Remote(ref w))) if w.code == hahsm_token::error::CKR_NO_QUORUM => {
+                *lock(&member.quorum_refused_at) = Some(Instant::now());
+                log::info(&format!(
+                    "{}: {} refused for want of a quorum; trying another member",
+                    member.server.entry.name,
+                    request.name()
+                ));
+                last = Some(Error::Rv(ck::CKR_DEVICE_ERROR));
             }
-            Ok(Response::KeyPair { public, private }) => {
-                let mut objects = lock(&self.session_objects);
-                for (o, session) in [(public, made.first()), (private, made.get(1))] {
-                    if session == Some(&true) {
-                        objects.insert(*o);
-                    }
+            // The member does not know an object this application holds a
+            // handle for: it has not applied the write that made (or
+            // renamed) it yet, e.g. it was slow when that write was
+            // acknowledged. Another member has; the lagging one stays in
+            // the rotation.
+            Err(e) if object_unknown(&e) => {
+                log::info(&format!(
+                    "{}: {} found no such object ({}); trying another member",
+                    member.server.entry.name,
+                    request.name(),
+                    describe(&e)
+                ));
+                last = Some(e);
+            }
+            Err(e) if e.rv() == ck::CKR_DEVICE_ERROR => {
+                log::warn(&format!(
+                    "{}: {} failed on the member: {}",
+                    member.server.entry.name,
+                    request.name(),
+                    describe(&e)
+                ));
+                return Err(e);
+            }
+            other => return other,
+        }
+    }
+    let e = last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR));
+    if !object_unknown(&e) {
+        log::warn(&format!(
+            "HA group {}: {} failed on every member it could try ({})",
+            g.label,
+            request.name(),
+            describe(&e)
+        ));
+    }
+    Err(e)
+}
+
+/// Sends a request that makes or uses a session object to the slot's
+/// session home, choosing the least busy member as the home when there
+/// is none. There is no failover: the session objects die with their
+/// member, and the next request that needs them gets
+/// `CKR_OBJECT_HANDLE_INVALID` (or `CKR_KEY_HANDLE_INVALID`) from the new home.
+fn call_session_home(g: &HaGroup, net: &Net, request: Request, made: Vec<bool>) -> Result<Response> {
+    let home = {
+        let mut home = lock(&g.session_home);
+        match &*home {
+            Some(m) if !m.is_down() => m.clone(),
+            _ => {
+                let members = g.members();
+                let i = g
+                    .pick(&members, &vec![false; members.len()])
+                    .ok_or(Error::Rv(ck::CKR_DEVICE_ERROR))?;
+                lock(&g.session_objects).clear();
+                log::info(&format!(
+                    "HA group {}: session objects live on member {}",
+                    g.label,
+                    g.serial_of(&members[i])
+                ));
+                *home = Some(members[i].clone());
+                members[i].clone()
+            }
+        }
+    };
+    let destroyed = match &request {
+        Request::DestroyObject { object, .. } => Some(*object),
+        _ => None,
+    };
+    let result = {
+        let _busy = InFlight::start(&home.in_flight);
+        net.call_server(&home.server, request)
+    };
+    match &result {
+        Ok(Response::Done) => {
+            if let Some(o) = destroyed {
+                lock(&g.session_objects).remove(&o);
+            }
+        }
+        Err(e) if member_failed(e) => {
+            log::warn(&format!(
+                "{}: the member holding this application's session objects failed ({}); they are lost",
+                home.server.entry.name,
+                describe(e)
+            ));
+            g.drop_member(&home);
+            lock(&g.session_home).take();
+            lock(&g.session_objects).clear();
+        }
+        Ok(Response::Object(o)) if made.first() == Some(&true) => {
+            lock(&g.session_objects).insert(*o);
+        }
+        Ok(Response::KeyPair { public, private }) => {
+            let mut objects = lock(&g.session_objects);
+            for (o, session) in [(public, made.first()), (private, made.get(1))] {
+                if session == Some(&true) {
+                    objects.insert(*o);
                 }
             }
-            _ => {}
         }
-        result
+        _ => {}
     }
+    result
 }
 
 /// A member's answer that it holds no object behind a handle the module gave

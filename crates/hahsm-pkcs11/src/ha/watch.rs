@@ -3,7 +3,7 @@
 //! activated and caught up with a serving member), and making the serving
 //! members those the group's definition names. The module's background task
 //! calls these; no application thread waits on them.
-use super::{backoff, same_fingerprint, HaGroup, HaMember};
+use super::group::{backoff, same_fingerprint, HaGroup, HaMember};
 use crate::log;
 use crate::pool::{Net, Server};
 use crate::sync::{lock, write};
@@ -14,161 +14,159 @@ use hahsm_proto::peer::GroupDef;
 use std::sync::Arc;
 use std::time::Instant;
 
-impl HaGroup {
-    /// Makes a group's serving members those its definition names: adds the
-    /// non-standby members not yet serving (the configured `Server` when the
-    /// config names it, else one made from the definition's client address and
-    /// pinned fingerprint) and drops the members no longer named. While the
-    /// application runs (`running`), a new member enters the rotation through
-    /// its first successful probe.
-    pub fn follow(&self, def: &GroupDef, running: bool, configured: &[Arc<Server>]) {
-        let wanted: Vec<_> = def.members.iter().filter(|m| !m.standby).collect();
-        if wanted.is_empty() {
-            return;
-        }
-        let mut added = Vec::new();
-        let mut removed = Vec::new();
-        {
-            let mut members = write(&self.members);
-            members.retain(|m| {
-                let keep = wanted
-                    .iter()
-                    .any(|w| same_fingerprint(&w.fingerprint, &m.server.entry.fingerprint));
-                if !keep {
-                    removed.push(m.server.entry.name.clone());
-                }
-                keep
-            });
-            for gm in &wanted {
-                let known = members
-                    .iter()
-                    .any(|m| same_fingerprint(&m.server.entry.fingerprint, &gm.fingerprint));
-                if known || gm.client_address.is_empty() {
-                    continue;
-                }
-                let entry = configured
-                    .iter()
-                    .find(|s| same_fingerprint(&s.entry.fingerprint, &gm.fingerprint))
-                    .map(|s| s.entry.clone())
-                    .unwrap_or_else(|| ServerEntry {
-                        name: format!("{}-{}", gm.hsm_label, gm.serial),
-                        address: gm.client_address.clone(),
-                        fingerprint: gm.fingerprint.clone(),
-                    });
-                let server = Arc::new(Server::new(entry, &def.partition, self.token.clone()));
-                members.push(if running {
-                    HaMember::joining(server)
-                } else {
-                    HaMember::new(server)
+/// Makes a group's serving members those its definition names: adds the
+/// non-standby members not yet serving (the configured `Server` when the
+/// config names it, else one made from the definition's client address and
+/// pinned fingerprint) and drops the members no longer named. While the
+/// application runs (`running`), a new member enters the rotation through
+/// its first successful probe.
+pub fn follow(g: &HaGroup, def: &GroupDef, running: bool, configured: &[Arc<Server>]) {
+    let wanted: Vec<_> = def.members.iter().filter(|m| !m.standby).collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    {
+        let mut members = write(&g.members);
+        members.retain(|m| {
+            let keep = wanted
+                .iter()
+                .any(|w| same_fingerprint(&w.fingerprint, &m.server.entry.fingerprint));
+            if !keep {
+                removed.push(m.server.entry.name.clone());
+            }
+            keep
+        });
+        for gm in &wanted {
+            let known = members
+                .iter()
+                .any(|m| same_fingerprint(&m.server.entry.fingerprint, &gm.fingerprint));
+            if known || gm.client_address.is_empty() {
+                continue;
+            }
+            let entry = configured
+                .iter()
+                .find(|s| same_fingerprint(&s.entry.fingerprint, &gm.fingerprint))
+                .map(|s| s.entry.clone())
+                .unwrap_or_else(|| ServerEntry {
+                    name: format!("{}-{}", gm.hsm_label, gm.serial),
+                    address: gm.client_address.clone(),
+                    fingerprint: gm.fingerprint.clone(),
                 });
-                added.push(gm.serial);
-            }
-        }
-        if running {
-            for serial in added {
-                log::info(&format!(
-                    "HA group {}: member {serial} joined; probing it",
-                    self.label
-                ));
-            }
-        }
-        for name in removed {
-            log::ha_event(&self.label, HaEvent::Removed, &name);
-        }
-    }
-
-    /// The replication progress of the partition on a member in the rotation
-    /// (other than `returning`), asked now: what a returning member must
-    /// have applied before it serves again. Empty when no member answers
-    /// (then there is nothing to be behind of).
-    async fn serving_progress(&self, net: &Net, returning: &HaMember) -> Vec<(u64, u64)> {
-        let serving = self
-            .members()
-            .into_iter()
-            .filter(|m| !m.is_down() && !std::ptr::eq(m.as_ref(), returning));
-        for member in serving {
-            let ask = Request::Progress {
-                partition: self.partition.clone(),
-            };
-            if let Ok(Response::Progress(progress)) = ask_member(net, &member.server, ask).await {
-                return progress;
-            }
-        }
-        Vec::new()
-    }
-
-    /// Reads an HA group's definition again from the first member in the
-    /// rotation that answers, and follows a newer definition's membership.
-    pub async fn refresh(&self, net: &Net, configured: &[Arc<Server>]) {
-        for member in self.members().into_iter().filter(|m| !m.is_down()) {
-            let get = Request::GetGroup {
-                partition: self.partition.clone(),
-            };
-            let def = match ask_member(net, &member.server, get).await {
-                Ok(Response::Group(Some(def))) if def.id == self.id => def,
-                _ => continue,
-            };
-            let newer = {
-                let mut known = lock(&self.def);
-                if def.epoch >= known.epoch {
-                    *known = def.clone();
-                    true
-                } else {
-                    false
-                }
-            };
-            if newer {
-                self.follow(&def, true, configured);
-            }
-            return;
-        }
-    }
-
-    /// Starts a probe of each member out of the rotation whose probe is due.
-    pub fn probe_due(self: &Arc<Self>, net: &Arc<Net>) {
-        let now = Instant::now();
-        for member in self.members() {
-            let due = match lock(&member.outage).as_mut() {
-                Some(o) if !o.probing && o.next_probe <= now => {
-                    o.probing = true;
-                    o.attempts += 1;
-                    Some((o.attempts, o.joining))
-                }
-                _ => None,
-            };
-            let Some((attempt, joining)) = due else { continue };
-            let (g, n) = (self.clone(), net.clone());
-            net.runtime.spawn(async move {
-                let reference = g.serving_progress(&n, &member).await;
-                let result = probe(&n.config, &member.server.entry, &g.partition, g.id, &reference).await;
-                let serial = g.serial_of(&member);
-                match result {
-                    Ok(()) => {
-                        lock(&member.outage).take();
-                        // The next request connects afresh and logs in again.
-                        write(&member.server.conn).take();
-                        if joining {
-                            log::ha_event(&g.label, HaEvent::Added, &serial);
-                        } else {
-                            log::ha_event(&g.label, HaEvent::Recovered(attempt), &serial);
-                        }
-                    }
-                    Err(why) => {
-                        if let Some(o) = lock(&member.outage).as_mut() {
-                            o.probing = false;
-                            o.next_probe = Instant::now() + backoff(attempt);
-                        }
-                        log::info(&format!(
-                            "{}: probe #{attempt} failed: {why}",
-                            member.server.entry.name
-                        ));
-                        if !joining {
-                            log::ha_event(&g.label, HaEvent::RecoveryFailed(attempt), &serial);
-                        }
-                    }
-                }
+            let server = Arc::new(Server::new(entry, &def.partition, g.token.clone()));
+            members.push(if running {
+                HaMember::joining(server)
+            } else {
+                HaMember::new(server)
             });
+            added.push(gm.serial);
         }
+    }
+    if running {
+        for serial in added {
+            log::info(&format!(
+                "HA group {}: member {serial} joined; probing it",
+                g.label
+            ));
+        }
+    }
+    for name in removed {
+        log::ha_event(&g.label, HaEvent::Removed, &name);
+    }
+}
+
+/// The replication progress of the partition on a member in the rotation
+/// (other than `returning`), asked now: what a returning member must
+/// have applied before it serves again. Empty when no member answers
+/// (then there is nothing to be behind of).
+async fn serving_progress(g: &HaGroup, net: &Net, returning: &HaMember) -> Vec<(u64, u64)> {
+    let serving = g
+        .members()
+        .into_iter()
+        .filter(|m| !m.is_down() && !std::ptr::eq(m.as_ref(), returning));
+    for member in serving {
+        let ask = Request::Progress {
+            partition: g.partition.clone(),
+        };
+        if let Ok(Response::Progress(progress)) = ask_member(net, &member.server, ask).await {
+            return progress;
+        }
+    }
+    Vec::new()
+}
+
+/// Reads an HA group's definition again from the first member in the
+/// rotation that answers, and follows a newer definition's membership.
+pub async fn refresh(g: &HaGroup, net: &Net, configured: &[Arc<Server>]) {
+    for member in g.members().into_iter().filter(|m| !m.is_down()) {
+        let get = Request::GetGroup {
+            partition: g.partition.clone(),
+        };
+        let def = match ask_member(net, &member.server, get).await {
+            Ok(Response::Group(Some(def))) if def.id == g.id => def,
+            _ => continue,
+        };
+        let newer = {
+            let mut known = lock(&g.def);
+            if def.epoch >= known.epoch {
+                *known = def.clone();
+                true
+            } else {
+                false
+            }
+        };
+        if newer {
+            follow(g, &def, true, configured);
+        }
+        return;
+    }
+}
+
+/// Starts a probe of each member out of the rotation whose probe is due.
+pub fn probe_due(g: &Arc<HaGroup>, net: &Arc<Net>) {
+    let now = Instant::now();
+    for member in g.members() {
+        let due = match lock(&member.outage).as_mut() {
+            Some(o) if !o.probing && o.next_probe <= now => {
+                o.probing = true;
+                o.attempts += 1;
+                Some((o.attempts, o.joining))
+            }
+            _ => None,
+        };
+        let Some((attempt, joining)) = due else { continue };
+        let (g, n) = (g.clone(), net.clone());
+        net.runtime.spawn(async move {
+            let reference = serving_progress(&g, &n, &member).await;
+            let result = probe(&n.config, &member.server.entry, &g.partition, g.id, &reference).await;
+            let serial = g.serial_of(&member);
+            match result {
+                Ok(()) => {
+                    lock(&member.outage).take();
+                    // The next request connects afresh and logs in again.
+                    write(&member.server.conn).take();
+                    if joining {
+                        log::ha_event(&g.label, HaEvent::Added, &serial);
+                    } else {
+                        log::ha_event(&g.label, HaEvent::Recovered(attempt), &serial);
+                    }
+                }
+                Err(why) => {
+                    if let Some(o) = lock(&member.outage).as_mut() {
+                        o.probing = false;
+                        o.next_probe = Instant::now() + backoff(attempt);
+                    }
+                    log::info(&format!(
+                        "{}: probe #{attempt} failed: {why}",
+                        member.server.entry.name
+                    ));
+                    if !joining {
+                        log::ha_event(&g.label, HaEvent::RecoveryFailed(attempt), &serial);
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -43,3 +43,6 @@ python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null || pip_inst
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # The fuzz smoke runs (stable toolchain, built with -s none).
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# The module-graph check (scripts/module-cycles.sh); 0.27 is the last
+# release that builds with this toolchain.
+command -v cargo-modules >/dev/null || cargo install cargo-modules@0.27.0 --locked

@@ -21,6 +21,8 @@ cargo build --workspace || { echo "test.sh: the build failed" >&2; exit 1; }
 step "cargo test" cargo test --workspace --no-fail-fast
 step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+# The files of the daemon, the module and the CLI depend on each other one way.
+step "module circles" scripts/module-cycles.sh
 
 # Every fuzz target for a fixed short time, each on a scratch copy of its
 # seed corpus (a run adds inputs to its corpus). Longer runs: HAHSM_FUZZ_SECONDS.

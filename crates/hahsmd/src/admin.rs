@@ -151,7 +151,9 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             done(&format!("HSM policy {policy} set to {value}"))
         }
         R::FactoryReset => {
+            replication::stop_all(app);
             app.factory_reset()?;
+            crate::custody::forget(app)?;
             done("factory reset done: the HSM is uninitialized")
         }
         R::RegenCert {
@@ -203,10 +205,12 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
         }
         R::PartitionActivate { name, owner_secret } => {
             app.partition_activate(&name, &owner_secret)?;
+            replication::resume_activated(app, &name);
             done(&format!("partition '{name}' activated"))
         }
         R::PartitionDeactivate { name } => {
             app.partition_deactivate(&name)?;
+            replication::stop_group(app, &name);
             done(&format!("partition '{name}' deactivated"))
         }
         R::PartitionShowPolicies { name } => Ok(AdminResponse::Policies(app.partition_policies(&name)?)),
@@ -217,10 +221,12 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
         R::PartitionShowContents { name } => Ok(AdminResponse::Contents(app.partition_contents(&name)?)),
         R::PartitionClear { name } => {
             app.partition_clear(&name).await?;
+            replication::replicate_clear(app, &name).await?;
             done(&format!("partition '{name}' cleared"))
         }
         R::PartitionDelete { name } => {
             app.partition_delete(&name)?;
+            replication::stop_group(app, &name);
             done(&format!("partition '{name}' deleted"))
         }
         R::PartitionList => Ok(AdminResponse::Partitions(app.partition_list()?)),

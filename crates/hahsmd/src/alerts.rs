@@ -9,7 +9,7 @@
 //!
 //! An alert carries names, serials and counts only: never a PIN, a secret or
 //! key material (its fields are all plain, non-secret values).
-use crate::config::AlertTargets;
+use crate::config::{AlertTargets, WebhookUrl};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -138,53 +138,6 @@ impl Alert {
     }
 }
 
-/// An `http://host:port/path` webhook target. HTTPS is not spoken here: use
-/// the `exec` target with a client of your choice, or a local relay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookUrl {
-    /// host:port, for the TCP connection.
-    pub authority: String,
-    pub path: String,
-}
-
-impl WebhookUrl {
-    pub fn parse(url: &str) -> Result<WebhookUrl, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("webhook '{url}': only http:// URLs are supported (use `exec` for anything else)")
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(format!("webhook '{url}': no host, or credentials in the URL"));
-        }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
-        Ok(WebhookUrl {
-            authority,
-            path: path.to_string(),
-        })
-    }
-}
-
-/// Checks the alert targets when the config is loaded.
-pub fn validate(targets: &AlertTargets) -> Result<(), String> {
-    if let Some(url) = &targets.webhook {
-        WebhookUrl::parse(url)?;
-    }
-    if targets.exec.first().is_some_and(|p| p.is_empty()) {
-        return Err("monitoring.alerts.exec: the program name is empty".into());
-    }
-    Ok(())
-}
-
 /// The alert queue of one member.
 pub struct Alerts {
     tx: mpsc::Sender<Alert>,
@@ -206,7 +159,7 @@ impl Alerts {
     /// `hahsm_alerts_dropped_total`.
     pub fn raise(&self, metrics: &Metrics, mut alert: Alert) {
         alert.reporter = self.reporter;
-        metrics.alert_raised(&alert);
+        metrics.alert_raised(alert.kind.name(), alert.status.name());
         warn!(
             kind = alert.kind.name(),
             status = alert.status.name(),

@@ -144,7 +144,7 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         let config: Config =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
-        crate::alerts::validate(&config.monitoring.alerts)
+        validate_alerts(&config.monitoring.alerts)
             .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
         Ok(config)
     }
@@ -176,4 +176,51 @@ impl Config {
     pub fn seal_key_path(&self) -> PathBuf {
         self.data_dir.join("autoactivate.key")
     }
+}
+
+/// An `http://host:port/path` webhook target. HTTPS is not spoken here: use
+/// the `exec` target with a client of your choice, or a local relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// host:port, for the TCP connection.
+    pub authority: String,
+    pub path: String,
+}
+
+impl WebhookUrl {
+    pub fn parse(url: &str) -> Result<WebhookUrl, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("webhook '{url}': only http:// URLs are supported (use `exec` for anything else)")
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("webhook '{url}': no host, or credentials in the URL"));
+        }
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(WebhookUrl {
+            authority,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Checks the alert targets when the config is loaded.
+fn validate_alerts(targets: &AlertTargets) -> Result<(), String> {
+    if let Some(url) = &targets.webhook {
+        WebhookUrl::parse(url)?;
+    }
+    if targets.exec.first().is_some_and(|p| p.is_empty()) {
+        return Err("monitoring.alerts.exec: the program name is empty".into());
+    }
+    Ok(())
 }

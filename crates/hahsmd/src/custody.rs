@@ -16,7 +16,8 @@
 //! A restored partition writes under a **new origin id**, not its member's
 //! serial: its op log may be older than what its peers hold from that serial,
 //! and reused sequence numbers would be dropped by them as duplicates.
-use crate::appliance::{AdminError, AdminResult, Appliance};
+use crate::appliance::Appliance;
+use crate::error::{AdminError, AdminResult};
 use hahsm_crypto::{self as crypto, shares, SealKey, SecretBytes};
 use hahsm_proto::admin::{Blob, DomainSecret};
 use hahsm_proto::Secret;
@@ -107,7 +108,7 @@ pub fn check_domain(app: &Appliance, input: &DomainSecret) -> AdminResult<Secret
         ));
     }
     let (secret, _) = resolve(input)?;
-    let given = crate::replication::domain_key(secret.expose())?;
+    let given = crate::replication::keys::domain_key(secret.expose())?;
     if !crypto::ct_eq(given.expose(), ours.expose()) {
         warn!("refused: the domain secret given is not this member's");
         return fail("the domain secret given is not this member's cloning domain");
@@ -293,6 +294,7 @@ pub async fn restore(
         // Leave nothing half-restored behind.
         if app.store.get_partition(name)?.is_some() {
             let _ = app.partition_delete(name);
+            crate::replication::stop_group(app, name);
         }
     }
     let serial = result?;
@@ -323,6 +325,7 @@ async fn restore_into(
     let pmk = app.partition_pmk(name, owner)?;
     app.set_pin_verifiers(name, &pmk, payload.user_pin.take(), payload.so_pin.take())?;
     app.partition_activate(name, owner)?;
+    crate::replication::resume_activated(app, name);
     let active = app
         .active_partition(name)
         .ok_or_else(|| AdminError(format!("partition '{name}' is not activated")))?;

@@ -27,14 +27,18 @@ pub mod alerts;
 pub mod appliance;
 pub mod config;
 pub mod custody;
+pub mod endpoint;
+pub mod error;
 pub mod journal;
 pub mod keyops;
 pub mod metrics;
 pub mod monitor;
 pub mod partition;
+pub mod pin_records;
 pub mod pins;
 pub mod replication;
 pub mod server;
+pub mod watch;
 
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 

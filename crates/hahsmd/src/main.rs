@@ -43,6 +43,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let admin_path = config.admin_socket();
     let listen = config.listen.clone();
     let app = tokio::task::spawn_blocking(move || Appliance::open(config)).await??;
+    // The partitions activated by themselves rejoin their groups.
+    hahsmd::replication::resume_all(&app);
     app.tls_acceptor()?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -70,7 +72,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::spawn(admin::serve(app.clone(), admin_listener));
     // Monitoring: the metrics endpoint, the alert dispatcher, the watch loop.
-    hahsmd::monitor::start_metrics(&app).await;
+    hahsmd::endpoint::start_metrics(&app).await;
     {
         let app = app.clone();
         tokio::spawn(async move {
@@ -85,7 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await;
         });
     }
-    tokio::spawn(hahsmd::monitor::watch(app.clone()));
+    tokio::spawn(hahsmd::watch::watch(app.clone()));
     // Written last: its presence tells scripts and tests the member is ready.
     hahsmd::write_atomically(&app.config.data_dir.join("listen.addr"), &bound.to_string())?;
     tokio::spawn(server::serve(app.clone(), listener));

@@ -7,9 +7,8 @@
 //!   members (state, lag), in-sync, degraded, policy drift, partitions and
 //!   the store's size. Reading at scrape time means a gauge can never be
 //!   stale, and a member that left the group leaves the metrics with it.
-use crate::alerts::Alert;
-use crate::appliance::Appliance;
 use hahsm_proto::admin::MemberState;
+use hahsm_proto::admin::{GroupStatus, PartitionSummary};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +20,15 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+
+/// What a scrape reads from the member's state: the caller (the metrics
+/// endpoint) gathers it, so the gauges are current at every scrape.
+pub struct ScrapedState {
+    /// The store's files on disk, write-ahead log included.
+    pub store_bytes: u64,
+    pub partitions: Vec<PartitionSummary>,
+    pub groups: Vec<GroupStatus>,
+}
 
 /// The content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -248,13 +256,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn alert_raised(&self, alert: &Alert) {
-        self.alerts
-            .get_or_create(&AlertLabels {
-                kind: alert.kind.name(),
-                status: alert.status.name(),
-            })
-            .inc();
+    /// An alert of `kind` (e.g. `member-down`) was raised as `status`.
+    pub fn alert_raised(&self, kind: &'static str, status: &'static str) {
+        self.alerts.get_or_create(&AlertLabels { kind, status }).inc();
     }
 
     pub fn alert_delivery_failed(&self, target: &str) {
@@ -271,9 +275,9 @@ impl Metrics {
 
     /// The scrape: reads the member's state into the gauges, then encodes
     /// every metric.
-    pub fn render(&self, app: &Appliance) -> String {
+    pub fn render(&self, state: &ScrapedState) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        self.read_state(app);
+        self.read_state(state);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             // Writing to a String cannot fail; say so rather than serve half.
@@ -282,8 +286,8 @@ impl Metrics {
         out
     }
 
-    fn read_state(&self, app: &Appliance) {
-        self.store_bytes.set(store_size(app) as i64);
+    fn read_state(&self, state: &ScrapedState) {
+        self.store_bytes.set(state.store_bytes as i64);
         for f in [
             &self.partition_objects,
             &self.partition_failed_logins,
@@ -291,7 +295,7 @@ impl Metrics {
         ] {
             f.clear();
         }
-        for p in app.partition_list().unwrap_or_default() {
+        for p in &state.partitions {
             let l = PartitionLabels {
                 partition: p.name.clone(),
             };
@@ -318,7 +322,7 @@ impl Metrics {
         self.member_state.clear();
         self.lag_operations.clear();
         self.lag_seconds.clear();
-        for g in crate::replication::show(app, None).unwrap_or_default() {
+        for g in &state.groups {
             let gl = GroupLabels {
                 group: g.label.clone(),
             };
@@ -356,17 +360,6 @@ impl Metrics {
 }
 
 /// The store's database file with its write-ahead log and shared memory.
-fn store_size(app: &Appliance) -> u64 {
-    let db = app.config.store_path();
-    let mut total = 0;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = db.clone().into_os_string();
-        path.push(suffix);
-        total += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    }
-    total
-}
-
 /// The mechanisms' names as `hahsm keys --mech` spells them.
 const MECHANISM_NAMES: &[&str] = &[
     "RSA-PKCS",

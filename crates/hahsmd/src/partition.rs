@@ -20,6 +20,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use zeroize::Zeroize;
 
+/// The first bytes of every reserved record's OUID (`crate::pin_records`).
+/// Object OUIDs are random or derived by a hash (`keyops::derive_ouid`),
+/// never this.
+pub const RESERVED_PREFIX: [u8; 7] = *b"\xffhahsm\x00";
+
+/// Whether an OUID names a reserved record rather than an object.
+pub fn is_reserved(ouid: &Ouid) -> bool {
+    ouid.0[..RESERVED_PREFIX.len()] == RESERVED_PREFIX
+}
+
 /// The state of one OUID as the store keeps it; the secret is sealed under the PMK.
 pub type StoredState = ObjectState<Vec<u8>>;
 
@@ -72,7 +82,7 @@ struct LiveObjects {
 impl LiveObjects {
     fn insert(&mut self, entry: Arc<ObjectEntry>) {
         self.remove(&entry.ouid);
-        if crate::pins::is_reserved(&entry.ouid) {
+        if is_reserved(&entry.ouid) {
             self.reserved.insert(entry.ouid, entry);
             return;
         }

@@ -5,10 +5,11 @@
 use super::group::Group;
 use super::halog::HaLog;
 use super::keys::{
-    aad, check_proof, keys_meta, load_group_def, load_keys, owner_key, prove, random32, replication_key,
-    save_group_def, transcript, ReplicationKeys,
+    aad, check_proof, group_meta, keys_meta, owner_key, prove, random32, replication_key, transcript,
+    ReplicationKeys,
 };
-use crate::appliance::{AdminError, AdminResult, Appliance};
+use crate::appliance::Appliance;
+use crate::error::{AdminError, AdminResult};
 use crate::partition::ActivePartition;
 use hahsm_crypto as crypto;
 use hahsm_link::Fingerprint;
@@ -20,6 +21,27 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
+
+pub(super) fn load_keys(app: &Appliance, p: &ActivePartition) -> Option<ReplicationKeys> {
+    let sealed = app.store.get_meta(&keys_meta(&p.name)).ok().flatten()?;
+    let plain = p
+        .pmk()
+        .open(&aad(b"hahsm/replication-keys/v1", p.serial), &sealed)
+        .ok()?;
+    postcard::from_bytes(plain.expose()).ok()
+}
+
+pub(super) fn load_group_def(app: &Appliance, p: &ActivePartition) -> Option<GroupDef> {
+    let sealed = app.store.get_meta(&group_meta(&p.name)).ok().flatten()?;
+    let plain = p.pmk().open(&aad(b"hahsm/group/v1", p.serial), &sealed).ok()?;
+    postcard::from_bytes(plain.expose()).ok()
+}
+
+pub(super) fn save_group_def(app: &Appliance, p: &ActivePartition, def: &GroupDef) -> AdminResult<()> {
+    let sealed = p.pmk().seal(&aad(b"hahsm/group/v1", p.serial), &encode(def))?;
+    app.store.put_meta(&group_meta(&p.name), &sealed)?;
+    Ok(())
+}
 
 /// `ha prepare`: derives and stores the partition's replication keys. Needs the
 /// SO (for the domain secret) and the partition-owner secret: dual control.
@@ -375,6 +397,47 @@ pub fn resume_group(app: &Appliance, p: &Arc<ActivePartition>) {
         Ok(g) => info!(partition = %p.name, group = %g.def().label, "replication resumed"),
         Err(e) => warn!(partition = %p.name, error = %e, "cannot resume replication"),
     }
+}
+
+/// After a partition was activated here: resumes its group, if it is in one
+/// that does not run here yet.
+pub fn resume_activated(app: &Appliance, partition: &str) {
+    if group_of(app, partition).is_some() {
+        return;
+    }
+    if let Some(p) = app.active_partition(partition) {
+        resume_group(app, &p);
+    }
+}
+
+/// At start-up: resumes the group of every partition activated by itself.
+pub fn resume_all(app: &Appliance) {
+    for p in app.active_partitions() {
+        resume_activated(app, &p.name);
+    }
+}
+
+/// Stops every group (the factory reset).
+pub fn stop_all(app: &Appliance) {
+    let running: Vec<String> = app
+        .groups
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    for partition in running {
+        stop_group(app, &partition);
+    }
+}
+
+/// After a partition was cleared here: gives the group the destruction of
+/// every object, under its write concern.
+pub async fn replicate_clear(app: &Appliance, partition: &str) -> AdminResult<()> {
+    if let (Some(g), Some(p)) = (group_of(app, partition), app.active_partition(partition)) {
+        g.replicate_write(&p).await?;
+    }
+    Ok(())
 }
 
 /// Stops replicating a partition: at deactivation, or when removed from its group.

@@ -1,12 +1,9 @@
 //! The dual-control keys of replication and the join proofs: what only a
 //! member holding both the cloning-domain and the partition-owner secret can
-//! derive, and the group's records sealed under the partition's PMK. No I/O
-//! beyond the store's sealed records; nothing here talks to a peer.
-use crate::appliance::{AdminResult, Appliance};
-use crate::partition::ActivePartition;
+//! derive, and the labels of the group's records sealed under the
+//! partition's PMK. No I/O; nothing here talks to a peer.
 use hahsm_crypto::{self as crypto, SealKey, SecretBytes};
 use hahsm_link::Fingerprint;
-use hahsm_proto::encode;
 use hahsm_proto::peer::{GroupDef, Proof};
 use hahsm_token::TokenResult;
 use serde::{Deserialize, Serialize};
@@ -113,27 +110,6 @@ pub(super) fn wire_aad(group: &GroupDef, ouid: &hahsm_token::Ouid) -> Vec<u8> {
     a.extend_from_slice(&group.id);
     a.extend_from_slice(ouid.as_bytes());
     a
-}
-
-pub(super) fn load_keys(app: &Appliance, p: &ActivePartition) -> Option<ReplicationKeys> {
-    let sealed = app.store.get_meta(&keys_meta(&p.name)).ok().flatten()?;
-    let plain = p
-        .pmk()
-        .open(&aad(b"hahsm/replication-keys/v1", p.serial), &sealed)
-        .ok()?;
-    postcard::from_bytes(plain.expose()).ok()
-}
-
-pub(super) fn load_group_def(app: &Appliance, p: &ActivePartition) -> Option<GroupDef> {
-    let sealed = app.store.get_meta(&group_meta(&p.name)).ok().flatten()?;
-    let plain = p.pmk().open(&aad(b"hahsm/group/v1", p.serial), &sealed).ok()?;
-    postcard::from_bytes(plain.expose()).ok()
-}
-
-pub(super) fn save_group_def(app: &Appliance, p: &ActivePartition, def: &GroupDef) -> AdminResult<()> {
-    let sealed = p.pmk().seal(&aad(b"hahsm/group/v1", p.serial), &encode(def))?;
-    app.store.put_meta(&group_meta(&p.name), &sealed)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -17,15 +17,15 @@
 //! See `docs/replication.md` for the protocol as a specification.
 mod admin;
 mod detector;
-mod group;
+pub mod group;
 mod halog;
-mod keys;
+pub mod keys;
 mod peer;
 mod view;
 
 pub use admin::{
-    add_member, create_group, group_of, prepare, refresh_policies, remove_member, resume_group, show,
-    stop_group, synchronize,
+    add_member, create_group, group_of, prepare, refresh_policies, remove_member, replicate_clear,
+    resume_activated, resume_all, resume_group, show, stop_all, stop_group, synchronize,
 };
 pub use detector::{PeerHealth, DOWN_AFTER, HEARTBEAT_INTERVAL};
 pub use group::Group;

@@ -2,10 +2,13 @@
 //! checked against the group's pinned member fingerprints before it runs
 //! (heartbeats, pulls, pushes, definition updates), plus the candidate's
 //! side of the join handshake. Group decisions are `group.rs`'s.
-use super::admin::{active_with_keys, group_of, my_member, start, stop_group};
+use super::admin::{
+    active_with_keys, group_of, load_group_def, my_member, save_group_def, start, stop_group,
+};
 use super::group::{peer_error, Group, BATCH};
-use super::keys::{check_proof, load_group_def, prove, random32, save_group_def, transcript};
-use crate::appliance::{AdminError, Appliance};
+use super::keys::{check_proof, prove, random32, transcript};
+use crate::appliance::Appliance;
+use crate::error::AdminError;
 use crate::partition::ActivePartition;
 use crate::Completion;
 use hahsm_link::{ClientAuthorizer, Fingerprint};

@@ -4,8 +4,9 @@
 //! knows and the time, and does no I/O.
 use super::detector::{PeerHealth, Peers};
 use hahsm_proto::admin::{GroupMemberStatus, GroupStatus, MemberState};
-use hahsm_proto::peer::{GroupDef, ReplicaState};
-use std::collections::HashMap;
+use hahsm_proto::peer::{GroupDef, PolicySnapshot, ReplicaState};
+use hahsm_token::policy::{PolicyDef, HSM_POLICIES, PARTITION_POLICIES};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// The status of `def` seen from member `me` with state `mine`.
@@ -36,8 +37,8 @@ pub fn group_status(
             seen.push((health, s.state, since));
         }
     }
-    let best = crate::monitor::best_vector(seen.iter().map(|(_, s, _)| s.version_vector.as_slice()));
-    let drift = crate::monitor::policy_drift(
+    let best = best_vector(seen.iter().map(|(_, s, _)| s.version_vector.as_slice()));
+    let drift = policy_drift(
         &def.members
             .iter()
             .zip(&seen)
@@ -49,7 +50,7 @@ pub fn group_status(
     let mut in_sync = true;
     let mut degraded = false;
     for (m, (health, state, last_seen)) in def.members.iter().zip(seen) {
-        let lag_operations = crate::monitor::lag_operations(&state.version_vector, &best);
+        let lag_operations = lag_operations(&state.version_vector, &best);
         let lag_ms = if lag_operations == 0 {
             behind_since.remove(&m.serial);
             0
@@ -93,6 +94,79 @@ pub fn group_status(
         degraded,
         policy_drift: drift,
     }
+}
+
+/// Operations `have` lacks against `best`, summed over origins.
+pub fn lag_operations(have: &[(u64, u64)], best: &BTreeMap<u64, u64>) -> u64 {
+    let have: BTreeMap<u64, u64> = have.iter().copied().collect();
+    best.iter()
+        .map(|(origin, top)| top.saturating_sub(have.get(origin).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// The highest sequence number per origin over all version vectors.
+pub fn best_vector<'a>(vectors: impl IntoIterator<Item = &'a [(u64, u64)]>) -> BTreeMap<u64, u64> {
+    let mut best = BTreeMap::new();
+    for vv in vectors {
+        for (origin, seq) in vv {
+            let e = best.entry(*origin).or_insert(0);
+            *e = (*e).max(*seq);
+        }
+    }
+    best
+}
+
+/// Picks the HSM or the partition policies out of a snapshot.
+type PolicyTable = fn(&PolicySnapshot) -> &Vec<(u32, u64)>;
+
+/// One line per policy whose value differs between members: `members` are
+/// (name, policies); members never heard from (empty policies) are left out.
+pub fn policy_drift(members: &[(String, &PolicySnapshot)]) -> Vec<String> {
+    let known: Vec<&(String, &PolicySnapshot)> = members.iter().filter(|(_, p)| !p.is_empty()).collect();
+    if known.len() < 2 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let tables: [(&str, &[PolicyDef], PolicyTable); 2] = [
+        ("HSM", HSM_POLICIES, |p| &p.hsm),
+        ("partition", PARTITION_POLICIES, |p| &p.partition),
+    ];
+    for (what, table, pick) in tables {
+        let mut numbers: Vec<u32> = known
+            .iter()
+            .flat_map(|(_, p)| pick(p).iter().map(|(n, _)| *n))
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        for n in numbers {
+            let values: Vec<(String, Option<u64>)> = known
+                .iter()
+                .map(|(name, p)| {
+                    (
+                        name.clone(),
+                        pick(p).iter().find(|(k, _)| *k == n).map(|(_, v)| *v),
+                    )
+                })
+                .collect();
+            if values.windows(2).all(|w| w[0].1 == w[1].1) {
+                continue;
+            }
+            let policy = table
+                .iter()
+                .find(|d| d.number == n)
+                .map(|d| format!("{what} policy {n} ({})", d.name))
+                .unwrap_or_else(|| format!("{what} policy {n}"));
+            let listed: Vec<String> = values
+                .iter()
+                .map(|(name, v)| match v {
+                    Some(v) => format!("{name}={v}"),
+                    None => format!("{name}=unset"),
+                })
+                .collect();
+            out.push(format!("{policy}: {}", listed.join(", ")));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -219,5 +293,43 @@ mod tests {
         assert_eq!(states(&g)[1], (2, MemberState::Down, 0, 0));
         assert_eq!(g.members[1].last_seen_ms, Some(4000));
         assert!(!g.in_sync && g.degraded);
+    }
+
+    fn snap(hsm: &[(u32, u64)], partition: &[(u32, u64)]) -> PolicySnapshot {
+        PolicySnapshot {
+            hsm: hsm.to_vec(),
+            partition: partition.to_vec(),
+        }
+    }
+
+    #[test]
+    fn drift_names_the_policy_and_every_members_value() {
+        let a = snap(&[(7, 1), (16, 1)], &[(15, 10), (23, 1)]);
+        let b = snap(&[(7, 1), (16, 1)], &[(15, 3), (23, 1)]);
+        let never_heard = PolicySnapshot::default();
+        let lines = policy_drift(&[
+            ("hsm0".into(), &a),
+            ("hsm1".into(), &b),
+            ("hsm2".into(), &never_heard),
+        ]);
+        assert_eq!(
+            lines,
+            vec!["partition policy 15 (max-failed-logins): hsm0=10, hsm1=3".to_string()]
+        );
+        assert!(policy_drift(&[("hsm0".into(), &a), ("hsm1".into(), &a.clone())]).is_empty());
+        let c = snap(&[(7, 1)], &[(15, 10), (23, 1)]);
+        assert_eq!(
+            policy_drift(&[("hsm0".into(), &a), ("hsm1".into(), &c)]),
+            vec!["HSM policy 16 (allow-network-replication): hsm0=1, hsm1=unset".to_string()]
+        );
+    }
+
+    #[test]
+    fn lag_counts_missing_operations_per_origin() {
+        let a = [(1, 10), (2, 5)];
+        let b = [(1, 7)];
+        let best = best_vector([&a[..], &b[..]]);
+        assert_eq!(lag_operations(&a, &best), 0);
+        assert_eq!(lag_operations(&b, &best), 3 + 5);
     }
 }

@@ -1,0 +1,125 @@
+//! The metrics endpoint: a small HTTP/1.1 server (hyper) that answers
+//! `GET /metrics` and nothing else, bound to localhost unless configured
+//! otherwise. Each scrape reads the member's state (partitions, groups, the
+//! store's size) into the gauges; it never writes.
+use crate::appliance::Appliance;
+use crate::metrics::ScrapedState;
+use bytes::Bytes;
+use http_body_util::Full;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Scrape connections served at once; more wait in the TCP backlog.
+const MAX_SCRAPERS: usize = 32;
+/// A scraper sends its request at once: one that has not within this long
+/// is closed, so idle connections cannot hold the endpoint.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Any scrape connection is closed after this long.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the metrics endpoint, if configured, and records its address in
+/// `<data_dir>/metrics.addr`. A port in use does not stop the member: the
+/// HSM keeps serving, and the error is logged.
+pub async fn start_metrics(app: &Arc<Appliance>) {
+    let listen = app.config.monitoring.metrics_listen.trim().to_string();
+    let _ = std::fs::remove_file(app.config.metrics_addr_path());
+    if listen.is_empty() {
+        info!("metrics endpoint off (monitoring.metrics_listen is empty)");
+        return;
+    }
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(listen, error = %e, "cannot bind the metrics endpoint; the member runs without it");
+            return;
+        }
+    };
+    let Ok(bound) = listener.local_addr() else {
+        return;
+    };
+    let url = format!("http://{bound}/metrics");
+    if let Err(e) = crate::write_atomically(&app.config.metrics_addr_path(), &bound.to_string()) {
+        warn!(error = %e, "cannot write metrics.addr");
+    }
+    app.monitor.set_metrics_url(url.clone());
+    if !bound.ip().is_loopback() {
+        warn!(%bound, "the metrics endpoint is reachable from other hosts: it needs no credentials");
+    }
+    info!(metrics = %url, "metrics endpoint ready");
+    tokio::spawn(serve_metrics(app.clone(), listener));
+}
+
+async fn serve_metrics(app: Arc<Appliance>, listener: tokio::net::TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&app, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, conn).await;
+            drop(slot);
+        });
+    }
+}
+
+fn answer<B>(app: &Appliance, req: &hyper::Request<B>) -> hyper::Response<Full<Bytes>> {
+    let reply = |status: hyper::StatusCode, content_type: &str, body: String| {
+        let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => reply(
+            hyper::StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            app.monitor.metrics.render(&scraped(app)),
+        ),
+        (&hyper::Method::GET, _) => reply(
+            hyper::StatusCode::NOT_FOUND,
+            "text/plain",
+            "the metrics are at /metrics\n".into(),
+        ),
+        _ => reply(
+            hyper::StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        ),
+    }
+}
+
+/// The member's state as a scrape reads it.
+fn scraped(app: &Appliance) -> ScrapedState {
+    ScrapedState {
+        store_bytes: store_size(app),
+        partitions: app.partition_list().unwrap_or_default(),
+        groups: crate::replication::show(app, None).unwrap_or_default(),
+    }
+}
+
+fn store_size(app: &Appliance) -> u64 {
+    let db = app.config.store_path();
+    let mut total = 0;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        total += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    }
+    total
+}

@@ -1,0 +1,167 @@
+//! Objects: create, find, read and change attributes, copy, destroy, and
+//! the release of a closed session's objects.
+use super::handler::{check_trusted, misrouted, KeyOps};
+use super::templates::*;
+use hahsm_proto::client::{Request, Response};
+use hahsm_token::rules::{self};
+use hahsm_token::{ck, TokenError, TokenResult};
+use tracing::info;
+
+/// Most objects one `FindObjects` returns.
+const MAX_FIND: usize = 100_000;
+
+impl KeyOps<'_> {
+    pub(super) async fn objects(&self, request: Request) -> TokenResult<Response> {
+        match request {
+            Request::CreateObject {
+                partition,
+                template,
+                op_id,
+            } => {
+                let ctx = self.ctx(&partition)?;
+                check_template_size(self.app, &template)?;
+                let (attrs, secret) = imported_object(&template)?;
+                // Before the retry check: a replayed private create must not
+                // tell a client that is not logged in what it made.
+                if attrs.flag(ck::CKA_PRIVATE, false) && !ctx.logged_in {
+                    return Err(TokenError::UserNotLoggedIn);
+                }
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
+                    return Ok(done);
+                }
+                let ids = self.store_new(&ctx, vec![(attrs, secret)], op_id).await?;
+                Ok(Response::Object(ids[0]))
+            }
+            Request::FindObjects {
+                partition,
+                template,
+                limit,
+            } => {
+                let ctx = self.ctx(&partition)?;
+                check_template_size(self.app, &template)?;
+                let limit = (limit as usize).min(MAX_FIND);
+                let mut found = Vec::new();
+                {
+                    let session = self
+                        .conn
+                        .session_objects
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let mut mine: Vec<_> = session
+                        .values()
+                        .filter(|(p, o)| {
+                            *p == partition
+                                && (ctx.logged_in || !o.is_private())
+                                && o.attrs.matches(&template)
+                        })
+                        .map(|(_, o)| o.ouid)
+                        .collect();
+                    mine.sort();
+                    found.extend(mine);
+                }
+                found.extend(ctx.active.find(&template, ctx.logged_in, limit));
+                found.truncate(limit);
+                Ok(Response::Objects(found))
+            }
+            Request::GetAttributes {
+                partition,
+                object,
+                types,
+            } => {
+                let ctx = self.ctx(&partition)?;
+                let entry = self.object(&ctx, &object)?;
+                let mut out = Vec::with_capacity(types.len());
+                for attr in types {
+                    out.push((attr, self.attribute(&ctx, &entry, attr)?));
+                }
+                Ok(Response::Attributes(out))
+            }
+            Request::SetAttributes {
+                partition,
+                object,
+                template,
+                op_id,
+            } => {
+                let ctx = self.ctx_logged_in(&partition)?;
+                check_template_size(self.app, &template)?;
+                if self.already_done(&ctx, &op_id).await? {
+                    return Ok(Response::Done);
+                }
+                let entry = self.object(&ctx, &object)?;
+                let changed = rules::set_attributes(&entry.attrs, &template)?;
+                let mut attrs = entry.attrs.clone();
+                for (k, v) in changed.iter() {
+                    attrs.set(*k, v.clone());
+                }
+                rules::check_key_separation(&attrs, self.enforce_separation(&ctx))?;
+                if changed.flag(ck::CKA_TRUSTED, false) {
+                    check_trusted(&ctx, &changed)?;
+                }
+                if self.conn.session_object(&ctx.name, &object).is_some() {
+                    let secret = self.secret_if_any(&ctx, &entry)?;
+                    let e = ctx
+                        .active
+                        .new_entry(object, attrs, secret.as_ref().map(|s| s.expose()))?;
+                    self.conn.put_session_object(&ctx.name, e);
+                } else {
+                    self.before_write(&ctx)?;
+                    ctx.active.update(object, changed, Some(op_id)).await?;
+                    self.after_write(&ctx).await?;
+                }
+                Ok(Response::Done)
+            }
+            Request::CopyObject {
+                partition,
+                object,
+                template,
+                op_id,
+            } => {
+                let ctx = self.ctx_logged_in(&partition)?;
+                check_template_size(self.app, &template)?;
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
+                    return Ok(done);
+                }
+                let entry = self.object(&ctx, &object)?;
+                let attrs = rules::copied_object(&entry.attrs, &template)?;
+                let secret = self.secret_if_any(&ctx, &entry)?;
+                let ids = self.store_new(&ctx, vec![(attrs, secret)], op_id).await?;
+                Ok(Response::Object(ids[0]))
+            }
+            Request::ReleaseSessionObjects { partition, objects } => {
+                let ctx = self.ctx(&partition)?;
+                for o in &objects {
+                    if self.conn.session_object(&ctx.name, o).is_some() {
+                        self.conn.remove_session_object(o);
+                    }
+                }
+                Ok(Response::Done)
+            }
+            Request::DestroyObject {
+                partition,
+                object,
+                op_id,
+            } => {
+                let ctx = self.ctx_logged_in(&partition)?;
+                if self.already_done(&ctx, &op_id).await? {
+                    return Ok(Response::Done);
+                }
+                let entry = self.object(&ctx, &object)?;
+                if !entry.attrs.flag(ck::CKA_DESTROYABLE, true) {
+                    return Err(TokenError::ActionProhibited(
+                        "the object is not destroyable".into(),
+                    ));
+                }
+                if self.conn.session_object(&ctx.name, &object).is_some() {
+                    self.conn.remove_session_object(&object);
+                } else {
+                    self.before_write(&ctx)?;
+                    ctx.active.destroy(object, Some(op_id)).await?;
+                    self.after_write(&ctx).await?;
+                    info!(client = %self.conn.client_name, partition, object = %object, "object destroyed");
+                }
+                Ok(Response::Done)
+            }
+            other => Err(misrouted(&other)),
+        }
+    }
+}

@@ -43,15 +43,20 @@
 //!   such access consistent, but the daemon should hold its own lock (a pid file).
 #![forbid(unsafe_code)]
 
+mod clients;
+mod columns;
 mod error;
+mod meta;
+mod objects;
+mod partitions;
 mod rows;
 
 pub use error::{StoreError, StoreResult};
 pub use rows::{ClientRow, ObjectRow, OpRow, PartitionRow, Write};
 
+use columns::*;
 use error::map_sqlite;
-use rusqlite::types::Type;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -61,12 +66,12 @@ use std::time::Duration;
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// How long a statement waits for another connection's lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// At most this many problems are reported from an integrity check.
-const MAX_CHECK_MESSAGES: usize = 20;
+pub(crate) const MAX_CHECK_MESSAGES: usize = 20;
 
-const SCHEMA_V1: &str = "
+pub(crate) const SCHEMA_V1: &str = "
 CREATE TABLE store_meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -124,7 +129,7 @@ CREATE UNIQUE INDEX oplog_by_origin_seq ON oplog(partition_id, origin, seq) WHER
 ";
 
 /// The tables a valid store has; a file that lacks one is refused as corrupt.
-const TABLES: [&str; 7] = [
+pub(crate) const TABLES: [&str; 7] = [
     "store_meta",
     "meta",
     "partitions",
@@ -134,16 +139,17 @@ const TABLES: [&str; 7] = [
     "oplog",
 ];
 
-const PARTITION_COLUMNS: &str = "id, name, serial, wrapped_pmk, sealed_pmk, pin_salt, sealed_pin, \
+pub(crate) const PARTITION_COLUMNS: &str =
+    "id, name, serial, wrapped_pmk, sealed_pmk, pin_salt, sealed_pin, \
      failed_logins, policies, activated, digest, extra";
 
-const OP_COLUMNS: &str = "idx, origin, seq, hlc_wall, hlc_logical, client_op_id, kind, body";
+pub(crate) const OP_COLUMNS: &str = "idx, origin, seq, hlc_wall, hlc_logical, client_op_id, kind, body";
 
 /// One origin's operations after a sequence number, in order: what every push,
 /// pull and anti-entropy round reads. `seq > 0` is redundant for the rows but
 /// lets SQLite use the partial index `oplog_by_origin_seq`; without it each
 /// call scanned and sorted the partition's whole log.
-fn ops_from_origin_sql() -> String {
+pub(crate) fn ops_from_origin_sql() -> String {
     format!(
         "SELECT {OP_COLUMNS} FROM oplog WHERE partition_id = ?1 AND origin = ?2 AND seq > ?3 AND seq > 0
          ORDER BY seq LIMIT ?4"
@@ -276,561 +282,10 @@ impl Store {
         }
     }
 
-    // ----- meta -----
-
-    pub fn get_meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        let conn = self.lock();
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(self.err("get meta"))
-    }
-
-    pub fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
-        self.write_tx("put meta", |tx| {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-            .map_err(self.err("put meta"))?;
-            Ok(())
-        })
-    }
-
-    /// Removes the key; a key that is not there is not an error.
-    pub fn delete_meta(&self, key: &str) -> StoreResult<()> {
-        self.write_tx("delete meta", |tx| {
-            tx.execute("DELETE FROM meta WHERE key = ?1", [key])
-                .map_err(self.err("delete meta"))?;
-            Ok(())
-        })
-    }
-
-    // ----- partitions -----
-
-    /// Creates a partition and returns its id (`row.id` is ignored). Ids are never reused.
-    pub fn create_partition(&self, row: &PartitionRow) -> StoreResult<i64> {
-        self.write_tx("create partition", |tx| {
-            if partition_id_by_name(tx, &row.name)
-                .map_err(self.err("create partition"))?
-                .is_some()
-            {
-                return Err(StoreError::Exists(format!("partition {:?} exists", row.name)));
-            }
-            tx.execute(
-                "INSERT INTO partitions (name, serial, wrapped_pmk, sealed_pmk, pin_salt,
-                     sealed_pin, failed_logins, policies, activated, digest, extra)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    row.name,
-                    row.serial as i64,
-                    row.wrapped_pmk,
-                    row.sealed_pmk,
-                    row.pin_salt,
-                    row.sealed_pin,
-                    i64::from(row.failed_logins),
-                    row.policies,
-                    row.activated,
-                    row.digest,
-                    row.extra
-                ],
-            )
-            .map_err(self.err("create partition"))?;
-            Ok(tx.last_insert_rowid())
-        })
-    }
-
-    pub fn get_partition(&self, name: &str) -> StoreResult<Option<PartitionRow>> {
-        let conn = self.lock();
-        conn.query_row(
-            &format!("SELECT {PARTITION_COLUMNS} FROM partitions WHERE name = ?1"),
-            [name],
-            partition_from_row,
-        )
-        .optional()
-        .map_err(self.err("get partition"))
-    }
-
-    pub fn get_partition_by_id(&self, id: i64) -> StoreResult<Option<PartitionRow>> {
-        let conn = self.lock();
-        conn.query_row(
-            &format!("SELECT {PARTITION_COLUMNS} FROM partitions WHERE id = ?1"),
-            [id],
-            partition_from_row,
-        )
-        .optional()
-        .map_err(self.err("get partition"))
-    }
-
-    /// All partitions, ordered by id.
-    pub fn list_partitions(&self) -> StoreResult<Vec<PartitionRow>> {
-        let conn = self.lock();
-        (|| {
-            let mut stmt =
-                conn.prepare(&format!("SELECT {PARTITION_COLUMNS} FROM partitions ORDER BY id"))?;
-            let rows = stmt.query_map([], partition_from_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })()
-        .map_err(self.err("list partitions"))
-    }
-
-    /// Rewrites every column of the partition with id `row.id`. [`StoreError::NotFound`] if
-    /// there is none, [`StoreError::Exists`] if the new name belongs to another partition.
-    pub fn update_partition(&self, row: &PartitionRow) -> StoreResult<()> {
-        self.write_tx("update partition", |tx| {
-            if let Some(other) = partition_id_by_name(tx, &row.name).map_err(self.err("update partition"))? {
-                if other != row.id {
-                    return Err(StoreError::Exists(format!("partition {:?} exists", row.name)));
-                }
-            }
-            let changed = tx
-                .execute(
-                    "UPDATE partitions SET name = ?2, serial = ?3, wrapped_pmk = ?4,
-                         sealed_pmk = ?5, pin_salt = ?6, sealed_pin = ?7, failed_logins = ?8,
-                         policies = ?9, activated = ?10, digest = ?11, extra = ?12
-                     WHERE id = ?1",
-                    params![
-                        row.id,
-                        row.name,
-                        row.serial as i64,
-                        row.wrapped_pmk,
-                        row.sealed_pmk,
-                        row.pin_salt,
-                        row.sealed_pin,
-                        i64::from(row.failed_logins),
-                        row.policies,
-                        row.activated,
-                        row.digest,
-                        row.extra
-                    ],
-                )
-                .map_err(self.err("update partition"))?;
-            if changed == 0 {
-                return Err(partition_not_found(row.id));
-            }
-            Ok(())
-        })
-    }
-
-    pub fn set_failed_logins(&self, partition_id: i64, count: u32) -> StoreResult<()> {
-        self.write_tx("set failed logins", |tx| {
-            let changed = tx
-                .execute(
-                    "UPDATE partitions SET failed_logins = ?2 WHERE id = ?1",
-                    params![partition_id, i64::from(count)],
-                )
-                .map_err(self.err("set failed logins"))?;
-            if changed == 0 {
-                return Err(partition_not_found(partition_id));
-            }
-            Ok(())
-        })
-    }
-
-    /// Deletes the partition with its objects, its operation log and its client
-    /// assignments, in one transaction.
-    pub fn delete_partition(&self, partition_id: i64) -> StoreResult<()> {
-        self.write_tx("delete partition", |tx| {
-            let e = self.err("delete partition");
-            tx.execute("DELETE FROM assignments WHERE partition_id = ?1", [partition_id])
-                .map_err(&e)?;
-            tx.execute("DELETE FROM objects WHERE partition_id = ?1", [partition_id])
-                .map_err(&e)?;
-            tx.execute("DELETE FROM oplog WHERE partition_id = ?1", [partition_id])
-                .map_err(&e)?;
-            let changed = tx
-                .execute("DELETE FROM partitions WHERE id = ?1", [partition_id])
-                .map_err(&e)?;
-            if changed == 0 {
-                return Err(partition_not_found(partition_id));
-            }
-            Ok(())
-        })
-    }
-
-    // ----- clients -----
-
-    /// Registers a client. [`StoreError::Exists`] if its name, or its fingerprint
-    /// (compared without regard to case), is taken.
-    pub fn register_client(&self, row: &ClientRow) -> StoreResult<()> {
-        self.write_tx("register client", |tx| {
-            let e = self.err("register client");
-            if client_exists(tx, &row.name).map_err(&e)? {
-                return Err(StoreError::Exists(format!("client {:?} exists", row.name)));
-            }
-            let holder: Option<String> = tx
-                .query_row(
-                    "SELECT name FROM clients WHERE fingerprint_hex = ?1",
-                    [&row.fingerprint_hex],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(&e)?;
-            if let Some(holder) = holder {
-                return Err(StoreError::Exists(format!(
-                    "fingerprint {} is registered to client {holder:?}",
-                    row.fingerprint_hex
-                )));
-            }
-            tx.execute(
-                "INSERT INTO clients (name, fingerprint_hex, hostname) VALUES (?1, ?2, ?3)",
-                params![row.name, row.fingerprint_hex, row.hostname],
-            )
-            .map_err(&e)?;
-            Ok(())
-        })
-    }
-
-    /// Removes the client and its partition assignments.
-    pub fn remove_client(&self, name: &str) -> StoreResult<()> {
-        self.write_tx("remove client", |tx| {
-            let e = self.err("remove client");
-            tx.execute("DELETE FROM assignments WHERE client_name = ?1", [name])
-                .map_err(&e)?;
-            let changed = tx
-                .execute("DELETE FROM clients WHERE name = ?1", [name])
-                .map_err(&e)?;
-            if changed == 0 {
-                return Err(client_not_found(name));
-            }
-            Ok(())
-        })
-    }
-
-    /// All clients, ordered by name.
-    pub fn list_clients(&self) -> StoreResult<Vec<ClientRow>> {
-        let conn = self.lock();
-        (|| {
-            let mut stmt =
-                conn.prepare("SELECT name, fingerprint_hex, hostname FROM clients ORDER BY name")?;
-            let rows = stmt.query_map([], client_from_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })()
-        .map_err(self.err("list clients"))
-    }
-
-    /// The client with this certificate fingerprint (compared without regard to case).
-    pub fn client_by_fingerprint(&self, fingerprint_hex: &str) -> StoreResult<Option<ClientRow>> {
-        let conn = self.lock();
-        conn.query_row(
-            "SELECT name, fingerprint_hex, hostname FROM clients WHERE fingerprint_hex = ?1",
-            [fingerprint_hex],
-            client_from_row,
-        )
-        .optional()
-        .map_err(self.err("find client"))
-    }
-
-    /// Lets the client use the partition. [`StoreError::NotFound`] for an unknown client
-    /// or partition; assigning twice is not an error.
-    pub fn assign_partition(&self, client: &str, partition: &str) -> StoreResult<()> {
-        self.write_tx("assign partition", |tx| {
-            let partition_id = self.resolve_assignment(tx, client, partition)?;
-            tx.execute(
-                "INSERT INTO assignments (client_name, partition_id) VALUES (?1, ?2)
-                 ON CONFLICT DO NOTHING",
-                params![client, partition_id],
-            )
-            .map_err(self.err("assign partition"))?;
-            Ok(())
-        })
-    }
-
-    /// Takes the partition away from the client. [`StoreError::NotFound`] for an unknown
-    /// client or partition; revoking what was not assigned is not an error.
-    pub fn revoke_partition(&self, client: &str, partition: &str) -> StoreResult<()> {
-        self.write_tx("revoke partition", |tx| {
-            let partition_id = self.resolve_assignment(tx, client, partition)?;
-            tx.execute(
-                "DELETE FROM assignments WHERE client_name = ?1 AND partition_id = ?2",
-                params![client, partition_id],
-            )
-            .map_err(self.err("revoke partition"))?;
-            Ok(())
-        })
-    }
-
-    /// The names of the partitions the client may use, sorted. [`StoreError::NotFound`]
-    /// for an unknown client.
-    pub fn partitions_of_client(&self, client: &str) -> StoreResult<Vec<String>> {
-        let conn = self.lock();
-        let e = self.err("list partitions of client");
-        if !client_exists(&conn, client).map_err(&e)? {
-            return Err(client_not_found(client));
-        }
-        (|| {
-            let mut stmt = conn.prepare(
-                "SELECT p.name FROM assignments a JOIN partitions p ON p.id = a.partition_id
-                 WHERE a.client_name = ?1 ORDER BY p.name",
-            )?;
-            let rows = stmt.query_map([client], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })()
-        .map_err(&e)
-    }
-
-    // ----- objects and the operation log -----
-
-    /// Every object of the partition, ordered by OUID (empty for an unknown partition).
-    pub fn load_objects(&self, partition_id: i64) -> StoreResult<Vec<ObjectRow>> {
-        let conn = self.lock();
-        (|| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT ouid, version, sealed FROM objects WHERE partition_id = ?1 ORDER BY ouid",
-            )?;
-            let rows = stmt.query_map([partition_id], |r| {
-                Ok(ObjectRow {
-                    ouid: id16_col(r, 0)?,
-                    version: u64_col(r, 1)?,
-                    sealed: r.get(2)?,
-                })
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })()
-        .map_err(self.err("load objects"))
-    }
-
-    /// Applies one write atomically: the optional clear of all the partition's objects, the
-    /// puts (insert or replace by OUID), the deletes, the operation-log entry and the optional
-    /// new partition digest, in that order and in one transaction. Returns the entry's local
-    /// log index, which grows with every commit in the store and is never reused.
-    ///
-    /// Errors, after which nothing of the write is applied: [`StoreError::NotFound`] for an
-    /// unknown partition, [`StoreError::Exists`] if the log already holds an entry from the
-    /// same origin with the same (non-zero) sequence number, [`StoreError::Invalid`] for a
-    /// sequence number above `i64::MAX`, [`StoreError::Full`] for a full disk.
-    pub fn commit(&self, partition_id: i64, write: &Write) -> StoreResult<u64> {
-        self.write_tx("commit", |tx| self.apply_write(tx, partition_id, write))
-    }
-
-    /// Applies several writes in one transaction: all of them, or none. The
-    /// replication runtime uses it to apply a batch of a peer's operations with
-    /// one sync to disk. Returns the last op's log index.
-    pub fn commit_many(&self, partition_id: i64, writes: &[Write]) -> StoreResult<u64> {
-        self.write_tx("commit", |tx| {
-            let mut last = 0;
-            for w in writes {
-                last = self.apply_write(tx, partition_id, w)?;
-            }
-            Ok(last)
-        })
-    }
-
-    fn apply_write(&self, tx: &Transaction<'_>, partition_id: i64, write: &Write) -> StoreResult<u64> {
-        let op = &write.op;
-        let seq = i64::try_from(op.seq)
-            .map_err(|_| StoreError::Invalid(format!("op sequence number {} is above i64::MAX", op.seq)))?;
-
-        if write.clear {
-            tx.execute("DELETE FROM objects WHERE partition_id = ?1", [partition_id])
-                .map_err(self.err("commit: clear objects"))?;
-        }
-        if !write.puts.is_empty() {
-            let e = self.err("commit: put object");
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT INTO objects (partition_id, ouid, version, sealed)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (partition_id, ouid)
-                     DO UPDATE SET version = excluded.version, sealed = excluded.sealed",
-                )
-                .map_err(&e)?;
-            for object in &write.puts {
-                put.execute(params![
-                    partition_id,
-                    &object.ouid[..],
-                    object.version as i64,
-                    object.sealed
-                ])
-                .map_err(|err| match e(err) {
-                    StoreError::NotFound(_) => partition_not_found(partition_id),
-                    other => other,
-                })?;
-            }
-        }
-        if !write.deletes.is_empty() {
-            let e = self.err("commit: delete object");
-            let mut delete = tx
-                .prepare_cached("DELETE FROM objects WHERE partition_id = ?1 AND ouid = ?2")
-                .map_err(&e)?;
-            for ouid in &write.deletes {
-                delete.execute(params![partition_id, &ouid[..]]).map_err(&e)?;
-            }
-        }
-        let e = self.err("commit: append op");
-        tx.prepare_cached(
-            "INSERT INTO oplog (partition_id, origin, seq, hlc_wall, hlc_logical,
-                 client_op_id, kind, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                partition_id,
-                op.origin as i64,
-                seq,
-                op.hlc_wall as i64,
-                i64::from(op.hlc_logical),
-                op.client_op_id.as_ref().map(|id| &id[..]),
-                op.kind,
-                op.body
-            ])
-        })
-        .map_err(|err| match e(err) {
-            StoreError::NotFound(_) => partition_not_found(partition_id),
-            StoreError::Exists(_) => StoreError::Exists(format!(
-                "partition {partition_id} already has op {} from origin {}",
-                op.seq, op.origin
-            )),
-            other => other,
-        })?;
-        let index = tx.last_insert_rowid();
-        if let Some(digest) = &write.digest {
-            let changed = tx
-                .execute(
-                    "UPDATE partitions SET digest = ?2 WHERE id = ?1",
-                    params![partition_id, digest],
-                )
-                .map_err(self.err("commit: set digest"))?;
-            if changed == 0 {
-                return Err(partition_not_found(partition_id));
-            }
-        }
-        // AUTOINCREMENT rowids start at 1 and stay below i64::MAX (SQLite fails with
-        // SQLITE_FULL rather than wrap), so the conversion cannot fail; be safe anyway.
-        u64::try_from(index)
-            .map_err(|_| StoreError::Corrupt(format!("{}: negative op-log index", self.path.display())))
-    }
-
-    /// Up to `limit` log entries of the partition with an index above `after_index`,
-    /// ordered by index.
-    pub fn ops_since(&self, partition_id: i64, after_index: u64, limit: usize) -> StoreResult<Vec<OpRow>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // Indices never exceed i64::MAX, so a larger `after_index` finds nothing, as it should.
-        let after = i64::try_from(after_index).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let conn = self.lock();
-        (|| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {OP_COLUMNS} FROM oplog WHERE partition_id = ?1 AND idx > ?2
-                 ORDER BY idx LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![partition_id, after, limit], op_from_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })()
-        .map_err(self.err("read op log"))
-    }
-
-    /// One origin's entries after sequence number `after_seq`, in sequence
-    /// order: what anti-entropy sends a peer that has applied up to `after_seq`.
-    pub fn ops_from_origin(
-        &self,
-        partition_id: i64,
-        origin: u64,
-        after_seq: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<OpRow>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let conn = self.lock();
-        (|| {
-            let mut stmt = conn.prepare_cached(&ops_from_origin_sql())?;
-            let rows = stmt.query_map(params![partition_id, origin as i64, after, limit], op_from_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })()
-        .map_err(self.err("read op log by origin"))
-    }
-
-    /// The greatest hybrid-logical-clock stamp in the partition's log, as
-    /// (wall milliseconds, logical); (0, 0) for an empty log. A restarted member
-    /// moves its clock past it, so its new writes order after its old ones even
-    /// if the wall clock went back.
-    pub fn max_hlc(&self, partition_id: i64) -> StoreResult<(u64, u32)> {
-        let conn = self.lock();
-        conn.query_row(
-            "SELECT hlc_wall, hlc_logical FROM oplog WHERE partition_id = ?1
-             ORDER BY hlc_wall DESC, hlc_logical DESC LIMIT 1",
-            [partition_id],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u32)),
-        )
-        .optional()
-        .map(|o| o.unwrap_or((0, 0)))
-        .map_err(self.err("read max hlc"))
-    }
-
-    /// For each origin, the highest sequence number logged: the partition's
-    /// version vector, as the log proves it.
-    pub fn version_vector(&self, partition_id: i64) -> StoreResult<Vec<(u64, u64)>> {
-        let conn = self.lock();
-        (|| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT origin, MAX(seq) FROM oplog WHERE partition_id = ?1 AND seq > 0 GROUP BY origin",
-            )?;
-            let rows = stmt.query_map([partition_id], |r| {
-                let (o, s): (i64, i64) = (r.get(0)?, r.get(1)?);
-                Ok((o as u64, s as u64))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })()
-        .map_err(self.err("read version vector"))
-    }
-
-    /// The first log entry of the partition that carries this client operation id.
-    pub fn op_by_client_op_id(
-        &self,
-        partition_id: i64,
-        client_op_id: &[u8; 16],
-    ) -> StoreResult<Option<OpRow>> {
-        let conn = self.lock();
-        conn.query_row(
-            &format!(
-                "SELECT {OP_COLUMNS} FROM oplog WHERE partition_id = ?1 AND client_op_id = ?2
-                 ORDER BY idx LIMIT 1"
-            ),
-            params![partition_id, &client_op_id[..]],
-            op_from_row,
-        )
-        .optional()
-        .map_err(self.err("find op by client op id"))
-    }
-
-    /// The highest sequence number logged for the partition from this origin, 0 if none.
-    pub fn max_seq(&self, partition_id: i64, origin: u64) -> StoreResult<u64> {
-        let conn = self.lock();
-        let max: Option<i64> = conn
-            .query_row(
-                "SELECT MAX(seq) FROM oplog WHERE partition_id = ?1 AND origin = ?2 AND seq > 0",
-                params![partition_id, origin as i64],
-                |r| r.get(0),
-            )
-            .map_err(self.err("max seq"))?;
-        // seq > 0 in the query, so the value is positive.
-        Ok(max.map_or(0, |m| m as u64))
-    }
-
-    /// The number of objects in the partition.
-    pub fn object_count(&self, partition_id: i64) -> StoreResult<u64> {
-        let conn = self.lock();
-        let count: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM objects WHERE partition_id = ?1",
-                [partition_id],
-                |r| r.get(0),
-            )
-            .map_err(self.err("count objects"))?;
-        Ok(count.max(0) as u64)
-    }
-
-    // ----- helpers -----
-
     /// Locks the connection. A thread that panicked while holding the lock has left no
     /// half-done transaction behind (rusqlite rolls back on drop, and we roll back any
     /// leftover here), so a poisoned lock is safe to take over.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
         let guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         if !guard.is_autocommit() {
             if let Err(err) = guard.execute_batch("ROLLBACK") {
@@ -841,12 +296,16 @@ impl Store {
     }
 
     /// A mapper from rusqlite errors for this store and this action.
-    fn err<'a>(&'a self, ctx: &'a str) -> impl Fn(rusqlite::Error) -> StoreError + 'a {
+    pub(crate) fn err<'a>(&'a self, ctx: &'a str) -> impl Fn(rusqlite::Error) -> StoreError + 'a {
         move |e| map_sqlite(e, &self.path, ctx)
     }
 
     /// Runs `f` in one immediate (write-locking) transaction, committed only if `f` succeeds.
-    fn write_tx<T>(&self, ctx: &str, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
+    pub(crate) fn write_tx<T>(
+        &self,
+        ctx: &str,
+        f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -858,7 +317,12 @@ impl Store {
     }
 
     /// The id of `partition`, after checking that `client` exists.
-    fn resolve_assignment(&self, tx: &Transaction<'_>, client: &str, partition: &str) -> StoreResult<i64> {
+    pub(crate) fn resolve_assignment(
+        &self,
+        tx: &Transaction<'_>,
+        client: &str,
+        partition: &str,
+    ) -> StoreResult<i64> {
         let e = self.err("resolve client and partition");
         if !client_exists(tx, client).map_err(&e)? {
             return Err(client_not_found(client));
@@ -869,268 +333,10 @@ impl Store {
     }
 }
 
-fn partition_not_found(id: i64) -> StoreError {
-    StoreError::NotFound(format!("partition id {id}"))
-}
-
-fn client_not_found(name: &str) -> StoreError {
-    StoreError::NotFound(format!("client {name:?}"))
-}
-
-fn partition_id_by_name(conn: &Connection, name: &str) -> rusqlite::Result<Option<i64>> {
-    conn.query_row("SELECT id FROM partitions WHERE name = ?1", [name], |r| r.get(0))
-        .optional()
-}
-
-fn client_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM clients WHERE name = ?1)",
-        [name],
-        |r| r.get(0),
-    )
-}
-
-fn read_settings(conn: &Connection) -> rusqlite::Result<Settings> {
-    Ok(Settings {
-        journal_mode: conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
-        synchronous: conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
-        foreign_keys: conn.query_row("PRAGMA foreign_keys", [], |r| r.get::<_, i64>(0))? == 1,
-    })
-}
-
-/// Runs `PRAGMA quick_check` or `PRAGMA integrity_check`; anything but a single "ok"
-/// (or an error that says the file is damaged) is [`StoreError::Corrupt`].
-fn run_check(conn: &Connection, path: &Path, pragma: &str) -> StoreResult<()> {
-    let found = (|| {
-        let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({MAX_CHECK_MESSAGES})"))?;
-        let rows = stmt.query_map([], |r| r.get::<_, Option<String>>(0))?;
-        rows.take(MAX_CHECK_MESSAGES)
-            .collect::<rusqlite::Result<Vec<Option<String>>>>()
-    })()
-    .map_err(|e| match map_sqlite(e, path, pragma) {
-        // Whatever stops the check from running on a readable file means damage.
-        StoreError::Corrupt(msg) => StoreError::Corrupt(msg),
-        StoreError::Sqlite(msg) if msg.contains("malformed") => StoreError::Corrupt(msg),
-        other => other,
-    })?;
-    // SQLite's messages may span lines; keep the error on one.
-    let found: Vec<String> = found
-        .into_iter()
-        .map(|m| {
-            m.map_or_else(
-                || "(no message)".to_owned(),
-                |m| m.split_whitespace().collect::<Vec<_>>().join(" "),
-            )
-        })
-        .collect();
-    if matches!(found.as_slice(), [only] if only == "ok") {
-        return Ok(());
-    }
-    Err(StoreError::Corrupt(format!(
-        "{}: {pragma} found the file damaged: {}",
-        path.display(),
-        if found.is_empty() {
-            "(no result)".to_owned()
-        } else {
-            found.join("; ")
-        }
-    )))
-}
-
-/// Creates a missing store file empty and readable by its owner only (it holds wrapped and
-/// sealed keys), and syncs its directory so that the new name is durable. SQLite gives the
-/// `-wal` and `-shm` files the same permissions. An existing file is left as it is.
-fn create_private_file(path: &Path) -> StoreResult<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let io = |what: &str, e: std::io::Error| {
-        let msg = format!("{}: {what}: {e}", path.display());
-        if error::is_no_space(&e) {
-            StoreError::Full(msg)
-        } else {
-            StoreError::Sqlite(msg)
-        }
-    };
-    match options.open(path) {
-        Ok(file) => {
-            file.sync_all().map_err(|e| io("sync the new store file", e))?;
-            let dir = match path.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir,
-                _ => Path::new("."),
-            };
-            // Directories can be opened read-only and synced on Unix; elsewhere this may
-            // fail, which only loses the extra durability of a brand-new file's name.
-            if let Ok(dir) = std::fs::File::open(dir) {
-                if let Err(e) = dir.sync_all() {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot sync the store's directory");
-                }
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io("create the store file", e)),
-    }
-}
-
-/// Creates the schema in a new file, or checks the version of an existing one.
-fn init_schema(conn: &mut Connection, path: &Path) -> StoreResult<()> {
-    let err = |ctx: &'static str| move |e| map_sqlite(e, path, ctx);
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(err("check schema"))?;
-    let table_exists = |name: &str| -> rusqlite::Result<bool> {
-        tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-            [name],
-            |r| r.get(0),
-        )
-    };
-    if table_exists("store_meta").map_err(err("check schema"))? {
-        let version: Option<i64> = tx
-            .query_row(
-                "SELECT value FROM store_meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err("read schema version"))?;
-        match version {
-            None => {
-                return Err(StoreError::Corrupt(format!(
-                    "{}: the store has no schema version",
-                    path.display()
-                )))
-            }
-            Some(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::Schema(format!(
-                    "{}: schema version {v} is newer than this build's {SCHEMA_VERSION}; \
-                     upgrade hahsm",
-                    path.display()
-                )))
-            }
-            Some(v) if v < 1 => {
-                return Err(StoreError::Corrupt(format!(
-                    "{}: invalid schema version {v}",
-                    path.display()
-                )))
-            }
-            // Version 1 is the only one so far: nothing to migrate.
-            Some(_) => {}
-        }
-        for table in TABLES {
-            if !table_exists(table).map_err(err("check schema"))? {
-                return Err(StoreError::Corrupt(format!(
-                    "{}: the store has no {table} table",
-                    path.display()
-                )));
-            }
-        }
-        // Nothing was written: committing only releases the lock.
-        tx.commit().map_err(err("check schema"))?;
-        return Ok(());
-    }
-    let objects: i64 = tx
-        .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
-        .map_err(err("check schema"))?;
-    if objects > 0 {
-        return Err(StoreError::Corrupt(format!(
-            "{}: this SQLite database is not a hahsm store (it has no store_meta table)",
-            path.display()
-        )));
-    }
-    tx.execute_batch(SCHEMA_V1).map_err(err("create schema"))?;
-    tx.execute(
-        "INSERT INTO store_meta (key, value) VALUES ('schema_version', ?1)",
-        [SCHEMA_VERSION],
-    )
-    .map_err(err("create schema"))?;
-    tx.commit().map_err(err("create schema"))?;
-    Ok(())
-}
-
-// ----- row decoding: a value that does not fit is a conversion error, mapped to Corrupt -----
-
-/// u64 values are stored as the i64 with the same bits.
-fn u64_col(row: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
-    Ok(row.get::<_, i64>(i)? as u64)
-}
-
-fn u32_col(row: &Row<'_>, i: usize) -> rusqlite::Result<u32> {
-    let v: i64 = row.get(i)?;
-    u32::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, v))
-}
-
-fn bool_col(row: &Row<'_>, i: usize) -> rusqlite::Result<bool> {
-    match row.get::<_, i64>(i)? {
-        0 => Ok(false),
-        1 => Ok(true),
-        v => Err(rusqlite::Error::IntegralValueOutOfRange(i, v)),
-    }
-}
-
-fn to_id16(bytes: &[u8], i: usize) -> rusqlite::Result<[u8; 16]> {
-    <[u8; 16]>::try_from(bytes).map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            i,
-            Type::Blob,
-            format!("expected a 16-byte id, found {} bytes", bytes.len()).into(),
-        )
-    })
-}
-
-fn id16_col(row: &Row<'_>, i: usize) -> rusqlite::Result<[u8; 16]> {
-    let bytes: Vec<u8> = row.get(i)?;
-    to_id16(&bytes, i)
-}
-
-fn opt_id16_col(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<[u8; 16]>> {
-    let bytes: Option<Vec<u8>> = row.get(i)?;
-    bytes.map(|b| to_id16(&b, i)).transpose()
-}
-
-fn partition_from_row(r: &Row<'_>) -> rusqlite::Result<PartitionRow> {
-    Ok(PartitionRow {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        serial: u64_col(r, 2)?,
-        wrapped_pmk: r.get(3)?,
-        sealed_pmk: r.get(4)?,
-        pin_salt: r.get(5)?,
-        sealed_pin: r.get(6)?,
-        failed_logins: u32_col(r, 7)?,
-        policies: r.get(8)?,
-        activated: bool_col(r, 9)?,
-        digest: r.get(10)?,
-        extra: r.get(11)?,
-    })
-}
-
-fn client_from_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
-    Ok(ClientRow {
-        name: r.get(0)?,
-        fingerprint_hex: r.get(1)?,
-        hostname: r.get(2)?,
-    })
-}
-
-fn op_from_row(r: &Row<'_>) -> rusqlite::Result<OpRow> {
-    Ok(OpRow {
-        index: u64_col(r, 0)?,
-        origin: u64_col(r, 1)?,
-        seq: u64_col(r, 2)?,
-        hlc_wall: u64_col(r, 3)?,
-        hlc_logical: u32_col(r, 4)?,
-        client_op_id: opt_id16_col(r, 5)?,
-        kind: r.get(6)?,
-        body: r.get(7)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::params;
     use std::sync::Arc;
 
     fn assert_send_sync<T: Send + Sync>() {}

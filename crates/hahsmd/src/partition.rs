@@ -11,6 +11,11 @@
 //! is sealed once more on its own, so it stays sealed in memory until a key is
 //! first used. A sealed digest over the set of (OUID, version) pairs catches a
 //! row deleted or rolled back behind the daemon's back at activation.
+//!
+//! Over 800 lines with its tests, on purpose: the write path's invariant
+//! (memory changes only after the store commits, in `persist`) and the
+//! integrity digest it keeps are easier to check with everything that
+//! touches them in one file.
 use hahsm_crypto::{self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes};
 use hahsm_replica::{ObjectState, Plan, Replica, VersionVector};
 use hahsm_store::{ObjectRow, OpRow, PartitionRow, Store, Write};

@@ -1,0 +1,191 @@
+//! Key management and random numbers (§5.14, §5.15): generate, wrap, unwrap,
+//! derive; random bytes.
+use super::common::*;
+use crate::error::{delivers, rv, Error, Result};
+use crate::session::PendingWrap;
+use crate::sync::lock;
+use hahsm_client::connection::new_op_id;
+use hahsm_proto::client::{Request, Response};
+use hahsm_token::mechanism::Usage;
+use hahsm_token::{ck, Mechanism, Template};
+
+pub fn generate_key(
+    h: ck::CK_SESSION_HANDLE,
+    mech: Mechanism,
+    template: Template,
+) -> Result<ck::CK_OBJECT_HANDLE> {
+    let (m, s) = session(h)?;
+    if !mech_has_flag(mech.mech, ck::CKF_GENERATE) {
+        return rv(ck::CKR_MECHANISM_INVALID);
+    }
+    let token = template.flag(ck::CKA_TOKEN, false);
+    check_writable(&s, token)?;
+    let r = m.call(
+        &s.slot,
+        Request::GenerateKey {
+            partition: s.slot.partition.clone(),
+            mechanism: mech,
+            template,
+            op_id: new_op_id(),
+        },
+    );
+    object_created(&m, &s, r, token)
+}
+
+pub fn generate_key_pair(
+    h: ck::CK_SESSION_HANDLE,
+    mech: Mechanism,
+    public: Template,
+    private: Template,
+) -> Result<(ck::CK_OBJECT_HANDLE, ck::CK_OBJECT_HANDLE)> {
+    let (m, s) = session(h)?;
+    if !mech_has_flag(mech.mech, ck::CKF_GENERATE_KEY_PAIR) {
+        return rv(ck::CKR_MECHANISM_INVALID);
+    }
+
+    let (pub_token, priv_token) = (
+        public.flag(ck::CKA_TOKEN, false),
+        private.flag(ck::CKA_TOKEN, false),
+    );
+    check_writable(&s, pub_token || priv_token)?;
+    match m.call(
+        &s.slot,
+        Request::GenerateKeyPair {
+            partition: s.slot.partition.clone(),
+            mechanism: mech,
+            public_template: public,
+            private_template: private,
+            op_id: new_op_id(),
+        },
+    )? {
+        Response::KeyPair { public, private } => Ok((
+            new_handle(&m, &s, public, pub_token),
+            new_handle(&m, &s, private, priv_token),
+        )),
+        _ => Err(unexpected()),
+    }
+}
+
+pub fn wrap_key(
+    h: ck::CK_SESSION_HANDLE,
+    mech: Mechanism,
+    wrapping: ck::CK_OBJECT_HANDLE,
+    target: ck::CK_OBJECT_HANDLE,
+    capacity: Option<usize>,
+) -> Result<Vec<u8>> {
+    let (m, s) = session(h)?;
+    let (wrapping_ouid, info) = key(&m, &s, wrapping).map_err(|e| match e.rv() {
+        ck::CKR_KEY_HANDLE_INVALID => Error::Rv(ck::CKR_WRAPPING_KEY_HANDLE_INVALID),
+        _ => e,
+    })?;
+    check_key_for(&mech, &info, Usage::Wrap).map_err(|e| match e.rv() {
+        ck::CKR_KEY_TYPE_INCONSISTENT => Error::Rv(ck::CKR_WRAPPING_KEY_TYPE_INCONSISTENT),
+        _ => e,
+    })?;
+    let (target_ouid, _) = m
+        .handles
+        .object(s.slot.id, target)
+        .map_err(|_| Error::Rv(ck::CKR_KEY_HANDLE_INVALID))?;
+    let request = (wrapping_ouid, target_ouid, mech);
+    let cached = {
+        let st = lock(&s.state);
+        st.pending_wrap
+            .as_ref()
+            .filter(|p| p.request == request)
+            .map(|p| p.wrapped.clone())
+    };
+    let wrapped = match cached {
+        Some(w) => w,
+        None => match m.call(
+            &s.slot,
+            Request::WrapKey {
+                partition: s.slot.partition.clone(),
+                wrapping_key: request.0,
+                key: request.1,
+                mechanism: request.2.clone(),
+            },
+        )? {
+            Response::Bytes(b) => b,
+            _ => return Err(unexpected()),
+        },
+    };
+    let mut st = lock(&s.state);
+    if delivers(capacity, wrapped.len())? {
+        st.pending_wrap = None;
+    } else {
+        st.pending_wrap = Some(PendingWrap {
+            request,
+            wrapped: wrapped.clone(),
+        });
+    }
+    Ok(wrapped)
+}
+
+pub fn unwrap_key(
+    h: ck::CK_SESSION_HANDLE,
+    mech: Mechanism,
+    unwrapping: ck::CK_OBJECT_HANDLE,
+    wrapped: &[u8],
+    template: Template,
+) -> Result<ck::CK_OBJECT_HANDLE> {
+    let (m, s) = session(h)?;
+    let (ouid, info) = key(&m, &s, unwrapping).map_err(|e| match e.rv() {
+        ck::CKR_KEY_HANDLE_INVALID => Error::Rv(ck::CKR_UNWRAPPING_KEY_HANDLE_INVALID),
+        _ => e,
+    })?;
+    check_key_for(&mech, &info, Usage::Unwrap).map_err(|e| match e.rv() {
+        ck::CKR_KEY_TYPE_INCONSISTENT => Error::Rv(ck::CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT),
+        _ => e,
+    })?;
+    let token = template.flag(ck::CKA_TOKEN, false);
+    check_writable(&s, token)?;
+    let r = m.call(
+        &s.slot,
+        Request::UnwrapKey {
+            partition: s.slot.partition.clone(),
+            unwrapping_key: ouid,
+            mechanism: mech,
+            wrapped: wrapped.to_vec(),
+            template,
+            op_id: new_op_id(),
+        },
+    );
+    object_created(&m, &s, r, token)
+}
+
+pub fn derive_key(
+    h: ck::CK_SESSION_HANDLE,
+    mech: Mechanism,
+    base: ck::CK_OBJECT_HANDLE,
+    template: Template,
+) -> Result<ck::CK_OBJECT_HANDLE> {
+    let (m, s) = session(h)?;
+    let (ouid, info) = key(&m, &s, base)?;
+    check_key_for(&mech, &info, Usage::Derive)?;
+    let token = template.flag(ck::CKA_TOKEN, false);
+    check_writable(&s, token)?;
+    let r = m.call(
+        &s.slot,
+        Request::DeriveKey {
+            partition: s.slot.partition.clone(),
+            base_key: ouid,
+            mechanism: mech,
+            template,
+            op_id: new_op_id(),
+        },
+    );
+    object_created(&m, &s, r, token)
+}
+
+pub fn generate_random(h: ck::CK_SESSION_HANDLE, len: usize) -> Result<Vec<u8>> {
+    let (m, s) = session(h)?;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let n = (len - out.len()).min(RANDOM_CHUNK);
+        match m.call(&s.slot, Request::GenerateRandom { len: n as u32 })? {
+            Response::Bytes(b) if b.len() == n => out.extend_from_slice(&b),
+            _ => return Err(unexpected()),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,178 @@
+//! Object management (§5.7): create, copy, destroy, sizes, attributes, find.
+use super::common::*;
+use crate::error::{rv, Error, Result};
+use crate::session::Find;
+use crate::sync::lock;
+use hahsm_client::connection::new_op_id;
+use hahsm_proto::client::{AttrResult, Request, Response};
+use hahsm_token::{ck, AttrType, Ouid, Template};
+
+pub fn create_object(h: ck::CK_SESSION_HANDLE, template: Template) -> Result<ck::CK_OBJECT_HANDLE> {
+    let (m, s) = session(h)?;
+    let token = template.flag(ck::CKA_TOKEN, false);
+    check_writable(&s, token)?;
+    let r = m.call(
+        &s.slot,
+        Request::CreateObject {
+            partition: s.slot.partition.clone(),
+            template,
+            op_id: new_op_id(),
+        },
+    );
+    object_created(&m, &s, r, token)
+}
+
+pub fn copy_object(
+    h: ck::CK_SESSION_HANDLE,
+    object: ck::CK_OBJECT_HANDLE,
+    template: Template,
+) -> Result<ck::CK_OBJECT_HANDLE> {
+    let (m, s) = session(h)?;
+    let (ouid, known) = m.handles.object(s.slot.id, object)?;
+    let token = match template.bool(ck::CKA_TOKEN) {
+        Some(t) => t,
+        None => is_token_object(&m, &s, ouid, known)?,
+    };
+    check_writable(&s, token)?;
+    let r = m.call(
+        &s.slot,
+        Request::CopyObject {
+            partition: s.slot.partition.clone(),
+            object: ouid,
+            template,
+            op_id: new_op_id(),
+        },
+    );
+    object_created(&m, &s, r, token)
+}
+
+pub fn destroy_object(h: ck::CK_SESSION_HANDLE, object: ck::CK_OBJECT_HANDLE) -> Result<()> {
+    let (m, s) = session(h)?;
+    let (ouid, known) = m.handles.object(s.slot.id, object)?;
+    check_writable(&s, is_token_object(&m, &s, ouid, known)?)?;
+    expect(
+        m.call(
+            &s.slot,
+            Request::DestroyObject {
+                partition: s.slot.partition.clone(),
+                object: ouid,
+                op_id: new_op_id(),
+            },
+        ),
+        Response::Done,
+    )?;
+    m.handles.forget(object);
+    Ok(())
+}
+
+/// `C_GetObjectSize`: the size of the object's readable attributes, an
+/// approximation the specification allows (§5.7).
+pub fn object_size(h: ck::CK_SESSION_HANDLE, object: ck::CK_OBJECT_HANDLE) -> Result<u64> {
+    let (m, s) = session(h)?;
+    let (ouid, _) = m.handles.object(s.slot.id, object)?;
+    let attrs = attributes(&m, &s, ouid, SIZED.to_vec())?;
+    Ok(attrs
+        .iter()
+        .map(|(_, r)| match r {
+            AttrResult::Value(v) => v.to_raw().len() as u64 + 16,
+            _ => 0,
+        })
+        .sum())
+}
+
+pub fn get_attributes(
+    h: ck::CK_SESSION_HANDLE,
+    object: ck::CK_OBJECT_HANDLE,
+    types: Vec<AttrType>,
+) -> Result<Vec<AttrResult>> {
+    let (m, s) = session(h)?;
+    let (ouid, _) = m.handles.object(s.slot.id, object)?;
+    let n = types.len();
+    let got = attributes(&m, &s, ouid, types.clone())?;
+    // Answer in the caller's order, whatever the member's.
+    let out: Vec<AttrResult> = types
+        .iter()
+        .map(|t| {
+            got.iter()
+                .find(|(a, _)| a == t)
+                .map(|(_, r)| r.clone())
+                .unwrap_or(AttrResult::Invalid)
+        })
+        .collect();
+    debug_assert_eq!(out.len(), n);
+    Ok(out)
+}
+
+pub fn set_attributes(
+    h: ck::CK_SESSION_HANDLE,
+    object: ck::CK_OBJECT_HANDLE,
+    template: Template,
+) -> Result<()> {
+    let (m, s) = session(h)?;
+    let (ouid, known) = m.handles.object(s.slot.id, object)?;
+    check_writable(&s, is_token_object(&m, &s, ouid, known)?)?;
+    let r = m.call(
+        &s.slot,
+        Request::SetAttributes {
+            partition: s.slot.partition.clone(),
+            object: ouid,
+            template,
+            op_id: new_op_id(),
+        },
+    );
+    // Usage flags may have changed: read them again at the next use.
+    m.handles.set_key_info(object, None);
+    expect(r, Response::Done)
+}
+
+/// `C_FindObjectsInit`; `None` is a template naming an attribute hahsm does
+/// not know, which matches nothing.
+pub fn find_init(h: ck::CK_SESSION_HANDLE, template: Option<Template>) -> Result<()> {
+    let (m, s) = session(h)?;
+    if lock(&s.state).find.is_some() {
+        return rv(ck::CKR_OPERATION_ACTIVE);
+    }
+    let found = match template {
+        None => Vec::new(),
+        Some(template) => match m.call(
+            &s.slot,
+            Request::FindObjects {
+                partition: s.slot.partition.clone(),
+                template,
+                limit: FIND_LIMIT,
+            },
+        )? {
+            Response::Objects(o) => o,
+            _ => return Err(unexpected()),
+        },
+    };
+    lock(&s.state).find = Some(Find { found, next: 0 });
+    Ok(())
+}
+
+pub fn find(h: ck::CK_SESSION_HANDLE, max: usize) -> Result<Vec<ck::CK_OBJECT_HANDLE>> {
+    let (m, s) = session(h)?;
+    let page: Vec<Ouid> = {
+        let mut st = lock(&s.state);
+        let f = st
+            .find
+            .as_mut()
+            .ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
+        let end = f.found.len().min(f.next.saturating_add(max));
+        let page = f.found[f.next..end].to_vec();
+        f.next = end;
+        page
+    };
+    Ok(page
+        .into_iter()
+        .map(|o| m.handles.handle_for(s.slot.id, o))
+        .collect())
+}
+
+pub fn find_final(h: ck::CK_SESSION_HANDLE) -> Result<()> {
+    let (_, s) = session(h)?;
+    let found = lock(&s.state).find.take();
+    found
+        .map(|_| ())
+        .ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))
+}

@@ -23,7 +23,7 @@ use crate::log;
 use crate::pool::{Net, Server};
 use crate::runtime::Runtime;
 use crate::sessions::Sessions;
-use crate::slots::Slot;
+use crate::slots::{Slot, SlotKind};
 use crate::sync::{lock, read, write};
 use hahsm_client::ClientConfig;
 use hahsm_proto::client::{PartitionInfo, Request, Response};
@@ -147,9 +147,9 @@ impl Module {
     /// Sends one request for a slot: to its member, or for an HA slot to
     /// the least busy member, failing over to the others.
     pub fn call(&self, slot: &Slot, request: Request) -> Result<Response> {
-        match &slot.ha {
-            None => self.net.call_server(&slot.server, request),
-            Some(g) => routing::call(g, &self.net, request, Route::Multiplexed),
+        match &slot.kind {
+            SlotKind::Member { .. } => self.net.call_server(&slot.server, request),
+            SlotKind::Ha(g) => routing::call(g, &self.net, request, Route::Multiplexed),
         }
     }
 
@@ -158,9 +158,9 @@ impl Module {
     /// or digest with a token key. It runs on a pooled blocking connection,
     /// driven by the calling thread (see `hahsm_client::blocking`).
     pub fn call_stateless(&self, slot: &Slot, request: Request) -> Result<Response> {
-        match &slot.ha {
-            None => self.net.call_pooled(&slot.server, request),
-            Some(g) => routing::call(g, &self.net, request, Route::Pooled),
+        match &slot.kind {
+            SlotKind::Member { .. } => self.net.call_pooled(&slot.server, request),
+            SlotKind::Ha(g) => routing::call(g, &self.net, request, Route::Pooled),
         }
     }
 
@@ -179,9 +179,9 @@ impl Module {
             user_type,
             pin: pin.clone(),
         };
-        match &slot.ha {
-            None => self.net.login_on(&slot.server, user_type, &pin),
-            Some(g) => routing::over_members(g, &request, |member| {
+        match &slot.kind {
+            SlotKind::Member { .. } => self.net.login_on(&slot.server, user_type, &pin),
+            SlotKind::Ha(g) => routing::over_members(g, &request, |member| {
                 self.net
                     .login_on(&member.server, user_type, &pin)
                     .map(|()| Response::Done)
@@ -222,9 +222,9 @@ impl Module {
         if objects.is_empty() {
             return;
         }
-        let home = match &slot.ha {
-            None => Some(slot.server.clone()),
-            Some(g) => {
+        let home = match &slot.kind {
+            SlotKind::Member { .. } => Some(slot.server.clone()),
+            SlotKind::Ha(g) => {
                 lock(&g.session_objects).retain(|o| !objects.contains(o));
                 lock(&g.session_home).as_ref().map(|m| m.server.clone())
             }
@@ -281,7 +281,7 @@ impl Module {
                     last_refresh = Instant::now();
                 }
                 let groups: Vec<Arc<crate::ha::HaGroup>> =
-                    read(&m.slots).iter().filter_map(|s| s.ha.clone()).collect();
+                    read(&m.slots).iter().filter_map(|s| s.ha().cloned()).collect();
                 for g in groups {
                     if refresh {
                         watch::refresh(&g, &m.net, &m.servers).await;
@@ -304,7 +304,7 @@ impl Module {
 
     /// Whether a slot is listed: with `ha_only`, only HA slots are.
     fn visible(&self, slot: &Slot) -> bool {
-        !self.net.config.ha_only || slot.ha.is_some()
+        !self.net.config.ha_only || slot.is_ha()
     }
 
     pub fn slots(&self) -> Vec<Arc<Slot>> {

@@ -12,6 +12,14 @@ use hahsm_proto::peer::GroupDef;
 use hahsm_token::ck;
 use std::sync::{Arc, Mutex, RwLock};
 
+/// What a slot is.
+pub enum SlotKind {
+    /// One partition on one member, in the HA group `group` if it is in one.
+    Member { group: Option<[u8; 16]> },
+    /// An HA group's partition, served by every member of the group.
+    Ha(Arc<HaGroup>),
+}
+
 /// One slot: a partition on a member, or an HA group's partition.
 pub struct Slot {
     pub id: ck::CK_SLOT_ID,
@@ -20,10 +28,7 @@ pub struct Slot {
     pub partition: String,
     pub serial: u64,
     pub info: Mutex<PartitionInfo>,
-    /// For a member's slot: the HA group its partition belongs to.
-    pub group: Option<[u8; 16]>,
-    /// For an HA slot: the group and its members.
-    pub ha: Option<Arc<HaGroup>>,
+    pub kind: SlotKind,
     /// The application's login to this token, shared by the slot's
     /// connections to every member.
     pub(crate) token: Arc<Mutex<TokenLogin>>,
@@ -32,6 +37,18 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The HA group, for an HA slot.
+    pub fn ha(&self) -> Option<&Arc<HaGroup>> {
+        match &self.kind {
+            SlotKind::Ha(g) => Some(g),
+            SlotKind::Member { .. } => None,
+        }
+    }
+
+    pub fn is_ha(&self) -> bool {
+        self.ha().is_some()
+    }
+
     /// The role logged in to this slot's token, if any (`CKU_USER` or `CKU_SO`).
     pub fn login(&self) -> Option<u64> {
         lock(&self.token).who.as_ref().map(|(u, _)| *u)
@@ -39,17 +56,17 @@ impl Slot {
 
     /// The slot's connections to each of its members.
     pub(crate) fn links(&self) -> Vec<Arc<Server>> {
-        match &self.ha {
-            Some(g) => g.members().into_iter().map(|m| m.server.clone()).collect(),
-            None => vec![self.server.clone()],
+        match &self.kind {
+            SlotKind::Ha(g) => g.members().into_iter().map(|m| m.server.clone()).collect(),
+            SlotKind::Member { .. } => vec![self.server.clone()],
         }
     }
 
     /// The token label: the group's label for an HA slot, else the partition name.
     pub fn label(&self) -> &str {
-        match &self.ha {
-            Some(g) => &g.label,
-            None => &self.partition,
+        match &self.kind {
+            SlotKind::Ha(g) => &g.label,
+            SlotKind::Member { .. } => &self.partition,
         }
     }
 }
@@ -62,7 +79,7 @@ pub fn list_new(net: &Net, servers: &[Arc<Server>], table: &RwLock<Vec<Arc<Slot>
     for server in servers {
         let known = read(table)
             .iter()
-            .any(|s| s.ha.is_none() && s.server.entry.name == server.entry.name);
+            .any(|s| !s.is_ha() && s.server.entry.name == server.entry.name);
         if known {
             continue;
         }
@@ -106,19 +123,20 @@ pub fn list_new(net: &Net, servers: &[Arc<Server>], table: &RwLock<Vec<Arc<Slot>
                 partition: info.name.clone(),
                 serial: info.serial,
                 info: Mutex::new(info),
-                group: group.map(|g| g.id),
-                ha: None,
+                kind: SlotKind::Member {
+                    group: group.map(|g| g.id),
+                },
                 token,
                 login_change: Mutex::new(()),
             }));
         }
         // HA slots first, then the members' slots.
-        slots.sort_by_key(|s| (s.ha.is_none(), s.id));
+        slots.sort_by_key(|s| (!s.is_ha(), s.id));
     }
     // Members the groups name that the config does not: learned from the
     // group definition, with its client address and pinned fingerprint.
     for slot in read(table).iter() {
-        let Some(g) = &slot.ha else { continue };
+        let Some(g) = slot.ha() else { continue };
         let def = lock(&g.def).clone();
         crate::ha::watch::follow(g, &def, false, servers);
     }
@@ -135,11 +153,7 @@ fn free_slot_id(slots: &[Arc<Slot>], serial: u64) -> ck::CK_SLOT_ID {
 
 /// Adds a member to its group's HA slot, making the slot on first sight.
 fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, info: &PartitionInfo) {
-    if let Some(g) = slots
-        .iter()
-        .filter_map(|s| s.ha.as_ref())
-        .find(|g| g.id == def.id)
-    {
+    if let Some(g) = slots.iter().filter_map(|s| s.ha()).find(|g| g.id == def.id) {
         let mut members = write(&g.members);
         if !members
             .iter()
@@ -166,8 +180,7 @@ fn join_group(slots: &mut Vec<Arc<Slot>>, def: &GroupDef, server: &Arc<Server>, 
             serial: def.serial,
             ..info.clone()
         }),
-        group: None,
-        ha: Some(Arc::new(HaGroup::new(def, first, token.clone()))),
+        kind: SlotKind::Ha(Arc::new(HaGroup::new(def, first, token.clone()))),
         token,
         login_change: Mutex::new(()),
     }));

@@ -4,6 +4,7 @@
 use super::common::*;
 use crate::error::{rv, Error, Result};
 use crate::module::{self};
+use crate::slots::SlotKind;
 use crate::sync::lock;
 use hahsm_client::connection::new_op_id;
 use hahsm_proto::client::{Request, Response};
@@ -37,9 +38,11 @@ pub fn slot_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_SLOT_INFO> {
     let slot = m.slot(id)?;
     let present = lock(&slot.info).activated;
     Ok(ck::CK_SLOT_INFO {
-        slotDescription: padded(&match &slot.ha {
-            Some(g) => format!("hahsm HA group {} partition {}", g.label, slot.partition),
-            None => format!("hahsm {} partition {}", slot.server.entry.name, slot.partition),
+        slotDescription: padded(&match &slot.kind {
+            SlotKind::Ha(g) => format!("hahsm HA group {} partition {}", g.label, slot.partition),
+            SlotKind::Member { .. } => {
+                format!("hahsm {} partition {}", slot.server.entry.name, slot.partition)
+            }
         }),
         manufacturerID: padded(MANUFACTURER),
         flags: ck::CKF_HW_SLOT | ck::CKF_REMOVABLE_DEVICE | if present { ck::CKF_TOKEN_PRESENT } else { 0 },
@@ -65,7 +68,7 @@ pub fn token_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_TOKEN_INFO> {
     Ok(ck::CK_TOKEN_INFO {
         label: padded(slot.label()),
         manufacturerID: padded(MANUFACTURER),
-        model: padded(if slot.ha.is_some() {
+        model: padded(if slot.is_ha() {
             "hahsm HA group"
         } else {
             "hahsmd partition"

@@ -7,6 +7,7 @@
 //!   whose handshake takes milliseconds, gets through;
 //! - established connections are bounded in all and per client certificate;
 //!   a client over a limit is told so in the hello's answer.
+use crate::sync::Recover;
 use hahsm_link::Fingerprint;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,7 +65,7 @@ impl Admission {
     pub fn handshake(self: &Arc<Self>) -> PendingSlot {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let evict = Arc::new(Notify::new());
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending.lock_or_recover();
         while pending.len() >= self.max_pending {
             if let Some((_, oldest)) = pending.pop_front() {
                 // `notify_one` keeps the signal if the holder is not waiting yet.
@@ -81,7 +82,7 @@ impl Admission {
 
     /// Admits an authenticated client, or says which limit it hit.
     pub fn establish(self: &Arc<Self>, client: &Fingerprint) -> Result<EstablishedSlot, Refusal> {
-        let mut e = self.established.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.established.lock_or_recover();
         if e.total >= self.max_established {
             return Err(Refusal::MemberFull(self.max_established));
         }
@@ -114,7 +115,7 @@ impl PendingSlot {
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        let mut pending = self.admission.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.admission.pending.lock_or_recover();
         pending.retain(|(id, _)| *id != self.id);
     }
 }
@@ -127,11 +128,7 @@ pub struct EstablishedSlot {
 
 impl Drop for EstablishedSlot {
     fn drop(&mut self) {
-        let mut e = self
-            .admission
-            .established
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut e = self.admission.established.lock_or_recover();
         e.total = e.total.saturating_sub(1);
         if let Some(n) = e.per_client.get_mut(&self.client) {
             *n = n.saturating_sub(1);

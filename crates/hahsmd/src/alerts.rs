@@ -11,6 +11,7 @@
 //! key material (its fields are all plain, non-secret values).
 use crate::config::{AlertTargets, WebhookUrl};
 use crate::metrics::Metrics;
+use crate::sync::Recover;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde::Serialize;
@@ -177,7 +178,7 @@ impl Alerts {
     /// The dispatcher: delivers every queued alert to every target. Runs
     /// once, for the life of the daemon.
     pub async fn dispatch(&self, targets: AlertTargets, data_dir: PathBuf, metrics: Arc<Metrics>) {
-        let Some(mut rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(mut rx) = self.rx.lock_or_recover().take() else {
             return;
         };
         let targets = Arc::new(targets);

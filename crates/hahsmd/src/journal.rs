@@ -13,6 +13,7 @@
 //! `JournalTruncated` entry naming the head it had recorded.
 //! Someone who can rewrite both the file and the store can rewrite history;
 //! copying the heads that `hahsm journal` prints elsewhere catches that too.
+use crate::sync::Recover;
 use hahsm_proto::journal::{next_entry, JournalEntry, JournalHead};
 use hahsm_store::Store;
 use std::io::Write;
@@ -121,7 +122,7 @@ impl Journal {
 
     /// Appends one entry and syncs it to disk.
     pub fn append(&self, who: &Who, action: Action) -> anyhow::Result<()> {
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let mut head = self.head.lock_or_recover();
         let entry = next_entry(
             JournalEntry {
                 seq: 0,
@@ -164,7 +165,7 @@ impl Journal {
     /// Lines after entry `after`, at most `limit`, as they are in the file,
     /// and the head the member recorded.
     pub fn read(&self, after: u64, limit: usize) -> anyhow::Result<(Vec<String>, JournalHead)> {
-        let _head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let _head = self.head.lock_or_recover();
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

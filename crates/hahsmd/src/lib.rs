@@ -38,6 +38,7 @@ pub mod pin_records;
 pub mod pins;
 pub mod replication;
 pub mod server;
+pub mod sync;
 pub mod watch;
 
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

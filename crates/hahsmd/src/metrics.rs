@@ -7,6 +7,7 @@
 //!   members (state, lag), in-sync, degraded, policy drift, partitions and
 //!   the store's size. Reading at scrape time means a gauge can never be
 //!   stale, and a member that left the group leaves the metrics with it.
+use crate::sync::Recover;
 use hahsm_proto::admin::MemberState;
 use hahsm_proto::admin::{GroupStatus, PartitionSummary};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -276,7 +277,7 @@ impl Metrics {
     /// The scrape: reads the member's state into the gauges, then encodes
     /// every metric.
     pub fn render(&self, state: &ScrapedState) -> String {
-        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.scrape.lock_or_recover();
         self.read_state(state);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

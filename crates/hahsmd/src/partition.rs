@@ -16,6 +16,7 @@
 //! (memory changes only after the store commits, in `persist`) and the
 //! integrity digest it keeps are easier to check with everything that
 //! touches them in one file.
+use crate::sync::{Recover, RecoverRw};
 use hahsm_crypto::{self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes};
 use hahsm_replica::{ObjectState, Plan, Replica, VersionVector};
 use hahsm_store::{ObjectRow, OpRow, PartitionRow, Store, Write};
@@ -277,7 +278,7 @@ impl ActivePartition {
         let vv = VersionVector(store.version_vector(row.id)?.into_iter().collect());
         let (wall_ms, logical) = store.max_hlc(row.id)?;
         {
-            let mut clock = hlc.lock().unwrap_or_else(|p| p.into_inner());
+            let mut clock = hlc.lock_or_recover();
             *clock = (*clock).max(Hlc { wall_ms, logical });
         }
         let next_seq = vv.get(member) + 1;
@@ -322,11 +323,11 @@ impl ActivePartition {
     }
 
     fn live_read(&self) -> std::sync::RwLockReadGuard<'_, LiveObjects> {
-        self.live.read().unwrap_or_else(|p| p.into_inner())
+        self.live.read_or_recover()
     }
 
     fn replica_read(&self) -> std::sync::RwLockReadGuard<'_, Replica<Vec<u8>>> {
-        self.replica.read().unwrap_or_else(|p| p.into_inner())
+        self.replica.read_or_recover()
     }
 
     pub fn object_count(&self) -> usize {
@@ -366,7 +367,7 @@ impl ActivePartition {
     /// A digest of the live objects and their attributes: equal on two members
     /// exactly when they hold the same objects with the same attributes.
     pub fn content_digest(&self) -> [u8; 32] {
-        self.content.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.content.lock_or_recover().0
     }
 
     /// A new object for this partition, with its secret sealed under the PMK:
@@ -542,7 +543,7 @@ impl ActivePartition {
             return Err(TokenError::DeadlineExceeded);
         }
         let stamp = {
-            let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+            let mut hlc = self.hlc.lock_or_recover();
             *hlc = hlc.tick(crate::now_ms());
             Stamp {
                 hlc: *hlc,
@@ -570,7 +571,7 @@ impl ActivePartition {
     pub async fn apply_remote(&self, ops: Vec<Op>) -> TokenResult<Vec<Applied>> {
         let mut state = self.writes.lock().await;
         {
-            let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+            let mut hlc = self.hlc.lock_or_recover();
             for op in &ops {
                 *hlc = hlc.observe(op.stamp.hlc, crate::now_ms());
             }
@@ -675,14 +676,14 @@ impl ActivePartition {
         state.versions.extend(versions);
         state.next_seq = next_seq;
         {
-            let mut replica = self.replica.write().unwrap_or_else(|p| p.into_inner());
+            let mut replica = self.replica.write_or_recover();
             for plan in to_commit {
                 replica.commit(plan);
             }
         }
         let replica = self.replica_read();
-        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
-        let mut content = self.content.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = self.live.write_or_recover();
+        let mut content = self.content.lock_or_recover();
         for ouid in &touched {
             let (digest, terms) = &mut *content;
             if let Some(old) = terms.remove(ouid) {
@@ -730,8 +731,7 @@ impl ActivePartition {
         state.digest = fresh_state.digest;
         state.versions = fresh_state.versions.clone();
         drop(fresh_state);
-        *self.replica.write().unwrap_or_else(|p| p.into_inner()) =
-            std::mem::take(&mut *fresh.replica.write().unwrap_or_else(|p| p.into_inner()));
+        *self.replica.write_or_recover() = std::mem::take(&mut *fresh.replica.write_or_recover());
         Ok(())
     }
 }

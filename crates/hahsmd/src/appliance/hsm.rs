@@ -3,6 +3,7 @@
 use super::records::*;
 use super::state::Appliance;
 use crate::error::{AdminError, AdminResult};
+use crate::sync::Recover;
 use hahsm_crypto::{self as crypto, SecretBytes};
 use hahsm_proto::admin::PolicyLine;
 use hahsm_proto::Secret;
@@ -25,7 +26,7 @@ impl Appliance {
     }
 
     pub fn so_logged_in(&self) -> bool {
-        let until = self.so_login_until.lock().unwrap_or_else(|p| p.into_inner());
+        let until = self.so_login_until.lock_or_recover();
         until.is_some_and(|t| Instant::now() < t)
     }
 
@@ -78,26 +79,23 @@ impl Appliance {
         let domain = so_kek(so_secret.expose(), &salt)?
             .open(b"hahsm/domain/v1", &wrapped)
             .map_err(|_| AdminError("store integrity check failed: the wrapped domain secret".into()))?;
-        *self.so_domain_key.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(crate::replication::keys::domain_key(domain.expose())?);
+        *self.so_domain_key.lock_or_recover() = Some(crate::replication::keys::domain_key(domain.expose())?);
         let minutes = self.config.limits.so_login_minutes;
-        *self.so_login_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + Duration::from_secs(minutes * 60));
+        *self.so_login_until.lock_or_recover() = Some(Instant::now() + Duration::from_secs(minutes * 60));
         info!("SO logged in on the admin socket");
         Ok(())
     }
 
     pub fn hsm_logout(&self) {
-        *self.so_login_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        *self.so_domain_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.so_login_until.lock_or_recover() = None;
+        *self.so_domain_key.lock_or_recover() = None;
     }
 
     /// The key derived from the domain secret; needs the SO logged in.
     pub fn so_domain_key(&self) -> AdminResult<SecretBytes> {
         self.require_so()?;
         self.so_domain_key
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .clone()
             .ok_or_else(|| AdminError("log in as the SO again: the domain key is not loaded".into()))
     }

@@ -1,5 +1,6 @@
 //! The registry of registered clients (name, fingerprint, assigned
 //! partitions), which the TLS layer asks who may connect.
+use crate::sync::RecoverRw;
 use hahsm_link::{ClientAuthorizer, Fingerprint};
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
@@ -19,19 +20,18 @@ pub struct ClientRegistry(RwLock<HashMap<Fingerprint, ClientEntry>>);
 impl ClientRegistry {
     /// Puts the registry as the store now has it in place.
     pub fn replace(&self, clients: HashMap<Fingerprint, ClientEntry>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = clients;
+        *self.0.write_or_recover() = clients;
     }
 
     pub fn get(&self, fp: &Fingerprint) -> Option<ClientEntry> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).get(fp).cloned()
+        self.0.read_or_recover().get(fp).cloned()
     }
 
     /// Whether the client may open the partition; on every request, so it
     /// copies nothing.
     pub fn may_open(&self, fp: &Fingerprint, partition: &str) -> bool {
         self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_or_recover()
             .get(fp)
             .is_some_and(|c| c.partitions.contains(partition))
     }
@@ -39,6 +39,6 @@ impl ClientRegistry {
 
 impl ClientAuthorizer for ClientRegistry {
     fn is_registered(&self, fp: &Fingerprint) -> bool {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).contains_key(fp)
+        self.0.read_or_recover().contains_key(fp)
     }
 }

@@ -7,6 +7,7 @@ use super::records::*;
 use super::registry::ClientRegistry;
 use crate::config::Config;
 use crate::partition::ActivePartition;
+use crate::sync::RecoverRw;
 use hahsm_crypto::{SealKey, SecretBytes};
 use hahsm_link::Fingerprint;
 use hahsm_store::{PartitionRow, Store};
@@ -144,31 +145,22 @@ impl Appliance {
     pub(super) fn active_write(
         &self,
     ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ActivePartition>>> {
-        self.active.write().unwrap_or_else(|p| p.into_inner())
+        self.active.write_or_recover()
     }
 
     /// Every partition activated here.
     pub fn active_partitions(&self) -> Vec<Arc<ActivePartition>> {
-        self.active
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.active.read_or_recover().values().cloned().collect()
     }
 
     pub fn active_partition(&self, name: &str) -> Option<Arc<ActivePartition>> {
-        self.active
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.active.read_or_recover().get(name).cloned()
     }
 
     /// The TLS acceptor for the client link, built from the member's
     /// certificate; made at first use, and again after `regen-cert`.
     pub fn tls_acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-        if let Some(a) = self.tls.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(a) = self.tls.read_or_recover().as_ref() {
             return Ok(a.clone());
         }
         if !self.config.cert_path().exists() {
@@ -186,7 +178,7 @@ impl Appliance {
         let identity = hahsm_link::load_identity(&self.config.cert_path(), &self.config.key_path())?;
         let config = hahsm_link::server_config(identity, self.clients.clone())?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor.clone());
+        *self.tls.write_or_recover() = Some(acceptor.clone());
         Ok(acceptor)
     }
 
@@ -201,7 +193,7 @@ impl Appliance {
         let (cert_pem, key_pem) = hahsm_link::generate_self_signed(common_name, &names)?;
         hahsm_link::write_private_file(&self.config.key_path(), key_pem.as_bytes())?;
         hahsm_link::write_private_file(&self.config.cert_path(), cert_pem.as_bytes())?;
-        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.tls.write_or_recover() = None;
         info!(common_name, "server certificate regenerated");
         self.fingerprint()
     }

@@ -4,6 +4,7 @@
 use super::templates::*;
 use crate::appliance::{Appliance, PinKind};
 use crate::partition::{ActivePartition, ObjectEntry};
+use crate::sync::Recover;
 use hahsm_crypto::{self as crypto, SecretBytes};
 use hahsm_link::Fingerprint;
 use hahsm_proto::client::{
@@ -39,15 +40,11 @@ impl Connection {
 
     /// The role logged in to a partition on this connection, if any.
     pub(super) fn role(&self, partition: &str) -> Option<u64> {
-        self.logins
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(partition)
-            .copied()
+        self.logins.lock_or_recover().get(partition).copied()
     }
 
     pub(super) fn session_object(&self, partition: &str, ouid: &Ouid) -> Option<Arc<ObjectEntry>> {
-        let objects = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
+        let objects = self.session_objects.lock_or_recover();
         objects
             .get(ouid)
             .filter(|(p, _)| p == partition)
@@ -55,15 +52,12 @@ impl Connection {
     }
 
     pub(super) fn put_session_object(&self, partition: &str, entry: ObjectEntry) {
-        let mut objects = self.session_objects.lock().unwrap_or_else(|p| p.into_inner());
+        let mut objects = self.session_objects.lock_or_recover();
         objects.insert(entry.ouid, (partition.to_string(), Arc::new(entry)));
     }
 
     pub(super) fn remove_session_object(&self, ouid: &Ouid) {
-        self.session_objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(ouid);
+        self.session_objects.lock_or_recover().remove(ouid);
     }
 }
 
@@ -283,8 +277,7 @@ impl KeyOps<'_> {
                 if user_type != USER_CONTEXT_SPECIFIC {
                     self.conn
                         .logins
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .lock_or_recover()
                         .insert(partition.to_string(), user_type);
                 }
                 info!(client = %self.conn.client_name, partition, ?kind, "logged in");

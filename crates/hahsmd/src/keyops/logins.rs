@@ -2,6 +2,7 @@
 //! (the PINs are the group's: `crate::pins`).
 use super::handler::{misrouted, KeyOps};
 use crate::appliance::PinKind;
+use crate::sync::Recover;
 use hahsm_proto::client::{Request, Response, USER_SO};
 use hahsm_token::{TokenError, TokenResult};
 use tracing::info;
@@ -16,12 +17,7 @@ impl KeyOps<'_> {
             } => self.login(&partition, user_type, pin.expose()).await,
             Request::Logout { partition } => {
                 let _ = self.ctx(&partition)?;
-                let removed = self
-                    .conn
-                    .logins
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&partition);
+                let removed = self.conn.logins.lock_or_recover().remove(&partition);
                 removed.map(|_| Response::Done).ok_or(TokenError::UserNotLoggedIn)
             }
             Request::SetPin {

@@ -2,6 +2,7 @@
 //! the release of a closed session's objects.
 use super::handler::{check_trusted, misrouted, KeyOps};
 use super::templates::*;
+use crate::sync::Recover;
 use hahsm_proto::client::{Request, Response};
 use hahsm_token::rules::{self};
 use hahsm_token::{ck, TokenError, TokenResult};
@@ -42,11 +43,7 @@ impl KeyOps<'_> {
                 let limit = (limit as usize).min(MAX_FIND);
                 let mut found = Vec::new();
                 {
-                    let session = self
-                        .conn
-                        .session_objects
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
+                    let session = self.conn.session_objects.lock_or_recover();
                     let mut mine: Vec<_> = session
                         .values()
                         .filter(|(p, o)| {

@@ -11,6 +11,7 @@ use super::keys::{
 use crate::appliance::Appliance;
 use crate::error::{AdminError, AdminResult};
 use crate::partition::ActivePartition;
+use crate::sync::RecoverRw;
 use hahsm_crypto as crypto;
 use hahsm_link::Fingerprint;
 use hahsm_proto::admin::GroupStatus;
@@ -160,7 +161,7 @@ pub fn create_group(
 }
 
 fn find_group(app: &Appliance, label: &str) -> AdminResult<(Arc<Group>, Arc<ActivePartition>)> {
-    let groups = app.groups.read().unwrap_or_else(|p| p.into_inner());
+    let groups = app.groups.read_or_recover();
     for (partition, g) in groups.iter() {
         if g.def().label == label || g.def().serial.to_string() == label {
             let p = app
@@ -283,7 +284,7 @@ pub async fn add_member(
         .await
         .map_err(|e| AdminError(format!("the candidate refused to join: {}", e.message)))?;
     save_group_def(app, &p, &new_def)?;
-    *group.def.write().unwrap_or_else(|p| p.into_inner()) = new_def.clone();
+    *group.def.write_or_recover() = new_def.clone();
     group.broadcast_definition(&new_def).await;
     group.wake.notify_one();
     info!(label, address, "member added to HA group");
@@ -306,14 +307,14 @@ pub async fn remove_member(app: &Appliance, label: &str, serial: u64) -> AdminRe
     }
     def.epoch += 1;
     save_group_def(app, &p, &def)?;
-    *group.def.write().unwrap_or_else(|p| p.into_inner()) = def.clone();
+    *group.def.write_or_recover() = def.clone();
     group.broadcast_definition(&def).await;
     info!(label, serial, "member removed from HA group");
     Ok(group.status(&p))
 }
 
 pub fn show(app: &Appliance, label: Option<&str>) -> AdminResult<Vec<GroupStatus>> {
-    let groups = app.groups.read().unwrap_or_else(|p| p.into_inner());
+    let groups = app.groups.read_or_recover();
     let mut out = Vec::new();
     for (partition, g) in groups.iter() {
         if label.is_some_and(|l| g.def().label != l) {
@@ -375,8 +376,7 @@ pub(super) fn start(
         behind_since: Mutex::new(HashMap::new()),
     });
     app.groups
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
+        .write_or_recover()
         .insert(p.name.clone(), group.clone());
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         handle.spawn(group.clone().run());
@@ -419,13 +419,7 @@ pub fn resume_all(app: &Appliance) {
 
 /// Stops every group (the factory reset).
 pub fn stop_all(app: &Appliance) {
-    let running: Vec<String> = app
-        .groups
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .keys()
-        .cloned()
-        .collect();
+    let running: Vec<String> = app.groups.read_or_recover().keys().cloned().collect();
     for partition in running {
         stop_group(app, &partition);
     }
@@ -442,12 +436,7 @@ pub async fn replicate_clear(app: &Appliance, partition: &str) -> AdminResult<()
 
 /// Stops replicating a partition: at deactivation, or when removed from its group.
 pub fn stop_group(app: &Appliance, partition: &str) {
-    if let Some(g) = app
-        .groups
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(partition)
-    {
+    if let Some(g) = app.groups.write_or_recover().remove(partition) {
         let _ = g.stop.send(true);
     }
 }
@@ -475,22 +464,17 @@ fn policy_snapshot(app: &Appliance, partition: &str) -> PolicySnapshot {
 pub fn refresh_policies(app: &Appliance) {
     let groups: Vec<(String, Arc<Group>)> = app
         .groups
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
+        .read_or_recover()
         .iter()
         .map(|(partition, g)| (partition.clone(), g.clone()))
         .collect();
     for (partition, g) in groups {
         let now = policy_snapshot(app, &partition);
-        *g.policies.write().unwrap_or_else(|p| p.into_inner()) = now;
+        *g.policies.write_or_recover() = now;
     }
 }
 
 /// The group of a partition, if it is in one.
 pub fn group_of(app: &Appliance, partition: &str) -> Option<Arc<Group>> {
-    app.groups
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(partition)
-        .cloned()
+    app.groups.read_or_recover().get(partition).cloned()
 }

@@ -7,6 +7,7 @@ use super::detector::{self, PeerStatus, Peers, HEARTBEAT_INTERVAL};
 use super::halog::HaLog;
 use super::keys::{wire_aad, ReplicationKeys};
 use crate::partition::ActivePartition;
+use crate::sync::{Recover, RecoverRw};
 use hahsm_crypto::SealKey;
 use hahsm_link::{Fingerprint, LinkError};
 use hahsm_proto::admin::GroupStatus;
@@ -80,7 +81,7 @@ impl Group {
     }
 
     pub(super) fn def(&self) -> GroupDef {
-        self.def.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.def.read_or_recover().clone()
     }
 
     pub(super) fn state(&self, p: &ActivePartition) -> ReplicaState {
@@ -89,7 +90,7 @@ impl Group {
             version_vector: p.version_vector().0.into_iter().collect(),
             live_objects: p.object_count() as u64,
             digest: p.content_digest(),
-            policies: self.policies.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            policies: self.policies.read_or_recover().clone(),
             metrics: self.monitor.metrics_url().unwrap_or_default(),
         }
     }
@@ -143,14 +144,13 @@ impl Group {
     }
 
     fn set_peer(&self, serial: u64, f: impl FnOnce(&mut PeerStatus)) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = self.peers.lock_or_recover();
         f(peers.entry(serial).or_default());
     }
 
     fn peer(&self, serial: u64) -> PeerStatus {
         self.peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .get(&serial)
             .cloned()
             .unwrap_or_default()
@@ -166,7 +166,7 @@ impl Group {
     }
 
     fn conn(&self, member: &GroupMember) -> Result<Arc<PeerConn>, WireError> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.conns.lock_or_recover();
         if let Some(c) = conns.get(&member.serial) {
             if c.fingerprint == member.fingerprint {
                 return Ok(c.clone());
@@ -342,7 +342,7 @@ impl Group {
     }
 
     fn peers_now(&self) -> Peers {
-        self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.peers.lock_or_recover().clone()
     }
 
     /// After a local write: pushes what each peer lacks, to all of them in
@@ -498,7 +498,7 @@ impl Group {
     pub fn serving_allowed(&self) -> TokenResult<()> {
         // On every request: look without copying the definition.
         let standby = {
-            let def = self.def.read().unwrap_or_else(|p| p.into_inner());
+            let def = self.def.read_or_recover();
             def.member(self.me).is_some_and(|m| m.standby)
         };
         if !standby {
@@ -552,7 +552,7 @@ impl Group {
     /// The group's status as this member sees it.
     pub fn status(&self, p: &ActivePartition) -> GroupStatus {
         let peers = self.peers_now();
-        let mut behind = self.behind_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut behind = self.behind_since.lock_or_recover();
         super::view::group_status(
             &self.def(),
             self.me,

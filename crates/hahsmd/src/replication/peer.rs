@@ -10,6 +10,7 @@ use super::keys::{check_proof, prove, random32, transcript};
 use crate::appliance::Appliance;
 use crate::error::AdminError;
 use crate::partition::ActivePartition;
+use crate::sync::{Recover, RecoverRw};
 use crate::Completion;
 use hahsm_link::{ClientAuthorizer, Fingerprint};
 use hahsm_proto::peer::{PeerRequest, PeerRequestFrame, PeerResponse, PeerResponseFrame};
@@ -142,7 +143,7 @@ fn journal_peer_action(
     result: &Result<PeerResponse, WireError>,
 ) {
     let sender = {
-        let groups = app.groups.read().unwrap_or_else(|p| p.into_inner());
+        let groups = app.groups.read_or_recover();
         groups
             .values()
             .find_map(|g| g.def().member_by_fingerprint(&fp.to_hex()).map(|m| m.serial))
@@ -167,7 +168,7 @@ fn authorized(
     fp: &Fingerprint,
     group_id: &[u8; 16],
 ) -> Result<(Arc<Group>, Arc<ActivePartition>), WireError> {
-    let groups = app.groups.read().unwrap_or_else(|p| p.into_inner());
+    let groups = app.groups.read_or_recover();
     for (partition, g) in groups.iter() {
         let def = g.def();
         if &def.id != group_id {
@@ -219,7 +220,7 @@ async fn handle_peer(
                 &keys,
                 &transcript(b"candidate", &group, &nonce, &candidate_nonce, fp, &me),
             );
-            let mut pj = pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pj = pending.lock_or_recover();
             pj.retain(|j| j.at.elapsed() < Duration::from_secs(60));
             pj.push(PendingJoin {
                 group_id: group.id,
@@ -241,7 +242,7 @@ async fn handle_peer(
             proof,
         } => {
             let join = {
-                let mut pj = pending.lock().unwrap_or_else(|p| p.into_inner());
+                let mut pj = pending.lock_or_recover();
                 let i = pj
                     .iter()
                     .position(|j| {
@@ -275,7 +276,7 @@ async fn handle_peer(
             }
             save_group_def(app, &p, &group).map_err(|e| peer_error(e.0))?;
             if let Some(g) = group_of(app, &p.name) {
-                *g.def.write().unwrap_or_else(|p| p.into_inner()) = group.clone();
+                *g.def.write_or_recover() = group.clone();
                 g.wake.notify_one();
             } else {
                 start(app, &p, group.clone(), keys).map_err(|e| peer_error(e.0))?;
@@ -324,7 +325,7 @@ async fn handle_peer(
             if group.epoch > current.epoch {
                 save_group_def(app, &p, &group).map_err(|e| peer_error(e.0))?;
                 let removed = group.member(app.serial).is_none();
-                *g.def.write().unwrap_or_else(|p| p.into_inner()) = group.clone();
+                *g.def.write_or_recover() = group.clone();
                 if removed {
                     warn!(group = %group.label, "this member was removed from the group");
                     stop_group(app, &p.name);

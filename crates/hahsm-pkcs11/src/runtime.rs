@@ -77,13 +77,19 @@ impl Runtime {
             .unwrap_or_else(|_| rv(ck::CKR_DEVICE_ERROR))
     }
 
-    /// Stops the runtime's threads, from a thread of our own: the caller may
-    /// be inside an async context (or an atexit handler), where tokio forbids
-    /// it. With no thread to be had (the process is exiting), the runtime's
-    /// threads are left to the exit.
+    /// Stops the runtime's threads: on the calling thread when it may (the
+    /// common case, which starts no thread: a forked child that starts one
+    /// can meet the parent's half-updated thread tables), else from a thread
+    /// of our own, as when the caller is inside an async context or in a
+    /// thread-local destructor, where tokio forbids it. With no thread to be
+    /// had (the process is exiting), the runtime's threads are left to the exit.
     pub fn shutdown(&self) {
         if let Some(rt) = lock(&self.runtime).take() {
-            if let Ok(stopper) =
+            let here =
+                matches!(tokio::runtime::Handle::try_current(), Err(e) if !e.is_thread_local_destroyed());
+            if here {
+                rt.shutdown_timeout(Duration::from_secs(2));
+            } else if let Ok(stopper) =
                 std::thread::Builder::new().spawn(move || rt.shutdown_timeout(Duration::from_secs(2)))
             {
                 let _ = stopper.join();

@@ -160,6 +160,34 @@ impl Member {
         m
     }
 
+    /// Adds top-level TOML lines (e.g. `log_format = "json"`); they apply at
+    /// the next start.
+    pub fn add_top_level(&self, lines: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let text = text.replacen(MONITORING, &format!("{lines}\n{MONITORING}"), 1);
+        std::fs::write(&self.config, text).expect("config written");
+    }
+
+    /// The health endpoint `path` (e.g. `/health/ready?format=json`): the
+    /// status code and the body.
+    pub fn health(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = std::fs::read_to_string(self.data_dir().join("metrics.addr")).expect("metrics.addr");
+        let mut tcp = std::net::TcpStream::connect(addr.trim()).expect("metrics endpoint");
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer);
+        let code = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+        (code, body)
+    }
+
     /// Adds TOML lines under `[monitoring]`; they apply at the next start.
     pub fn add_monitoring(&self, monitoring: &str) {
         let text = std::fs::read_to_string(&self.config).expect("config");

@@ -967,3 +967,31 @@ fn a_member_refuses_to_start_on_a_partition_row_it_cannot_decode() {
         );
     }
 }
+
+/// The same for the HSM's own policies: a damaged record must not relax
+/// them to the defaults.
+#[test]
+fn a_member_refuses_to_start_on_hsm_policies_it_cannot_decode() {
+    let mut st = Standalone::new();
+    st.member.stop();
+    let db = st.member.data_dir().join("hahsm.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let changed = c
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'hsm.policies'",
+                rusqlite::params![vec![0xffu8; 3]],
+            )
+            .unwrap();
+        assert_eq!(changed, 1, "the HSM policies are recorded");
+    }
+    let (code, log) = st.member.spawn_expect_exit();
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the member started on damaged HSM policies ({code:?})"
+    );
+    assert!(
+        log.contains("the HSM") && log.contains("does not decode") && log.contains("refusing to start"),
+        "the error does not name the damage:\n{log}"
+    );
+}

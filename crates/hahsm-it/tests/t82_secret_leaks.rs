@@ -327,7 +327,16 @@ fn no_secret_reaches_a_file_or_the_wire() {
     let mut aes_value = [0u8; 32];
     aws_lc_rs::rand::fill(&mut aes_value).unwrap();
 
-    let c = Cluster::new(3);
+    let mut c = Cluster::new(3);
+    // One member logs JSON lines to a file of its own: the scan covers both
+    // log formats and both log destinations.
+    let json_log = c.members[1].data_dir().join("hahsmd.jsonl");
+    c.members[1].add_top_level(&format!(
+        "log_format = \"json\"\nlog_file = \"{}\"",
+        json_log.display()
+    ));
+    c.members[1].stop();
+    c.members[1].spawn();
     let mut ports: Vec<u16> = Vec::new();
     for m in &c.members {
         for a in [&m.address, &m.peer_address] {
@@ -467,6 +476,12 @@ fn no_secret_reaches_a_file_or_the_wire() {
         files.iter().any(|f| f.ends_with("hahsm.db-wal")),
         "the WALs were scanned"
     );
+    assert!(files.contains(&json_log), "the JSON log was scanned");
+    let json_lines = std::fs::read_to_string(&json_log).unwrap();
+    assert!(json_lines.lines().count() > 3, "{json_lines}");
+    for line in json_lines.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
 
     // A backup of the partition, and each member's metrics page, kept where
     // an operator would keep them: scanned with everything else below.

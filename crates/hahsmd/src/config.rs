@@ -20,10 +20,26 @@ pub struct Config {
     pub peer_routes: std::collections::BTreeMap<String, String>,
     /// The admin socket; `<data_dir>/admin.sock` by default.
     pub admin_socket: Option<PathBuf>,
+    /// `text` (the default) or `json`: one JSON object a line, with the
+    /// fields tracing records, for a log shipper.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Where the log goes: a file, appended to; standard error (for
+    /// journald) when unset.
+    pub log_file: Option<PathBuf>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
     pub monitoring: Monitoring,
+}
+
+/// How the log is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Metrics and alerts (`[monitoring]`); see docs/operator-guide.md.

@@ -1,8 +1,16 @@
-//! The metrics endpoint: a small HTTP/1.1 server (hyper) that answers
-//! `GET /metrics` and nothing else, bound to localhost unless configured
-//! otherwise. Each scrape reads the member's state (partitions, groups, the
-//! store's size) into the gauges; it never writes.
+//! The monitoring endpoint: a small HTTP/1.1 server (hyper) on the metrics
+//! listener, bound to localhost unless configured otherwise, with no
+//! authentication and no secret in any answer:
+//! - `GET /metrics`: each scrape reads the member's state (partitions,
+//!   groups, the store's size) into the gauges;
+//! - `GET /health/live`: 200 while the process serves;
+//! - `GET /health/ready`: 200 serving keys, 429 standby, 503 not serving
+//!   (see `health.rs`), with the reason in one line, or as JSON with
+//!   `?format=json`; the codes can be changed by query parameters.
+//!
+//! It never writes.
 use crate::appliance::Appliance;
+use crate::health;
 use crate::metrics::ScrapedState;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -85,16 +93,43 @@ fn answer<B>(app: &Appliance, req: &hyper::Request<B>) -> hyper::Response<Full<B
         }
         r
     };
+    let query = req.uri().query();
     match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/metrics") => reply(
             hyper::StatusCode::OK,
             crate::metrics::CONTENT_TYPE,
             app.monitor.metrics.render(&scraped(app)),
         ),
+        (&hyper::Method::GET, "/health/live") => {
+            if health::wants_json(query) {
+                reply(
+                    hyper::StatusCode::OK,
+                    "application/json",
+                    "{\"live\":true}\n".into(),
+                )
+            } else {
+                reply(hyper::StatusCode::OK, "text/plain", "live\n".into())
+            }
+        }
+        (&hyper::Method::GET, "/health/ready") => {
+            let codes = match health::Codes::from_query(query) {
+                Ok(c) => c,
+                Err(e) => return reply(hyper::StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            };
+            let verdict = readiness(app);
+            let status = hyper::StatusCode::from_u16(codes.of(verdict.readiness))
+                .unwrap_or(hyper::StatusCode::SERVICE_UNAVAILABLE);
+            if health::wants_json(query) {
+                let body = serde_json::to_string(&verdict).unwrap_or_default();
+                reply(status, "application/json", body + "\n")
+            } else {
+                reply(status, "text/plain", format!("{}\n", verdict.reason))
+            }
+        }
         (&hyper::Method::GET, _) => reply(
             hyper::StatusCode::NOT_FOUND,
             "text/plain",
-            "the metrics are at /metrics\n".into(),
+            "the metrics are at /metrics, the health at /health/live and /health/ready\n".into(),
         ),
         _ => reply(
             hyper::StatusCode::METHOD_NOT_ALLOWED,
@@ -102,6 +137,25 @@ fn answer<B>(app: &Appliance, req: &hyper::Request<B>) -> hyper::Response<Full<B
             "only GET\n".into(),
         ),
     }
+}
+
+/// The member's readiness, from each activated partition and its group.
+fn readiness(app: &Appliance) -> health::Verdict {
+    let partitions = app
+        .active_partitions()
+        .iter()
+        .map(|p| match crate::replication::group_of(app, &p.name) {
+            Some(g) => g.health_of(p),
+            None => health::PartitionHealth {
+                partition: p.name.clone(),
+                group: None,
+                standby: false,
+                cut_off: false,
+                catching_up_with: Vec::new(),
+            },
+        })
+        .collect();
+    health::readiness(app.is_initialized(), partitions)
 }
 
 /// The member's state as a scrape reads it.

@@ -29,6 +29,7 @@ pub mod config;
 pub mod custody;
 pub mod endpoint;
 pub mod error;
+pub mod health;
 pub mod journal;
 pub mod keyops;
 pub mod metrics;

@@ -1,8 +1,10 @@
 //! `hahsmd --config FILE`: runs one appliance member until SIGTERM or SIGINT.
 use clap::Parser;
-use hahsmd::{admin, appliance::Appliance, config::Config, server};
+use hahsmd::config::{Config, LogFormat};
+use hahsmd::{admin, appliance::Appliance, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(version, about = "The hahsm appliance daemon (one per HSM member)")]
@@ -14,13 +16,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hahsmd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = start_logging(&config) {
+        eprintln!("hahsmd: {e:#}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -28,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -38,8 +44,32 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+/// The log: text or JSON lines, to standard error or appended to a file.
+fn start_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let writer = match &config.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", path.display()))?;
+            BoxMakeWriter::new(std::sync::Mutex::new(file))
+        }
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(writer)
+        .with_ansi(false);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let admin_path = config.admin_socket();
     let listen = config.listen.clone();
     let app = tokio::task::spawn_blocking(move || Appliance::open(config)).await??;

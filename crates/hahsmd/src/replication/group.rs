@@ -539,6 +539,19 @@ impl Group {
         }
     }
 
+    /// This partition's readiness facts for `GET /health/ready`.
+    pub fn health_of(&self, p: &ActivePartition) -> crate::health::PartitionHealth {
+        let def = self.def();
+        let peers = self.peers_now();
+        crate::health::PartitionHealth {
+            partition: p.name.clone(),
+            group: Some(def.label.clone()),
+            standby: detector::standby_must_wait(&def, self.me, &peers),
+            cut_off: detector::quorum_refusal(&def, self.me, &peers).is_some(),
+            catching_up_with: detector::catching_up_with(&def, self.me, &p.version_vector(), &peers),
+        }
+    }
+
     /// Whether a write may go ahead under the group's write concern.
     pub fn write_allowed(&self) -> TokenResult<()> {
         match detector::quorum_refusal(&self.def(), self.me, &self.peers_now()) {

@@ -17,6 +17,7 @@
 //! serial: its op log may be older than what its peers hold from that serial,
 //! and reused sequence numbers would be dropped by them as duplicates.
 use crate::appliance::Appliance;
+use crate::error::refuse;
 use crate::error::{AdminError, AdminResult};
 use hahsm_crypto::{self as crypto, shares, SealKey, SecretBytes};
 use hahsm_proto::admin::{Blob, DomainSecret};
@@ -37,24 +38,21 @@ struct SplitRecord {
     count: u8,
 }
 
-fn fail<T>(msg: impl Into<String>) -> AdminResult<T> {
-    Err(AdminError(msg.into()))
-}
-
 /// The whole domain secret from what the operator gave, and the split it
 /// came from, if any.
 pub fn resolve(input: &DomainSecret) -> AdminResult<(SecretBytes, Option<shares::ShareInfo>)> {
     match input {
         DomainSecret::Whole(s) => {
             if s.len() != crate::appliance::SECRET_LEN {
-                return fail("the domain secret must be 32 bytes (256 bits)");
+                return refuse("the domain secret must be 32 bytes (256 bits)");
             }
             Ok((SecretBytes::new(s.expose().to_vec()), None))
         }
         DomainSecret::Shares(list) => {
             let refs: Vec<&[u8]> = list.iter().map(Secret::expose).collect();
-            let secret = shares::combine(&refs).map_err(|e| AdminError(format!("domain shares: {e}")))?;
-            let info = shares::inspect(refs[0], 1).map_err(|e| AdminError(e.to_string()))?;
+            let secret =
+                shares::combine(&refs).map_err(|e| AdminError::Refused(format!("domain shares: {e}")))?;
+            let info = shares::inspect(refs[0], 1).map_err(|e| AdminError::Refused(e.to_string()))?;
             Ok((secret, Some(info)))
         }
     }
@@ -102,7 +100,7 @@ fn split_record(app: &Appliance) -> Option<SplitRecord> {
 pub fn check_domain(app: &Appliance, input: &DomainSecret) -> AdminResult<SecretBytes> {
     let ours = app.so_domain_key()?;
     if let (DomainSecret::Whole(_), Some(r)) = (input, split_record(app)) {
-        return fail(format!(
+        return refuse(format!(
             "this member's domain secret is held as {} of {} shares: give {} shares (--share FILE), not a whole secret",
             r.threshold, r.count, r.threshold
         ));
@@ -111,7 +109,7 @@ pub fn check_domain(app: &Appliance, input: &DomainSecret) -> AdminResult<Secret
     let given = crate::replication::keys::domain_key(secret.expose())?;
     if !crypto::ct_eq(given.expose(), ours.expose()) {
         warn!("refused: the domain secret given is not this member's");
-        return fail("the domain secret given is not this member's cloning domain");
+        return refuse("the domain secret given is not this member's cloning domain");
     }
     Ok(secret)
 }
@@ -121,7 +119,7 @@ pub fn check_domain(app: &Appliance, input: &DomainSecret) -> AdminResult<Secret
 pub fn authorize_add_member(app: &Appliance, input: Option<&DomainSecret>) -> AdminResult<()> {
     match (input, split_record(app)) {
         (Some(d), _) => check_domain(app, d).map(drop),
-        (None, Some(r)) => fail(format!(
+        (None, Some(r)) => refuse(format!(
             "adding a member needs the domain custodians: give {} of the {} domain shares (--share FILE)",
             r.threshold, r.count
         )),
@@ -174,11 +172,11 @@ pub fn backup(app: &Appliance, name: &str, owner: &Secret, domain: &DomainSecret
     let pmk = app.partition_pmk(name, owner)?;
     let active = app
         .active_partition(name)
-        .ok_or_else(|| AdminError(format!("partition '{name}' is not activated")))?;
+        .ok_or_else(|| AdminError::Refused(format!("partition '{name}' is not activated")))?;
     let row = app
         .store
         .get_partition(name)?
-        .ok_or_else(|| AdminError(format!("no partition named '{name}'")))?;
+        .ok_or_else(|| AdminError::Refused(format!("no partition named '{name}'")))?;
     let mut ops = Vec::new();
     let mut after = 0;
     loop {
@@ -208,14 +206,14 @@ pub fn backup(app: &Appliance, name: &str, owner: &Secret, domain: &DomainSecret
         ops: ops.len() as u64,
         salt,
     };
-    let header_bytes = postcard::to_allocvec(&header).map_err(|e| AdminError(e.to_string()))?;
+    let header_bytes = postcard::to_allocvec(&header).map_err(|e| AdminError::Refused(e.to_string()))?;
     let payload = BackupPayload {
         policies: row.policies.clone(),
         user_pin,
         so_pin,
         ops,
     };
-    let mut plain = postcard::to_allocvec(&payload).map_err(|e| AdminError(e.to_string()))?;
+    let mut plain = postcard::to_allocvec(&payload).map_err(|e| AdminError::Refused(e.to_string()))?;
     wipe(payload);
     let sealed = backup_key(domain.expose(), owner.expose(), &salt)?.seal(&header_aad(&header_bytes), &plain);
     plain.zeroize();
@@ -244,7 +242,7 @@ fn wipe(mut payload: BackupPayload) {
 }
 
 fn refused_backup<T>() -> AdminResult<T> {
-    fail("the backup does not open: it was modified or damaged, or the domain or partition-owner secret is not the one it was made with")
+    refuse("the backup does not open: it was modified or damaged, or the domain or partition-owner secret is not the one it was made with")
 }
 
 /// Restores a backup as the new partition `name`, activated, writing under a
@@ -262,7 +260,7 @@ pub async fn restore(
     let domain = check_domain(app, domain)?;
     let bytes = &backup.0;
     if bytes.len() < BACKUP_MAGIC.len() + 4 || &bytes[..BACKUP_MAGIC.len()] != BACKUP_MAGIC {
-        return fail("this is not a hahsm backup file");
+        return refuse("this is not a hahsm backup file");
     }
     let rest = &bytes[BACKUP_MAGIC.len()..];
     let header_len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
@@ -281,11 +279,11 @@ pub async fn restore(
         return refused_backup();
     };
     let payload: BackupPayload = postcard::from_bytes(plain.expose())
-        .map_err(|_| AdminError("the backup's content is malformed".into()))?;
+        .map_err(|_| AdminError::Refused("the backup's content is malformed".into()))?;
     drop(plain);
     if app.store.get_partition(name)?.is_some() {
         wipe(payload);
-        return fail(format!(
+        return refuse(format!(
             "partition '{name}' already exists: restore onto a fresh partition name or member"
         ));
     }
@@ -319,7 +317,7 @@ async fn restore_into(
     let mut row = app
         .store
         .get_partition(name)?
-        .ok_or_else(|| AdminError("the restored partition vanished".into()))?;
+        .ok_or_else(|| AdminError::Refused("the restored partition vanished".into()))?;
     row.policies = std::mem::take(&mut payload.policies);
     app.store.update_partition(&row)?;
     let pmk = app.partition_pmk(name, owner)?;
@@ -328,7 +326,7 @@ async fn restore_into(
     crate::replication::resume_activated(app, name);
     let active = app
         .active_partition(name)
-        .ok_or_else(|| AdminError(format!("partition '{name}' is not activated")))?;
+        .ok_or_else(|| AdminError::Refused(format!("partition '{name}' is not activated")))?;
     let mut ops = std::mem::take(&mut payload.ops);
     for op in &mut ops {
         if let OpBody::Create { objects } = &mut op.body {
@@ -347,7 +345,7 @@ async fn restore_into(
             .iter()
             .any(|a| matches!(a, crate::partition::Applied::Gap { .. }))
         {
-            return fail("the backup's op log has a gap; it cannot be restored");
+            return refuse("the backup's op log has a gap; it cannot be restored");
         }
     }
     info!(

@@ -1,8 +1,8 @@
 //! The console's client commands: register, remove, assign, list; and
 //! reloading the registry (`registry.rs`) from the store.
-use super::records::*;
 use super::registry::ClientEntry;
 use super::state::Appliance;
+use crate::error::refuse;
 use crate::error::{AdminError, AdminResult};
 use hahsm_link::Fingerprint;
 use hahsm_proto::admin::ClientSummary;
@@ -43,9 +43,10 @@ impl Appliance {
     pub fn client_register(&self, name: &str, hostname: &str, fingerprint: &str) -> AdminResult<()> {
         self.require_so()?;
         if name.is_empty() || name.len() > 64 {
-            return fail("a client name is 1 to 64 characters");
+            return refuse("a client name is 1 to 64 characters");
         }
-        let fp = Fingerprint::parse(fingerprint).map_err(|e| AdminError(format!("bad fingerprint: {e}")))?;
+        let fp = Fingerprint::parse(fingerprint)
+            .map_err(|e| AdminError::Refused(format!("bad fingerprint: {e}")))?;
         self.store.register_client(&ClientRow {
             name: name.to_string(),
             fingerprint_hex: fp.to_hex(),

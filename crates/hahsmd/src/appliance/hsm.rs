@@ -2,6 +2,7 @@
 //! its domain key, the HSM policies, and the factory reset.
 use super::records::*;
 use super::state::Appliance;
+use crate::error::refuse;
 use crate::error::{AdminError, AdminResult};
 use crate::sync::Recover;
 use hahsm_crypto::{self as crypto, SecretBytes};
@@ -32,20 +33,20 @@ impl Appliance {
 
     pub fn require_so(&self) -> AdminResult<()> {
         if !self.is_initialized() {
-            return fail("the HSM is not initialized: run `hahsm appliance hsm init` first");
+            return Err(AdminError::NotInitialized);
         }
         if !self.so_logged_in() {
-            return fail("this command needs the SO: run `hahsm appliance hsm login --so-secret FILE` first");
+            return Err(AdminError::SoNotLoggedIn);
         }
         Ok(())
     }
 
     pub fn hsm_init(&self, label: &str, so_secret: &Secret, domain_secret: &Secret) -> AdminResult<()> {
         if self.is_initialized() {
-            return fail("the HSM is already initialized; `hahsm appliance hsm factory-reset` starts over");
+            return refuse("the HSM is already initialized; `hahsm appliance hsm factory-reset` starts over");
         }
         if label.is_empty() || label.len() > 32 {
-            return fail("the HSM label must be 1 to 32 characters");
+            return refuse("the HSM label must be 1 to 32 characters");
         }
         secret_ok(so_secret, "SO secret")?;
         secret_ok(domain_secret, "domain secret")?;
@@ -66,19 +67,21 @@ impl Appliance {
 
     pub fn hsm_login(&self, so_secret: &Secret) -> AdminResult<()> {
         if !self.is_initialized() {
-            return fail("the HSM is not initialized");
+            return refuse("the HSM is not initialized");
         }
         let salt = self.store.get_meta(META_SO_SALT)?.unwrap_or_default();
         let stored = self.store.get_meta(META_SO_VERIFIER)?.unwrap_or_default();
         let given = so_verifier(so_secret.expose(), &salt)?;
         if !crypto::ct_eq(given.expose(), &stored) {
             warn!("SO login refused: wrong SO secret");
-            return fail("SO login refused: the SO secret is wrong");
+            return refuse("SO login refused: the SO secret is wrong");
         }
         let wrapped = self.store.get_meta(META_DOMAIN)?.unwrap_or_default();
         let domain = so_kek(so_secret.expose(), &salt)?
             .open(b"hahsm/domain/v1", &wrapped)
-            .map_err(|_| AdminError("store integrity check failed: the wrapped domain secret".into()))?;
+            .map_err(|_| {
+                AdminError::Refused("store integrity check failed: the wrapped domain secret".into())
+            })?;
         *self.so_domain_key.lock_or_recover() = Some(crate::replication::keys::domain_key(domain.expose())?);
         let minutes = self.config.limits.so_login_minutes;
         *self.so_login_until.lock_or_recover() = Some(Instant::now() + Duration::from_secs(minutes * 60));
@@ -97,7 +100,7 @@ impl Appliance {
         self.so_domain_key
             .lock_or_recover()
             .clone()
-            .ok_or_else(|| AdminError("log in as the SO again: the domain key is not loaded".into()))
+            .ok_or_else(|| AdminError::Refused("log in as the SO again: the domain key is not loaded".into()))
     }
 
     pub fn hsm_policies(&self) -> AdminResult<Policies> {
@@ -114,9 +117,9 @@ impl Appliance {
     pub fn hsm_change_policy(&self, key: &str, value: u64) -> AdminResult<()> {
         self.require_so()?;
         let def = policy::lookup(HSM_POLICIES, key)
-            .ok_or_else(|| AdminError(format!("no HSM policy '{key}' (see `hsm show-policies`)")))?;
+            .ok_or_else(|| AdminError::Refused(format!("no HSM policy '{key}' (see `hsm show-policies`)")))?;
         let mut p = self.hsm_policies()?;
-        p.set(def, value).map_err(AdminError)?;
+        p.set(def, value).map_err(AdminError::Refused)?;
         self.store.put_meta(META_POLICIES, &encode(&p)?)?;
         info!(policy = def.number, name = def.name, value, "HSM policy changed");
         Ok(())

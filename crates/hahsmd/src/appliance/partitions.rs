@@ -4,6 +4,7 @@
 //! for backups.
 use super::records::*;
 use super::state::Appliance;
+use crate::error::refuse;
 use crate::error::{AdminError, AdminResult};
 use crate::partition::ActivePartition;
 pub use crate::pin_records::PinKind;
@@ -88,7 +89,7 @@ impl Appliance {
     pub(super) fn partition_row(&self, name: &str) -> AdminResult<PartitionRow> {
         self.store
             .get_partition(name)?
-            .ok_or_else(|| AdminError(format!("no partition named '{name}'")))
+            .ok_or_else(|| AdminError::Refused(format!("no partition named '{name}'")))
     }
 
     pub fn partition_create(
@@ -104,11 +105,11 @@ impl Appliance {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return fail("a partition name is 1 to 32 letters, digits, '-', '_' or '.'");
+            return refuse("a partition name is 1 to 32 letters, digits, '-', '_' or '.'");
         }
         secret_ok(owner_secret, "partition-owner secret")?;
         if self.store.get_partition(name)?.is_some() {
-            return fail(format!("partition '{name}' already exists"));
+            return refuse(format!("partition '{name}' already exists"));
         }
         let generated = match initial_pin {
             Some(_) => None,
@@ -147,7 +148,7 @@ impl Appliance {
         let kek = owner_kek(owner_secret.expose(), row.serial)?;
         let pmk = kek.open(&pmk_aad(row.serial), &row.wrapped_pmk).map_err(|_| {
             warn!(partition = %row.name, "activation refused: wrong partition-owner secret");
-            AdminError(format!(
+            AdminError::Refused(format!(
                 "the partition-owner secret is wrong for partition '{}'",
                 row.name
             ))
@@ -159,7 +160,7 @@ impl Appliance {
         let mut row = self.partition_row(name)?;
         let policies = partition_policies_of(&row)?;
         if !policies.enabled(policy::partition::ALLOW_ACTIVATION) {
-            return fail(format!(
+            return refuse(format!(
                 "partition '{name}' does not allow activation: set policy 22 (allow-activation) to 1 first"
             ));
         }
@@ -209,12 +210,12 @@ impl Appliance {
         self.require_so()?;
         let mut row = self.partition_row(name)?;
         let def = policy::lookup(PARTITION_POLICIES, key).ok_or_else(|| {
-            AdminError(format!(
+            AdminError::Refused(format!(
                 "no partition policy '{key}' (see `partition show-policies`)"
             ))
         })?;
         let mut p = partition_policies_of(&row)?;
-        p.set(def, value).map_err(AdminError)?;
+        p.set(def, value).map_err(AdminError::Refused)?;
         row.policies = encode(&p)?;
         if def.number == policy::partition::ALLOW_AUTO_ACTIVATION {
             if value == 0 {
@@ -250,7 +251,7 @@ impl Appliance {
         let row = self.partition_row(name)?;
         pin_ok(new_pin.expose())?;
         let Some(owner) = owner else {
-            return fail("give the old PIN or the partition-owner secret");
+            return refuse("give the old PIN or the partition-owner secret");
         };
         let pmk = self.unwrap_pmk(&row, owner)?;
         self.store_pin(row, &pmk, PinKind::User, new_pin.expose())?;
@@ -339,7 +340,7 @@ impl Appliance {
     pub(super) fn mark_pin_pending(&self, partition: &str, kind: PinKind) -> AdminResult<()> {
         self.store
             .put_meta(&pin_pending_meta(partition, kind), b"1")
-            .map_err(|e| AdminError(e.to_string()))
+            .map_err(|e| AdminError::Refused(e.to_string()))
     }
 
     pub fn clear_pin_pending(&self, partition: &str, kind: PinKind) -> Result<(), TokenError> {
@@ -386,7 +387,7 @@ impl Appliance {
         self.require_so()?;
         let active = self
             .active_partition(name)
-            .ok_or_else(|| AdminError(format!("partition '{name}' is not activated")))?;
+            .ok_or_else(|| AdminError::Refused(format!("partition '{name}' is not activated")))?;
         Ok(active
             .all()
             .iter()
@@ -411,7 +412,7 @@ impl Appliance {
         self.require_so()?;
         let active = self
             .active_partition(name)
-            .ok_or_else(|| AdminError(format!("partition '{name}' is not activated")))?;
+            .ok_or_else(|| AdminError::Refused(format!("partition '{name}' is not activated")))?;
         active.clear().await?;
         warn!(partition = name, "partition cleared");
         Ok(())

@@ -2,7 +2,8 @@
 //! keys, the key-derivation and sealing labels of the HSM and partition
 //! secrets, and decoding each row, which fails closed (a row that does not
 //! decode stops the member: `check_records`). No state of its own.
-use crate::error::{AdminError, AdminResult};
+use crate::error::refuse;
+use crate::error::AdminResult;
 pub use crate::pin_records::PinKind;
 use hahsm_crypto::{self as crypto, SealKey, SecretBytes};
 use hahsm_proto::admin::PolicyLine;
@@ -10,10 +11,6 @@ use hahsm_proto::Secret;
 use hahsm_store::{PartitionRow, Store};
 use hahsm_token::policy::{self, Policies, PolicyDef};
 use hahsm_token::TokenError;
-
-pub(super) fn fail<T>(msg: impl Into<String>) -> AdminResult<T> {
-    Err(AdminError(msg.into()))
-}
 
 /// Partition data kept in the row's `extra` blob.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -49,7 +46,7 @@ pub type PinPair = Option<(Vec<u8>, Vec<u8>)>;
 
 pub(super) fn secret_ok(secret: &Secret, what: &str) -> AdminResult<()> {
     if secret.len() != SECRET_LEN {
-        return fail(format!(
+        return refuse(format!(
             "the {what} must be {SECRET_LEN} bytes (256 bits); got {} bytes",
             secret.len()
         ));

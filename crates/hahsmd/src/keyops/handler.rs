@@ -239,7 +239,7 @@ impl KeyOps<'_> {
         for summary in self
             .app
             .partition_list()
-            .map_err(|e| TokenError::DeviceError(e.0))?
+            .map_err(|e| TokenError::DeviceError(e.to_string()))?
         {
             if assigned.contains(&summary.name) {
                 out.push(PartitionInfo {

@@ -57,7 +57,7 @@ pub fn prepare(app: &Appliance, partition: &str, owner_secret: &hahsm_proto::Sec
         ),
     ] {
         if !hsm.enabled(n) {
-            return Err(AdminError(format!(
+            return Err(AdminError::Refused(format!(
                 "HSM policy {n} ({name}) is off: replication needs it on"
             )));
         }
@@ -74,7 +74,7 @@ pub fn prepare(app: &Appliance, partition: &str, owner_secret: &hahsm_proto::Sec
         ),
     ] {
         if !pp.enabled(n) {
-            return Err(AdminError(format!(
+            return Err(AdminError::Refused(format!(
                 "partition policy {n} ({name}) is off: replication needs it on"
             )));
         }
@@ -83,7 +83,7 @@ pub fn prepare(app: &Appliance, partition: &str, owner_secret: &hahsm_proto::Sec
     app.partition_pmk(partition, owner_secret)?;
     let active = app
         .active_partition(partition)
-        .ok_or_else(|| AdminError(format!("partition '{partition}' is not activated")))?;
+        .ok_or_else(|| AdminError::Refused(format!("partition '{partition}' is not activated")))?;
     let keys = ReplicationKeys {
         domain: domain.expose().to_vec(),
         owner: owner_key(owner_secret.expose(), partition)?.expose().to_vec(),
@@ -98,14 +98,16 @@ pub fn prepare(app: &Appliance, partition: &str, owner_secret: &hahsm_proto::Sec
 
 pub(super) fn my_member(app: &Appliance, p: &ActivePartition, standby: bool) -> AdminResult<GroupMember> {
     let peer_address = app.peer_address().ok_or_else(|| {
-        AdminError("this member has no peer listener: set `peer_listen` in its config".into())
+        AdminError::Refused("this member has no peer listener: set `peer_listen` in its config".into())
     })?;
     Ok(GroupMember {
         serial: app.serial,
         hsm_label: app.hsm_label(),
         partition_serial: p.serial,
         peer_address,
-        fingerprint: app.fingerprint().map_err(|e| AdminError(e.to_string()))?,
+        fingerprint: app
+            .fingerprint()
+            .map_err(|e| AdminError::Refused(e.to_string()))?,
         client_address: app.client_address(),
         standby,
     })
@@ -117,9 +119,9 @@ pub(super) fn active_with_keys(
 ) -> AdminResult<(Arc<ActivePartition>, ReplicationKeys)> {
     let p = app
         .active_partition(partition)
-        .ok_or_else(|| AdminError(format!("partition '{partition}' is not activated")))?;
+        .ok_or_else(|| AdminError::Refused(format!("partition '{partition}' is not activated")))?;
     let keys = load_keys(app, &p).ok_or_else(|| {
-        AdminError(format!(
+        AdminError::Refused(format!(
             "partition '{partition}' is not prepared for replication: run `hahsm ha prepare` first"
         ))
     })?;
@@ -136,7 +138,7 @@ pub fn create_group(
     app.require_so()?;
     let (p, keys) = active_with_keys(app, partition)?;
     if load_group_def(app, &p).is_some() {
-        return Err(AdminError(format!(
+        return Err(AdminError::Refused(format!(
             "partition '{partition}' is already in an HA group"
         )));
     }
@@ -166,11 +168,13 @@ fn find_group(app: &Appliance, label: &str) -> AdminResult<(Arc<Group>, Arc<Acti
         if g.def().label == label || g.def().serial.to_string() == label {
             let p = app
                 .active_partition(partition)
-                .ok_or_else(|| AdminError(format!("partition '{partition}' is not activated")))?;
+                .ok_or_else(|| AdminError::Refused(format!("partition '{partition}' is not activated")))?;
             return Ok((g.clone(), p));
         }
     }
-    Err(AdminError(format!("no HA group '{label}' on this member")))
+    Err(AdminError::Refused(format!(
+        "no HA group '{label}' on this member"
+    )))
 }
 
 /// `ha add-member`: runs the join handshake with the candidate at `address`,
@@ -188,9 +192,12 @@ pub async fn add_member(
     let (group, p) = find_group(app, label)?;
     let def = group.def();
     let candidate_fp =
-        Fingerprint::parse(fingerprint).map_err(|e| AdminError(format!("bad fingerprint: {e}")))?;
-    let my_fp = Fingerprint::parse(&app.fingerprint().map_err(|e| AdminError(e.to_string()))?)
-        .map_err(|e| AdminError(e.to_string()))?;
+        Fingerprint::parse(fingerprint).map_err(|e| AdminError::Refused(format!("bad fingerprint: {e}")))?;
+    let my_fp = Fingerprint::parse(
+        &app.fingerprint()
+            .map_err(|e| AdminError::Refused(e.to_string()))?,
+    )
+    .map_err(|e| AdminError::Refused(e.to_string()))?;
     let candidate = GroupMember {
         serial: 0,
         hsm_label: String::new(),
@@ -213,7 +220,7 @@ pub async fn add_member(
         )
         .await
         .map_err(|e| {
-            AdminError(format!(
+            AdminError::Refused(format!(
                 "the candidate at {address} refused or did not answer: {}",
                 e.message
             ))
@@ -224,7 +231,7 @@ pub async fn add_member(
         proof,
     } = answer
     else {
-        return Err(AdminError("the candidate answered out of turn".into()));
+        return Err(AdminError::Refused("the candidate answered out of turn".into()));
     };
     let expected = prove(
         &group.keys,
@@ -239,14 +246,14 @@ pub async fn add_member(
     );
     if let Err(why) = check_proof(&expected, &proof, &format!("the member at {address}")) {
         warn!(address, "add-member refused: {why}");
-        return Err(AdminError(format!("refused to add the member: {why}")));
+        return Err(AdminError::Refused(format!("refused to add the member: {why}")));
     }
     if def
         .members
         .iter()
         .any(|m| m.serial == member.serial && m.fingerprint != candidate_fp.to_string())
     {
-        return Err(AdminError(format!(
+        return Err(AdminError::Refused(format!(
             "a member with serial {} is already in the group",
             member.serial
         )));
@@ -282,7 +289,7 @@ pub async fn add_member(
             deadline,
         )
         .await
-        .map_err(|e| AdminError(format!("the candidate refused to join: {}", e.message)))?;
+        .map_err(|e| AdminError::Refused(format!("the candidate refused to join: {}", e.message)))?;
     save_group_def(app, &p, &new_def)?;
     *group.def.write_or_recover() = new_def.clone();
     group.broadcast_definition(&new_def).await;
@@ -296,14 +303,16 @@ pub async fn remove_member(app: &Appliance, label: &str, serial: u64) -> AdminRe
     let (group, p) = find_group(app, label)?;
     let mut def = group.def();
     if serial == app.serial {
-        return Err(AdminError(
+        return Err(AdminError::Refused(
             "remove a member from another member of the group".into(),
         ));
     }
     let before = def.members.len();
     def.members.retain(|m| m.serial != serial);
     if def.members.len() == before {
-        return Err(AdminError(format!("member {serial} is not in group '{label}'")));
+        return Err(AdminError::Refused(format!(
+            "member {serial} is not in group '{label}'"
+        )));
     }
     def.epoch += 1;
     save_group_def(app, &p, &def)?;
@@ -325,7 +334,7 @@ pub fn show(app: &Appliance, label: Option<&str>) -> AdminResult<Vec<GroupStatus
         }
     }
     if out.is_empty() {
-        return Err(AdminError(match label {
+        return Err(AdminError::Refused(match label {
             Some(l) => format!("no HA group '{l}' on this member"),
             None => "this member is in no HA group".into(),
         }));
@@ -353,7 +362,7 @@ pub(super) fn start(
 ) -> AdminResult<Arc<Group>> {
     let repl_key = replication_key(&keys.domain, &keys.owner, &def)?;
     let identity = hahsm_link::load_identity(&app.config.cert_path(), &app.config.key_path())
-        .map_err(|e| AdminError(e.to_string()))?;
+        .map_err(|e| AdminError::Refused(e.to_string()))?;
     let (stop, _) = tokio::sync::watch::channel(false);
     let group = Arc::new(Group {
         def: RwLock::new(def),

@@ -204,7 +204,7 @@ async fn handle_peer(
     };
     match request {
         PeerRequest::JoinChallenge { group, nonce } => {
-            let (p, keys) = active_with_keys(app, &group.partition).map_err(|e| refuse(e.0))?;
+            let (p, keys) = active_with_keys(app, &group.partition).map_err(|e| refuse(e.to_string()))?;
             if let Some(existing) = load_group_def(app, &p) {
                 if existing.id != group.id {
                     return Err(refuse(format!(
@@ -229,7 +229,7 @@ async fn handle_peer(
                 initiator: fp.clone(),
                 at: Instant::now(),
             });
-            let member = my_member(app, &p, false).map_err(|e| peer_error(e.0))?;
+            let member = my_member(app, &p, false).map_err(|e| peer_error(e.to_string()))?;
             Ok(PeerResponse::JoinProof {
                 member,
                 nonce: candidate_nonce,
@@ -251,7 +251,7 @@ async fn handle_peer(
                     .ok_or_else(|| refuse("no join in progress for this confirmation".into()))?;
                 pj.remove(i)
             };
-            let (p, keys) = active_with_keys(app, &group.partition).map_err(|e| refuse(e.0))?;
+            let (p, keys) = active_with_keys(app, &group.partition).map_err(|e| refuse(e.to_string()))?;
             let me = Fingerprint::parse(&app.fingerprint().map_err(|e| peer_error(e.to_string()))?)
                 .map_err(|e| peer_error(e.to_string()))?;
             // The transcript covers the group's id and partition, which the
@@ -274,12 +274,12 @@ async fn handle_peer(
             if group.member(app.serial).is_none() {
                 return Err(refuse("the group definition does not include this member".into()));
             }
-            save_group_def(app, &p, &group).map_err(|e| peer_error(e.0))?;
+            save_group_def(app, &p, &group).map_err(|e| peer_error(e.to_string()))?;
             if let Some(g) = group_of(app, &p.name) {
                 *g.def.write_or_recover() = group.clone();
                 g.wake.notify_one();
             } else {
-                start(app, &p, group.clone(), keys).map_err(|e| peer_error(e.0))?;
+                start(app, &p, group.clone(), keys).map_err(|e| peer_error(e.to_string()))?;
             }
             info!(group = %group.label, "joined HA group");
             Ok(PeerResponse::Joined)
@@ -323,7 +323,7 @@ async fn handle_peer(
             let (g, p) = authorized(app, fp, &group.id)?;
             let current = g.def();
             if group.epoch > current.epoch {
-                save_group_def(app, &p, &group).map_err(|e| peer_error(e.0))?;
+                save_group_def(app, &p, &group).map_err(|e| peer_error(e.to_string()))?;
                 let removed = group.member(app.serial).is_none();
                 *g.def.write_or_recover() = group.clone();
                 if removed {
@@ -338,6 +338,6 @@ async fn handle_peer(
 
 impl From<AdminError> for WireError {
     fn from(e: AdminError) -> Self {
-        peer_error(e.0)
+        peer_error(e.to_string())
     }
 }

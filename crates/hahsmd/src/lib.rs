@@ -37,6 +37,7 @@ pub mod monitor;
 pub mod partition;
 pub mod pin_records;
 pub mod pins;
+pub mod recent_ops;
 pub mod replication;
 pub mod server;
 pub mod sync;

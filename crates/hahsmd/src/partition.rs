@@ -16,6 +16,7 @@
 //! (memory changes only after the store commits, in `persist`) and the
 //! integrity digest it keeps are easier to check with everything that
 //! touches them in one file.
+use crate::recent_ops::RecentOps;
 use crate::sync::{Recover, RecoverRw};
 use hahsm_crypto::{self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes};
 use hahsm_replica::{ObjectState, Plan, Replica, VersionVector};
@@ -180,6 +181,8 @@ pub struct ActivePartition {
     content: Mutex<ContentDigest>,
     live: RwLock<LiveObjects>,
     writes: tokio::sync::Mutex<WriteState>,
+    /// The latest committed operations, for pushes to read without the store.
+    recent: Mutex<RecentOps>,
     max_objects: usize,
 }
 
@@ -310,6 +313,7 @@ impl ActivePartition {
                 digest,
                 versions,
             }),
+            recent: Mutex::default(),
             max_objects,
         })
     }
@@ -466,7 +470,17 @@ impl ActivePartition {
     }
 
     /// One origin's operations after `after_seq`, from the local log.
+    /// Origin's operations after `after_seq`, at most `limit`: the latest
+    /// from memory (`RecentOps`), older ones from the store.
     pub fn ops_from(&self, origin: MemberId, after_seq: u64, limit: usize) -> TokenResult<Vec<Op>> {
+        if let Some(ops) = self.recent.lock_or_recover().after(origin, after_seq, limit) {
+            return Ok(ops);
+        }
+        self.ops_from_store(origin, after_seq, limit)
+    }
+
+    /// The same, read from the store.
+    pub fn ops_from_store(&self, origin: MemberId, after_seq: u64, limit: usize) -> TokenResult<Vec<Op>> {
         self.store
             .ops_from_origin(self.id, origin, after_seq, limit)?
             .iter()
@@ -598,6 +612,7 @@ impl ActivePartition {
         // nothing changes in memory until the store has them.
         let plans = self.replica_read().plan_batch(&ops);
         let mut to_commit = Vec::with_capacity(plans.len());
+        let mut committed_ops = Vec::with_capacity(plans.len());
         for (op, plan) in ops.into_iter().zip(plans) {
             let changes = match &plan {
                 Plan::Duplicate => {
@@ -654,6 +669,7 @@ impl ActivePartition {
                 next_seq = op.seq + 1;
             }
             to_commit.push(plan);
+            committed_ops.push(op);
             results.push(Applied::Applied);
         }
         if writes.is_empty() {
@@ -672,6 +688,12 @@ impl ActivePartition {
         }
 
         // Durable: now requests and heartbeats may see it.
+        {
+            let mut recent = self.recent.lock_or_recover();
+            for op in committed_ops {
+                recent.push(op);
+            }
+        }
         state.digest = digest;
         state.versions.extend(versions);
         state.next_seq = next_seq;
@@ -818,6 +840,36 @@ mod tests {
         let pmk = SealKey::new(SecretBytes::new(vec![7; 32])).expect("key");
         let p = ActivePartition::open(store.clone(), &row, pmk, 1, Arc::default(), 100).expect("opens");
         (store, p)
+    }
+
+    /// A push reads the latest operations from memory, and they are the
+    /// store's exactly (secrets sealed the same way); older ones, and those
+    /// of a partition just opened, come from the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_latest_operations_come_from_memory_as_the_store_has_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, p) = partition_in(dir.path());
+        for id in 1..=5u8 {
+            let e = p
+                .new_entry(Ouid([id; 16]), label("k"), Some(&[id; 32]))
+                .expect("entry");
+            p.create(vec![e], None).await.expect("created");
+        }
+        p.destroy(Ouid([2; 16]), None).await.expect("destroyed");
+        let from_memory = p.recent.lock_or_recover().after(1, 0, 100).expect("kept");
+        assert_eq!(from_memory.len(), 6);
+        assert_eq!(from_memory, p.ops_from_store(1, 0, 100).expect("stored"));
+        assert_eq!(
+            p.ops_from(1, 3, 2).expect("ops"),
+            p.ops_from_store(1, 3, 2).expect("stored")
+        );
+        // A partition opened afresh keeps nothing yet, and asks the store.
+        let row = store.get_partition("p").expect("read").expect("there");
+        let pmk = SealKey::new(SecretBytes::new(vec![7; 32])).expect("key");
+        let reopened =
+            ActivePartition::open(store.clone(), &row, pmk, 1, Arc::default(), 100).expect("opens");
+        assert!(reopened.recent.lock_or_recover().after(1, 0, 100).is_none());
+        assert_eq!(reopened.ops_from(1, 0, 100).expect("ops"), from_memory);
     }
 
     /// The write path's promise: memory (what requests and heartbeats see)

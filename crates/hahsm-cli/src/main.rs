@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod appliance_cmd;
+mod assets_cmd;
 mod bench;
 mod client_cmd;
 mod custody_cmd;
@@ -50,6 +51,9 @@ enum Command {
     Restore(custody_cmd::RestoreArgs),
     /// The HA group, live: member states, lag, sync and policy drift.
     Monitor(monitor_cmd::MonitorArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateAssets(assets_cmd::GenerateAssetsArgs),
 }
 
 /// Where the client config is: `--conf`, `HAHSM_CONF`, or `~/.hahsm/client.toml`.
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             Command::Backup(b) => custody_cmd::backup(b).await,
             Command::Restore(r) => custody_cmd::restore(r).await,
             Command::Monitor(m) => monitor_cmd::run(m).await,
+            Command::GenerateAssets(a) => assets_cmd::run(a),
         }
     });
     match result {

@@ -23,7 +23,7 @@ esac
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 out="${1:-$target/debian}"
 
-command -v cargo-deb >/dev/null || cargo install cargo-deb --locked >&2
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version '~3.8' >&2
 
 # One build of the three packages' crates, so cargo-deb has nothing to build.
 cargo build --profile "$profile" -p hahsmd -p hahsm-cli -p hahsm-pkcs11 >&2

@@ -39,7 +39,9 @@ gzip -9n "$assets"/man/*.1
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 rm -f "$out"/hahsmd_*.deb "$out"/hahsm_*.deb "$out"/libhahsm-pkcs11_*.deb
+# Stripped: the release profile keeps debug info (debug = 1) for profiling,
+# which would make the binaries five times larger.
 for crate in hahsmd hahsm-cli hahsm-pkcs11; do
-  cargo deb --no-build --profile "$profile" -p "$crate" --output "$out" >&2
+  cargo deb --no-build --strip --profile "$profile" -p "$crate" --output "$out" >&2
 done
 echo "$out"

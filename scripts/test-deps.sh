@@ -13,6 +13,11 @@ declare -A package_of=(
   [softhsm2-util]=softhsm2
   [p11tool]=gnutls-bin
   [tshark]=tshark
+  # The package tests (t70_packages): a clean Debian root, systemd-analyze,
+  # and dpkg-dev's tools for cargo-deb. Docker comes with the machine.
+  [debootstrap]=debootstrap
+  [systemd-analyze]=systemd
+  [dpkg-shlibdeps]=dpkg-dev
 )
 missing=()
 for command in "${!package_of[@]}"; do
@@ -43,6 +48,10 @@ python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null || pip_inst
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # The fuzz smoke runs (stable toolchain, built with -s none).
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# scripts/build-debs.sh packages with cargo-deb. 3.8: the package test builds
+# from the dev profile that scripts/test.sh has built, which later releases
+# announce they will refuse.
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version '~3.8'
 # The module-graph check (scripts/module-cycles.sh); 0.27 is the last
 # release that builds with this toolchain.
 command -v cargo-modules >/dev/null || cargo install cargo-modules@0.27.0 --locked

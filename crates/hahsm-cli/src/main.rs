@@ -9,6 +9,7 @@ use common::error_chain;
 use std::process::ExitCode;
 
 mod appliance_cmd;
+mod assets_cmd;
 mod bench;
 mod client_cmd;
 mod common;
@@ -51,6 +52,9 @@ enum Command {
     Restore(custody_cmd::RestoreArgs),
     /// The HA group, live: member states, lag, sync and policy drift.
     Monitor(monitor_cmd::MonitorArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateAssets(assets_cmd::GenerateAssetsArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             Command::Backup(b) => custody_cmd::backup(b).await,
             Command::Restore(r) => custody_cmd::restore(r).await,
             Command::Monitor(m) => monitor_cmd::run(m).await,
+            Command::GenerateAssets(a) => assets_cmd::run(a),
         }
     });
     match result {

@@ -1,4 +1,5 @@
 //! `hahsmd --config FILE`: runs one appliance member until SIGTERM or SIGINT.
+//! Started by systemd, it reports readiness and pings the watchdog (sd_notify).
 use clap::Parser;
 use hahsmd::config::{Config, LogFormat};
 use hahsmd::{admin, appliance::Appliance, server};
@@ -121,6 +122,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Written last: its presence tells scripts and tests the member is ready.
     hahsmd::write_atomically(&app.config.data_dir.join("listen.addr"), &bound.to_string())?;
     tokio::spawn(server::serve(app.clone(), listener));
+    notify_ready();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -128,6 +130,35 @@ async fn run(config: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&admin_path);
     Ok(())
+}
+
+/// Under systemd (`Type=notify`, packaging/hahsmd.service): tells the service
+/// manager the member is ready, and pings its watchdog at half the interval it
+/// asks for. Without `NOTIFY_SOCKET` (not started by systemd) both do nothing.
+/// The environment is left as it is: the runtime's threads are running.
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let period = std::time::Duration::from_micros(usec / 2);
+        tracing::info!(
+            interval_ms = period.as_millis() as u64,
+            "pinging the systemd watchdog"
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]) {
+                    tracing::warn!(error = %e, "cannot ping the systemd watchdog");
+                }
+            }
+        });
+    }
 }

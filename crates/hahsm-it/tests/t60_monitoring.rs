@@ -573,6 +573,65 @@ fn policy_drift_is_detected_alerted_and_synced() {
         .expect_err("no member 'hsm9'");
 }
 
+/// SIGHUP reloads the alert targets: the alerts raised after it go to the
+/// command the config names now, none to the old one.
+#[test]
+fn sighup_reloads_the_alert_targets() {
+    let work = tempfile::tempdir().unwrap();
+    let script = alert_script(work.path());
+    let (old, new) = (work.path().join("old.log"), work.path().join("new.log"));
+    let st = Standalone::build_monitored(work, "", &exec_config(&script, &old, ""));
+    st.member
+        .admin(&[
+            "partition",
+            "change-policy",
+            "--partition",
+            &st.partition,
+            "--policy",
+            "15",
+            "--value",
+            "2",
+        ])
+        .expect_ok();
+    let text = std::fs::read_to_string(&st.member.config).unwrap();
+    let changed = text.replace(&old.display().to_string(), &new.display().to_string());
+    assert_ne!(text, changed, "the config names the old target");
+    std::fs::write(&st.member.config, changed).unwrap();
+    st.member.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait(Duration::from_secs(10), || st
+            .member
+            .log()
+            .contains("configuration reloaded")),
+        "{}",
+        st.member.log()
+    );
+    for _ in 0..2 {
+        hahsm_env(
+            Some(&st.conf),
+            &["keys", "list"],
+            &[
+                ("HAHSM_PIN", "not-the-pin-42"),
+                ("HAHSM_PARTITION", &st.partition),
+            ],
+        )
+        .expect_err("PIN");
+    }
+    assert!(
+        wait(Duration::from_secs(10), || alerts(&new)
+            .iter()
+            .any(|l| l.starts_with("pin-lockout firing "))),
+        "no lockout alert at the new target: {:?}\n{}",
+        alerts(&new),
+        st.member.log()
+    );
+    assert!(
+        alerts(&old).is_empty(),
+        "the old target still got {:?}",
+        alerts(&old)
+    );
+}
+
 #[test]
 fn a_pin_lockout_raises_an_alert_without_the_pin() {
     let work = tempfile::tempdir().unwrap();

@@ -105,3 +105,82 @@ fn a_member_writes_json_lines_with_no_secret_when_asked() {
         assert!(!log.contains(secret), "a PIN reached the log");
     }
 }
+
+/// SIGHUP reopens the log file (after logrotate moved it) and applies a
+/// changed `log_level`.
+#[test]
+fn sighup_reopens_the_log_file_and_applies_the_log_level() {
+    let mut st = hahsm_it::Standalone::new();
+    let file = st.member.data_dir().join("hahsmd.log");
+    st.member
+        .add_top_level(&format!("log_file = \"{}\"", file.display()));
+    st.member.stop();
+    st.member.spawn();
+    let wait_for = |path: &std::path::Path, needle: &str| {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if std::fs::read_to_string(path).unwrap_or_default().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    assert!(
+        wait_for(&file, "hahsmd ready"),
+        "the log file has no start-up line"
+    );
+    // logrotate moves the file away, then signals.
+    let rotated = file.with_extension("log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    st.member.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_for(&file, "configuration reloaded"),
+        "no new log file after SIGHUP"
+    );
+    assert!(
+        !std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("configuration reloaded"),
+        "the rotated file still gets the lines"
+    );
+    // Warnings only from now on.
+    let text = std::fs::read_to_string(&st.member.config).unwrap();
+    std::fs::write(
+        &st.member.config,
+        text.replacen("log_file", "log_level = \"warn\"\nlog_file", 1),
+    )
+    .unwrap();
+    st.member.signal(nix::sys::signal::Signal::SIGHUP);
+    let started = Instant::now();
+    while std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .matches("configuration reloaded")
+        .count()
+        < 2
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the second SIGHUP was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    st.keys(&["gen", "--type", "aes:128", "--label", "quiet"])
+        .expect_ok();
+    let wrong = hahsm_it::hahsm_env(
+        Some(&st.conf),
+        &["keys", "list"],
+        &[
+            ("HAHSM_PIN", "wrong-pin-4242"),
+            ("HAHSM_PARTITION", &st.partition),
+        ],
+    );
+    assert!(!wrong.ok, "a wrong PIN was accepted");
+    assert!(wait_for(&file, "login failed"), "the warning was not logged");
+    let log = std::fs::read_to_string(&file).unwrap();
+    let after = &log[log.rfind("configuration reloaded").unwrap_or(0)..];
+    assert!(
+        !after.contains("secret key generated"),
+        "an info line after the level went to warn:\n{after}"
+    );
+}

@@ -11,7 +11,7 @@
 //! key material (its fields are all plain, non-secret values).
 use crate::config::{AlertTargets, WebhookUrl};
 use crate::metrics::Metrics;
-use crate::sync::Recover;
+use crate::sync::{Recover, RecoverRw};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde::Serialize;
@@ -144,6 +144,9 @@ pub struct Alerts {
     tx: mpsc::Sender<Alert>,
     rx: std::sync::Mutex<Option<mpsc::Receiver<Alert>>>,
     reporter: u64,
+    /// Where alerts go; replaced when the config is reloaded (SIGHUP), for
+    /// the alerts delivered from then on.
+    targets: std::sync::RwLock<Arc<AlertTargets>>,
 }
 
 impl Alerts {
@@ -152,6 +155,7 @@ impl Alerts {
         Alerts {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
+            targets: std::sync::RwLock::default(),
             reporter,
         }
     }
@@ -177,11 +181,15 @@ impl Alerts {
 
     /// The dispatcher: delivers every queued alert to every target. Runs
     /// once, for the life of the daemon.
-    pub async fn dispatch(&self, targets: AlertTargets, data_dir: PathBuf, metrics: Arc<Metrics>) {
+    /// Sets where alerts go from now on.
+    pub fn set_targets(&self, targets: AlertTargets) {
+        *self.targets.write_or_recover() = Arc::new(targets);
+    }
+
+    pub async fn dispatch(&self, data_dir: PathBuf, metrics: Arc<Metrics>) {
         let Some(mut rx) = self.rx.lock_or_recover().take() else {
             return;
         };
-        let targets = Arc::new(targets);
         let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES));
         while let Some(alert) = rx.recv().await {
             let line = alert.json();
@@ -195,7 +203,7 @@ impl Alerts {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (targets, metrics) = (targets.clone(), metrics.clone());
+            let (targets, metrics) = (self.targets.read_or_recover().clone(), metrics.clone());
             tokio::spawn(async move {
                 deliver(&targets, &alert, &metrics).await;
                 drop(slot);

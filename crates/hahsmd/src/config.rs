@@ -25,12 +25,21 @@ pub struct Config {
     #[serde(default)]
     pub log_format: LogFormat,
     /// Where the log goes: a file, appended to; standard error (for
-    /// journald) when unset.
+    /// journald) when unset. SIGHUP opens it again (for logrotate).
     pub log_file: Option<PathBuf>,
+    /// The least level logged: `error`, `warn`, `info` (the default),
+    /// `debug` or `trace`, or a tracing filter. `RUST_LOG` overrides it at
+    /// start; SIGHUP applies the config's value.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
     pub monitoring: Monitoring,
+}
+
+fn default_log_level() -> String {
+    "info".into()
 }
 
 /// How the log is written.

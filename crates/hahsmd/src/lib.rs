@@ -32,6 +32,7 @@ pub mod error;
 pub mod health;
 pub mod journal;
 pub mod keyops;
+pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod partition;

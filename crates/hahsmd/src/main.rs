@@ -1,11 +1,12 @@
-//! `hahsmd --config FILE`: runs one appliance member until SIGTERM or SIGINT.
+//! `hahsmd --config FILE`: runs one appliance member until SIGTERM or SIGINT;
+//! SIGHUP reloads the alert targets and the log level and reopens the log file.
 //! Started by systemd, it reports readiness and pings the watchdog (sd_notify).
 use clap::Parser;
-use hahsmd::config::{Config, LogFormat};
+use hahsmd::config::Config;
+use hahsmd::logging::Logging;
 use hahsmd::{admin, appliance::Appliance, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(version, about = "The hahsm appliance daemon (one per HSM member)")]
@@ -24,10 +25,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = start_logging(&config) {
-        eprintln!("hahsmd: {e:#}");
-        return ExitCode::from(2);
-    }
+    let logging = match hahsmd::logging::start(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hahsmd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -35,7 +39,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, &args.config, &logging)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -45,32 +49,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// The log: text or JSON lines, to standard error or appended to a file.
-fn start_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let writer = match &config.log_file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", path.display()))?;
-            BoxMakeWriter::new(std::sync::Mutex::new(file))
+/// After SIGHUP: reads the config again and applies what can change
+/// without a restart: the alert targets, the log level, the log file.
+fn reload(app: &Appliance, path: &std::path::Path, logging: &Logging) {
+    match Config::load(path) {
+        Ok(config) => {
+            app.monitor.alerts.set_targets(config.monitoring.alerts.clone());
+            match logging.reload(&config) {
+                // At warn, so that it shows whatever level was chosen.
+                Ok(()) => tracing::warn!("configuration reloaded: alert targets, log level, log file"),
+                Err(e) => tracing::warn!("configuration reload: {e:#}"),
+            }
         }
-        None => BoxMakeWriter::new(std::io::stderr),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter())
-        .with_writer(writer)
-        .with_ansi(false);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        Err(e) => tracing::warn!("configuration not reloaded, the running one stays: {e:#}"),
     }
-    Ok(())
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, config_path: &std::path::Path, logging: &Logging) -> anyhow::Result<()> {
     let admin_path = config.admin_socket();
     let listen = config.listen.clone();
     let app = tokio::task::spawn_blocking(move || Appliance::open(config)).await??;
@@ -110,11 +105,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let metrics = app.monitor.metrics.clone();
             app.monitor
                 .alerts
-                .dispatch(
-                    app.config.monitoring.alerts.clone(),
-                    app.config.data_dir.clone(),
-                    metrics,
-                )
+                .set_targets(app.config.monitoring.alerts.clone());
+            app.monitor
+                .alerts
+                .dispatch(app.config.data_dir.clone(), metrics)
                 .await;
         });
     }
@@ -125,9 +119,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     notify_ready();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hangup.recv() => reload(&app, config_path, logging),
+        }
     }
     tracing::info!("shutting down");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests use when it is missing, so that scripts/test.sh
 # works on a fresh Debian machine: the third-party PKCS#11 applications and
-# tools the HA tests drive, Python's python-pkcs11 and prometheus-client, and
-# cargo-fuzz for the fuzz smoke runs. Does nothing for what is already there.
+# tools the HA tests drive, Prometheus and promtool for the shipped rules and
+# dashboard (t61_prometheus), Python's python-pkcs11 and prometheus-client,
+# and cargo-fuzz for the fuzz smoke runs. Does nothing for what is already there.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -18,6 +19,9 @@ declare -A package_of=(
   [debootstrap]=debootstrap
   [systemd-analyze]=systemd
   [dpkg-shlibdeps]=dpkg-dev
+  # One package brings both the server and promtool.
+  [prometheus]=prometheus
+  [promtool]=prometheus
 )
 missing=()
 for command in "${!package_of[@]}"; do
@@ -30,6 +34,7 @@ if ((${#missing[@]})); then
     echo "test-deps: missing Debian packages ${missing[*]}, and no root apt-get to install them" >&2
     exit 1
   fi
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "test-deps: installing ${missing[*]}" >&2
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -17,6 +17,18 @@ fn wait_ready(c: &Cluster, i: usize, timeout: Duration, done: impl Fn(u16, &str)
     }
 }
 
+/// A `keys list` with a wrong PIN, which the member must refuse (and log).
+fn login_with_a_wrong_pin(st: &hahsm_it::Standalone) {
+    let wrong = hahsm_it::hahsm_env(
+        Some(&st.conf),
+        &["keys", "list"],
+        &[("HAHSM_PIN", WRONG_PIN), ("HAHSM_PARTITION", &st.partition)],
+    );
+    assert!(!wrong.ok, "a wrong PIN was accepted");
+}
+
+const WRONG_PIN: &str = "wrong-pin-4242";
+
 #[test]
 fn readiness_follows_the_quorum_the_catch_up_and_the_activation() {
     let c = Cluster::with_group_options(3, &["--quorum"]);
@@ -73,15 +85,7 @@ fn a_member_writes_json_lines_with_no_secret_when_asked() {
     let before = st.member.log().len();
     st.member.spawn();
     // Work that logs: a wrong PIN, a key, a signature.
-    let wrong = hahsm_it::hahsm_env(
-        Some(&st.conf),
-        &["keys", "list"],
-        &[
-            ("HAHSM_PIN", "wrong-pin-4242"),
-            ("HAHSM_PARTITION", &st.partition),
-        ],
-    );
-    assert!(!wrong.ok, "a wrong PIN was accepted");
+    login_with_a_wrong_pin(&st);
     st.keys(&["gen", "--type", "ec:p256", "--label", "logged"])
         .expect_ok();
     st.member.stop();
@@ -101,7 +105,7 @@ fn a_member_writes_json_lines_with_no_secret_when_asked() {
         messages.iter().any(|m| m.contains("login failed")),
         "{messages:?}"
     );
-    for secret in [st.pin.as_str(), "wrong-pin-4242"] {
+    for secret in [st.pin.as_str(), WRONG_PIN] {
         assert!(!log.contains(secret), "a PIN reached the log");
     }
 }
@@ -167,15 +171,7 @@ fn sighup_reopens_the_log_file_and_applies_the_log_level() {
     }
     st.keys(&["gen", "--type", "aes:128", "--label", "quiet"])
         .expect_ok();
-    let wrong = hahsm_it::hahsm_env(
-        Some(&st.conf),
-        &["keys", "list"],
-        &[
-            ("HAHSM_PIN", "wrong-pin-4242"),
-            ("HAHSM_PARTITION", &st.partition),
-        ],
-    );
-    assert!(!wrong.ok, "a wrong PIN was accepted");
+    login_with_a_wrong_pin(&st);
     assert!(wait_for(&file, "login failed"), "the warning was not logged");
     let log = std::fs::read_to_string(&file).unwrap();
     let after = &log[log.rfind("configuration reloaded").unwrap_or(0)..];

@@ -152,15 +152,16 @@ impl HaGroup {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let down: Vec<bool> = members.iter().map(|m| m.is_down()).collect();
         let any_up = down.iter().any(|d| !d);
-        // The turn moves one further every eighth pick, so that the picks
-        // that ignore latency do not always start at the same member (with
-        // two or four members they otherwise would).
-        let first = start.wrapping_add(start / 8);
+        let explore = start % 8 == 0;
+        // The picks that ignore latency take turns among the members on
+        // their own count (the k-th begins at member k), so that each member
+        // is measured again whatever the group's size; by `start` alone they
+        // would begin at the same member with two or four members.
+        let first = if explore { start / 8 } else { start };
         let candidates: Vec<usize> = (0..n)
             .map(|k| first.wrapping_add(k) % n)
             .filter(|&i| !tried[i] && (!any_up || !down[i]))
             .collect();
-        let explore = start % 8 == 0;
         let latency = |i: usize| {
             if explore {
                 0
@@ -275,9 +276,19 @@ mod tests {
         let picks: Vec<usize> = (0..16).map(|_| g.pick(&ms, &[false; 2]).unwrap()).collect();
         // Two picks in sixteen ignore latency and take turns from there.
         assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 1, "{picks:?}");
+        // With three members, the slow one is explored one time in three.
+        let three = [member("fast"), member("slow"), member("fast too")];
+        let g3 = group(&three);
+        for (m, us) in three.iter().zip([100, 400, 100]) {
+            m.server.latency_us.store(us, Ordering::Relaxed);
+        }
+        let picks: Vec<usize> = (0..24).map(|_| g3.pick(&three, &[false; 3]).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 1, "{picks:?}");
         ms[1].server.latency_us.store(399, Ordering::Relaxed);
         let picks: Vec<usize> = (0..16).map(|_| g.pick(&ms, &[false; 2]).unwrap()).collect();
-        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 8, "{picks:?}");
+        // Within four times the fastest they tie and take turns (8 of these 14), and
+        // the two picks that ignore latency go one to each.
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 9, "{picks:?}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Monitoring with no application (report §5.2.3): alerts raised by the
 //! members themselves, the metrics endpoint checked with a third-party
-//! OpenMetrics parser (Python's prometheus_client, installed by .ci/run),
+//! OpenMetrics parser (Python's prometheus_client, installed by scripts/test-deps.sh),
 //! `hahsm monitor`, and policy drift detected, alerted and synced.
 use hahsm_it::cluster::{Cluster, GROUP, PARTITION};
 use hahsm_it::{hahsm, hahsm_env, Standalone};
@@ -210,7 +210,7 @@ fn scrape(url: &str) -> Scrape {
     let out = std::process::Command::new("python3")
         .args(["-c", PARSE, url])
         .output()
-        .expect("python3 runs (.ci/run installs prometheus-client)");
+        .expect("python3 runs (scripts/test-deps.sh installs prometheus-client)");
     assert!(
         out.status.success(),
         "the OpenMetrics parser refused {url}:\n{}",

@@ -7,7 +7,7 @@
 //!   is systemd, where the packaged unit runs the member under its sandbox and
 //!   the member still does its work (packaging/tests/systemd-service.sh).
 //!
-//! Needs Docker, systemd-analyze, debootstrap and cargo-deb; .ci/run installs the
+//! Needs Docker, systemd-analyze, debootstrap and cargo-deb; scripts/test-deps.sh installs the
 //! last three. The containers are removed, also when a test fails; the base
 //! image hahsm-base:bookworm is kept, as scripts/base-image.sh's cache.
 use hahsm_it::{bin, bin_dir, run, Run};
@@ -47,7 +47,7 @@ fn the_unit_is_rated_1_5_or_lower_by_systemd_analyze() {
         .args(["security", "--offline=true", "--no-pager"])
         .arg(&unit)
         .output()
-        .expect("systemd-analyze runs (apt-get install systemd; .ci/run does)");
+        .expect("systemd-analyze runs (apt-get install systemd; scripts/test-deps.sh does)");
     let report = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let exposure =
         overall_exposure(&report).unwrap_or_else(|| panic!("no overall exposure in the report:\n{report}"));

@@ -27,9 +27,9 @@ struct CloseOnThreadExit(Cell<CK_SESSION_HANDLE>);
 
 impl Drop for CloseOnThreadExit {
     fn drop(&mut self) {
-        // SAFETY: the function list stays loaded (the library is leaked);
-        // the handle came from C_OpenSession.
-        let rv = unsafe { f().C_CloseSession.expect("C_CloseSession")(self.0.get()) };
+        let close = f().C_CloseSession.expect("C_CloseSession");
+        // SAFETY: the library stays loaded (leaked); the handle came from C_OpenSession.
+        let rv = unsafe { close(self.0.get()) };
         report("tls-close", rv);
     }
 }
@@ -104,9 +104,8 @@ fn main() {
     let module = args.next().expect("module path");
     let mut pin = args.next().expect("PIN").into_bytes();
     // SAFETY: loading a PKCS#11 module runs its initializers, which are ours.
-    let lib = Box::leak(Box::new(
-        unsafe { libloading::Library::new(&module) }.expect("dlopen"),
-    ));
+    let loaded = unsafe { libloading::Library::new(&module) }.expect("dlopen");
+    let lib = Box::leak(Box::new(loaded));
     type GetFunctionList = unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV;
     // SAFETY: C_GetFunctionList has this signature in every PKCS#11 module.
     let get = unsafe { lib.get::<GetFunctionList>(b"C_GetFunctionList") }.expect("exported");

@@ -148,7 +148,7 @@ impl Module {
     /// the least busy member, failing over to the others.
     pub fn call(&self, slot: &Slot, request: Request) -> Result<Response> {
         match &slot.kind {
-            SlotKind::Member { .. } => self.net.call_server(&slot.server, request),
+            SlotKind::Member => self.net.call_server(&slot.server, request),
             SlotKind::Ha(g) => routing::call(g, &self.net, request, Route::Multiplexed),
         }
     }
@@ -159,7 +159,7 @@ impl Module {
     /// driven by the calling thread (see `hahsm_client::blocking`).
     pub fn call_stateless(&self, slot: &Slot, request: Request) -> Result<Response> {
         match &slot.kind {
-            SlotKind::Member { .. } => self.net.call_pooled(&slot.server, request),
+            SlotKind::Member => self.net.call_pooled(&slot.server, request),
             SlotKind::Ha(g) => routing::call(g, &self.net, request, Route::Pooled),
         }
     }
@@ -180,7 +180,7 @@ impl Module {
             pin: pin.clone(),
         };
         match &slot.kind {
-            SlotKind::Member { .. } => self.net.login_on(&slot.server, user_type, &pin),
+            SlotKind::Member => self.net.login_on(&slot.server, user_type, &pin),
             SlotKind::Ha(g) => routing::over_members(g, &request, |member| {
                 self.net
                     .login_on(&member.server, user_type, &pin)
@@ -223,7 +223,7 @@ impl Module {
             return;
         }
         let home = match &slot.kind {
-            SlotKind::Member { .. } => Some(slot.server.clone()),
+            SlotKind::Member => Some(slot.server.clone()),
             SlotKind::Ha(g) => {
                 lock(&g.session_objects).retain(|o| !objects.contains(o));
                 lock(&g.session_home).as_ref().map(|m| m.server.clone())

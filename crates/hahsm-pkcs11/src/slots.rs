@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// What a slot is.
 pub enum SlotKind {
-    /// One partition on one member, in the HA group `group` if it is in one.
-    Member { group: Option<[u8; 16]> },
+    /// One partition on one member (its HA slot, if it is in a group, is
+    /// another slot).
+    Member,
     /// An HA group's partition, served by every member of the group.
     Ha(Arc<HaGroup>),
 }
@@ -41,7 +42,7 @@ impl Slot {
     pub fn ha(&self) -> Option<&Arc<HaGroup>> {
         match &self.kind {
             SlotKind::Ha(g) => Some(g),
-            SlotKind::Member { .. } => None,
+            SlotKind::Member => None,
         }
     }
 
@@ -58,7 +59,7 @@ impl Slot {
     pub(crate) fn links(&self) -> Vec<Arc<Server>> {
         match &self.kind {
             SlotKind::Ha(g) => g.members().into_iter().map(|m| m.server.clone()).collect(),
-            SlotKind::Member { .. } => vec![self.server.clone()],
+            SlotKind::Member => vec![self.server.clone()],
         }
     }
 
@@ -66,7 +67,7 @@ impl Slot {
     pub fn label(&self) -> &str {
         match &self.kind {
             SlotKind::Ha(g) => &g.label,
-            SlotKind::Member { .. } => &self.partition,
+            SlotKind::Member => &self.partition,
         }
     }
 }
@@ -123,9 +124,7 @@ pub fn list_new(net: &Net, servers: &[Arc<Server>], table: &RwLock<Vec<Arc<Slot>
                 partition: info.name.clone(),
                 serial: info.serial,
                 info: Mutex::new(info),
-                kind: SlotKind::Member {
-                    group: group.map(|g| g.id),
-                },
+                kind: SlotKind::Member,
                 token,
                 login_change: Mutex::new(()),
             }));

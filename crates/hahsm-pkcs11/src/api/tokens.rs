@@ -40,7 +40,7 @@ pub fn slot_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_SLOT_INFO> {
     Ok(ck::CK_SLOT_INFO {
         slotDescription: padded(&match &slot.kind {
             SlotKind::Ha(g) => format!("hahsm HA group {} partition {}", g.label, slot.partition),
-            SlotKind::Member { .. } => {
+            SlotKind::Member => {
                 format!("hahsm {} partition {}", slot.server.entry.name, slot.partition)
             }
         }),

@@ -633,13 +633,35 @@ impl Standalone {
 
     /// `hahsm keys ARGS…` with this setup's config, partition and PIN.
     pub fn keys(&self, args: &[&str]) -> Run {
+        self.keys_with_pin(&self.pin, args)
+    }
+
+    /// `hahsm keys ARGS` logging in with `pin` (a wrong one, say).
+    pub fn keys_with_pin(&self, pin: &str, args: &[&str]) -> Run {
         let mut full = vec!["keys"];
         full.extend_from_slice(args);
         hahsm_env(
             Some(&self.conf),
             &full,
-            &[("HAHSM_PIN", &self.pin), ("HAHSM_PARTITION", &self.partition)],
+            &[("HAHSM_PIN", pin), ("HAHSM_PARTITION", &self.partition)],
         )
+    }
+
+    /// Sets partition policy `number` of the partition (on the console).
+    pub fn set_partition_policy(&self, number: u32, value: u64) {
+        let (number, value) = (number.to_string(), value.to_string());
+        self.member
+            .admin(&[
+                "partition",
+                "change-policy",
+                "--partition",
+                &self.partition,
+                "--policy",
+                &number,
+                "--value",
+                &value,
+            ])
+            .expect_ok();
     }
 
     pub fn client_config(&self) -> hahsm_client::ClientConfig {

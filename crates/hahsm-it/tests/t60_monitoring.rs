@@ -581,18 +581,7 @@ fn sighup_reloads_the_alert_targets() {
     let script = alert_script(work.path());
     let (old, new) = (work.path().join("old.log"), work.path().join("new.log"));
     let st = Standalone::build_monitored(work, "", &exec_config(&script, &old, ""));
-    st.member
-        .admin(&[
-            "partition",
-            "change-policy",
-            "--partition",
-            &st.partition,
-            "--policy",
-            "15",
-            "--value",
-            "2",
-        ])
-        .expect_ok();
+    st.set_partition_policy(15, 2);
     let text = std::fs::read_to_string(&st.member.config).unwrap();
     let changed = text.replace(&old.display().to_string(), &new.display().to_string());
     assert_ne!(text, changed, "the config names the old target");
@@ -607,15 +596,7 @@ fn sighup_reloads_the_alert_targets() {
         st.member.log()
     );
     for _ in 0..2 {
-        hahsm_env(
-            Some(&st.conf),
-            &["keys", "list"],
-            &[
-                ("HAHSM_PIN", "not-the-pin-42"),
-                ("HAHSM_PARTITION", &st.partition),
-            ],
-        )
-        .expect_err("PIN");
+        st.keys_with_pin("not-the-pin-42", &["list"]).expect_err("PIN");
     }
     assert!(
         wait(Duration::from_secs(10), || alerts(&new)
@@ -638,26 +619,10 @@ fn a_pin_lockout_raises_an_alert_without_the_pin() {
     let script = alert_script(work.path());
     let out = work.path().join("alerts.log");
     let st = Standalone::build_monitored(work, "", &exec_config(&script, &out, ""));
-    st.member
-        .admin(&[
-            "partition",
-            "change-policy",
-            "--partition",
-            &st.partition,
-            "--policy",
-            "15",
-            "--value",
-            "3",
-        ])
-        .expect_ok();
+    st.set_partition_policy(15, 3);
     let wrong = "not-the-pin-42";
     for _ in 0..3 {
-        hahsm_env(
-            Some(&st.conf),
-            &["keys", "list"],
-            &[("HAHSM_PIN", wrong), ("HAHSM_PARTITION", &st.partition)],
-        )
-        .expect_err("PIN");
+        st.keys_with_pin(wrong, &["list"]).expect_err("PIN");
     }
     assert!(
         wait(Duration::from_secs(10), || alerts(&out)

@@ -19,11 +19,7 @@ fn wait_ready(c: &Cluster, i: usize, timeout: Duration, done: impl Fn(u16, &str)
 
 /// A `keys list` with a wrong PIN, which the member must refuse (and log).
 fn login_with_a_wrong_pin(st: &hahsm_it::Standalone) {
-    let wrong = hahsm_it::hahsm_env(
-        Some(&st.conf),
-        &["keys", "list"],
-        &[("HAHSM_PIN", WRONG_PIN), ("HAHSM_PARTITION", &st.partition)],
-    );
+    let wrong = st.keys_with_pin(WRONG_PIN, &["list"]);
     assert!(!wrong.ok, "a wrong PIN was accepted");
 }
 

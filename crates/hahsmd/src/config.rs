@@ -18,6 +18,12 @@ pub struct Config {
     /// injecting proxy in tests).
     #[serde(default)]
     pub peer_routes: std::collections::BTreeMap<String, String>,
+    /// The address (an IP address or a DNS name, no port) that the other
+    /// members and the clients reach this member by, with the ports of
+    /// `listen` and `peer_listen`. Needed when a listener binds every address
+    /// (0.0.0.0 or ::), which no one else can dial; `hahsmd
+    /// --advertise-address` (or HAHSMD_ADVERTISE_ADDRESS) overrides it.
+    pub advertise_address: Option<String>,
     /// The admin socket; `<data_dir>/admin.sock` by default.
     pub admin_socket: Option<PathBuf>,
     /// `text` (the default) or `json`: one JSON object a line, with the
@@ -171,6 +177,9 @@ impl Config {
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
         validate_alerts(&config.monitoring.alerts)
             .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        if let Some(a) = &config.advertise_address {
+            validate_advertise(a).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        }
         Ok(config)
     }
 
@@ -248,4 +257,104 @@ fn validate_alerts(targets: &AlertTargets) -> Result<(), String> {
         return Err("monitoring.alerts.exec: the program name is empty".into());
     }
     Ok(())
+}
+
+/// An advertised address is a host: an IP address or a DNS name, no port.
+pub fn validate_advertise(host: &str) -> Result<(), String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return if bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
+        {
+            Err(format!("advertise_address {host} is no one's address"))
+        } else {
+            Ok(())
+        };
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if name_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "advertise_address '{host}' is neither an IP address nor a host name (give no port)"
+        ))
+    }
+}
+
+/// The address others dial for a listener bound at `bound`: the advertised
+/// host with the bound port, or the bound address itself, which must then be
+/// a specific one.
+pub fn advertised(bound: &str, advertise: Option<&str>, option: &str) -> Result<String, String> {
+    let addr: std::net::SocketAddr = bound
+        .parse()
+        .map_err(|_| format!("the {option} listener's address {bound} is not an address"))?;
+    match advertise {
+        Some(host) if host.contains(':') && !host.starts_with('[') => Ok(format!("[{host}]:{}", addr.port())),
+        Some(host) => Ok(format!("{host}:{}", addr.port())),
+        None if addr.ip().is_unspecified() => Err(format!(
+            "`{option}` binds every address ({bound}), which other members and clients cannot dial: \
+             set `advertise_address` in the config (or hahsmd --advertise-address) to the address they reach this member by"
+        )),
+        None => Ok(bound.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listener_needs_an_advertised_address() {
+        assert_eq!(
+            advertised("10.0.1.21:1793", None, "peer_listen").unwrap(),
+            "10.0.1.21:1793"
+        );
+        let e = advertised("0.0.0.0:1793", None, "peer_listen").unwrap_err();
+        assert!(
+            e.contains("advertise_address") && e.contains("peer_listen"),
+            "{e}"
+        );
+        assert!(advertised("[::]:1792", None, "listen").is_err());
+        assert_eq!(
+            advertised("0.0.0.0:1793", Some("10.0.1.21"), "peer_listen").unwrap(),
+            "10.0.1.21:1793"
+        );
+        assert_eq!(
+            advertised("[::]:1792", Some("fd00::21"), "listen").unwrap(),
+            "[fd00::21]:1792"
+        );
+        assert_eq!(
+            advertised("0.0.0.0:1792", Some("hsmone.example.com"), "listen").unwrap(),
+            "hsmone.example.com:1792"
+        );
+    }
+
+    #[test]
+    fn an_advertised_address_is_a_host_without_a_port() {
+        for ok in [
+            "10.0.1.21",
+            "fd00::21",
+            "[fd00::21]",
+            "hsmone",
+            "hsmone.example.com",
+        ] {
+            assert!(validate_advertise(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "10.0.1.21:1793",
+            "0.0.0.0",
+            "::",
+            "",
+            "host name",
+            "a..b",
+            "http://x",
+        ] {
+            assert!(validate_advertise(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -46,7 +46,15 @@ pub async fn start_metrics(app: &Arc<Appliance>) {
     let Ok(bound) = listener.local_addr() else {
         return;
     };
-    let url = format!("http://{bound}/metrics");
+    // The URL the group shows for this member: its advertised address, which
+    // others can open, rather than a wildcard.
+    let shown = crate::config::advertised(
+        &bound.to_string(),
+        app.config.advertise_address.as_deref(),
+        "metrics_listen",
+    )
+    .unwrap_or_else(|_| bound.to_string());
+    let url = format!("http://{shown}/metrics");
     if let Err(e) = crate::write_atomically(&app.config.metrics_addr_path(), &bound.to_string()) {
         warn!(error = %e, "cannot write metrics.addr");
     }

@@ -14,17 +14,29 @@ struct Args {
     /// The member's TOML configuration.
     #[arg(long, short, env = "HAHSMD_CONFIG")]
     config: PathBuf,
+    /// The address peers and clients reach this member by (the config's
+    /// `advertise_address`, which this overrides): for containers, whose
+    /// shared config cannot know it.
+    #[arg(long, env = "HAHSMD_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
+    let mut config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hahsmd: {e:#}");
             return ExitCode::from(2);
         }
     };
+    if let Some(a) = args.advertise_address.filter(|a| !a.is_empty()) {
+        if let Err(e) = hahsmd::config::validate_advertise(&a) {
+            eprintln!("hahsmd: --advertise-address: {e}");
+            return ExitCode::from(2);
+        }
+        config.advertise_address = Some(a);
+    }
     let logging = match hahsmd::logging::start(&config) {
         Ok(l) => l,
         Err(e) => {

@@ -9,6 +9,7 @@ use super::keys::{
     ReplicationKeys,
 };
 use crate::appliance::Appliance;
+use crate::config::advertised;
 use crate::error::{AdminError, AdminResult};
 use crate::partition::ActivePartition;
 use crate::sync::RecoverRw;
@@ -96,10 +97,17 @@ pub fn prepare(app: &Appliance, partition: &str, owner_secret: &hahsm_proto::Sec
     Ok(())
 }
 
+/// This member as its peers and the clients must reach it: the addresses
+/// are the advertised ones, never a wildcard (which would make a peer dial
+/// itself).
 pub(super) fn my_member(app: &Appliance, p: &ActivePartition, standby: bool) -> AdminResult<GroupMember> {
-    let peer_address = app.peer_address().ok_or_else(|| {
+    let bound_peer = app.peer_address().ok_or_else(|| {
         AdminError::Refused("this member has no peer listener: set `peer_listen` in its config".into())
     })?;
+    let advertise = app.config.advertise_address.as_deref();
+    let peer_address = advertised(&bound_peer, advertise, "peer_listen").map_err(AdminError::Refused)?;
+    let client_address =
+        advertised(&app.client_address(), advertise, "listen").map_err(AdminError::Refused)?;
     Ok(GroupMember {
         serial: app.serial,
         hsm_label: app.hsm_label(),
@@ -108,7 +116,7 @@ pub(super) fn my_member(app: &Appliance, p: &ActivePartition, standby: bool) -> 
         fingerprint: app
             .fingerprint()
             .map_err(|e| AdminError::Refused(e.to_string()))?,
-        client_address: app.client_address(),
+        client_address,
         standby,
     })
 }

@@ -27,7 +27,7 @@ use args::{BenchCommand, BenchOpts, Mode, SlotChoice};
 use driver::{Progress, Timing};
 use pkcs11::Module;
 use stats::{Point, Sample};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -45,12 +45,21 @@ fn run_blocking(args: BenchArgs) -> Result<()> {
     }
 }
 
-/// The module next to this program, as `cargo build` and the packages lay it out.
+/// Where the libhahsm-pkcs11 package installs the module (amd64).
+const PACKAGED_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/libhahsm_pkcs11.so";
+
+/// The module next to this program, as `cargo build` lays it out; else where
+/// the packages put it (the CLI in /usr/bin, the module in the multiarch
+/// PKCS#11 directory).
 fn default_module() -> Result<PathBuf> {
-    Ok(std::env::current_exe()?
+    let beside = std::env::current_exe()?
         .parent()
         .ok_or_else(|| anyhow!("cannot locate the module"))?
-        .join("libhahsm_pkcs11.so"))
+        .join("libhahsm_pkcs11.so");
+    if !beside.exists() && Path::new(PACKAGED_MODULE).exists() {
+        return Ok(PathBuf::from(PACKAGED_MODULE));
+    }
+    Ok(beside)
 }
 
 /// How to reach one PKCS#11 module: the module, its slot and PIN.

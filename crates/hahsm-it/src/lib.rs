@@ -5,7 +5,9 @@
 //! The binaries come from the workspace's target directory (`HAHSM_BIN_DIR`
 //! overrides it); `scripts/test.sh` builds them before the tests run.
 pub mod cluster;
+pub mod docker;
 pub mod proxy;
+pub mod runbook;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -721,10 +723,14 @@ impl Drop for Tmpfs {
 
 /// Runs a command and returns its output; panics if it cannot start.
 pub fn run(program: &str, args: &[&str]) -> Run {
+    run_command(Command::new(program).args(args))
+}
+
+/// Runs a prepared command to its end, with no standard input.
+pub fn run_command(cmd: &mut Command) -> Run {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     Run::from(
-        Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("{program}: {e}")),
     )

@@ -10,20 +10,12 @@
 //! Needs Docker, systemd-analyze, debootstrap and cargo-deb; scripts/test-deps.sh installs the
 //! last three. The containers are removed, also when a test fails; the base
 //! image hahsm-base:bookworm is kept, as scripts/base-image.sh's cache.
-use hahsm_it::{bin, bin_dir, run, Run};
+use hahsm_it::docker::{deb_build_env, docker, repo, script, shown, BASE_IMAGE};
+use hahsm_it::{bin, run, run_command};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BASE_IMAGE: &str = "hahsm-base:bookworm";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("the repository")
-}
 
 fn unit() -> PathBuf {
     repo().join("packaging/hahsmd.service")
@@ -251,47 +243,15 @@ impl Drop for Container {
     }
 }
 
-fn run_output(out: std::process::Output) -> Run {
-    Run {
-        ok: out.status.success(),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn docker(args: &[&str]) -> Run {
-    run("docker", args)
-}
-
-/// The container script's lines, for the report of a failure.
-fn shown(r: &Run) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        r.code, r.stdout, r.stderr
-    )
-}
-
 /// Builds the packages with scripts/build-debs.sh, in the profile and target
 /// directory of this test's binaries (scripts/test.sh built them already), so
 /// that cargo has nothing left to compile.
 fn build_debs(out: &Path) {
-    let bins = bin_dir();
-    let target = bins.parent().expect("the target directory");
-    let profile = match bins.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => "dev",
-    };
     let started = Instant::now();
-    let r = run_output(
-        Command::new(repo().join("scripts/build-debs.sh"))
+    let r = run_command(
+        Command::new(script("build-debs.sh"))
             .arg(out)
-            .env("CARGO_TARGET_DIR", target)
-            .env("HAHSM_DEB_PROFILE", profile)
-            .stdin(Stdio::null())
-            .output()
-            .expect("scripts/build-debs.sh runs"),
+            .envs(deb_build_env()),
     );
     assert!(r.ok, "scripts/build-debs.sh failed:\n{}", shown(&r));
     assert_eq!(
@@ -311,10 +271,7 @@ fn build_debs(out: &Path) {
 
 fn base_image() {
     let started = Instant::now();
-    let r = run(
-        repo().join("scripts/base-image.sh").to_str().unwrap(),
-        &[BASE_IMAGE],
-    );
+    let r = run(script("base-image.sh").to_str().unwrap(), &[BASE_IMAGE]);
     assert!(r.ok, "scripts/base-image.sh failed:\n{}", shown(&r));
     eprintln!("base image ready in {:.0?}", started.elapsed());
 }
@@ -322,7 +279,7 @@ fn base_image() {
 /// `deb MIRROR bookworm main`, from the host's apt sources, for the
 /// containers' own sources.list (written at run time: the image may be older).
 fn sources_list() -> String {
-    let r = run(repo().join("scripts/debian-mirror.sh").to_str().unwrap(), &[]);
+    let r = run(script("debian-mirror.sh").to_str().unwrap(), &[]);
     assert!(r.ok, "no Debian mirror in the host's apt sources:\n{}", shown(&r));
     format!("deb {} bookworm main\n", r.stdout.trim())
 }

@@ -10,6 +10,8 @@
 #
 # HAHSM_DEB_PROFILE picks the cargo profile (default: release). The package
 # test uses dev, the profile scripts/test.sh has already built.
+# HAHSM_DEB_REVISION sets the Debian revision (default: 1): the deployment
+# test upgrades packages of one revision to the next.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -41,7 +43,9 @@ out="$(cd "$out" && pwd)"
 rm -f "$out"/hahsmd_*.deb "$out"/hahsm_*.deb "$out"/libhahsm-pkcs11_*.deb
 # Stripped: the release profile keeps debug info (debug = 1) for profiling,
 # which would make the binaries five times larger.
+revision=()
+[ -n "${HAHSM_DEB_REVISION:-}" ] && revision=(--deb-revision "$HAHSM_DEB_REVISION")
 for crate in hahsmd hahsm-cli hahsm-pkcs11; do
-  cargo deb --no-build --strip --profile "$profile" -p "$crate" --output "$out" >&2
+  cargo deb --no-build --strip --profile "$profile" -p "$crate" "${revision[@]}" --output "$out" >&2
 done
 echo "$out"

@@ -28,7 +28,9 @@ for f in /usr/sbin/hahsmd /etc/hahsm/hahsmd.toml /usr/lib/systemd/system/hahsmd.
          /usr/share/man/man1/hahsm-appliance.1.gz \
          /usr/share/bash-completion/completions/hahsm /usr/share/zsh/vendor-completions/_hahsm \
          /usr/share/fish/vendor_completions.d/hahsm.fish \
-         /usr/lib/x86_64-linux-gnu/pkcs11/libhahsm_pkcs11.so /usr/share/p11-kit/modules/hahsm.module; do
+         /usr/lib/x86_64-linux-gnu/pkcs11/libhahsm_pkcs11.so /usr/share/p11-kit/modules/hahsm.module \
+         /usr/share/hahsm/prometheus/hahsm-rules.yml /usr/share/hahsm/grafana/hahsm-dashboard.json \
+         /usr/share/doc/hahsmd/deploy.md; do
   grep -qx "$f" /tmp/*.list || fail "$f is in no package's dpkg -L"
   [ -f "$f" ] || fail "$f is missing"
 done

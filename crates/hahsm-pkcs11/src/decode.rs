@@ -27,6 +27,38 @@ pub const MAX_TEMPLATE_LEN: usize = 1024;
 /// (`None` for a NULL `pValue`).
 pub type RawAttr<'a> = (AttrType, Option<&'a [u8]>);
 
+/// A decoded template whose error, if any, waits for its turn: PKCS#11 3.0
+/// §5.1 puts template errors last, after the mechanism, the key and the login
+/// state, so a function decodes its template with its arguments but reports
+/// what is wrong with it only when [`Deferred::get`] is called, after the
+/// other checks. Its flags can be read before that (a template that cannot be
+/// decoded reads as the defaults).
+pub struct Deferred<T>(Result<T>);
+
+impl<T> Deferred<T> {
+    pub fn new(decoded: Result<T>) -> Self {
+        Deferred(decoded)
+    }
+
+    /// The template, or its error: call it after the checks that come first.
+    pub fn get(self) -> Result<T> {
+        self.0
+    }
+}
+
+impl Deferred<Template> {
+    /// A boolean attribute of the template, `default` when it is not given
+    /// or the template cannot be decoded.
+    pub fn flag(&self, attr: AttrType, default: bool) -> bool {
+        self.bool(attr).unwrap_or(default)
+    }
+
+    /// A boolean attribute of the template, if given (and decodable).
+    pub fn bool(&self, attr: AttrType) -> Option<bool> {
+        self.0.as_ref().ok().and_then(|t| t.bool(attr))
+    }
+}
+
 /// Decodes a creation or search template. Unknown attribute types are
 /// `CKR_ATTRIBUTE_TYPE_INVALID`, values of the wrong size
 /// `CKR_ATTRIBUTE_VALUE_INVALID`; `CKA_EC_POINT` is accepted raw or

@@ -62,6 +62,9 @@ pub fn token_info(cx: SlotCx) -> Result<ck::CK_TOKEN_INFO> {
     if info.pin_locked {
         flags |= ck::CKF_USER_PIN_LOCKED;
     }
+    // COUNT_LOW, FINAL_TRY and LOCKED of both PINs, as the member counts the
+    // group's failed logins.
+    flags |= info.pin_flags & PIN_FLAGS;
     Ok(ck::CK_TOKEN_INFO {
         label: padded(slot.label()),
         manufacturerID: padded(MANUFACTURER),
@@ -87,6 +90,14 @@ pub fn token_info(cx: SlotCx) -> Result<ck::CK_TOKEN_INFO> {
         utcTime: [b' '; 16],
     })
 }
+
+/// The token flags a member reports for the PINs.
+const PIN_FLAGS: u64 = ck::CKF_USER_PIN_COUNT_LOW
+    | ck::CKF_USER_PIN_FINAL_TRY
+    | ck::CKF_USER_PIN_LOCKED
+    | ck::CKF_SO_PIN_COUNT_LOW
+    | ck::CKF_SO_PIN_FINAL_TRY
+    | ck::CKF_SO_PIN_LOCKED;
 
 pub fn mechanism_list(_cx: SlotCx) -> Vec<ck::CK_MECHANISM_TYPE> {
     mechanism::supported().iter().map(|(m, _)| *m).collect()

@@ -242,7 +242,20 @@ impl KeyOps<'_> {
             .map_err(|e| TokenError::DeviceError(e.to_string()))?
         {
             if assigned.contains(&summary.name) {
+                let pin_flags = match self.app.active_partition(&summary.name) {
+                    Some(active) => {
+                        let max = self
+                            .app
+                            .partition_policy_values(&summary.name)
+                            .map(|p| p.get(policy::partition::MAX_FAILED_LOGINS))
+                            .unwrap_or(0);
+                        crate::pin_records::partition_pin_flags(&active, max, summary.so_pin_set)
+                    }
+                    None if summary.pin_locked => ck::CKF_USER_PIN_LOCKED,
+                    None => 0,
+                };
                 out.push(PartitionInfo {
+                    pin_flags,
                     name: summary.name,
                     serial: summary.serial,
                     activated: summary.activated,

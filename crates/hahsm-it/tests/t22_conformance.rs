@@ -229,6 +229,79 @@ fn life(fx: &Fx, h: CK_SESSION_HANDLE, make: impl Fn() -> Result<CK_OBJECT_HANDL
     }
 }
 
+/// In `rw`: a public wrapping key wraps a public extractable key, and the
+/// blob is unwrapped as a session key with `CKA_PRIVATE` `private` (`None`:
+/// the default). The first failure's code, or `CKR_OK`.
+fn wrap_unwrap(fx: &Fx, private: Option<bool>) -> CK_RV {
+    let steps = || -> Result<(), CK_RV> {
+        let kek = gen_key(
+            fx,
+            fx.rw,
+            &[
+                Attribute::Token(false),
+                Attribute::Private(false),
+                Attribute::ValueLen(16.into()),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+            ],
+        )?;
+        let key = gen_key(
+            fx,
+            fx.rw,
+            &[
+                Attribute::Token(false),
+                Attribute::Private(false),
+                Attribute::ValueLen(16.into()),
+                Attribute::Extractable(true),
+                Attribute::Encrypt(true),
+            ],
+        )?;
+        let mut m = mech(CKM_AES_KEY_WRAP);
+        let (mut blob, mut n) = ([0u8; 64], 64);
+        ok(call!(
+            fx,
+            C_WrapKey,
+            fx.rw,
+            &mut m,
+            kek,
+            key,
+            blob.as_mut_ptr(),
+            &mut n
+        ))?;
+        let mut attrs = vec![
+            Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Encrypt(true),
+        ];
+        if let Some(p) = private {
+            attrs.push(Attribute::Private(p));
+        }
+        let mut t = tmpl(&attrs);
+        let mut out = 0;
+        let r = call!(
+            fx,
+            C_UnwrapKey,
+            fx.rw,
+            &mut m,
+            kek,
+            blob.as_mut_ptr(),
+            n,
+            t.as_mut_ptr(),
+            t.len() as CK_ULONG,
+            &mut out
+        );
+        ok(destroy(fx, fx.rw, key))?;
+        ok(destroy(fx, fx.rw, kek))?;
+        ok(r)?;
+        ok(destroy(fx, fx.rw, out))
+    };
+    match steps() {
+        Ok(()) => CKR_OK,
+        Err(rv) => rv,
+    }
+}
+
 fn ok(rv: CK_RV) -> Result<(), CK_RV> {
     if rv == CKR_OK {
         Ok(())
@@ -1475,6 +1548,18 @@ fn cases() -> Vec<Case> {
             destroy(fx, fx.rw, o);
             r
         },
+    ));
+    v.push(case(
+        RwPublic,
+        "wrap and unwrap public session keys",
+        CKR_OK,
+        |fx| wrap_unwrap(fx, Some(false)),
+    ));
+    v.push(case(
+        RwPublic,
+        "unwrap a key private by default",
+        CKR_USER_NOT_LOGGED_IN,
+        |fx| wrap_unwrap(fx, None),
     ));
     v.push(case(RwPublic, "C_InitPIN", CKR_USER_NOT_LOGGED_IN, |fx| {
         call!(

@@ -443,6 +443,16 @@ impl KeyOps<'_> {
     }
 }
 
+/// `CKR_USER_NOT_LOGGED_IN` when the object `template` makes (of `class`
+/// unless it names one) will be private and the client is not logged in as
+/// the user: checked before the template itself (`rules::will_be_private`).
+pub(super) fn needs_login_for(ctx: &Ctx, template: &Template, class: u64) -> TokenResult<()> {
+    if rules::will_be_private(template, class) && !ctx.logged_in {
+        return Err(TokenError::UserNotLoggedIn);
+    }
+    Ok(())
+}
+
 /// `CKA_TRUSTED` marks a key allowed to wrap keys that demand it
 /// (`CKA_WRAP_WITH_TRUSTED`); only the partition SO may grant it, or any user
 /// could wrap those keys under a key of their own.

@@ -34,6 +34,7 @@ use crate::session::OpKind;
 use crate::Result;
 use hahsm_token::ck::*;
 use std::os::raw::c_void;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 
 // ------------------------------------------------- the check order (§5.1) --
@@ -110,7 +111,10 @@ pub unsafe extern "C" fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut
     })
 }
 
-/// §5.4 `C_GetInterface`: NULL name and version give the 3.0 interface.
+/// §5.4 `C_GetInterface`: NULL name and version give the 3.0 interface. The
+/// interface is handed out in writable memory ([`HANDED_OUT`]): OpenSC's
+/// pkcs11-spy writes its own function list into the `CK_INTERFACE` it gets,
+/// and crashed when that was in read-only memory.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetInterface(
     name: *mut CK_UTF8CHAR,
@@ -130,7 +134,7 @@ pub unsafe extern "C" fn C_GetInterface(
         }
         // SAFETY: `version` is NULL or valid for reads (§5.4).
         let wanted_version = unsafe { version.as_ref() }.map(|v| (v.major, v.minor));
-        let found = INTERFACES.0.iter().find(|i| {
+        let found = INTERFACES.0.iter().position(|i| {
             // SAFETY: our own interfaces point at our own function lists, whose first field is a CK_VERSION.
             let v = unsafe { &*(i.pFunctionList as *const CK_VERSION) };
             let version_ok = match wanted_version {
@@ -141,7 +145,7 @@ pub unsafe extern "C" fn C_GetInterface(
         });
         match found {
             Some(i) => {
-                *out = i as *const CK_INTERFACE as *mut CK_INTERFACE;
+                *out = HANDED_OUT[i].fill(&INTERFACES.0[i]);
                 Ok(())
             }
             None => Err(crate::Error::Rv(CKR_ARGUMENTS_BAD)),
@@ -1123,6 +1127,41 @@ struct Interfaces([CK_INTERFACE; 2]);
 unsafe impl Sync for Interfaces {}
 
 static INTERFACE_NAME: &[u8] = b"PKCS 11\0";
+
+/// A `CK_INTERFACE` in writable memory, for [`C_GetInterface`] to hand out:
+/// the caller may write to it (pkcs11-spy does), so it is made of atomics,
+/// which also keeps this module's own stores free of data races.
+#[repr(C)]
+struct HandedOut {
+    name: AtomicPtr<CK_UTF8CHAR>,
+    list: AtomicPtr<c_void>,
+    flags: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<HandedOut>() == std::mem::size_of::<CK_INTERFACE>());
+const _: () = assert!(std::mem::align_of::<HandedOut>() == std::mem::align_of::<CK_INTERFACE>());
+const _: () = assert!(std::mem::size_of::<CK_FLAGS>() == std::mem::size_of::<u64>());
+
+impl HandedOut {
+    const fn new() -> HandedOut {
+        HandedOut {
+            name: AtomicPtr::new(std::ptr::null_mut()),
+            list: AtomicPtr::new(std::ptr::null_mut()),
+            flags: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets it to `i` (whatever a caller wrote there before) and points to it.
+    fn fill(&self, i: &CK_INTERFACE) -> *mut CK_INTERFACE {
+        self.name.store(i.pInterfaceName, Ordering::SeqCst);
+        self.list.store(i.pFunctionList, Ordering::SeqCst);
+        self.flags.store(i.flags, Ordering::SeqCst);
+        self as *const HandedOut as *mut CK_INTERFACE
+    }
+}
+
+/// What [`C_GetInterface`] hands out, one per entry of [`INTERFACES`].
+static HANDED_OUT: [HandedOut; 2] = [HandedOut::new(), HandedOut::new()];
 
 static INTERFACES: Interfaces = Interfaces([
     CK_INTERFACE {

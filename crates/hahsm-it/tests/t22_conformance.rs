@@ -19,7 +19,7 @@
 //! `cryptoki` crate will not pass NULL pointers.
 mod t20_pkcs11_support;
 
-use cryptoki::object::Attribute;
+use cryptoki::object::{Attribute, AttributeType};
 use cryptoki_sys::*;
 use hahsm_it::cluster::{Cluster, PIN};
 use std::ptr::null_mut;
@@ -1407,6 +1407,32 @@ fn cases() -> Vec<Case> {
         "incomplete public key pair: the template",
         CKR_TEMPLATE_INCOMPLETE,
         |fx| gen_pair(fx, fx.ro, false, Some(false), false).map_or_else(|e| e, |_| CKR_OK),
+    ));
+    v.push(case(
+        RoPublic,
+        "unknown attribute, private by default: login first",
+        CKR_USER_NOT_LOGGED_IN,
+        |fx| {
+            let mut a = aes_key(false, None, true);
+            a.push(Attribute::VendorDefined((
+                AttributeType::VendorDefined(0x8000_4321),
+                vec![1],
+            )));
+            gen_key(fx, fx.ro, &a).map_or_else(|e| e, |_| CKR_OK)
+        },
+    ));
+    v.push(case(
+        RoPublic,
+        "unknown attribute in a public key's template",
+        CKR_ATTRIBUTE_TYPE_INVALID,
+        |fx| {
+            let mut a = aes_key(false, Some(false), true);
+            a.push(Attribute::VendorDefined((
+                AttributeType::VendorDefined(0x8000_4321),
+                vec![1],
+            )));
+            gen_key(fx, fx.ro, &a).map_or_else(|e| e, |_| CKR_OK)
+        },
     ));
     v.push(case(RoPublic, "C_SetPIN", CKR_SESSION_READ_ONLY, |fx| {
         let new = b"other-pin-42";

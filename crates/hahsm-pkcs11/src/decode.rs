@@ -31,32 +31,55 @@ pub type RawAttr<'a> = (AttrType, Option<&'a [u8]>);
 /// §5.1 puts template errors last, after the mechanism, the key and the login
 /// state, so a function decodes its template with its arguments but reports
 /// what is wrong with it only when [`Deferred::get`] is called, after the
-/// other checks. Its flags can be read before that (a template that cannot be
-/// decoded reads as the defaults).
-pub struct Deferred<T>(Result<T>);
+/// other checks. Its `CKA_CLASS`, `CKA_TOKEN` and `CKA_PRIVATE` can be read
+/// before that ([`hints`]), even when another attribute is wrong.
+pub struct Deferred<T> {
+    decoded: Result<T>,
+    hints: Template,
+}
 
 impl<T> Deferred<T> {
-    pub fn new(decoded: Result<T>) -> Self {
-        Deferred(decoded)
+    pub fn new(decoded: Result<T>, hints: Template) -> Self {
+        Deferred { decoded, hints }
     }
 
     /// The template, or its error: call it after the checks that come first.
     pub fn get(self) -> Result<T> {
-        self.0
+        self.decoded
     }
 }
 
 impl Deferred<Template> {
-    /// A boolean attribute of the template, `default` when it is not given
-    /// or the template cannot be decoded.
+    /// A boolean attribute among the hints, `default` when not given.
     pub fn flag(&self, attr: AttrType, default: bool) -> bool {
         self.bool(attr).unwrap_or(default)
     }
 
-    /// A boolean attribute of the template, if given (and decodable).
+    /// A boolean attribute among the hints, if given (and well-formed).
     pub fn bool(&self, attr: AttrType) -> Option<bool> {
-        self.0.as_ref().ok().and_then(|t| t.bool(attr))
+        self.hints.bool(attr)
     }
+
+    /// Whether the object it makes will be private (`rules::will_be_private`,
+    /// with `class` unless the template names one).
+    pub fn private(&self, class: u64) -> bool {
+        hahsm_token::rules::will_be_private(&self.hints, class)
+    }
+}
+
+/// The attributes the checks before a template's own read from it:
+/// `CKA_CLASS`, `CKA_TOKEN` and `CKA_PRIVATE`, each decoded alone (one that is
+/// malformed is left out, and fails later with the template).
+pub fn hints(raw: &[RawAttr<'_>]) -> Template {
+    let mut t = Template::new();
+    for (attr, value) in raw {
+        if let (ck::CKA_CLASS | ck::CKA_TOKEN | ck::CKA_PRIVATE, Some(bytes)) = (*attr, value) {
+            if let Ok(v) = AttrValue::from_raw(*attr, bytes) {
+                t.set(*attr, v);
+            }
+        }
+    }
+    t
 }
 
 /// Decodes a creation or search template. Unknown attribute types are
@@ -314,6 +337,31 @@ mod tests {
 
     fn ckr(r: Result<Mechanism>) -> u64 {
         r.unwrap_err().rv()
+    }
+
+    #[test]
+    fn a_template_s_error_waits_while_its_hints_are_read() {
+        let t = [1u8];
+        let f = [0u8];
+        let class = ck::CKO_SECRET_KEY.to_ne_bytes();
+        let raw: Vec<RawAttr<'_>> = vec![
+            (ck::CKA_PRIVATE, Some(&f[..])),
+            (ck::CKA_TOKEN, Some(&t[..])),
+            (ck::CKA_CLASS, Some(&class[..])),
+            (0x8000_4321, Some(&t[..])),
+        ];
+        let d = Deferred::new(template(&raw), hints(&raw));
+        assert!(d.flag(ck::CKA_TOKEN, false));
+        assert!(!d.private(ck::CKO_SECRET_KEY), "CKA_PRIVATE false is read");
+        assert_eq!(
+            d.get().map(|_| ()).unwrap_err().rv(),
+            ck::CKR_ATTRIBUTE_TYPE_INVALID
+        );
+        // A malformed CKA_PRIVATE is no hint: the class's default holds.
+        let raw: Vec<RawAttr<'_>> = vec![(ck::CKA_PRIVATE, Some(&class[..]))];
+        let d = Deferred::new(template(&raw), hints(&raw));
+        assert!(d.private(ck::CKO_SECRET_KEY));
+        assert!(d.get().is_err());
     }
 
     #[test]

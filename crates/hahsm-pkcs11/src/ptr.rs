@@ -165,9 +165,10 @@ pub unsafe fn template(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<De
     // SAFETY: forwarded contract.
     let attrs = unsafe { attr_slice(p, n) }?;
     // SAFETY: forwarded contract.
-    Ok(Deferred::new(
-        unsafe { raw_attrs(attrs) }.and_then(|raw| decode::template(&raw)),
-    ))
+    Ok(match unsafe { raw_attrs(attrs) } {
+        Ok(raw) => Deferred::new(decode::template(&raw), decode::hints(&raw)),
+        Err(e) => Deferred::new(Err(e), Template::new()),
+    })
 }
 
 /// A search template (`None`: it names an attribute no object has), deferred
@@ -184,6 +185,7 @@ pub unsafe fn search_template(
     // SAFETY: forwarded contract.
     Ok(Deferred::new(
         unsafe { raw_attrs(attrs) }.and_then(|raw| decode::search_template(&raw)),
+        Template::new(),
     ))
 }
 

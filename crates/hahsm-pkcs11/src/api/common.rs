@@ -1,5 +1,6 @@
 //! What the functions share: the library's constants and the padded fields
 //! of its descriptions, the shared checks and look-ups.
+use crate::decode::Deferred;
 use crate::error::{delivers, rv, Error, Result};
 use crate::handles::KeyInfo;
 use crate::module::{self, Module};
@@ -7,7 +8,7 @@ use crate::session::{OpKind, Session, State};
 use crate::slots::Slot;
 use hahsm_proto::client::{AttrResult, Request, Response};
 use hahsm_token::mechanism::{self, Usage};
-use hahsm_token::{ck, AttrType, Mechanism, Ouid};
+use hahsm_token::{ck, AttrType, Mechanism, Ouid, Template};
 use std::sync::Arc;
 
 pub const MANUFACTURER: &str = "hahsm";
@@ -97,6 +98,17 @@ pub(super) fn expect(r: Result<Response>, want: Response) -> Result<()> {
 pub(super) fn check_writable(s: &Session, token: bool) -> Result<()> {
     if token && !s.rw {
         return rv(ck::CKR_SESSION_READ_ONLY);
+    }
+    Ok(())
+}
+
+/// The login a new object needs (step 5 of §5.1's order, before its
+/// template is checked): a private object needs the user's login
+/// (`docs/pkcs11.md`, "Public objects and sessions"). The member checks it
+/// again.
+pub(super) fn check_login_for(s: &Session, template: &Deferred<Template>, class: u64) -> Result<()> {
+    if template.private(class) && s.slot.login() != Some(ck::CKU_USER) {
+        return rv(ck::CKR_USER_NOT_LOGGED_IN);
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub fn generate_key(cx: Cx, mech: Mechanism, template: Deferred<Template>) -> Re
     }
     let token = template.flag(ck::CKA_TOKEN, false);
     check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
     let template = template.get()?;
     let r = m.call(
         &s.slot,
@@ -46,6 +47,8 @@ pub fn generate_key_pair(
         private.flag(ck::CKA_TOKEN, false),
     );
     check_writable(&s, pub_token || priv_token)?;
+    check_login_for(&s, &public, ck::CKO_PUBLIC_KEY)?;
+    check_login_for(&s, &private, ck::CKO_PRIVATE_KEY)?;
     let (public, private) = (public.get()?, private.get()?);
     match m.call(
         &s.slot,
@@ -140,6 +143,7 @@ pub fn unwrap_key(
     })?;
     let token = template.flag(ck::CKA_TOKEN, false);
     check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
     let template = template.get()?;
     let r = m.call(
         &s.slot,
@@ -167,6 +171,7 @@ pub fn derive_key(
     check_key_for(&mech, &info, Usage::Derive)?;
     let token = template.flag(ck::CKA_TOKEN, false);
     check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
     let template = template.get()?;
     let r = m.call(
         &s.slot,

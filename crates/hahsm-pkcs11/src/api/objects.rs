@@ -12,6 +12,7 @@ pub fn create_object(cx: Cx, template: Deferred<Template>) -> Result<ck::CK_OBJE
     let Cx { m, s } = cx;
     let token = template.flag(ck::CKA_TOKEN, false);
     check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_DATA)?;
     let template = template.get()?;
     let r = m.call(
         &s.slot,

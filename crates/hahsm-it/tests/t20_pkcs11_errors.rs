@@ -414,7 +414,7 @@ fn context_specific_login_for_always_authenticate_keys(env: &Env) {
     assert_eq!(r, ck::CKR_OK);
 }
 
-fn interfaces_and_function_lists_have_no_null_entries(_env: &Env) {
+fn interfaces_and_function_lists_have_no_null_entries(env: &Env) {
     let (_lib, f30) = raw::functions_3_0();
     assert_eq!((f30.version.major, f30.version.minor), (3, 0));
     // Every entry of the 3.0 list is a function (the struct is all pointers after the version).
@@ -428,10 +428,17 @@ fn interfaces_and_function_lists_have_no_null_entries(_env: &Env) {
         words[1..].iter().all(|w| *w != 0),
         "a NULL entry in the 3.0 function list"
     );
-    // An unsupported function answers, rather than being NULL.
-    // SAFETY: a valid session handle is not needed to get the answer.
-    let r = unsafe { f30.C_MessageSignInit.unwrap()(1, std::ptr::null_mut(), 0) };
+    // An unsupported function answers, rather than being NULL: after the
+    // session check, as every function does (PKCS#11 3.0 §5.1).
+    let h = raw::session(env);
+    // SAFETY: a valid session handle; the other arguments are not read.
+    let r = unsafe { f30.C_MessageSignInit.unwrap()(h, std::ptr::null_mut(), 0) };
     assert_eq!(r, ck::CKR_FUNCTION_NOT_SUPPORTED);
+    // SAFETY: as above, with a handle the module never issued.
+    let r = unsafe { f30.C_MessageSignInit.unwrap()(0xdead_beef, std::ptr::null_mut(), 0) };
+    assert_eq!(r, ck::CKR_SESSION_HANDLE_INVALID);
+    // SAFETY: a session handle, closed once.
+    assert_eq!(unsafe { env.raw.C_CloseSession.unwrap()(h) }, ck::CKR_OK);
 }
 
 fn fork_child_must_initialize_again(env: &Env) {

@@ -66,6 +66,36 @@ fn pkcs11_tool_lists_slots_and_every_mechanism(t: &Tools) {
     );
 }
 
+/// OpenSC's pkcs11-spy (package opensc-pkcs11) wraps the module (issue 19:
+/// it crashed in its own `C_GetInterface`, writing its function list into the
+/// `CK_INTERFACE` the module handed it, which was in read-only memory).
+fn pkcs11_spy_wraps_the_module(t: &Tools) {
+    let spy = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so";
+    assert!(
+        Path::new(spy).exists(),
+        "{spy} is missing: scripts/test-deps.sh installs it with opensc"
+    );
+    let spy_log = t.st.path("spy.log");
+    let module = Path::new(&t.module);
+    let mut env = t.env();
+    env.push(("PKCS11SPY", module));
+    env.push(("PKCS11SPY_OUTPUT", spy_log.as_path()));
+    let (ok, out, err) = tool("pkcs11-tool", &["--module", spy, "-L"], &env, LIMIT);
+    let log = std::fs::read_to_string(&spy_log).unwrap_or_default();
+    assert!(
+        ok,
+        "pkcs11-tool through pkcs11-spy failed\nstdout:\n{out}\nstderr:\n{err}\nspy log:\n{log}"
+    );
+    assert!(
+        out.contains(&t.st.partition),
+        "the slot is listed through the spy: {out}"
+    );
+    assert!(
+        log.contains("C_GetInterface"),
+        "the spy used C_GetInterface: {log}"
+    );
+}
+
 fn pkcs11_tool_keygen_sign_verify(t: &Tools) {
     let data = t.path("tool-data.txt");
     std::fs::write(&data, b"signed by pkcs11-tool").unwrap();
@@ -309,6 +339,7 @@ fn real_programs_load_the_module() {
                 pkcs11_tool_lists_slots_and_every_mechanism,
             ),
             ("pkcs11_tool_self_test_passes", pkcs11_tool_self_test_passes),
+            ("pkcs11_spy_wraps_the_module", pkcs11_spy_wraps_the_module),
             ("pkcs11_tool_keygen_sign_verify", pkcs11_tool_keygen_sign_verify),
             (
                 "openssl_engine_signs_and_makes_a_certificate",

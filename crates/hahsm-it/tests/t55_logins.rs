@@ -408,3 +408,140 @@ fn a_partition_gives_a_guesser_at_most_the_limit_on_each_side() {
         }
     }
 }
+
+/// The PIN flags of `C_GetTokenInfo` (issue 19), as (user, SO) triples of
+/// (count low, final try, locked).
+type PinFlags = ((bool, bool, bool), (bool, bool, bool));
+
+fn pin_flags(p11: &Pkcs11, slot: cryptoki::slot::Slot) -> PinFlags {
+    let t = p11.get_token_info(slot).expect("C_GetTokenInfo");
+    (
+        (
+            t.user_pin_count_low(),
+            t.user_pin_final_try(),
+            t.user_pin_locked(),
+        ),
+        (t.so_pin_count_low(), t.so_pin_final_try(), t.so_pin_locked()),
+    )
+}
+
+/// Waits until every slot (the HA slot and each member's) reports `want`;
+/// a member that has not applied the last failure yet catches up within the
+/// replication timeout. Returns each slot's flags when they differ.
+#[track_caller]
+fn flags_everywhere(p11: &Pkcs11, slots: &[cryptoki::slot::Slot], want: PinFlags, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<PinFlags> = slots.iter().map(|s| pin_flags(p11, *s)).collect();
+        if got.iter().all(|g| *g == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: want {want:?} on every slot, got {got:?} (HA slot first)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `CKF_USER_PIN_COUNT_LOW` after a wrong PIN, `CKF_USER_PIN_FINAL_TRY` one
+/// try before the lock, `CKF_USER_PIN_LOCKED` at it, and the SO flags, on
+/// the HA slot and on every member's slot alike, whichever member counted
+/// the failures; a good login clears them.
+#[test]
+fn token_flags_count_failed_logins_for_the_group() {
+    let _turn = one_at_a_time();
+    let c = Cluster::new(3);
+    const LIMIT: &str = "4";
+    let owner = c.owner_secret.to_str().unwrap().to_string();
+    for i in 0..3 {
+        c.admin(
+            i,
+            &[
+                "partition",
+                "change-policy",
+                "--partition",
+                PARTITION,
+                "--policy",
+                "15",
+                "--value",
+                LIMIT,
+            ],
+        )
+        .expect_ok();
+        c.admin(
+            i,
+            &[
+                "partition",
+                "change-so-pin",
+                "--partition",
+                PARTITION,
+                "--owner-secret",
+                &owner,
+                "--new-pin",
+                SO_PIN,
+            ],
+        )
+        .expect_ok();
+    }
+    // The HA slot and the three members' slots.
+    std::env::set_var("HAHSM_CONF", &c.conf);
+    std::env::set_var("HAHSM_PKCS11_LOG", c.work.path().join("pkcs11.log"));
+    let p11 = Loaded::new();
+    let slots = p11.get_slots_with_token().expect("slots");
+    assert_eq!(slots.len(), 4, "the HA slot and three member slots: {slots:?}");
+    let ha = slots
+        .iter()
+        .copied()
+        .find(|s| p11.get_token_info(*s).unwrap().model().contains("HA group"))
+        .expect("the HA slot");
+    let s = p11.open_rw_session(ha).expect("session");
+    let none = ((false, false, false), (false, false, false));
+    flags_everywhere(&p11, &slots, none, "before any failure");
+
+    assert_eq!(
+        code(s.login(UserType::User, Some(&pin(WRONG)))),
+        Some(RvError::PinIncorrect)
+    );
+    flags_everywhere(&p11, &slots, ((true, false, false), none.1), "one wrong user PIN");
+    s.login(UserType::User, Some(&pin(PIN))).expect("login");
+    flags_everywhere(&p11, &slots, none, "after a good login");
+    s.logout().expect("logout");
+
+    // Three of the four allowed, on three members: the next one locks.
+    assert_eq!(
+        code(s.login(UserType::User, Some(&pin(WRONG)))),
+        Some(RvError::PinIncorrect)
+    );
+    assert!(!login_on(&c, 1, WRONG).ok);
+    assert!(!login_on(&c, 2, WRONG).ok);
+    flags_everywhere(
+        &p11,
+        &slots,
+        ((true, true, false), (false, true, false)),
+        "one try before the lock",
+    );
+    s.login(UserType::User, Some(&pin(PIN))).expect("login");
+    flags_everywhere(&p11, &slots, none, "after a good login");
+    s.logout().expect("logout");
+
+    // A wrong SO PIN is the SO's count; the lock is shared.
+    assert_eq!(
+        code(s.login(UserType::So, Some(&pin(WRONG)))),
+        Some(RvError::PinIncorrect)
+    );
+    flags_everywhere(
+        &p11,
+        &slots,
+        ((false, false, false), (true, false, false)),
+        "one wrong SO PIN",
+    );
+    for i in 0..3 {
+        assert!(!login_on(&c, i, WRONG).ok);
+    }
+    flags_everywhere(&p11, &slots, ((true, false, true), (true, false, true)), "locked");
+    assert_eq!(
+        code(s.login(UserType::User, Some(&pin(PIN)))),
+        Some(RvError::PinLocked)
+    );
+}

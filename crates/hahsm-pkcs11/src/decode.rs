@@ -27,6 +27,61 @@ pub const MAX_TEMPLATE_LEN: usize = 1024;
 /// (`None` for a NULL `pValue`).
 pub type RawAttr<'a> = (AttrType, Option<&'a [u8]>);
 
+/// A decoded template whose error, if any, waits for its turn: PKCS#11 3.0
+/// §5.1 puts template errors last, after the mechanism, the key and the login
+/// state, so a function decodes its template with its arguments but reports
+/// what is wrong with it only when [`Deferred::get`] is called, after the
+/// other checks. Its `CKA_CLASS`, `CKA_TOKEN` and `CKA_PRIVATE` can be read
+/// before that ([`hints`]), even when another attribute is wrong.
+pub struct Deferred<T> {
+    decoded: Result<T>,
+    hints: Template,
+}
+
+impl<T> Deferred<T> {
+    pub fn new(decoded: Result<T>, hints: Template) -> Self {
+        Deferred { decoded, hints }
+    }
+
+    /// The template, or its error: call it after the checks that come first.
+    pub fn get(self) -> Result<T> {
+        self.decoded
+    }
+}
+
+impl Deferred<Template> {
+    /// A boolean attribute among the hints, `default` when not given.
+    pub fn flag(&self, attr: AttrType, default: bool) -> bool {
+        self.bool(attr).unwrap_or(default)
+    }
+
+    /// A boolean attribute among the hints, if given (and well-formed).
+    pub fn bool(&self, attr: AttrType) -> Option<bool> {
+        self.hints.bool(attr)
+    }
+
+    /// Whether the object it makes will be private (`rules::will_be_private`,
+    /// with `class` unless the template names one).
+    pub fn private(&self, class: u64) -> bool {
+        hahsm_token::rules::will_be_private(&self.hints, class)
+    }
+}
+
+/// The attributes the checks before a template's own read from it:
+/// `CKA_CLASS`, `CKA_TOKEN` and `CKA_PRIVATE`, each decoded alone (one that is
+/// malformed is left out, and fails later with the template).
+pub fn hints(raw: &[RawAttr<'_>]) -> Template {
+    let mut t = Template::new();
+    for (attr, value) in raw {
+        if let (ck::CKA_CLASS | ck::CKA_TOKEN | ck::CKA_PRIVATE, Some(bytes)) = (*attr, value) {
+            if let Ok(v) = AttrValue::from_raw(*attr, bytes) {
+                t.set(*attr, v);
+            }
+        }
+    }
+    t
+}
+
 /// Decodes a creation or search template. Unknown attribute types are
 /// `CKR_ATTRIBUTE_TYPE_INVALID`, values of the wrong size
 /// `CKR_ATTRIBUTE_VALUE_INVALID`; `CKA_EC_POINT` is accepted raw or
@@ -282,6 +337,31 @@ mod tests {
 
     fn ckr(r: Result<Mechanism>) -> u64 {
         r.unwrap_err().rv()
+    }
+
+    #[test]
+    fn a_template_s_error_waits_while_its_hints_are_read() {
+        let t = [1u8];
+        let f = [0u8];
+        let class = ck::CKO_SECRET_KEY.to_ne_bytes();
+        let raw: Vec<RawAttr<'_>> = vec![
+            (ck::CKA_PRIVATE, Some(&f[..])),
+            (ck::CKA_TOKEN, Some(&t[..])),
+            (ck::CKA_CLASS, Some(&class[..])),
+            (0x8000_4321, Some(&t[..])),
+        ];
+        let d = Deferred::new(template(&raw), hints(&raw));
+        assert!(d.flag(ck::CKA_TOKEN, false));
+        assert!(!d.private(ck::CKO_SECRET_KEY), "CKA_PRIVATE false is read");
+        assert_eq!(
+            d.get().map(|_| ()).unwrap_err().rv(),
+            ck::CKR_ATTRIBUTE_TYPE_INVALID
+        );
+        // A malformed CKA_PRIVATE is no hint: the class's default holds.
+        let raw: Vec<RawAttr<'_>> = vec![(ck::CKA_PRIVATE, Some(&class[..]))];
+        let d = Deferred::new(template(&raw), hints(&raw));
+        assert!(d.private(ck::CKO_SECRET_KEY));
+        assert!(d.get().is_err());
     }
 
     #[test]

@@ -9,17 +9,55 @@
 //! The contract of every function here is the PKCS#11 one: pointers are NULL
 //! or valid for the lengths passed with them.
 //!
+//! Every function enters through one of the helpers below ([`enter`],
+//! [`enter_slot`], [`enter_session`]), which make the first checks of the
+//! order PKCS#11 3.0 §5.1 gives, in that order: `CKR_CRYPTOKI_NOT_INITIALIZED`,
+//! then `CKR_SLOT_ID_INVALID` or `CKR_SESSION_HANDLE_INVALID`. The closure then
+//! checks its pointers and counts (`CKR_ARGUMENTS_BAD`), then decodes the
+//! mechanism; [`api`] checks the key handle, key type and usage, then the
+//! session and login state, and only then looks at the template (which
+//! [`ptr::template`] hands over as a [`crate::decode::Deferred`]). The safe
+//! functions of [`api`] take the [`api::Cx`] or [`api::SlotCx`] the helpers
+//! make, so a function cannot skip the first checks. Only the three
+//! functions that hand out function lists, and `C_Initialize`, work before
+//! `C_Initialize`.
+//!
 //! It is one file of about 1,100 lines on purpose: it is the module's whole
 //! `unsafe` surface on the application's side, and a reviewer checks every
 //! `// SAFETY:` comment of it in one pass, in the specification's order.
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
-use crate::api::{self, Input};
-use crate::module;
+use crate::api::{self, Cx, Input, SlotCx};
+use crate::module::{self, Module};
 use crate::ptr::{self, guard};
 use crate::session::OpKind;
+use crate::Result;
 use hahsm_token::ck::*;
 use std::os::raw::c_void;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::Arc;
+
+// ------------------------------------------------- the check order (§5.1) --
+
+/// The entry of a function that needs the initialized module:
+/// `CKR_CRYPTOKI_NOT_INITIALIZED` before anything else.
+fn enter(name: &str, f: impl FnOnce(Arc<Module>) -> Result<()>) -> CK_RV {
+    guard(name, || f(module::get()?))
+}
+
+/// The entry of a function on a slot: not initialized, then the slot id.
+fn enter_slot(name: &str, slot: CK_SLOT_ID, f: impl FnOnce(SlotCx) -> Result<()>) -> CK_RV {
+    guard(name, || f(SlotCx::enter(slot)?))
+}
+
+/// The entry of a function on a session: not initialized, then the session handle.
+fn enter_session(name: &str, h: CK_SESSION_HANDLE, f: impl FnOnce(Cx) -> Result<()>) -> CK_RV {
+    guard(name, || f(Cx::enter(h)?))
+}
+
+fn arguments_bad() -> crate::Error {
+    crate::Error::Rv(CKR_ARGUMENTS_BAD)
+}
 
 // ------------------------------------------------------- general (§5.4) --
 
@@ -36,9 +74,9 @@ pub unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
 /// §5.4 `C_Finalize`.
 #[no_mangle]
 pub unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
-    guard("C_Finalize", || {
+    enter("C_Finalize", |_| {
         if !reserved.is_null() {
-            return Err(crate::Error::Rv(CKR_ARGUMENTS_BAD));
+            return Err(arguments_bad());
         }
         module::finalize()
     })
@@ -47,10 +85,9 @@ pub unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
 /// §5.4 `C_GetInfo`.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
-    guard("C_GetInfo", || {
-        let i = api::info()?;
+    enter("C_GetInfo", |_| {
         // SAFETY: `info` is NULL or valid for writes (PKCS#11 §5.4).
-        *unsafe { ptr::out(info) }? = i;
+        *unsafe { ptr::out(info) }? = api::info();
         Ok(())
     })
 }
@@ -74,7 +111,10 @@ pub unsafe extern "C" fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut
     })
 }
 
-/// §5.4 `C_GetInterface`: NULL name and version give the 3.0 interface.
+/// §5.4 `C_GetInterface`: NULL name and version give the 3.0 interface. The
+/// interface is handed out in writable memory ([`HANDED_OUT`]): OpenSC's
+/// pkcs11-spy writes its own function list into the `CK_INTERFACE` it gets,
+/// and crashed when that was in read-only memory.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetInterface(
     name: *mut CK_UTF8CHAR,
@@ -94,7 +134,7 @@ pub unsafe extern "C" fn C_GetInterface(
         }
         // SAFETY: `version` is NULL or valid for reads (§5.4).
         let wanted_version = unsafe { version.as_ref() }.map(|v| (v.major, v.minor));
-        let found = INTERFACES.0.iter().find(|i| {
+        let found = INTERFACES.0.iter().position(|i| {
             // SAFETY: our own interfaces point at our own function lists, whose first field is a CK_VERSION.
             let v = unsafe { &*(i.pFunctionList as *const CK_VERSION) };
             let version_ok = match wanted_version {
@@ -105,7 +145,7 @@ pub unsafe extern "C" fn C_GetInterface(
         });
         match found {
             Some(i) => {
-                *out = i as *const CK_INTERFACE as *mut CK_INTERFACE;
+                *out = HANDED_OUT[i].fill(&INTERFACES.0[i]);
                 Ok(())
             }
             None => Err(crate::Error::Rv(CKR_ARGUMENTS_BAD)),
@@ -122,8 +162,9 @@ pub unsafe extern "C" fn C_GetSlotList(
     list: *mut CK_SLOT_ID,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_GetSlotList", || {
-        let slots = api::slot_list(present != 0)?;
+    enter("C_GetSlotList", |m| {
+        ptr::required(count)?;
+        let slots = api::slot_list(&m, present != 0);
         // SAFETY: `count` is NULL or valid; `list` NULL or valid for `*count` ids (§5.5).
         unsafe { ptr::list(list, count, &slots) }
     })
@@ -132,10 +173,10 @@ pub unsafe extern "C" fn C_GetSlotList(
 /// §5.5 `C_GetSlotInfo`.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
-    guard("C_GetSlotInfo", || {
+    enter_slot("C_GetSlotInfo", slot, |cx| {
         // SAFETY: `info` is NULL or valid for writes (§5.5).
         let out = unsafe { ptr::out(info) }?;
-        *out = api::slot_info(slot)?;
+        *out = api::slot_info(cx);
         Ok(())
     })
 }
@@ -143,10 +184,10 @@ pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO
 /// §5.5 `C_GetTokenInfo`.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
-    guard("C_GetTokenInfo", || {
+    enter_slot("C_GetTokenInfo", slot, |cx| {
         // SAFETY: `info` is NULL or valid for writes (§5.5).
         let out = unsafe { ptr::out(info) }?;
-        *out = api::token_info(slot)?;
+        *out = api::token_info(cx)?;
         Ok(())
     })
 }
@@ -159,10 +200,9 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
     slot: *mut CK_SLOT_ID,
     reserved: *mut c_void,
 ) -> CK_RV {
-    guard("C_WaitForSlotEvent", || {
-        module::get()?;
+    enter("C_WaitForSlotEvent", |_| {
         if !reserved.is_null() {
-            return Err(crate::Error::Rv(CKR_ARGUMENTS_BAD));
+            return Err(arguments_bad());
         }
         // SAFETY: `slot` is NULL or valid for writes (§5.5).
         unsafe { ptr::out(slot) }?;
@@ -181,8 +221,9 @@ pub unsafe extern "C" fn C_GetMechanismList(
     list: *mut CK_MECHANISM_TYPE,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_GetMechanismList", || {
-        let mechs = api::mechanism_list(slot)?;
+    enter_slot("C_GetMechanismList", slot, |cx| {
+        ptr::required(count)?;
+        let mechs = api::mechanism_list(cx);
         // SAFETY: `count` is NULL or valid; `list` NULL or valid for `*count` entries (§5.5).
         unsafe { ptr::list(list, count, &mechs) }
     })
@@ -195,10 +236,10 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
     mech: CK_MECHANISM_TYPE,
     info: *mut CK_MECHANISM_INFO,
 ) -> CK_RV {
-    guard("C_GetMechanismInfo", || {
+    enter_slot("C_GetMechanismInfo", slot, |cx| {
         // SAFETY: `info` is NULL or valid for writes (§5.5).
         let out = unsafe { ptr::out(info) }?;
-        *out = api::mechanism_info(slot, mech)?;
+        *out = api::mechanism_info(cx, mech)?;
         Ok(())
     })
 }
@@ -207,20 +248,25 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
 #[no_mangle]
 pub unsafe extern "C" fn C_InitToken(
     slot: CK_SLOT_ID,
-    _pin: *mut CK_UTF8CHAR,
-    _pin_len: CK_ULONG,
-    _label: *mut CK_UTF8CHAR,
+    pin: *mut CK_UTF8CHAR,
+    pin_len: CK_ULONG,
+    label: *mut CK_UTF8CHAR,
 ) -> CK_RV {
-    guard("C_InitToken", || api::init_token(slot))
+    enter_slot("C_InitToken", slot, |cx| {
+        ptr::required(label)?;
+        // SAFETY: `pin` is NULL or valid for `pin_len` bytes (§5.5).
+        unsafe { ptr::bytes(pin, pin_len) }?;
+        api::init_token(cx)
+    })
 }
 
 /// §5.5 `C_InitPIN`.
 #[no_mangle]
 pub unsafe extern "C" fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULONG) -> CK_RV {
-    guard("C_InitPIN", || {
+    enter_session("C_InitPIN", h, |cx| {
         // SAFETY: `pin` is NULL or valid for `len` bytes (§5.5).
         let pin = unsafe { ptr::bytes(pin, len) }?;
-        api::init_pin(h, pin)
+        api::init_pin(cx, pin)
     })
 }
 
@@ -233,10 +279,10 @@ pub unsafe extern "C" fn C_SetPIN(
     new: *mut CK_UTF8CHAR,
     new_len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_SetPIN", || {
+    enter_session("C_SetPIN", h, |cx| {
         // SAFETY: each PIN pointer is NULL or valid for its length (§5.5).
         let (old, new) = unsafe { (ptr::bytes(old, old_len)?, ptr::bytes(new, new_len)?) };
-        api::set_pin(h, old, new)
+        api::set_pin(cx, old, new)
     })
 }
 
@@ -251,10 +297,10 @@ pub unsafe extern "C" fn C_OpenSession(
     _notify: CK_NOTIFY,
     session: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
-    guard("C_OpenSession", || {
+    enter_slot("C_OpenSession", slot, |cx| {
         // SAFETY: `session` is NULL or valid for writes (§5.6).
         let out = unsafe { ptr::out(session) }?;
-        *out = api::open_session(slot, flags)?;
+        *out = api::open_session(cx, flags)?;
         Ok(())
     })
 }
@@ -262,22 +308,22 @@ pub unsafe extern "C" fn C_OpenSession(
 /// §5.6 `C_CloseSession`.
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
-    guard("C_CloseSession", || api::close_session(h))
+    enter_session("C_CloseSession", h, api::close_session)
 }
 
 /// §5.6 `C_CloseAllSessions`.
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
-    guard("C_CloseAllSessions", || api::close_all_sessions(slot))
+    enter_slot("C_CloseAllSessions", slot, api::close_all_sessions)
 }
 
 /// §5.6 `C_GetSessionInfo`.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO) -> CK_RV {
-    guard("C_GetSessionInfo", || {
+    enter_session("C_GetSessionInfo", h, |cx| {
         // SAFETY: `info` is NULL or valid for writes (§5.6).
         let out = unsafe { ptr::out(info) }?;
-        *out = api::session_info(h)?;
+        *out = api::session_info(cx)?;
         Ok(())
     })
 }
@@ -285,7 +331,7 @@ pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SE
 /// §5.6 `C_SessionCancel` (3.0).
 #[no_mangle]
 pub unsafe extern "C" fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
-    guard("C_SessionCancel", || api::session_cancel(h, flags))
+    enter_session("C_SessionCancel", h, |cx| api::session_cancel(cx, flags))
 }
 
 /// §5.6 `C_Login`.
@@ -296,10 +342,10 @@ pub unsafe extern "C" fn C_Login(
     pin: *mut CK_UTF8CHAR,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_Login", || {
+    enter_session("C_Login", h, |cx| {
         // SAFETY: `pin` is NULL or valid for `len` bytes (§5.6).
         let pin = unsafe { ptr::bytes(pin, len) }?;
-        api::login(h, user, pin)
+        api::login(cx, user, pin)
     })
 }
 
@@ -314,17 +360,17 @@ pub unsafe extern "C" fn C_LoginUser(
     name: *mut CK_UTF8CHAR,
     name_len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_LoginUser", || {
+    enter_session("C_LoginUser", h, |cx| {
         // SAFETY: `pin` and `name` are NULL or valid for their lengths (§5.6).
         let (pin, _name) = unsafe { (ptr::bytes(pin, len)?, ptr::bytes(name, name_len)?) };
-        api::login(h, user, pin)
+        api::login(cx, user, pin)
     })
 }
 
 /// §5.6 `C_Logout`.
 #[no_mangle]
 pub unsafe extern "C" fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
-    guard("C_Logout", || api::logout(h))
+    enter_session("C_Logout", h, api::logout)
 }
 
 // --------------------------------------------- object management (§5.7) --
@@ -337,10 +383,10 @@ pub unsafe extern "C" fn C_CreateObject(
     count: CK_ULONG,
     object: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_CreateObject", || {
+    enter_session("C_CreateObject", h, |cx| {
         // SAFETY: `object` is NULL or writable; `template` NULL or `count` attributes (§5.7).
         let (out, t) = unsafe { (ptr::out(object)?, ptr::template(template, count)?) };
-        *out = api::create_object(h, t)?;
+        *out = api::create_object(cx, t)?;
         Ok(())
     })
 }
@@ -354,10 +400,10 @@ pub unsafe extern "C" fn C_CopyObject(
     count: CK_ULONG,
     new_object: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_CopyObject", || {
+    enter_session("C_CopyObject", h, |cx| {
         // SAFETY: `new_object` is NULL or writable; `template` NULL or `count` attributes (§5.7).
         let (out, t) = unsafe { (ptr::out(new_object)?, ptr::template(template, count)?) };
-        *out = api::copy_object(h, object, t)?;
+        *out = api::copy_object(cx, object, t)?;
         Ok(())
     })
 }
@@ -365,7 +411,7 @@ pub unsafe extern "C" fn C_CopyObject(
 /// §5.7 `C_DestroyObject`.
 #[no_mangle]
 pub unsafe extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> CK_RV {
-    guard("C_DestroyObject", || api::destroy_object(h, object))
+    enter_session("C_DestroyObject", h, |cx| api::destroy_object(cx, object))
 }
 
 /// §5.7 `C_GetObjectSize`.
@@ -375,10 +421,10 @@ pub unsafe extern "C" fn C_GetObjectSize(
     object: CK_OBJECT_HANDLE,
     size: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_GetObjectSize", || {
+    enter_session("C_GetObjectSize", h, |cx| {
         // SAFETY: `size` is NULL or valid for writes (§5.7).
         let out = unsafe { ptr::out(size) }?;
-        *out = api::object_size(h, object)?;
+        *out = api::object_size(cx, object)?;
         Ok(())
     })
 }
@@ -391,10 +437,10 @@ pub unsafe extern "C" fn C_GetAttributeValue(
     template: *mut CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CK_RV {
-    guard("C_GetAttributeValue", || {
+    enter_session("C_GetAttributeValue", h, |cx| {
         // SAFETY: `template` is NULL or valid for `count` attributes (§5.7).
         let types = unsafe { ptr::attribute_types(template, count) }?;
-        let results = api::get_attributes(h, object, types)?;
+        let results = api::get_attributes(cx, object, types)?;
         // SAFETY: the same `count` attributes, each `pValue` NULL or valid for `ulValueLen`.
         unsafe { ptr::write_attributes(template, &results) }
     })
@@ -408,10 +454,10 @@ pub unsafe extern "C" fn C_SetAttributeValue(
     template: *mut CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CK_RV {
-    guard("C_SetAttributeValue", || {
+    enter_session("C_SetAttributeValue", h, |cx| {
         // SAFETY: `template` is NULL or valid for `count` attributes (§5.7).
         let t = unsafe { ptr::template(template, count) }?;
-        api::set_attributes(h, object, t)
+        api::set_attributes(cx, object, t)
     })
 }
 
@@ -422,10 +468,10 @@ pub unsafe extern "C" fn C_FindObjectsInit(
     template: *mut CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CK_RV {
-    guard("C_FindObjectsInit", || {
+    enter_session("C_FindObjectsInit", h, |cx| {
         // SAFETY: `template` is NULL or valid for `count` attributes (§5.7).
         let t = unsafe { ptr::search_template(template, count) }?;
-        api::find_init(h, t)
+        api::find_init(cx, t)
     })
 }
 
@@ -437,13 +483,13 @@ pub unsafe extern "C" fn C_FindObjects(
     max: CK_ULONG,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_FindObjects", || {
+    enter_session("C_FindObjects", h, |cx| {
         // SAFETY: `count` is NULL or valid for writes (§5.7).
         let count = unsafe { ptr::out(count) }?;
         if objects.is_null() && max > 0 {
-            return Err(crate::Error::Rv(CKR_ARGUMENTS_BAD));
+            return Err(arguments_bad());
         }
-        let found = api::find(h, max as usize)?;
+        let found = api::find(cx, max as usize)?;
         if !found.is_empty() {
             // SAFETY: `objects` holds `max` >= `found.len()` writable handles.
             unsafe { std::ptr::copy_nonoverlapping(found.as_ptr(), objects, found.len()) };
@@ -456,7 +502,7 @@ pub unsafe extern "C" fn C_FindObjects(
 /// §5.7 `C_FindObjectsFinal`.
 #[no_mangle]
 pub unsafe extern "C" fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
-    guard("C_FindObjectsFinal", || api::find_final(h))
+    enter_session("C_FindObjectsFinal", h, api::find_final)
 }
 
 // ------------------------- encryption, decryption, digests, signatures --
@@ -472,11 +518,11 @@ unsafe fn op_init(
     mech: *mut CK_MECHANISM,
     key: Option<CK_OBJECT_HANDLE>,
 ) -> CK_RV {
-    guard(name, || {
+    enter_session(name, h, |cx| {
         // SAFETY: forwarded contract.
         match unsafe { ptr::mechanism(mech) }? {
-            None => api::op_cancel(h, kind),
-            Some(m) => api::op_init(h, kind, m, key),
+            None => api::op_cancel(cx, kind),
+            Some(m) => api::op_init(cx, kind, m, key),
         }
     })
 }
@@ -493,14 +539,14 @@ unsafe fn produce(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
-    guard(name, || {
+    enter_session(name, h, |cx| {
         let input = match data {
             // SAFETY: forwarded contract.
             Some((p, n)) => Input::Single(unsafe { ptr::bytes(p, n) }?),
             None => Input::Final,
         };
         // SAFETY: forwarded contract.
-        unsafe { ptr::output(out, out_len, |cap| api::produce(h, kind, input, cap)) }
+        unsafe { ptr::output(out, out_len, |cap| api::produce(cx, kind, input, cap)) }
     })
 }
 
@@ -518,7 +564,7 @@ unsafe fn update(
     len: CK_ULONG,
     out: Option<(*mut CK_BYTE, *mut CK_ULONG)>,
 ) -> CK_RV {
-    guard(name, || {
+    enter_session(name, h, |cx| {
         // SAFETY: forwarded contract.
         let data = unsafe { ptr::bytes(data, len) }?;
         match out {
@@ -526,14 +572,14 @@ unsafe fn update(
                 // SAFETY: forwarded contract.
                 let n = unsafe { ptr::out(out_len) }?;
                 if !buf.is_null() {
-                    api::update(h, kind, data)?;
+                    api::update(cx, kind, data)?;
                 } else {
-                    api::update_check(h, kind)?;
+                    api::update_check(cx, kind)?;
                 }
                 *n = 0;
                 Ok(())
             }
-            None => api::update(h, kind, data),
+            None => api::update(cx, kind, data),
         }
     })
 }
@@ -752,10 +798,10 @@ pub unsafe extern "C" fn C_Verify(
     sig: *mut CK_BYTE,
     sig_len: CK_ULONG,
 ) -> CK_RV {
-    guard("C_Verify", || {
+    enter_session("C_Verify", h, |cx| {
         // SAFETY: buffers are NULL or valid for their lengths (§5.12).
         let (data, sig) = unsafe { (ptr::bytes(data, len)?, ptr::bytes(sig, sig_len)?) };
-        api::verify(h, Input::Single(data), sig)
+        api::verify(cx, Input::Single(data), sig)
     })
 }
 
@@ -769,10 +815,10 @@ pub unsafe extern "C" fn C_VerifyUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE
 /// §5.12 `C_VerifyFinal`.
 #[no_mangle]
 pub unsafe extern "C" fn C_VerifyFinal(h: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: CK_ULONG) -> CK_RV {
-    guard("C_VerifyFinal", || {
+    enter_session("C_VerifyFinal", h, |cx| {
         // SAFETY: `sig` is NULL or valid for `sig_len` bytes (§5.12).
         let sig = unsafe { ptr::bytes(sig, sig_len) }?;
-        api::verify(h, Input::Final, sig)
+        api::verify(cx, Input::Final, sig)
     })
 }
 
@@ -787,16 +833,13 @@ pub unsafe extern "C" fn C_GenerateKey(
     count: CK_ULONG,
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_GenerateKey", || {
+    enter_session("C_GenerateKey", h, |cx| {
+        ptr::required(mech)?;
         // SAFETY: pointers are NULL or valid for their lengths (§5.14).
-        let (out, m, t) = unsafe {
-            (
-                ptr::out(key)?,
-                ptr::required_mechanism(mech)?,
-                ptr::template(template, count)?,
-            )
-        };
-        *out = api::generate_key(h, m, t)?;
+        let (out, t) = unsafe { (ptr::out(key)?, ptr::template(template, count)?) };
+        // SAFETY: as above.
+        let m = unsafe { ptr::required_mechanism(mech) }?;
+        *out = api::generate_key(cx, m, t)?;
         Ok(())
     })
 }
@@ -813,18 +856,20 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     pub_key: *mut CK_OBJECT_HANDLE,
     priv_key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_GenerateKeyPair", || {
+    enter_session("C_GenerateKeyPair", h, |cx| {
+        ptr::required(mech)?;
         // SAFETY: pointers are NULL or valid for their lengths (§5.14).
-        let (pub_out, priv_out, m, pt, st) = unsafe {
+        let (pub_out, priv_out, pt, st) = unsafe {
             (
                 ptr::out(pub_key)?,
                 ptr::out(priv_key)?,
-                ptr::required_mechanism(mech)?,
                 ptr::template(pub_template, pub_count)?,
                 ptr::template(priv_template, priv_count)?,
             )
         };
-        let (p, s) = api::generate_key_pair(h, m, pt, st)?;
+        // SAFETY: as above.
+        let m = unsafe { ptr::required_mechanism(mech) }?;
+        let (p, s) = api::generate_key_pair(cx, m, pt, st)?;
         *pub_out = p;
         *priv_out = s;
         Ok(())
@@ -841,11 +886,13 @@ pub unsafe extern "C" fn C_WrapKey(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
-    guard("C_WrapKey", || {
+    enter_session("C_WrapKey", h, |cx| {
+        ptr::required(mech)?;
+        ptr::required(out_len)?;
         // SAFETY: pointers are NULL or valid for their lengths (§5.14).
         let m = unsafe { ptr::required_mechanism(mech) }?;
         // SAFETY: as above.
-        unsafe { ptr::output(out, out_len, |cap| api::wrap_key(h, m, wrapping, key, cap)) }
+        unsafe { ptr::output(out, out_len, |cap| api::wrap_key(cx, m, wrapping, key, cap)) }
     })
 }
 
@@ -861,17 +908,19 @@ pub unsafe extern "C" fn C_UnwrapKey(
     count: CK_ULONG,
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_UnwrapKey", || {
+    enter_session("C_UnwrapKey", h, |cx| {
+        ptr::required(mech)?;
         // SAFETY: pointers are NULL or valid for their lengths (§5.14).
-        let (out, m, w, t) = unsafe {
+        let (out, w, t) = unsafe {
             (
                 ptr::out(key)?,
-                ptr::required_mechanism(mech)?,
                 ptr::bytes(wrapped, wrapped_len)?,
                 ptr::template(template, count)?,
             )
         };
-        *out = api::unwrap_key(h, m, unwrapping, w, t)?;
+        // SAFETY: as above.
+        let m = unsafe { ptr::required_mechanism(mech) }?;
+        *out = api::unwrap_key(cx, m, unwrapping, w, t)?;
         Ok(())
     })
 }
@@ -886,39 +935,37 @@ pub unsafe extern "C" fn C_DeriveKey(
     count: CK_ULONG,
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard("C_DeriveKey", || {
+    enter_session("C_DeriveKey", h, |cx| {
+        ptr::required(mech)?;
         // SAFETY: pointers are NULL or valid for their lengths (§5.14).
-        let (out, m, t) = unsafe {
-            (
-                ptr::out(key)?,
-                ptr::required_mechanism(mech)?,
-                ptr::template(template, count)?,
-            )
-        };
-        *out = api::derive_key(h, m, base, t)?;
+        let (out, t) = unsafe { (ptr::out(key)?, ptr::template(template, count)?) };
+        // SAFETY: as above.
+        let m = unsafe { ptr::required_mechanism(mech) }?;
+        *out = api::derive_key(cx, m, base, t)?;
         Ok(())
     })
 }
 
 // ------------------------------------------------ random numbers (§5.15) --
 
-/// §5.15 `C_SeedRandom`: the member's generator takes no seed.
+/// §5.15 `C_SeedRandom`: accepted, and not used (see [`api::seed_random`]).
 #[no_mangle]
-pub unsafe extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, _seed: *mut CK_BYTE, _len: CK_ULONG) -> CK_RV {
-    guard("C_SeedRandom", || {
-        module::get()?.sessions.get(h)?;
-        Err(crate::Error::Rv(CKR_RANDOM_SEED_NOT_SUPPORTED))
+pub unsafe extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, seed: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
+    enter_session("C_SeedRandom", h, |cx| {
+        // SAFETY: `seed` is NULL or valid for `len` bytes (§5.15).
+        let seed = unsafe { ptr::bytes(seed, len) }?;
+        api::seed_random(cx, seed)
     })
 }
 
 /// §5.15 `C_GenerateRandom`.
 #[no_mangle]
 pub unsafe extern "C" fn C_GenerateRandom(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
-    guard("C_GenerateRandom", || {
+    enter_session("C_GenerateRandom", h, |cx| {
         if out.is_null() && len > 0 {
-            return Err(crate::Error::Rv(CKR_ARGUMENTS_BAD));
+            return Err(arguments_bad());
         }
-        let bytes = api::generate_random(h, len as usize)?;
+        let bytes = api::generate_random(cx, len as usize)?;
         if !bytes.is_empty() {
             // SAFETY: `out` is valid for `len` == `bytes.len()` writable bytes (§5.15).
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, bytes.len()) };
@@ -930,14 +977,16 @@ pub unsafe extern "C" fn C_GenerateRandom(h: CK_SESSION_HANDLE, out: *mut CK_BYT
 // ----------------------------------------------- functions not offered --
 
 /// Defines functions that return `CKR_FUNCTION_NOT_SUPPORTED` (or the code
-/// given), so that no function-list entry is NULL.
+/// given), so that no function-list entry is NULL. They enter like the
+/// others (each takes a session first): not initialized, then the session
+/// handle, then the refusal.
 macro_rules! not_supported {
-    ($( $name:ident ( $($arg:ident : $ty:ty),* ) $(=> $code:expr)? ;)*) => {$(
+    ($( $name:ident ( h: CK_SESSION_HANDLE $(, $arg:ident : $ty:ty)* ) $(=> $code:expr)? ;)*) => {$(
         #[doc = concat!("`", stringify!($name), "`: not offered by hahsm.")]
         #[no_mangle]
-        pub unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
+        pub unsafe extern "C" fn $name(h: CK_SESSION_HANDLE $(, $arg: $ty)*) -> CK_RV {
             $(let _ = $arg;)*
-            not_supported!(@code $($code)?)
+            enter_session(stringify!($name), h, |_| Err(crate::Error::Rv(not_supported!(@code $($code)?))))
         }
     )*};
     (@code) => { CKR_FUNCTION_NOT_SUPPORTED };
@@ -1078,6 +1127,41 @@ struct Interfaces([CK_INTERFACE; 2]);
 unsafe impl Sync for Interfaces {}
 
 static INTERFACE_NAME: &[u8] = b"PKCS 11\0";
+
+/// A `CK_INTERFACE` in writable memory, for [`C_GetInterface`] to hand out:
+/// the caller may write to it (pkcs11-spy does), so it is made of atomics,
+/// which also keeps this module's own stores free of data races.
+#[repr(C)]
+struct HandedOut {
+    name: AtomicPtr<CK_UTF8CHAR>,
+    list: AtomicPtr<c_void>,
+    flags: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<HandedOut>() == std::mem::size_of::<CK_INTERFACE>());
+const _: () = assert!(std::mem::align_of::<HandedOut>() == std::mem::align_of::<CK_INTERFACE>());
+const _: () = assert!(std::mem::size_of::<CK_FLAGS>() == std::mem::size_of::<u64>());
+
+impl HandedOut {
+    const fn new() -> HandedOut {
+        HandedOut {
+            name: AtomicPtr::new(std::ptr::null_mut()),
+            list: AtomicPtr::new(std::ptr::null_mut()),
+            flags: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets it to `i` (whatever a caller wrote there before) and points to it.
+    fn fill(&self, i: &CK_INTERFACE) -> *mut CK_INTERFACE {
+        self.name.store(i.pInterfaceName, Ordering::SeqCst);
+        self.list.store(i.pFunctionList, Ordering::SeqCst);
+        self.flags.store(i.flags, Ordering::SeqCst);
+        self as *const HandedOut as *mut CK_INTERFACE
+    }
+}
+
+/// What [`C_GetInterface`] hands out, one per entry of [`INTERFACES`].
+static HANDED_OUT: [HandedOut; 2] = [HandedOut::new(), HandedOut::new()];
 
 static INTERFACES: Interfaces = Interfaces([
     CK_INTERFACE {

@@ -4,7 +4,7 @@
 //! given with it, for the duration of the call.
 //!
 //! NULL pointers where one is required are `CKR_ARGUMENTS_BAD`, never a crash.
-use crate::decode::{self, Memory, RawAttr, MAX_VALUE_LEN};
+use crate::decode::{self, Deferred, Memory, RawAttr, MAX_VALUE_LEN};
 use crate::error::{rv, Error, Result};
 use crate::log;
 use hahsm_proto::client::AttrResult;
@@ -113,20 +113,28 @@ pub unsafe fn list<T: Copy>(list: *mut T, count: *mut ck::CK_ULONG, items: &[T])
     Ok(())
 }
 
-/// The attributes of a template, as (type, value bytes) pairs.
+/// The attributes a template pointer and count name: `CKR_ARGUMENTS_BAD` for
+/// a NULL pointer with a count, or a count beyond [`decode::MAX_TEMPLATE_LEN`].
 ///
 /// # Safety
-/// `p` is NULL or valid for reads of `n` attributes, each `pValue` NULL or
-/// valid for reads of `ulValueLen` bytes.
-unsafe fn raw_attrs<'a>(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<Vec<RawAttr<'a>>> {
+/// `p` is NULL or valid for reads of `n` attributes.
+unsafe fn attr_slice<'a>(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<&'a [ck::CK_ATTRIBUTE]> {
     if n == 0 {
-        return Ok(Vec::new());
+        return Ok(&[]);
     }
     if p.is_null() || n as usize > decode::MAX_TEMPLATE_LEN {
         return rv(ck::CKR_ARGUMENTS_BAD);
     }
     // SAFETY: non-NULL and the caller guarantees `n` readable attributes.
-    let attrs = unsafe { std::slice::from_raw_parts(p, n as usize) };
+    Ok(unsafe { std::slice::from_raw_parts(p, n as usize) })
+}
+
+/// The attributes of a template, as (type, value bytes) pairs. A value too
+/// long for a frame is a template error (`CKR_ATTRIBUTE_VALUE_INVALID`).
+///
+/// # Safety
+/// Each attribute's `pValue` is NULL or valid for reads of `ulValueLen` bytes.
+unsafe fn raw_attrs<'a>(attrs: &[ck::CK_ATTRIBUTE]) -> Result<Vec<RawAttr<'a>>> {
     attrs
         .iter()
         .map(|a| {
@@ -146,22 +154,48 @@ unsafe fn raw_attrs<'a>(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<V
         .collect()
 }
 
-/// A creation template.
+/// A creation template: `CKR_ARGUMENTS_BAD` now for a NULL pointer with a
+/// count; what is wrong inside the template waits in the [`Deferred`] for
+/// its turn in the check order.
 ///
 /// # Safety
-/// As for [`raw_attrs`].
-pub unsafe fn template(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<Template> {
+/// `p` is NULL or valid for reads of `n` attributes, each `pValue` NULL or
+/// valid for reads of `ulValueLen` bytes.
+pub unsafe fn template(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<Deferred<Template>> {
     // SAFETY: forwarded contract.
-    decode::template(&unsafe { raw_attrs(p, n) }?)
+    let attrs = unsafe { attr_slice(p, n) }?;
+    // SAFETY: forwarded contract.
+    Ok(match unsafe { raw_attrs(attrs) } {
+        Ok(raw) => Deferred::new(decode::template(&raw), decode::hints(&raw)),
+        Err(e) => Deferred::new(Err(e), Template::new()),
+    })
 }
 
-/// A search template (`None`: it names an attribute no object has).
+/// A search template (`None`: it names an attribute no object has), deferred
+/// like [`template`].
 ///
 /// # Safety
-/// As for [`raw_attrs`].
-pub unsafe fn search_template(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<Option<Template>> {
+/// As for [`template`].
+pub unsafe fn search_template(
+    p: *const ck::CK_ATTRIBUTE,
+    n: ck::CK_ULONG,
+) -> Result<Deferred<Option<Template>>> {
     // SAFETY: forwarded contract.
-    decode::search_template(&unsafe { raw_attrs(p, n) }?)
+    let attrs = unsafe { attr_slice(p, n) }?;
+    // SAFETY: forwarded contract.
+    Ok(Deferred::new(
+        unsafe { raw_attrs(attrs) }.and_then(|raw| decode::search_template(&raw)),
+        Template::new(),
+    ))
+}
+
+/// A pointer the function requires: `CKR_ARGUMENTS_BAD` when NULL. For the
+/// argument checks that come before the mechanism and the objects (§5.1).
+pub fn required<T>(p: *const T) -> Result<()> {
+    if p.is_null() {
+        return rv(ck::CKR_ARGUMENTS_BAD);
+    }
+    Ok(())
 }
 
 /// Reads buffers that mechanism parameters point to, in the application's memory.
@@ -185,6 +219,10 @@ pub unsafe fn mechanism(p: *const ck::CK_MECHANISM) -> Result<Option<Mechanism>>
     let Some(m) = (unsafe { p.as_ref() }) else {
         return Ok(None);
     };
+    // The mechanism's type before its parameter (§5.1).
+    if hahsm_token::mechanism::info(m.mechanism).is_none() {
+        return Err(hahsm_token::TokenError::MechanismInvalid(m.mechanism).into());
+    }
     let len = m.ulParameterLen as usize;
     if len > MAX_VALUE_LEN || (m.pParameter.is_null() && len > 0) {
         return rv(ck::CKR_MECHANISM_PARAM_INVALID);

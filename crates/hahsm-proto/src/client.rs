@@ -293,6 +293,10 @@ pub struct PartitionInfo {
     pub pin_locked: bool,
     /// Whether the partition SO has a PIN, so `CKU_SO` logins can work.
     pub so_pin_set: bool,
+    /// The token flags the PINs' state sets (`CKF_USER_PIN_COUNT_LOW`,
+    /// `_FINAL_TRY`, `_LOCKED` and the `CKF_SO_PIN_*` ones), from the
+    /// group's failed-login count as this member has it.
+    pub pin_flags: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

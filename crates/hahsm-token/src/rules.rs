@@ -301,6 +301,18 @@ pub fn generated_key_pair(
     Ok((spec, pubt, privt))
 }
 
+/// Whether an object made from `template` will be private (`CKA_PRIVATE`),
+/// read before the template is checked, for the login check that comes
+/// first (PKCS#11 3.0 §5.1): the template's value, else the default of its
+/// class (the template's `CKA_CLASS`, else `class`): secret and private keys
+/// are private, other objects public. The one rule of public objects (see
+/// `docs/pkcs11.md`): a private object needs the user's login, a public one
+/// none, whatever the function (create, copy, set, destroy, generate,
+/// unwrap, derive).
+pub fn will_be_private(template: &Template, class: u64) -> bool {
+    template.flag(ck::CKA_PRIVATE, holds_secret(template.class().unwrap_or(class)))
+}
+
 /// The attributes of an object made by `C_CreateObject`, an import or an unwrap.
 /// Secret components are taken out of the template: the caller seals them.
 /// Returns the stored attributes and the removed secret components.

@@ -27,6 +27,11 @@ const ATTR_PIN_ID: AttrType = ck::CKA_VENDOR_DEFINED | 0x4841_0001;
 const ATTR_COUNT: AttrType = ck::CKA_VENDOR_DEFINED | 0x4841_0002;
 /// The counts at the last reset: (member, count) pairs, postcard-encoded.
 const ATTR_BASELINE: AttrType = ck::CKA_VENDOR_DEFINED | 0x4841_0003;
+/// How many of a member's failed logins were the SO's, 8 bytes big-endian
+/// (absent in records written before it was kept: none).
+const ATTR_SO_COUNT: AttrType = ck::CKA_VENDOR_DEFINED | 0x4841_0004;
+/// The SO counts at the last reset, as `ATTR_BASELINE`.
+const ATTR_SO_BASELINE: AttrType = ck::CKA_VENDOR_DEFINED | 0x4841_0005;
 
 pub(crate) const SALT_LEN: usize = 16;
 
@@ -72,35 +77,92 @@ pub fn verifier(p: &ActivePartition, kind: PinKind) -> TokenResult<Option<Verifi
     }))
 }
 
-/// Each member's failed-login count.
-pub(crate) fn counts(p: &ActivePartition) -> BTreeMap<MemberId, u64> {
+/// Each member's failed-login count (`ATTR_COUNT`, all logins; or
+/// `ATTR_SO_COUNT`, the SO's among them).
+fn counts_of(p: &ActivePartition, attr: AttrType) -> BTreeMap<MemberId, u64> {
     p.reserved_all()
         .iter()
         .filter(|e| e.ouid.0[RESERVED_PREFIX.len()] == FAILURES)
         .filter_map(|e| {
             let member = u64::from_be_bytes(e.ouid.0[8..].try_into().ok()?);
-            let count = u64::from_be_bytes(e.attrs.bytes(ATTR_COUNT)?.try_into().ok()?);
+            let count = match e.attrs.bytes(attr) {
+                Some(b) => u64::from_be_bytes(b.try_into().ok()?),
+                None if attr == ATTR_SO_COUNT => 0,
+                None => return None,
+            };
             Some((member, count))
         })
         .collect()
 }
 
-pub(crate) fn baseline(p: &ActivePartition) -> BTreeMap<MemberId, u64> {
+pub(crate) fn counts(p: &ActivePartition) -> BTreeMap<MemberId, u64> {
+    counts_of(p, ATTR_COUNT)
+}
+
+fn baseline_of(p: &ActivePartition, attr: AttrType) -> BTreeMap<MemberId, u64> {
     p.reserved(&record(RESET, 0))
-        .and_then(|e| e.attrs.bytes(ATTR_BASELINE).map(<[u8]>::to_vec))
+        .and_then(|e| e.attrs.bytes(attr).map(<[u8]>::to_vec))
         .and_then(|b| postcard::from_bytes::<Vec<(u64, u64)>>(&b).ok())
         .map(|v| v.into_iter().collect())
         .unwrap_or_default()
 }
 
-/// The failed logins since the last reset, over the whole group as far as
-/// this member has heard.
-pub fn failures(p: &ActivePartition) -> u64 {
-    let base = baseline(p);
-    counts(p)
+pub(crate) fn baseline(p: &ActivePartition) -> BTreeMap<MemberId, u64> {
+    baseline_of(p, ATTR_BASELINE)
+}
+
+fn since_reset(counts: BTreeMap<MemberId, u64>, base: BTreeMap<MemberId, u64>) -> u64 {
+    counts
         .iter()
         .map(|(m, c)| c.saturating_sub(base.get(m).copied().unwrap_or(0)))
         .sum()
+}
+
+/// The failed logins since the last reset, over the whole group as far as
+/// this member has heard.
+pub fn failures(p: &ActivePartition) -> u64 {
+    since_reset(counts(p), baseline(p))
+}
+
+/// The SO's failed logins among [`failures`].
+pub fn so_failures(p: &ActivePartition) -> u64 {
+    since_reset(counts_of(p, ATTR_SO_COUNT), baseline_of(p, ATTR_SO_BASELINE))
+}
+
+/// The token flags (PKCS#11 3.0 §5.5, `CK_TOKEN_INFO`) of the partition's
+/// PINs, from the failed logins since the last reset (`user` and `so`) and
+/// the limit (`max`, 0: none). The lockout counts both PINs' failures
+/// together (see `crate::pins`), so one more wrong PIN of either locks both,
+/// and "final try" and "locked" are set for both; "count low" says which PIN
+/// was given wrongly. No SO flags when the SO has no PIN.
+pub fn pin_flags(user: u64, so: u64, max: u64, so_pin_set: bool) -> u64 {
+    let total = user + so;
+    let mut flags = 0;
+    if user > 0 {
+        flags |= ck::CKF_USER_PIN_COUNT_LOW;
+    }
+    if so > 0 && so_pin_set {
+        flags |= ck::CKF_SO_PIN_COUNT_LOW;
+    }
+    if max > 0 && total >= max {
+        flags |= ck::CKF_USER_PIN_LOCKED;
+        if so_pin_set {
+            flags |= ck::CKF_SO_PIN_LOCKED;
+        }
+    } else if max > 0 && total + 1 == max {
+        flags |= ck::CKF_USER_PIN_FINAL_TRY;
+        if so_pin_set {
+            flags |= ck::CKF_SO_PIN_FINAL_TRY;
+        }
+    }
+    flags
+}
+
+/// [`pin_flags`] of an active partition.
+pub fn partition_pin_flags(p: &ActivePartition, max: u64, so_pin_set: bool) -> u64 {
+    let total = failures(p);
+    let so = so_failures(p).min(total);
+    pin_flags(total - so, so, max, so_pin_set)
 }
 
 /// A new verifier record for `pin`, with a fresh salt.
@@ -119,21 +181,32 @@ pub(crate) fn pin_entry(
 
 /// The record that clears the failures counted so far.
 pub(crate) fn reset_entry(p: &ActivePartition) -> TokenResult<ObjectEntry> {
-    let now: Vec<(u64, u64)> = counts(p).into_iter().collect();
-    let encoded = postcard::to_allocvec(&now).map_err(|e| TokenError::DeviceError(format!("encode: {e}")))?;
+    let encode = |counts: BTreeMap<MemberId, u64>| {
+        let now: Vec<(u64, u64)> = counts.into_iter().collect();
+        postcard::to_allocvec(&now).map_err(|e| TokenError::DeviceError(format!("encode: {e}")))
+    };
     p.new_entry(
         record(RESET, 0),
-        Template::new().with(ATTR_BASELINE, AttrValue::Bytes(encoded)),
+        Template::new()
+            .with(ATTR_BASELINE, AttrValue::Bytes(encode(counts(p))?))
+            .with(
+                ATTR_SO_BASELINE,
+                AttrValue::Bytes(encode(counts_of(p, ATTR_SO_COUNT))?),
+            ),
         None,
     )
 }
 
-/// This member's count, one more.
-pub(crate) fn failure_entry(p: &ActivePartition) -> TokenResult<ObjectEntry> {
+/// This member's count, one more (and its SO count, if the SO's PIN was wrong).
+pub(crate) fn failure_entry(p: &ActivePartition, kind: PinKind) -> TokenResult<ObjectEntry> {
     let mine = counts(p).get(&p.member()).copied().unwrap_or(0) + 1;
+    let mine_so =
+        counts_of(p, ATTR_SO_COUNT).get(&p.member()).copied().unwrap_or(0) + u64::from(kind == PinKind::So);
     p.new_entry(
         record(FAILURES, p.member()),
-        Template::new().with(ATTR_COUNT, AttrValue::Bytes(mine.to_be_bytes().to_vec())),
+        Template::new()
+            .with(ATTR_COUNT, AttrValue::Bytes(mine.to_be_bytes().to_vec()))
+            .with(ATTR_SO_COUNT, AttrValue::Bytes(mine_so.to_be_bytes().to_vec())),
         None,
     )
 }
@@ -153,5 +226,31 @@ mod tests {
         let mut almost = record(RESET, 0).0;
         almost[1] ^= 1;
         assert!(!is_reserved(&Ouid(almost)));
+    }
+
+    #[test]
+    fn pin_flags_follow_the_failures_and_the_limit() {
+        use ck::*;
+        assert_eq!(pin_flags(0, 0, 3, true), 0);
+        assert_eq!(pin_flags(1, 0, 3, true), CKF_USER_PIN_COUNT_LOW);
+        assert_eq!(
+            pin_flags(2, 0, 3, true),
+            CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_SO_PIN_FINAL_TRY
+        );
+        assert_eq!(
+            pin_flags(2, 1, 3, true),
+            CKF_USER_PIN_COUNT_LOW | CKF_SO_PIN_COUNT_LOW | CKF_USER_PIN_LOCKED | CKF_SO_PIN_LOCKED
+        );
+        assert_eq!(pin_flags(0, 1, 3, false), 0, "no SO PIN, no SO flags");
+        assert_eq!(pin_flags(0, 2, 3, false), CKF_USER_PIN_FINAL_TRY);
+        assert_eq!(
+            pin_flags(5, 0, 0, true),
+            CKF_USER_PIN_COUNT_LOW,
+            "no limit, no lock"
+        );
+        assert_eq!(
+            pin_flags(1, 0, 1, true),
+            CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_LOCKED | CKF_SO_PIN_LOCKED
+        );
     }
 }

@@ -113,7 +113,7 @@ pub async fn check(
     // answer on the PIN: guesses are never free. One recorded here counts
     // whether or not the group confirms it in time: it is in this member's
     // log, and reaches the others with it.
-    let counted = write(app, p, vec![failure_entry(p)?], None, Concern::Bookkeeping)
+    let counted = write(app, p, vec![failure_entry(p, kind)?], None, Concern::Bookkeeping)
         .await
         .map_err(|e| {
         warn!(partition = %p.name, error = %e, "a failed login could not be recorded; the login is refused");

@@ -174,7 +174,14 @@ async fn connection(
                 break;
             }
             Ok(Ok(Some(f))) => f,
-            Ok(Ok(None)) => break,
+            // An end of stream at a frame boundary, with or without TLS's
+            // close_notify, is an orderly close (applications that exit
+            // rarely send one), not a bad frame.
+            Ok(Ok(None)) | Ok(Err(hahsm_link::LinkError::Closed)) => {
+                debug!(client = %client.name, "client closed the connection");
+                break;
+            }
+            // A truncated frame, or a length beyond the limit.
             Ok(Err(e)) => {
                 warn!(client = %client.name, error = %e, "bad frame; closing the connection");
                 let _ = tx

@@ -1,12 +1,14 @@
 //! What the functions share: the library's constants and the padded fields
 //! of its descriptions, the shared checks and look-ups.
+use crate::decode::Deferred;
 use crate::error::{delivers, rv, Error, Result};
 use crate::handles::KeyInfo;
 use crate::module::{self, Module};
 use crate::session::{OpKind, Session, State};
+use crate::slots::Slot;
 use hahsm_proto::client::{AttrResult, Request, Response};
 use hahsm_token::mechanism::{self, Usage};
-use hahsm_token::{ck, AttrType, Mechanism, Ouid};
+use hahsm_token::{ck, AttrType, Mechanism, Ouid, Template};
 use std::sync::Arc;
 
 pub const MANUFACTURER: &str = "hahsm";
@@ -42,10 +44,47 @@ pub(super) fn unexpected() -> Error {
     Error::Rv(ck::CKR_DEVICE_ERROR)
 }
 
-pub(super) fn session(h: ck::CK_SESSION_HANDLE) -> Result<(Arc<Module>, Arc<Session>)> {
-    let m = module::get()?;
-    let s = m.sessions.get(h)?;
-    Ok((m, s))
+/// A call on a session that passed the first two checks of PKCS#11 3.0
+/// §5.1's order: the module is initialized (`CKR_CRYPTOKI_NOT_INITIALIZED`
+/// otherwise) and the handle names an open session
+/// (`CKR_SESSION_HANDLE_INVALID`). Every function on a session takes one, and
+/// only [`Cx::enter`] makes one, so no function can look at its arguments
+/// before those two checks; `ffi`'s entry helpers call it first.
+pub struct Cx {
+    pub(crate) m: Arc<Module>,
+    pub(crate) s: Arc<Session>,
+}
+
+impl Cx {
+    pub fn enter(h: ck::CK_SESSION_HANDLE) -> Result<Cx> {
+        let m = module::get()?;
+        let s = m.sessions.get(h)?;
+        Ok(Cx { m, s })
+    }
+}
+
+/// A call on a slot past the same first checks: initialized, then the slot
+/// id (`CKR_SLOT_ID_INVALID`).
+pub struct SlotCx {
+    pub(crate) m: Arc<Module>,
+    pub(crate) slot: Arc<Slot>,
+}
+
+impl SlotCx {
+    pub fn enter(id: ck::CK_SLOT_ID) -> Result<SlotCx> {
+        let m = module::get()?;
+        let slot = m.slot(id)?;
+        Ok(SlotCx { m, slot })
+    }
+}
+
+/// `CKR_MECHANISM_INVALID` unless `mech` can do `usage`: the mechanism is
+/// checked before the key handle (§5.1).
+pub(super) fn check_mechanism_for(mech: &Mechanism, usage: Usage) -> Result<()> {
+    if !mechanism::supports(mech.mech, usage) {
+        return rv(ck::CKR_MECHANISM_INVALID);
+    }
+    Ok(())
 }
 
 pub(super) fn expect(r: Result<Response>, want: Response) -> Result<()> {
@@ -59,6 +98,17 @@ pub(super) fn expect(r: Result<Response>, want: Response) -> Result<()> {
 pub(super) fn check_writable(s: &Session, token: bool) -> Result<()> {
     if token && !s.rw {
         return rv(ck::CKR_SESSION_READ_ONLY);
+    }
+    Ok(())
+}
+
+/// The login a new object needs (step 5 of §5.1's order, before its
+/// template is checked): a private object needs the user's login
+/// (`docs/pkcs11.md`, "Public objects and sessions"). The member checks it
+/// again.
+pub(super) fn check_login_for(s: &Session, template: &Deferred<Template>, class: u64) -> Result<()> {
+    if template.private(class) && s.slot.login() != Some(ck::CKU_USER) {
+        return rv(ck::CKR_USER_NOT_LOGGED_IN);
     }
     Ok(())
 }

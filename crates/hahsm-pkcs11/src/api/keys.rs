@@ -1,6 +1,7 @@
 //! Key management and random numbers (§5.14, §5.15): generate, wrap, unwrap,
 //! derive; random bytes.
 use super::common::*;
+use crate::decode::Deferred;
 use crate::error::{delivers, rv, Error, Result};
 use crate::session::PendingWrap;
 use crate::sync::lock;
@@ -9,17 +10,15 @@ use hahsm_proto::client::{Request, Response};
 use hahsm_token::mechanism::Usage;
 use hahsm_token::{ck, Mechanism, Template};
 
-pub fn generate_key(
-    h: ck::CK_SESSION_HANDLE,
-    mech: Mechanism,
-    template: Template,
-) -> Result<ck::CK_OBJECT_HANDLE> {
-    let (m, s) = session(h)?;
+pub fn generate_key(cx: Cx, mech: Mechanism, template: Deferred<Template>) -> Result<ck::CK_OBJECT_HANDLE> {
+    let Cx { m, s } = cx;
     if !mech_has_flag(mech.mech, ck::CKF_GENERATE) {
         return rv(ck::CKR_MECHANISM_INVALID);
     }
     let token = template.flag(ck::CKA_TOKEN, false);
     check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
+    let template = template.get()?;
     let r = m.call(
         &s.slot,
         Request::GenerateKey {
@@ -33,12 +32,12 @@ pub fn generate_key(
 }
 
 pub fn generate_key_pair(
-    h: ck::CK_SESSION_HANDLE,
+    cx: Cx,
     mech: Mechanism,
-    public: Template,
-    private: Template,
+    public: Deferred<Template>,
+    private: Deferred<Template>,
 ) -> Result<(ck::CK_OBJECT_HANDLE, ck::CK_OBJECT_HANDLE)> {
-    let (m, s) = session(h)?;
+    let Cx { m, s } = cx;
     if !mech_has_flag(mech.mech, ck::CKF_GENERATE_KEY_PAIR) {
         return rv(ck::CKR_MECHANISM_INVALID);
     }
@@ -48,6 +47,9 @@ pub fn generate_key_pair(
         private.flag(ck::CKA_TOKEN, false),
     );
     check_writable(&s, pub_token || priv_token)?;
+    check_login_for(&s, &public, ck::CKO_PUBLIC_KEY)?;
+    check_login_for(&s, &private, ck::CKO_PRIVATE_KEY)?;
+    let (public, private) = (public.get()?, private.get()?);
     match m.call(
         &s.slot,
         Request::GenerateKeyPair {
@@ -67,13 +69,14 @@ pub fn generate_key_pair(
 }
 
 pub fn wrap_key(
-    h: ck::CK_SESSION_HANDLE,
+    cx: Cx,
     mech: Mechanism,
     wrapping: ck::CK_OBJECT_HANDLE,
     target: ck::CK_OBJECT_HANDLE,
     capacity: Option<usize>,
 ) -> Result<Vec<u8>> {
-    let (m, s) = session(h)?;
+    let Cx { m, s } = cx;
+    check_mechanism_for(&mech, Usage::Wrap)?;
     let (wrapping_ouid, info) = key(&m, &s, wrapping).map_err(|e| match e.rv() {
         ck::CKR_KEY_HANDLE_INVALID => Error::Rv(ck::CKR_WRAPPING_KEY_HANDLE_INVALID),
         _ => e,
@@ -122,13 +125,14 @@ pub fn wrap_key(
 }
 
 pub fn unwrap_key(
-    h: ck::CK_SESSION_HANDLE,
+    cx: Cx,
     mech: Mechanism,
     unwrapping: ck::CK_OBJECT_HANDLE,
     wrapped: &[u8],
-    template: Template,
+    template: Deferred<Template>,
 ) -> Result<ck::CK_OBJECT_HANDLE> {
-    let (m, s) = session(h)?;
+    let Cx { m, s } = cx;
+    check_mechanism_for(&mech, Usage::Unwrap)?;
     let (ouid, info) = key(&m, &s, unwrapping).map_err(|e| match e.rv() {
         ck::CKR_KEY_HANDLE_INVALID => Error::Rv(ck::CKR_UNWRAPPING_KEY_HANDLE_INVALID),
         _ => e,
@@ -139,6 +143,8 @@ pub fn unwrap_key(
     })?;
     let token = template.flag(ck::CKA_TOKEN, false);
     check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
+    let template = template.get()?;
     let r = m.call(
         &s.slot,
         Request::UnwrapKey {
@@ -154,16 +160,19 @@ pub fn unwrap_key(
 }
 
 pub fn derive_key(
-    h: ck::CK_SESSION_HANDLE,
+    cx: Cx,
     mech: Mechanism,
     base: ck::CK_OBJECT_HANDLE,
-    template: Template,
+    template: Deferred<Template>,
 ) -> Result<ck::CK_OBJECT_HANDLE> {
-    let (m, s) = session(h)?;
+    let Cx { m, s } = cx;
+    check_mechanism_for(&mech, Usage::Derive)?;
     let (ouid, info) = key(&m, &s, base)?;
     check_key_for(&mech, &info, Usage::Derive)?;
     let token = template.flag(ck::CKA_TOKEN, false);
     check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
+    let template = template.get()?;
     let r = m.call(
         &s.slot,
         Request::DeriveKey {
@@ -177,8 +186,17 @@ pub fn derive_key(
     object_created(&m, &s, r, token)
 }
 
-pub fn generate_random(h: ck::CK_SESSION_HANDLE, len: usize) -> Result<Vec<u8>> {
-    let (m, s) = session(h)?;
+/// `C_SeedRandom`: the seed is accepted and not used. Each member's
+/// generator is aws-lc's, seeded and reseeded from the operating system;
+/// PKCS#11 lets a token ignore application seed material (it cannot be
+/// relied on to add entropy, and must not be able to take any away).
+pub fn seed_random(cx: Cx, seed: &[u8]) -> Result<()> {
+    let _ = (cx, seed);
+    Ok(())
+}
+
+pub fn generate_random(cx: Cx, len: usize) -> Result<Vec<u8>> {
+    let Cx { m, s } = cx;
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         let n = (len - out.len()).min(RANDOM_CHUNK);

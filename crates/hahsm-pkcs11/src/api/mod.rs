@@ -15,7 +15,7 @@ mod operations;
 mod sessions;
 mod tokens;
 
-pub use common::{padded, LIBRARY_DESCRIPTION, MANUFACTURER};
+pub use common::{padded, Cx, SlotCx, LIBRARY_DESCRIPTION, MANUFACTURER};
 pub use keys::*;
 pub use objects::*;
 pub use operations::*;

@@ -1,5 +1,6 @@
 //! Object management (§5.7): create, copy, destroy, sizes, attributes, find.
 use super::common::*;
+use crate::decode::Deferred;
 use crate::error::{rv, Error, Result};
 use crate::session::Find;
 use crate::sync::lock;
@@ -7,10 +8,12 @@ use hahsm_client::connection::new_op_id;
 use hahsm_proto::client::{AttrResult, Request, Response};
 use hahsm_token::{ck, AttrType, Ouid, Template};
 
-pub fn create_object(h: ck::CK_SESSION_HANDLE, template: Template) -> Result<ck::CK_OBJECT_HANDLE> {
-    let (m, s) = session(h)?;
+pub fn create_object(cx: Cx, template: Deferred<Template>) -> Result<ck::CK_OBJECT_HANDLE> {
+    let Cx { m, s } = cx;
     let token = template.flag(ck::CKA_TOKEN, false);
     check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_DATA)?;
+    let template = template.get()?;
     let r = m.call(
         &s.slot,
         Request::CreateObject {
@@ -23,17 +26,18 @@ pub fn create_object(h: ck::CK_SESSION_HANDLE, template: Template) -> Result<ck:
 }
 
 pub fn copy_object(
-    h: ck::CK_SESSION_HANDLE,
+    cx: Cx,
     object: ck::CK_OBJECT_HANDLE,
-    template: Template,
+    template: Deferred<Template>,
 ) -> Result<ck::CK_OBJECT_HANDLE> {
-    let (m, s) = session(h)?;
+    let Cx { m, s } = cx;
     let (ouid, known) = m.handles.object(s.slot.id, object)?;
     let token = match template.bool(ck::CKA_TOKEN) {
         Some(t) => t,
         None => is_token_object(&m, &s, ouid, known)?,
     };
     check_writable(&s, token)?;
+    let template = template.get()?;
     let r = m.call(
         &s.slot,
         Request::CopyObject {
@@ -46,8 +50,8 @@ pub fn copy_object(
     object_created(&m, &s, r, token)
 }
 
-pub fn destroy_object(h: ck::CK_SESSION_HANDLE, object: ck::CK_OBJECT_HANDLE) -> Result<()> {
-    let (m, s) = session(h)?;
+pub fn destroy_object(cx: Cx, object: ck::CK_OBJECT_HANDLE) -> Result<()> {
+    let Cx { m, s } = cx;
     let (ouid, known) = m.handles.object(s.slot.id, object)?;
     check_writable(&s, is_token_object(&m, &s, ouid, known)?)?;
     expect(
@@ -67,8 +71,8 @@ pub fn destroy_object(h: ck::CK_SESSION_HANDLE, object: ck::CK_OBJECT_HANDLE) ->
 
 /// `C_GetObjectSize`: the size of the object's readable attributes, an
 /// approximation the specification allows (§5.7).
-pub fn object_size(h: ck::CK_SESSION_HANDLE, object: ck::CK_OBJECT_HANDLE) -> Result<u64> {
-    let (m, s) = session(h)?;
+pub fn object_size(cx: Cx, object: ck::CK_OBJECT_HANDLE) -> Result<u64> {
+    let Cx { m, s } = cx;
     let (ouid, _) = m.handles.object(s.slot.id, object)?;
     let attrs = attributes(&m, &s, ouid, SIZED.to_vec())?;
     Ok(attrs
@@ -80,12 +84,8 @@ pub fn object_size(h: ck::CK_SESSION_HANDLE, object: ck::CK_OBJECT_HANDLE) -> Re
         .sum())
 }
 
-pub fn get_attributes(
-    h: ck::CK_SESSION_HANDLE,
-    object: ck::CK_OBJECT_HANDLE,
-    types: Vec<AttrType>,
-) -> Result<Vec<AttrResult>> {
-    let (m, s) = session(h)?;
+pub fn get_attributes(cx: Cx, object: ck::CK_OBJECT_HANDLE, types: Vec<AttrType>) -> Result<Vec<AttrResult>> {
+    let Cx { m, s } = cx;
     let (ouid, _) = m.handles.object(s.slot.id, object)?;
     let n = types.len();
     let got = attributes(&m, &s, ouid, types.clone())?;
@@ -103,14 +103,11 @@ pub fn get_attributes(
     Ok(out)
 }
 
-pub fn set_attributes(
-    h: ck::CK_SESSION_HANDLE,
-    object: ck::CK_OBJECT_HANDLE,
-    template: Template,
-) -> Result<()> {
-    let (m, s) = session(h)?;
+pub fn set_attributes(cx: Cx, object: ck::CK_OBJECT_HANDLE, template: Deferred<Template>) -> Result<()> {
+    let Cx { m, s } = cx;
     let (ouid, known) = m.handles.object(s.slot.id, object)?;
     check_writable(&s, is_token_object(&m, &s, ouid, known)?)?;
+    let template = template.get()?;
     let r = m.call(
         &s.slot,
         Request::SetAttributes {
@@ -127,12 +124,12 @@ pub fn set_attributes(
 
 /// `C_FindObjectsInit`; `None` is a template naming an attribute hahsm does
 /// not know, which matches nothing.
-pub fn find_init(h: ck::CK_SESSION_HANDLE, template: Option<Template>) -> Result<()> {
-    let (m, s) = session(h)?;
+pub fn find_init(cx: Cx, template: Deferred<Option<Template>>) -> Result<()> {
+    let Cx { m, s } = cx;
     if lock(&s.state).find.is_some() {
         return rv(ck::CKR_OPERATION_ACTIVE);
     }
-    let found = match template {
+    let found = match template.get()? {
         None => Vec::new(),
         Some(template) => match m.call(
             &s.slot,
@@ -150,8 +147,8 @@ pub fn find_init(h: ck::CK_SESSION_HANDLE, template: Option<Template>) -> Result
     Ok(())
 }
 
-pub fn find(h: ck::CK_SESSION_HANDLE, max: usize) -> Result<Vec<ck::CK_OBJECT_HANDLE>> {
-    let (m, s) = session(h)?;
+pub fn find(cx: Cx, max: usize) -> Result<Vec<ck::CK_OBJECT_HANDLE>> {
+    let Cx { m, s } = cx;
     let page: Vec<Ouid> = {
         let mut st = lock(&s.state);
         let f = st
@@ -169,8 +166,8 @@ pub fn find(h: ck::CK_SESSION_HANDLE, max: usize) -> Result<Vec<ck::CK_OBJECT_HA
         .collect())
 }
 
-pub fn find_final(h: ck::CK_SESSION_HANDLE) -> Result<()> {
-    let (_, s) = session(h)?;
+pub fn find_final(cx: Cx) -> Result<()> {
+    let Cx { s, .. } = cx;
     let found = lock(&s.state).find.take();
     found
         .map(|_| ())

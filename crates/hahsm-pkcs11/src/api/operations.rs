@@ -9,12 +9,12 @@ use hahsm_token::{ck, Mechanism, Ouid};
 
 /// `C_EncryptInit`, `C_DecryptInit`, `C_DigestInit`, `C_SignInit`, `C_VerifyInit`.
 pub fn op_init(
-    h: ck::CK_SESSION_HANDLE,
+    cx: Cx,
     kind: OpKind,
     mech: Mechanism,
     key_handle: Option<ck::CK_OBJECT_HANDLE>,
 ) -> Result<()> {
-    let (m, s) = session(h)?;
+    let Cx { m, s } = cx;
     if lock(&s.state).has(kind) {
         return rv(ck::CKR_OPERATION_ACTIVE);
     }
@@ -29,6 +29,7 @@ pub fn op_init(
             }
         }
         (_, Some(kh)) => {
+            check_mechanism_for(&mech, usage_of(kind))?;
             let (ouid, info) = key(&m, &s, kh)?;
             check_key_for(&mech, &info, usage_of(kind))?;
             Op {
@@ -47,8 +48,8 @@ pub fn op_init(
 }
 
 /// Ends an operation (a NULL mechanism to `C_*Init`, PKCS#11 3.0 §5.2).
-pub fn op_cancel(h: ck::CK_SESSION_HANDLE, kind: OpKind) -> Result<()> {
-    let (_, s) = session(h)?;
+pub fn op_cancel(cx: Cx, kind: OpKind) -> Result<()> {
+    let Cx { s, .. } = cx;
     lock(&s.state).end(kind);
     Ok(())
 }
@@ -60,13 +61,8 @@ pub enum Input<'a> {
 }
 
 /// `C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign` and their `C_*Final`.
-pub fn produce(
-    h: ck::CK_SESSION_HANDLE,
-    kind: OpKind,
-    input: Input<'_>,
-    capacity: Option<usize>,
-) -> Result<Vec<u8>> {
-    let (m, s) = session(h)?;
+pub fn produce(cx: Cx, kind: OpKind, input: Input<'_>, capacity: Option<usize>) -> Result<Vec<u8>> {
+    let Cx { m, s } = cx;
     let (data, mech, key, stateless) = {
         let mut st = lock(&s.state);
         let op = st.op(kind).ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
@@ -113,8 +109,8 @@ pub fn produce(
 }
 
 /// `C_*Update`: gathers input for the request sent at `C_*Final`.
-pub fn update(h: ck::CK_SESSION_HANDLE, kind: OpKind, data: &[u8]) -> Result<()> {
-    let (_, s) = session(h)?;
+pub fn update(cx: Cx, kind: OpKind, data: &[u8]) -> Result<()> {
+    let Cx { s, .. } = cx;
     let mut st = lock(&s.state);
     let op = st.op(kind).ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
     if op.buffer.len() + data.len() > MAX_BUFFERED {
@@ -127,8 +123,8 @@ pub fn update(h: ck::CK_SESSION_HANDLE, kind: OpKind, data: &[u8]) -> Result<()>
 }
 
 /// A length query on `C_*Update`: the operation must be active; nothing is consumed.
-pub fn update_check(h: ck::CK_SESSION_HANDLE, kind: OpKind) -> Result<()> {
-    let (_, s) = session(h)?;
+pub fn update_check(cx: Cx, kind: OpKind) -> Result<()> {
+    let Cx { s, .. } = cx;
     let mut st = lock(&s.state);
     st.op(kind)
         .map(|_| ())
@@ -136,8 +132,8 @@ pub fn update_check(h: ck::CK_SESSION_HANDLE, kind: OpKind) -> Result<()> {
 }
 
 /// `C_Verify` and `C_VerifyFinal`. The operation ends either way.
-pub fn verify(h: ck::CK_SESSION_HANDLE, input: Input<'_>, signature: &[u8]) -> Result<()> {
-    let (m, s) = session(h)?;
+pub fn verify(cx: Cx, input: Input<'_>, signature: &[u8]) -> Result<()> {
+    let Cx { m, s } = cx;
     let (data, mech, key, stateless) = {
         let mut st = lock(&s.state);
         let op = st

@@ -1,16 +1,15 @@
 //! Sessions and logins (§5.6): open, close, info, login, logout, cancel.
 use super::common::*;
 use crate::error::{rv, Result};
-use crate::module::{self};
+use crate::module::Module;
 use crate::session::{OpKind, Session};
 use crate::sync::lock;
 use hahsm_proto::client::{Request, Response};
 use hahsm_proto::Secret;
 use hahsm_token::ck;
 
-pub fn open_session(id: ck::CK_SLOT_ID, flags: ck::CK_FLAGS) -> Result<ck::CK_SESSION_HANDLE> {
-    let m = module::get()?;
-    let slot = m.slot(id)?;
+pub fn open_session(cx: SlotCx, flags: ck::CK_FLAGS) -> Result<ck::CK_SESSION_HANDLE> {
+    let SlotCx { m, slot } = cx;
     if flags & ck::CKF_SERIAL_SESSION == 0 {
         return rv(ck::CKR_SESSION_PARALLEL_NOT_SUPPORTED);
     }
@@ -29,8 +28,11 @@ pub fn open_session(id: ck::CK_SLOT_ID, flags: ck::CK_FLAGS) -> Result<ck::CK_SE
     }))
 }
 
-pub fn close_session(h: ck::CK_SESSION_HANDLE) -> Result<()> {
-    let m = module::get()?;
+pub fn close_session(cx: Cx) -> Result<()> {
+    close(&cx.m, cx.s.handle)
+}
+
+fn close(m: &Module, h: ck::CK_SESSION_HANDLE) -> Result<()> {
     let s = m.sessions.remove(h)?;
     // Session objects die with the session that made them (§4.4), logged
     // in or not, destroyable or not.
@@ -46,17 +48,16 @@ pub fn close_session(h: ck::CK_SESSION_HANDLE) -> Result<()> {
     Ok(())
 }
 
-pub fn close_all_sessions(id: ck::CK_SLOT_ID) -> Result<()> {
-    let m = module::get()?;
-    m.slot(id)?;
-    for s in m.sessions.of_slot(id) {
-        let _ = close_session(s.handle);
+pub fn close_all_sessions(cx: SlotCx) -> Result<()> {
+    let SlotCx { m, slot } = cx;
+    for s in m.sessions.of_slot(slot.id) {
+        let _ = close(&m, s.handle);
     }
     Ok(())
 }
 
-pub fn session_info(h: ck::CK_SESSION_HANDLE) -> Result<ck::CK_SESSION_INFO> {
-    let (_, s) = session(h)?;
+pub fn session_info(cx: Cx) -> Result<ck::CK_SESSION_INFO> {
+    let Cx { s, .. } = cx;
     Ok(ck::CK_SESSION_INFO {
         slotID: s.slot.id,
         state: s.ck_state(),
@@ -65,8 +66,8 @@ pub fn session_info(h: ck::CK_SESSION_HANDLE) -> Result<ck::CK_SESSION_INFO> {
     })
 }
 
-pub fn login(h: ck::CK_SESSION_HANDLE, user_type: ck::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
-    let (m, s) = session(h)?;
+pub fn login(cx: Cx, user_type: ck::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+    let Cx { m, s } = cx;
     let slot = &s.slot;
     let wire_pin = Secret::new(pin.to_vec());
     match user_type {
@@ -110,14 +111,14 @@ pub fn login(h: ck::CK_SESSION_HANDLE, user_type: ck::CK_USER_TYPE, pin: &[u8]) 
     }
 }
 
-pub fn logout(h: ck::CK_SESSION_HANDLE) -> Result<()> {
-    let (m, s) = session(h)?;
+pub fn logout(cx: Cx) -> Result<()> {
+    let Cx { m, s } = cx;
     m.logout(&s.slot)
 }
 
 /// `C_SessionCancel` (§5.6, 3.0): ends the operations `flags` names.
-pub fn session_cancel(h: ck::CK_SESSION_HANDLE, flags: ck::CK_FLAGS) -> Result<()> {
-    let (_, s) = session(h)?;
+pub fn session_cancel(cx: Cx, flags: ck::CK_FLAGS) -> Result<()> {
+    let Cx { s, .. } = cx;
     let mut st = lock(&s.state);
     for kind in OpKind::ALL {
         if flags & kind.cancel_flag() != 0 {

@@ -3,7 +3,7 @@
 //! `C_InitPIN` and `C_SetPIN`.
 use super::common::*;
 use crate::error::{rv, Error, Result};
-use crate::module::{self};
+use crate::module::Module;
 use crate::slots::SlotKind;
 use crate::sync::lock;
 use hahsm_client::connection::new_op_id;
@@ -12,32 +12,29 @@ use hahsm_proto::Secret;
 use hahsm_token::ck;
 use hahsm_token::mechanism::{self};
 
-pub fn info() -> Result<ck::CK_INFO> {
-    module::get()?;
-    Ok(ck::CK_INFO {
+pub fn info() -> ck::CK_INFO {
+    ck::CK_INFO {
         cryptokiVersion: ck::CK_VERSION { major: 3, minor: 0 },
         manufacturerID: padded(MANUFACTURER),
         flags: 0,
         libraryDescription: padded(LIBRARY_DESCRIPTION),
         libraryVersion: version(),
-    })
+    }
 }
 
-pub fn slot_list(token_present: bool) -> Result<Vec<ck::CK_SLOT_ID>> {
-    let m = module::get()?;
+pub fn slot_list(m: &Module, token_present: bool) -> Vec<ck::CK_SLOT_ID> {
     m.refresh_slots();
-    Ok(m.slots()
+    m.slots()
         .iter()
         .filter(|s| !token_present || lock(&s.info).activated)
         .map(|s| s.id)
-        .collect())
+        .collect()
 }
 
-pub fn slot_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_SLOT_INFO> {
-    let m = module::get()?;
-    let slot = m.slot(id)?;
+pub fn slot_info(cx: SlotCx) -> ck::CK_SLOT_INFO {
+    let slot = cx.slot;
     let present = lock(&slot.info).activated;
-    Ok(ck::CK_SLOT_INFO {
+    ck::CK_SLOT_INFO {
         slotDescription: padded(&match &slot.kind {
             SlotKind::Ha(g) => format!("hahsm HA group {} partition {}", g.label, slot.partition),
             SlotKind::Member => {
@@ -48,12 +45,12 @@ pub fn slot_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_SLOT_INFO> {
         flags: ck::CKF_HW_SLOT | ck::CKF_REMOVABLE_DEVICE | if present { ck::CKF_TOKEN_PRESENT } else { 0 },
         hardwareVersion: version(),
         firmwareVersion: version(),
-    })
+    }
 }
 
-pub fn token_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_TOKEN_INFO> {
-    let m = module::get()?;
-    let slot = m.slot(id)?;
+pub fn token_info(cx: SlotCx) -> Result<ck::CK_TOKEN_INFO> {
+    let SlotCx { m, slot } = cx;
+    let id = slot.id;
     let info = m.refresh_info(&slot);
     if !info.activated {
         return rv(ck::CKR_TOKEN_NOT_PRESENT);
@@ -65,6 +62,9 @@ pub fn token_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_TOKEN_INFO> {
     if info.pin_locked {
         flags |= ck::CKF_USER_PIN_LOCKED;
     }
+    // COUNT_LOW, FINAL_TRY and LOCKED of both PINs, as the member counts the
+    // group's failed logins.
+    flags |= info.pin_flags & PIN_FLAGS;
     Ok(ck::CK_TOKEN_INFO {
         label: padded(slot.label()),
         manufacturerID: padded(MANUFACTURER),
@@ -91,13 +91,19 @@ pub fn token_info(id: ck::CK_SLOT_ID) -> Result<ck::CK_TOKEN_INFO> {
     })
 }
 
-pub fn mechanism_list(id: ck::CK_SLOT_ID) -> Result<Vec<ck::CK_MECHANISM_TYPE>> {
-    module::get()?.slot(id)?;
-    Ok(mechanism::supported().iter().map(|(m, _)| *m).collect())
+/// The token flags a member reports for the PINs.
+const PIN_FLAGS: u64 = ck::CKF_USER_PIN_COUNT_LOW
+    | ck::CKF_USER_PIN_FINAL_TRY
+    | ck::CKF_USER_PIN_LOCKED
+    | ck::CKF_SO_PIN_COUNT_LOW
+    | ck::CKF_SO_PIN_FINAL_TRY
+    | ck::CKF_SO_PIN_LOCKED;
+
+pub fn mechanism_list(_cx: SlotCx) -> Vec<ck::CK_MECHANISM_TYPE> {
+    mechanism::supported().iter().map(|(m, _)| *m).collect()
 }
 
-pub fn mechanism_info(id: ck::CK_SLOT_ID, mech: ck::CK_MECHANISM_TYPE) -> Result<ck::CK_MECHANISM_INFO> {
-    module::get()?.slot(id)?;
+pub fn mechanism_info(_cx: SlotCx, mech: ck::CK_MECHANISM_TYPE) -> Result<ck::CK_MECHANISM_INFO> {
     let i = mechanism::info(mech).ok_or(Error::Rv(ck::CKR_MECHANISM_INVALID))?;
     Ok(ck::CK_MECHANISM_INFO {
         ulMinKeySize: i.min_key,
@@ -109,14 +115,13 @@ pub fn mechanism_info(id: ck::CK_SLOT_ID, mech: ck::CK_MECHANISM_TYPE) -> Result
 /// `C_InitToken`: partitions are created and cleared by the appliance's
 /// administrator (`hahsm appliance partition …`), who holds the owner secret;
 /// an application cannot re-initialize one.
-pub fn init_token(id: ck::CK_SLOT_ID) -> Result<()> {
-    module::get()?.slot(id)?;
+pub fn init_token(_cx: SlotCx) -> Result<()> {
     crate::log::warn("C_InitToken: partitions are initialized by the appliance administrator");
     rv(ck::CKR_FUNCTION_NOT_SUPPORTED)
 }
 
-pub fn init_pin(h: ck::CK_SESSION_HANDLE, pin: &[u8]) -> Result<()> {
-    let (m, s) = session(h)?;
+pub fn init_pin(cx: Cx, pin: &[u8]) -> Result<()> {
+    let Cx { m, s } = cx;
     if s.slot.login() != Some(ck::CKU_SO) {
         return rv(ck::CKR_USER_NOT_LOGGED_IN);
     }
@@ -133,8 +138,8 @@ pub fn init_pin(h: ck::CK_SESSION_HANDLE, pin: &[u8]) -> Result<()> {
     )
 }
 
-pub fn set_pin(h: ck::CK_SESSION_HANDLE, old: &[u8], new: &[u8]) -> Result<()> {
-    let (m, s) = session(h)?;
+pub fn set_pin(cx: Cx, old: &[u8], new: &[u8]) -> Result<()> {
+    let Cx { m, s } = cx;
     if !s.rw {
         return rv(ck::CKR_SESSION_READ_ONLY);
     }

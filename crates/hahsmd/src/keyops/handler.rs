@@ -242,7 +242,20 @@ impl KeyOps<'_> {
             .map_err(|e| TokenError::DeviceError(e.to_string()))?
         {
             if assigned.contains(&summary.name) {
+                let pin_flags = match self.app.active_partition(&summary.name) {
+                    Some(active) => {
+                        let max = self
+                            .app
+                            .partition_policy_values(&summary.name)
+                            .map(|p| p.get(policy::partition::MAX_FAILED_LOGINS))
+                            .unwrap_or(0);
+                        crate::pin_records::partition_pin_flags(&active, max, summary.so_pin_set)
+                    }
+                    None if summary.pin_locked => ck::CKF_USER_PIN_LOCKED,
+                    None => 0,
+                };
                 out.push(PartitionInfo {
+                    pin_flags,
                     name: summary.name,
                     serial: summary.serial,
                     activated: summary.activated,
@@ -428,6 +441,16 @@ impl KeyOps<'_> {
         );
         Ok((attrs, secret))
     }
+}
+
+/// `CKR_USER_NOT_LOGGED_IN` when the object `template` makes (of `class`
+/// unless it names one) will be private and the client is not logged in as
+/// the user: checked before the template itself (`rules::will_be_private`).
+pub(super) fn needs_login_for(ctx: &Ctx, template: &Template, class: u64) -> TokenResult<()> {
+    if rules::will_be_private(template, class) && !ctx.logged_in {
+        return Err(TokenError::UserNotLoggedIn);
+    }
+    Ok(())
 }
 
 /// `CKA_TRUSTED` marks a key allowed to wrap keys that demand it

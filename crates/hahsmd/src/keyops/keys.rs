@@ -1,11 +1,11 @@
 //! Keys made on the member: generation, import, wrap and unwrap, derivation.
-use super::handler::{misrouted, KeyOps};
+use super::handler::{misrouted, needs_login_for, KeyOps};
 use super::templates::*;
 use hahsm_crypto::{self as crypto};
 use hahsm_proto::client::{Request, Response};
 use hahsm_token::mechanism::Usage;
 use hahsm_token::rules::{self};
-use hahsm_token::{TokenError, TokenResult};
+use hahsm_token::{ck, TokenError, TokenResult};
 use tracing::info;
 
 impl KeyOps<'_> {
@@ -40,8 +40,9 @@ impl KeyOps<'_> {
                 template,
                 op_id,
             } => {
-                let ctx = self.ctx_logged_in(&partition)?;
+                let ctx = self.ctx(&partition)?;
                 check_template_size(self.app, &template)?;
+                needs_login_for(&ctx, &template, ck::CKO_SECRET_KEY)?;
                 if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
@@ -59,9 +60,11 @@ impl KeyOps<'_> {
                 private_template,
                 op_id,
             } => {
-                let ctx = self.ctx_logged_in(&partition)?;
+                let ctx = self.ctx(&partition)?;
                 check_template_size(self.app, &public_template)?;
                 check_template_size(self.app, &private_template)?;
+                needs_login_for(&ctx, &public_template, ck::CKO_PUBLIC_KEY)?;
+                needs_login_for(&ctx, &private_template, ck::CKO_PRIVATE_KEY)?;
                 if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
@@ -109,10 +112,8 @@ impl KeyOps<'_> {
             } => {
                 let (ctx, unwrapping) =
                     self.usable_key(&partition, &unwrapping_key, &mechanism, Usage::Unwrap)?;
-                if !ctx.logged_in {
-                    return Err(TokenError::UserNotLoggedIn);
-                }
                 check_template_size(self.app, &template)?;
+                needs_login_for(&ctx, &template, ck::CKO_SECRET_KEY)?;
                 if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
@@ -130,10 +131,8 @@ impl KeyOps<'_> {
                 op_id,
             } => {
                 let (ctx, base) = self.usable_key(&partition, &base_key, &mechanism, Usage::Derive)?;
-                if !ctx.logged_in {
-                    return Err(TokenError::UserNotLoggedIn);
-                }
                 check_template_size(self.app, &template)?;
+                needs_login_for(&ctx, &template, ck::CKO_SECRET_KEY)?;
                 if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }

@@ -1,6 +1,6 @@
 //! Objects: create, find, read and change attributes, copy, destroy, and
 //! the release of a closed session's objects.
-use super::handler::{check_trusted, misrouted, KeyOps};
+use super::handler::{check_trusted, misrouted, needs_login_for, KeyOps};
 use super::templates::*;
 use crate::sync::Recover;
 use hahsm_proto::client::{Request, Response};
@@ -21,12 +21,11 @@ impl KeyOps<'_> {
             } => {
                 let ctx = self.ctx(&partition)?;
                 check_template_size(self.app, &template)?;
+                // The login before the template (§5.1), and before the retry
+                // check: a replayed private create must not tell a client
+                // that is not logged in what it made.
+                needs_login_for(&ctx, &template, ck::CKO_DATA)?;
                 let (attrs, secret) = imported_object(&template)?;
-                // Before the retry check: a replayed private create must not
-                // tell a client that is not logged in what it made.
-                if attrs.flag(ck::CKA_PRIVATE, false) && !ctx.logged_in {
-                    return Err(TokenError::UserNotLoggedIn);
-                }
                 if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
@@ -79,7 +78,9 @@ impl KeyOps<'_> {
                 template,
                 op_id,
             } => {
-                let ctx = self.ctx_logged_in(&partition)?;
+                // Public objects need no login (private ones are out of
+                // sight without it).
+                let ctx = self.ctx(&partition)?;
                 check_template_size(self.app, &template)?;
                 if self.already_done(&ctx, &op_id).await? {
                     return Ok(Response::Done);
@@ -113,12 +114,16 @@ impl KeyOps<'_> {
                 template,
                 op_id,
             } => {
-                let ctx = self.ctx_logged_in(&partition)?;
+                let ctx = self.ctx(&partition)?;
                 check_template_size(self.app, &template)?;
+                let entry = self.object(&ctx, &object)?;
+                // A public object's copy made private needs the login.
+                if template.flag(ck::CKA_PRIVATE, entry.is_private()) && !ctx.logged_in {
+                    return Err(TokenError::UserNotLoggedIn);
+                }
                 if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
-                let entry = self.object(&ctx, &object)?;
                 let attrs = rules::copied_object(&entry.attrs, &template)?;
                 let secret = self.secret_if_any(&ctx, &entry)?;
                 let ids = self.store_new(&ctx, vec![(attrs, secret)], op_id).await?;
@@ -138,7 +143,7 @@ impl KeyOps<'_> {
                 object,
                 op_id,
             } => {
-                let ctx = self.ctx_logged_in(&partition)?;
+                let ctx = self.ctx(&partition)?;
                 if self.already_done(&ctx, &op_id).await? {
                     return Ok(Response::Done);
                 }

@@ -167,7 +167,7 @@ impl Metrics {
         r.register("alerts", "Alerts raised, by kind and status", m.alerts.clone());
         r.register(
             "alert_delivery_failures",
-            "Failed attempts to deliver an alert, by target (exec, webhook)",
+            "Failed attempts to deliver an alert, by target (exec, webhook, alertmanager)",
             m.alert_delivery_failures.clone(),
         );
         r.register(

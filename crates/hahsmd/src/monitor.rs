@@ -32,6 +32,7 @@ impl Monitor {
 
     /// Records the endpoint's URL once it is bound.
     pub fn set_metrics_url(&self, url: String) {
+        self.alerts.set_generator_url(url.clone());
         let _ = self.metrics_url.set(url);
     }
 }

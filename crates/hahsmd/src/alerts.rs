@@ -49,6 +49,21 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// Every kind, with the statuses it is raised with.
+    pub const ALL: [(AlertKind, &'static [AlertStatus]); 5] = [
+        (AlertKind::MemberDown, &[AlertStatus::Firing]),
+        (AlertKind::MemberRecovered, &[AlertStatus::Firing]),
+        (
+            AlertKind::OutOfSync,
+            &[AlertStatus::Firing, AlertStatus::Resolved],
+        ),
+        (
+            AlertKind::PolicyDrift,
+            &[AlertStatus::Firing, AlertStatus::Resolved],
+        ),
+        (AlertKind::PinLockout, &[AlertStatus::Firing]),
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             AlertKind::MemberDown => "member-down",

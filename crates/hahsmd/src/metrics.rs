@@ -262,6 +262,19 @@ impl Metrics {
         self.alerts.get_or_create(&AlertLabels { kind, status }).inc();
     }
 
+    /// Creates the counter of alerts of `kind` raised as `status` at 0, so
+    /// that the first one is an increase a `rate()` sees.
+    pub fn declare_alert(&self, kind: &'static str, status: &'static str) {
+        let _ = self.alerts.get_or_create(&AlertLabels { kind, status });
+    }
+
+    /// Creates a target's delivery-failure counter at 0 (a configured target).
+    pub fn declare_delivery_target(&self, target: &str) {
+        let _ = self.alert_delivery_failures.get_or_create(&TargetLabels {
+            target: target.to_string(),
+        });
+    }
+
     pub fn alert_delivery_failed(&self, target: &str) {
         self.alert_delivery_failures
             .get_or_create(&TargetLabels {
@@ -297,6 +310,16 @@ impl Metrics {
             f.clear();
         }
         for p in &state.partitions {
+            // The failed-login counters of every partition exist at 0 from
+            // the first scrape that sees it: no scrape can tell that from
+            // creating them when it activates, and the first failed login is
+            // an increase a `rate()` sees. (Counters are never cleared.)
+            for user in ["user", "so"] {
+                let _ = self.failed_logins.get_or_create(&LoginLabels {
+                    partition: p.name.clone(),
+                    user,
+                });
+            }
             let l = PartitionLabels {
                 partition: p.name.clone(),
             };

@@ -650,6 +650,47 @@ fn counters_exist_at_zero_before_their_first_event() {
     );
 }
 
+/// The member exports its version and when its TLS certificate expires: the
+/// `notAfter` OpenSSL reads from its server.pem, to the second.
+#[test]
+fn the_build_and_the_certificates_expiry_are_exported() {
+    let work = tempfile::tempdir().unwrap();
+    let m = hahsm_it::Member::start(&work.path().join("m"));
+    let s = scrape(&m.metrics_url());
+    assert_eq!(
+        s.value("hahsm_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        Some(1.0)
+    );
+    let pem = m.data_dir().join("server.pem");
+    let end = hahsm_it::run(
+        "openssl",
+        &["x509", "-noout", "-enddate", "-in", pem.to_str().unwrap()],
+    )
+    .expect_ok()
+    .stdout;
+    let end = end.trim().strip_prefix("notAfter=").expect("notAfter=");
+    let seconds = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import ssl, sys; print(ssl.cert_time_to_seconds(sys.argv[1]))",
+            end,
+        ])
+        .output()
+        .expect("python3 runs");
+    let seconds: f64 = String::from_utf8_lossy(&seconds.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {end}"));
+    assert_eq!(
+        s.value(
+            "hahsm_certificate_not_after_timestamp_seconds",
+            &[("certificate", "server")]
+        ),
+        Some(seconds),
+        "notAfter={end}"
+    );
+}
+
 /// SIGHUP reloads the alert targets: the alerts raised after it go to the
 /// command the config names now, none to the old one.
 #[test]

@@ -2,8 +2,9 @@
 # Installs what the tests use when it is missing, so that scripts/test.sh
 # works on a fresh Debian machine: the third-party PKCS#11 applications and
 # tools the HA tests drive, Prometheus and promtool for the shipped rules and
-# dashboard (t61_prometheus), Python's python-pkcs11 and prometheus-client,
-# and cargo-fuzz for the fuzz smoke runs. Does nothing for what is already there.
+# dashboard and Alertmanager for the members' own alerts (t61_prometheus),
+# Python's python-pkcs11 and prometheus-client, and cargo-fuzz for the fuzz
+# smoke runs. Does nothing for what is already there.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -22,6 +23,8 @@ declare -A package_of=(
   # One package brings both the server and promtool.
   [prometheus]=prometheus
   [promtool]=prometheus
+  # The members' alerts sent to a real Alertmanager (t61_prometheus).
+  [prometheus-alertmanager]=prometheus-alertmanager
 )
 missing=()
 for command in "${!package_of[@]}"; do

@@ -153,6 +153,66 @@ pub(crate) fn bit_string_bytes(content: &[u8]) -> Option<&[u8]> {
     }
 }
 
+const TAG_UTC_TIME: u8 = 0x17;
+const TAG_GENERALIZED_TIME: u8 = 0x18;
+
+/// The end of an X.509 certificate's validity (`notAfter`), in seconds
+/// since 1970-01-01 UTC; `None` for anything that is not a certificate with
+/// a valid DER time there.
+pub fn certificate_not_after(cert_der: &[u8]) -> Option<i64> {
+    let cert = parse_single(cert_der, TAG_SEQUENCE)?;
+    let tbs = Reader::new(cert).read(TAG_SEQUENCE)?;
+    let mut r = Reader::new(tbs);
+    r.read_optional(TAG_CONTEXT_0); // version
+    r.read(TAG_INTEGER)?; // serialNumber
+    r.read(TAG_SEQUENCE)?; // signature
+    r.read(TAG_SEQUENCE)?; // issuer
+    let mut validity = Reader::new(r.read(TAG_SEQUENCE)?);
+    validity.read_any()?; // notBefore
+    let (tag, time) = validity.read_any()?;
+    validity.is_empty().then_some(())?;
+    der_time(tag, time)
+}
+
+/// A DER UTCTime (`YYMMDDHHMMSSZ`, 1950 to 2049) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`), as RFC 5280 writes them, in Unix seconds.
+fn der_time(tag: u8, text: &[u8]) -> Option<i64> {
+    let digits = |s: &[u8]| -> Option<i64> {
+        s.iter().try_fold(0i64, |acc, b| {
+            b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
+        })
+    };
+    let (year, rest) = match (tag, text.len()) {
+        (TAG_UTC_TIME, 13) => {
+            let yy = digits(&text[..2])?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
+        }
+        (TAG_GENERALIZED_TIME, 15) => (digits(&text[..4])?, &text[4..]),
+        _ => return None,
+    };
+    if rest[10] != b'Z' {
+        return None;
+    }
+    let field = |i: usize| digits(&rest[i..i + 2]);
+    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 pub(crate) fn strip_leading_zeros(be: &[u8]) -> &[u8] {
     let skip = be.iter().take_while(|b| **b == 0).count();
     &be[skip..]
@@ -161,6 +221,47 @@ pub(crate) fn strip_leading_zeros(be: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn der_times_are_unix_seconds() {
+        assert_eq!(der_time(TAG_UTC_TIME, b"700101000000Z"), Some(0));
+        assert_eq!(der_time(TAG_UTC_TIME, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(
+            der_time(TAG_GENERALIZED_TIME, b"20240229123456Z"),
+            Some(1_709_210_096)
+        );
+        assert_eq!(
+            der_time(TAG_GENERALIZED_TIME, b"99991231235959Z"),
+            Some(253_402_300_799)
+        );
+        for bad in [
+            &b"20240229123456"[..],
+            b"2024022912345Z",
+            b"20241329123456Z",
+            b"2024022912345xZ",
+        ] {
+            assert_eq!(der_time(TAG_GENERALIZED_TIME, bad), None, "{bad:?}");
+        }
+        assert_eq!(der_time(TAG_OCTET_STRING, b"700101000000Z"), None);
+    }
+
+    #[test]
+    fn a_certificates_not_after_and_garbage() {
+        let time = |t: &[u8]| tlv(TAG_GENERALIZED_TIME, t);
+        let tbs = sequence(&[
+            &tlv(TAG_CONTEXT_0, &unsigned_integer(&[2])),
+            &unsigned_integer(&[7]),
+            &sequence(&[]),
+            &sequence(&[]),
+            &sequence(&[&tlv(TAG_UTC_TIME, b"240101000000Z"), &time(b"20340101000000Z")]),
+            &sequence(&[]),
+        ]);
+        let cert = sequence(&[&tbs, &sequence(&[]), &bit_string(&[1])]);
+        assert_eq!(certificate_not_after(&cert), Some(2_019_686_400));
+        assert_eq!(certificate_not_after(&cert[..cert.len() - 1]), None);
+        assert_eq!(certificate_not_after(b"not a certificate"), None);
+        assert_eq!(certificate_not_after(&[]), None);
+    }
 
     #[test]
     fn lengths_round_trip() {

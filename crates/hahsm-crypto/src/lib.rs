@@ -28,6 +28,7 @@ mod mech;
 mod seal;
 pub mod shares;
 
+pub use der::certificate_not_after;
 pub use hahsm_token::{ck, TokenError, TokenResult};
 pub use keys::{
     ec_point_from_attribute, ec_private_from_scalar, ed25519_private_from_seed, generate_ec,

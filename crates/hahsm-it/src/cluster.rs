@@ -216,6 +216,67 @@ impl Cluster {
         self.members.len() - 1
     }
 
+    /// Sets up one more appliance, prepared for the group, and adds it as a
+    /// standby (`ha add-standby`, from member 0, straight to its peer
+    /// listener), with the client registered and assigned there and named
+    /// `hsm<index>` in the client config. Returns its index.
+    pub fn add_standby(&mut self) -> usize {
+        let (domain, owner) = (self.domain_secret.clone(), self.owner_secret.clone());
+        let j = self.add_appliance(self.members.len(), &domain, &owner);
+        self.so_login(j);
+        self.ha(
+            j,
+            &["prepare", "--partition", PARTITION, "--owner-secret", &s(&owner)],
+        )
+        .expect_ok();
+        self.ha(
+            0,
+            &[
+                "add-standby",
+                "--group",
+                GROUP,
+                "--address",
+                &self.members[j].peer_address,
+                "--fingerprint",
+                &self.fingerprints[j],
+            ],
+        )
+        .expect_ok();
+        let cert = self.conf.with_file_name("app1.pem");
+        self.admin(
+            j,
+            &["client", "register", "--client", "app1", "--cert", &s(&cert)],
+        )
+        .expect_ok();
+        self.admin(
+            j,
+            &[
+                "client",
+                "assign-partition",
+                "--client",
+                "app1",
+                "--partition",
+                PARTITION,
+            ],
+        )
+        .expect_ok();
+        hahsm(
+            Some(&self.conf),
+            &[
+                "client",
+                "add-server",
+                "--name",
+                &format!("hsm{j}"),
+                "--address",
+                &self.members[j].address,
+                "--fingerprint",
+                &self.fingerprints[j],
+            ],
+        )
+        .expect_ok();
+        j
+    }
+
     pub fn so_login(&self, i: usize) {
         let so = self.members[i].dir.join("so.key");
         self.admin(i, &["hsm", "login", "--so-secret", &s(&so)])

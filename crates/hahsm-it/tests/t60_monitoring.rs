@@ -3,7 +3,7 @@
 //! OpenMetrics parser (Python's prometheus_client, installed by scripts/test-deps.sh),
 //! `hahsm monitor`, and policy drift detected, alerted and synced.
 use hahsm_it::cluster::{Cluster, GROUP, PARTITION};
-use hahsm_it::{hahsm, hahsm_env, Standalone};
+use hahsm_it::{hahsm, hahsm_env, Standalone, PARTITION as PARTITION_1};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -571,6 +571,124 @@ fn policy_drift_is_detected_alerted_and_synced() {
     // A source that is not in the group is refused.
     c.ha(1, &["sync-policies", "--group", GROUP, "--from", "hsm9"])
         .expect_err("no member 'hsm9'");
+}
+
+/// The labelled counters a rule or the dashboard reads exist at 0 before
+/// their first event (a `rate()` or `increase()` sees that first one): the
+/// failed logins of each partition, every alert kind, each configured
+/// target's delivery failures; a target configured by SIGHUP from then on.
+#[test]
+fn counters_exist_at_zero_before_their_first_event() {
+    let work = tempfile::tempdir().unwrap();
+    let script = alert_script(work.path());
+    let out = work.path().join("alerts.log");
+    let st = Standalone::build_monitored(work, "", &exec_config(&script, &out, ""));
+    let url = st.member.metrics_url();
+    let m = scrape(&url);
+    for user in ["user", "so"] {
+        assert_eq!(
+            m.value(
+                "hahsm_failed_logins_total",
+                &[("partition", PARTITION_1), ("user", user)]
+            ),
+            Some(0.0),
+            "failed logins ({user})"
+        );
+    }
+    for (kind, status) in [
+        ("member-down", "firing"),
+        ("member-recovered", "firing"),
+        ("out-of-sync", "firing"),
+        ("out-of-sync", "resolved"),
+        ("policy-drift", "firing"),
+        ("policy-drift", "resolved"),
+        ("pin-lockout", "firing"),
+    ] {
+        assert_eq!(
+            m.value("hahsm_alerts_total", &[("kind", kind), ("status", status)]),
+            Some(0.0),
+            "{kind} {status}"
+        );
+    }
+    assert_eq!(
+        m.value("hahsm_alert_delivery_failures_total", &[("target", "exec")]),
+        Some(0.0)
+    );
+    // Only configured targets: no webhook here.
+    assert_eq!(
+        m.value("hahsm_alert_delivery_failures_total", &[("target", "webhook")]),
+        None
+    );
+    // A webhook configured by SIGHUP has its counter at 0 from then on.
+    let text = std::fs::read_to_string(&st.member.config).unwrap();
+    std::fs::write(
+        &st.member.config,
+        text.replacen(
+            "[monitoring.alerts]\n",
+            "[monitoring.alerts]\nwebhook = \"http://127.0.0.1:9/hook\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    st.member.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait(Duration::from_secs(10), || scrape(&url).value(
+            "hahsm_alert_delivery_failures_total",
+            &[("target", "webhook")]
+        ) == Some(0.0)),
+        "{}",
+        st.member.log()
+    );
+    // The first event counts from 0.
+    st.keys_with_pin("not-the-pin-42", &["list"]).expect_err("PIN");
+    assert_eq!(
+        scrape(&url).value(
+            "hahsm_failed_logins_total",
+            &[("partition", PARTITION_1), ("user", "user")]
+        ),
+        Some(1.0)
+    );
+}
+
+/// The member exports its version and when its TLS certificate expires: the
+/// `notAfter` OpenSSL reads from its server.pem, to the second.
+#[test]
+fn the_build_and_the_certificates_expiry_are_exported() {
+    let work = tempfile::tempdir().unwrap();
+    let m = hahsm_it::Member::start(&work.path().join("m"));
+    let s = scrape(&m.metrics_url());
+    assert_eq!(
+        s.value("hahsm_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        Some(1.0)
+    );
+    let pem = m.data_dir().join("server.pem");
+    let end = hahsm_it::run(
+        "openssl",
+        &["x509", "-noout", "-enddate", "-in", pem.to_str().unwrap()],
+    )
+    .expect_ok()
+    .stdout;
+    let end = end.trim().strip_prefix("notAfter=").expect("notAfter=");
+    let seconds = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import ssl, sys; print(ssl.cert_time_to_seconds(sys.argv[1]))",
+            end,
+        ])
+        .output()
+        .expect("python3 runs");
+    let seconds: f64 = String::from_utf8_lossy(&seconds.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {end}"));
+    assert_eq!(
+        s.value(
+            "hahsm_certificate_not_after_timestamp_seconds",
+            &[("certificate", "server")]
+        ),
+        Some(seconds),
+        "notAfter={end}"
+    );
 }
 
 /// SIGHUP reloads the alert targets: the alerts raised after it go to the

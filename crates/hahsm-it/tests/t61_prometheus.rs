@@ -3,8 +3,10 @@
 //! rules and their unit tests, and the real `prometheus` server scraping a
 //! running three-member group with the shipped rules loaded: every dashboard
 //! query returns series, and killing a member fires HahsmMemberDown once,
-//! which resolves when the member is back. `scripts/test-deps.sh` installs
-//! Debian's `prometheus` package, which brings both binaries.
+//! which resolves when the member is back. The members' own alerts reach a
+//! real Alertmanager (`[monitoring.alerts] alertmanager`) and resolve there.
+//! `scripts/test-deps.sh` installs Debian's `prometheus` package, which
+//! brings both Prometheus binaries, and `prometheus-alertmanager`.
 use hahsm_it::cluster::{Cluster, GROUP, PARTITION};
 use hahsm_it::hahsm_env;
 use serde_json::Value;
@@ -176,58 +178,70 @@ struct Prometheus {
     dir: tempfile::TempDir,
 }
 
+/// Starts `program` with `args(addr)` on a free loopback port, its output in
+/// `log_path`, and waits until `GET /-/ready` answers 200. Neither Prometheus
+/// nor Alertmanager can listen on port 0: take a free port and release it,
+/// and try again should another process take it meanwhile.
+fn start_on_a_free_port(
+    program: &str,
+    log_path: &Path,
+    args: &dyn Fn(&str) -> Vec<String>,
+) -> (Child, String) {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(log_path).expect("log");
+        let mut child = Command::new(program)
+            .args(args(&addr))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} runs (scripts/test-deps.sh installs it): {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exited = loop {
+            if let Some(status) = child.try_wait().expect("waits for the child") {
+                break status;
+            }
+            if http_get(&addr, "/-/ready").is_some_and(|(code, _)| code == 200) {
+                return (child, addr);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{program} did not become ready in 30 s:\n{}",
+                    std::fs::read_to_string(log_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        assert!(
+            log.contains("address already in use"),
+            "{program} exited ({exited}):\n{log}"
+        );
+    }
+    panic!("{program} found no free port in 5 tries");
+}
+
 impl Prometheus {
     fn start(config: &str) -> Prometheus {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("prometheus.yml");
         std::fs::write(&file, config).expect("prometheus.yml");
-        let log_path = dir.path().join("prometheus.log");
-        // prometheus cannot listen on port 0: take a free port and release it,
-        // and try again should another process take it meanwhile.
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let addr = format!("127.0.0.1:{port}");
-            let log = std::fs::File::create(&log_path).expect("log");
-            let mut child = Command::new("prometheus")
-                .arg(format!("--config.file={}", file.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("data").display()
-                ))
-                .arg(format!("--web.listen-address={addr}"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log fd"))
-                .stderr(log)
-                .spawn()
-                .expect("prometheus runs (scripts/test-deps.sh installs Debian's prometheus package)");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let exited = loop {
-                if let Some(status) = child.try_wait().expect("waits for prometheus") {
-                    break status;
-                }
-                if http_get(&addr, "/-/ready").is_some_and(|(code, _)| code == 200) {
-                    return Prometheus { child, addr, dir };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "prometheus did not become ready in 30 s:\n{}",
-                        std::fs::read_to_string(&log_path).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            assert!(
-                log.contains("address already in use"),
-                "prometheus exited ({exited}):\n{log}"
-            );
-        }
-        panic!("prometheus found no free port in 5 tries");
+        let data = dir.path().join("data");
+        let (child, addr) = start_on_a_free_port("prometheus", &dir.path().join("prometheus.log"), &|addr| {
+            vec![
+                format!("--config.file={}", file.display()),
+                format!("--storage.tsdb.path={}", data.display()),
+                format!("--web.listen-address={addr}"),
+            ]
+        });
+        Prometheus { child, addr, dir }
     }
 
     fn log(&self) -> String {
@@ -482,4 +496,208 @@ fn prometheus_scrapes_the_group_and_fires_member_down_once_until_it_is_back() {
         all.len(),
         started.elapsed()
     );
+}
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on loopback, with
+/// its own storage directory and no cluster listener: killed when dropped,
+/// so also when the test fails.
+struct Alertmanager {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+const ALERTMANAGER: &str = "prometheus-alertmanager";
+
+impl Alertmanager {
+    /// Alertmanager with one receiver that sends nothing. Its
+    /// `resolve_timeout` is an hour: an alert leaves its active alerts
+    /// within the test only if a member sent its end.
+    fn start() -> Alertmanager {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &file,
+            "global:\n  resolve_timeout: 1h\nroute:\n  receiver: nowhere\nreceivers:\n  - name: nowhere\n",
+        )
+        .expect("alertmanager.yml");
+        let data = dir.path().join("data");
+        let (child, addr) =
+            start_on_a_free_port(ALERTMANAGER, &dir.path().join("alertmanager.log"), &|addr| {
+                vec![
+                    format!("--config.file={}", file.display()),
+                    format!("--storage.path={}", data.display()),
+                    format!("--web.listen-address={addr}"),
+                    // No gossip port: tests run side by side.
+                    "--cluster.listen-address=".to_string(),
+                ]
+            });
+        Alertmanager { child, addr, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("alertmanager.log")).unwrap_or_default()
+    }
+
+    /// Its active alerts named `name` (`GET /api/v2/alerts`, which leaves
+    /// out the alerts that ended).
+    fn alerts(&self, name: &str) -> Vec<Value> {
+        let (code, body) = http_get(&self.addr, "/api/v2/alerts").expect("alertmanager answers");
+        assert_eq!(code, 200, "{body}");
+        let all: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["labels"]["alertname"] == name)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_members_alerts_reach_a_real_alertmanager_are_resent_and_resolve_there() {
+    // At first nothing listens where the members send: their deliveries
+    // fail, are logged, and are tried again.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let closed = format!("http://{closed}");
+    let mut c = Cluster::with_monitoring(3, &|_| {
+        format!(
+            "out_of_sync_after_secs = 1\n[monitoring.alerts]\nalertmanager = \"{closed}\"\n\
+             alertmanager_resend_secs = 1\nretry_backoff_ms = 100\ntimeout_ms = 2000\n"
+        )
+    });
+    let victim = c.serials[2].to_string();
+    c.members[2].kill9();
+    let failed = |m: &hahsm_it::Member| {
+        m.log()
+            .lines()
+            .filter(|l| l.contains("alert delivery failed") && l.contains("alertmanager"))
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || failed(&c.members[0]) >= 5),
+        "member 0 logged no failed, retried delivery to the Alertmanager:\n{}",
+        c.members[0].log()
+    );
+    // The member serves on meanwhile.
+    c.keys(0, &["gen", "--type", "aes:128", "--label", "while-unreachable"])
+        .expect_ok();
+
+    // The real Alertmanager comes up: the members are pointed at it (SIGHUP).
+    let am = Alertmanager::start();
+    for m in &c.members {
+        let text = std::fs::read_to_string(&m.config).unwrap();
+        let changed = text.replace(&closed, &am.url());
+        assert_ne!(text, changed, "no alertmanager in {}", m.config.display());
+        std::fs::write(&m.config, changed).unwrap();
+    }
+    for m in &c.members[..2] {
+        m.signal(nix::sys::signal::Signal::SIGHUP);
+    }
+    let down_of_victim = |a: &Value| a["labels"]["member"] == victim.as_str();
+    assert!(
+        wait_for(Duration::from_secs(30), || am
+            .alerts("HahsmMemberDown")
+            .iter()
+            .any(down_of_victim)),
+        "no HahsmMemberDown for member {victim} in Alertmanager: {:?}\n{}\n{}",
+        am.alerts("HahsmMemberDown"),
+        am.log(),
+        c.members[0].log()
+    );
+    let down: Vec<Value> = am
+        .alerts("HahsmMemberDown")
+        .into_iter()
+        .filter(down_of_victim)
+        .collect();
+    let a = &down[0];
+    assert_eq!(a["labels"]["group"], GROUP, "{a}");
+    assert_eq!(a["labels"]["severity"], "critical", "{a}");
+    assert_eq!(a["labels"]["source"], "hahsmd", "{a}");
+    assert_eq!(a["status"]["state"], "active", "{a}");
+    assert!(
+        a["annotations"]["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("has dropped member: {victim}")),
+        "{a}"
+    );
+    assert!(
+        a["generatorURL"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("http://127.0.0.1:"),
+        "{a}"
+    );
+    // The lasting condition the outage causes is there too.
+    let out_of_sync = |am: &Alertmanager| {
+        am.alerts("HahsmOutOfSync")
+            .into_iter()
+            .filter(|a| a["labels"]["group"] == GROUP && a["labels"]["partition"] == PARTITION)
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || out_of_sync(&am) == 1),
+        "no HahsmOutOfSync in Alertmanager: {:?}",
+        am.alerts("HahsmOutOfSync")
+    );
+    // It is sent again while it fires: Alertmanager's updatedAt keeps
+    // moving, long after the few changes (each sent at once) are over. Both
+    // survivors send it, with the same labels: it stays one alert, which
+    // names the member that sent it last.
+    let mut updates = std::collections::BTreeSet::new();
+    let mut reporters: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+    let mut copies = std::collections::BTreeSet::new();
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let down: Vec<Value> = am
+                .alerts("HahsmMemberDown")
+                .into_iter()
+                .filter(down_of_victim)
+                .collect();
+            copies.insert(down.len());
+            for a in &down {
+                updates.insert(a["updatedAt"].as_str().unwrap_or("").to_string());
+                let text = a["annotations"]["description"].as_str().unwrap_or("");
+                reporters.extend(c.serials[..2].iter().copied().filter(|s| text.ends_with(&format!("Reported by member {s}."))));
+            }
+            updates.len() >= 8 && reporters.len() == 2
+        }),
+        "the alert was not sent again and again by both survivors: updatedAt {updates:?}, reporters {reporters:?}"
+    );
+    assert_eq!(copies, [1].into(), "copies of the alert seen at once");
+
+    // The member comes back: both alerts end. With a resolve_timeout of an
+    // hour, only an end the members sent takes them out of the active ones.
+    c.members[2].spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || !am
+            .alerts("HahsmMemberDown")
+            .iter()
+            .any(down_of_victim)
+            && out_of_sync(&am) == 0),
+        "still active 60 s after the restart: {:?} {:?}\n{}",
+        am.alerts("HahsmMemberDown"),
+        am.alerts("HahsmOutOfSync"),
+        c.members[0].log()
+    );
+    // No line about the deliveries carries a secret.
+    for m in &c.members {
+        for line in m.log().lines().filter(|l| l.contains("alertmanager")) {
+            assert!(!line.contains(hahsm_it::cluster::PIN), "{line}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Issue 16, items 4 and 5: the health endpoints a load balancer or an
 //! orchestrator asks (`/health/live`, `/health/ready`, with the codes Vault
-//! answers and their overrides), and logs as JSON lines for a log shipper.
+//! answers and their overrides, a real standby's 429 included), and logs as
+//! JSON lines for a log shipper.
 use hahsm_it::cluster::{Cluster, PARTITION};
 use hahsm_it::proxy::Mode;
 use std::time::{Duration, Instant};
@@ -71,6 +72,39 @@ fn readiness_follows_the_quorum_the_catch_up_and_the_activation() {
         .expect_ok();
     let (code, body) = c.members[0].health("/health/ready");
     assert_eq!((code, body.as_str()), (503, "no partition is activated\n"));
+}
+
+/// A standby (`ha add-standby`) answers 429 while an active member is up,
+/// 200 when asked `?standbycode=200`, and 200 once every active member is
+/// gone and it serves.
+#[test]
+fn a_standby_answers_429_while_an_active_member_is_up_and_200_once_it_serves() {
+    let mut c = Cluster::new(2);
+    let s = c.add_standby();
+    let (code, body) = wait_ready(&c, s, Duration::from_secs(20), |code, _| code == 429);
+    assert_eq!(
+        (code, body.as_str()),
+        (429, format!("standby for partitions {PARTITION}\n").as_str())
+    );
+    let (code, json) = c.members[s].health("/health/ready?format=json");
+    assert_eq!(code, 429, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["readiness"], "standby", "{json}");
+    assert_eq!(v["partitions"][0]["standby"], true, "{json}");
+    // For a load balancer that sends to any 2xx, a standby can count as up.
+    assert_eq!(c.members[s].health("/health/ready?standbycode=200").0, 200);
+    // The active members are ready, and the standby refuses keys.
+    assert_eq!(c.members[0].health("/health/ready").0, 200);
+    c.keys(s, &["list"]).expect_err("standby");
+    // Every active member gone: the standby serves, and says so.
+    c.members[0].kill9();
+    c.members[1].kill9();
+    let (code, body) = wait_ready(&c, s, Duration::from_secs(20), |code, _| code == 200);
+    assert_eq!(
+        (code, body.as_str()),
+        (200, format!("serving partitions {PARTITION}\n").as_str())
+    );
+    assert!(c.wait(Duration::from_secs(10), || c.keys(s, &["list"]).ok));
 }
 
 #[test]

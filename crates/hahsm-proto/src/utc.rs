@@ -23,6 +23,16 @@ pub fn rfc3339_seconds(at: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` in UTC (RFC 3339 to the millisecond), as
+/// Alertmanager's API takes an alert's start and end.
+pub fn rfc3339_millis(at: SystemTime) -> String {
+    utc(at)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +49,10 @@ mod tests {
         assert_eq!(rfc3339_seconds(at(0)), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_seconds(at(1_359_072_000)), "2013-01-25T00:00:00Z");
         assert_eq!(rfc3339_seconds(at(1_709_210_096)), "2024-02-29T12:34:56Z");
+        assert_eq!(rfc3339_millis(at(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(at(1_709_210_096) + Duration::from_millis(7)),
+            "2024-02-29T12:34:56.007Z"
+        );
     }
 }

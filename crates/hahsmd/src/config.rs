@@ -86,7 +86,13 @@ impl Default for Monitoring {
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9792";
 
-/// Where alerts go (`[monitoring.alerts]`): a command, a webhook, or both.
+/// How often, by default, the alerts still firing are sent again to
+/// Alertmanager: well within its `resolve_timeout` (5 min by default), after
+/// which it forgets an alert that was not sent again.
+pub const DEFAULT_ALERTMANAGER_RESEND_SECS: u64 = 60;
+
+/// Where alerts go (`[monitoring.alerts]`): a command, a webhook, an
+/// Alertmanager, or any of them together.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertTargets {
@@ -95,6 +101,12 @@ pub struct AlertTargets {
     pub exec: Vec<String>,
     /// An `http://` URL that each alert is POSTed to as JSON.
     pub webhook: Option<String>,
+    /// An Alertmanager's `http://` URL (with its route prefix, if it has
+    /// one): alerts are POSTed to its v2 API, `<url>/api/v2/alerts`.
+    pub alertmanager: Option<String>,
+    /// How often the alerts still firing are sent to the Alertmanager again,
+    /// in seconds; keep it well below its `resolve_timeout`.
+    pub alertmanager_resend_secs: u64,
     /// Further attempts after a failed delivery, with doubling back-off.
     pub retries: u32,
     /// The first back-off, in milliseconds.
@@ -108,6 +120,8 @@ impl Default for AlertTargets {
         AlertTargets {
             exec: Vec::new(),
             webhook: None,
+            alertmanager: None,
+            alertmanager_resend_secs: DEFAULT_ALERTMANAGER_RESEND_SECS,
             retries: 5,
             retry_backoff_ms: 500,
             timeout_ms: 10_000,
@@ -223,15 +237,39 @@ pub struct WebhookUrl {
 
 impl WebhookUrl {
     pub fn parse(url: &str) -> Result<WebhookUrl, String> {
+        Self::parse_for("webhook", url)
+    }
+
+    /// The Alertmanager's v2 API for alerts, under the URL the config gives
+    /// (its route prefix, if any): `<url>/api/v2/alerts`.
+    pub fn alertmanager(url: &str) -> Result<WebhookUrl, String> {
+        let mut u = Self::parse_for("alertmanager", url)?;
+        if u.path.contains('?') || u.path.contains('#') {
+            return Err(format!(
+                "alertmanager '{}': a query or fragment in the URL",
+                shown(url)
+            ));
+        }
+        u.path = format!("{}/api/v2/alerts", u.path.trim_end_matches('/'));
+        Ok(u)
+    }
+
+    fn parse_for(what: &str, url: &str) -> Result<WebhookUrl, String> {
         let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("webhook '{url}': only http:// URLs are supported (use `exec` for anything else)")
+            format!(
+                "{what} '{}': only http:// URLs are supported (use `exec` for anything else)",
+                shown(url)
+            )
         })?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         if authority.is_empty() || authority.contains('@') {
-            return Err(format!("webhook '{url}': no host, or credentials in the URL"));
+            return Err(format!(
+                "{what} '{}': no host, or credentials in the URL",
+                shown(url)
+            ));
         }
         let authority = if authority
             .rsplit_once(':')
@@ -248,10 +286,26 @@ impl WebhookUrl {
     }
 }
 
+/// A target's URL as an error may repeat it: not at all if it may hold
+/// credentials (`user:password@`), which must not reach a log.
+fn shown(url: &str) -> &str {
+    if url.contains('@') {
+        "(not shown: it holds an @)"
+    } else {
+        url
+    }
+}
+
 /// Checks the alert targets when the config is loaded.
 fn validate_alerts(targets: &AlertTargets) -> Result<(), String> {
     if let Some(url) = &targets.webhook {
         WebhookUrl::parse(url)?;
+    }
+    if let Some(url) = &targets.alertmanager {
+        WebhookUrl::alertmanager(url)?;
+    }
+    if targets.alertmanager_resend_secs == 0 {
+        return Err("monitoring.alerts.alertmanager_resend_secs: at least 1".into());
     }
     if targets.exec.first().is_some_and(|p| p.is_empty()) {
         return Err("monitoring.alerts.exec: the program name is empty".into());

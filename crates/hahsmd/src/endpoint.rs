@@ -172,6 +172,9 @@ fn scraped(app: &Appliance) -> ScrapedState {
         store_bytes: store_size(app),
         partitions: app.partition_list().unwrap_or_default(),
         groups: crate::replication::show(app, None).unwrap_or_default(),
+        certificate_not_after: hahsm_link::load_cert_pem(&app.config.cert_path())
+            .ok()
+            .and_then(|cert| hahsm_crypto::certificate_not_after(&cert)),
     }
 }
 

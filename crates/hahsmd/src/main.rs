@@ -66,7 +66,7 @@ fn main() -> ExitCode {
 fn reload(app: &Appliance, path: &std::path::Path, logging: &Logging) {
     match Config::load(path) {
         Ok(config) => {
-            app.monitor.alerts.set_targets(config.monitoring.alerts.clone());
+            app.monitor.set_alert_targets(config.monitoring.alerts.clone());
             match logging.reload(&config) {
                 // At warn, so that it shows whatever level was chosen.
                 Ok(()) => tracing::warn!("configuration reloaded: alert targets, log level, log file"),
@@ -116,8 +116,7 @@ async fn run(config: Config, config_path: &std::path::Path, logging: &Logging) -
         tokio::spawn(async move {
             let metrics = app.monitor.metrics.clone();
             app.monitor
-                .alerts
-                .set_targets(app.config.monitoring.alerts.clone());
+                .set_alert_targets(app.config.monitoring.alerts.clone());
             app.monitor
                 .alerts
                 .dispatch(app.config.data_dir.clone(), metrics)

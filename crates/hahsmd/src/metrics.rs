@@ -29,6 +29,9 @@ pub struct ScrapedState {
     pub store_bytes: u64,
     pub partitions: Vec<PartitionSummary>,
     pub groups: Vec<GroupStatus>,
+    /// The end of the member's TLS certificate's validity (Unix seconds),
+    /// when it can be read.
+    pub certificate_not_after: Option<i64>,
 }
 
 /// The content type of the OpenMetrics text format.
@@ -85,6 +88,16 @@ struct AlertLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     target: String,
 }
@@ -117,6 +130,7 @@ pub struct Metrics {
     member_state: Family<MemberStateLabels, Gauge>,
     lag_operations: Family<MemberLabels, Gauge>,
     lag_seconds: Family<MemberLabels, FloatGauge>,
+    certificate_not_after: Family<CertificateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -148,7 +162,15 @@ impl Metrics {
             member_state: Family::default(),
             lag_operations: Family::default(),
             lag_seconds: Family::default(),
+            certificate_not_after: Family::default(),
         };
+        r.register(
+            "build",
+            "The member's build: its version",
+            prometheus_client::metrics::info::Info::new(VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
         r.register(
             "operations",
             "Client requests handled, by operation, mechanism and result",
@@ -167,7 +189,7 @@ impl Metrics {
         r.register("alerts", "Alerts raised, by kind and status", m.alerts.clone());
         r.register(
             "alert_delivery_failures",
-            "Failed attempts to deliver an alert, by target (exec, webhook)",
+            "Failed attempts to deliver an alert, by target (exec, webhook, alertmanager)",
             m.alert_delivery_failures.clone(),
         );
         r.register(
@@ -230,6 +252,11 @@ impl Metrics {
             "How long the group member has lacked operations (0 when it lacks none)",
             m.lag_seconds.clone(),
         );
+        r.register(
+            "certificate_not_after_timestamp_seconds",
+            "When the member's TLS certificate (client and peer links) expires, in Unix seconds",
+            m.certificate_not_after.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -262,6 +289,19 @@ impl Metrics {
         self.alerts.get_or_create(&AlertLabels { kind, status }).inc();
     }
 
+    /// Creates the counter of alerts of `kind` raised as `status` at 0, so
+    /// that the first one is an increase a `rate()` sees.
+    pub fn declare_alert(&self, kind: &'static str, status: &'static str) {
+        let _ = self.alerts.get_or_create(&AlertLabels { kind, status });
+    }
+
+    /// Creates a target's delivery-failure counter at 0 (a configured target).
+    pub fn declare_delivery_target(&self, target: &str) {
+        let _ = self.alert_delivery_failures.get_or_create(&TargetLabels {
+            target: target.to_string(),
+        });
+    }
+
     pub fn alert_delivery_failed(&self, target: &str) {
         self.alert_delivery_failures
             .get_or_create(&TargetLabels {
@@ -289,6 +329,15 @@ impl Metrics {
 
     fn read_state(&self, state: &ScrapedState) {
         self.store_bytes.set(state.store_bytes as i64);
+        // Absent, rather than 0 (long expired), when it cannot be read.
+        self.certificate_not_after.clear();
+        if let Some(t) = state.certificate_not_after {
+            self.certificate_not_after
+                .get_or_create(&CertificateLabels {
+                    certificate: "server",
+                })
+                .set(t);
+        }
         for f in [
             &self.partition_objects,
             &self.partition_failed_logins,
@@ -297,6 +346,16 @@ impl Metrics {
             f.clear();
         }
         for p in &state.partitions {
+            // The failed-login counters of every partition exist at 0 from
+            // the first scrape that sees it: no scrape can tell that from
+            // creating them when it activates, and the first failed login is
+            // an increase a `rate()` sees. (Counters are never cleared.)
+            for user in ["user", "so"] {
+                let _ = self.failed_logins.get_or_create(&LoginLabels {
+                    partition: p.name.clone(),
+                    user,
+                });
+            }
             let l = PartitionLabels {
                 partition: p.name.clone(),
             };
@@ -479,5 +538,34 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_build_and_the_certificates_end_are_exported_and_an_unreadable_one_is_absent() {
+        let m = Metrics::new();
+        let mut state = ScrapedState {
+            store_bytes: 0,
+            partitions: Vec::new(),
+            groups: Vec::new(),
+            certificate_not_after: Some(2_019_686_400),
+        };
+        let out = m.render(&state);
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            out.contains(&format!("hahsm_build_info{{version=\"{version}\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "hahsm_certificate_not_after_timestamp_seconds{certificate=\"server\"} 2019686400\n"
+            ),
+            "{out}"
+        );
+        state.certificate_not_after = None;
+        let out = m.render(&state);
+        assert!(
+            !out.contains("hahsm_certificate_not_after_timestamp_seconds{"),
+            "{out}"
+        );
     }
 }

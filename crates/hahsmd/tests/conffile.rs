@@ -114,8 +114,18 @@ fn every_commented_default_is_the_real_default() {
     let defaults = AlertTargets::default();
     let alerts = &all.monitoring.alerts;
     assert_eq!(
-        (alerts.retries, alerts.retry_backoff_ms, alerts.timeout_ms),
-        (defaults.retries, defaults.retry_backoff_ms, defaults.timeout_ms)
+        (
+            alerts.retries,
+            alerts.retry_backoff_ms,
+            alerts.timeout_ms,
+            alerts.alertmanager_resend_secs
+        ),
+        (
+            defaults.retries,
+            defaults.retry_backoff_ms,
+            defaults.timeout_ms,
+            defaults.alertmanager_resend_secs
+        )
     );
     // The shipped file itself sets nothing but the paths and the listen address.
     assert_eq!(
@@ -124,7 +134,8 @@ fn every_commented_default_is_the_real_default() {
     );
     assert!(shipped.peer_listen.is_none() && shipped.peer_routes.is_empty());
     assert!(shipped.monitoring.alerts.exec.is_empty() && shipped.monitoring.alerts.webhook.is_none());
+    assert!(shipped.monitoring.alerts.alertmanager.is_none());
     // The examples are examples: they show the option's syntax.
     assert!(all.peer_listen.is_some() && !all.peer_routes.is_empty());
-    assert!(!alerts.exec.is_empty() && alerts.webhook.is_some());
+    assert!(!alerts.exec.is_empty() && alerts.webhook.is_some() && alerts.alertmanager.is_some());
 }

@@ -23,6 +23,12 @@ declare -A package_of=(
   # One package brings both the server and promtool.
   [prometheus]=prometheus
   [promtool]=prometheus
+  # The test bed of network namespaces (t73_netns_bed): kernel-made
+  # partitions and netem, and health checks from inside a namespace.
+  [ip]=iproute2
+  [tc]=iproute2
+  [nft]=nftables
+  [curl]=curl
   # The members' alerts sent to a real Alertmanager (t61_prometheus).
   [prometheus-alertmanager]=prometheus-alertmanager
 )

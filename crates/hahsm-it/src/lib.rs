@@ -4,6 +4,7 @@
 //!
 //! The binaries come from the workspace's target directory (`HAHSM_BIN_DIR`
 //! overrides it); `scripts/test.sh` builds them before the tests run.
+pub mod bed;
 pub mod cluster;
 pub mod docker;
 pub mod proxy;
@@ -112,6 +113,8 @@ pub struct Member {
     pub address: String,
     /// The peer listener's address, when the member has one.
     pub peer_address: String,
+    /// The network namespace it runs in (a host of a `bed::Bed`), if any.
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -156,10 +159,50 @@ impl Member {
             config,
             address: String::new(),
             peer_address: String::new(),
+            netns: None,
             child: None,
         };
         m.spawn();
         m
+    }
+
+    /// A member on a host of a test bed: in the network namespace `netns`,
+    /// listening on the host's address `ip` (clients on 1792, peers on
+    /// 1793); its console, the admin socket, is on the machine's file system.
+    pub fn start_in_netns(dir: &Path, netns: &str, ip: &str) -> Member {
+        std::fs::create_dir_all(dir).expect("member dir");
+        let data = dir.join("data");
+        let config = dir.join("hahsmd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\nlisten = \"{ip}:1792\"\npeer_listen = \"{ip}:1793\"\n{MONITORING}\n[limits]\n",
+                data.display()
+            ),
+        )
+        .expect("config written");
+        let mut m = Member {
+            dir: dir.to_path_buf(),
+            config,
+            address: String::new(),
+            peer_address: String::new(),
+            netns: Some(netns.to_string()),
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    /// `hahsmd`, in the member's network namespace if it has one.
+    fn daemon_command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("hahsmd"));
+                c
+            }
+            None => Command::new(bin("hahsmd")),
+        }
     }
 
     /// Adds top-level TOML lines (e.g. `log_format = "json"`); they apply at
@@ -258,7 +301,8 @@ impl Member {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = Command::new(bin("hahsmd"))
+        let child = self
+            .daemon_command()
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")

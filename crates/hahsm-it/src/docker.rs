@@ -78,3 +78,59 @@ pub fn sweep(prefix: &str) {
         let _ = docker(&["volume", "rm", "-f", &v]);
     }
 }
+
+/// The `docker run` options for a container whose PID 1 is systemd: its
+/// cgroup hierarchy, a /run of its own and, for the packaged unit's
+/// PrivateUsers=, the capabilities to set up user namespaces; no more than
+/// that (the container is not --privileged).
+pub const SYSTEMD_RUN: &[&str] = &[
+    "--cap-add",
+    "SYS_ADMIN",
+    "--cap-add",
+    "SYS_PTRACE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--cgroupns=host",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/run/lock",
+];
+
+/// The command of such a container: installs systemd (and `packages`) from
+/// Debian's packages, logging to /var/log/setup.log, then becomes systemd.
+pub fn systemd_boot(packages: &str) -> String {
+    format!(
+        "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq \
+         && apt-get install -y -qq --no-install-recommends systemd systemd-sysv dbus {packages} \
+            >/var/log/setup.log 2>&1 \
+         && exec /sbin/init"
+    )
+}
+
+/// Waits until systemd in `container` has booted (`running` or `degraded`);
+/// on failure, what the container and its set-up said.
+pub fn wait_booted(container: &str, timeout: std::time::Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let state = docker(&["exec", container, "systemctl", "is-system-running"]);
+        let state = state.stdout.trim().to_string();
+        if state == "running" || state == "degraded" {
+            return Ok(());
+        }
+        let running = docker(&["inspect", "-f", "{{.State.Running}}", container]);
+        if running.stdout.trim() != "true" || std::time::Instant::now() > deadline {
+            let setup = docker(&["exec", container, "cat", "/var/log/setup.log"]);
+            return Err(format!(
+                "systemd did not boot in {container} (state '{state}'):\n{}\n{}",
+                shown(&docker(&["logs", container])),
+                setup.stdout
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

@@ -141,52 +141,39 @@ impl Member {
     }
 
     fn start_config(dir: &Path, top: &str, monitoring: &str, limits: &str) -> Member {
-        std::fs::create_dir_all(dir).expect("member dir");
-        let data = dir.join("data");
-        let config = dir.join("hahsmd.toml");
         // The metrics endpoint on a free port: members of one test, and
         // tests running at once, must not contend for the default port.
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{top}{MONITORING}{monitoring}\n[limits]\n{limits}\n",
-                data.display()
-            ),
+        Self::launch(
+            dir,
+            &format!("listen = \"127.0.0.1:0\"\n{top}{MONITORING}{monitoring}\n[limits]\n{limits}\n"),
+            None,
         )
-        .expect("config written");
-        let mut m = Member {
-            dir: dir.to_path_buf(),
-            config,
-            address: String::new(),
-            peer_address: String::new(),
-            netns: None,
-            child: None,
-        };
-        m.spawn();
-        m
     }
 
     /// A member on a host of a test bed: in the network namespace `netns`,
     /// listening on the host's address `ip` (clients on 1792, peers on
     /// 1793); its console, the admin socket, is on the machine's file system.
     pub fn start_in_netns(dir: &Path, netns: &str, ip: &str) -> Member {
-        std::fs::create_dir_all(dir).expect("member dir");
-        let data = dir.join("data");
-        let config = dir.join("hahsmd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"{}\"\nlisten = \"{ip}:1792\"\npeer_listen = \"{ip}:1793\"\n{MONITORING}\n[limits]\n",
-                data.display()
-            ),
+        Self::launch(
+            dir,
+            &format!("listen = \"{ip}:1792\"\npeer_listen = \"{ip}:1793\"\n{MONITORING}\n[limits]\n"),
+            Some(netns),
         )
-        .expect("config written");
+    }
+
+    /// Writes the config (`data_dir`, then `config`) and starts the daemon.
+    fn launch(dir: &Path, config: &str, netns: Option<&str>) -> Member {
+        std::fs::create_dir_all(dir).expect("member dir");
+        let path = dir.join("hahsmd.toml");
+        let data = dir.join("data");
+        std::fs::write(&path, format!("data_dir = \"{}\"\n{config}", data.display()))
+            .expect("config written");
         let mut m = Member {
             dir: dir.to_path_buf(),
-            config,
+            config: path,
             address: String::new(),
             peer_address: String::new(),
-            netns: Some(netns.to_string()),
+            netns: netns.map(String::from),
             child: None,
         };
         m.spawn();
@@ -768,6 +755,33 @@ impl Drop for Tmpfs {
 /// Runs a command and returns its output; panics if it cannot start.
 pub fn run(program: &str, args: &[&str]) -> Run {
     run_command(Command::new(program).args(args))
+}
+
+/// Waits for a `hahsm bench --json` run and checks that it signed and that
+/// not one operation failed (`during` says what happened meanwhile, for the
+/// report); returns its JSON point.
+#[track_caller]
+pub fn expect_clean_bench(child: Child, during: &str) -> serde_json::Value {
+    let out = child.wait_with_output().expect("the bench ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the bench failed:\n{stdout}\n{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_default();
+    let point: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("no JSON point from hahsm bench ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(
+        point["errors"].as_u64(),
+        Some(0),
+        "operations failed {during}:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        point["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "no operation at all: {point}"
+    );
+    point
 }
 
 /// Runs a prepared command to its end, with no standard input.

@@ -10,7 +10,9 @@
 //! Needs Docker, systemd-analyze, debootstrap and cargo-deb; scripts/test-deps.sh installs the
 //! last three. The containers are removed, also when a test fails; the base
 //! image hahsm-base:bookworm is kept, as scripts/base-image.sh's cache.
-use hahsm_it::docker::{deb_build_env, docker, repo, script, shown, BASE_IMAGE};
+use hahsm_it::docker::{
+    deb_build_env, docker, repo, script, shown, systemd_boot, wait_booted, BASE_IMAGE, SYSTEMD_RUN,
+};
 use hahsm_it::{bin, run, run_command};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -318,68 +320,26 @@ fn install_and_purge(debs: &Path, sources: &Path) -> Result<(), String> {
 }
 
 /// packaging/tests/systemd-service.sh in a container whose PID 1 is systemd.
-/// systemd needs its cgroup hierarchy, a /run of its own and, for the unit's
-/// PrivateUsers=, the capabilities to set up user namespaces; no more than
-/// that (the container is not --privileged).
 fn under_systemd(debs: &Path, sources: &Path) -> Result<(), String> {
     let container = Container(name("systemd"));
     let started = Instant::now();
-    let r = docker(&[
-        "run",
-        "-d",
-        "--name",
-        &container.0,
-        "--cap-add",
-        "SYS_ADMIN",
-        "--cap-add",
-        "SYS_PTRACE",
-        "--security-opt",
-        "seccomp=unconfined",
-        "--security-opt",
-        "apparmor=unconfined",
-        "--cgroupns=host",
-        "-v",
-        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "--tmpfs",
-        "/run",
-        "--tmpfs",
-        "/run/lock",
-        "-v",
-        &format!("{}:/debs:ro", debs.display()),
-        "-v",
-        &format!("{}:/tests:ro", repo().join("packaging/tests").display()),
-        "-v",
-        &format!("{}:/etc/apt/sources.list:ro", sources.display()),
-        BASE_IMAGE,
-        "sh",
-        "-c",
-        "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq \
-         && apt-get install -y -qq --no-install-recommends systemd systemd-sysv dbus p11-kit >/var/log/setup.log 2>&1 \
-         && exec /sbin/init",
-    ]);
+    let volumes = [
+        format!("{}:/debs:ro", debs.display()),
+        format!("{}:/tests:ro", repo().join("packaging/tests").display()),
+        format!("{}:/etc/apt/sources.list:ro", sources.display()),
+    ];
+    let boot = systemd_boot("p11-kit");
+    let mut args = vec!["run", "-d", "--name", container.0.as_str()];
+    args.extend_from_slice(SYSTEMD_RUN);
+    for v in &volumes {
+        args.extend(["-v", v.as_str()]);
+    }
+    args.extend([BASE_IMAGE, "sh", "-c", boot.as_str()]);
+    let r = docker(&args);
     if !r.ok {
         return Err(format!("cannot start the systemd container:\n{}", shown(&r)));
     }
-    // Until systemd has booted (after it was installed).
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let state = docker(&["exec", &container.0, "systemctl", "is-system-running"]);
-        let state = state.stdout.trim().to_string();
-        if state == "running" || state == "degraded" {
-            break;
-        }
-        let running = docker(&["inspect", "-f", "{{.State.Running}}", &container.0]);
-        if running.stdout.trim() != "true" || Instant::now() > deadline {
-            let logs = docker(&["logs", &container.0]);
-            let setup = docker(&["exec", &container.0, "cat", "/var/log/setup.log"]);
-            return Err(format!(
-                "systemd did not boot in the container (state '{state}'):\n{}\n{}",
-                shown(&logs),
-                setup.stdout
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_booted(&container.0, Duration::from_secs(240))?;
     eprintln!("systemd booted in {:.0?}", started.elapsed());
     let r = docker(&["exec", &container.0, "/tests/systemd-service.sh"]);
     eprintln!("under systemd: {:.0?}", started.elapsed());

@@ -15,7 +15,7 @@
 //! it fails; the images stay, as a cache for the next run.
 use hahsm_it::docker::{deb_build_env, docker, repo, script, shown, sweep};
 use hahsm_it::runbook::{steps, Step};
-use hahsm_it::{run_command, Run};
+use hahsm_it::{expect_clean_bench, run_command, Run};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -195,14 +195,6 @@ fn start_signing(cluster: &Cluster, seconds: u32) -> Child {
         .expect("docker exec runs")
 }
 
-fn json_point(stdout: &str) -> serde_json::Value {
-    let line = stdout
-        .lines()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON point from hahsm bench:\n{stdout}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON from hahsm bench ({e}): {line}"))
-}
-
 #[test]
 fn a_compose_cluster_signs_through_a_killed_and_a_cut_off_member() {
     sweep("hahsm-t71-");
@@ -352,24 +344,8 @@ fn a_compose_cluster_signs_through_a_killed_and_a_cut_off_member() {
          lengthen it"
     );
 
-    let out = signing.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the signing run failed:\n{stdout}\n{stderr}"
-    );
-    let point = json_point(&stdout);
+    let point = expect_clean_bench(signing, "while a member was killed and another cut off");
     eprintln!("signing run: {point}");
-    assert_eq!(
-        point["errors"].as_u64(),
-        Some(0),
-        "signatures failed while a member was killed and another cut off:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        point["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0,
-        "no signature at all: {point}"
-    );
 
     // ---- Prometheus scrapes the three members --------------------------------
     let up = wait_for(
@@ -438,9 +414,7 @@ fn a_compose_cluster_signs_through_a_killed_and_a_cut_off_member() {
         "the key made before down is gone:\n{}",
         list.stdout
     );
-    let out = start_signing(&cluster, 3).wait_with_output().unwrap();
-    let point = json_point(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(point["errors"].as_u64(), Some(0), "signing after up: {point}");
+    expect_clean_bench(start_signing(&cluster, 3), "after down and up");
 
     run_the_guide(&cluster);
 }

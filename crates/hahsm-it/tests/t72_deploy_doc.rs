@@ -10,7 +10,9 @@
 //!
 //! The containers and the network are removed when the test ends, also when
 //! it fails; the base image stays (scripts/base-image.sh's cache).
-use hahsm_it::docker::{deb_build_env, docker, repo, script, shown, sweep, BASE_IMAGE};
+use hahsm_it::docker::{
+    deb_build_env, docker, repo, script, shown, sweep, systemd_boot, wait_booted, BASE_IMAGE, SYSTEMD_RUN,
+};
 use hahsm_it::runbook::{steps, Step, EACH_MEMBER};
 use hahsm_it::{run, run_command, Run};
 use std::path::Path;
@@ -70,69 +72,36 @@ fn build_debs(out: &Path, revision: &str) {
 
 /// Starts a host: systemd as PID 1 (installed first, with what the page's
 /// commands need of a Debian server: curl, nftables), with the capabilities
-/// systemd and nft need and no more (not --privileged).
+/// systemd needs and, for nft, NET_ADMIN.
 fn start_host(hosts: &Hosts, host: &str, sources: &Path) {
-    let r = docker(&[
+    let (name, net) = (hosts.container(host), hosts.network());
+    let apt = format!("{}:/etc/apt/sources.list:ro", sources.display());
+    let boot = systemd_boot("curl nftables ca-certificates");
+    let mut args = vec![
         "run",
         "-d",
         "--name",
-        &hosts.container(host),
+        &name,
         "--hostname",
         host,
         "--network",
-        &hosts.network(),
+        &net,
         "--ip",
         address(host),
-        "--cap-add",
-        "SYS_ADMIN",
+    ];
+    args.extend_from_slice(SYSTEMD_RUN);
+    args.extend([
         "--cap-add",
         "NET_ADMIN",
-        "--cap-add",
-        "SYS_PTRACE",
-        "--security-opt",
-        "seccomp=unconfined",
-        "--security-opt",
-        "apparmor=unconfined",
-        "--cgroupns=host",
         "-v",
-        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "--tmpfs",
-        "/run",
-        "--tmpfs",
-        "/run/lock",
-        "-v",
-        &format!("{}:/etc/apt/sources.list:ro", sources.display()),
+        &apt,
         BASE_IMAGE,
         "sh",
         "-c",
-        "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq \
-         && apt-get install -y -qq --no-install-recommends systemd systemd-sysv dbus curl nftables ca-certificates \
-            >/var/log/setup.log 2>&1 \
-         && exec /sbin/init",
+        &boot,
     ]);
+    let r = docker(&args);
     assert!(r.ok, "cannot start {host}:\n{}", shown(&r));
-}
-
-fn wait_booted(hosts: &Hosts, host: &str) {
-    let c = hosts.container(host);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let state = docker(&["exec", &c, "systemctl", "is-system-running"]);
-        let state = state.stdout.trim().to_string();
-        if state == "running" || state == "degraded" {
-            return;
-        }
-        let running = docker(&["inspect", "-f", "{{.State.Running}}", &c]);
-        if running.stdout.trim() != "true" || Instant::now() > deadline {
-            let setup = docker(&["exec", &c, "cat", "/var/log/setup.log"]);
-            panic!(
-                "{host} did not boot (state '{state}'):\n{}\n{}",
-                shown(&docker(&["logs", &c])),
-                setup.stdout
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// How long one block may take on one host (a loop waiting for a member or
@@ -203,7 +172,7 @@ fn the_deployment_guide_runs_as_written_on_three_hosts_and_an_application_server
         start_host(&hosts, h, &sources);
     }
     for h in HOSTS {
-        wait_booted(&hosts, h);
+        wait_booted(&hosts.container(h), Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
         let c = hosts.container(h);
         for (dir, to) in [(&old, "/root/"), (&new, "/root/new/")] {
             docker(&["exec", &c, "mkdir", "-p", to]).expect_ok();

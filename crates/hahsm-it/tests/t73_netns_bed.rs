@@ -12,7 +12,7 @@
 //! nftables and curl.
 use hahsm_it::bed::Bed;
 use hahsm_it::cluster::{set_up_for_ha, GROUP, PARTITION, PIN};
-use hahsm_it::{bin, hahsm, run_command, Member, Run};
+use hahsm_it::{bin, expect_clean_bench, hahsm, run_command, Member, Run};
 use nix::sys::signal::Signal;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -300,26 +300,8 @@ fn the_group_signs_through_kernel_made_faults_on_a_bed_of_namespaces() {
         started.elapsed()
     );
 
-    let out = signing.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the signing run failed:\n{stdout}\n{stderr}"
-    );
-    let line = stdout.lines().find(|l| l.starts_with('{')).unwrap_or_default();
-    let point: serde_json::Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON point ({e}):\n{stdout}\n{stderr}"));
+    let point = expect_clean_bench(signing, "through the faults");
     eprintln!("signing run: {point}");
-    assert_eq!(
-        point["errors"].as_u64(),
-        Some(0),
-        "signatures failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        point["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0,
-        "no signature: {point}"
-    );
 
     g.wait_in_sync(Duration::from_secs(30));
     for name in MEMBERS {

@@ -86,7 +86,15 @@ if [ "$base" = hahsm-base:bookworm ]; then
   scripts/base-image.sh "$base"
 fi
 context="$(mktemp -d)"
-trap 'rm -rf "$context"' EXIT
+# However the script ends (a set-up that fails half way too), no secret copied
+# into a member for the set-up stays there.
+scrub() {
+  rm -rf "$context"
+  for m in "${members[@]}"; do
+    docker exec -u root "$(container "$m")" rm -rf /tmp/setup >/dev/null 2>&1 || true
+  done
+}
+trap scrub EXIT
 say "the Debian packages"
 scripts/build-debs.sh "$context/debs" >/dev/null
 cp packaging/container/Dockerfile packaging/container/hahsmd.toml packaging/container/prometheus.yml "$context/"

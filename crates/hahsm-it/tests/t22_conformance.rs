@@ -41,8 +41,9 @@ const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x
 macro_rules! call {
     ($fx:expr, $f:ident $(, $a:expr)* $(,)?) => {{
         let f = $fx.f.$f.expect(stringify!($f));
-        // SAFETY: every case passes pointers that are NULL or valid for the
-        // lengths given beside them, as PKCS#11 asks of applications.
+        // Every case passes pointers that are NULL or valid for the lengths
+        // given beside them, as PKCS#11 asks of applications.
+        // SAFETY: the pointers are NULL or valid for their lengths (above).
         unsafe { f($($a),*) }
     }};
 }

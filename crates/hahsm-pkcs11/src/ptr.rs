@@ -183,8 +183,9 @@ pub unsafe fn search_template(
     // SAFETY: forwarded contract.
     let attrs = unsafe { attr_slice(p, n) }?;
     // SAFETY: forwarded contract.
+    let raw = unsafe { raw_attrs(attrs) };
     Ok(Deferred::new(
-        unsafe { raw_attrs(attrs) }.and_then(|raw| decode::search_template(&raw)),
+        raw.and_then(|raw| decode::search_template(&raw)),
         Template::new(),
     ))
 }

@@ -476,6 +476,33 @@ pub struct Standalone {
 
 pub const PARTITION: &str = "myPart";
 pub const PIN: &str = "myPwD-1234";
+
+impl Standalone {
+    /// A TLS connection to the member made with `conf`'s certificate, past
+    /// the hello (as `software`), for tests that write frames by hand.
+    pub async fn raw_client(&self, conf: &Path, software: &str) -> hahsm_link::ClientStream {
+        let config = hahsm_client::ClientConfig::load(conf).unwrap();
+        let identity = hahsm_link::load_identity(&config.cert, &config.key).unwrap();
+        let pinned = hahsm_link::Fingerprint::parse(&config.servers[0].fingerprint).unwrap();
+        let tls = hahsm_link::client_config(identity, pinned).unwrap();
+        let t = Duration::from_secs(10);
+        let mut c = hahsm_link::connect(&self.member.address, tls, t, t)
+            .await
+            .unwrap();
+        let hello = hahsm_proto::client::Hello {
+            protocol_version: hahsm_proto::PROTOCOL_VERSION,
+            client_software: software.into(),
+        };
+        hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello))
+            .await
+            .unwrap();
+        hahsm_link::read_frame(&mut c, 1 << 20)
+            .await
+            .unwrap()
+            .expect("welcome");
+        c
+    }
+}
 /// The partition SO's PIN (PKCS#11 `CKU_SO`).
 pub const SO_PIN: &str = "so-pin-5678";
 

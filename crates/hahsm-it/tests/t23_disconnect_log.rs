@@ -5,28 +5,6 @@
 use hahsm_it::Standalone;
 use std::time::{Duration, Instant};
 
-/// A TLS connection as the member's registered client, past the hello.
-async fn connected(st: &Standalone) -> hahsm_link::ClientStream {
-    let config = hahsm_client::ClientConfig::load(&st.conf).unwrap();
-    let identity = hahsm_link::load_identity(&config.cert, &config.key).unwrap();
-    let pinned = hahsm_link::Fingerprint::parse(&config.servers[0].fingerprint).unwrap();
-    let tls = hahsm_link::client_config(identity, pinned).unwrap();
-    let t = Duration::from_secs(10);
-    let mut c = hahsm_link::connect(&st.member.address, tls, t, t).await.unwrap();
-    let hello = hahsm_proto::client::Hello {
-        protocol_version: hahsm_proto::PROTOCOL_VERSION,
-        client_software: "t23".into(),
-    };
-    hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello))
-        .await
-        .unwrap();
-    hahsm_link::read_frame(&mut c, 1 << 20)
-        .await
-        .unwrap()
-        .expect("welcome");
-    c
-}
-
 /// Waits until the member's log holds `needle` `n` times; the count then.
 fn wait_for(st: &Standalone, needle: &str, n: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -56,7 +34,7 @@ fn an_orderly_disconnect_is_no_warning_and_a_bad_frame_still_is() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let c = connected(&st).await;
+        let c = st.raw_client(&st.conf, "t23").await;
         drop(c);
     });
     let closes = wait_for(&st, "client closed the connection", closes_before + 4);
@@ -73,7 +51,7 @@ fn an_orderly_disconnect_is_no_warning_and_a_bad_frame_still_is() {
     // A frame cut short: its header announces 100 bytes, 10 come, then the end.
     rt.block_on(async {
         use tokio::io::AsyncWriteExt;
-        let mut c = connected(&st).await;
+        let mut c = st.raw_client(&st.conf, "t23").await;
         let mut bytes = 100u32.to_be_bytes().to_vec();
         bytes.extend_from_slice(&[0u8; 10]);
         c.write_all(&bytes).await.unwrap();
@@ -83,7 +61,7 @@ fn an_orderly_disconnect_is_no_warning_and_a_bad_frame_still_is() {
     assert_eq!(wait_for(&st, "bad frame", 1), 1, "a truncated frame is a warning");
     // Garbage in a whole frame.
     rt.block_on(async {
-        let mut c = connected(&st).await;
+        let mut c = st.raw_client(&st.conf, "t23").await;
         hahsm_link::write_frame(&mut c, &[0xff; 40]).await.unwrap();
         let _ = hahsm_link::read_frame(&mut c, 1 << 20).await;
     });

@@ -534,23 +534,7 @@ fn api_attacks_are_refused_with_exact_codes() {
 /// Sends raw frame bytes on a fresh TLS connection made with `conf`'s
 /// certificate, after the hello, and returns the member's answer.
 async fn replay(st: &Standalone, conf: &std::path::Path, frame: &[u8]) -> ResponseFrame {
-    let config = hahsm_client::ClientConfig::load(conf).unwrap();
-    let identity = hahsm_link::load_identity(&config.cert, &config.key).unwrap();
-    let pinned = hahsm_link::Fingerprint::parse(&config.servers[0].fingerprint).unwrap();
-    let tls = hahsm_link::client_config(identity, pinned).unwrap();
-    let t = std::time::Duration::from_secs(10);
-    let mut c = hahsm_link::connect(&st.member.address, tls, t, t).await.unwrap();
-    let hello = hahsm_proto::client::Hello {
-        protocol_version: hahsm_proto::PROTOCOL_VERSION,
-        client_software: "replay".into(),
-    };
-    hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello))
-        .await
-        .unwrap();
-    hahsm_link::read_frame(&mut c, 1 << 20)
-        .await
-        .unwrap()
-        .expect("welcome");
+    let mut c = st.raw_client(conf, "replay").await;
     hahsm_link::write_frame(&mut c, frame).await.unwrap();
     let answer = hahsm_link::read_frame(&mut c, 1 << 20)
         .await

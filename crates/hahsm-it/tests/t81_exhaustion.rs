@@ -87,28 +87,6 @@ fn thousands_of_half_open_connections_do_not_lock_out_a_real_client() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
-/// A TLS connection with `conf`'s certificate, after the hello exchange.
-async fn raw_client(st: &Standalone, conf: &Path) -> hahsm_link::ClientStream {
-    let config = hahsm_client::ClientConfig::load(conf).unwrap();
-    let identity = hahsm_link::load_identity(&config.cert, &config.key).unwrap();
-    let pinned = hahsm_link::Fingerprint::parse(&config.servers[0].fingerprint).unwrap();
-    let tls = hahsm_link::client_config(identity, pinned).unwrap();
-    let t = Duration::from_secs(10);
-    let mut c = hahsm_link::connect(&st.member.address, tls, t, t).await.unwrap();
-    let hello = hahsm_proto::client::Hello {
-        protocol_version: hahsm_proto::PROTOCOL_VERSION,
-        client_software: "slow".into(),
-    };
-    hahsm_link::write_frame(&mut c, &hahsm_proto::encode(&hello))
-        .await
-        .unwrap();
-    hahsm_link::read_frame(&mut c, 1 << 20)
-        .await
-        .unwrap()
-        .expect("welcome");
-    c
-}
-
 #[test]
 fn a_slowloris_client_is_cut_off_and_starves_no_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -135,7 +113,7 @@ fn a_slowloris_client_is_cut_off_and_starves_no_one() {
         }
     });
     let (cut_after, served_meanwhile) = rt.block_on(async {
-        let mut c = raw_client(&st, &st.conf).await;
+        let mut c = st.raw_client(&st.conf, "slow").await;
         let started = Instant::now();
         // A frame header announcing 1000 bytes, then one byte per second.
         c.write_all(&1000u32.to_be_bytes()).await.unwrap();

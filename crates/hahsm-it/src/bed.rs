@@ -185,6 +185,18 @@ impl Bed {
         self.nft(to, &format!("add rule inet bed input ip saddr {src} drop"));
     }
 
+    /// The hosts of `side` and those of `other` no longer hear each other
+    /// (both ways); every other host still hears both, as an application
+    /// host does when the members' own links fail.
+    pub fn split(&self, side: &[&str], other: &[&str]) {
+        for a in side {
+            for b in other {
+                self.cut_one_way(a, b);
+                self.cut_one_way(b, a);
+            }
+        }
+    }
+
     /// `host` hears no one and no one hears it.
     pub fn isolate(&self, host: &str) {
         self.drops(host);

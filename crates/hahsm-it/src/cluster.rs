@@ -77,24 +77,51 @@ fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
 }
 
+/// How a test's group differs from the plain one; `Default` is the plain one.
+#[derive(Default)]
+pub struct Setup<'a> {
+    /// Extra `ha create-group` options (e.g. `--quorum`).
+    pub group_options: &'a [&'a str],
+    /// Extra TOML lines under member `i`'s `[monitoring]` (which may open
+    /// `[monitoring.alerts]`), e.g. its alert command.
+    pub monitoring: Option<&'a dyn Fn(usize) -> String>,
+    /// Extra TOML tables at the end of member `i`'s config, e.g. `[replication]`.
+    pub tables: Option<&'a dyn Fn(usize) -> String>,
+    /// Extra environment for member `i`'s daemon, e.g. libfaketime's.
+    pub env: Option<&'a dyn Fn(usize) -> crate::Env>,
+}
+
 impl Cluster {
     /// `n` members in one group, the first being the group's creator.
     pub fn new(n: usize) -> Cluster {
-        Self::with_group_options(n, &[])
+        Self::with(n, &Setup::default())
     }
 
     /// Like `new`, with extra `ha create-group` options (e.g. `--quorum`).
     pub fn with_group_options(n: usize, options: &[&str]) -> Cluster {
-        Self::build(n, options, &|_| String::new())
+        Self::with(
+            n,
+            &Setup {
+                group_options: options,
+                ..Setup::default()
+            },
+        )
     }
 
     /// Like `new`, with extra TOML lines under each member's `[monitoring]`
     /// (given the member's index), e.g. its alert command.
     pub fn with_monitoring(n: usize, monitoring: &dyn Fn(usize) -> String) -> Cluster {
-        Self::build(n, &[], monitoring)
+        Self::with(
+            n,
+            &Setup {
+                monitoring: Some(monitoring),
+                ..Setup::default()
+            },
+        )
     }
 
-    fn build(n: usize, options: &[&str], monitoring: &dyn Fn(usize) -> String) -> Cluster {
+    /// `n` members in one group, set up as `setup` says.
+    pub fn with(n: usize, setup: &Setup) -> Cluster {
         let work = tempfile::tempdir().expect("temp dir");
         let secrets = work.path().join("secrets");
         std::fs::create_dir_all(&secrets).expect("secrets dir");
@@ -113,7 +140,8 @@ impl Cluster {
         for i in 0..n {
             c.add_appliance(i, &domain, &owner);
         }
-        // Route every link through a proxy, then restart so the routes apply.
+        // Route every link through a proxy, then restart so the routes (and
+        // the setup's config and environment) apply.
         for i in 0..n {
             let mut routes = String::from("\n[peer_routes]\n");
             for j in 0..n {
@@ -124,11 +152,17 @@ impl Cluster {
                 }
             }
             let m = &mut c.members[i];
-            m.add_monitoring(&monitoring(i));
+            if let Some(monitoring) = setup.monitoring {
+                m.add_monitoring(&monitoring(i));
+            }
+            let tables = setup.tables.map(|t| t(i)).unwrap_or_default();
             let text = std::fs::read_to_string(&m.config).expect("config");
             // Top-level keys must come before the first table.
             let (top, rest) = text.split_at(text.find("[limits]").unwrap_or(text.len()));
-            std::fs::write(&m.config, format!("{top}{rest}{routes}")).expect("config");
+            std::fs::write(&m.config, format!("{top}{rest}{routes}\n{tables}\n")).expect("config");
+            for (k, v) in setup.env.map(|e| e(i)).unwrap_or_default() {
+                m.set_env(&k, &v);
+            }
             m.stop();
             m.spawn();
         }
@@ -141,7 +175,7 @@ impl Cluster {
             .expect_ok();
         }
         let mut create = vec!["create-group", "--label", GROUP, "--partition", PARTITION];
-        create.extend_from_slice(options);
+        create.extend_from_slice(setup.group_options);
         c.ha(0, &create).expect_ok();
         for j in 1..n {
             c.add_member(j).expect_ok();

@@ -5,6 +5,7 @@
 //! The binaries come from the workspace's target directory (`HAHSM_BIN_DIR`
 //! overrides it); `scripts/test.sh` builds them before the tests run.
 pub mod bed;
+pub mod bed_group;
 pub mod cluster;
 pub mod docker;
 pub mod proxy;
@@ -15,6 +16,9 @@ use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Environment variables for a process, as (name, value).
+pub type Env = Vec<(String, String)>;
 
 /// The directory holding `hahsmd` and `hahsm`.
 pub fn bin_dir() -> PathBuf {
@@ -115,6 +119,8 @@ pub struct Member {
     pub peer_address: String,
     /// The network namespace it runs in (a host of a `bed::Bed`), if any.
     netns: Option<String>,
+    /// Extra environment for the daemon (e.g. libfaketime's), from its next start.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -174,6 +180,7 @@ impl Member {
             address: String::new(),
             peer_address: String::new(),
             netns: netns.map(String::from),
+            env: Vec::new(),
             child: None,
         };
         m.spawn();
@@ -190,6 +197,12 @@ impl Member {
             }
             None => Command::new(bin("hahsmd")),
         }
+    }
+
+    /// Sets an environment variable for the daemon; it applies at the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Adds top-level TOML lines (e.g. `log_format = "json"`); they apply at
@@ -293,6 +306,7 @@ impl Member {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -819,4 +833,37 @@ pub fn run_command(cmd: &mut Command) -> Run {
             .output()
             .unwrap_or_else(|e| panic!("{program}: {e}")),
     )
+}
+
+/// An alert command for a member's `[monitoring.alerts] exec`: it appends
+/// "KIND STATUS MEMBER JSON" to the file named by its argument (the
+/// variables and the JSON on stdin, as the member passes them).
+pub fn alert_script(dir: &Path) -> PathBuf {
+    let script = dir.join("alert.sh");
+    std::fs::write(
+        &script,
+        // One write per alert, so a reader never sees half a line.
+        "#!/bin/sh\njson=$(cat)\nprintf '%s %s %s %s\\n' \"$HAHSM_ALERT_KIND\" \"$HAHSM_ALERT_STATUS\" \"$HAHSM_ALERT_MEMBER\" \"$json\" >> \"$1\"\n",
+    )
+    .expect("alert script written");
+    script
+}
+
+/// The `[monitoring]` lines (after `extra`) that run `alert_script` for
+/// every alert, appending to `out`.
+pub fn exec_alerts_config(script: &Path, out: &Path, extra: &str) -> String {
+    format!(
+        "{extra}[monitoring.alerts]\nexec = [\"/bin/sh\", \"{}\", \"{}\"]\nretry_backoff_ms = 100\n",
+        script.display(),
+        out.display()
+    )
+}
+
+/// The alerts `alert_script` wrote to `path`, one line each.
+pub fn alerts_in(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }

@@ -3,9 +3,10 @@
 //! OpenMetrics parser (Python's prometheus_client, installed by scripts/test-deps.sh),
 //! `hahsm monitor`, and policy drift detected, alerted and synced.
 use hahsm_it::cluster::{Cluster, GROUP, PARTITION};
-use hahsm_it::{hahsm, hahsm_env, Standalone, PARTITION as PARTITION_1};
+use hahsm_it::{
+    alert_script, alerts_in, exec_alerts_config, hahsm, hahsm_env, Standalone, PARTITION as PARTITION_1,
+};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,35 +19,6 @@ fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     done()
-}
-
-/// An alert command that appends "KIND STATUS MEMBER JSON" to the file named
-/// by its argument: the variables and the JSON on stdin, as the member passes them.
-fn alert_script(dir: &Path) -> PathBuf {
-    let script = dir.join("alert.sh");
-    std::fs::write(
-        &script,
-        // One write per alert, so a reader never sees half a line.
-        "#!/bin/sh\njson=$(cat)\nprintf '%s %s %s %s\\n' \"$HAHSM_ALERT_KIND\" \"$HAHSM_ALERT_STATUS\" \"$HAHSM_ALERT_MEMBER\" \"$json\" >> \"$1\"\n",
-    )
-    .unwrap();
-    script
-}
-
-fn exec_config(script: &Path, out: &Path, extra: &str) -> String {
-    format!(
-        "{extra}[monitoring.alerts]\nexec = [\"/bin/sh\", \"{}\", \"{}\"]\nretry_backoff_ms = 100\n",
-        script.display(),
-        out.display()
-    )
-}
-
-fn alerts(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// A webhook receiver on loopback that answers 503 to its first request and
@@ -100,7 +72,7 @@ fn killing_a_member_with_no_application_runs_the_alert_command_within_3s() {
     let (webhook, bodies) = flaky_webhook();
     let c = Cluster::with_monitoring(3, &|i| {
         let out = tmp.path().join(format!("alerts{i}.log"));
-        let mut cfg = exec_config(&script, &out, "out_of_sync_after_secs = 1\n");
+        let mut cfg = exec_alerts_config(&script, &out, "out_of_sync_after_secs = 1\n");
         if i == 0 {
             cfg.push_str(&format!("webhook = \"{webhook}\"\n"));
         }
@@ -113,9 +85,9 @@ fn killing_a_member_with_no_application_runs_the_alert_command_within_3s() {
     c.members[2].kill9();
     let down = |line: &String| line.starts_with(&format!("member-down firing {victim} "));
     assert!(
-        wait(Duration::from_secs(10), || alerts(&out0).iter().any(down)),
+        wait(Duration::from_secs(10), || alerts_in(&out0).iter().any(down)),
         "no member-down alert on member 0: {:?}\n{}",
-        alerts(&out0),
+        alerts_in(&out0),
         c.members[0].log()
     );
     let took = killed.elapsed();
@@ -125,9 +97,9 @@ fn killing_a_member_with_no_application_runs_the_alert_command_within_3s() {
     );
     // The other survivor raises it too, each member from its own view.
     let out1 = tmp.path().join("alerts1.log");
-    assert!(wait(Duration::from_secs(5), || alerts(&out1).iter().any(down)));
+    assert!(wait(Duration::from_secs(5), || alerts_in(&out1).iter().any(down)));
     // The JSON on stdin names the group and the member, and the reporter.
-    let line = alerts(&out0).into_iter().find(down).unwrap();
+    let line = alerts_in(&out0).into_iter().find(down).unwrap();
     let json: serde_json::Value = serde_json::from_str(line.splitn(4, ' ').nth(3).unwrap()).unwrap();
     assert_eq!(json["kind"], "member-down");
     assert_eq!(json["group"], GROUP);
@@ -156,9 +128,9 @@ fn killing_a_member_with_no_application_runs_the_alert_command_within_3s() {
         l.starts_with("out-of-sync firing ") && l.contains(&format!("member {victim} (hsm2) is down"))
     };
     assert!(
-        wait(Duration::from_secs(10), || alerts(&out0).iter().any(outage)),
+        wait(Duration::from_secs(10), || alerts_in(&out0).iter().any(outage)),
         "no out-of-sync alert: {:?}",
-        alerts(&out0)
+        alerts_in(&out0)
     );
 
     // The member comes back: member-recovered, again with no application,
@@ -166,24 +138,24 @@ fn killing_a_member_with_no_application_runs_the_alert_command_within_3s() {
     c.members[2].spawn();
     let recovered = |line: &String| line.starts_with(&format!("member-recovered firing {victim} "));
     assert!(
-        wait(Duration::from_secs(15), || alerts(&out0).iter().any(recovered)),
+        wait(Duration::from_secs(15), || alerts_in(&out0).iter().any(recovered)),
         "no member-recovered alert: {:?}",
-        alerts(&out0)
+        alerts_in(&out0)
     );
     assert!(
         wait(Duration::from_secs(15), || {
-            let all = alerts(&out0);
+            let all = alerts_in(&out0);
             let fired = all.iter().position(outage).unwrap_or(usize::MAX);
             all.iter()
                 .skip(fired.saturating_add(1))
                 .any(|l| l.starts_with("out-of-sync resolved "))
         }),
         "no out-of-sync resolved alert after the outage: {:?}",
-        alerts(&out0)
+        alerts_in(&out0)
     );
     // Nothing secret travels in an alert.
     let secret = std::fs::read(&c.owner_secret).unwrap();
-    for line in alerts(&out0) {
+    for line in alerts_in(&out0) {
         assert!(!line.contains(hahsm_it::cluster::PIN));
         assert!(!line.contains(&hex::encode(&secret)));
     }
@@ -466,7 +438,7 @@ fn policy_drift_is_detected_alerted_and_synced() {
     let script = alert_script(tmp.path());
     let out0 = tmp.path().join("alerts0.log");
     let c = Cluster::with_monitoring(2, &|i| {
-        exec_config(
+        exec_alerts_config(
             &script,
             &tmp.path().join(format!("alerts{i}.log")),
             "policy_drift_after_secs = 1\n",
@@ -508,11 +480,11 @@ fn policy_drift_is_detected_alerted_and_synced() {
     let drift = c.status(0)["policy_drift"].clone();
     assert_eq!(drift.as_array().map(Vec::len), Some(1), "{drift}");
     assert!(
-        wait(Duration::from_secs(10), || alerts(&out0).iter().any(|l| l
+        wait(Duration::from_secs(10), || alerts_in(&out0).iter().any(|l| l
             .starts_with("policy-drift firing ")
             && l.contains("max-failed-logins"))),
         "no policy-drift alert: {:?}",
-        alerts(&out0)
+        alerts_in(&out0)
     );
 
     // Sync member 1 from member 0, through member 1's console.
@@ -553,11 +525,11 @@ fn policy_drift_is_detected_alerted_and_synced() {
         .to_string();
     assert!(line.contains("10"), "{policies}");
     assert!(
-        wait(Duration::from_secs(10), || alerts(&out0)
+        wait(Duration::from_secs(10), || alerts_in(&out0)
             .iter()
             .any(|l| l.starts_with("policy-drift resolved "))),
         "{:?}",
-        alerts(&out0)
+        alerts_in(&out0)
     );
     // Syncing again changes nothing.
     let again = c
@@ -582,7 +554,7 @@ fn counters_exist_at_zero_before_their_first_event() {
     let work = tempfile::tempdir().unwrap();
     let script = alert_script(work.path());
     let out = work.path().join("alerts.log");
-    let st = Standalone::build_monitored(work, "", &exec_config(&script, &out, ""));
+    let st = Standalone::build_monitored(work, "", &exec_alerts_config(&script, &out, ""));
     let url = st.member.metrics_url();
     let m = scrape(&url);
     for user in ["user", "so"] {
@@ -603,6 +575,8 @@ fn counters_exist_at_zero_before_their_first_event() {
         ("policy-drift", "firing"),
         ("policy-drift", "resolved"),
         ("pin-lockout", "firing"),
+        ("clock-offset", "firing"),
+        ("clock-offset", "resolved"),
     ] {
         assert_eq!(
             m.value("hahsm_alerts_total", &[("kind", kind), ("status", status)]),
@@ -698,7 +672,7 @@ fn sighup_reloads_the_alert_targets() {
     let work = tempfile::tempdir().unwrap();
     let script = alert_script(work.path());
     let (old, new) = (work.path().join("old.log"), work.path().join("new.log"));
-    let st = Standalone::build_monitored(work, "", &exec_config(&script, &old, ""));
+    let st = Standalone::build_monitored(work, "", &exec_alerts_config(&script, &old, ""));
     st.set_partition_policy(15, 2);
     let text = std::fs::read_to_string(&st.member.config).unwrap();
     let changed = text.replace(&old.display().to_string(), &new.display().to_string());
@@ -717,17 +691,17 @@ fn sighup_reloads_the_alert_targets() {
         st.keys_with_pin("not-the-pin-42", &["list"]).expect_err("PIN");
     }
     assert!(
-        wait(Duration::from_secs(10), || alerts(&new)
+        wait(Duration::from_secs(10), || alerts_in(&new)
             .iter()
             .any(|l| l.starts_with("pin-lockout firing "))),
         "no lockout alert at the new target: {:?}\n{}",
-        alerts(&new),
+        alerts_in(&new),
         st.member.log()
     );
     assert!(
-        alerts(&old).is_empty(),
+        alerts_in(&old).is_empty(),
         "the old target still got {:?}",
-        alerts(&old)
+        alerts_in(&old)
     );
 }
 
@@ -736,21 +710,21 @@ fn a_pin_lockout_raises_an_alert_without_the_pin() {
     let work = tempfile::tempdir().unwrap();
     let script = alert_script(work.path());
     let out = work.path().join("alerts.log");
-    let st = Standalone::build_monitored(work, "", &exec_config(&script, &out, ""));
+    let st = Standalone::build_monitored(work, "", &exec_alerts_config(&script, &out, ""));
     st.set_partition_policy(15, 3);
     let wrong = "not-the-pin-42";
     for _ in 0..3 {
         st.keys_with_pin(wrong, &["list"]).expect_err("PIN");
     }
     assert!(
-        wait(Duration::from_secs(10), || alerts(&out)
+        wait(Duration::from_secs(10), || alerts_in(&out)
             .iter()
             .any(|l| l.starts_with("pin-lockout firing "))),
         "no lockout alert: {:?}\n{}",
-        alerts(&out),
+        alerts_in(&out),
         st.member.log()
     );
-    let line = alerts(&out)
+    let line = alerts_in(&out)
         .into_iter()
         .find(|l| l.starts_with("pin-lockout"))
         .unwrap();
@@ -760,13 +734,13 @@ fn a_pin_lockout_raises_an_alert_without_the_pin() {
     st.keys(&["list"]).expect_err("locked");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        alerts(&out)
+        alerts_in(&out)
             .iter()
             .filter(|l| l.starts_with("pin-lockout"))
             .count(),
         1,
         "{:?}",
-        alerts(&out)
+        alerts_in(&out)
     );
     // The same alert is kept in the member's own alerts.jsonl.
     let kept = std::fs::read_to_string(st.member.data_dir().join("alerts.jsonl")).unwrap();

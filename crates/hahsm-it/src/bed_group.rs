@@ -1,0 +1,270 @@
+//! A `quorum` HA group of three members on a test bed (`bed::Bed`): each
+//! member in its own network namespace with its own address, an application
+//! host beside them, and one client registered on every member. The members'
+//! config and environment can be given (a `[replication]` table, libfaketime).
+use crate::bed::Bed;
+use crate::cluster::{set_up_for_ha, GROUP, PARTITION, PIN};
+use crate::{bin, hahsm, run_command, Env, Member, Run};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// The members' host names; the application's is `app`.
+pub const MEMBERS: [&str; 3] = ["hsm1", "hsm2", "hsm3"];
+
+/// How the group's members differ from the plain ones.
+#[derive(Default)]
+pub struct BedSetup<'a> {
+    /// TOML tables appended to every member's config, e.g. `[replication]`.
+    pub tables: &'a str,
+    /// Extra environment for the member on host `name`, e.g. libfaketime's.
+    pub env: Option<&'a dyn Fn(&str) -> Env>,
+}
+
+/// The members before the bed: a struct's fields drop in order, so the
+/// daemons are stopped before their namespaces go.
+pub struct BedGroup {
+    pub members: Vec<Member>,
+    pub conf: std::path::PathBuf,
+    pub work: tempfile::TempDir,
+    pub bed: Bed,
+}
+
+/// `hahsm ha ARGS…` on member `m`'s console.
+pub fn ha(m: &Member, args: &[&str]) -> Run {
+    let socket = m.admin_socket();
+    let mut full = vec!["ha", "--socket", socket.to_str().expect("utf-8 path")];
+    full.extend_from_slice(args);
+    hahsm(None, &full)
+}
+
+impl BedGroup {
+    pub fn new(setup: &BedSetup) -> BedGroup {
+        let bed = Bed::new(&["hsm1", "hsm2", "hsm3", "app"]);
+        let work = tempfile::tempdir().expect("temp dir");
+        let domain = work.path().join("domain.key");
+        let owner = work.path().join("owner.key");
+        let mut members = Vec::new();
+        for name in MEMBERS {
+            let host = bed.host(name);
+            let dir = work.path().join(name);
+            let mut m = Member::start_in_netns(&dir, &host.netns, &host.ip);
+            let env = setup.env.map(|e| e(name)).unwrap_or_default();
+            if !setup.tables.is_empty() || !env.is_empty() {
+                let text = std::fs::read_to_string(&m.config).expect("config");
+                std::fs::write(&m.config, format!("{text}\n{}\n", setup.tables)).expect("config written");
+                for (k, v) in env {
+                    m.set_env(&k, &v);
+                }
+                m.stop();
+                m.spawn();
+            }
+            set_up_for_ha(
+                &m,
+                name,
+                &dir.join("so.key"),
+                &["--domain-secret", domain.to_str().expect("utf-8 path")],
+                &owner,
+            );
+            ha(
+                &m,
+                &[
+                    "prepare",
+                    "--partition",
+                    PARTITION,
+                    "--owner-secret",
+                    owner.to_str().expect("utf-8 path"),
+                ],
+            )
+            .expect_ok();
+            members.push(m);
+        }
+        ha(
+            &members[0],
+            &[
+                "create-group",
+                "--label",
+                GROUP,
+                "--partition",
+                PARTITION,
+                "--quorum",
+            ],
+        )
+        .expect_ok();
+        for m in &members[1..] {
+            ha(
+                &members[0],
+                &[
+                    "add-member",
+                    "--group",
+                    GROUP,
+                    "--address",
+                    &m.peer_address,
+                    "--fingerprint",
+                    &m.fingerprint(),
+                ],
+            )
+            .expect_ok();
+        }
+        let conf = work.path().join("client/client.toml");
+        hahsm(Some(&conf), &["client", "create-cert", "--name", "app1"]).expect_ok();
+        let cert = conf.with_file_name("app1.pem");
+        for (name, m) in MEMBERS.iter().zip(&members) {
+            hahsm(
+                Some(&conf),
+                &[
+                    "client",
+                    "add-server",
+                    "--name",
+                    name,
+                    "--address",
+                    &m.address,
+                    "--fingerprint",
+                    &m.fingerprint(),
+                ],
+            )
+            .expect_ok();
+            m.admin(&[
+                "client",
+                "register",
+                "--client",
+                "app1",
+                "--cert",
+                cert.to_str().expect("utf-8 path"),
+            ])
+            .expect_ok();
+            m.admin(&[
+                "client",
+                "assign-partition",
+                "--client",
+                "app1",
+                "--partition",
+                PARTITION,
+            ])
+            .expect_ok();
+        }
+        let g = BedGroup {
+            members,
+            conf,
+            work,
+            bed,
+        };
+        g.wait_in_sync(Duration::from_secs(30));
+        g
+    }
+
+    pub fn index(name: &str) -> usize {
+        MEMBERS
+            .iter()
+            .position(|m| *m == name)
+            .unwrap_or_else(|| panic!("no member host {name}"))
+    }
+
+    /// `/health/ready` of a member, asked inside its namespace.
+    pub fn ready(&self, name: &str) -> (u16, String) {
+        let m = &self.members[Self::index(name)];
+        let addr = std::fs::read_to_string(m.data_dir().join("metrics.addr")).unwrap_or_default();
+        let url = format!("http://{}/health/ready", addr.trim());
+        let r = self
+            .bed
+            .exec(name, "curl", &["-s", "-m", "3", "-w", "\n%{http_code}", &url]);
+        let (body, code) = r.stdout.rsplit_once('\n').unwrap_or(("", ""));
+        (code.trim().parse().unwrap_or(0), body.trim().to_string())
+    }
+
+    pub fn wait_ready(&self, name: &str, code: u16, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (got, body) = self.ready(name);
+            if got == code {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: /health/ready {got} ({body}), not {code}, after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Every member in sync with the same digest, as each sees the group.
+    pub fn wait_in_sync(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let views: Vec<serde_json::Value> = self
+                .members
+                .iter()
+                .map(|m| serde_json::from_str(&ha(m, &["show", "--json"]).stdout).unwrap_or_default())
+                .collect();
+            let digests: std::collections::BTreeSet<String> = views
+                .iter()
+                .flat_map(|v| v["members"].as_array().cloned().unwrap_or_default())
+                .map(|m| m["digest"].to_string())
+                .collect();
+            if views.iter().all(|v| v["in_sync"] == true) && digests.len() == 1 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the members are not in sync after {timeout:?}: {views:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `hahsm ARGS…` on the application's host, with the client config, PIN and partition.
+    pub fn app(&self, args: &[&str]) -> Run {
+        run_command(
+            self.bed
+                .command("app", &bin("hahsm"))
+                .args(args)
+                .env("HAHSM_CONF", &self.conf)
+                .env("HAHSM_PIN", PIN)
+                .env("HAHSM_PARTITION", PARTITION),
+        )
+    }
+
+    /// Where the application's PKCS#11 module logs (`HAHSM_PKCS11_LOG`).
+    pub fn module_log(&self) -> std::path::PathBuf {
+        self.work.path().join("app-pkcs11.log")
+    }
+
+    /// `program ARGS…` started on the application's host, with the client
+    /// config, PIN and partition, its output piped and its module's log at
+    /// `module_log`.
+    pub fn spawn_app(&self, program: &std::path::Path, args: &[&str]) -> Child {
+        self.bed
+            .command("app", program)
+            .args(args)
+            .env("HAHSM_PKCS11_LOG", self.module_log())
+            .env("HAHSM_CONF", &self.conf)
+            .env("HAHSM_PIN", PIN)
+            .env("HAHSM_PARTITION", PARTITION)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", program.display()))
+    }
+
+    /// `hahsm bench` in the application's namespace: signatures through the HA slot.
+    pub fn start_signing(&self, seconds: u32) -> Child {
+        let seconds = seconds.to_string();
+        self.spawn_app(
+            &bin("hahsm"),
+            &[
+                "bench",
+                "--slot",
+                "ha",
+                "--mode",
+                "ecdsa-sign:p256",
+                "--threads",
+                "2",
+                "--warmup",
+                "0",
+                "--seconds",
+                &seconds,
+                "--json",
+            ],
+        )
+    }
+}

@@ -31,6 +31,8 @@ declare -A package_of=(
   [curl]=curl
   # The members' alerts sent to a real Alertmanager (t61_prometheus).
   [prometheus-alertmanager]=prometheus-alertmanager
+  # A member whose wall clock runs fast (libfaketime; t74_lease_and_clocks).
+  [faketime]=faketime
 )
 missing=()
 for command in "${!package_of[@]}"; do

@@ -168,6 +168,27 @@ pub fn render_group(g: &GroupStatus, digests: bool) -> String {
             g.label
         );
     }
+    let offsets: Vec<String> = g
+        .members
+        .iter()
+        .filter_map(|m| m.clock_offset_ms.map(|ms| format!("{} {ms:+} ms", m.name)))
+        .collect();
+    if g.clock_problems.is_empty() {
+        let _ = writeln!(
+            s,
+            "clocks: within the maximum offset{}",
+            if offsets.is_empty() {
+                String::new()
+            } else {
+                format!(" (peer minus this member: {})", offsets.join(", "))
+            }
+        );
+    } else {
+        let _ = writeln!(s, "CLOCK OFFSET:");
+        for line in &g.clock_problems {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
     s
 }
 

@@ -111,6 +111,7 @@ fn main() {
                 partition: vec![(15, 10)],
             },
             metrics: "http://127.0.0.1:9792/metrics".into(),
+            wall_ms: 1_700_000_000_000,
         },
     };
     write(

@@ -399,6 +399,9 @@ pub struct GroupMemberStatus {
     pub policies: crate::peer::PolicySnapshot,
     /// Its metrics URL, or empty when unknown.
     pub metrics: String,
+    /// Its wall clock minus this member's, in milliseconds, as last measured
+    /// (None for this member itself, and for a peer not measured yet).
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,4 +420,7 @@ pub struct GroupStatus {
     /// One line per HSM or partition policy whose value differs between
     /// members; empty when every member has the same policies.
     pub policy_drift: Vec<String>,
+    /// One line per clock further off than the maximum offset: a peer this
+    /// member refuses, or this member itself when it takes no writes.
+    pub clock_problems: Vec<String>,
 }

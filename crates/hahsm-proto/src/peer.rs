@@ -125,6 +125,10 @@ pub struct ReplicaState {
     pub policies: PolicySnapshot,
     /// The member's metrics URL (`http://host:port/metrics`), or empty.
     pub metrics: String,
+    /// The member's wall clock (milliseconds since the Unix epoch) when it
+    /// made this state: the heartbeat's sender compares it with its own to
+    /// measure the clock offset between them (docs/replication.md §8.1).
+    pub wall_ms: u64,
 }
 
 /// One member's policy values: `(policy number, value)`, sorted by number.

@@ -48,6 +48,19 @@ impl Hlc {
             logical,
         }
     }
+
+    /// Like `observe`, but refuses a remote stamp more than `max_ahead_ms`
+    /// ahead of this member's wall clock (it comes from a clock that runs
+    /// fast): adopting it would drag this member's clock, and every later
+    /// stamp of the group, that far into the future. Returns how far ahead
+    /// it was.
+    pub fn observe_bounded(self, remote: Hlc, now_ms: u64, max_ahead_ms: u64) -> Result<Hlc, u64> {
+        let ahead = remote.wall_ms.saturating_sub(now_ms);
+        if ahead > max_ahead_ms {
+            return Err(ahead);
+        }
+        Ok(self.observe(remote, now_ms))
+    }
 }
 
 #[cfg(test)]
@@ -77,5 +90,27 @@ mod tests {
         };
         let next = local.observe(remote, 20);
         assert!(next > remote && next > local);
+    }
+
+    #[test]
+    fn a_stamp_further_ahead_than_the_bound_is_refused_and_moves_nothing() {
+        let local = Hlc {
+            wall_ms: 1_000,
+            logical: 0,
+        };
+        let fast = Hlc {
+            wall_ms: 6_000,
+            logical: 0,
+        };
+        assert_eq!(local.observe_bounded(fast, 1_000, 500), Err(5_000));
+        // Within the bound it is adopted as `observe` would.
+        let near = Hlc {
+            wall_ms: 1_400,
+            logical: 2,
+        };
+        assert_eq!(
+            local.observe_bounded(near, 1_000, 500),
+            Ok(local.observe(near, 1_000))
+        );
     }
 }

@@ -46,11 +46,12 @@ pub enum AlertKind {
     OutOfSync,
     PolicyDrift,
     PinLockout,
+    ClockOffset,
 }
 
 impl AlertKind {
     /// Every kind, with the statuses it is raised with.
-    pub const ALL: [(AlertKind, &'static [AlertStatus]); 5] = [
+    pub const ALL: [(AlertKind, &'static [AlertStatus]); 6] = [
         (AlertKind::MemberDown, &[AlertStatus::Firing]),
         (AlertKind::MemberRecovered, &[AlertStatus::Firing]),
         (
@@ -62,6 +63,10 @@ impl AlertKind {
             &[AlertStatus::Firing, AlertStatus::Resolved],
         ),
         (AlertKind::PinLockout, &[AlertStatus::Firing]),
+        (
+            AlertKind::ClockOffset,
+            &[AlertStatus::Firing, AlertStatus::Resolved],
+        ),
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +76,7 @@ impl AlertKind {
             AlertKind::OutOfSync => "out-of-sync",
             AlertKind::PolicyDrift => "policy-drift",
             AlertKind::PinLockout => "pin-lockout",
+            AlertKind::ClockOffset => "clock-offset",
         }
     }
 }
@@ -476,6 +482,7 @@ fn am_labels(alert: &Alert) -> (AmLabels, AmRole) {
         (AlertKind::PolicyDrift, s) => ("HahsmPolicyDrift", "warning", am_role(s)),
         (AlertKind::PinLockout, AlertStatus::Firing) => ("HahsmPinLocked", "critical", AmRole::Once),
         (AlertKind::PinLockout, AlertStatus::Resolved) => ("HahsmPinLocked", "critical", AmRole::Resolve),
+        (AlertKind::ClockOffset, s) => ("HahsmClockOffset", "critical", am_role(s)),
     };
     let mut labels = AmLabels::new();
     labels.insert("alertname", alertname.to_string());
@@ -518,6 +525,11 @@ fn am_description(alert: &Alert) -> String {
         AlertKind::PolicyDrift => format!(
             "Policies differ between the members of HA group {group}. `hahsm ha show` lists \
              each difference; `hahsm ha sync-policies` gives one member's policies to the others."
+        ),
+        AlertKind::ClockOffset => format!(
+            "A clock in HA group {group} is further off than the maximum offset: the member whose \
+             clock is off takes no writes and its peers take none from it. Fix its time \
+             synchronisation (NTP); `hahsm ha show` shows each member's offset."
         ),
         AlertKind::PinLockout => format!(
             "Partition {} refuses every login after too many wrong PINs. Find the application \

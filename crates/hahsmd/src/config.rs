@@ -42,6 +42,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub monitoring: Monitoring,
+    #[serde(default)]
+    pub replication: Replication,
 }
 
 fn default_log_level() -> String {
@@ -129,6 +131,55 @@ impl Default for AlertTargets {
     }
 }
 
+/// The HA group's clock and lease rules (`[replication]`); see
+/// docs/replication.md §7.1 and §8.1. Every member of a group should have
+/// the same values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replication {
+    /// The largest clock offset tolerated between members. A peer whose
+    /// clock is further off is refused, and alerted; a member further off
+    /// than that from a majority of its group takes no writes; no operation
+    /// stamped further ahead than this of the member's clock is applied.
+    pub max_clock_offset_ms: u64,
+    /// Under the `quorum` write concern, a member that has not caught up
+    /// with a majority of its group within this time serves no key
+    /// operations: this is the bound after which a destroyed key signs no
+    /// more anywhere, a member cut off from the majority included.
+    pub quorum_lease_ms: u64,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            max_clock_offset_ms: 500,
+            quorum_lease_ms: 4_000,
+        }
+    }
+}
+
+impl Replication {
+    pub fn max_clock_offset(&self) -> Duration {
+        Duration::from_millis(self.max_clock_offset_ms)
+    }
+
+    pub fn quorum_lease(&self) -> Duration {
+        Duration::from_millis(self.quorum_lease_ms)
+    }
+
+    /// A lease shorter than two heartbeat rounds would lapse between them.
+    fn validate(&self) -> Result<(), String> {
+        if self.quorum_lease_ms < 2_000 {
+            return Err(format!(
+                "replication.quorum_lease_ms = {} is below 2000: the lease is renewed once a heartbeat \
+                 (every second), so a shorter one lapses between renewals",
+                self.quorum_lease_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Limits that keep one client from taking the member down.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -190,6 +241,10 @@ impl Config {
         let config: Config =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
         validate_alerts(&config.monitoring.alerts)
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        config
+            .replication
+            .validate()
             .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
         if let Some(a) = &config.advertise_address {
             validate_advertise(a).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;

@@ -340,7 +340,7 @@ async fn restore_into(
         }
     }
     for chunk in ops.chunks(500) {
-        let applied = active.apply_remote(chunk.to_vec()).await?;
+        let applied = active.apply_remote(chunk.to_vec(), u64::MAX).await?;
         if applied
             .iter()
             .any(|a| matches!(a, crate::partition::Applied::Gap { .. }))

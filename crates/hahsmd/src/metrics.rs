@@ -126,6 +126,8 @@ pub struct Metrics {
     group_in_sync: Family<GroupLabels, Gauge>,
     group_degraded: Family<GroupLabels, Gauge>,
     group_policy_drift: Family<GroupLabels, Gauge>,
+    group_clock_problems: Family<GroupLabels, Gauge>,
+    clock_offset_seconds: Family<MemberLabels, FloatGauge>,
     member_up: Family<MemberLabels, Gauge>,
     member_state: Family<MemberStateLabels, Gauge>,
     lag_operations: Family<MemberLabels, Gauge>,
@@ -161,6 +163,8 @@ impl Metrics {
             member_up: Family::default(),
             member_state: Family::default(),
             lag_operations: Family::default(),
+            group_clock_problems: Family::default(),
+            clock_offset_seconds: Family::default(),
             lag_seconds: Family::default(),
             certificate_not_after: Family::default(),
         };
@@ -231,6 +235,16 @@ impl Metrics {
             "group_policy_drift",
             "Number of HSM or partition policies whose value differs between members",
             m.group_policy_drift.clone(),
+        );
+        r.register(
+            "group_clock_problems",
+            "Clocks further off than the maximum offset: peers this member refuses, and itself when it takes no writes",
+            m.group_clock_problems.clone(),
+        );
+        r.register(
+            "member_clock_offset_seconds",
+            "The group member's wall clock minus this member's, as last measured by a heartbeat",
+            m.clock_offset_seconds.clone(),
         );
         r.register(
             "member_up",
@@ -375,9 +389,11 @@ impl Metrics {
             &self.group_in_sync,
             &self.group_degraded,
             &self.group_policy_drift,
+            &self.group_clock_problems,
         ] {
             f.clear();
         }
+        self.clock_offset_seconds.clear();
         self.member_up.clear();
         self.member_state.clear();
         self.lag_operations.clear();
@@ -391,6 +407,9 @@ impl Metrics {
             self.group_policy_drift
                 .get_or_create(&gl)
                 .set(g.policy_drift.len() as i64);
+            self.group_clock_problems
+                .get_or_create(&gl)
+                .set(g.clock_problems.len() as i64);
             for m in &g.members {
                 let ml = MemberLabels {
                     group: g.label.clone(),
@@ -414,6 +433,11 @@ impl Metrics {
                     .get_or_create(&ml)
                     .set(m.lag_operations as i64);
                 self.lag_seconds.get_or_create(&ml).set(m.lag_ms as f64 / 1000.0);
+                if let Some(ms) = m.clock_offset_ms {
+                    self.clock_offset_seconds
+                        .get_or_create(&ml)
+                        .set(ms as f64 / 1000.0);
+                }
             }
         }
     }

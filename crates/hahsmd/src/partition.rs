@@ -581,14 +581,43 @@ impl ActivePartition {
     /// Operations from a peer, their secrets already sealed under this
     /// partition's master key, applied with one sync to disk. Each origin's
     /// operations apply in sequence order only: past a gap, nothing of that
-    /// origin applies.
-    pub async fn apply_remote(&self, ops: Vec<Op>) -> TokenResult<Vec<Applied>> {
+    /// origin applies. An operation stamped more than `max_ahead_ms` ahead
+    /// of this member's clock comes from a clock that runs fast: it is not
+    /// applied yet (nor the later ones of its origin), so that its stamp
+    /// moves neither this member's clock nor the group's order; a later
+    /// pull brings it again.
+    pub async fn apply_remote(&self, ops: Vec<Op>, max_ahead_ms: u64) -> TokenResult<Vec<Applied>> {
         let mut state = self.writes.lock().await;
-        {
+        let mut held_back = std::collections::BTreeMap::new();
+        let ops: Vec<Op> = {
             let mut hlc = self.hlc.lock_or_recover();
-            for op in &ops {
-                *hlc = hlc.observe(op.stamp.hlc, crate::now_ms());
-            }
+            ops.into_iter()
+                .filter(|op| {
+                    if held_back.contains_key(&op.stamp.origin) {
+                        return false;
+                    }
+                    match hlc.observe_bounded(op.stamp.hlc, crate::now_ms(), max_ahead_ms) {
+                        Ok(next) => {
+                            *hlc = next;
+                            true
+                        }
+                        Err(ahead) => {
+                            held_back.insert(op.stamp.origin, (op.seq, ahead));
+                            false
+                        }
+                    }
+                })
+                .collect()
+        };
+        for (origin, (seq, ahead)) in held_back {
+            tracing::warn!(
+                partition = %self.name,
+                origin,
+                seq,
+                ahead_ms = ahead,
+                max_ahead_ms,
+                "an operation stamped further ahead of this member's clock than the maximum offset is held back"
+            );
         }
         self.persist(&mut state, ops).await
     }

@@ -52,7 +52,7 @@ async fn write(
 ) -> TokenResult<TokenResult<()>> {
     let group = crate::replication::group_of(app, &p.name);
     if let (Some(g), Concern::ClientWrite) = (&group, concern) {
-        g.write_allowed()?;
+        g.write_allowed().await?;
     }
     p.create_reserved(entries, op_id).await?;
     Ok(match &group {

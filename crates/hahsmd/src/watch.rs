@@ -1,6 +1,6 @@
 //! The watch loop: keeps each group's copy of this member's policies
 //! current (heartbeats carry it to the peers), and turns lasting conditions
-//! (out of sync, policy drift) into alerts. Member down and recovered come
+//! (out of sync, policy drift, a clock off) into alerts. Member down and recovered come
 //! straight from the replicator's failure detector (the HA log), so they
 //! fire as soon as the member is declared down.
 use crate::alerts::{Alert, AlertKind, AlertStatus};
@@ -44,6 +44,7 @@ impl Condition {
 struct GroupWatch {
     out_of_sync: Condition,
     drift: Condition,
+    clock: Condition,
 }
 
 /// The watch loop: keeps each group's view of this member's policies
@@ -89,6 +90,23 @@ pub async fn watch(app: Arc<Appliance>) {
                 };
                 app.monitor.raise(
                     Alert::new(AlertKind::PolicyDrift, status, summary)
+                        .group(&g.label)
+                        .partition(&g.partition),
+                );
+            }
+            // A clock off is alerted at once: writes are already refused.
+            if let Some(status) = w.clock.update(!g.clock_problems.is_empty(), Duration::ZERO) {
+                let summary = match status {
+                    AlertStatus::Firing => format!("HA group {}: {}", g.label, g.clock_problems.join("; ")),
+                    AlertStatus::Resolved => {
+                        format!(
+                            "HA group {}: every clock is within the maximum offset again",
+                            g.label
+                        )
+                    }
+                };
+                app.monitor.raise(
+                    Alert::new(AlertKind::ClockOffset, status, summary)
                         .group(&g.label)
                         .partition(&g.partition),
                 );

@@ -161,7 +161,7 @@ impl KeyOps<'_> {
         }
         let token = entries.iter().any(|e| e.attrs.flag(ck::CKA_TOKEN, false));
         if token {
-            self.before_write(ctx)?;
+            self.before_write(ctx).await?;
             let ids = ctx.active.create(entries, Some(op_id)).await?;
             self.after_write(ctx).await?;
             return Ok(ids);
@@ -304,9 +304,9 @@ impl KeyOps<'_> {
     }
 
     /// Refuses a write the group's write concern cannot take.
-    pub(super) fn before_write(&self, ctx: &Ctx) -> TokenResult<()> {
+    pub(super) async fn before_write(&self, ctx: &Ctx) -> TokenResult<()> {
         match crate::replication::group_of(self.app, &ctx.name) {
-            Some(g) => g.write_allowed(),
+            Some(g) => g.write_allowed().await,
             None => Ok(()),
         }
     }
@@ -367,7 +367,23 @@ impl KeyOps<'_> {
                 "key separation is enforced: this key both wraps and encrypts".into(),
             ));
         }
+        self.within_lease(&ctx, &entry)?;
         Ok((ctx, entry))
+    }
+
+    /// A token object may have been destroyed or changed on the majority
+    /// side of a cut this member is on the wrong side of: under quorum, only
+    /// a member holding the lease uses a token key or answers for a token
+    /// object's attributes (docs/replication.md §7.1). Session objects live
+    /// on this member alone.
+    pub(super) fn within_lease(&self, ctx: &Ctx, entry: &ObjectEntry) -> TokenResult<()> {
+        if !entry.attrs.flag(ck::CKA_TOKEN, false) {
+            return Ok(());
+        }
+        match crate::replication::group_of(self.app, &ctx.name) {
+            Some(g) => g.key_use_allowed(),
+            None => Ok(()),
+        }
     }
 
     /// The parsed key for an operation, once every check has passed.

@@ -66,6 +66,7 @@ impl KeyOps<'_> {
             } => {
                 let ctx = self.ctx(&partition)?;
                 let entry = self.object(&ctx, &object)?;
+                self.within_lease(&ctx, &entry)?;
                 let mut out = Vec::with_capacity(types.len());
                 for attr in types {
                     out.push((attr, self.attribute(&ctx, &entry, attr)?));
@@ -102,7 +103,7 @@ impl KeyOps<'_> {
                         .new_entry(object, attrs, secret.as_ref().map(|s| s.expose()))?;
                     self.conn.put_session_object(&ctx.name, e);
                 } else {
-                    self.before_write(&ctx)?;
+                    self.before_write(&ctx).await?;
                     ctx.active.update(object, changed, Some(op_id)).await?;
                     self.after_write(&ctx).await?;
                 }
@@ -156,7 +157,7 @@ impl KeyOps<'_> {
                 if self.conn.session_object(&ctx.name, &object).is_some() {
                     self.conn.remove_session_object(&object);
                 } else {
-                    self.before_write(&ctx)?;
+                    self.before_write(&ctx).await?;
                     ctx.active.destroy(object, Some(op_id)).await?;
                     self.after_write(&ctx).await?;
                     info!(client = %self.conn.client_name, partition, object = %object, "object destroyed");

@@ -391,6 +391,8 @@ pub(super) fn start(
         policies: RwLock::new(policy_snapshot(app, &p.name)),
         monitor: app.monitor.clone(),
         behind_since: Mutex::new(HashMap::new()),
+        rules: app.config.replication.clone(),
+        clock_origin: Instant::now(),
     });
     app.groups
         .write_or_recover()

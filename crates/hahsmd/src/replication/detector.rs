@@ -45,6 +45,63 @@ pub struct PeerStatus {
     /// by its next answer. The quorum check counts it unreachable meanwhile,
     /// so a member cut off from its peers refuses writes before making them.
     pub link_failed: bool,
+    /// The peer's clock against this member's, as last measured; kept while
+    /// the peer is away (a clock off before an outage is off after it).
+    pub clock: Option<ClockReading>,
+    /// When this member sent the last heartbeat whose answer it has since
+    /// caught up with: everything the peer held then is applied here. The
+    /// quorum lease is counted from it (`lease`).
+    pub caught_up_as_of: Option<Instant>,
+}
+
+/// One measurement of a peer's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockReading {
+    /// The peer's wall clock minus this member's, in milliseconds.
+    pub offset_ms: i64,
+    /// Half the round trip: the measurement is right to within this.
+    pub uncertainty_ms: u64,
+    /// This member's wall clock minus its monotonic clock when it measured
+    /// (`clock_anchor`): if its own wall clock jumps later, the anchor moves
+    /// by as much, and `offset_now` corrects the reading for it.
+    pub anchor_ms: i64,
+}
+
+/// A member's wall clock minus its monotonic clock (milliseconds since
+/// `origin`), which stays put while the wall clock runs normally and moves
+/// when it jumps or is stepped.
+pub fn clock_anchor(wall_ms: u64, now: Instant, origin: Instant) -> i64 {
+    wall_ms as i64 - now.saturating_duration_since(origin).as_millis() as i64
+}
+
+/// The offset of a peer's clock from a heartbeat: this member's wall clock
+/// when it sent (`sent_wall_ms`), the round trip, and the wall clock the
+/// peer's answer carries, taken as read half-way through the round trip.
+pub fn measure_clock(
+    sent_wall_ms: u64,
+    round_trip: Duration,
+    their_wall_ms: u64,
+    anchor_ms: i64,
+) -> ClockReading {
+    let half = round_trip.as_millis() as u64 / 2;
+    ClockReading {
+        offset_ms: their_wall_ms as i64 - (sent_wall_ms + half) as i64,
+        uncertainty_ms: half,
+        anchor_ms,
+    }
+}
+
+impl ClockReading {
+    /// The offset now: the reading, less however far this member's own wall
+    /// clock has jumped since (its anchor then and now).
+    pub fn offset_now(&self, anchor_now: i64) -> i64 {
+        self.offset_ms - (anchor_now - self.anchor_ms)
+    }
+
+    /// Whether the two clocks are certainly further apart than `max_ms`.
+    pub fn beyond(&self, anchor_now: i64, max_ms: u64) -> bool {
+        self.offset_now(anchor_now).unsigned_abs() > max_ms + self.uncertainty_ms
+    }
 }
 
 impl Default for PeerStatus {
@@ -58,6 +115,8 @@ impl Default for PeerStatus {
             recovery_attempts: 0,
             missed_write: false,
             link_failed: false,
+            clock: None,
+            caught_up_as_of: None,
         }
     }
 }
@@ -243,6 +302,113 @@ pub fn catching_up_with(def: &GroupDef, me: u64, mine: &VersionVector, peers: &P
         })
         .map(|m| m.serial)
         .collect()
+}
+
+/// The peers whose clock is further off than `max_ms` from this member's,
+/// with their offset now (peer minus this member, milliseconds).
+pub fn far_clocks(def: &GroupDef, me: u64, peers: &Peers, anchor_now: i64, max_ms: u64) -> Vec<(u64, i64)> {
+    def.members
+        .iter()
+        .filter(|m| m.serial != me)
+        .filter_map(|m| {
+            let c = status_of(peers, m.serial).clock?;
+            c.beyond(anchor_now, max_ms)
+                .then_some((m.serial, c.offset_now(anchor_now)))
+        })
+        .collect()
+}
+
+/// Why this member's clock keeps it from writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClockRefusal {
+    /// Peers not known to be down whose clocks it has not compared yet.
+    NotCompared(Vec<u64>),
+    /// Its clock is further off than the maximum from too many of the
+    /// members it has compared with: it agrees with `agreeing` of `known`
+    /// (itself included), no majority; `far` are the others.
+    Outvoted {
+        agreeing: usize,
+        known: usize,
+        far: Vec<(u64, i64)>,
+    },
+}
+
+/// Whether this member's clock must keep it from writing: a write's stamp
+/// comes from its clock, and a stamp from a clock that runs fast would win
+/// over writes acknowledged after it. It may write once it has compared
+/// clocks with every peer not known to be down or unreachable (waiting for
+/// one it cannot reach would not help), and only while its clock is
+/// within `max_ms` of a majority of the members it has compared with
+/// (itself included). With two members whose clocks disagree, neither has
+/// a majority: both stop writing, because which one is wrong cannot be told.
+pub fn clock_refusal(
+    def: &GroupDef,
+    me: u64,
+    peers: &Peers,
+    anchor_now: i64,
+    max_ms: u64,
+) -> Option<ClockRefusal> {
+    let others = || def.members.iter().filter(|m| m.serial != me);
+    let not_compared: Vec<u64> = others()
+        .filter(|m| {
+            let s = status_of(peers, m.serial);
+            s.clock.is_none() && s.health != PeerHealth::Down && !s.link_failed
+        })
+        .map(|m| m.serial)
+        .collect();
+    if !not_compared.is_empty() {
+        return Some(ClockRefusal::NotCompared(not_compared));
+    }
+    let known = 1 + others()
+        .filter(|m| status_of(peers, m.serial).clock.is_some())
+        .count();
+    let far = far_clocks(def, me, peers, anchor_now, max_ms);
+    let agreeing = known - far.len();
+    (!is_majority(agreeing, known)).then_some(ClockRefusal::Outvoted { agreeing, known, far })
+}
+
+/// Whether a member may serve key operations under the quorum lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// No lease applies: the write concern is `all-reachable`, or this
+    /// member is a majority by itself.
+    NotNeeded,
+    /// Until then: a majority of the voters (this member included) was
+    /// caught up with, as of `lease` before it.
+    Until(Instant),
+    /// It has not caught up with enough peers since it started.
+    Missing,
+}
+
+/// The quorum lease. A destroy under `quorum` returns once a majority holds
+/// the tombstone. A member renews its lease with a majority of the voters
+/// (itself and peers whose heartbeat answers it has caught up with); any
+/// two majorities share a member, so a renewal from heartbeats sent after
+/// the destroy returned brings the tombstone with it. A lease counted from
+/// heartbeats sent before then ends less than `lease` after the destroy
+/// returned: no member uses the key after that, a member cut off from the
+/// majority included.
+pub fn lease(def: &GroupDef, me: u64, peers: &Peers, lease: Duration) -> Lease {
+    if def.write_concern != WriteConcern::Quorum {
+        return Lease::NotNeeded;
+    }
+    let voters = voters(def);
+    let i_vote = def.member(me).is_some_and(|m| !m.standby);
+    let from_peers = (voters / 2 + 1).saturating_sub(i_vote as usize);
+    if from_peers == 0 {
+        return Lease::NotNeeded;
+    }
+    let mut renewals: Vec<Instant> = def
+        .members
+        .iter()
+        .filter(|m| m.serial != me && !m.standby)
+        .filter_map(|m| status_of(peers, m.serial).caught_up_as_of)
+        .collect();
+    renewals.sort_unstable_by(|a, b| b.cmp(a));
+    match renewals.get(from_peers - 1) {
+        Some(t) => Lease::Until(*t + lease),
+        None => Lease::Missing,
+    }
 }
 
 #[cfg(test)]
@@ -462,5 +628,106 @@ mod tests {
         let unheard = Peers::from([(3, PeerStatus::default())]);
         let def3 = group(WriteConcern::AllReachable, &[(1, false), (3, false)]);
         assert_eq!(catching_up_with(&def3, 1, &caught_up, &unheard), vec![3]);
+    }
+
+    fn clocked(offset_ms: i64) -> PeerStatus {
+        PeerStatus {
+            clock: Some(ClockReading {
+                offset_ms,
+                uncertainty_ms: 1,
+                anchor_ms: 0,
+            }),
+            ..PeerStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_clock_reading_is_taken_half_way_through_the_round_trip_and_follows_a_jump() {
+        let r = measure_clock(10_000, Duration::from_millis(20), 15_010, 7);
+        assert_eq!((r.offset_ms, r.uncertainty_ms), (5_000, 10));
+        // This member's own clock jumped 5 s ahead since: now they agree.
+        assert_eq!(r.offset_now(7 + 5_000), 0);
+        assert!(r.beyond(7, 500) && !r.beyond(5_007, 500));
+        let origin = Instant::now();
+        assert_eq!(
+            clock_anchor(9_000, origin + Duration::from_millis(1_000), origin),
+            8_000
+        );
+    }
+
+    #[test]
+    fn the_member_whose_clock_is_off_from_the_majority_stops_writing_and_the_others_do_not() {
+        let def = group(WriteConcern::Quorum, &[(1, false), (2, false), (3, false)]);
+        // Member 3 runs 5 s fast: 1 and 2 see it ahead, it sees them behind.
+        let at_1 = Peers::from([(2, clocked(3)), (3, clocked(5_000))]);
+        assert_eq!(clock_refusal(&def, 1, &at_1, 0, 500), None);
+        assert_eq!(far_clocks(&def, 1, &at_1, 0, 500), vec![(3, 5_000)]);
+        let at_3 = Peers::from([(1, clocked(-5_000)), (2, clocked(-4_997))]);
+        assert_eq!(
+            clock_refusal(&def, 3, &at_3, 0, 500),
+            Some(ClockRefusal::Outvoted {
+                agreeing: 1,
+                known: 3,
+                far: vec![(1, -5_000), (2, -4_997)]
+            })
+        );
+        // Two members that disagree cannot tell who is wrong: both stop.
+        let pair = group(WriteConcern::AllReachable, &[(1, false), (2, false)]);
+        assert!(clock_refusal(&pair, 1, &Peers::from([(2, clocked(900))]), 0, 500).is_some());
+        // A peer not compared yet holds writes back, unless it is down; a
+        // down peer's last reading still counts.
+        let unknown = Peers::from([(2, clocked(0))]);
+        assert_eq!(
+            clock_refusal(&def, 1, &unknown, 0, 500),
+            Some(ClockRefusal::NotCompared(vec![3]))
+        );
+        let mut gone = clocked(5_000);
+        gone.health = PeerHealth::Down;
+        let down = Peers::from([(2, with(PeerHealth::Down)), (3, gone)]);
+        assert_eq!(
+            clock_refusal(&def, 1, &down, 0, 500),
+            Some(ClockRefusal::Outvoted {
+                agreeing: 1,
+                known: 2,
+                far: vec![(3, 5_000)]
+            })
+        );
+    }
+
+    #[test]
+    fn the_lease_runs_from_the_latest_majority_caught_up_with() {
+        let t0 = Instant::now();
+        let lease_for = Duration::from_millis(4_000);
+        let renewed = |at: Duration| PeerStatus {
+            caught_up_as_of: Some(t0 + at),
+            ..PeerStatus::default()
+        };
+        let def = group(
+            WriteConcern::Quorum,
+            &[(1, false), (2, false), (3, false), (4, false), (5, false)],
+        );
+        // Of 5 voters, member 1 needs 2 peers: the second most recent counts.
+        let peers = Peers::from([
+            (2, renewed(Duration::from_millis(300))),
+            (3, renewed(Duration::from_millis(100))),
+            (4, renewed(Duration::from_millis(200))),
+        ]);
+        assert_eq!(
+            lease(&def, 1, &peers, lease_for),
+            Lease::Until(t0 + Duration::from_millis(200) + lease_for)
+        );
+        let one = Peers::from([(2, renewed(Duration::ZERO))]);
+        assert_eq!(lease(&def, 1, &one, lease_for), Lease::Missing);
+        // A standby's renewal does not count, and a standby needs a majority of the voters.
+        let with_standby = group(WriteConcern::Quorum, &[(1, false), (2, false), (3, true)]);
+        let standby_only = Peers::from([(3, renewed(Duration::ZERO))]);
+        assert_eq!(lease(&with_standby, 1, &standby_only, lease_for), Lease::Missing);
+        let from_2 = Peers::from([(2, renewed(Duration::ZERO))]);
+        assert_eq!(lease(&with_standby, 3, &from_2, lease_for), Lease::Missing);
+        // No lease under all-reachable, nor for a member that is a majority alone.
+        let ar = group(WriteConcern::AllReachable, &[(1, false), (2, false), (3, false)]);
+        assert_eq!(lease(&ar, 1, &Peers::new(), lease_for), Lease::NotNeeded);
+        let alone = group(WriteConcern::Quorum, &[(1, false), (2, true)]);
+        assert_eq!(lease(&alone, 1, &Peers::new(), lease_for), Lease::NotNeeded);
     }
 }

@@ -59,6 +59,11 @@ pub struct Group {
     pub(super) monitor: Arc<crate::monitor::Monitor>,
     /// Since when each member (by serial) has lacked operations.
     pub(super) behind_since: Mutex<HashMap<u64, Instant>>,
+    /// The maximum clock offset and the quorum lease (`[replication]`).
+    pub(super) rules: crate::config::Replication,
+    /// The origin of this member's monotonic clock readings, for
+    /// `detector::clock_anchor`.
+    pub(super) clock_origin: Instant,
 }
 
 impl Drop for Group {
@@ -92,7 +97,13 @@ impl Group {
             digest: p.content_digest(),
             policies: self.policies.read_or_recover().clone(),
             metrics: self.monitor.metrics_url().unwrap_or_default(),
+            wall_ms: crate::now_ms(),
         }
+    }
+
+    /// This member's clock anchor now (`detector::clock_anchor`).
+    fn clock_anchor(&self) -> i64 {
+        detector::clock_anchor(crate::now_ms(), Instant::now(), self.clock_origin)
     }
 
     /// Operations from the local log, their secrets re-sealed for the wire.
@@ -139,7 +150,7 @@ impl Group {
                 }
             }
         }
-        p.apply_remote(ops).await?;
+        p.apply_remote(ops, self.rules.max_clock_offset_ms).await?;
         Ok(())
     }
 
@@ -276,10 +287,13 @@ impl Group {
             epoch: def.epoch,
             state: self.state(p),
         };
+        let (sent, sent_wall) = (Instant::now(), crate::now_ms());
         let (epoch, theirs) = match self.call(member, hb, deadline).await {
             Ok(PeerResponse::HeartbeatAck { epoch, state }) => (epoch, state),
             _ => return false,
         };
+        let reading = detector::measure_clock(sent_wall, sent.elapsed(), theirs.wall_ms, self.clock_anchor());
+        self.set_peer(member.serial, |s| s.clock = Some(reading));
         self.seen(member.serial, &def.label, theirs.clone());
         if epoch < def.epoch {
             let _ = self
@@ -313,6 +327,11 @@ impl Group {
                     _ => break,
                 }
             }
+        }
+        // Everything the peer held when it answered is applied here: the
+        // quorum lease may count from when the heartbeat was sent.
+        if p.version_vector().covers(&their_vv) {
+            self.set_peer(member.serial, |s| s.caught_up_as_of = Some(sent));
         }
         // Push what we have and they lack, as a write does.
         let covered = self
@@ -552,28 +571,123 @@ impl Group {
         }
     }
 
-    /// Whether a write may go ahead under the group's write concern.
-    pub fn write_allowed(&self) -> TokenResult<()> {
-        match detector::quorum_refusal(&self.def(), self.me, &self.peers_now()) {
-            None => Ok(()),
-            Some((reachable, voters)) => Err(TokenError::NoQuorum(format!(
-                "write refused: write concern is quorum and only {reachable} of {voters} members are reachable"
-            ))),
+    /// Whether a write may go ahead under the group's write concern, and
+    /// with this member's clock (`detector::clock_refusal`). Both refusals
+    /// are `NoQuorum`, which the HA slot answers by asking another member.
+    /// A peer whose clock has not been compared yet (just after this member
+    /// started or joined) is waited for a little, anti-entropy woken at once.
+    pub async fn write_allowed(&self) -> TokenResult<()> {
+        const PATIENCE: Duration = Duration::from_millis(2000);
+        let started = Instant::now();
+        loop {
+            let def = self.def();
+            let peers = self.peers_now();
+            if let Some((reachable, voters)) = detector::quorum_refusal(&def, self.me, &peers) {
+                return Err(TokenError::NoQuorum(format!(
+                    "write refused: write concern is quorum and only {reachable} of {voters} members are reachable"
+                )));
+            }
+            let anchor = self.clock_anchor();
+            let refusal =
+                detector::clock_refusal(&def, self.me, &peers, anchor, self.rules.max_clock_offset_ms);
+            let waiting = matches!(refusal, Some(detector::ClockRefusal::NotCompared(_)));
+            if refusal.is_none() {
+                return Ok(());
+            }
+            self.wake.notify_one();
+            if !waiting || started.elapsed() >= PATIENCE {
+                let why = self.clock_refusal(&def, &peers).unwrap_or_default();
+                return Err(TokenError::NoQuorum(format!("write refused: {why}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Why this member's clock keeps it from writing, in words, if it does.
+    fn clock_refusal(&self, def: &GroupDef, peers: &Peers) -> Option<String> {
+        let max = self.rules.max_clock_offset_ms;
+        Some(
+            match detector::clock_refusal(def, self.me, peers, self.clock_anchor(), max)? {
+                detector::ClockRefusal::NotCompared(serials) => {
+                    format!("this member has not compared its clock with members {serials:?} of its group yet")
+                }
+                detector::ClockRefusal::Outvoted { agreeing, known, far } => format!(
+                    "this member's clock is more than the maximum offset ({max} ms) off from {}; it agrees \
+                     with only {agreeing} of the {known} members it compared with (peer minus this member: {})",
+                    if far.len() == 1 { "a peer" } else { "its peers" },
+                    far.iter()
+                        .map(|(serial, ms)| format!("{serial}: {ms:+} ms"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        )
+    }
+
+    /// Whether this member may use a token key or answer for a token
+    /// object's attributes now. Under `quorum` it must hold the lease
+    /// (`detector::lease`): a member that has not caught up with a majority
+    /// of its group within the lease time may have missed the destroy of
+    /// the key it is asked to use, or a change of the object.
+    pub fn key_use_allowed(&self) -> TokenResult<()> {
+        let lease_for = self.rules.quorum_lease();
+        let held = match detector::lease(&self.def.read_or_recover(), self.me, &self.peers_now(), lease_for) {
+            detector::Lease::NotNeeded => return Ok(()),
+            detector::Lease::Until(until) => Instant::now() < until,
+            detector::Lease::Missing => false,
+        };
+        if held {
+            return Ok(());
+        }
+        self.wake.notify_one();
+        Err(TokenError::NoQuorum(format!(
+            "refused: the write concern is quorum and this member has not caught up with a majority of its \
+             group within the lease ({} ms), so it may have missed a destroy or a change",
+            lease_for.as_millis()
+        )))
+    }
+
+    /// Whether a peer's clock is further off than the maximum offset from
+    /// this member's: its pushes are refused (their stamps would win over
+    /// writes made after them), and it is alerted.
+    pub(super) fn peer_clock_refused(&self, serial: u64) -> Option<i64> {
+        let c = self.peer(serial).clock?;
+        let anchor = self.clock_anchor();
+        c.beyond(anchor, self.rules.max_clock_offset_ms)
+            .then(|| c.offset_now(anchor))
     }
 
     /// The group's status as this member sees it.
     pub fn status(&self, p: &ActivePartition) -> GroupStatus {
         let peers = self.peers_now();
         let mut behind = self.behind_since.lock_or_recover();
-        super::view::group_status(
-            &self.def(),
-            self.me,
-            &self.state(p),
-            &peers,
-            &mut behind,
-            Instant::now(),
-        )
+        let def = self.def();
+        let mut status =
+            super::view::group_status(&def, self.me, &self.state(p), &peers, &mut behind, Instant::now());
+        let anchor = self.clock_anchor();
+        for m in &mut status.members {
+            m.clock_offset_ms = peers
+                .get(&m.serial)
+                .and_then(|s| s.clock)
+                .map(|c| c.offset_now(anchor));
+        }
+        let max = self.rules.max_clock_offset_ms;
+        status.clock_problems = detector::far_clocks(&def, self.me, &peers, anchor, max)
+            .into_iter()
+            .map(|(serial, ms)| {
+                format!(
+                    "member {serial}'s clock is {ms:+} ms off from this member's (maximum {max} ms); refused"
+                )
+            })
+            .collect();
+        if let Some(why) = self.clock_refusal(&def, &peers) {
+            if !why.contains("not compared") {
+                status
+                    .clock_problems
+                    .push(format!("member {} takes no writes: {why}", self.me));
+            }
+        }
+        status
     }
 
     /// The background loop: heartbeats and anti-entropy with every peer.

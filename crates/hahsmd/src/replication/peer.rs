@@ -316,6 +316,17 @@ async fn handle_peer(
         }
         PeerRequest::Push { group_id, ops } => {
             let (g, p) = authorized(app, fp, &group_id)?;
+            // A member whose clock is off stamps its writes wrongly: take
+            // none from it (the alert says so), though it still hears ours.
+            let sender = g.def().member_by_fingerprint(&fp.to_hex()).map(|m| m.serial);
+            if let Some(ms) = sender.and_then(|serial| g.peer_clock_refused(serial)) {
+                return Err(WireError {
+                    code: hahsm_token::ck::CKR_DEVICE_ERROR,
+                    message: format!(
+                        "push refused: your clock is {ms:+} ms off from this member's, beyond the maximum offset"
+                    ),
+                });
+            }
             g.incoming(&p, ops).await.map_err(WireError::from)?;
             Ok(PeerResponse::PushAck { state: g.state(&p) })
         }

@@ -81,6 +81,7 @@ pub fn group_status(
             last_seen_ms: last_seen.map(|d| d.as_millis() as u64),
             policies: state.policies,
             metrics: state.metrics,
+            clock_offset_ms: None,
         });
     }
     GroupStatus {
@@ -93,6 +94,7 @@ pub fn group_status(
         in_sync,
         degraded,
         policy_drift: drift,
+        clock_problems: Vec::new(),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod bed;
 pub mod bed_group;
 pub mod cluster;
 pub mod docker;
+pub mod history;
 pub mod proxy;
 pub mod runbook;
 

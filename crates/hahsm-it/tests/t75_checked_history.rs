@@ -1,0 +1,215 @@
+//! The application's history under faults, checked by a checker we did not
+//! write (stateright's LinearizabilityTester, `hahsm_it::history`) against
+//! the consistency model of docs/replication.md §12: under `quorum`, each
+//! key is a register that is linearizable up to a staleness bound of the
+//! lease plus twice the maximum clock offset.
+//!
+//! A `quorum` group of three members on the bed of network namespaces, with
+//! skewed clocks (libfaketime: hsm2 300 ms fast, hsm3 150 ms slow, within
+//! the maximum offset; hsm1's clock jumps 3 s ahead for a while, beyond it),
+//! and an application in a fourth namespace that renames, reads, uses and
+//! destroys keys through the HA slot from three threads, while the kernel
+//! makes the faults: a member split from the others while the application
+//! still reaches it, a member cut off from everyone, loss, duplicates and a
+//! slow link, an asymmetric partition, SIGSTOP, kill -9 and a restart.
+//!
+//! Runs as root; scripts/test-deps.sh installs iproute2, nftables, curl and faketime.
+use hahsm_it::bed_group::{BedGroup, BedSetup};
+use hahsm_it::history;
+use hahsm_it::{bin_dir, Env};
+use nix::sys::signal::Signal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The members' lease and maximum clock offset: the model's staleness bound
+/// is the lease plus twice the offset.
+const LEASE_MS: u64 = 2_000;
+const MAX_OFFSET_MS: u64 = 500;
+const SECONDS: u64 = 75;
+
+fn libfaketime() -> String {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|arch| arch.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketimeMT.so.1 (Debian's faketime package; scripts/test-deps.sh installs it)")
+        .display()
+        .to_string()
+}
+
+/// hsm1's clock offset is read from a file (libfaketime reads it again every
+/// second), so that the test can make it jump; hsm2 and hsm3 are fixed.
+fn clocks(jump_file: &Path) -> impl Fn(&str) -> Env + '_ {
+    move |host| {
+        let mut env = vec![
+            ("LD_PRELOAD".to_string(), libfaketime()),
+            ("DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+        ];
+        match host {
+            "hsm1" => {
+                env.push(("FAKETIME_TIMESTAMP_FILE".into(), jump_file.display().to_string()));
+                env.push(("FAKETIME_CACHE_DURATION".into(), "1".into()));
+            }
+            "hsm2" => env.push(("FAKETIME".into(), "+0.3".into())),
+            _ => env.push(("FAKETIME".into(), "-0.15".into())),
+        }
+        env
+    }
+}
+
+/// How many faults of each kind a run made.
+#[derive(Debug, Default)]
+struct Faults {
+    split: u32,
+    cut_off: u32,
+    loss_duplicates_slow_link: u32,
+    one_way_partition: u32,
+    clock_jump: u32,
+    sigstop: u32,
+    kill_9: u32,
+}
+
+/// One round of every fault, about 55 s.
+fn fault_round(g: &mut BedGroup, jump: &Path, started: Instant, n: &mut Faults) {
+    let at = |what: &str| eprintln!("{:>7.1} s  {what}", started.elapsed().as_secs_f64());
+    let pause = |s: u64| std::thread::sleep(Duration::from_secs(s));
+    pause(4);
+
+    at("hsm3 split from hsm1 and hsm2 for 12 s, the application still reaching all three: after the lease hsm3 serves no key and no attribute");
+    g.bed.split(&["hsm3"], &["hsm1", "hsm2"]);
+    pause(12);
+    g.bed.heal();
+    n.split += 1;
+    pause(3);
+
+    at("hsm3 cut off from everyone for 4 s");
+    g.bed.isolate("hsm3");
+    pause(4);
+    g.bed.heal();
+    n.cut_off += 1;
+    pause(2);
+
+    at("hsm2: 5% loss, 2% duplicates to hsm1, 2 Mbit/s, for 6 s");
+    g.bed.lose("hsm2", 5);
+    g.bed.duplicate("hsm2", "hsm1", 2);
+    g.bed.throttle("hsm2", "2mbit", "200ms");
+    pause(6);
+    g.bed.heal();
+    n.loss_duplicates_slow_link += 1;
+
+    at("hsm3 stops hearing hsm1 for 6 s");
+    g.bed.cut_one_way("hsm1", "hsm3");
+    pause(6);
+    g.bed.heal();
+    n.one_way_partition += 1;
+
+    at("hsm1's clock jumps 3 s ahead for 6 s");
+    std::fs::write(jump, "+3\n").unwrap();
+    pause(6);
+    std::fs::write(jump, "+0\n").unwrap();
+    n.clock_jump += 1;
+    pause(2);
+
+    at("hsm2 paused (SIGSTOP) for 4 s");
+    g.members[1].signal(Signal::SIGSTOP);
+    pause(4);
+    g.members[1].signal(Signal::SIGCONT);
+    n.sigstop += 1;
+
+    at("hsm1 killed (kill -9), started again 3 s later");
+    g.members[0].kill9();
+    pause(3);
+    g.members[0].spawn();
+    n.kill_9 += 1;
+}
+
+#[test]
+fn the_history_through_kernel_made_faults_and_skewed_clocks_passes_the_linearizability_checker() {
+    let scratch = tempfile::tempdir().unwrap();
+    let jump = scratch.path().join("hsm1.faketime");
+    std::fs::write(&jump, "+0\n").unwrap();
+    let tables =
+        format!("[replication]\nquorum_lease_ms = {LEASE_MS}\nmax_clock_offset_ms = {MAX_OFFSET_MS}\n");
+    let env = clocks(&jump);
+    let mut g = BedGroup::new(&BedSetup {
+        tables: &tables,
+        env: Some(&env),
+    });
+    for m in ["hsm1", "hsm2", "hsm3"] {
+        g.wait_ready(m, 200, Duration::from_secs(30));
+    }
+    let out = g.work.path().join("history.jsonl");
+    let module = bin_dir().join("libhahsm_pkcs11.so");
+    let client = bin_dir().join("examples/history_client");
+    assert!(
+        client.exists(),
+        "{} is missing: `cargo test` builds the examples",
+        client.display()
+    );
+    // HAHSM_HISTORY_SECONDS makes a long run (docs/replication.md §12.1, SECURITY.md).
+    let seconds: u64 = std::env::var("HAHSM_HISTORY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SECONDS);
+    let app = g.spawn_app(
+        &client,
+        &[
+            module.to_str().unwrap(),
+            out.to_str().unwrap(),
+            &seconds.to_string(),
+            "3",
+            "32",
+        ],
+    );
+    let started = Instant::now();
+    let mut faults = Faults::default();
+    // One round of every fault takes about 55 s; a long run repeats them.
+    while started.elapsed() + Duration::from_secs(60) < Duration::from_secs(seconds) {
+        fault_round(&mut g, &jump, started, &mut faults);
+    }
+    eprintln!("faults made: {faults:?}");
+
+    let output = app.wait_with_output().expect("the application ends");
+    assert!(
+        output.status.success(),
+        "the application failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("application: {}", String::from_utf8_lossy(&output.stdout).trim());
+
+    let events = history::read(&out);
+    let checked = Instant::now();
+    let report = history::check(&events, history::Bounds::of(LEASE_MS, MAX_OFFSET_MS));
+    eprintln!(
+        "checked {} operations on {} keys in {:?}: {} failed reads left out, {} writes of unknown outcome, {} anomalies",
+        report.operations,
+        report.keys,
+        checked.elapsed(),
+        report.failed_reads,
+        report.unknown,
+        report.anomalies.len()
+    );
+    let shown: Vec<String> = report.anomalies.iter().map(|a| a.to_string()).collect();
+    assert!(
+        report.anomalies.is_empty(),
+        "the history is not linearizable up to the bounds:\n{}\nthe module's log:\n{}",
+        shown.join("\n"),
+        std::fs::read_to_string(g.module_log()).unwrap_or_default()
+    );
+    // The check had something to bite on: destroys, and uses of destroyed keys.
+    let count = |f: &dyn Fn(&history::Event) -> bool| events.iter().filter(|e| f(e)).count();
+    let destroys = count(&|e| {
+        e.op == history::Op::Destroy && e.outcome == history::Outcome::Returned(history::Ret::Done)
+    });
+    let refused_uses = count(&|e| e.outcome == history::Outcome::Returned(history::Ret::Gone));
+    let renames = count(&|e| matches!(e.op, history::Op::SetLabel(_)));
+    assert!(
+        report.operations > 500 && destroys > 10 && refused_uses > 10 && renames > 100,
+        "too little happened to check: {} operations, {destroys} destroys, {refused_uses} uses of destroyed keys, {renames} renames",
+        report.operations
+    );
+    g.wait_in_sync(Duration::from_secs(30));
+}

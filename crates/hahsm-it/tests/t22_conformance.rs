@@ -1736,6 +1736,7 @@ fn cases() -> Vec<Case> {
             r
         },
     ));
+    v.extend(client_template_cases());
     v.push(case(User, "C_SeedRandom(NULL, 1)", CKR_ARGUMENTS_BAD, |fx| {
         call!(fx, C_SeedRandom, fx.rw, null_mut(), 1)
     }));
@@ -1761,6 +1762,610 @@ fn cases() -> Vec<Case> {
     v.push(case(User, "C_Logout again", CKR_USER_NOT_LOGGED_IN, |fx| {
         call!(fx, C_Logout, fx.rw)
     }));
+    v
+}
+
+// ------------------------------------ templates real clients send (issue 19) --
+
+const P384: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+
+/// An attribute array (`CKA_UNWRAP_TEMPLATE` …) over `inner`, which must
+/// outlive the call it is passed to.
+fn array_attr(ty: CK_ATTRIBUTE_TYPE, inner: &mut [CK_ATTRIBUTE]) -> CK_ATTRIBUTE {
+    CK_ATTRIBUTE {
+        type_: ty,
+        pValue: inner.as_mut_ptr() as *mut std::ffi::c_void,
+        ulValueLen: std::mem::size_of_val(inner) as CK_ULONG,
+    }
+}
+
+/// `C_GenerateKeyPair` with raw templates.
+fn gen_pair_raw(
+    fx: &Fx,
+    m: CK_MECHANISM_TYPE,
+    pt: &mut [CK_ATTRIBUTE],
+    st: &mut [CK_ATTRIBUTE],
+) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE), CK_RV> {
+    let mut m = mech(m);
+    let (mut p, mut s) = (0, 0);
+    match call!(
+        fx,
+        C_GenerateKeyPair,
+        fx.rw,
+        &mut m,
+        pt.as_mut_ptr(),
+        pt.len() as CK_ULONG,
+        st.as_mut_ptr(),
+        st.len() as CK_ULONG,
+        &mut p,
+        &mut s
+    ) {
+        CKR_OK => Ok((p, s)),
+        rv => Err(rv),
+    }
+}
+
+/// A session key pair (`CKA_TOKEN` false) with the usage flags pkcs11-tool,
+/// libp11 and pkcs11-provider ask for, whatever the key type can serve.
+fn client_pair(
+    fx: &Fx,
+    m: CK_MECHANISM_TYPE,
+    params: Option<&[u8]>,
+    extra_private: &mut Vec<CK_ATTRIBUTE>,
+) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE), CK_RV> {
+    let mut puba = vec![
+        Attribute::Token(false),
+        Attribute::Verify(true),
+        Attribute::Encrypt(true),
+        Attribute::Wrap(true),
+        Attribute::Derive(true),
+        Attribute::Label(b"t22-client".to_vec()),
+    ];
+    if let Some(p) = params {
+        puba.push(Attribute::EcParams(p.to_vec()));
+    }
+    let priva = vec![
+        Attribute::Token(false),
+        Attribute::Sign(true),
+        Attribute::Decrypt(true),
+        Attribute::Unwrap(true),
+        Attribute::Derive(true),
+        Attribute::Sensitive(true),
+        Attribute::Label(b"t22-client".to_vec()),
+    ];
+    let mut pt = tmpl(&puba);
+    let mut st = tmpl(&priva);
+    st.append(extra_private);
+    gen_pair_raw(fx, m, &mut pt, &mut st)
+}
+
+/// One attribute's value (`C_GetAttributeValue`, length first).
+fn get_attr(fx: &Fx, o: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> Result<Vec<u8>, CK_RV> {
+    let mut a = [CK_ATTRIBUTE {
+        type_: ty,
+        pValue: null_mut(),
+        ulValueLen: 0,
+    }];
+    ok(call!(fx, C_GetAttributeValue, fx.rw, o, a.as_mut_ptr(), 1))?;
+    let mut buf = vec![0u8; a[0].ulValueLen as usize];
+    a[0].pValue = buf.as_mut_ptr() as *mut std::ffi::c_void;
+    ok(call!(fx, C_GetAttributeValue, fx.rw, o, a.as_mut_ptr(), 1))?;
+    buf.truncate(a[0].ulValueLen as usize);
+    Ok(buf)
+}
+
+/// `CKR_OK` when `o`'s attribute `ty` has the value `want`.
+fn expect_attr(fx: &Fx, o: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE, want: &[u8]) -> Result<(), CK_RV> {
+    let got = get_attr(fx, o, ty)?;
+    if got != want {
+        eprintln!("attribute {ty:#x} is {got:02x?}, want {want:02x?}");
+        return Err(WRONG_RESULT);
+    }
+    Ok(())
+}
+
+fn result(r: Result<(), CK_RV>) -> CK_RV {
+    r.err().unwrap_or(CKR_OK)
+}
+
+/// `CK_ECDH1_DERIVE_PARAMS` with `CKD_NULL` over `point`, which must outlive the call.
+fn ecdh_params(point: &mut [u8]) -> CK_ECDH1_DERIVE_PARAMS {
+    CK_ECDH1_DERIVE_PARAMS {
+        kdf: CKD_NULL,
+        ulSharedDataLen: 0,
+        pSharedData: null_mut(),
+        ulPublicDataLen: point.len() as CK_ULONG,
+        pPublicData: point.as_mut_ptr(),
+    }
+}
+
+/// `C_DeriveKey` with `CKM_ECDH1_DERIVE` from `base` and the peer's `point`.
+fn ecdh_derive(
+    fx: &Fx,
+    base: CK_OBJECT_HANDLE,
+    point: &mut [u8],
+    attrs: &[Attribute],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let mut p = ecdh_params(point);
+    let mut m = CK_MECHANISM {
+        mechanism: CKM_ECDH1_DERIVE,
+        pParameter: &mut p as *mut CK_ECDH1_DERIVE_PARAMS as *mut std::ffi::c_void,
+        ulParameterLen: std::mem::size_of::<CK_ECDH1_DERIVE_PARAMS>() as CK_ULONG,
+    };
+    let mut t = tmpl(attrs);
+    let mut o = 0;
+    match call!(
+        fx,
+        C_DeriveKey,
+        fx.rw,
+        &mut m,
+        base,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut o
+    ) {
+        CKR_OK => Ok(o),
+        rv => Err(rv),
+    }
+}
+
+/// The raw point inside a DER-wrapped `CKA_EC_POINT` (an OCTET STRING of 65 or 97 bytes).
+fn raw_point(der: &[u8]) -> Vec<u8> {
+    der[2..].to_vec()
+}
+
+/// A KEK that wraps and unwraps, with `CKA_UNWRAP_TEMPLATE` `imposed`; an
+/// extractable AES key; the key wrapped under the KEK.
+fn kek_and_blob(
+    fx: &Fx,
+    imposed: &[Attribute],
+) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE, Vec<u8>), CK_RV> {
+    let mut inner = tmpl(imposed);
+    let mut t = tmpl(&[
+        Attribute::Token(false),
+        Attribute::ValueLen(16.into()),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+    ]);
+    t.push(array_attr(CKA_UNWRAP_TEMPLATE, &mut inner));
+    let mut m = mech(CKM_AES_KEY_GEN);
+    let mut kek = 0;
+    ok(call!(
+        fx,
+        C_GenerateKey,
+        fx.rw,
+        &mut m,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut kek
+    ))?;
+    let key = gen_key(
+        fx,
+        fx.rw,
+        &[
+            Attribute::Token(false),
+            Attribute::ValueLen(16.into()),
+            Attribute::Extractable(true),
+        ],
+    )?;
+    let mut m = mech(CKM_AES_KEY_WRAP);
+    let (mut blob, mut n) = (vec![0u8; 64], 64);
+    ok(call!(
+        fx,
+        C_WrapKey,
+        fx.rw,
+        &mut m,
+        kek,
+        key,
+        blob.as_mut_ptr(),
+        &mut n
+    ))?;
+    blob.truncate(n as usize);
+    Ok((kek, key, blob))
+}
+
+fn unwrap_aes(
+    fx: &Fx,
+    kek: CK_OBJECT_HANDLE,
+    blob: &mut [u8],
+    attrs: &[Attribute],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let mut m = mech(CKM_AES_KEY_WRAP);
+    let mut all = vec![
+        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+        Attribute::KeyType(cryptoki::object::KeyType::AES),
+        Attribute::Token(false),
+    ];
+    all.extend_from_slice(attrs);
+    let mut t = tmpl(&all);
+    let mut o = 0;
+    match call!(
+        fx,
+        C_UnwrapKey,
+        fx.rw,
+        &mut m,
+        kek,
+        blob.as_mut_ptr(),
+        blob.len() as CK_ULONG,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut o
+    ) {
+        CKR_OK => Ok(o),
+        rv => Err(rv),
+    }
+}
+
+/// Every attribute PKCS#11 3.0's common, storage, key and secret-key
+/// tables let an application give a new secret key (§4.4, §4.7, §4.10),
+/// the attribute arrays included; `CKA_TRUSTED` false (only the SO may set it true).
+fn secret_key_table(key_type: cryptoki::object::KeyType) -> Vec<Attribute> {
+    let date = cryptoki::types::Date::new_from_str_slice("2026", "01", "01").unwrap();
+    let end = cryptoki::types::Date::new_from_str_slice("2036", "12", "31").unwrap();
+    vec![
+        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+        Attribute::KeyType(key_type),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Modifiable(true),
+        Attribute::Copyable(true),
+        Attribute::Destroyable(true),
+        Attribute::Label(b"t22-table".to_vec()),
+        Attribute::Id(vec![0x22, 0x01]),
+        Attribute::StartDate(date),
+        Attribute::EndDate(end),
+        Attribute::Sensitive(true),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(true),
+        Attribute::Extractable(false),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Trusted(false),
+        Attribute::AllowedMechanisms(vec![
+            cryptoki::mechanism::MechanismType::AES_CBC_PAD,
+            cryptoki::mechanism::MechanismType::SHA256_HMAC,
+        ]),
+    ]
+}
+
+/// [`secret_key_table`] with the three attribute arrays, through `f`.
+fn with_arrays(attrs: &[Attribute], f: impl FnOnce(&mut [CK_ATTRIBUTE]) -> CK_RV) -> CK_RV {
+    let mut wrap = tmpl(&[Attribute::Extractable(true)]);
+    let mut unwrap = tmpl(&[Attribute::Sensitive(true)]);
+    let mut derive = tmpl(&[Attribute::Token(false)]);
+    let mut t = tmpl(attrs);
+    t.push(array_attr(CKA_WRAP_TEMPLATE, &mut wrap));
+    t.push(array_attr(CKA_UNWRAP_TEMPLATE, &mut unwrap));
+    t.push(array_attr(CKA_DERIVE_TEMPLATE, &mut derive));
+    f(&mut t)
+}
+
+fn client_template_cases() -> Vec<Case> {
+    use Phase::User;
+    let mut v = Vec::new();
+    v.push(case(
+        User,
+        "EC P-256 pair with ENCRYPT/WRAP/DERIVE and DECRYPT/UNWRAP/DERIVE",
+        CKR_OK,
+        |fx| {
+            let (p, s) = match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            // Stored as asked.
+            let r = expect_attr(fx, p, CKA_WRAP, &[1]).and_then(|_| expect_attr(fx, s, CKA_UNWRAP, &[1]));
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            result(r)
+        },
+    ));
+    v.push(case(
+        User,
+        "EC P-384 pair with ENCRYPT/WRAP/DERIVE and DECRYPT/UNWRAP/DERIVE",
+        CKR_OK,
+        |fx| match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P384), &mut vec![]) {
+            Ok((p, s)) => {
+                destroy(fx, fx.rw, p);
+                destroy(fx, fx.rw, s)
+            }
+            Err(rv) => rv,
+        },
+    ));
+    v.push(case(
+        User,
+        "Ed25519 pair with CKA_DERIVE on both halves",
+        CKR_OK,
+        |fx| match client_pair(fx, CKM_EC_EDWARDS_KEY_PAIR_GEN, None, &mut vec![]) {
+            Ok((p, s)) => {
+                let r = expect_attr(fx, s, CKA_DERIVE, &[1]);
+                destroy(fx, fx.rw, p);
+                destroy(fx, fx.rw, s);
+                result(r)
+            }
+            Err(rv) => rv,
+        },
+    ));
+    v.push(case(
+        User,
+        "C_DeriveKey(ECDH1) with an Ed25519 key that has CKA_DERIVE",
+        CKR_KEY_TYPE_INCONSISTENT,
+        |fx| {
+            let (p, s) = match client_pair(fx, CKM_EC_EDWARDS_KEY_PAIR_GEN, None, &mut vec![]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let mut point = [4u8; 65];
+            let r = ecdh_derive(fx, s, &mut point, &[Attribute::Token(false)]);
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            r.err().unwrap_or(WRONG_RESULT)
+        },
+    ));
+    v.push(case(
+        User,
+        "C_EncryptInit(AES_ECB) with an EC public key that has CKA_ENCRYPT",
+        CKR_KEY_TYPE_INCONSISTENT,
+        |fx| {
+            let (p, s) = match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let r = call!(fx, C_EncryptInit, fx.rw, &mut mech(CKM_AES_ECB), p);
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            r
+        },
+    ));
+    v.push(case(
+        User,
+        "C_UnwrapKey(AES_KEY_WRAP) with an EC private key that has CKA_UNWRAP",
+        CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
+        |fx| {
+            let (p, s) = match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let mut blob = [0u8; 24];
+            let r = unwrap_aes(fx, s, &mut blob, &[]);
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            r.err().unwrap_or(WRONG_RESULT)
+        },
+    ));
+    v.push(case(
+        User,
+        "EC pair whose private template has CKA_UNWRAP_TEMPLATE, read back",
+        CKR_OK,
+        |fx| {
+            let mut inner = tmpl(&[Attribute::Extractable(false)]);
+            let mut extra = vec![array_attr(CKA_UNWRAP_TEMPLATE, &mut inner)];
+            let (p, s) = match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut extra) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            // The array's length is one CK_ATTRIBUTE; read into it.
+            let mut value = [0xffu8; 1];
+            let mut nested = [CK_ATTRIBUTE {
+                type_: 0,
+                pValue: value.as_mut_ptr() as *mut std::ffi::c_void,
+                ulValueLen: 1,
+            }];
+            let mut a = [array_attr(CKA_UNWRAP_TEMPLATE, &mut nested)];
+            let r = call!(fx, C_GetAttributeValue, fx.rw, s, a.as_mut_ptr(), 1);
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            if r != CKR_OK {
+                return r;
+            }
+            if nested[0].type_ != CKA_EXTRACTABLE || nested[0].ulValueLen != 1 || value != [0] {
+                eprintln!(
+                    "CKA_UNWRAP_TEMPLATE read back as type {:#x}, len {}, value {value:?}",
+                    nested[0].type_, nested[0].ulValueLen
+                );
+                return WRONG_RESULT;
+            }
+            CKR_OK
+        },
+    ));
+    v.push(case(
+        User,
+        "C_UnwrapKey applies the KEK's CKA_UNWRAP_TEMPLATE",
+        CKR_OK,
+        |fx| {
+            let (kek, key, mut blob) = match kek_and_blob(fx, &[Attribute::Encrypt(false)]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            // An AES key encrypts by default; the KEK's template says otherwise.
+            let r = unwrap_aes(fx, kek, &mut blob, &[Attribute::Decrypt(true)]).and_then(|o| {
+                let r = expect_attr(fx, o, CKA_ENCRYPT, &[0]);
+                destroy(fx, fx.rw, o);
+                r
+            });
+            destroy(fx, fx.rw, key);
+            destroy(fx, fx.rw, kek);
+            result(r)
+        },
+    ));
+    v.push(case(
+        User,
+        "C_UnwrapKey against the KEK's CKA_UNWRAP_TEMPLATE",
+        CKR_TEMPLATE_INCONSISTENT,
+        |fx| {
+            let (kek, key, mut blob) = match kek_and_blob(fx, &[Attribute::Encrypt(false)]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let r = unwrap_aes(fx, kek, &mut blob, &[Attribute::Encrypt(true)]);
+            if let Ok(o) = r {
+                destroy(fx, fx.rw, o);
+            }
+            destroy(fx, fx.rw, key);
+            destroy(fx, fx.rw, kek);
+            r.err().unwrap_or(CKR_OK)
+        },
+    ));
+    v.push(case(
+        User,
+        "C_GenerateKey(AES) with every attribute of the secret-key table",
+        CKR_OK,
+        |fx| {
+            let mut attrs = secret_key_table(cryptoki::object::KeyType::AES);
+            attrs.push(Attribute::ValueLen(32.into()));
+            with_arrays(&attrs, |t| {
+                let mut m = mech(CKM_AES_KEY_GEN);
+                let mut o = 0;
+                let r = call!(
+                    fx,
+                    C_GenerateKey,
+                    fx.rw,
+                    &mut m,
+                    t.as_mut_ptr(),
+                    t.len() as CK_ULONG,
+                    &mut o
+                );
+                if r == CKR_OK {
+                    let r = expect_attr(fx, o, CKA_WRAP_WITH_TRUSTED, &[1]);
+                    destroy(fx, fx.rw, o);
+                    return result(r);
+                }
+                r
+            })
+        },
+    ));
+    v.push(case(
+        User,
+        "C_GenerateKey(GENERIC_SECRET) with every attribute of the secret-key table",
+        CKR_OK,
+        |fx| {
+            let mut attrs = secret_key_table(cryptoki::object::KeyType::GENERIC_SECRET);
+            attrs.push(Attribute::ValueLen(32.into()));
+            with_arrays(&attrs, |t| {
+                let mut m = mech(CKM_GENERIC_SECRET_KEY_GEN);
+                let mut o = 0;
+                let r = call!(
+                    fx,
+                    C_GenerateKey,
+                    fx.rw,
+                    &mut m,
+                    t.as_mut_ptr(),
+                    t.len() as CK_ULONG,
+                    &mut o
+                );
+                if r == CKR_OK {
+                    destroy(fx, fx.rw, o);
+                }
+                r
+            })
+        },
+    ));
+    v.push(case(
+        User,
+        "C_CreateObject(AES) with the table and its CKA_CHECK_VALUE",
+        CKR_OK,
+        |fx| {
+            let mut attrs = secret_key_table(cryptoki::object::KeyType::AES);
+            attrs.push(Attribute::Value(vec![0; 16]));
+            // E(0^128, 0^128) begins 66 e9 4b.
+            attrs.push(Attribute::CheckValue(vec![0x66, 0xe9, 0x4b]));
+            match create(fx, fx.rw, &attrs) {
+                Ok(o) => destroy(fx, fx.rw, o),
+                Err(rv) => rv,
+            }
+        },
+    ));
+    v.push(case(
+        User,
+        "C_CreateObject(AES) with a wrong CKA_CHECK_VALUE",
+        CKR_ATTRIBUTE_VALUE_INVALID,
+        |fx| {
+            let mut attrs = secret_key_table(cryptoki::object::KeyType::AES);
+            attrs.push(Attribute::Value(vec![0; 16]));
+            attrs.push(Attribute::CheckValue(vec![0x66, 0xe9, 0x4c]));
+            match create(fx, fx.rw, &attrs) {
+                Ok(o) => {
+                    destroy(fx, fx.rw, o);
+                    CKR_OK
+                }
+                Err(rv) => rv,
+            }
+        },
+    ));
+    v.push(case(
+        User,
+        "a generated AES key's CKA_CHECK_VALUE",
+        CKR_OK,
+        |fx| {
+            let o = match gen_key(fx, fx.rw, &aes_key(false, None, true)) {
+                Ok(o) => o,
+                Err(rv) => return rv,
+            };
+            // Sensitive: the value is not readable, but its check value is, and
+            // it is three bytes.
+            let r = get_attr(fx, o, CKA_CHECK_VALUE).and_then(|kcv| {
+                if kcv.len() == 3 {
+                    Ok(())
+                } else {
+                    Err(WRONG_RESULT)
+                }
+            });
+            destroy(fx, fx.rw, o);
+            result(r)
+        },
+    ));
+    v.push(case(
+        User,
+        "ECDH1_DERIVE to session AES and generic keys with an ordinary template",
+        CKR_OK,
+        |fx| {
+            let steps = || -> Result<(), CK_RV> {
+                let (ap, a) = client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![])?;
+                let (bp, b) = client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![])?;
+                let mut a_point = raw_point(&get_attr(fx, ap, CKA_EC_POINT)?);
+                let mut b_point = raw_point(&get_attr(fx, bp, CKA_EC_POINT)?);
+                for (key_type, len) in [
+                    (cryptoki::object::KeyType::AES, 16u64),
+                    (cryptoki::object::KeyType::GENERIC_SECRET, 32),
+                ] {
+                    let template = [
+                        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(key_type),
+                        Attribute::ValueLen(len.into()),
+                        Attribute::Token(false),
+                        Attribute::Sensitive(false),
+                        Attribute::Extractable(true),
+                        Attribute::Encrypt(true),
+                        Attribute::Decrypt(true),
+                    ];
+                    let ka = ecdh_derive(fx, a, &mut b_point, &template)?;
+                    let kb = ecdh_derive(fx, b, &mut a_point, &template)?;
+                    let (va, vb) = (get_attr(fx, ka, CKA_VALUE)?, get_attr(fx, kb, CKA_VALUE)?);
+                    if va != vb || va.len() as u64 != len {
+                        eprintln!(
+                            "the two sides derived {} and {} bytes that differ",
+                            va.len(),
+                            vb.len()
+                        );
+                        return Err(WRONG_RESULT);
+                    }
+                    expect_attr(fx, ka, CKA_ENCRYPT, &[1])?;
+                    ok(destroy(fx, fx.rw, ka))?;
+                    ok(destroy(fx, fx.rw, kb))?;
+                }
+                for o in [ap, a, bp, b] {
+                    ok(destroy(fx, fx.rw, o))?;
+                }
+                Ok(())
+            };
+            result(steps())
+        },
+    ));
     v
 }
 

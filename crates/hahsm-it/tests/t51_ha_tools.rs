@@ -260,3 +260,54 @@ fn pkcs11_tool_and_openssl_sign_through_the_ha_slot_across_failures() {
     let log = std::fs::read_to_string(&env.pkcs11_log).unwrap_or_default();
     assert!(!log.contains(PIN), "the PIN reached the module's log");
 }
+
+/// Issue 19: the key-pair templates pkcs11-tool sends with every usage flag
+/// it has (`CKA_DERIVE` on both halves of an EC pair, the Edwards curve named
+/// by a PrintableString in `CKA_EC_PARAMS`) are accepted through the HA slot,
+/// for P-256, P-384 and Ed25519, and the keys sign.
+#[test]
+fn pkcs11_tool_makes_ec_and_ed25519_pairs_with_every_usage_through_the_ha_slot() {
+    let env = setup();
+    let data = env.path("usage-data.bin");
+    std::fs::write(&data, [0x19; 32]).unwrap();
+    for (key_type, id, mechanism) in [
+        ("EC:prime256v1", "61", "ECDSA-SHA256"),
+        ("EC:secp384r1", "62", "ECDSA-SHA384"),
+        ("EC:edwards25519", "63", "EDDSA"),
+    ] {
+        let label = format!("t51-usage-{id}");
+        env.pkcs11_tool(&[
+            "--keypairgen",
+            "--key-type",
+            key_type,
+            "--label",
+            &label,
+            "--id",
+            id,
+            "--usage-sign",
+            "--usage-decrypt",
+            "--usage-derive",
+            "--usage-wrap",
+        ]);
+        let sig = env.path(&format!("usage-{id}.sig"));
+        env.pkcs11_tool(&[
+            "--sign",
+            "--mechanism",
+            mechanism,
+            "--id",
+            id,
+            "--input-file",
+            &data,
+            "--output-file",
+            &sig,
+        ]);
+        assert!(
+            !std::fs::read(&sig).unwrap().is_empty(),
+            "{key_type}: empty signature"
+        );
+    }
+    let listed = env.pkcs11_tool(&["--list-objects", "--type", "privkey"]);
+    for id in ["61", "62", "63"] {
+        assert!(listed.contains(&format!("t51-usage-{id}")), "{listed}");
+    }
+}

@@ -95,6 +95,9 @@ pub enum TokenError {
     /// met from this member; another member may meet it.
     #[error("{0}")]
     NoQuorum(String),
+    /// The key may not be wrapped with this wrapping key (its `CKA_WRAP_TEMPLATE`).
+    #[error("the key cannot be wrapped: {0}")]
+    KeyNotWrappable(String),
 }
 
 impl TokenError {
@@ -142,6 +145,7 @@ impl TokenError {
             FunctionFailed(_) => ck::CKR_FUNCTION_FAILED,
             ArgumentsBad(_) => ck::CKR_ARGUMENTS_BAD,
             LimitReached(_) => ck::CKR_SESSION_COUNT,
+            KeyNotWrappable(_) => ck::CKR_KEY_NOT_WRAPPABLE,
         }
     }
 }

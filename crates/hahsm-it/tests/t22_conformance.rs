@@ -721,7 +721,6 @@ fn slot_functions() -> Vec<(&'static str, OnSlot)> {
 const NOT_OFFERED: &[&str] = &[
     "C_GetOperationState",
     "C_SetOperationState",
-    "C_DigestKey",
     "C_SignRecoverInit",
     "C_SignRecover",
     "C_VerifyRecoverInit",
@@ -762,7 +761,7 @@ fn with_valid_session(name: &str) -> CK_RV {
         "C_SessionCancel" => CKR_OK,
         "C_Logout" => CKR_USER_NOT_LOGGED_IN,
         "C_DestroyObject" => CKR_OBJECT_HANDLE_INVALID,
-        "C_FindObjectsFinal" => CKR_OPERATION_NOT_INITIALIZED,
+        "C_FindObjectsFinal" | "C_DigestKey" => CKR_OPERATION_NOT_INITIALIZED,
         // An unknown mechanism, and a pointer-free call otherwise.
         "C_EncryptInit" | "C_DecryptInit" | "C_DigestInit" | "C_SignInit" | "C_VerifyInit" => {
             CKR_MECHANISM_INVALID
@@ -1737,6 +1736,7 @@ fn cases() -> Vec<Case> {
         },
     ));
     v.extend(client_template_cases());
+    v.extend(digest_key_cases());
     v.push(case(User, "C_SeedRandom(NULL, 1)", CKR_ARGUMENTS_BAD, |fx| {
         call!(fx, C_SeedRandom, fx.rw, null_mut(), 1)
     }));
@@ -2044,6 +2044,93 @@ fn with_arrays(attrs: &[Attribute], f: impl FnOnce(&mut [CK_ATTRIBUTE]) -> CK_RV
     t.push(array_attr(CKA_UNWRAP_TEMPLATE, &mut unwrap));
     t.push(array_attr(CKA_DERIVE_TEMPLATE, &mut derive));
     f(&mut t)
+}
+
+/// `C_DigestInit(SHA256)`, then `C_DigestUpdate`s and `C_DigestKey`s in order, then `C_DigestFinal`.
+fn digest_with_keys(fx: &Fx, parts: &[Result<&[u8], CK_OBJECT_HANDLE>]) -> Result<Vec<u8>, CK_RV> {
+    ok(call!(fx, C_DigestInit, fx.rw, &mut mech(CKM_SHA256)))?;
+    for part in parts {
+        match part {
+            Ok(data) => ok(call!(
+                fx,
+                C_DigestUpdate,
+                fx.rw,
+                data.as_ptr() as *mut u8,
+                data.len() as CK_ULONG
+            ))?,
+            Err(key) => ok(call!(fx, C_DigestKey, fx.rw, *key))?,
+        }
+    }
+    let mut out = vec![0u8; 32];
+    let mut n = 32;
+    ok(call!(fx, C_DigestFinal, fx.rw, out.as_mut_ptr(), &mut n))?;
+    out.truncate(n as usize);
+    Ok(out)
+}
+
+fn digest_key_cases() -> Vec<Case> {
+    use Phase::User;
+    vec![
+        case(
+            User,
+            "C_DigestKey of a sensitive AES key: the SHA-256 of data, value, data",
+            CKR_OK,
+            |fx| {
+                let value = [0x3cu8; 32];
+                let k = match create(
+                    fx,
+                    fx.rw,
+                    &[
+                        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(cryptoki::object::KeyType::AES),
+                        Attribute::Token(false),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Value(value.to_vec()),
+                    ],
+                ) {
+                    Ok(k) => k,
+                    Err(rv) => return rv,
+                };
+                let got = digest_with_keys(fx, &[Ok(b"abc"), Err(k), Ok(b"xyz")]);
+                destroy(fx, fx.rw, k);
+                let mut input = b"abc".to_vec();
+                input.extend_from_slice(&value);
+                input.extend_from_slice(b"xyz");
+                let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+                match got {
+                    Ok(d) if d == want.as_ref() => CKR_OK,
+                    Ok(d) => {
+                        eprintln!("digest {}, want {}", hex::encode(d), hex::encode(want.as_ref()));
+                        WRONG_RESULT
+                    }
+                    Err(rv) => rv,
+                }
+            },
+        ),
+        case(
+            User,
+            "C_DigestKey of an EC private key",
+            CKR_KEY_INDIGESTIBLE,
+            |fx| {
+                let (p, s) = match gen_pair(fx, fx.rw, false, None, true) {
+                    Ok(k) => k,
+                    Err(rv) => return rv,
+                };
+                let r = digest_with_keys(fx, &[Err(s)]);
+                destroy(fx, fx.rw, p);
+                destroy(fx, fx.rw, s);
+                // The failed C_DigestKey leaves the digest active: end it.
+                call!(fx, C_DigestInit, fx.rw, null_mut());
+                r.err().unwrap_or(WRONG_RESULT)
+            },
+        ),
+        case(User, "C_DigestKey of a bogus key", CKR_KEY_HANDLE_INVALID, |fx| {
+            let r = digest_with_keys(fx, &[Err(BOGUS)]);
+            call!(fx, C_DigestInit, fx.rw, null_mut());
+            r.err().unwrap_or(WRONG_RESULT)
+        }),
+    ]
 }
 
 fn client_template_cases() -> Vec<Case> {

@@ -721,6 +721,12 @@ pub unsafe extern "C" fn C_DigestUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE
     unsafe { update("C_DigestUpdate", h, OpKind::Digest, data, len, None) }
 }
 
+/// §5.10 `C_DigestKey`: a secret key's value into the digest, on the member.
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
+    enter_session("C_DigestKey", h, |cx| api::digest_key(cx, key))
+}
+
 /// §5.10 `C_DigestFinal`.
 #[no_mangle]
 pub unsafe extern "C" fn C_DigestFinal(
@@ -992,7 +998,6 @@ macro_rules! not_supported {
 not_supported! {
     C_GetOperationState(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: *mut CK_ULONG);
     C_SetOperationState(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: CK_OBJECT_HANDLE, d: CK_OBJECT_HANDLE);
-    C_DigestKey(h: CK_SESSION_HANDLE, k: CK_OBJECT_HANDLE);
     C_SignRecoverInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
     C_SignRecover(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
     C_VerifyRecoverInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);

@@ -78,6 +78,9 @@ pub struct Op {
     /// A multi-part AES-CTR operation used the last value of its counter:
     /// more input would repeat the key stream.
     pub ctr_spent: bool,
+    /// Secret keys `C_DigestKey` added to a digest: each key and the offset
+    /// in `buffer` where its value goes (the member inserts it).
+    pub digest_keys: Vec<(u64, Ouid)>,
 }
 
 impl Op {
@@ -92,6 +95,7 @@ impl Op {
             cached: None,
             stateless: false,
             ctr_spent: false,
+            digest_keys: Vec::new(),
         }
     }
 }

@@ -98,6 +98,9 @@ pub enum TokenError {
     /// The key may not be wrapped with this wrapping key (its `CKA_WRAP_TEMPLATE`).
     #[error("the key cannot be wrapped: {0}")]
     KeyNotWrappable(String),
+    /// `C_DigestKey` of a key whose value cannot be digested (not a secret key).
+    #[error("the key cannot be digested: {0}")]
+    KeyIndigestible(String),
 }
 
 impl TokenError {
@@ -146,6 +149,7 @@ impl TokenError {
             ArgumentsBad(_) => ck::CKR_ARGUMENTS_BAD,
             LimitReached(_) => ck::CKR_SESSION_COUNT,
             KeyNotWrappable(_) => ck::CKR_KEY_NOT_WRAPPABLE,
+            KeyIndigestible(_) => ck::CKR_KEY_INDIGESTIBLE,
         }
     }
 }

@@ -67,7 +67,7 @@ pub enum Input<'a> {
 /// `C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign` and their `C_*Final`.
 pub fn produce(cx: Cx, kind: OpKind, input: Input<'_>, capacity: Option<usize>) -> Result<Vec<u8>> {
     let Cx { m, s } = cx;
-    let (data, mech, key, stateless) = {
+    let (data, mech, key, stateless, digest_keys) = {
         let mut st = lock(&s.state);
         let op = st.op(kind).ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
         let data = match input {
@@ -106,9 +106,24 @@ pub fn produce(cx: Cx, kind: OpKind, input: Input<'_>, capacity: Option<usize>) 
                 return deliver(&mut st, kind, out, capacity);
             }
         }
-        (data, op.mech.clone(), op.key, op.stateless)
+        (
+            data,
+            op.mech.clone(),
+            op.key,
+            op.stateless,
+            op.digest_keys.clone(),
+        )
     };
-    let request = op_request(&s, kind, mech, key, data.clone());
+    let request = if digest_keys.is_empty() {
+        op_request(&s, kind, mech, key, data.clone())
+    } else {
+        Request::DigestKeys {
+            partition: s.slot.partition.clone(),
+            mechanism: mech,
+            data: data.clone(),
+            keys: digest_keys,
+        }
+    };
     let result = if stateless {
         m.call_stateless(&s.slot, request)
     } else {
@@ -149,6 +164,39 @@ pub fn update(cx: Cx, kind: OpKind, data: &[u8]) -> Result<()> {
     }
     op.multipart = true;
     op.buffer.extend_from_slice(data);
+    Ok(())
+}
+
+/// Most keys one digest may take in (`C_DigestKey`).
+pub const MAX_DIGEST_KEYS: usize = 64;
+
+/// `C_DigestKey` (§5.10): the value of a secret key goes into the active
+/// digest, where `C_DigestUpdate` would put data. The value never reaches
+/// the module: the digest is sent at `C_DigestFinal` as one request naming
+/// the keys, and the member inserts their values. Any secret key may be
+/// digested, sensitive or not (only the hash leaves the member); other
+/// classes are `CKR_KEY_INDIGESTIBLE`.
+pub fn digest_key(cx: Cx, key_handle: ck::CK_OBJECT_HANDLE) -> Result<()> {
+    let Cx { m, s } = cx;
+    if !lock(&s.state).has(OpKind::Digest) {
+        return rv(ck::CKR_OPERATION_NOT_INITIALIZED);
+    }
+    let (ouid, info) = key(&m, &s, key_handle)?;
+    if info.class != ck::CKO_SECRET_KEY {
+        return rv(ck::CKR_KEY_INDIGESTIBLE);
+    }
+    let mut st = lock(&s.state);
+    let op = st
+        .op(OpKind::Digest)
+        .ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
+    if op.digest_keys.len() >= MAX_DIGEST_KEYS {
+        st.end(OpKind::Digest);
+        return rv(ck::CKR_DATA_LEN_RANGE);
+    }
+    op.multipart = true;
+    op.digest_keys.push((op.buffer.len() as u64, ouid));
+    // A session key lives on the slot's session home: the digest goes there.
+    op.stateless &= info.token;
     Ok(())
 }
 

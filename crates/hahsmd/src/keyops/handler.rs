@@ -228,7 +228,8 @@ impl KeyOps<'_> {
             | Request::Encrypt { .. }
             | Request::Decrypt { .. }
             | Request::GenerateRandom { .. }
-            | Request::Digest { .. }) => self.operations(r).await,
+            | Request::Digest { .. }
+            | Request::DigestKeys { .. }) => self.operations(r).await,
         }
     }
 

@@ -196,6 +196,17 @@ fn rows() -> Vec<Row> {
     ] {
         v.push(row(Certificate, attr, name, value, Accepted));
     }
+    // CKA_TRUSTED true is the SO's to give (§4.6.3, §4.8, §4.10 footnotes);
+    // these rows run in a user session.
+    for class in [Certificate, PublicKey, SecretKey] {
+        v.push(row(
+            class,
+            CKA_TRUSTED,
+            "CKA_TRUSTED true by the user",
+            b(true),
+            ReadOnly,
+        ));
+    }
     // §4.7 keys.
     for class in [PublicKey, PrivateKey, SecretKey] {
         v.push(row(class, CKA_ID, "CKA_ID", vec![0x24, 0x07], Accepted));

@@ -1597,6 +1597,8 @@ fn cases() -> Vec<Case> {
         )
     }));
 
+    v.extend(public_derive_cases());
+
     // ---- a user session (logged in through `rw`; the login is the token's,
     // so `ro` is a read-only user session).
     v.push(case(User, "C_Login as the user", CKR_OK, |fx| {
@@ -1737,6 +1739,7 @@ fn cases() -> Vec<Case> {
     ));
     v.extend(client_template_cases());
     v.extend(digest_key_cases());
+    v.push(rsa_1024_case());
     v.push(case(User, "C_SeedRandom(NULL, 1)", CKR_ARGUMENTS_BAD, |fx| {
         call!(fx, C_SeedRandom, fx.rw, null_mut(), 1)
     }));
@@ -1882,6 +1885,7 @@ fn ecdh_params(point: &mut [u8]) -> CK_ECDH1_DERIVE_PARAMS {
 /// `C_DeriveKey` with `CKM_ECDH1_DERIVE` from `base` and the peer's `point`.
 fn ecdh_derive(
     fx: &Fx,
+    h: CK_SESSION_HANDLE,
     base: CK_OBJECT_HANDLE,
     point: &mut [u8],
     attrs: &[Attribute],
@@ -1897,7 +1901,7 @@ fn ecdh_derive(
     match call!(
         fx,
         C_DeriveKey,
-        fx.rw,
+        h,
         &mut m,
         base,
         t.as_mut_ptr(),
@@ -2068,6 +2072,144 @@ fn digest_with_keys(fx: &Fx, parts: &[Result<&[u8], CK_OBJECT_HANDLE>]) -> Resul
     Ok(out)
 }
 
+/// In session `h` (public): two public session EC pairs, and a key derived
+/// from them with `CKA_PRIVATE` `private`; the code, or `WRONG_RESULT` when
+/// the derived key is not the one both sides agree on.
+fn public_derive(fx: &Fx, h: CK_SESSION_HANDLE, private: bool) -> CK_RV {
+    let steps = || -> Result<(), CK_RV> {
+        let (ap, a) = gen_pair_derive(fx, h)?;
+        let (bp, b) = gen_pair_derive(fx, h)?;
+        let point = |o| -> Result<Vec<u8>, CK_RV> {
+            let mut a = [CK_ATTRIBUTE {
+                type_: CKA_EC_POINT,
+                pValue: null_mut(),
+                ulValueLen: 0,
+            }];
+            ok(call!(fx, C_GetAttributeValue, h, o, a.as_mut_ptr(), 1))?;
+            let mut buf = vec![0u8; a[0].ulValueLen as usize];
+            a[0].pValue = buf.as_mut_ptr() as *mut std::ffi::c_void;
+            ok(call!(fx, C_GetAttributeValue, h, o, a.as_mut_ptr(), 1))?;
+            Ok(raw_point(&buf))
+        };
+        let mut b_point = point(bp)?;
+        let template = [
+            Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::AES),
+            Attribute::ValueLen(16.into()),
+            Attribute::Token(false),
+            Attribute::Private(private),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ];
+        let r = ecdh_derive(fx, h, a, &mut b_point, &template);
+        for o in [ap, a, bp, b] {
+            destroy(fx, h, o);
+        }
+        let k = r?;
+        let r = call!(fx, C_DestroyObject, h, k);
+        ok(r)
+    };
+    steps().err().unwrap_or(CKR_OK)
+}
+
+/// A public session EC P-256 pair whose private half derives.
+fn gen_pair_derive(fx: &Fx, h: CK_SESSION_HANDLE) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE), CK_RV> {
+    let puba = [
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::EcParams(P256.to_vec()),
+    ];
+    let priva = [
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Derive(true),
+    ];
+    let (mut pt, mut st) = (tmpl(&puba), tmpl(&priva));
+    let mut m = mech(CKM_EC_KEY_PAIR_GEN);
+    let (mut p, mut s) = (0, 0);
+    match call!(
+        fx,
+        C_GenerateKeyPair,
+        h,
+        &mut m,
+        pt.as_mut_ptr(),
+        pt.len() as CK_ULONG,
+        st.as_mut_ptr(),
+        st.len() as CK_ULONG,
+        &mut p,
+        &mut s
+    ) {
+        CKR_OK => Ok((p, s)),
+        rv => Err(rv),
+    }
+}
+
+/// C_DeriveKey in public sessions (the public-object rule of
+/// `docs/pkcs11.md`): a public session object may be derived from public
+/// session keys, in a read-only session too; a private one needs the login.
+fn public_derive_cases() -> Vec<Case> {
+    use Phase::{RoPublic, RwPublic};
+    vec![
+        case(
+            RwPublic,
+            "C_DeriveKey(ECDH1) of a public session key",
+            CKR_OK,
+            |fx| public_derive(fx, fx.rw, false),
+        ),
+        case(
+            RoPublic,
+            "C_DeriveKey(ECDH1) of a public session key",
+            CKR_OK,
+            |fx| public_derive(fx, fx.ro, false),
+        ),
+        case(
+            RwPublic,
+            "C_DeriveKey(ECDH1) of a private key without the login",
+            CKR_USER_NOT_LOGGED_IN,
+            |fx| public_derive(fx, fx.rw, true),
+        ),
+    ]
+}
+
+fn rsa_1024_case() -> Case {
+    case(
+        Phase::User,
+        "C_GenerateKeyPair(RSA 1024), and the module's log says why",
+        CKR_KEY_SIZE_RANGE,
+        |fx| {
+            let mut m = mech(CKM_RSA_PKCS_KEY_PAIR_GEN);
+            let (mut pt, mut st) = (
+                tmpl(&[Attribute::Token(false), Attribute::ModulusBits(1024.into())]),
+                tmpl(&[Attribute::Token(false)]),
+            );
+            let (mut p, mut s) = (0, 0);
+            let r = call!(
+                fx,
+                C_GenerateKeyPair,
+                fx.rw,
+                &mut m,
+                pt.as_mut_ptr(),
+                pt.len() as CK_ULONG,
+                st.as_mut_ptr(),
+                st.len() as CK_ULONG,
+                &mut p,
+                &mut s
+            );
+            let log = std::env::var_os("HAHSM_PKCS11_LOG")
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            let said = log.lines().any(|l| {
+                l.contains("C_GenerateKeyPair") && l.contains("CKR_KEY_SIZE_RANGE") && l.contains("1024")
+            });
+            if r == CKR_KEY_SIZE_RANGE && !said {
+                eprintln!("the module's log does not say why RSA-1024 was refused:\n{log}");
+                return WRONG_RESULT;
+            }
+            r
+        },
+    )
+}
+
 fn digest_key_cases() -> Vec<Case> {
     use Phase::User;
     vec![
@@ -2188,7 +2330,7 @@ fn client_template_cases() -> Vec<Case> {
                 Err(rv) => return rv,
             };
             let mut point = [4u8; 65];
-            let r = ecdh_derive(fx, s, &mut point, &[Attribute::Token(false)]);
+            let r = ecdh_derive(fx, fx.rw, s, &mut point, &[Attribute::Token(false)]);
             destroy(fx, fx.rw, p);
             destroy(fx, fx.rw, s);
             r.err().unwrap_or(WRONG_RESULT)
@@ -2430,8 +2572,8 @@ fn client_template_cases() -> Vec<Case> {
                         Attribute::Encrypt(true),
                         Attribute::Decrypt(true),
                     ];
-                    let ka = ecdh_derive(fx, a, &mut b_point, &template)?;
-                    let kb = ecdh_derive(fx, b, &mut a_point, &template)?;
+                    let ka = ecdh_derive(fx, fx.rw, a, &mut b_point, &template)?;
+                    let kb = ecdh_derive(fx, fx.rw, b, &mut a_point, &template)?;
                     let (va, vb) = (get_attr(fx, ka, CKA_VALUE)?, get_attr(fx, kb, CKA_VALUE)?);
                     if va != vb || va.len() as u64 != len {
                         eprintln!(

@@ -2002,6 +2002,75 @@ fn unwrap_aes(
     }
 }
 
+/// A KEK with `CKA_WRAP_TEMPLATE` `wanted` wraps an extractable AES key:
+/// the code of `C_WrapKey`.
+fn wrap_under_template(fx: &Fx, wanted: &[Attribute]) -> CK_RV {
+    let mut inner = tmpl(wanted);
+    let mut t = tmpl(&[
+        Attribute::Token(false),
+        Attribute::ValueLen(16.into()),
+        Attribute::Wrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+    ]);
+    t.push(array_attr(CKA_WRAP_TEMPLATE, &mut inner));
+    let mut m = mech(CKM_AES_KEY_GEN);
+    let mut kek = 0;
+    let r = call!(
+        fx,
+        C_GenerateKey,
+        fx.rw,
+        &mut m,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut kek
+    );
+    if r != CKR_OK {
+        return r;
+    }
+    let key = match gen_key(
+        fx,
+        fx.rw,
+        &[
+            Attribute::Token(false),
+            Attribute::ValueLen(16.into()),
+            Attribute::Extractable(true),
+        ],
+    ) {
+        Ok(k) => k,
+        Err(rv) => return rv,
+    };
+    let mut m = mech(CKM_AES_KEY_WRAP);
+    let (mut blob, mut n) = ([0u8; 64], 64);
+    let r = call!(fx, C_WrapKey, fx.rw, &mut m, kek, key, blob.as_mut_ptr(), &mut n);
+    destroy(fx, fx.rw, key);
+    destroy(fx, fx.rw, kek);
+    r
+}
+
+/// `C_SetAttributeValue` on a new AES key of its `CKA_UNWRAP_TEMPLATE`
+/// (`array`) or its `CKA_CHECK_VALUE`, which are fixed once it is made.
+fn set_after_creation(fx: &Fx, array: bool) -> CK_RV {
+    let k = match gen_key(fx, fx.rw, &aes_key(false, None, true)) {
+        Ok(k) => k,
+        Err(rv) => return rv,
+    };
+    let mut inner = tmpl(&[Attribute::Sensitive(false)]);
+    let mut kcv = [1u8, 2, 3];
+    let mut t = [if array {
+        array_attr(CKA_UNWRAP_TEMPLATE, &mut inner)
+    } else {
+        CK_ATTRIBUTE {
+            type_: CKA_CHECK_VALUE,
+            pValue: kcv.as_mut_ptr() as *mut std::ffi::c_void,
+            ulValueLen: 3,
+        }
+    }];
+    let r = call!(fx, C_SetAttributeValue, fx.rw, k, t.as_mut_ptr(), 1);
+    destroy(fx, fx.rw, k);
+    r
+}
+
 /// Every attribute PKCS#11 3.0's common, storage, key and secret-key
 /// tables let an application give a new secret key (§4.4, §4.7, §4.10),
 /// the attribute arrays included; `CKA_TRUSTED` false (only the SO may set it true).
@@ -2439,6 +2508,67 @@ fn client_template_cases() -> Vec<Case> {
             destroy(fx, fx.rw, kek);
             r.err().unwrap_or(CKR_OK)
         },
+    ));
+    v.push(case(
+        User,
+        "C_WrapKey of a key that does not match the KEK's CKA_WRAP_TEMPLATE",
+        CKR_KEY_NOT_WRAPPABLE,
+        |fx| {
+            wrap_under_template(
+                fx,
+                &[Attribute::KeyType(cryptoki::object::KeyType::GENERIC_SECRET)],
+            )
+        },
+    ));
+    v.push(case(
+        User,
+        "C_WrapKey of a key that matches the KEK's CKA_WRAP_TEMPLATE",
+        CKR_OK,
+        |fx| wrap_under_template(fx, &[Attribute::KeyType(cryptoki::object::KeyType::AES)]),
+    ));
+    v.push(case(
+        User,
+        "C_DeriveKey applies the base key's CKA_DERIVE_TEMPLATE",
+        CKR_OK,
+        |fx| {
+            let steps = || -> Result<(), CK_RV> {
+                let mut inner = tmpl(&[Attribute::Encrypt(false)]);
+                let mut extra = vec![array_attr(CKA_DERIVE_TEMPLATE, &mut inner)];
+                let (ap, a) = client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut extra)?;
+                let (bp, b) = client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![])?;
+                let mut b_point = raw_point(&get_attr(fx, bp, CKA_EC_POINT)?);
+                // An AES key encrypts by default; the base key's template says otherwise.
+                let template = [
+                    Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(cryptoki::object::KeyType::AES),
+                    Attribute::ValueLen(16.into()),
+                    Attribute::Token(false),
+                ];
+                let k = ecdh_derive(fx, fx.rw, a, &mut b_point, &template);
+                let r = k.and_then(|k| {
+                    let r = expect_attr(fx, k, CKA_ENCRYPT, &[0]);
+                    destroy(fx, fx.rw, k);
+                    r
+                });
+                for o in [ap, a, bp, b] {
+                    destroy(fx, fx.rw, o);
+                }
+                r
+            };
+            result(steps())
+        },
+    ));
+    v.push(case(
+        User,
+        "C_SetAttributeValue of CKA_UNWRAP_TEMPLATE",
+        CKR_ATTRIBUTE_READ_ONLY,
+        |fx| set_after_creation(fx, true),
+    ));
+    v.push(case(
+        User,
+        "C_SetAttributeValue of CKA_CHECK_VALUE",
+        CKR_ATTRIBUTE_READ_ONLY,
+        |fx| set_after_creation(fx, false),
     ));
     v.push(case(
         User,

@@ -1740,6 +1740,7 @@ fn cases() -> Vec<Case> {
     v.extend(client_template_cases());
     v.extend(digest_key_cases());
     v.push(rsa_1024_case());
+    v.push(streaming_case());
     v.push(case(User, "C_SeedRandom(NULL, 1)", CKR_ARGUMENTS_BAD, |fx| {
         call!(fx, C_SeedRandom, fx.rw, null_mut(), 1)
     }));
@@ -2275,6 +2276,78 @@ fn rsa_1024_case() -> Case {
                 return WRONG_RESULT;
             }
             r
+        },
+    )
+}
+
+/// Multi-part AES-CBC-PAD in parts of 40, 1 and 100 bytes against the
+/// single-part result, on both slots (in the HA slot each part may run on
+/// another member): each update outputs its whole blocks at once.
+fn streaming_case() -> Case {
+    case(
+        Phase::User,
+        "multi-part AES-CBC-PAD streams whole blocks and matches single-part",
+        CKR_OK,
+        |fx| {
+            let k = match gen_key(fx, fx.rw, &aes_key(false, None, true)) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let mut iv = [0x19u8; 16];
+            let iv_ptr = iv.as_mut_ptr() as *mut std::ffi::c_void;
+            let cbc_pad = || CK_MECHANISM {
+                mechanism: CKM_AES_CBC_PAD,
+                pParameter: iv_ptr,
+                ulParameterLen: 16,
+            };
+            let data: Vec<u8> = (0..141u8).collect();
+            let steps = || -> Result<(), CK_RV> {
+                ok(call!(fx, C_EncryptInit, fx.rw, &mut cbc_pad(), k))?;
+                let mut one = vec![0u8; 160];
+                let mut n = 160;
+                ok(call!(
+                    fx,
+                    C_Encrypt,
+                    fx.rw,
+                    data.as_ptr() as *mut u8,
+                    data.len() as CK_ULONG,
+                    one.as_mut_ptr(),
+                    &mut n
+                ))?;
+                one.truncate(n as usize);
+                ok(call!(fx, C_EncryptInit, fx.rw, &mut cbc_pad(), k))?;
+                let mut parts = Vec::new();
+                let mut lens = Vec::new();
+                for part in [&data[..40], &data[40..41], &data[41..]] {
+                    let mut out = vec![0u8; 160];
+                    let mut n = 160;
+                    ok(call!(
+                        fx,
+                        C_EncryptUpdate,
+                        fx.rw,
+                        part.as_ptr() as *mut u8,
+                        part.len() as CK_ULONG,
+                        out.as_mut_ptr(),
+                        &mut n
+                    ))?;
+                    lens.push(n);
+                    parts.extend_from_slice(&out[..n as usize]);
+                }
+                let mut out = vec![0u8; 32];
+                let mut n = 32;
+                ok(call!(fx, C_EncryptFinal, fx.rw, out.as_mut_ptr(), &mut n))?;
+                lens.push(n);
+                parts.extend_from_slice(&out[..n as usize]);
+                // 40 bytes: two blocks; 41: none more; 141: six more; the pad block at Final.
+                if lens != [32, 0, 96, 16] || parts != one {
+                    eprintln!("update lengths {lens:?}; same as single-part: {}", parts == one);
+                    return Err(WRONG_RESULT);
+                }
+                Ok(())
+            };
+            let r = steps();
+            destroy(fx, fx.rw, k);
+            result(r)
         },
     )
 }

@@ -382,6 +382,47 @@ mod tests {
     }
 
     #[test]
+    fn aes_ctr_params_are_read_and_their_counter_width_checked() {
+        let mut mem = Table(HashMap::new());
+        let mut p = bytes(&[32]);
+        p.extend([7u8; 16]);
+        let m = mechanism(ck::CKM_AES_CTR, &p, &mut mem).unwrap();
+        assert_eq!(
+            m.params,
+            MechParams::Ctr {
+                counter_bits: 32,
+                cb: vec![7; 16]
+            }
+        );
+        for bits in [0, 129] {
+            let mut p = bytes(&[bits]);
+            p.extend([7u8; 16]);
+            assert_eq!(
+                ckr(mechanism(ck::CKM_AES_CTR, &p, &mut mem)),
+                ck::CKR_MECHANISM_PARAM_INVALID
+            );
+        }
+        assert_eq!(
+            ckr(mechanism(ck::CKM_AES_CTR, &p[..20], &mut mem)),
+            ck::CKR_MECHANISM_PARAM_INVALID
+        );
+    }
+
+    #[test]
+    fn attribute_arrays_in_their_flat_form_decode_into_templates() {
+        let yes = [1u8];
+        let flat = hahsm_token::attr::flatten_array([(ck::CKA_SENSITIVE, &yes[..])]);
+        let raw: Vec<RawAttr<'_>> = vec![(ck::CKA_UNWRAP_TEMPLATE, Some(&flat[..]))];
+        let t = template(&raw).unwrap();
+        assert_eq!(
+            t.get(ck::CKA_UNWRAP_TEMPLATE),
+            Some(&AttrValue::Array(
+                Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(true))
+            ))
+        );
+    }
+
+    #[test]
     fn ec_point_raw_and_der_forms_both_become_der() {
         let raw: Vec<u8> = std::iter::once(4u8).chain([7u8; 64]).collect();
         let der = ec_point_der(&raw);

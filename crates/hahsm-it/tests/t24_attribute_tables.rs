@@ -379,8 +379,9 @@ fn create(
         })
         .collect();
     let mut o = 0;
-    // SAFETY: every pValue points to a live buffer of ulValueLen bytes (the
-    // array's to `inner`), which the module only reads.
+    // Every pValue points to a live buffer of ulValueLen bytes (the array's to
+    // `inner`), which the module only reads.
+    // SAFETY: the template's buffers are valid for their lengths (above).
     match unsafe { env.raw.C_CreateObject.unwrap()(h, t.as_mut_ptr(), t.len() as CK_ULONG, &mut o) } {
         CKR_OK => Ok(o),
         rv => Err(rv),

@@ -520,6 +520,11 @@ fn show_value(attr: u64, v: &AttrValue) -> String {
         }
         (_, AttrValue::Bytes(b)) => hex::encode(b),
         (_, AttrValue::UlongList(l)) => format!("{l:x?}"),
+        (_, AttrValue::Array(t)) => t
+            .iter()
+            .map(|(a, v)| format!("{}={}", attr_name(*a), show_value(*a, v)))
+            .collect::<Vec<_>>()
+            .join(","),
     }
 }
 

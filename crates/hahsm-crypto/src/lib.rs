@@ -125,6 +125,34 @@ pub fn digest(mech: u64, data: &[u8]) -> TokenResult<Vec<u8>> {
         .to_vec())
 }
 
+/// `CKA_CHECK_VALUE` of a secret key (PKCS#11 3.0 §6.7.1, §6.8.1): for AES
+/// the first three bytes of the ECB encryption of one zero block under the
+/// key, for a generic secret the first three bytes of the SHA-1 of its
+/// value. Three bytes identify a key; they do not reveal it.
+pub fn check_value(key_type: u64, value: &[u8]) -> TokenResult<[u8; 3]> {
+    let full: Vec<u8> = match key_type {
+        ck::CKK_AES => {
+            let alg = match value.len() {
+                16 => &aws_lc_rs::cipher::AES_128,
+                24 => &aws_lc_rs::cipher::AES_192,
+                32 => &aws_lc_rs::cipher::AES_256,
+                _ => return Err(TokenError::KeySizeRange("AES keys are 16, 24 or 32 bytes".into())),
+            };
+            let key = aws_lc_rs::cipher::UnboundCipherKey::new(alg, value)
+                .map_err(|_| TokenError::FunctionFailed("AES key setup".into()))?;
+            let mut block = [0u8; 16];
+            aws_lc_rs::cipher::EncryptingKey::ecb(key)
+                .and_then(|c| c.less_safe_encrypt(&mut block, aws_lc_rs::cipher::EncryptionContext::None))
+                .map_err(|_| TokenError::FunctionFailed("AES-ECB encryption".into()))?;
+            block.to_vec()
+        }
+        _ => awsdigest::digest(&awsdigest::SHA1_FOR_LEGACY_USE_ONLY, value)
+            .as_ref()
+            .to_vec(),
+    };
+    Ok([full[0], full[1], full[2]])
+}
+
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(awsdigest::digest(&awsdigest::SHA256, data).as_ref());
@@ -223,6 +251,17 @@ mod tests {
         assert_eq!(s.len(), 4);
         assert_eq!(s.clone(), s);
         assert_ne!(SecretBytes::new(vec![1]), s);
+    }
+
+    #[test]
+    fn check_values_follow_the_standard() {
+        // AES-128 with the zero key: E(0, 0) = 66e94bd4ef8a2c3b884cfa59ca342b2e.
+        assert_eq!(check_value(ck::CKK_AES, &[0; 16]).unwrap(), [0x66, 0xe9, 0x4b]);
+        // SHA-1("abc") = a9993e36...
+        assert_eq!(
+            check_value(ck::CKK_GENERIC_SECRET, b"abc").unwrap(),
+            [0xa9, 0x99, 0x3e]
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! outside hahsm (openssl or aws-lc-rs), and object management.
 mod t20_pkcs11_support;
 
+use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
@@ -12,7 +13,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use hahsm_it::run;
 use std::path::Path;
-use t20_pkcs11_support::{ecdsa_der, raw, run_checks, Env};
+use t20_pkcs11_support::{ecdsa_der, expect_rv, raw, run_checks, Env};
 
 const KWP: u64 = cryptoki_sys::CKM_AES_KEY_WRAP_KWP;
 
@@ -496,6 +497,262 @@ fn multi_part_operations_match_single_part(env: &Env) {
     );
 }
 
+/// What aws-lc-rs makes of `data` under AES-`mode` with `key` and `iv`.
+fn aws_lc_aes(mode: u64, key: &[u8], iv: [u8; 16], data: &[u8]) -> Vec<u8> {
+    use aws_lc_rs::cipher::{
+        EncryptingKey, EncryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey, AES_128,
+    };
+    let k = || UnboundCipherKey::new(&AES_128, key).unwrap();
+    let mut buf = data.to_vec();
+    match mode {
+        cryptoki_sys::CKM_AES_ECB => EncryptingKey::ecb(k())
+            .unwrap()
+            .less_safe_encrypt(&mut buf, EncryptionContext::None)
+            .map(|_| ()),
+        cryptoki_sys::CKM_AES_CBC => EncryptingKey::cbc(k())
+            .unwrap()
+            .less_safe_encrypt(&mut buf, EncryptionContext::Iv128(iv.into()))
+            .map(|_| ()),
+        _ => PaddedBlockEncryptingKey::cbc_pkcs7(k())
+            .unwrap()
+            .less_safe_encrypt(&mut buf, EncryptionContext::Iv128(iv.into()))
+            .map(|_| ()),
+    }
+    .expect("aws-lc-rs encrypts");
+    buf
+}
+
+/// Issue 19: multi-part AES-ECB, AES-CBC and AES-CBC-PAD stream. A 4 MiB
+/// buffer in 64 KiB parts gives the bytes aws-lc-rs gives in one go, each
+/// `C_EncryptUpdate` outputs its whole blocks at once (so the module holds
+/// at most a partial block), and decryption in parts of an odd size returns
+/// the plaintext, CBC-PAD keeping the last block for `C_DecryptFinal`.
+fn aes_multi_part_streams_whole_blocks(env: &Env) {
+    let s = env.user();
+    let key = [0x5au8; 16];
+    let k = aes_key(&s, &key);
+    let iv = [0x6bu8; 16];
+    let data: Vec<u8> = (0..4usize << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+    for (mode, m) in [
+        (cryptoki_sys::CKM_AES_ECB, Mechanism::AesEcb),
+        (cryptoki_sys::CKM_AES_CBC, Mechanism::AesCbc(iv)),
+        (cryptoki_sys::CKM_AES_CBC_PAD, Mechanism::AesCbcPad(iv)),
+    ] {
+        let want = aws_lc_aes(mode, &key, iv, &data);
+        s.encrypt_init(&m, k).unwrap();
+        let mut got = Vec::with_capacity(want.len());
+        for part in data.chunks(64 * 1024) {
+            let out = s.encrypt_update(part).unwrap();
+            assert_eq!(out.len(), part.len(), "{m:?}: a 64 KiB update outputs its 64 KiB");
+            got.extend(out);
+        }
+        got.extend(s.encrypt_final().unwrap());
+        assert!(
+            got == want,
+            "{m:?}: the streamed ciphertext differs from aws-lc-rs's"
+        );
+
+        // Not a whole block yet: nothing; the block completed: 16 bytes.
+        s.encrypt_init(&m, k).unwrap();
+        assert_eq!(s.encrypt_update(&data[..10]).unwrap().len(), 0, "{m:?}");
+        assert_eq!(s.encrypt_update(&data[10..20]).unwrap(), &want[..16], "{m:?}");
+        if mode == cryptoki_sys::CKM_AES_CBC_PAD {
+            assert_eq!(
+                s.encrypt_final().unwrap(),
+                aws_lc_aes(mode, &key, iv, &data[..20])[16..]
+            );
+        } else {
+            expect_rv(s.encrypt_final(), RvError::DataLenRange);
+        }
+
+        s.decrypt_init(&m, k).unwrap();
+        let mut back = Vec::with_capacity(data.len());
+        for part in want.chunks(64 * 1024 + 7) {
+            back.extend(s.decrypt_update(part).unwrap());
+        }
+        back.extend(s.decrypt_final().unwrap());
+        assert!(
+            back == data,
+            "{m:?}: decryption in parts gives the plaintext back"
+        );
+    }
+    // CBC-PAD decryption holds back the last whole block: one block in, none out.
+    let ct = aws_lc_aes(cryptoki_sys::CKM_AES_CBC_PAD, &key, iv, b"one block");
+    s.decrypt_init(&Mechanism::AesCbcPad(iv), k).unwrap();
+    assert_eq!(s.decrypt_update(&ct).unwrap().len(), 0);
+    assert_eq!(s.decrypt_final().unwrap(), b"one block");
+}
+
+/// Issue 19: a single-part `C_Encrypt` over what one request carries is
+/// `CKR_DATA_LEN_RANGE` (it was `CKR_ARGUMENTS_BAD`), and the module's log
+/// names the limit; the same data goes through in parts (of 700 KiB, which
+/// the module sends on in requests of at most 512 KiB).
+fn single_part_over_the_limit_is_data_len_range(env: &Env) {
+    let s = env.user();
+    let k = aes_key(&s, &[0x77; 16]);
+    // Over what one frame carries (1 MiB), where CKR_ARGUMENTS_BAD came from
+    // the connection before.
+    let big = vec![0u8; 2 << 20];
+    match s.encrypt(&Mechanism::AesEcb, k, &big) {
+        Err(e) => assert_eq!(t20_pkcs11_support::rv(&e), RvError::DataLenRange, "{e}"),
+        Ok(out) => panic!("a 2 MiB single-part C_Encrypt gave {} bytes", out.len()),
+    }
+    let log = env.log();
+    assert!(
+        log.contains("C_Encrypt") && log.contains("limit of 1024000 bytes"),
+        "the log names the limit:\n{log}"
+    );
+    s.encrypt_init(&Mechanism::AesEcb, k).unwrap();
+    let mut n = 0;
+    for part in big.chunks(700 * 1024) {
+        n += s.encrypt_update(part).unwrap().len();
+    }
+    n += s.encrypt_final().unwrap().len();
+    assert_eq!(n, big.len());
+}
+
+/// A multi-part operation through the raw list (cryptoki has no AES-CTR):
+/// the output of each `C_*Update` over `parts`, then of `C_*Final`.
+fn raw_crypt_parts(
+    env: &Env,
+    h: cryptoki_sys::CK_SESSION_HANDLE,
+    encrypt: bool,
+    mech: &mut cryptoki_sys::CK_MECHANISM,
+    key: u64,
+    parts: &[&[u8]],
+) -> Result<Vec<Vec<u8>>, u64> {
+    let f = &env.raw;
+    let check = |r: u64| if r == 0 { Ok(()) } else { Err(r) };
+    // SAFETY: valid pointers for the calls' lengths; the module is initialized.
+    check(unsafe {
+        if encrypt {
+            f.C_EncryptInit.unwrap()(h, mech, key)
+        } else {
+            f.C_DecryptInit.unwrap()(h, mech, key)
+        }
+    })?;
+    let mut outs = Vec::new();
+    for part in parts {
+        let mut buf = vec![0u8; part.len() + 32];
+        let mut len = buf.len() as cryptoki_sys::CK_ULONG;
+        // SAFETY: as above; `buf` holds `len` bytes.
+        check(unsafe {
+            let update = if encrypt {
+                f.C_EncryptUpdate.unwrap()
+            } else {
+                f.C_DecryptUpdate.unwrap()
+            };
+            update(
+                h,
+                part.as_ptr() as *mut u8,
+                part.len() as _,
+                buf.as_mut_ptr(),
+                &mut len,
+            )
+        })?;
+        buf.truncate(len as usize);
+        outs.push(buf);
+    }
+    let mut buf = vec![0u8; 32];
+    let mut len = 32;
+    // SAFETY: as above.
+    check(unsafe {
+        if encrypt {
+            f.C_EncryptFinal.unwrap()(h, buf.as_mut_ptr(), &mut len)
+        } else {
+            f.C_DecryptFinal.unwrap()(h, buf.as_mut_ptr(), &mut len)
+        }
+    })?;
+    buf.truncate(len as usize);
+    outs.push(buf);
+    Ok(outs)
+}
+
+/// Issue 19: `CKM_AES_CTR` is offered, and encrypts NIST SP 800-38A F.5.1
+/// (CTR-AES128.Encrypt) single-part and in parts that split blocks.
+fn aes_ctr_known_answer(env: &Env) {
+    let s = env.user();
+    let mechs = env.p11.get_mechanism_list(env.slot).unwrap();
+    assert!(
+        mechs.iter().any(|m| **m == cryptoki_sys::CKM_AES_CTR),
+        "CKM_AES_CTR is in C_GetMechanismList"
+    );
+    let key = hex::decode("2b7e151628aed2a6abf7158809cf4f3c").unwrap();
+    let plain = hex::decode(concat!(
+        "6bc1bee22e409f96e93d7e117393172a",
+        "ae2d8a571e03ac9c9eb76fac45af8e51",
+        "30c81c46a35ce411e5fbc1191a0a52ef",
+        "f69f2445df4f9b17ad2b417be66c3710"
+    ))
+    .unwrap();
+    let cipher = hex::decode(concat!(
+        "874d6191b620e3261bef6864990db6ce",
+        "9806f66b7970fdff8617187bb9fffdff",
+        "5ae4df3edbd5d35e5b4f09020db03eab",
+        "1e031dda2fbe03d1792170a0f3009cee"
+    ))
+    .unwrap();
+    let k = raw::obj(aes_key(&s, &key));
+    let mut params = cryptoki_sys::CK_AES_CTR_PARAMS {
+        ulCounterBits: 128,
+        cb: <[u8; 16]>::try_from(hex::decode("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff").unwrap()).unwrap(),
+    };
+    let mut m = cryptoki_sys::CK_MECHANISM {
+        mechanism: cryptoki_sys::CKM_AES_CTR,
+        pParameter: &mut params as *mut _ as *mut std::ffi::c_void,
+        ulParameterLen: std::mem::size_of::<cryptoki_sys::CK_AES_CTR_PARAMS>() as _,
+    };
+    let h = s.handle();
+    let f = &env.raw;
+    // SAFETY: valid pointers for their lengths.
+    assert_eq!(unsafe { f.C_EncryptInit.unwrap()(h, &mut m, k) }, 0);
+    let mut out = vec![0u8; 64];
+    let mut len = 64;
+    // SAFETY: as above.
+    let r = unsafe { f.C_Encrypt.unwrap()(h, plain.as_ptr() as *mut u8, 64, out.as_mut_ptr(), &mut len) };
+    assert_eq!((r, len), (0, 64));
+    assert_eq!(
+        hex::encode(&out),
+        hex::encode(&cipher),
+        "single-part CTR-AES128.Encrypt"
+    );
+
+    let parts: Vec<&[u8]> = vec![&plain[..5], &plain[5..25], &plain[25..57], &plain[57..]];
+    let outs = raw_crypt_parts(env, h, true, &mut m, k, &parts).expect("multi-part CTR");
+    // Whole blocks come out as soon as they are complete: 5 bytes make none,
+    // 25 one, 57 three, 64 four.
+    assert_eq!(outs.iter().map(Vec::len).collect::<Vec<_>>(), [0, 16, 32, 16, 0]);
+    assert_eq!(
+        hex::encode(outs.concat()),
+        hex::encode(&cipher),
+        "multi-part CTR-AES128.Encrypt"
+    );
+    // 60 bytes: the last 12 are a partial block, which C_DecryptFinal outputs.
+    let parts: Vec<&[u8]> = vec![&cipher[..33], &cipher[33..60]];
+    let back = raw_crypt_parts(env, h, false, &mut m, k, &parts).expect("CTR decryption");
+    assert_eq!(back.iter().map(Vec::len).collect::<Vec<_>>(), [32, 16, 12]);
+    assert_eq!(back.concat(), &plain[..60], "CTR-AES128.Decrypt");
+    // An 8-bit counter at 0xff has one block left: two blocks would repeat the key stream.
+    let mut eight = cryptoki_sys::CK_AES_CTR_PARAMS {
+        ulCounterBits: 8,
+        cb: params.cb,
+    };
+    let mut m8 = cryptoki_sys::CK_MECHANISM {
+        pParameter: &mut eight as *mut _ as *mut std::ffi::c_void,
+        ..m
+    };
+    let two: Vec<&[u8]> = vec![&plain[..16], &plain[16..32]];
+    assert_eq!(
+        raw_crypt_parts(env, h, true, &mut m8, k, &two),
+        Err(cryptoki_sys::CKR_DATA_LEN_RANGE)
+    );
+    // One block is what it has, single-part too.
+    assert_eq!(
+        raw_crypt_parts(env, h, true, &mut m8, k, &two[..1]).map(|o| o.concat()),
+        Ok(cipher[..16].to_vec())
+    );
+}
+
 fn digests_and_hmac_match_aws_lc(env: &Env) {
     let s = env.user();
     use aws_lc_rs::digest as d;
@@ -769,6 +1026,15 @@ fn every_mechanism_family_through_the_module() {
                 "multi_part_operations_match_single_part",
                 multi_part_operations_match_single_part,
             ),
+            (
+                "aes_multi_part_streams_whole_blocks",
+                aes_multi_part_streams_whole_blocks,
+            ),
+            (
+                "single_part_over_the_limit_is_data_len_range",
+                single_part_over_the_limit_is_data_len_range,
+            ),
+            ("aes_ctr_known_answer", aes_ctr_known_answer),
             ("digests_and_hmac_match_aws_lc", digests_and_hmac_match_aws_lc),
             ("wrapped_keys_unwrap_elsewhere", wrapped_keys_unwrap_elsewhere),
             ("random_bytes_are_random", random_bytes_are_random),

@@ -721,7 +721,6 @@ fn slot_functions() -> Vec<(&'static str, OnSlot)> {
 const NOT_OFFERED: &[&str] = &[
     "C_GetOperationState",
     "C_SetOperationState",
-    "C_DigestKey",
     "C_SignRecoverInit",
     "C_SignRecover",
     "C_VerifyRecoverInit",
@@ -762,7 +761,7 @@ fn with_valid_session(name: &str) -> CK_RV {
         "C_SessionCancel" => CKR_OK,
         "C_Logout" => CKR_USER_NOT_LOGGED_IN,
         "C_DestroyObject" => CKR_OBJECT_HANDLE_INVALID,
-        "C_FindObjectsFinal" => CKR_OPERATION_NOT_INITIALIZED,
+        "C_FindObjectsFinal" | "C_DigestKey" => CKR_OPERATION_NOT_INITIALIZED,
         // An unknown mechanism, and a pointer-free call otherwise.
         "C_EncryptInit" | "C_DecryptInit" | "C_DigestInit" | "C_SignInit" | "C_VerifyInit" => {
             CKR_MECHANISM_INVALID
@@ -1598,6 +1597,8 @@ fn cases() -> Vec<Case> {
         )
     }));
 
+    v.extend(public_derive_cases());
+
     // ---- a user session (logged in through `rw`; the login is the token's,
     // so `ro` is a read-only user session).
     v.push(case(User, "C_Login as the user", CKR_OK, |fx| {
@@ -1736,6 +1737,10 @@ fn cases() -> Vec<Case> {
             r
         },
     ));
+    v.extend(client_template_cases());
+    v.extend(digest_key_cases());
+    v.push(rsa_1024_case());
+    v.push(streaming_case());
     v.push(case(User, "C_SeedRandom(NULL, 1)", CKR_ARGUMENTS_BAD, |fx| {
         call!(fx, C_SeedRandom, fx.rw, null_mut(), 1)
     }));
@@ -1761,6 +1766,1038 @@ fn cases() -> Vec<Case> {
     v.push(case(User, "C_Logout again", CKR_USER_NOT_LOGGED_IN, |fx| {
         call!(fx, C_Logout, fx.rw)
     }));
+    v
+}
+
+// ------------------------------------ templates real clients send (issue 19) --
+
+const P384: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+
+/// An attribute array (`CKA_UNWRAP_TEMPLATE` …) over `inner`, which must
+/// outlive the call it is passed to.
+fn array_attr(ty: CK_ATTRIBUTE_TYPE, inner: &mut [CK_ATTRIBUTE]) -> CK_ATTRIBUTE {
+    CK_ATTRIBUTE {
+        type_: ty,
+        pValue: inner.as_mut_ptr() as *mut std::ffi::c_void,
+        ulValueLen: std::mem::size_of_val(inner) as CK_ULONG,
+    }
+}
+
+/// `C_GenerateKeyPair` with raw templates.
+fn gen_pair_raw(
+    fx: &Fx,
+    m: CK_MECHANISM_TYPE,
+    pt: &mut [CK_ATTRIBUTE],
+    st: &mut [CK_ATTRIBUTE],
+) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE), CK_RV> {
+    let mut m = mech(m);
+    let (mut p, mut s) = (0, 0);
+    match call!(
+        fx,
+        C_GenerateKeyPair,
+        fx.rw,
+        &mut m,
+        pt.as_mut_ptr(),
+        pt.len() as CK_ULONG,
+        st.as_mut_ptr(),
+        st.len() as CK_ULONG,
+        &mut p,
+        &mut s
+    ) {
+        CKR_OK => Ok((p, s)),
+        rv => Err(rv),
+    }
+}
+
+/// A session key pair (`CKA_TOKEN` false) with the usage flags pkcs11-tool,
+/// libp11 and pkcs11-provider ask for, whatever the key type can serve.
+fn client_pair(
+    fx: &Fx,
+    m: CK_MECHANISM_TYPE,
+    params: Option<&[u8]>,
+    extra_private: &mut Vec<CK_ATTRIBUTE>,
+) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE), CK_RV> {
+    let mut puba = vec![
+        Attribute::Token(false),
+        Attribute::Verify(true),
+        Attribute::Encrypt(true),
+        Attribute::Wrap(true),
+        Attribute::Derive(true),
+        Attribute::Label(b"t22-client".to_vec()),
+    ];
+    if let Some(p) = params {
+        puba.push(Attribute::EcParams(p.to_vec()));
+    }
+    let priva = vec![
+        Attribute::Token(false),
+        Attribute::Sign(true),
+        Attribute::Decrypt(true),
+        Attribute::Unwrap(true),
+        Attribute::Derive(true),
+        Attribute::Sensitive(true),
+        Attribute::Label(b"t22-client".to_vec()),
+    ];
+    let mut pt = tmpl(&puba);
+    let mut st = tmpl(&priva);
+    st.append(extra_private);
+    gen_pair_raw(fx, m, &mut pt, &mut st)
+}
+
+/// One attribute's value (`C_GetAttributeValue`, length first).
+fn get_attr(fx: &Fx, o: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> Result<Vec<u8>, CK_RV> {
+    let mut a = [CK_ATTRIBUTE {
+        type_: ty,
+        pValue: null_mut(),
+        ulValueLen: 0,
+    }];
+    ok(call!(fx, C_GetAttributeValue, fx.rw, o, a.as_mut_ptr(), 1))?;
+    let mut buf = vec![0u8; a[0].ulValueLen as usize];
+    a[0].pValue = buf.as_mut_ptr() as *mut std::ffi::c_void;
+    ok(call!(fx, C_GetAttributeValue, fx.rw, o, a.as_mut_ptr(), 1))?;
+    buf.truncate(a[0].ulValueLen as usize);
+    Ok(buf)
+}
+
+/// `CKR_OK` when `o`'s attribute `ty` has the value `want`.
+fn expect_attr(fx: &Fx, o: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE, want: &[u8]) -> Result<(), CK_RV> {
+    let got = get_attr(fx, o, ty)?;
+    if got != want {
+        eprintln!("attribute {ty:#x} is {got:02x?}, want {want:02x?}");
+        return Err(WRONG_RESULT);
+    }
+    Ok(())
+}
+
+fn result(r: Result<(), CK_RV>) -> CK_RV {
+    r.err().unwrap_or(CKR_OK)
+}
+
+/// `CK_ECDH1_DERIVE_PARAMS` with `CKD_NULL` over `point`, which must outlive the call.
+fn ecdh_params(point: &mut [u8]) -> CK_ECDH1_DERIVE_PARAMS {
+    CK_ECDH1_DERIVE_PARAMS {
+        kdf: CKD_NULL,
+        ulSharedDataLen: 0,
+        pSharedData: null_mut(),
+        ulPublicDataLen: point.len() as CK_ULONG,
+        pPublicData: point.as_mut_ptr(),
+    }
+}
+
+/// `C_DeriveKey` with `CKM_ECDH1_DERIVE` from `base` and the peer's `point`.
+fn ecdh_derive(
+    fx: &Fx,
+    h: CK_SESSION_HANDLE,
+    base: CK_OBJECT_HANDLE,
+    point: &mut [u8],
+    attrs: &[Attribute],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let mut p = ecdh_params(point);
+    let mut m = CK_MECHANISM {
+        mechanism: CKM_ECDH1_DERIVE,
+        pParameter: &mut p as *mut CK_ECDH1_DERIVE_PARAMS as *mut std::ffi::c_void,
+        ulParameterLen: std::mem::size_of::<CK_ECDH1_DERIVE_PARAMS>() as CK_ULONG,
+    };
+    let mut t = tmpl(attrs);
+    let mut o = 0;
+    match call!(
+        fx,
+        C_DeriveKey,
+        h,
+        &mut m,
+        base,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut o
+    ) {
+        CKR_OK => Ok(o),
+        rv => Err(rv),
+    }
+}
+
+/// The raw point inside a DER-wrapped `CKA_EC_POINT` (an OCTET STRING of 65 or 97 bytes).
+fn raw_point(der: &[u8]) -> Vec<u8> {
+    der[2..].to_vec()
+}
+
+/// A KEK that wraps and unwraps, with `CKA_UNWRAP_TEMPLATE` `imposed`; an
+/// extractable AES key; the key wrapped under the KEK.
+fn kek_and_blob(
+    fx: &Fx,
+    imposed: &[Attribute],
+) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE, Vec<u8>), CK_RV> {
+    let mut inner = tmpl(imposed);
+    let mut t = tmpl(&[
+        Attribute::Token(false),
+        Attribute::ValueLen(16.into()),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+    ]);
+    t.push(array_attr(CKA_UNWRAP_TEMPLATE, &mut inner));
+    let mut m = mech(CKM_AES_KEY_GEN);
+    let mut kek = 0;
+    ok(call!(
+        fx,
+        C_GenerateKey,
+        fx.rw,
+        &mut m,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut kek
+    ))?;
+    let key = gen_key(
+        fx,
+        fx.rw,
+        &[
+            Attribute::Token(false),
+            Attribute::ValueLen(16.into()),
+            Attribute::Extractable(true),
+        ],
+    )?;
+    let mut m = mech(CKM_AES_KEY_WRAP);
+    let (mut blob, mut n) = (vec![0u8; 64], 64);
+    ok(call!(
+        fx,
+        C_WrapKey,
+        fx.rw,
+        &mut m,
+        kek,
+        key,
+        blob.as_mut_ptr(),
+        &mut n
+    ))?;
+    blob.truncate(n as usize);
+    Ok((kek, key, blob))
+}
+
+fn unwrap_aes(
+    fx: &Fx,
+    kek: CK_OBJECT_HANDLE,
+    blob: &mut [u8],
+    attrs: &[Attribute],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let mut m = mech(CKM_AES_KEY_WRAP);
+    let mut all = vec![
+        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+        Attribute::KeyType(cryptoki::object::KeyType::AES),
+        Attribute::Token(false),
+    ];
+    all.extend_from_slice(attrs);
+    let mut t = tmpl(&all);
+    let mut o = 0;
+    match call!(
+        fx,
+        C_UnwrapKey,
+        fx.rw,
+        &mut m,
+        kek,
+        blob.as_mut_ptr(),
+        blob.len() as CK_ULONG,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut o
+    ) {
+        CKR_OK => Ok(o),
+        rv => Err(rv),
+    }
+}
+
+/// A KEK with `CKA_WRAP_TEMPLATE` `wanted` wraps an extractable AES key:
+/// the code of `C_WrapKey`.
+fn wrap_under_template(fx: &Fx, wanted: &[Attribute]) -> CK_RV {
+    let mut inner = tmpl(wanted);
+    let mut t = tmpl(&[
+        Attribute::Token(false),
+        Attribute::ValueLen(16.into()),
+        Attribute::Wrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+    ]);
+    t.push(array_attr(CKA_WRAP_TEMPLATE, &mut inner));
+    let mut m = mech(CKM_AES_KEY_GEN);
+    let mut kek = 0;
+    let r = call!(
+        fx,
+        C_GenerateKey,
+        fx.rw,
+        &mut m,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut kek
+    );
+    if r != CKR_OK {
+        return r;
+    }
+    let key = match gen_key(
+        fx,
+        fx.rw,
+        &[
+            Attribute::Token(false),
+            Attribute::ValueLen(16.into()),
+            Attribute::Extractable(true),
+        ],
+    ) {
+        Ok(k) => k,
+        Err(rv) => return rv,
+    };
+    let mut m = mech(CKM_AES_KEY_WRAP);
+    let (mut blob, mut n) = ([0u8; 64], 64);
+    let r = call!(fx, C_WrapKey, fx.rw, &mut m, kek, key, blob.as_mut_ptr(), &mut n);
+    destroy(fx, fx.rw, key);
+    destroy(fx, fx.rw, kek);
+    r
+}
+
+/// `C_SetAttributeValue` on a new AES key of its `CKA_UNWRAP_TEMPLATE`
+/// (`array`) or its `CKA_CHECK_VALUE`, which are fixed once it is made.
+fn set_after_creation(fx: &Fx, array: bool) -> CK_RV {
+    let k = match gen_key(fx, fx.rw, &aes_key(false, None, true)) {
+        Ok(k) => k,
+        Err(rv) => return rv,
+    };
+    let mut inner = tmpl(&[Attribute::Sensitive(false)]);
+    let mut kcv = [1u8, 2, 3];
+    let mut t = [if array {
+        array_attr(CKA_UNWRAP_TEMPLATE, &mut inner)
+    } else {
+        CK_ATTRIBUTE {
+            type_: CKA_CHECK_VALUE,
+            pValue: kcv.as_mut_ptr() as *mut std::ffi::c_void,
+            ulValueLen: 3,
+        }
+    }];
+    let r = call!(fx, C_SetAttributeValue, fx.rw, k, t.as_mut_ptr(), 1);
+    destroy(fx, fx.rw, k);
+    r
+}
+
+/// Every attribute PKCS#11 3.0's common, storage, key and secret-key
+/// tables let an application give a new secret key (§4.4, §4.7, §4.10),
+/// the attribute arrays included; `CKA_TRUSTED` false (only the SO may set it true).
+fn secret_key_table(key_type: cryptoki::object::KeyType) -> Vec<Attribute> {
+    let date = cryptoki::types::Date::new_from_str_slice("2026", "01", "01").unwrap();
+    let end = cryptoki::types::Date::new_from_str_slice("2036", "12", "31").unwrap();
+    vec![
+        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+        Attribute::KeyType(key_type),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Modifiable(true),
+        Attribute::Copyable(true),
+        Attribute::Destroyable(true),
+        Attribute::Label(b"t22-table".to_vec()),
+        Attribute::Id(vec![0x22, 0x01]),
+        Attribute::StartDate(date),
+        Attribute::EndDate(end),
+        Attribute::Sensitive(true),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(true),
+        Attribute::Extractable(false),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Trusted(false),
+        Attribute::AllowedMechanisms(vec![
+            cryptoki::mechanism::MechanismType::AES_CBC_PAD,
+            cryptoki::mechanism::MechanismType::SHA256_HMAC,
+        ]),
+    ]
+}
+
+/// [`secret_key_table`] with the three attribute arrays, through `f`.
+fn with_arrays(attrs: &[Attribute], f: impl FnOnce(&mut [CK_ATTRIBUTE]) -> CK_RV) -> CK_RV {
+    let mut wrap = tmpl(&[Attribute::Extractable(true)]);
+    let mut unwrap = tmpl(&[Attribute::Sensitive(true)]);
+    let mut derive = tmpl(&[Attribute::Token(false)]);
+    let mut t = tmpl(attrs);
+    t.push(array_attr(CKA_WRAP_TEMPLATE, &mut wrap));
+    t.push(array_attr(CKA_UNWRAP_TEMPLATE, &mut unwrap));
+    t.push(array_attr(CKA_DERIVE_TEMPLATE, &mut derive));
+    f(&mut t)
+}
+
+/// `C_DigestInit(SHA256)`, then `C_DigestUpdate`s and `C_DigestKey`s in order, then `C_DigestFinal`.
+fn digest_with_keys(fx: &Fx, parts: &[Result<&[u8], CK_OBJECT_HANDLE>]) -> Result<Vec<u8>, CK_RV> {
+    ok(call!(fx, C_DigestInit, fx.rw, &mut mech(CKM_SHA256)))?;
+    for part in parts {
+        match part {
+            Ok(data) => ok(call!(
+                fx,
+                C_DigestUpdate,
+                fx.rw,
+                data.as_ptr() as *mut u8,
+                data.len() as CK_ULONG
+            ))?,
+            Err(key) => ok(call!(fx, C_DigestKey, fx.rw, *key))?,
+        }
+    }
+    let mut out = vec![0u8; 32];
+    let mut n = 32;
+    ok(call!(fx, C_DigestFinal, fx.rw, out.as_mut_ptr(), &mut n))?;
+    out.truncate(n as usize);
+    Ok(out)
+}
+
+/// In session `h` (public): two public session EC pairs, and a key derived
+/// from them with `CKA_PRIVATE` `private`; the code, or `WRONG_RESULT` when
+/// the derived key is not the one both sides agree on.
+fn public_derive(fx: &Fx, h: CK_SESSION_HANDLE, private: bool) -> CK_RV {
+    let steps = || -> Result<(), CK_RV> {
+        let (ap, a) = gen_pair_derive(fx, h)?;
+        let (bp, b) = gen_pair_derive(fx, h)?;
+        let point = |o| -> Result<Vec<u8>, CK_RV> {
+            let mut a = [CK_ATTRIBUTE {
+                type_: CKA_EC_POINT,
+                pValue: null_mut(),
+                ulValueLen: 0,
+            }];
+            ok(call!(fx, C_GetAttributeValue, h, o, a.as_mut_ptr(), 1))?;
+            let mut buf = vec![0u8; a[0].ulValueLen as usize];
+            a[0].pValue = buf.as_mut_ptr() as *mut std::ffi::c_void;
+            ok(call!(fx, C_GetAttributeValue, h, o, a.as_mut_ptr(), 1))?;
+            Ok(raw_point(&buf))
+        };
+        let mut b_point = point(bp)?;
+        let template = [
+            Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::AES),
+            Attribute::ValueLen(16.into()),
+            Attribute::Token(false),
+            Attribute::Private(private),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ];
+        let r = ecdh_derive(fx, h, a, &mut b_point, &template);
+        for o in [ap, a, bp, b] {
+            destroy(fx, h, o);
+        }
+        let k = r?;
+        let r = call!(fx, C_DestroyObject, h, k);
+        ok(r)
+    };
+    steps().err().unwrap_or(CKR_OK)
+}
+
+/// A public session EC P-256 pair whose private half derives.
+fn gen_pair_derive(fx: &Fx, h: CK_SESSION_HANDLE) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE), CK_RV> {
+    let puba = [
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::EcParams(P256.to_vec()),
+    ];
+    let priva = [
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Derive(true),
+    ];
+    let (mut pt, mut st) = (tmpl(&puba), tmpl(&priva));
+    let mut m = mech(CKM_EC_KEY_PAIR_GEN);
+    let (mut p, mut s) = (0, 0);
+    match call!(
+        fx,
+        C_GenerateKeyPair,
+        h,
+        &mut m,
+        pt.as_mut_ptr(),
+        pt.len() as CK_ULONG,
+        st.as_mut_ptr(),
+        st.len() as CK_ULONG,
+        &mut p,
+        &mut s
+    ) {
+        CKR_OK => Ok((p, s)),
+        rv => Err(rv),
+    }
+}
+
+/// C_DeriveKey in public sessions (the public-object rule of
+/// `docs/pkcs11.md`): a public session object may be derived from public
+/// session keys, in a read-only session too; a private one needs the login.
+fn public_derive_cases() -> Vec<Case> {
+    use Phase::{RoPublic, RwPublic};
+    vec![
+        case(
+            RwPublic,
+            "C_DeriveKey(ECDH1) of a public session key",
+            CKR_OK,
+            |fx| public_derive(fx, fx.rw, false),
+        ),
+        case(
+            RoPublic,
+            "C_DeriveKey(ECDH1) of a public session key",
+            CKR_OK,
+            |fx| public_derive(fx, fx.ro, false),
+        ),
+        case(
+            RwPublic,
+            "C_DeriveKey(ECDH1) of a private key without the login",
+            CKR_USER_NOT_LOGGED_IN,
+            |fx| public_derive(fx, fx.rw, true),
+        ),
+    ]
+}
+
+fn rsa_1024_case() -> Case {
+    case(
+        Phase::User,
+        "C_GenerateKeyPair(RSA 1024), and the module's log says why",
+        CKR_KEY_SIZE_RANGE,
+        |fx| {
+            let mut m = mech(CKM_RSA_PKCS_KEY_PAIR_GEN);
+            let (mut pt, mut st) = (
+                tmpl(&[Attribute::Token(false), Attribute::ModulusBits(1024.into())]),
+                tmpl(&[Attribute::Token(false)]),
+            );
+            let (mut p, mut s) = (0, 0);
+            let r = call!(
+                fx,
+                C_GenerateKeyPair,
+                fx.rw,
+                &mut m,
+                pt.as_mut_ptr(),
+                pt.len() as CK_ULONG,
+                st.as_mut_ptr(),
+                st.len() as CK_ULONG,
+                &mut p,
+                &mut s
+            );
+            let log = std::env::var_os("HAHSM_PKCS11_LOG")
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            let said = log.lines().any(|l| {
+                l.contains("C_GenerateKeyPair") && l.contains("CKR_KEY_SIZE_RANGE") && l.contains("1024")
+            });
+            if r == CKR_KEY_SIZE_RANGE && !said {
+                eprintln!("the module's log does not say why RSA-1024 was refused:\n{log}");
+                return WRONG_RESULT;
+            }
+            r
+        },
+    )
+}
+
+/// Multi-part AES-CBC-PAD in parts of 40, 1 and 100 bytes against the
+/// single-part result, on both slots (in the HA slot each part may run on
+/// another member): each update outputs its whole blocks at once.
+fn streaming_case() -> Case {
+    case(
+        Phase::User,
+        "multi-part AES-CBC-PAD streams whole blocks and matches single-part",
+        CKR_OK,
+        |fx| {
+            let k = match gen_key(fx, fx.rw, &aes_key(false, None, true)) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let mut iv = [0x19u8; 16];
+            let iv_ptr = iv.as_mut_ptr() as *mut std::ffi::c_void;
+            let cbc_pad = || CK_MECHANISM {
+                mechanism: CKM_AES_CBC_PAD,
+                pParameter: iv_ptr,
+                ulParameterLen: 16,
+            };
+            let data: Vec<u8> = (0..141u8).collect();
+            let steps = || -> Result<(), CK_RV> {
+                ok(call!(fx, C_EncryptInit, fx.rw, &mut cbc_pad(), k))?;
+                let mut one = vec![0u8; 160];
+                let mut n = 160;
+                ok(call!(
+                    fx,
+                    C_Encrypt,
+                    fx.rw,
+                    data.as_ptr() as *mut u8,
+                    data.len() as CK_ULONG,
+                    one.as_mut_ptr(),
+                    &mut n
+                ))?;
+                one.truncate(n as usize);
+                ok(call!(fx, C_EncryptInit, fx.rw, &mut cbc_pad(), k))?;
+                let mut parts = Vec::new();
+                let mut lens = Vec::new();
+                for part in [&data[..40], &data[40..41], &data[41..]] {
+                    let mut out = vec![0u8; 160];
+                    let mut n = 160;
+                    ok(call!(
+                        fx,
+                        C_EncryptUpdate,
+                        fx.rw,
+                        part.as_ptr() as *mut u8,
+                        part.len() as CK_ULONG,
+                        out.as_mut_ptr(),
+                        &mut n
+                    ))?;
+                    lens.push(n);
+                    parts.extend_from_slice(&out[..n as usize]);
+                }
+                let mut out = vec![0u8; 32];
+                let mut n = 32;
+                ok(call!(fx, C_EncryptFinal, fx.rw, out.as_mut_ptr(), &mut n))?;
+                lens.push(n);
+                parts.extend_from_slice(&out[..n as usize]);
+                // 40 bytes: two blocks; 41: none more; 141: six more; the pad block at Final.
+                if lens != [32, 0, 96, 16] || parts != one {
+                    eprintln!("update lengths {lens:?}; same as single-part: {}", parts == one);
+                    return Err(WRONG_RESULT);
+                }
+                Ok(())
+            };
+            let r = steps();
+            destroy(fx, fx.rw, k);
+            result(r)
+        },
+    )
+}
+
+fn digest_key_cases() -> Vec<Case> {
+    use Phase::User;
+    vec![
+        case(
+            User,
+            "C_DigestKey of a sensitive AES key: the SHA-256 of data, value, data",
+            CKR_OK,
+            |fx| {
+                let value = [0x3cu8; 32];
+                let k = match create(
+                    fx,
+                    fx.rw,
+                    &[
+                        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(cryptoki::object::KeyType::AES),
+                        Attribute::Token(false),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Value(value.to_vec()),
+                    ],
+                ) {
+                    Ok(k) => k,
+                    Err(rv) => return rv,
+                };
+                let got = digest_with_keys(fx, &[Ok(b"abc"), Err(k), Ok(b"xyz")]);
+                destroy(fx, fx.rw, k);
+                let mut input = b"abc".to_vec();
+                input.extend_from_slice(&value);
+                input.extend_from_slice(b"xyz");
+                let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+                match got {
+                    Ok(d) if d == want.as_ref() => CKR_OK,
+                    Ok(d) => {
+                        eprintln!("digest {}, want {}", hex::encode(d), hex::encode(want.as_ref()));
+                        WRONG_RESULT
+                    }
+                    Err(rv) => rv,
+                }
+            },
+        ),
+        case(
+            User,
+            "C_DigestKey of an EC private key",
+            CKR_KEY_INDIGESTIBLE,
+            |fx| {
+                let (p, s) = match gen_pair(fx, fx.rw, false, None, true) {
+                    Ok(k) => k,
+                    Err(rv) => return rv,
+                };
+                let r = digest_with_keys(fx, &[Err(s)]);
+                destroy(fx, fx.rw, p);
+                destroy(fx, fx.rw, s);
+                // The failed C_DigestKey leaves the digest active: end it.
+                call!(fx, C_DigestInit, fx.rw, null_mut());
+                r.err().unwrap_or(WRONG_RESULT)
+            },
+        ),
+        case(User, "C_DigestKey of a bogus key", CKR_KEY_HANDLE_INVALID, |fx| {
+            let r = digest_with_keys(fx, &[Err(BOGUS)]);
+            call!(fx, C_DigestInit, fx.rw, null_mut());
+            r.err().unwrap_or(WRONG_RESULT)
+        }),
+    ]
+}
+
+fn client_template_cases() -> Vec<Case> {
+    use Phase::User;
+    let mut v = Vec::new();
+    v.push(case(
+        User,
+        "EC P-256 pair with ENCRYPT/WRAP/DERIVE and DECRYPT/UNWRAP/DERIVE",
+        CKR_OK,
+        |fx| {
+            let (p, s) = match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            // Stored as asked.
+            let r = expect_attr(fx, p, CKA_WRAP, &[1]).and_then(|_| expect_attr(fx, s, CKA_UNWRAP, &[1]));
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            result(r)
+        },
+    ));
+    v.push(case(
+        User,
+        "EC P-384 pair with ENCRYPT/WRAP/DERIVE and DECRYPT/UNWRAP/DERIVE",
+        CKR_OK,
+        |fx| match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P384), &mut vec![]) {
+            Ok((p, s)) => {
+                destroy(fx, fx.rw, p);
+                destroy(fx, fx.rw, s)
+            }
+            Err(rv) => rv,
+        },
+    ));
+    v.push(case(
+        User,
+        "Ed25519 pair with CKA_DERIVE on both halves",
+        CKR_OK,
+        |fx| match client_pair(fx, CKM_EC_EDWARDS_KEY_PAIR_GEN, None, &mut vec![]) {
+            Ok((p, s)) => {
+                let r = expect_attr(fx, s, CKA_DERIVE, &[1]);
+                destroy(fx, fx.rw, p);
+                destroy(fx, fx.rw, s);
+                result(r)
+            }
+            Err(rv) => rv,
+        },
+    ));
+    v.push(case(
+        User,
+        "C_DeriveKey(ECDH1) with an Ed25519 key that has CKA_DERIVE",
+        CKR_KEY_TYPE_INCONSISTENT,
+        |fx| {
+            let (p, s) = match client_pair(fx, CKM_EC_EDWARDS_KEY_PAIR_GEN, None, &mut vec![]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let mut point = [4u8; 65];
+            let r = ecdh_derive(fx, fx.rw, s, &mut point, &[Attribute::Token(false)]);
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            r.err().unwrap_or(WRONG_RESULT)
+        },
+    ));
+    v.push(case(
+        User,
+        "C_EncryptInit(AES_ECB) with an EC public key that has CKA_ENCRYPT",
+        CKR_KEY_TYPE_INCONSISTENT,
+        |fx| {
+            let (p, s) = match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let r = call!(fx, C_EncryptInit, fx.rw, &mut mech(CKM_AES_ECB), p);
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            r
+        },
+    ));
+    v.push(case(
+        User,
+        "C_UnwrapKey(AES_KEY_WRAP) with an EC private key that has CKA_UNWRAP",
+        CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
+        |fx| {
+            let (p, s) = match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let mut blob = [0u8; 24];
+            let r = unwrap_aes(fx, s, &mut blob, &[]);
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            r.err().unwrap_or(WRONG_RESULT)
+        },
+    ));
+    v.push(case(
+        User,
+        "EC pair whose private template has CKA_UNWRAP_TEMPLATE, read back",
+        CKR_OK,
+        |fx| {
+            let mut inner = tmpl(&[Attribute::Extractable(false)]);
+            let mut extra = vec![array_attr(CKA_UNWRAP_TEMPLATE, &mut inner)];
+            let (p, s) = match client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut extra) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            // The array's length is one CK_ATTRIBUTE; read into it.
+            let mut value = [0xffu8; 1];
+            let mut nested = [CK_ATTRIBUTE {
+                type_: 0,
+                pValue: value.as_mut_ptr() as *mut std::ffi::c_void,
+                ulValueLen: 1,
+            }];
+            let mut a = [array_attr(CKA_UNWRAP_TEMPLATE, &mut nested)];
+            let r = call!(fx, C_GetAttributeValue, fx.rw, s, a.as_mut_ptr(), 1);
+            destroy(fx, fx.rw, p);
+            destroy(fx, fx.rw, s);
+            if r != CKR_OK {
+                return r;
+            }
+            if nested[0].type_ != CKA_EXTRACTABLE || nested[0].ulValueLen != 1 || value != [0] {
+                eprintln!(
+                    "CKA_UNWRAP_TEMPLATE read back as type {:#x}, len {}, value {value:?}",
+                    nested[0].type_, nested[0].ulValueLen
+                );
+                return WRONG_RESULT;
+            }
+            CKR_OK
+        },
+    ));
+    v.push(case(
+        User,
+        "C_UnwrapKey applies the KEK's CKA_UNWRAP_TEMPLATE",
+        CKR_OK,
+        |fx| {
+            let (kek, key, mut blob) = match kek_and_blob(fx, &[Attribute::Encrypt(false)]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            // An AES key encrypts by default; the KEK's template says otherwise.
+            let r = unwrap_aes(fx, kek, &mut blob, &[Attribute::Decrypt(true)]).and_then(|o| {
+                let r = expect_attr(fx, o, CKA_ENCRYPT, &[0]);
+                destroy(fx, fx.rw, o);
+                r
+            });
+            destroy(fx, fx.rw, key);
+            destroy(fx, fx.rw, kek);
+            result(r)
+        },
+    ));
+    v.push(case(
+        User,
+        "C_UnwrapKey against the KEK's CKA_UNWRAP_TEMPLATE",
+        CKR_TEMPLATE_INCONSISTENT,
+        |fx| {
+            let (kek, key, mut blob) = match kek_and_blob(fx, &[Attribute::Encrypt(false)]) {
+                Ok(k) => k,
+                Err(rv) => return rv,
+            };
+            let r = unwrap_aes(fx, kek, &mut blob, &[Attribute::Encrypt(true)]);
+            if let Ok(o) = r {
+                destroy(fx, fx.rw, o);
+            }
+            destroy(fx, fx.rw, key);
+            destroy(fx, fx.rw, kek);
+            r.err().unwrap_or(CKR_OK)
+        },
+    ));
+    v.push(case(
+        User,
+        "C_WrapKey of a key that does not match the KEK's CKA_WRAP_TEMPLATE",
+        CKR_KEY_NOT_WRAPPABLE,
+        |fx| {
+            wrap_under_template(
+                fx,
+                &[Attribute::KeyType(cryptoki::object::KeyType::GENERIC_SECRET)],
+            )
+        },
+    ));
+    v.push(case(
+        User,
+        "C_WrapKey of a key that matches the KEK's CKA_WRAP_TEMPLATE",
+        CKR_OK,
+        |fx| wrap_under_template(fx, &[Attribute::KeyType(cryptoki::object::KeyType::AES)]),
+    ));
+    v.push(case(
+        User,
+        "C_DeriveKey applies the base key's CKA_DERIVE_TEMPLATE",
+        CKR_OK,
+        |fx| {
+            let steps = || -> Result<(), CK_RV> {
+                let mut inner = tmpl(&[Attribute::Encrypt(false)]);
+                let mut extra = vec![array_attr(CKA_DERIVE_TEMPLATE, &mut inner)];
+                let (ap, a) = client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut extra)?;
+                let (bp, b) = client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![])?;
+                let mut b_point = raw_point(&get_attr(fx, bp, CKA_EC_POINT)?);
+                // An AES key encrypts by default; the base key's template says otherwise.
+                let template = [
+                    Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(cryptoki::object::KeyType::AES),
+                    Attribute::ValueLen(16.into()),
+                    Attribute::Token(false),
+                ];
+                let k = ecdh_derive(fx, fx.rw, a, &mut b_point, &template);
+                let r = k.and_then(|k| {
+                    let r = expect_attr(fx, k, CKA_ENCRYPT, &[0]);
+                    destroy(fx, fx.rw, k);
+                    r
+                });
+                for o in [ap, a, bp, b] {
+                    destroy(fx, fx.rw, o);
+                }
+                r
+            };
+            result(steps())
+        },
+    ));
+    v.push(case(
+        User,
+        "C_SetAttributeValue of CKA_UNWRAP_TEMPLATE",
+        CKR_ATTRIBUTE_READ_ONLY,
+        |fx| set_after_creation(fx, true),
+    ));
+    v.push(case(
+        User,
+        "C_SetAttributeValue of CKA_CHECK_VALUE",
+        CKR_ATTRIBUTE_READ_ONLY,
+        |fx| set_after_creation(fx, false),
+    ));
+    v.push(case(
+        User,
+        "C_GenerateKey(AES) with every attribute of the secret-key table",
+        CKR_OK,
+        |fx| {
+            let mut attrs = secret_key_table(cryptoki::object::KeyType::AES);
+            attrs.push(Attribute::ValueLen(32.into()));
+            with_arrays(&attrs, |t| {
+                let mut m = mech(CKM_AES_KEY_GEN);
+                let mut o = 0;
+                let r = call!(
+                    fx,
+                    C_GenerateKey,
+                    fx.rw,
+                    &mut m,
+                    t.as_mut_ptr(),
+                    t.len() as CK_ULONG,
+                    &mut o
+                );
+                if r == CKR_OK {
+                    let r = expect_attr(fx, o, CKA_WRAP_WITH_TRUSTED, &[1]);
+                    destroy(fx, fx.rw, o);
+                    return result(r);
+                }
+                r
+            })
+        },
+    ));
+    v.push(case(
+        User,
+        "C_GenerateKey(GENERIC_SECRET) with every attribute of the secret-key table",
+        CKR_OK,
+        |fx| {
+            let mut attrs = secret_key_table(cryptoki::object::KeyType::GENERIC_SECRET);
+            attrs.push(Attribute::ValueLen(32.into()));
+            with_arrays(&attrs, |t| {
+                let mut m = mech(CKM_GENERIC_SECRET_KEY_GEN);
+                let mut o = 0;
+                let r = call!(
+                    fx,
+                    C_GenerateKey,
+                    fx.rw,
+                    &mut m,
+                    t.as_mut_ptr(),
+                    t.len() as CK_ULONG,
+                    &mut o
+                );
+                if r == CKR_OK {
+                    destroy(fx, fx.rw, o);
+                }
+                r
+            })
+        },
+    ));
+    v.push(case(
+        User,
+        "C_CreateObject(AES) with the table and its CKA_CHECK_VALUE",
+        CKR_OK,
+        |fx| {
+            let mut attrs = secret_key_table(cryptoki::object::KeyType::AES);
+            attrs.push(Attribute::Value(vec![0; 16]));
+            // E(0^128, 0^128) begins 66 e9 4b.
+            attrs.push(Attribute::CheckValue(vec![0x66, 0xe9, 0x4b]));
+            match create(fx, fx.rw, &attrs) {
+                Ok(o) => destroy(fx, fx.rw, o),
+                Err(rv) => rv,
+            }
+        },
+    ));
+    v.push(case(
+        User,
+        "C_CreateObject(AES) with a wrong CKA_CHECK_VALUE",
+        CKR_ATTRIBUTE_VALUE_INVALID,
+        |fx| {
+            let mut attrs = secret_key_table(cryptoki::object::KeyType::AES);
+            attrs.push(Attribute::Value(vec![0; 16]));
+            attrs.push(Attribute::CheckValue(vec![0x66, 0xe9, 0x4c]));
+            match create(fx, fx.rw, &attrs) {
+                Ok(o) => {
+                    destroy(fx, fx.rw, o);
+                    CKR_OK
+                }
+                Err(rv) => rv,
+            }
+        },
+    ));
+    v.push(case(
+        User,
+        "a generated AES key's CKA_CHECK_VALUE",
+        CKR_OK,
+        |fx| {
+            let o = match gen_key(fx, fx.rw, &aes_key(false, None, true)) {
+                Ok(o) => o,
+                Err(rv) => return rv,
+            };
+            // Sensitive: the value is not readable, but its check value is, and
+            // it is three bytes.
+            let r = get_attr(fx, o, CKA_CHECK_VALUE).and_then(|kcv| {
+                if kcv.len() == 3 {
+                    Ok(())
+                } else {
+                    Err(WRONG_RESULT)
+                }
+            });
+            destroy(fx, fx.rw, o);
+            result(r)
+        },
+    ));
+    v.push(case(
+        User,
+        "ECDH1_DERIVE to session AES and generic keys with an ordinary template",
+        CKR_OK,
+        |fx| {
+            let steps = || -> Result<(), CK_RV> {
+                let (ap, a) = client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![])?;
+                let (bp, b) = client_pair(fx, CKM_EC_KEY_PAIR_GEN, Some(&P256), &mut vec![])?;
+                let mut a_point = raw_point(&get_attr(fx, ap, CKA_EC_POINT)?);
+                let mut b_point = raw_point(&get_attr(fx, bp, CKA_EC_POINT)?);
+                for (key_type, len) in [
+                    (cryptoki::object::KeyType::AES, 16u64),
+                    (cryptoki::object::KeyType::GENERIC_SECRET, 32),
+                ] {
+                    let template = [
+                        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(key_type),
+                        Attribute::ValueLen(len.into()),
+                        Attribute::Token(false),
+                        Attribute::Sensitive(false),
+                        Attribute::Extractable(true),
+                        Attribute::Encrypt(true),
+                        Attribute::Decrypt(true),
+                    ];
+                    let ka = ecdh_derive(fx, fx.rw, a, &mut b_point, &template)?;
+                    let kb = ecdh_derive(fx, fx.rw, b, &mut a_point, &template)?;
+                    let (va, vb) = (get_attr(fx, ka, CKA_VALUE)?, get_attr(fx, kb, CKA_VALUE)?);
+                    if va != vb || va.len() as u64 != len {
+                        eprintln!(
+                            "the two sides derived {} and {} bytes that differ",
+                            va.len(),
+                            vb.len()
+                        );
+                        return Err(WRONG_RESULT);
+                    }
+                    expect_attr(fx, ka, CKA_ENCRYPT, &[1])?;
+                    ok(destroy(fx, fx.rw, ka))?;
+                    ok(destroy(fx, fx.rw, kb))?;
+                }
+                for o in [ap, a, bp, b] {
+                    ok(destroy(fx, fx.rw, o))?;
+                }
+                Ok(())
+            };
+            result(steps())
+        },
+    ));
     v
 }
 

@@ -260,3 +260,117 @@ fn pkcs11_tool_and_openssl_sign_through_the_ha_slot_across_failures() {
     let log = std::fs::read_to_string(&env.pkcs11_log).unwrap_or_default();
     assert!(!log.contains(PIN), "the PIN reached the module's log");
 }
+
+/// Issue 19: the key-pair templates pkcs11-tool sends with every usage flag
+/// it has (`CKA_DERIVE` on both halves of an EC pair, the Edwards curve named
+/// by a PrintableString in `CKA_EC_PARAMS`) are accepted through the HA slot,
+/// for P-256, P-384 and Ed25519, and the keys sign; `pkcs11-tool --derive`
+/// (ECDH1 with its template for the derived key) agrees with openssl.
+#[test]
+fn pkcs11_tool_makes_ec_and_ed25519_pairs_with_every_usage_through_the_ha_slot() {
+    let env = setup();
+    let data = env.path("usage-data.bin");
+    std::fs::write(&data, [0x19; 32]).unwrap();
+    for (key_type, id, mechanism) in [
+        ("EC:prime256v1", "61", "ECDSA-SHA256"),
+        ("EC:secp384r1", "62", "ECDSA-SHA384"),
+        ("EC:edwards25519", "63", "EDDSA"),
+    ] {
+        let label = format!("t51-usage-{id}");
+        env.pkcs11_tool(&[
+            "--keypairgen",
+            "--key-type",
+            key_type,
+            "--label",
+            &label,
+            "--id",
+            id,
+            "--usage-sign",
+            "--usage-decrypt",
+            "--usage-derive",
+            "--usage-wrap",
+        ]);
+        let sig = env.path(&format!("usage-{id}.sig"));
+        env.pkcs11_tool(&[
+            "--sign",
+            "--mechanism",
+            mechanism,
+            "--id",
+            id,
+            "--input-file",
+            &data,
+            "--output-file",
+            &sig,
+        ]);
+        assert!(
+            !std::fs::read(&sig).unwrap().is_empty(),
+            "{key_type}: empty signature"
+        );
+    }
+    let listed = env.pkcs11_tool(&["--list-objects", "--type", "privkey"]);
+    for id in ["61", "62", "63"] {
+        assert!(listed.contains(&format!("t51-usage-{id}")), "{listed}");
+    }
+
+    // ECDH with the template pkcs11-tool sends for the derived key (a session
+    // generic secret, not sensitive, extractable, with every usage flag): the
+    // secret it reads back is the one openssl agrees on with the peer.
+    let (peer, peer_pub) = (env.path("peer.pem"), env.path("peer.pub.der"));
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &peer,
+        ],
+        vec![
+            "pkey", "-in", &peer, "-pubout", "-outform", "DER", "-out", &peer_pub,
+        ],
+    ] {
+        let r = run("openssl", &args);
+        assert!(r.ok, "openssl {args:?}: {}", r.stderr);
+    }
+    let ours = env.path("usage-61.pub.der");
+    env.pkcs11_tool(&[
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--id",
+        "61",
+        "--output-file",
+        &ours,
+    ]);
+    let z = env.path("ecdh.bin");
+    env.pkcs11_tool(&[
+        "--derive",
+        "--mechanism",
+        "ECDH1-DERIVE",
+        "--id",
+        "61",
+        "--input-file",
+        &peer_pub,
+        "--output-file",
+        &z,
+    ]);
+    let (ours_pem, z_openssl) = (env.path("usage-61.pub.pem"), env.path("ecdh.openssl.bin"));
+    for args in [
+        vec![
+            "pkey", "-pubin", "-inform", "DER", "-in", &ours, "-out", &ours_pem,
+        ],
+        vec![
+            "pkeyutl", "-derive", "-inkey", &peer, "-peerkey", &ours_pem, "-out", &z_openssl,
+        ],
+    ] {
+        let r = run("openssl", &args);
+        assert!(r.ok, "openssl {args:?}: {}", r.stderr);
+    }
+    let (got, want) = (std::fs::read(&z).unwrap(), std::fs::read(&z_openssl).unwrap());
+    assert_eq!(got.len(), 32, "the P-256 shared secret is 32 bytes");
+    assert!(
+        got == want,
+        "pkcs11-tool's ECDH secret is not the one openssl derives"
+    );
+}

@@ -15,6 +15,7 @@ const _: () = assert!(std::mem::size_of::<ck::CK_ULONG>() == WORD);
 const _: () = assert!(std::mem::size_of::<ck::CK_RSA_PKCS_PSS_PARAMS>() == 3 * WORD);
 const _: () = assert!(std::mem::size_of::<ck::CK_RSA_PKCS_OAEP_PARAMS>() == 5 * WORD);
 const _: () = assert!(std::mem::size_of::<ck::CK_GCM_PARAMS>() == 6 * WORD);
+const _: () = assert!(std::mem::size_of::<ck::CK_AES_CTR_PARAMS>() == WORD + 16);
 const _: () = assert!(std::mem::size_of::<ck::CK_ECDH1_DERIVE_PARAMS>() == 5 * WORD);
 
 /// Most bytes one attribute value or parameter buffer may have. Larger values
@@ -205,6 +206,8 @@ enum Shape {
     Pss,
     Oaep,
     Iv16,
+    /// `CK_AES_CTR_PARAMS { CK_ULONG ulCounterBits; CK_BYTE cb[16]; }`.
+    Ctr,
     Gcm,
     Ecdh,
     /// `CKM_EDDSA`: optional `CK_EDDSA_PARAMS`, only the pure (no prehash, no context) form.
@@ -226,6 +229,7 @@ fn shape(mech: u64) -> Result<Shape> {
         | ck::CKM_SHA512_RSA_PKCS_PSS => Shape::Pss,
         ck::CKM_RSA_PKCS_OAEP => Shape::Oaep,
         ck::CKM_AES_CBC | ck::CKM_AES_CBC_PAD => Shape::Iv16,
+        ck::CKM_AES_CTR => Shape::Ctr,
         ck::CKM_AES_GCM => Shape::Gcm,
         ck::CKM_ECDH1_DERIVE => Shape::Ecdh,
         ck::CKM_EDDSA => Shape::Eddsa,
@@ -267,6 +271,19 @@ pub fn mechanism(mech: u64, param: &[u8], mem: &mut dyn Memory) -> Result<Mechan
                 return Err(param_invalid("AES-CBC needs a 16-byte IV"));
             }
             MechParams::Iv(param.to_vec())
+        }
+        Shape::Ctr => {
+            if param.len() != WORD + 16 {
+                return Err(param_invalid("AES-CTR needs CK_AES_CTR_PARAMS"));
+            }
+            let [bits] = words::<1>(&param[..WORD])?;
+            if !(1..=128).contains(&bits) {
+                return Err(param_invalid("ulCounterBits must be 1 to 128"));
+            }
+            MechParams::Ctr {
+                counter_bits: bits as u64,
+                cb: param[WORD..].to_vec(),
+            }
         }
         Shape::Pss => {
             let [hash, mgf, salt] = words::<3>(param)?;
@@ -362,6 +379,47 @@ mod tests {
         let d = Deferred::new(template(&raw), hints(&raw));
         assert!(d.private(ck::CKO_SECRET_KEY));
         assert!(d.get().is_err());
+    }
+
+    #[test]
+    fn aes_ctr_params_are_read_and_their_counter_width_checked() {
+        let mut mem = Table(HashMap::new());
+        let mut p = bytes(&[32]);
+        p.extend([7u8; 16]);
+        let m = mechanism(ck::CKM_AES_CTR, &p, &mut mem).unwrap();
+        assert_eq!(
+            m.params,
+            MechParams::Ctr {
+                counter_bits: 32,
+                cb: vec![7; 16]
+            }
+        );
+        for bits in [0, 129] {
+            let mut p = bytes(&[bits]);
+            p.extend([7u8; 16]);
+            assert_eq!(
+                ckr(mechanism(ck::CKM_AES_CTR, &p, &mut mem)),
+                ck::CKR_MECHANISM_PARAM_INVALID
+            );
+        }
+        assert_eq!(
+            ckr(mechanism(ck::CKM_AES_CTR, &p[..20], &mut mem)),
+            ck::CKR_MECHANISM_PARAM_INVALID
+        );
+    }
+
+    #[test]
+    fn attribute_arrays_in_their_flat_form_decode_into_templates() {
+        let yes = [1u8];
+        let flat = hahsm_token::attr::flatten_array([(ck::CKA_SENSITIVE, &yes[..])]);
+        let raw: Vec<RawAttr<'_>> = vec![(ck::CKA_UNWRAP_TEMPLATE, Some(&flat[..]))];
+        let t = template(&raw).unwrap();
+        assert_eq!(
+            t.get(ck::CKA_UNWRAP_TEMPLATE),
+            Some(&AttrValue::Array(
+                Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(true))
+            ))
+        );
     }
 
     #[test]

@@ -550,12 +550,15 @@ unsafe fn produce(
     })
 }
 
-/// A `C_*Update` that gathers input and, for ciphers, produces no output yet.
-/// For ciphers, a NULL output buffer only asks for the output length (zero)
-/// and does not consume the input, as the buffer convention says.
+/// A `C_*Update`. For ciphers (`out` given) it follows the buffer
+/// convention: AES-ECB, AES-CBC, AES-CBC-PAD and AES-CTR output the whole
+/// blocks at once ([`api::update_cipher`]); the other ciphers gather their
+/// input and output nothing until `C_*Final`. A NULL output buffer only asks
+/// for the output length and does not consume the input.
 ///
 /// # Safety
-/// `data` is NULL or valid for `len` bytes; `out_len` NULL or valid.
+/// `data` is NULL or valid for `len` bytes; `out_len` NULL or valid, and
+/// `out` NULL or valid for writes of `*out_len` bytes.
 unsafe fn update(
     name: &str,
     h: CK_SESSION_HANDLE,
@@ -570,14 +573,7 @@ unsafe fn update(
         match out {
             Some((buf, out_len)) => {
                 // SAFETY: forwarded contract.
-                let n = unsafe { ptr::out(out_len) }?;
-                if !buf.is_null() {
-                    api::update(cx, kind, data)?;
-                } else {
-                    api::update_check(cx, kind)?;
-                }
-                *n = 0;
-                Ok(())
+                unsafe { ptr::output(buf, out_len, |cap| api::update_cipher(cx, kind, data, cap)) }
             }
             None => api::update(cx, kind, data),
         }
@@ -608,7 +604,7 @@ pub unsafe extern "C" fn C_Encrypt(
     unsafe { produce("C_Encrypt", h, OpKind::Encrypt, Some((data, len)), out, out_len) }
 }
 
-/// §5.8 `C_EncryptUpdate`: input is gathered; the output comes at `C_EncryptFinal`.
+/// §5.8 `C_EncryptUpdate`: whole blocks out for AES-ECB/CBC/CBC-PAD/CTR; other ciphers' output comes at `C_EncryptFinal`.
 #[no_mangle]
 pub unsafe extern "C" fn C_EncryptUpdate(
     h: CK_SESSION_HANDLE,
@@ -665,7 +661,7 @@ pub unsafe extern "C" fn C_Decrypt(
     unsafe { produce("C_Decrypt", h, OpKind::Decrypt, Some((data, len)), out, out_len) }
 }
 
-/// §5.9 `C_DecryptUpdate`: input is gathered; the output comes at `C_DecryptFinal`.
+/// §5.9 `C_DecryptUpdate`: whole blocks out for AES-ECB/CBC/CBC-PAD/CTR (CBC-PAD keeps the last for `C_DecryptFinal`); other ciphers' output comes at `C_DecryptFinal`.
 #[no_mangle]
 pub unsafe extern "C" fn C_DecryptUpdate(
     h: CK_SESSION_HANDLE,
@@ -723,6 +719,12 @@ pub unsafe extern "C" fn C_Digest(
 pub unsafe extern "C" fn C_DigestUpdate(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> CK_RV {
     // SAFETY: `data` is NULL or valid for `len` bytes (§5.10).
     unsafe { update("C_DigestUpdate", h, OpKind::Digest, data, len, None) }
+}
+
+/// §5.10 `C_DigestKey`: a secret key's value into the digest, on the member.
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
+    enter_session("C_DigestKey", h, |cx| api::digest_key(cx, key))
 }
 
 /// §5.10 `C_DigestFinal`.
@@ -996,7 +998,6 @@ macro_rules! not_supported {
 not_supported! {
     C_GetOperationState(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: *mut CK_ULONG);
     C_SetOperationState(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: CK_OBJECT_HANDLE, d: CK_OBJECT_HANDLE);
-    C_DigestKey(h: CK_SESSION_HANDLE, k: CK_OBJECT_HANDLE);
     C_SignRecoverInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
     C_SignRecover(h: CK_SESSION_HANDLE, a: *mut CK_BYTE, b: CK_ULONG, c: *mut CK_BYTE, d: *mut CK_ULONG);
     C_VerifyRecoverInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);

@@ -8,7 +8,7 @@ use crate::decode::{self, Deferred, Memory, RawAttr, MAX_VALUE_LEN};
 use crate::error::{rv, Error, Result};
 use crate::log;
 use hahsm_proto::client::AttrResult;
-use hahsm_token::{ck, Mechanism, Template};
+use hahsm_token::{ck, AttrValue, Mechanism, Template};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Runs the safe half of a `C_*` function: no panic crosses `extern "C"`, and
@@ -129,25 +129,99 @@ unsafe fn attr_slice<'a>(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<
     Ok(unsafe { std::slice::from_raw_parts(p, n as usize) })
 }
 
-/// The attributes of a template, as (type, value bytes) pairs. A value too
-/// long for a frame is a template error (`CKR_ATTRIBUTE_VALUE_INVALID`).
+/// The bytes of one attribute's value: `None` for a NULL `pValue` with a
+/// length. A value too long for a frame is `CKR_ATTRIBUTE_VALUE_INVALID`.
 ///
 /// # Safety
-/// Each attribute's `pValue` is NULL or valid for reads of `ulValueLen` bytes.
-unsafe fn raw_attrs<'a>(attrs: &[ck::CK_ATTRIBUTE]) -> Result<Vec<RawAttr<'a>>> {
+/// `a.pValue` is NULL or valid for reads of `a.ulValueLen` bytes.
+unsafe fn value_bytes<'a>(a: &ck::CK_ATTRIBUTE) -> Result<Option<&'a [u8]>> {
+    let len = a.ulValueLen as usize;
+    if a.pValue.is_null() {
+        Ok((len == 0).then_some(&[][..]))
+    } else if len > MAX_VALUE_LEN {
+        Err(Error::Token(hahsm_token::TokenError::AttributeValueInvalid(
+            a.type_,
+        )))
+    } else {
+        // SAFETY: non-NULL, and the caller guarantees `len` readable bytes.
+        Ok(Some(unsafe {
+            std::slice::from_raw_parts(a.pValue as *const u8, len)
+        }))
+    }
+}
+
+/// The value of an attribute array (`CKA_UNWRAP_TEMPLATE` …), whose `pValue`
+/// points to a `CK_ATTRIBUTE[]` of `ulValueLen` bytes, in the flat layout of
+/// `hahsm_token::attr::flatten_array`; `None` for a NULL `pValue` with a length.
+/// A length that is not a whole number of attributes, a NULL nested value
+/// with a length, or more than [`MAX_VALUE_LEN`] bytes in all is
+/// `CKR_ATTRIBUTE_VALUE_INVALID`.
+///
+/// # Safety
+/// `a.pValue` is NULL or valid for reads of `a.ulValueLen` bytes holding
+/// attributes whose own `pValue` are NULL or valid for their lengths.
+unsafe fn flat_array(a: &ck::CK_ATTRIBUTE) -> Result<Option<Vec<u8>>> {
+    let invalid = || Error::Token(hahsm_token::TokenError::AttributeValueInvalid(a.type_));
+    let size = std::mem::size_of::<ck::CK_ATTRIBUTE>();
+    let len = a.ulValueLen as usize;
+    if a.pValue.is_null() {
+        return Ok((len == 0).then(Vec::new));
+    }
+    if len % size != 0 || len / size > decode::MAX_TEMPLATE_LEN {
+        return Err(invalid());
+    }
+    // SAFETY: non-NULL, and the caller guarantees `len` readable bytes of attributes (PKCS#11 3.0 §4.8: pValue of an array attribute is a CK_ATTRIBUTE_PTR); `len` is a whole number of them.
+    let nested = unsafe { std::slice::from_raw_parts(a.pValue as *const ck::CK_ATTRIBUTE, len / size) };
+    let mut values = Vec::with_capacity(nested.len());
+    let mut total = 0usize;
+    for n in nested {
+        // SAFETY: forwarded contract for the nested attributes.
+        let v = unsafe { value_bytes(n) }?.ok_or_else(invalid)?;
+        total = total.saturating_add(v.len() + 16);
+        if total > MAX_VALUE_LEN {
+            return Err(invalid());
+        }
+        values.push((n.type_, v));
+    }
+    Ok(Some(hahsm_token::attr::flatten_array(values)))
+}
+
+/// The attribute arrays of a template, flattened (`None` for the others), for
+/// [`raw_attrs`] to borrow.
+///
+/// # Safety
+/// As for [`flat_array`], for each attribute that is an array.
+unsafe fn flat_arrays(attrs: &[ck::CK_ATTRIBUTE]) -> Result<Vec<Option<Option<Vec<u8>>>>> {
     attrs
         .iter()
         .map(|a| {
-            let len = a.ulValueLen as usize;
-            let value = if a.pValue.is_null() {
-                (len == 0).then_some(&[][..])
-            } else if len > MAX_VALUE_LEN {
-                return Err(Error::Token(hahsm_token::TokenError::AttributeValueInvalid(
-                    a.type_,
-                )));
+            if hahsm_token::attr::is_array(a.type_) {
+                // SAFETY: forwarded contract.
+                unsafe { flat_array(a) }.map(Some)
             } else {
-                // SAFETY: non-NULL, and the caller guarantees `len` readable bytes.
-                Some(unsafe { std::slice::from_raw_parts(a.pValue as *const u8, len) })
+                Ok(None)
+            }
+        })
+        .collect()
+}
+
+/// The attributes of a template, as (type, value bytes) pairs; an attribute
+/// array's value is its flat form in `flat` (from [`flat_arrays`]).
+///
+/// # Safety
+/// Each attribute's `pValue` is NULL or valid for reads of `ulValueLen` bytes.
+unsafe fn raw_attrs<'a>(
+    attrs: &[ck::CK_ATTRIBUTE],
+    flat: &'a [Option<Option<Vec<u8>>>],
+) -> Result<Vec<RawAttr<'a>>> {
+    attrs
+        .iter()
+        .zip(flat)
+        .map(|(a, f)| {
+            let value = match f {
+                Some(v) => v.as_deref(),
+                // SAFETY: forwarded contract.
+                None => unsafe { value_bytes(a) }?,
             };
             Ok((a.type_, value))
         })
@@ -160,12 +234,18 @@ unsafe fn raw_attrs<'a>(attrs: &[ck::CK_ATTRIBUTE]) -> Result<Vec<RawAttr<'a>>> 
 ///
 /// # Safety
 /// `p` is NULL or valid for reads of `n` attributes, each `pValue` NULL or
-/// valid for reads of `ulValueLen` bytes.
+/// valid for reads of `ulValueLen` bytes (for an attribute array, of
+/// attributes that are themselves valid so).
 pub unsafe fn template(p: *const ck::CK_ATTRIBUTE, n: ck::CK_ULONG) -> Result<Deferred<Template>> {
     // SAFETY: forwarded contract.
     let attrs = unsafe { attr_slice(p, n) }?;
     // SAFETY: forwarded contract.
-    Ok(match unsafe { raw_attrs(attrs) } {
+    let flat = match unsafe { flat_arrays(attrs) } {
+        Ok(flat) => flat,
+        Err(e) => return Ok(Deferred::new(Err(e), Template::new())),
+    };
+    // SAFETY: forwarded contract.
+    Ok(match unsafe { raw_attrs(attrs, &flat) } {
         Ok(raw) => Deferred::new(decode::template(&raw), decode::hints(&raw)),
         Err(e) => Deferred::new(Err(e), Template::new()),
     })
@@ -183,11 +263,12 @@ pub unsafe fn search_template(
     // SAFETY: forwarded contract.
     let attrs = unsafe { attr_slice(p, n) }?;
     // SAFETY: forwarded contract.
-    let raw = unsafe { raw_attrs(attrs) };
-    Ok(Deferred::new(
-        raw.and_then(|raw| decode::search_template(&raw)),
-        Template::new(),
-    ))
+    let raw = unsafe { flat_arrays(attrs) }.and_then(|flat| {
+        // SAFETY: forwarded contract.
+        let raw = unsafe { raw_attrs(attrs, &flat) }?;
+        decode::search_template(&raw)
+    });
+    Ok(Deferred::new(raw, Template::new()))
 }
 
 /// A pointer the function requires: `CKR_ARGUMENTS_BAD` when NULL. For the
@@ -285,17 +366,8 @@ pub unsafe fn write_attributes(p: *mut ck::CK_ATTRIBUTE, results: &[AttrResult])
                 invalid = true;
             }
             AttrResult::Value(v) => {
-                let raw = v.to_raw();
-                if a.pValue.is_null() {
-                    a.ulValueLen = raw.len() as ck::CK_ULONG;
-                } else if (a.ulValueLen as usize) < raw.len() {
-                    a.ulValueLen = ck::CK_UNAVAILABLE_INFORMATION;
-                    small = true;
-                } else {
-                    // SAFETY: `pValue` holds `ulValueLen` >= `raw.len()` writable bytes; `raw` is our own allocation.
-                    unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), a.pValue as *mut u8, raw.len()) };
-                    a.ulValueLen = raw.len() as ck::CK_ULONG;
-                }
+                // SAFETY: forwarded contract for this attribute.
+                small |= !unsafe { write_value(a, v) };
             }
         }
     }
@@ -305,6 +377,51 @@ pub unsafe fn write_attributes(p: *mut ck::CK_ATTRIBUTE, results: &[AttrResult])
         (_, _, true) => rv(ck::CKR_BUFFER_TOO_SMALL),
         _ => Ok(()),
     }
+}
+
+/// Writes one value into an attribute of a `C_GetAttributeValue` template,
+/// or its length when `pValue` is NULL; false when the buffer is too small
+/// (the length is then `CK_UNAVAILABLE_INFORMATION`). An attribute array's
+/// `pValue` is a `CK_ATTRIBUTE[]` (§4.8): its length is counted in
+/// attributes, and each gets its type and, by the same rule, its value.
+///
+/// # Safety
+/// `a.pValue` is NULL or valid for writes of `a.ulValueLen` bytes (for an
+/// array, of as many attributes, each `pValue` NULL or valid the same way).
+unsafe fn write_value(a: &mut ck::CK_ATTRIBUTE, v: &AttrValue) -> bool {
+    if let AttrValue::Array(t) = v {
+        let need = t.len() * std::mem::size_of::<ck::CK_ATTRIBUTE>();
+        if a.pValue.is_null() {
+            a.ulValueLen = need as ck::CK_ULONG;
+            return true;
+        }
+        if (a.ulValueLen as usize) < need {
+            a.ulValueLen = ck::CK_UNAVAILABLE_INFORMATION;
+            return false;
+        }
+        // SAFETY: `pValue` holds `ulValueLen` >= `t.len()` attributes the application lent us for the call.
+        let nested = unsafe { std::slice::from_raw_parts_mut(a.pValue as *mut ck::CK_ATTRIBUTE, t.len()) };
+        let mut fits = true;
+        for (n, (attr, value)) in nested.iter_mut().zip(t.iter()) {
+            n.type_ = *attr as ck::CK_ATTRIBUTE_TYPE;
+            // SAFETY: forwarded contract for the nested attribute (arrays do not nest).
+            fits &= unsafe { write_value(n, value) };
+        }
+        a.ulValueLen = need as ck::CK_ULONG;
+        return fits;
+    }
+    let raw = v.to_raw();
+    if a.pValue.is_null() {
+        a.ulValueLen = raw.len() as ck::CK_ULONG;
+    } else if (a.ulValueLen as usize) < raw.len() {
+        a.ulValueLen = ck::CK_UNAVAILABLE_INFORMATION;
+        return false;
+    } else {
+        // SAFETY: `pValue` holds `ulValueLen` >= `raw.len()` writable bytes; `raw` is our own allocation.
+        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), a.pValue as *mut u8, raw.len()) };
+        a.ulValueLen = raw.len() as ck::CK_ULONG;
+    }
+    true
 }
 
 /// Reads `CK_C_INITIALIZE_ARGS` (§5.4): NULL, or arguments asking for OS

@@ -1,9 +1,12 @@
 //! Sessions and their active operations.
 //!
 //! Multi-part operations buffer their input in the module and send one
-//! single-part request to the member at `C_*Final`, on the same member. The
-//! result of a request is kept until it is delivered, so the "NULL buffer
-//! returns the length" convention costs one request, not two.
+//! single-part request to the member at `C_*Final`, on the same member;
+//! AES-ECB, AES-CBC, AES-CBC-PAD and AES-CTR encryption and decryption
+//! instead send their whole blocks at each `C_*Update` and keep only a
+//! partial block (`api::update_cipher`). The result of a request is kept
+//! until it is delivered, so the "NULL buffer returns the length" convention
+//! costs one request, not two.
 use crate::slots::Slot;
 use hahsm_token::{ck, Mechanism, Ouid};
 use std::sync::{Arc, Mutex};
@@ -31,6 +34,17 @@ impl OpKind {
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// The single-part function, for the log.
+    pub fn single_part_name(self) -> &'static str {
+        match self {
+            OpKind::Encrypt => "C_Encrypt",
+            OpKind::Decrypt => "C_Decrypt",
+            OpKind::Digest => "C_Digest",
+            OpKind::Sign => "C_Sign",
+            OpKind::Verify => "C_Verify",
+        }
     }
 
     /// The `CKF_*` flag `C_SessionCancel` names this operation by.
@@ -61,6 +75,12 @@ pub struct Op {
     /// No state on the member is needed (a digest, or a token key without
     /// context-specific login): any connection to any member may carry it.
     pub stateless: bool,
+    /// A multi-part AES-CTR operation used the last value of its counter:
+    /// more input would repeat the key stream.
+    pub ctr_spent: bool,
+    /// Secret keys `C_DigestKey` added to a digest: each key and the offset
+    /// in `buffer` where its value goes (the member inserts it).
+    pub digest_keys: Vec<(u64, Ouid)>,
 }
 
 impl Op {
@@ -74,6 +94,8 @@ impl Op {
             multipart: false,
             cached: None,
             stateless: false,
+            ctr_spent: false,
+            digest_keys: Vec::new(),
         }
     }
 }

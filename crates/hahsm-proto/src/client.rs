@@ -217,6 +217,15 @@ pub enum Request {
         partition: String,
         objects: Vec<Ouid>,
     },
+    /// A digest whose input includes secret keys' values (`C_DigestKey`):
+    /// `data`, with the value of each key inserted at its offset into
+    /// `data` (offsets in order). Only the digest leaves the member.
+    DigestKeys {
+        partition: String,
+        mechanism: Mechanism,
+        data: Vec<u8>,
+        keys: Vec<(u64, Ouid)>,
+    },
 }
 
 impl Request {
@@ -270,6 +279,7 @@ impl Request {
             Request::GetGroup { .. } => "get-group",
             Request::Progress { .. } => "progress",
             Request::ReleaseSessionObjects { .. } => "release-session-objects",
+            Request::DigestKeys { .. } => "digest-keys",
         }
     }
 }

@@ -18,6 +18,9 @@ pub enum AttrValue {
     Bytes(Vec<u8>),
     /// `CKA_ALLOWED_MECHANISMS`: an array of mechanism types.
     UlongList(Vec<u64>),
+    /// `CKA_WRAP_TEMPLATE`, `CKA_UNWRAP_TEMPLATE`, `CKA_DERIVE_TEMPLATE`: an
+    /// attribute array (`CKF_ARRAY_ATTRIBUTE`), itself a template.
+    Array(Template),
 }
 
 // Attribute values of public objects are not secret, but `Debug` must stay safe
@@ -29,6 +32,7 @@ impl std::fmt::Debug for AttrValue {
             AttrValue::Ulong(v) => write!(f, "{v:#x}"),
             AttrValue::Bytes(b) => write!(f, "<{} bytes>", b.len()),
             AttrValue::UlongList(v) => write!(f, "{v:x?}"),
+            AttrValue::Array(t) => write!(f, "{:?}", t.0),
         }
     }
 }
@@ -40,6 +44,29 @@ pub enum AttrKind {
     Ulong,
     Bytes,
     UlongList,
+    /// An attribute array: in PKCS#11 a `CK_ATTRIBUTE[]` that `pValue` points
+    /// to; here, in the flat layout of [`AttrValue::from_raw`].
+    Array,
+}
+
+/// Whether an attribute is an attribute array (`CKF_ARRAY_ATTRIBUTE`), whose
+/// value the FFI layer must follow through pointers.
+pub fn is_array(attr: AttrType) -> bool {
+    attr_kind(attr) == Some(AttrKind::Array)
+}
+
+/// The flat layout of an attribute array: for each attribute, its type and its
+/// value's length (8 bytes each, little-endian), then the value bytes in the
+/// PKCS#11 layout. The FFI layer flattens the application's `CK_ATTRIBUTE[]`
+/// into it, since its values are behind pointers.
+pub fn flatten_array<'a>(attrs: impl IntoIterator<Item = (AttrType, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (attr, value) in attrs {
+        out.extend_from_slice(&attr.to_le_bytes());
+        out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+    out
 }
 
 /// The kind of every attribute type hahsm knows; unknown types are `None`.
@@ -78,6 +105,7 @@ pub fn attr_kind(attr: AttrType) -> Option<AttrKind> {
         | ck::CKA_NAME_HASH_ALGORITHM
         | ck::CKA_JAVA_MIDP_SECURITY_DOMAIN => Ulong,
         ck::CKA_ALLOWED_MECHANISMS => UlongList,
+        ck::CKA_WRAP_TEMPLATE | ck::CKA_UNWRAP_TEMPLATE | ck::CKA_DERIVE_TEMPLATE => Array,
         ck::CKA_LABEL
         | ck::CKA_ID
         | ck::CKA_APPLICATION
@@ -144,7 +172,35 @@ impl AttrValue {
                 ))
             }
             AttrKind::Bytes => Ok(AttrValue::Bytes(raw.to_vec())),
+            AttrKind::Array => Self::array_from_flat(attr, raw),
         }
+    }
+
+    /// An attribute array from its flat layout ([`flatten_array`]). Arrays do
+    /// not nest; a nested attribute given twice is inconsistent.
+    fn array_from_flat(attr: AttrType, mut raw: &[u8]) -> TokenResult<AttrValue> {
+        let bad = TokenError::AttributeValueInvalid(attr);
+        let mut t = Template::new();
+        while !raw.is_empty() {
+            let (head, rest) = raw.split_at_checked(16).ok_or(bad.clone())?;
+            let (ty, len) = head.split_at(8);
+            let ty = u64::from_le_bytes(ty.try_into().map_err(|_| bad.clone())?);
+            let len = u64::from_le_bytes(len.try_into().map_err(|_| bad.clone())?);
+            let len = usize::try_from(len).map_err(|_| bad.clone())?;
+            let (value, rest) = rest.split_at_checked(len).ok_or(bad.clone())?;
+            if attr_kind(ty) == Some(AttrKind::Array) {
+                return Err(bad);
+            }
+            let v = AttrValue::from_raw(ty, value)?;
+            if t.get(ty).is_some_and(|old| *old != v) {
+                return Err(TokenError::TemplateInconsistent(format!(
+                    "attribute {ty:#x} given twice in {attr:#x}"
+                )));
+            }
+            t.set(ty, v);
+            raw = rest;
+        }
+        Ok(AttrValue::Array(t))
     }
 
     /// Encodes the value in the PKCS#11 layout.
@@ -158,6 +214,10 @@ impl AttrValue {
                 .iter()
                 .flat_map(|m| (*m as ck::CK_ULONG).to_ne_bytes())
                 .collect(),
+            AttrValue::Array(t) => {
+                let values: Vec<(AttrType, Vec<u8>)> = t.iter().map(|(k, v)| (*k, v.to_raw())).collect();
+                flatten_array(values.iter().map(|(k, v)| (*k, v.as_slice())))
+            }
         }
     }
 
@@ -191,7 +251,15 @@ impl AttrValue {
                 | (AttrKind::Ulong, AttrValue::Ulong(_))
                 | (AttrKind::Bytes, AttrValue::Bytes(_))
                 | (AttrKind::UlongList, AttrValue::UlongList(_))
+                | (AttrKind::Array, AttrValue::Array(_))
         );
+        if let AttrValue::Array(t) = self {
+            // Arrays do not nest, and what they hold follows the same rules.
+            if t.iter().any(|(k, _)| is_array(*k)) {
+                return Err(TokenError::AttributeValueInvalid(attr));
+            }
+            t.check_kinds()?;
+        }
         if ok {
             Ok(())
         } else {
@@ -304,6 +372,26 @@ mod tests {
         ] {
             assert_eq!(AttrValue::from_raw(attr, &value.to_raw()).unwrap(), value);
         }
+    }
+
+    #[test]
+    fn attribute_arrays_round_trip_in_the_flat_layout_and_do_not_nest() {
+        let inner = Template::new()
+            .with(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_SECRET_KEY))
+            .with(ck::CKA_SENSITIVE, AttrValue::Bool(true));
+        let value = AttrValue::Array(inner);
+        let raw = value.to_raw();
+        assert_eq!(AttrValue::from_raw(ck::CKA_UNWRAP_TEMPLATE, &raw).unwrap(), value);
+        assert!(value.check_kind(ck::CKA_UNWRAP_TEMPLATE).is_ok());
+        let nested = flatten_array([(ck::CKA_WRAP_TEMPLATE, raw.as_slice())]);
+        assert_eq!(
+            AttrValue::from_raw(ck::CKA_DERIVE_TEMPLATE, &nested),
+            Err(TokenError::AttributeValueInvalid(ck::CKA_DERIVE_TEMPLATE))
+        );
+        assert_eq!(
+            AttrValue::from_raw(ck::CKA_WRAP_TEMPLATE, &raw[..raw.len() - 1]),
+            Err(TokenError::AttributeValueInvalid(ck::CKA_WRAP_TEMPLATE))
+        );
     }
 
     #[test]

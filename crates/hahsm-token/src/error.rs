@@ -95,6 +95,12 @@ pub enum TokenError {
     /// met from this member; another member may meet it.
     #[error("{0}")]
     NoQuorum(String),
+    /// The key may not be wrapped with this wrapping key (its `CKA_WRAP_TEMPLATE`).
+    #[error("the key cannot be wrapped: {0}")]
+    KeyNotWrappable(String),
+    /// `C_DigestKey` of a key whose value cannot be digested (not a secret key).
+    #[error("the key cannot be digested: {0}")]
+    KeyIndigestible(String),
 }
 
 impl TokenError {
@@ -142,6 +148,8 @@ impl TokenError {
             FunctionFailed(_) => ck::CKR_FUNCTION_FAILED,
             ArgumentsBad(_) => ck::CKR_ARGUMENTS_BAD,
             LimitReached(_) => ck::CKR_SESSION_COUNT,
+            KeyNotWrappable(_) => ck::CKR_KEY_NOT_WRAPPABLE,
+            KeyIndigestible(_) => ck::CKR_KEY_INDIGESTIBLE,
         }
     }
 }

@@ -49,6 +49,19 @@ pub enum MechParams {
         shared_data: Vec<u8>,
         public_data: Vec<u8>,
     },
+    /// `CKM_AES_CTR`: `CK_AES_CTR_PARAMS`, the counter block and how many of
+    /// its low bits are the counter (1 to 128).
+    Ctr {
+        counter_bits: u64,
+        cb: Vec<u8>,
+    },
+    /// A middle part of a multi-part `CKM_AES_CBC_PAD` operation, which only
+    /// the PKCS#11 module sends (no application parameter decodes to it):
+    /// whole blocks chained from this IV, with no padding added or removed.
+    /// The key is checked against `CKM_AES_CBC_PAD`, the mechanism the
+    /// application chose. It yields nothing a multi-part `C_DecryptUpdate`
+    /// would not.
+    IvPart(Vec<u8>),
 }
 
 /// What `C_GetMechanismInfo` reports: key sizes in bits (bytes for AES and
@@ -143,6 +156,7 @@ fn table() -> Vec<(u64, MechInfo)> {
         (ck::CKM_AES_ECB, aes(CRYPT)),
         (ck::CKM_AES_CBC, aes(CRYPT)),
         (ck::CKM_AES_CBC_PAD, aes(CRYPT)),
+        (ck::CKM_AES_CTR, aes(CRYPT)),
         (ck::CKM_AES_GCM, aes(CRYPT)),
         (ck::CKM_AES_KEY_WRAP, aes(WRAP)),
         (ck::CKM_AES_KEY_WRAP_KWP, aes(WRAP)),
@@ -255,6 +269,7 @@ pub fn key_type_for(mech: u64) -> Option<u64> {
         | ck::CKM_AES_ECB
         | ck::CKM_AES_CBC
         | ck::CKM_AES_CBC_PAD
+        | ck::CKM_AES_CTR
         | ck::CKM_AES_GCM
         | ck::CKM_AES_KEY_WRAP
         | ck::CKM_AES_KEY_WRAP_KWP => ck::CKK_AES,
@@ -294,6 +309,7 @@ pub fn by_name(name: &str) -> Option<u64> {
         "AES-ECB" => ck::CKM_AES_ECB,
         "AES-CBC" => ck::CKM_AES_CBC,
         "AES-CBC-PAD" => ck::CKM_AES_CBC_PAD,
+        "AES-CTR" => ck::CKM_AES_CTR,
         "AES-GCM" => ck::CKM_AES_GCM,
         "AES-KEY-WRAP" => ck::CKM_AES_KEY_WRAP,
         "AES-KEY-WRAP-PAD" | "AES-KEY-WRAP-KWP" => ck::CKM_AES_KEY_WRAP_KWP,

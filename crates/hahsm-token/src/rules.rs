@@ -32,6 +32,12 @@ const FIXED_AFTER_CREATE: &[u64] = &[
     ck::CKA_VALUE,
     ck::CKA_PUBLIC_KEY_INFO,
     ck::CKA_ALWAYS_AUTHENTICATE,
+    ck::CKA_CHECK_VALUE,
+    // What a key's wrapping, unwrapping and derivation impose on other keys
+    // is set when it is made: changing it later could only loosen it.
+    ck::CKA_WRAP_TEMPLATE,
+    ck::CKA_UNWRAP_TEMPLATE,
+    ck::CKA_DERIVE_TEMPLATE,
 ];
 
 /// Checks a template an application supplied: known attribute types with the right
@@ -41,6 +47,15 @@ pub fn check_user_template(template: &Template) -> TokenResult<()> {
     for attr in TOKEN_SET {
         if template.contains(*attr) {
             return Err(TokenError::AttributeReadOnly(*attr));
+        }
+    }
+    // An attribute array is stored among the visible attributes: it may not
+    // carry key material.
+    for (attr, value) in template.iter() {
+        if let AttrValue::Array(t) = value {
+            if t.iter().any(|(a, _)| is_secret_component(*a)) {
+                return Err(TokenError::AttributeValueInvalid(*attr));
+            }
         }
     }
     Ok(())
@@ -87,11 +102,7 @@ fn check_usages(template: &Template, class: u64, key_type: u64) -> TokenResult<(
         if template.flag(attr, false) && !allowed.contains(&attr) {
             // HMAC keys may also be marked for encryption by some applications;
             // PKCS#11 does not forbid it, so only key-pair halves are strict.
-            // OpenSC's pkcs11-tool (and libp11) ask for CKA_DERIVE on both halves
-            // of an EC pair; a public key that "derives" grants nothing.
-            if class == ck::CKO_SECRET_KEY
-                || (class == ck::CKO_PUBLIC_KEY && key_type == ck::CKK_EC && attr == ck::CKA_DERIVE)
-            {
+            if class == ck::CKO_SECRET_KEY || client_asks_harmlessly(class, key_type, attr) {
                 continue;
             }
             return Err(TokenError::TemplateInconsistent(format!(
@@ -100,6 +111,49 @@ fn check_usages(template: &Template, class: u64, key_type: u64) -> TokenResult<(
         }
     }
     Ok(())
+}
+
+/// Usage flags that real clients put in EC and Ed25519 key-pair templates
+/// although the key type cannot serve them: OpenSC's pkcs11-tool, libp11 and
+/// pkcs11-provider ask for `CKA_DERIVE` on both halves of an EC or Ed25519
+/// pair, and for `CKA_ENCRYPT`/`CKA_WRAP` on the public half and
+/// `CKA_DECRYPT`/`CKA_UNWRAP` on the private half. They are stored as asked
+/// and grant nothing: the operation itself is refused later
+/// (`CKR_KEY_TYPE_INCONSISTENT` or `CKR_KEY_FUNCTION_NOT_PERMITTED` from
+/// [`check_key_use`]). RSA halves stay strict (a public key that signs is
+/// refused), as do signing flags on the wrong half.
+fn client_asks_harmlessly(class: u64, key_type: u64, attr: u64) -> bool {
+    if !matches!(key_type, ck::CKK_EC | ck::CKK_EC_EDWARDS) {
+        return false;
+    }
+    match class {
+        ck::CKO_PUBLIC_KEY => matches!(attr, ck::CKA_ENCRYPT | ck::CKA_WRAP | ck::CKA_DERIVE),
+        ck::CKO_PRIVATE_KEY => matches!(attr, ck::CKA_DECRYPT | ck::CKA_UNWRAP | ck::CKA_DERIVE),
+        _ => false,
+    }
+}
+
+/// The template of a key that `C_UnwrapKey` or `C_DeriveKey` makes, once the
+/// unwrapping or base key's `CKA_UNWRAP_TEMPLATE` or `CKA_DERIVE_TEMPLATE`
+/// (`array`) is applied: each of its attributes is added, and one the
+/// application gave with another value is `CKR_TEMPLATE_INCONSISTENT`
+/// (PKCS#11 3.0 §4.8, "wrapping/unwrapping templates").
+pub fn apply_key_template(key: &Template, array: u64, template: &Template) -> TokenResult<Template> {
+    let Some(AttrValue::Array(imposed)) = key.get(array) else {
+        return Ok(template.clone());
+    };
+    let mut t = template.clone();
+    for (attr, value) in imposed.iter() {
+        match t.get(*attr) {
+            Some(given) if given != value => {
+                return Err(TokenError::TemplateInconsistent(format!(
+                    "attribute {attr:#x} differs from the key's template {array:#x}"
+                )))
+            }
+            _ => t.set(*attr, value.clone()),
+        }
+    }
+    Ok(t)
 }
 
 /// Fills in the common defaults of a key object. `local` is true for keys the
@@ -532,6 +586,13 @@ pub fn check_wrappable(key: &Template, wrapping_key: &Template) -> TokenResult<(
             "the key may be wrapped only with a trusted key".into(),
         ));
     }
+    if let Some(AttrValue::Array(wanted)) = wrapping_key.get(ck::CKA_WRAP_TEMPLATE) {
+        if !key.matches(wanted) {
+            return Err(TokenError::KeyNotWrappable(
+                "the key does not match the wrapping key's CKA_WRAP_TEMPLATE".into(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -708,6 +769,59 @@ mod tests {
                 Err(TokenError::AttributeReadOnly(ck::CKA_ALLOWED_MECHANISMS))
             );
         }
+    }
+
+    #[test]
+    fn ec_and_ed25519_pairs_store_the_usages_clients_ask_for() {
+        let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        let on = |t: Template, attrs: &[u64]| attrs.iter().fold(t, |t, a| t.with(*a, AttrValue::Bool(true)));
+        let public = on(
+            Template::new().with(ck::CKA_EC_PARAMS, AttrValue::Bytes(p256)),
+            &[ck::CKA_VERIFY, ck::CKA_ENCRYPT, ck::CKA_WRAP, ck::CKA_DERIVE],
+        );
+        let private = on(
+            Template::new(),
+            &[ck::CKA_SIGN, ck::CKA_DECRYPT, ck::CKA_UNWRAP, ck::CKA_DERIVE],
+        );
+        let (_, pubt, privt) = generated_key_pair(ck::CKM_EC_KEY_PAIR_GEN, &public, &private).unwrap();
+        assert_eq!(pubt.bool(ck::CKA_WRAP), Some(true));
+        assert_eq!(privt.bool(ck::CKA_UNWRAP), Some(true));
+        // Stored, and harmless: an EC key cannot serve AES key wrapping.
+        assert_eq!(
+            check_key_use(&privt, ck::CKM_AES_KEY_WRAP, Usage::Unwrap),
+            Err(TokenError::KeyTypeInconsistent)
+        );
+        let ed_public = on(Template::new(), &[ck::CKA_VERIFY, ck::CKA_DERIVE]);
+        let ed_private = on(Template::new(), &[ck::CKA_SIGN, ck::CKA_DERIVE]);
+        let (_, _, ed_privt) =
+            generated_key_pair(ck::CKM_EC_EDWARDS_KEY_PAIR_GEN, &ed_public, &ed_private).unwrap();
+        assert_eq!(
+            check_key_use(&ed_privt, ck::CKM_ECDH1_DERIVE, Usage::Derive),
+            Err(TokenError::KeyTypeInconsistent)
+        );
+        // A signing flag on the wrong half is still refused.
+        let verifying_private = on(Template::new(), &[ck::CKA_VERIFY]);
+        assert!(matches!(
+            generated_key_pair(ck::CKM_EC_EDWARDS_KEY_PAIR_GEN, &ed_public, &verifying_private),
+            Err(TokenError::TemplateInconsistent(_))
+        ));
+    }
+
+    #[test]
+    fn an_unwrap_template_is_applied_and_a_conflict_is_inconsistent() {
+        let imposed = Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(true));
+        let key = Template::new().with(ck::CKA_UNWRAP_TEMPLATE, AttrValue::Array(imposed));
+        let t = apply_key_template(&key, ck::CKA_UNWRAP_TEMPLATE, &Template::new()).unwrap();
+        assert_eq!(t.bool(ck::CKA_SENSITIVE), Some(true));
+        let weak = Template::new().with(ck::CKA_SENSITIVE, AttrValue::Bool(false));
+        assert!(matches!(
+            apply_key_template(&key, ck::CKA_UNWRAP_TEMPLATE, &weak),
+            Err(TokenError::TemplateInconsistent(_))
+        ));
+        assert_eq!(
+            apply_key_template(&Template::new(), ck::CKA_UNWRAP_TEMPLATE, &weak).unwrap(),
+            weak
+        );
     }
 
     #[test]

@@ -79,20 +79,12 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
             }
             Ok(buf)
         }
-        ck::CKM_AES_CBC => {
-            let k = aes_key(key)?;
-            let iv = iv16(mech)?;
-            if data.len() % 16 != 0 {
-                return Err(TokenError::DataLenRange);
-            }
-            let mut buf = data.to_vec();
-            if !buf.is_empty() {
-                cipher::EncryptingKey::cbc(cipher_key(k)?)
-                    .and_then(|c| c.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(iv.into())))
-                    .map_err(|_| internal("AES-CBC encryption"))?;
-            }
-            Ok(buf)
+        ck::CKM_AES_CBC => cbc_encrypt(aes_key(key)?, iv16(mech)?, data),
+        ck::CKM_AES_CBC_PAD if cbc_part(mech)?.is_some() => {
+            let iv = cbc_part(mech)?.unwrap_or_default();
+            cbc_encrypt(aes_key(key)?, iv, data)
         }
+        ck::CKM_AES_CTR => ctr(aes_key(key)?, mech, data, TokenError::DataLenRange),
         ck::CKM_AES_CBC_PAD => {
             let k = aes_key(key)?;
             let iv = iv16(mech)?;
@@ -197,23 +189,12 @@ pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
             }
             Ok(buf)
         }
-        ck::CKM_AES_CBC => {
-            let k = aes_key(key)?;
-            let iv = iv16(mech)?;
-            if data.len() % 16 != 0 {
-                return Err(TokenError::EncryptedDataLenRange);
-            }
-            let mut buf = data.to_vec();
-            if !buf.is_empty() {
-                cipher::DecryptingKey::cbc(cipher_key(k)?)
-                    .and_then(|c| {
-                        c.decrypt(&mut buf, DecryptionContext::Iv128(iv.into()))
-                            .map(|_| ())
-                    })
-                    .map_err(|_| internal("AES-CBC decryption"))?;
-            }
-            Ok(buf)
+        ck::CKM_AES_CBC => cbc_decrypt(aes_key(key)?, iv16(mech)?, data),
+        ck::CKM_AES_CBC_PAD if cbc_part(mech)?.is_some() => {
+            let iv = cbc_part(mech)?.unwrap_or_default();
+            cbc_decrypt(aes_key(key)?, iv, data)
         }
+        ck::CKM_AES_CTR => ctr(aes_key(key)?, mech, data, TokenError::EncryptedDataLenRange),
         ck::CKM_AES_CBC_PAD => {
             let k = aes_key(key)?;
             let iv = iv16(mech)?;
@@ -257,6 +238,69 @@ pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
         }
         _ => Err(TokenError::MechanismInvalid(m)),
     }
+}
+
+/// AES-CBC over whole blocks.
+fn cbc_encrypt(k: &[u8], iv: [u8; 16], data: &[u8]) -> TokenResult<Vec<u8>> {
+    if data.len() % 16 != 0 {
+        return Err(TokenError::DataLenRange);
+    }
+    let mut buf = data.to_vec();
+    if !buf.is_empty() {
+        cipher::EncryptingKey::cbc(cipher_key(k)?)
+            .and_then(|c| c.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(iv.into())))
+            .map_err(|_| internal("AES-CBC encryption"))?;
+    }
+    Ok(buf)
+}
+
+fn cbc_decrypt(k: &[u8], iv: [u8; 16], data: &[u8]) -> TokenResult<Vec<u8>> {
+    if data.len() % 16 != 0 {
+        return Err(TokenError::EncryptedDataLenRange);
+    }
+    let mut buf = data.to_vec();
+    if !buf.is_empty() {
+        cipher::DecryptingKey::cbc(cipher_key(k)?)
+            .and_then(|c| {
+                c.decrypt(&mut buf, DecryptionContext::Iv128(iv.into()))
+                    .map(|_| ())
+            })
+            .map_err(|_| internal("AES-CBC decryption"))?;
+    }
+    Ok(buf)
+}
+
+/// AES-CTR (NIST SP 800-38A §6.5), encryption and decryption alike. The
+/// counter is the low `ulCounterBits` of the counter block; input that would
+/// make it wrap is `too_long` (`CKR_DATA_LEN_RANGE` or
+/// `CKR_ENCRYPTED_DATA_LEN_RANGE`), so the counter never repeats and the
+/// full-width increment aws-lc makes is the standard's.
+fn ctr(k: &[u8], mech: &Mechanism, data: &[u8], too_long: TokenError) -> TokenResult<Vec<u8>> {
+    let (cb, bits) = ctr_params(mech)?;
+    if !ctr_fits(&cb, bits, data.len()) {
+        return Err(too_long);
+    }
+    let mut buf = data.to_vec();
+    if !buf.is_empty() {
+        cipher::EncryptingKey::ctr(cipher_key(k)?)
+            .and_then(|c| c.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(cb.into())))
+            .map_err(|_| internal("AES-CTR"))?;
+    }
+    Ok(buf)
+}
+
+/// Whether `len` bytes of CTR from counter block `cb` keep the low `bits`
+/// counter from wrapping.
+pub(super) fn ctr_fits(cb: &[u8; 16], bits: u32, len: usize) -> bool {
+    let blocks = (len as u128).div_ceil(16);
+    let mask = if bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
+    let low = u128::from_be_bytes(*cb) & mask;
+    // The counter takes the values low ..= low + blocks - 1, all within the mask.
+    blocks == 0 || blocks - 1 <= mask - low
 }
 
 /// The output length a single-part operation will produce, or an upper bound
@@ -308,6 +352,14 @@ pub fn output_len(mech: &Mechanism, key: &LoadedKey, input_len: usize, op: Usage
                             TokenError::EncryptedDataLenRange
                         });
                     }
+                    Ok(input_len)
+                }
+                ck::CKM_AES_CTR => {
+                    aes_key(key)?;
+                    Ok(input_len)
+                }
+                ck::CKM_AES_CBC_PAD if cbc_part(mech)?.is_some() => {
+                    aes_key(key)?;
                     Ok(input_len)
                 }
                 ck::CKM_AES_CBC_PAD => {

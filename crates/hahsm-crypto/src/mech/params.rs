@@ -260,6 +260,31 @@ pub(super) fn cipher_key(key: &[u8]) -> TokenResult<UnboundCipherKey> {
     UnboundCipherKey::new(aes_cipher(key)?, key).map_err(|_| internal("AES key setup"))
 }
 
+/// `CKM_AES_CTR`'s counter block and counter width.
+pub(super) fn ctr_params(mech: &Mechanism) -> TokenResult<([u8; 16], u32)> {
+    match &mech.params {
+        MechParams::Ctr { counter_bits, cb } => {
+            let cb = <[u8; 16]>::try_from(cb.as_slice())
+                .map_err(|_| param_err("the counter block must be 16 bytes"))?;
+            match u32::try_from(*counter_bits) {
+                Ok(bits @ 1..=128) => Ok((cb, bits)),
+                _ => Err(param_err("ulCounterBits must be 1 to 128")),
+            }
+        }
+        _ => Err(param_err("AES-CTR needs CK_AES_CTR_PARAMS")),
+    }
+}
+
+/// The IV of a `CKM_AES_CBC_PAD` middle part ([`MechParams::IvPart`]), if it is one.
+pub(super) fn cbc_part(mech: &Mechanism) -> TokenResult<Option<[u8; 16]>> {
+    match &mech.params {
+        MechParams::IvPart(iv) => <[u8; 16]>::try_from(iv.as_slice())
+            .map(Some)
+            .map_err(|_| param_err("the IV must be 16 bytes")),
+        _ => Ok(None),
+    }
+}
+
 pub(super) fn iv16(mech: &Mechanism) -> TokenResult<[u8; 16]> {
     match &mech.params {
         MechParams::Iv(iv) => {

@@ -1,4 +1,5 @@
 //! The mechanisms against known answers and each other.
+use super::cipher::ctr_fits;
 use super::derive::*;
 use super::params::*;
 use hahsm_awslc_ffi::Hash;
@@ -29,4 +30,16 @@ fn x963_known_answer() {
     let z = hex::decode("96c05619d56c328ab95fe84b18264b08725b85e33fd34f08").unwrap();
     let out = x963_kdf(Hash::Sha256, &z, &[], 16);
     assert_eq!(hex::encode(out.expose()), "443024c3dae66b95e6f5670601558f71");
+}
+
+#[test]
+fn ctr_counter_may_not_wrap_its_width() {
+    let mut cb = [0u8; 16];
+    cb[15] = 0xfe;
+    // An 8-bit counter at 0xfe has two blocks left.
+    assert!(ctr_fits(&cb, 8, 32));
+    assert!(!ctr_fits(&cb, 8, 33));
+    assert!(ctr_fits(&cb, 128, 1 << 20));
+    assert!(ctr_fits(&[0xff; 16], 128, 16));
+    assert!(!ctr_fits(&[0xff; 16], 128, 17));
 }

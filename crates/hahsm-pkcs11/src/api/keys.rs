@@ -28,7 +28,28 @@ pub fn generate_key(cx: Cx, mech: Mechanism, template: Deferred<Template>) -> Re
             op_id: new_op_id(),
         },
     );
+    if let Err(e) = &r {
+        size_refused("C_GenerateKey", e);
+    }
     object_created(&m, &s, r, token)
+}
+
+/// A key generation refused for its size (an RSA key under 2048 bits, an
+/// AES key that is not 16, 24 or 32 bytes) says why in the module's log,
+/// whether or not `HAHSM_PKCS11_DEBUG` is set: the code alone does not tell
+/// an application's operator that the size is the token's rule.
+fn size_refused(function: &str, e: &Error) {
+    if e.rv() == ck::CKR_KEY_SIZE_RANGE {
+        let why = if function == "C_GenerateKeyPair" {
+            " (RSA keys under 2048 bits are too short to make today, NIST SP 800-131A)"
+        } else {
+            ""
+        };
+        crate::log::info(&format!(
+            "{function}: CKR_KEY_SIZE_RANGE: {}{why}",
+            crate::error::describe(e)
+        ));
+    }
 }
 
 pub fn generate_key_pair(
@@ -50,16 +71,19 @@ pub fn generate_key_pair(
     check_login_for(&s, &public, ck::CKO_PUBLIC_KEY)?;
     check_login_for(&s, &private, ck::CKO_PRIVATE_KEY)?;
     let (public, private) = (public.get()?, private.get()?);
-    match m.call(
-        &s.slot,
-        Request::GenerateKeyPair {
-            partition: s.slot.partition.clone(),
-            mechanism: mech,
-            public_template: public,
-            private_template: private,
-            op_id: new_op_id(),
-        },
-    )? {
+    let made = m
+        .call(
+            &s.slot,
+            Request::GenerateKeyPair {
+                partition: s.slot.partition.clone(),
+                mechanism: mech,
+                public_template: public,
+                private_template: private,
+                op_id: new_op_id(),
+            },
+        )
+        .inspect_err(|e| size_refused("C_GenerateKeyPair", e))?;
+    match made {
         Response::KeyPair { public, private } => Ok((
             new_handle(&m, &s, public, pub_token),
             new_handle(&m, &s, private, priv_token),

@@ -5,7 +5,11 @@ use crate::error::{rv, Error, Result};
 use crate::session::{Op, OpKind, MAX_BUFFERED};
 use crate::sync::lock;
 use hahsm_proto::client::{Request, Response};
-use hahsm_token::{ck, Mechanism, Ouid};
+use hahsm_token::{ck, MechParams, Mechanism, Ouid};
+
+/// Most bytes of whole blocks one streaming `C_*Update` request carries; a
+/// larger update is sent in parts of this size.
+pub const STREAM_PART: usize = 512 * 1024;
 
 /// `C_EncryptInit`, `C_DecryptInit`, `C_DigestInit`, `C_SignInit`, `C_VerifyInit`.
 pub fn op_init(
@@ -63,11 +67,21 @@ pub enum Input<'a> {
 /// `C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign` and their `C_*Final`.
 pub fn produce(cx: Cx, kind: OpKind, input: Input<'_>, capacity: Option<usize>) -> Result<Vec<u8>> {
     let Cx { m, s } = cx;
-    let (data, mech, key, stateless) = {
+    let (data, mech, key, stateless, digest_keys) = {
         let mut st = lock(&s.state);
         let op = st.op(kind).ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
         let data = match input {
             Input::Single(_) if op.multipart => return rv(ck::CKR_OPERATION_ACTIVE),
+            Input::Single(d) if d.len() > MAX_BUFFERED => {
+                crate::log::warn(&format!(
+                    "{}: {} bytes of single-part input is over the limit of {MAX_BUFFERED} bytes (1000 KiB) \
+                     that one request carries; use the multi-part functions (C_*Update)",
+                    kind.single_part_name(),
+                    d.len()
+                ));
+                st.end(kind);
+                return rv(too_long(kind));
+            }
             Input::Single(d) => d.to_vec(),
             Input::Final => op.buffer.clone(),
         };
@@ -75,15 +89,41 @@ pub fn produce(cx: Cx, kind: OpKind, input: Input<'_>, capacity: Option<usize>) 
             st.end(kind);
             return rv(ck::CKR_USER_NOT_LOGGED_IN);
         }
+        if matches!(input, Input::Final) && op.multipart && streams(kind, op.mech.mech) {
+            if op.ctr_spent && !data.is_empty() {
+                st.end(kind);
+                return rv(too_long(kind));
+            }
+            // ECB, CBC and CTR have sent every whole block already; nothing is
+            // left to ask the member for when no partial block remains.
+            if data.is_empty() && op.mech.mech != ck::CKM_AES_CBC_PAD {
+                return deliver(&mut st, kind, Vec::new(), capacity);
+            }
+        }
         if let Some((i, o)) = &op.cached {
             if *i == data {
                 let out = o.clone();
                 return deliver(&mut st, kind, out, capacity);
             }
         }
-        (data, op.mech.clone(), op.key, op.stateless)
+        (
+            data,
+            op.mech.clone(),
+            op.key,
+            op.stateless,
+            op.digest_keys.clone(),
+        )
     };
-    let request = op_request(&s, kind, mech, key, data.clone());
+    let request = if digest_keys.is_empty() {
+        op_request(&s, kind, mech, key, data.clone())
+    } else {
+        Request::DigestKeys {
+            partition: s.slot.partition.clone(),
+            mechanism: mech,
+            data: data.clone(),
+            keys: digest_keys,
+        }
+    };
     let result = if stateless {
         m.call_stateless(&s.slot, request)
     } else {
@@ -114,6 +154,11 @@ pub fn update(cx: Cx, kind: OpKind, data: &[u8]) -> Result<()> {
     let mut st = lock(&s.state);
     let op = st.op(kind).ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
     if op.buffer.len() + data.len() > MAX_BUFFERED {
+        crate::log::warn(&format!(
+            "{}: the multi-part input is over the limit of {MAX_BUFFERED} bytes (1000 KiB) this \
+             mechanism gathers before C_*Final",
+            kind.single_part_name()
+        ));
         st.end(kind);
         return rv(ck::CKR_DATA_LEN_RANGE);
     }
@@ -122,13 +167,200 @@ pub fn update(cx: Cx, kind: OpKind, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A length query on `C_*Update`: the operation must be active; nothing is consumed.
-pub fn update_check(cx: Cx, kind: OpKind) -> Result<()> {
-    let Cx { s, .. } = cx;
+/// Most keys one digest may take in (`C_DigestKey`).
+pub const MAX_DIGEST_KEYS: usize = 64;
+
+/// `C_DigestKey` (§5.10): the value of a secret key goes into the active
+/// digest, where `C_DigestUpdate` would put data. The value never reaches
+/// the module: the digest is sent at `C_DigestFinal` as one request naming
+/// the keys, and the member inserts their values. Any secret key may be
+/// digested, sensitive or not (only the hash leaves the member); other
+/// classes are `CKR_KEY_INDIGESTIBLE`.
+pub fn digest_key(cx: Cx, key_handle: ck::CK_OBJECT_HANDLE) -> Result<()> {
+    let Cx { m, s } = cx;
+    if !lock(&s.state).has(OpKind::Digest) {
+        return rv(ck::CKR_OPERATION_NOT_INITIALIZED);
+    }
+    let (ouid, info) = key(&m, &s, key_handle)?;
+    if info.class != ck::CKO_SECRET_KEY {
+        return rv(ck::CKR_KEY_INDIGESTIBLE);
+    }
     let mut st = lock(&s.state);
-    st.op(kind)
-        .map(|_| ())
-        .ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))
+    let op = st
+        .op(OpKind::Digest)
+        .ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
+    if op.digest_keys.len() >= MAX_DIGEST_KEYS {
+        st.end(OpKind::Digest);
+        return rv(ck::CKR_DATA_LEN_RANGE);
+    }
+    op.multipart = true;
+    op.digest_keys.push((op.buffer.len() as u64, ouid));
+    // A session key lives on the slot's session home: the digest goes there.
+    op.stateless &= info.token;
+    Ok(())
+}
+
+/// Whether a multi-part operation streams: AES-ECB, AES-CBC, AES-CBC-PAD and
+/// AES-CTR encryption and decryption send their whole blocks at each update.
+fn streams(kind: OpKind, mech: u64) -> bool {
+    matches!(kind, OpKind::Encrypt | OpKind::Decrypt)
+        && matches!(
+            mech,
+            ck::CKM_AES_ECB | ck::CKM_AES_CBC | ck::CKM_AES_CBC_PAD | ck::CKM_AES_CTR
+        )
+}
+
+/// How many of the `held` bytes (what the operation kept plus the new input)
+/// an update processes: the whole blocks. CBC-PAD decryption keeps the last
+/// whole block too, when nothing follows it, for `C_DecryptFinal` to unpad.
+fn ready(kind: OpKind, mech: u64, held: usize) -> usize {
+    let whole = held / 16 * 16;
+    if kind == OpKind::Decrypt && mech == ck::CKM_AES_CBC_PAD && whole == held && whole > 0 {
+        whole - 16
+    } else {
+        whole
+    }
+}
+
+/// `CKR_DATA_LEN_RANGE`, or `CKR_ENCRYPTED_DATA_LEN_RANGE` for decryption.
+fn too_long(kind: OpKind) -> ck::CK_RV {
+    if kind == OpKind::Decrypt {
+        ck::CKR_ENCRYPTED_DATA_LEN_RANGE
+    } else {
+        ck::CKR_DATA_LEN_RANGE
+    }
+}
+
+/// `C_EncryptUpdate` and `C_DecryptUpdate`. For the mechanisms that stream
+/// ([`streams`]) the whole blocks go to a member now (in requests of at most
+/// [`STREAM_PART`] bytes) and their output comes back at once; only a
+/// partial block stays in the module (and, for CBC-PAD decryption, the last
+/// block), so what the module holds is bounded by 32 bytes. The operation's
+/// mechanism then carries the chaining value (CBC's IV, CTR's counter
+/// block) for the next part and for `C_*Final`. CBC-PAD's middle parts go as
+/// `MechParams::IvPart`, which the member runs as unpadded CBC while
+/// checking the key against `CKM_AES_CBC_PAD`. Other ciphers gather as
+/// [`update`] does and output nothing. `capacity` `None` asks only for the
+/// output length; nothing is consumed.
+pub fn update_cipher(cx: Cx, kind: OpKind, data: &[u8], capacity: Option<usize>) -> Result<Vec<u8>> {
+    let Cx { m, s } = cx;
+    let (mut mech, key, stateless, input) = {
+        let mut st = lock(&s.state);
+        let op = st.op(kind).ok_or(Error::Rv(ck::CKR_OPERATION_NOT_INITIALIZED))?;
+        if !streams(kind, op.mech.mech) {
+            if capacity.is_some() {
+                drop(st);
+                update(Cx { m, s }, kind, data)?;
+            }
+            return Ok(Vec::new());
+        }
+        let take = ready(kind, op.mech.mech, op.buffer.len() + data.len());
+        let Some(cap) = capacity else {
+            return Ok(vec![0; take]);
+        };
+        if cap < take {
+            return Err(Error::BufferTooSmall { needed: take });
+        }
+        if op.always_authenticate && !op.context_login_done {
+            st.end(kind);
+            return rv(ck::CKR_USER_NOT_LOGGED_IN);
+        }
+        if op.ctr_spent && !data.is_empty() {
+            st.end(kind);
+            return rv(too_long(kind));
+        }
+        op.multipart = true;
+        let mut input = std::mem::take(&mut op.buffer);
+        input.extend_from_slice(data);
+        op.buffer = input.split_off(take);
+        (op.mech.clone(), op.key, op.stateless, input)
+    };
+    let mut out = Vec::with_capacity(input.len());
+    let mut spent = false;
+    for part in input.chunks(STREAM_PART) {
+        if spent {
+            lock(&s.state).end(kind);
+            return rv(too_long(kind));
+        }
+        let request = op_request(&s, kind, part_mechanism(&mech), key, part.to_vec());
+        let result = if stateless {
+            m.call_stateless(&s.slot, request)
+        } else {
+            m.call(&s.slot, request)
+        };
+        match result {
+            Ok(Response::Bytes(o)) if o.len() == part.len() => {
+                spent = advance(&mut mech, kind, part, &o);
+                out.extend_from_slice(&o);
+            }
+            Ok(_) => {
+                lock(&s.state).end(kind);
+                return Err(unexpected());
+            }
+            Err(e) => {
+                lock(&s.state).end(kind);
+                return Err(e);
+            }
+        }
+    }
+    let mut st = lock(&s.state);
+    if let Some(op) = st.op(kind) {
+        op.mech = mech;
+        op.ctr_spent |= spent;
+    }
+    Ok(out)
+}
+
+/// The mechanism a streaming part is sent with: the operation's, except that
+/// CBC-PAD's middle parts are unpadded ([`MechParams::IvPart`]).
+fn part_mechanism(mech: &Mechanism) -> Mechanism {
+    match (&mech.params, mech.mech) {
+        (MechParams::Iv(iv), ck::CKM_AES_CBC_PAD) => {
+            Mechanism::with(mech.mech, MechParams::IvPart(iv.clone()))
+        }
+        _ => mech.clone(),
+    }
+}
+
+/// Moves a streaming operation's chaining value past one part (`input` in,
+/// `output` out): CBC's next IV is the part's last ciphertext block; CTR's
+/// counter advances by the part's blocks within its `ulCounterBits`. True
+/// when the CTR counter has used its last value.
+fn advance(mech: &mut Mechanism, kind: OpKind, input: &[u8], output: &[u8]) -> bool {
+    match &mut mech.params {
+        MechParams::Iv(iv) => {
+            let cipher = if kind == OpKind::Encrypt { output } else { input };
+            if let Some(last) = cipher.len().checked_sub(16).map(|i| &cipher[i..]) {
+                *iv = last.to_vec();
+            }
+            false
+        }
+        MechParams::Ctr { counter_bits, cb } => {
+            let Ok(block) = <[u8; 16]>::try_from(cb.as_slice()) else {
+                return true;
+            };
+            let (next, wrapped) = ctr_advance(block, *counter_bits as u32, input.len() / 16);
+            *cb = next.to_vec();
+            wrapped
+        }
+        _ => false,
+    }
+}
+
+/// The counter block `blocks` blocks on, counting in the low `bits` bits;
+/// true when the counter came round to its start (it has no value left).
+fn ctr_advance(cb: [u8; 16], bits: u32, blocks: usize) -> ([u8; 16], bool) {
+    let v = u128::from_be_bytes(cb);
+    let mask = if bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
+    let low = v & mask;
+    let (sum, overflow) = low.overflowing_add(blocks as u128);
+    let wrapped = overflow || (bits < 128 && sum > mask);
+    let next = (v & !mask) | (sum & mask);
+    (next.to_be_bytes(), wrapped)
 }
 
 /// `C_Verify` and `C_VerifyFinal`. The operation ends either way.
@@ -166,4 +398,31 @@ pub fn verify(cx: Cx, input: Input<'_>, signature: &[u8]) -> Result<()> {
         m.call(&s.slot, request)
     };
     expect(result, Response::Verified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_blocks_go_out_and_cbc_pad_decryption_keeps_the_last() {
+        assert_eq!(ready(OpKind::Encrypt, ck::CKM_AES_CBC_PAD, 47), 32);
+        assert_eq!(ready(OpKind::Encrypt, ck::CKM_AES_CBC_PAD, 48), 48);
+        assert_eq!(ready(OpKind::Decrypt, ck::CKM_AES_CBC_PAD, 48), 32);
+        assert_eq!(ready(OpKind::Decrypt, ck::CKM_AES_CBC_PAD, 50), 48);
+        assert_eq!(ready(OpKind::Decrypt, ck::CKM_AES_CBC, 48), 48);
+        assert_eq!(ready(OpKind::Encrypt, ck::CKM_AES_CTR, 15), 0);
+    }
+
+    #[test]
+    fn the_ctr_counter_advances_in_its_bits_and_says_when_spent() {
+        let mut cb = [0xaa; 16];
+        cb[15] = 0xfe;
+        let (next, spent) = ctr_advance(cb, 8, 1);
+        assert_eq!((next[15], next[14], spent), (0xff, 0xaa, false));
+        let (next, spent) = ctr_advance(cb, 8, 2);
+        assert_eq!((next[15], next[14], spent), (0x00, 0xaa, true));
+        let (next, spent) = ctr_advance([0; 16], 128, 3);
+        assert_eq!((next[15], spent), (3, false));
+    }
 }

@@ -254,6 +254,7 @@ fn session_bound(g: &HaGroup, request: &Request) -> Option<Vec<bool>> {
         } => vec![*wrapping_key, *key],
         Request::UnwrapKey { unwrapping_key, .. } => vec![*unwrapping_key],
         Request::DeriveKey { base_key, .. } => vec![*base_key],
+        Request::DigestKeys { keys, .. } => keys.iter().map(|(_, k)| *k).collect(),
         _ => Vec::new(),
     };
     let searching = matches!(request, Request::FindObjects { .. }) && !known.is_empty();

@@ -152,6 +152,9 @@ impl KeyOps<'_> {
             }
             rules::check_key_separation(&attrs, separation)?;
             check_trusted(ctx, &attrs)?;
+            if let (Some(ck::CKO_SECRET_KEY), Some(secret)) = (attrs.class(), secret.as_ref()) {
+                set_check_value(&mut attrs, secret)?;
+            }
             let ouid = derived_ouid(&ctx.name, &self.conn.fingerprint, &op_id, index);
             attrs.set(ck::CKA_UNIQUE_ID, AttrValue::Bytes(ouid.to_string().into_bytes()));
             entries.push(
@@ -225,7 +228,8 @@ impl KeyOps<'_> {
             | Request::Encrypt { .. }
             | Request::Decrypt { .. }
             | Request::GenerateRandom { .. }
-            | Request::Digest { .. }) => self.operations(r).await,
+            | Request::Digest { .. }
+            | Request::DigestKeys { .. }) => self.operations(r).await,
         }
     }
 
@@ -467,6 +471,22 @@ pub(super) fn needs_login_for(ctx: &Ctx, template: &Template, class: u64) -> Tok
         return Err(TokenError::UserNotLoggedIn);
     }
     Ok(())
+}
+
+/// A new secret key's `CKA_CHECK_VALUE`: computed from its value, and a
+/// value the template gave must be that one (`CKR_ATTRIBUTE_VALUE_INVALID`
+/// otherwise, PKCS#11 3.0 §4.10); an empty one given asks for none.
+fn set_check_value(attrs: &mut Template, secret: &SecretBytes) -> TokenResult<()> {
+    let key_type = attrs.key_type().unwrap_or(ck::CKK_GENERIC_SECRET);
+    let kcv = crypto::check_value(key_type, secret.expose())?;
+    match attrs.bytes(ck::CKA_CHECK_VALUE) {
+        Some([]) => Ok(()),
+        Some(given) if given != kcv => Err(TokenError::AttributeValueInvalid(ck::CKA_CHECK_VALUE)),
+        _ => {
+            attrs.set(ck::CKA_CHECK_VALUE, AttrValue::Bytes(kcv.to_vec()));
+            Ok(())
+        }
+    }
 }
 
 /// `CKA_TRUSTED` marks a key allowed to wrap keys that demand it

@@ -117,6 +117,8 @@ impl KeyOps<'_> {
                 if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
+                let template =
+                    rules::apply_key_template(&unwrapping.attrs, ck::CKA_UNWRAP_TEMPLATE, &template)?;
                 let k = ctx.active.key(&unwrapping)?;
                 let secret = crypto::unwrap(&mechanism, &k, &wrapped)?;
                 let (attrs, secret) = unwrapped_object(&template, secret)?;
@@ -136,6 +138,7 @@ impl KeyOps<'_> {
                 if let Some(done) = self.previous(&ctx, &op_id).await? {
                     return Ok(done);
                 }
+                let template = rules::apply_key_template(&base.attrs, ck::CKA_DERIVE_TEMPLATE, &template)?;
                 let (attrs, secret) = self.derived_object(&ctx, &base, &mechanism, &template)?;
                 let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
                 Ok(Response::Object(ids[0]))

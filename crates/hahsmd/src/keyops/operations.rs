@@ -3,7 +3,8 @@ use super::handler::{misrouted, KeyOps};
 use hahsm_crypto::{self as crypto};
 use hahsm_proto::client::{Request, Response};
 use hahsm_token::mechanism::Usage;
-use hahsm_token::{TokenError, TokenResult};
+use hahsm_token::{ck, TokenError, TokenResult};
+use zeroize::Zeroizing;
 
 /// Most random bytes one request returns.
 const MAX_RANDOM: u32 = 64 * 1024;
@@ -57,6 +58,35 @@ impl KeyOps<'_> {
                 crypto::random(len as usize).map(Response::Bytes)
             }
             Request::Digest { mechanism, data } => crypto::digest(mechanism.mech, &data).map(Response::Bytes),
+            Request::DigestKeys {
+                partition,
+                mechanism,
+                data,
+                keys,
+            } => {
+                // Any secret key may be digested (PKCS#11 3.0 §5.10,
+                // C_DigestKey): only a hash of its value leaves the member.
+                let ctx = self.ctx(&partition)?;
+                let mut input = Zeroizing::new(Vec::with_capacity(data.len() + 32 * keys.len()));
+                let mut from = 0usize;
+                for (offset, ouid) in &keys {
+                    let at = usize::try_from(*offset)
+                        .ok()
+                        .filter(|at| (from..=data.len()).contains(at))
+                        .ok_or_else(|| TokenError::ArgumentsBad("key offsets out of order".into()))?;
+                    let entry = self.key(&ctx, ouid)?;
+                    if entry.class() != ck::CKO_SECRET_KEY {
+                        return Err(TokenError::KeyIndigestible(
+                            "only secret keys can be digested".into(),
+                        ));
+                    }
+                    input.extend_from_slice(&data[from..at]);
+                    input.extend_from_slice(ctx.active.secret_of(&entry)?.expose());
+                    from = at;
+                }
+                input.extend_from_slice(&data[from..]);
+                crypto::digest(mechanism.mech, &input).map(Response::Bytes)
+            }
             other => Err(misrouted(&other)),
         }
     }

@@ -65,7 +65,8 @@ pub(super) fn mechanism_of(request: &Request) -> Option<u64> {
         | Request::WrapKey { mechanism, .. }
         | Request::UnwrapKey { mechanism, .. }
         | Request::DeriveKey { mechanism, .. }
-        | Request::Digest { mechanism, .. } => Some(mechanism.mech),
+        | Request::Digest { mechanism, .. }
+        | Request::DigestKeys { mechanism, .. } => Some(mechanism.mech),
         _ => None,
     }
 }

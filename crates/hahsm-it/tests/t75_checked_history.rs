@@ -160,7 +160,7 @@ fn the_history_through_kernel_made_faults_and_skewed_clocks_passes_the_lineariza
             out.to_str().unwrap(),
             &seconds.to_string(),
             "3",
-            "32",
+            "64",
         ],
     );
     let started = Instant::now();

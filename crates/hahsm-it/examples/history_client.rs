@@ -125,7 +125,7 @@ impl Rng {
 }
 
 fn worker(world: &World, s: &Session, process: u32, keys: usize, until: Instant) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(process + 1) * 0x1000_0001);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(process + 1) * 0x1000_0001));
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(40 + rng.below(60)));
         let roll = rng.below(100);

@@ -1,4 +1,4 @@
-//! A `quorum` HA group of three members on a test bed (`bed::Bed`): each
+//! An HA group of three members (`quorum` unless asked) on a test bed (`bed::Bed`): each
 //! member in its own network namespace with its own address, an application
 //! host beside them, and one client registered on every member. The members'
 //! config and environment can be given (a `[replication]` table, libfaketime).
@@ -18,6 +18,8 @@ pub struct BedSetup<'a> {
     pub tables: &'a str,
     /// Extra environment for the member on host `name`, e.g. libfaketime's.
     pub env: Option<&'a dyn Fn(&str) -> Env>,
+    /// The `all-reachable` write concern instead of `quorum`.
+    pub all_reachable: bool,
 }
 
 /// The members before the bed: a struct's fields drop in order, so the
@@ -78,18 +80,11 @@ impl BedGroup {
             .expect_ok();
             members.push(m);
         }
-        ha(
-            &members[0],
-            &[
-                "create-group",
-                "--label",
-                GROUP,
-                "--partition",
-                PARTITION,
-                "--quorum",
-            ],
-        )
-        .expect_ok();
+        let mut create = vec!["create-group", "--label", GROUP, "--partition", PARTITION];
+        if !setup.all_reachable {
+            create.push("--quorum");
+        }
+        ha(&members[0], &create).expect_ok();
         for m in &members[1..] {
             ha(
                 &members[0],
@@ -184,6 +179,16 @@ impl BedGroup {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// The labels of the objects on member `name`, as its own slot lists them.
+    pub fn labels_on(&self, name: &str) -> Vec<String> {
+        let list = self.app(&["keys", "list", "--server", name]).expect_ok().stdout;
+        // "object id  class  type  label  id", the header first.
+        list.lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+            .collect()
     }
 
     /// Every member in sync with the same digest, as each sees the group.

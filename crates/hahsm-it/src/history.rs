@@ -221,7 +221,8 @@ pub fn key_is_consistent(events: &[Event], bounds: Bounds) -> bool {
 }
 
 /// Checks a whole history, key by key (the keys are independent registers),
-/// and shrinks each key that fails to the fewest operations that still fail.
+/// and shrinks the first ten keys that fail to the fewest operations that
+/// still fail.
 pub fn check(events: &[Event], bounds: Bounds) -> Report {
     let mut by_key: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
     for e in events {
@@ -245,13 +246,102 @@ pub fn check(events: &[Event], bounds: Bounds) -> Report {
         if key_is_consistent(&ops, bounds) {
             continue;
         }
+        // The first few are shrunk; a long run with many would spend its
+        // time shrinking them all.
+        let smallest = if report.anomalies.len() < 10 {
+            shrink(ops.clone(), bounds)
+        } else {
+            ops.clone()
+        };
         report.anomalies.push(Anomaly {
             key,
             operations: ops.len(),
-            smallest: shrink(ops, bounds),
+            smallest,
         });
     }
     report
+}
+
+/// The writes a run lost, judged from the history and the labels every
+/// member holds at the end (`final_labels`: key → label, absent when the key
+/// is gone), the same on every member once they are in sync. Per key:
+/// - a key whose destroy was acknowledged must be gone, and a key never
+///   destroyed (not even by a destroy of unknown outcome) must be there;
+/// - its label must be that of a write no acknowledged write came after:
+///   a write (its creation, or a rename acknowledged or not) is superseded
+///   by an acknowledged rename invoked more than `write_us` after it
+///   returned (or failed), as stamps order such writes.
+///
+/// Returns one line per key that breaks a rule.
+pub fn lost_writes(events: &[Event], final_labels: &BTreeMap<u32, String>, write_us: u64) -> Vec<String> {
+    let mut by_key: BTreeMap<u32, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        by_key.entry(e.key).or_default().push(e);
+    }
+    let mut lost = Vec::new();
+    for (key, ops) in by_key {
+        let acked = |e: &&Event| e.outcome == Outcome::Returned(Ret::Done);
+        let destroyed = ops.iter().any(|e| e.op == Op::Destroy && acked(e));
+        let maybe_destroyed = ops
+            .iter()
+            .any(|e| e.op == Op::Destroy && matches!(e.outcome, Outcome::Unknown(_)));
+        match final_labels.get(&key) {
+            Some(label) if destroyed => lost.push(format!(
+                "key {key}: its destroy was acknowledged, and it is back as {label:?}"
+            )),
+            None if !destroyed && !maybe_destroyed => {
+                lost.push(format!("key {key}: never destroyed, and gone"))
+            }
+            None => {}
+            Some(label) => {
+                let writes: Vec<&&Event> = ops
+                    .iter()
+                    .filter(|e| matches!(e.op, Op::Create(_) | Op::SetLabel(_)))
+                    .filter(|e| !matches!(e.outcome, Outcome::Failed(_)))
+                    .collect();
+                let superseded = |w: &Event| {
+                    writes.iter().any(|later| {
+                        acked(later) && later.invoked_us > w.returned_us.saturating_add(write_us)
+                    })
+                };
+                let winner = writes.iter().find(|w| match &w.op {
+                    Op::Create(l) | Op::SetLabel(l) => l == label,
+                    _ => false,
+                });
+                match winner {
+                    None => lost.push(format!("key {key}: holds {label:?}, which no write wrote")),
+                    Some(w) if superseded(w) => lost.push(format!(
+                        "key {key}: holds {label:?}, written at {:.3} s, over a rename acknowledged after it",
+                        w.invoked_us as f64 / 1e6
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    lost
+}
+
+/// Uses of a key (signatures, label reads) that succeeded although they
+/// began more than `bound_us` after an acknowledged destroy of it returned.
+pub fn used_after_destroy(events: &[Event], bound_us: u64) -> usize {
+    let mut destroyed_at: BTreeMap<u32, u64> = BTreeMap::new();
+    for e in events {
+        if e.op == Op::Destroy && e.outcome == Outcome::Returned(Ret::Done) {
+            let t = destroyed_at.entry(e.key).or_insert(e.returned_us);
+            *t = (*t).min(e.returned_us);
+        }
+    }
+    events
+        .iter()
+        .filter(|e| matches!(e.op, Op::Use | Op::ReadLabel))
+        .filter(|e| matches!(e.outcome, Outcome::Returned(Ret::Usable | Ret::Label(_))))
+        .filter(|e| {
+            destroyed_at
+                .get(&e.key)
+                .is_some_and(|t| e.invoked_us > t.saturating_add(bound_us))
+        })
+        .count()
 }
 
 /// Drops operations one at a time (never the creation) while the rest still
@@ -401,6 +491,34 @@ mod tests {
         let mut back = history.clone();
         back.push(ev(2, Op::ReadLabel, 20_000, 20_005, ret(Ret::Label("a".into()))));
         assert!(!key_is_consistent(&back, READS_1S));
+    }
+
+    #[test]
+    fn the_final_labels_show_a_lost_rename_a_resurrection_and_a_lost_key() {
+        let mut history = vec![
+            created(),
+            ev(1, Op::SetLabel("b".into()), 10, 20, ret(Ret::Done)),
+            ev(2, Op::SetLabel("c".into()), 2_000, 2_010, ret(Ret::Done)),
+        ];
+        let holds = |label: &str| BTreeMap::from([(1, label.to_string())]);
+        assert!(lost_writes(&history, &holds("c"), 500_000).is_empty());
+        // "b" was acknowledged 2 s before "c" began: "b" winning lost "c".
+        assert_eq!(lost_writes(&history, &holds("b"), 500_000).len(), 1);
+        assert_eq!(
+            lost_writes(&history, &BTreeMap::new(), 500_000).len(),
+            1,
+            "a lost key"
+        );
+        history.push(ev(1, Op::Destroy, 3_000, 3_010, ret(Ret::Done)));
+        assert!(lost_writes(&history, &BTreeMap::new(), 500_000).is_empty());
+        assert_eq!(
+            lost_writes(&history, &holds("c"), 500_000).len(),
+            1,
+            "a resurrection"
+        );
+        history.push(ev(2, Op::Use, 3_500, 3_505, ret(Ret::Usable)));
+        history.push(ev(2, Op::Use, 9_000, 9_005, ret(Ret::Usable)));
+        assert_eq!(used_after_destroy(&history, 2_000_000), 1);
     }
 
     #[test]

@@ -21,6 +21,20 @@ use std::time::{Duration, Instant};
 /// Environment variables for a process, as (name, value).
 pub type Env = Vec<(String, String)>;
 
+/// Debian's libfaketime for threaded programs (the `faketime` package, which
+/// scripts/test-deps.sh installs): with `LD_PRELOAD` and `FAKETIME`, a member
+/// sees its wall clock off; with `DONT_FAKE_MONOTONIC=1` its monotonic
+/// clock stays true.
+pub fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|arch| arch.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketimeMT.so.1 (Debian's faketime package; scripts/test-deps.sh installs it)")
+}
+
 /// The directory holding `hahsmd` and `hahsm`.
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("HAHSM_BIN_DIR") {

@@ -8,34 +8,12 @@
 //!   asked for earlier cannot override one acknowledged later.
 use hahsm_it::cluster::{Cluster, Setup, GROUP};
 use hahsm_it::proxy::Mode;
-use hahsm_it::{alert_script, alerts_in, exec_alerts_config};
-use std::path::{Path, PathBuf};
+use hahsm_it::{alert_script, alerts_in, exec_alerts_config, libfaketime};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The lease the members of the lease test run with.
 const LEASE: Duration = Duration::from_millis(2_000);
-
-fn wait(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
-}
-
-/// Debian's libfaketime, which the test command installs.
-fn libfaketime() -> PathBuf {
-    let found = std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|arch| arch.path().join("faketime/libfaketimeMT.so.1"))
-        .find(|p| p.exists());
-    found.expect("libfaketimeMT.so.1 (Debian's faketime package; scripts/test-deps.sh installs it)")
-}
 
 /// The environment that runs a process with its wall clock `offset` ahead
 /// (a libfaketime offset such as "+5s") and its monotonic clock untouched.
@@ -180,7 +158,7 @@ fn an_earlier_rename_on_the_fast_member_does_not_override_a_later_one(concern: &
     // The peers measure member 2's clock, refuse it and raise the alert;
     // it sees that it is the one that is off.
     assert!(
-        wait(Duration::from_secs(10), || {
+        c.wait(Duration::from_secs(10), || {
             alerts_in(&tmp.path().join("alerts0.log")).iter().any(|l| {
                 l.starts_with("clock-offset firing") && l.contains(&format!("member {fast}'s clock"))
             })
@@ -189,7 +167,7 @@ fn an_earlier_rename_on_the_fast_member_does_not_override_a_later_one(concern: &
         alerts_in(&tmp.path().join("alerts0.log"))
     );
     assert!(
-        wait(Duration::from_secs(10), || {
+        c.wait(Duration::from_secs(10), || {
             alerts_in(&tmp.path().join("alerts2.log"))
                 .iter()
                 .any(|l| l.starts_with("clock-offset firing") && l.contains("takes no writes"))
@@ -221,7 +199,7 @@ fn an_earlier_rename_on_the_fast_member_does_not_override_a_later_one(concern: &
     if cut_off {
         c.isolate(2, Mode::Cut);
         assert!(
-            wait(Duration::from_secs(10), || c.state_of(2, 0) == "down"),
+            c.wait(Duration::from_secs(10), || c.state_of(2, 0) == "down"),
             "{:?}",
             c.status(2)
         );

@@ -16,7 +16,7 @@
 //! Runs as root; scripts/test-deps.sh installs iproute2, nftables, curl and faketime.
 use hahsm_it::bed_group::{BedGroup, BedSetup};
 use hahsm_it::history;
-use hahsm_it::{bin_dir, Env};
+use hahsm_it::{bin_dir, libfaketime, Env};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,24 +28,12 @@ const LEASE_MS: u64 = 2_000;
 const MAX_OFFSET_MS: u64 = 500;
 const SECONDS: u64 = 75;
 
-fn libfaketime() -> String {
-    std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|arch| arch.path().join("faketime/libfaketimeMT.so.1"))
-        .find(|p| p.exists())
-        .expect("libfaketimeMT.so.1 (Debian's faketime package; scripts/test-deps.sh installs it)")
-        .display()
-        .to_string()
-}
-
 /// hsm1's clock offset is read from a file (libfaketime reads it again every
 /// second), so that the test can make it jump; hsm2 and hsm3 are fixed.
 fn clocks(jump_file: &Path) -> impl Fn(&str) -> Env + '_ {
     move |host| {
         let mut env = vec![
-            ("LD_PRELOAD".to_string(), libfaketime()),
+            ("LD_PRELOAD".to_string(), libfaketime().display().to_string()),
             ("DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
         ];
         match host {

@@ -423,4 +423,7 @@ pub struct GroupStatus {
     /// One line per clock further off than the maximum offset: a peer this
     /// member refuses, or this member itself when it takes no writes.
     pub clock_problems: Vec<String>,
+    /// This member's own clock is off from the majority: it takes no writes
+    /// (one of `clock_problems` says so).
+    pub own_clock_off: bool,
 }

@@ -44,7 +44,8 @@ impl Condition {
 struct GroupWatch {
     out_of_sync: Condition,
     drift: Condition,
-    clock: Condition,
+    peer_clock: Condition,
+    own_clock: Condition,
 }
 
 /// The watch loop: keeps each group's view of this member's policies
@@ -95,21 +96,27 @@ pub async fn watch(app: Arc<Appliance>) {
                 );
             }
             // A clock off is alerted at once: writes are already refused.
-            if let Some(status) = w.clock.update(!g.clock_problems.is_empty(), Duration::ZERO) {
-                let summary = match status {
-                    AlertStatus::Firing => format!("HA group {}: {}", g.label, g.clock_problems.join("; ")),
-                    AlertStatus::Resolved => {
-                        format!(
-                            "HA group {}: every clock is within the maximum offset again",
-                            g.label
-                        )
-                    }
-                };
-                app.monitor.raise(
-                    Alert::new(AlertKind::ClockOffset, status, summary)
-                        .group(&g.label)
-                        .partition(&g.partition),
-                );
+            // Peers refused and this member's own clock are two conditions,
+            // so that the second to begin is alerted too.
+            let peers_off = g.clock_problems.len() > usize::from(g.own_clock_off);
+            let conditions = [
+                (&mut w.peer_clock, peers_off, "a peer's clock is off"),
+                (&mut w.own_clock, g.own_clock_off, "this member's clock is off"),
+            ];
+            for (condition, holds, what) in conditions {
+                if let Some(status) = condition.update(holds, Duration::ZERO) {
+                    let summary = match status {
+                        AlertStatus::Firing => {
+                            format!("HA group {}: {}", g.label, g.clock_problems.join("; "))
+                        }
+                        AlertStatus::Resolved => format!("HA group {}: resolved: {what}", g.label),
+                    };
+                    app.monitor.raise(
+                        Alert::new(AlertKind::ClockOffset, status, summary)
+                            .group(&g.label)
+                            .partition(&g.partition),
+                    );
+                }
             }
         }
         tokio::time::sleep(WATCH_INTERVAL).await;

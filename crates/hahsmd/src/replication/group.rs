@@ -680,12 +680,15 @@ impl Group {
                 )
             })
             .collect();
-        if let Some(why) = self.clock_refusal(&def, &peers) {
-            if !why.contains("not compared") {
-                status
-                    .clock_problems
-                    .push(format!("member {} takes no writes: {why}", self.me));
-            }
+        let outvoted = matches!(
+            detector::clock_refusal(&def, self.me, &peers, anchor, max),
+            Some(detector::ClockRefusal::Outvoted { .. })
+        );
+        if let (true, Some(why)) = (outvoted, self.clock_refusal(&def, &peers)) {
+            status
+                .clock_problems
+                .push(format!("member {} takes no writes: {why}", self.me));
+            status.own_clock_off = true;
         }
         status
     }

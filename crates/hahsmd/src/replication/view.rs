@@ -95,6 +95,7 @@ pub fn group_status(
         degraded,
         policy_drift: drift,
         clock_problems: Vec::new(),
+        own_clock_off: false,
     }
 }
 

@@ -4,7 +4,7 @@
 //! config and environment can be given (a `[replication]` table, libfaketime).
 use crate::bed::Bed;
 use crate::cluster::{set_up_for_ha, GROUP, PARTITION, PIN};
-use crate::{bin, hahsm, run_command, Env, Member, Run};
+use crate::{bin, hahsm, run_command, Env, Member, Run, Tmpfs};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,12 +20,17 @@ pub struct BedSetup<'a> {
     pub env: Option<&'a dyn Fn(&str) -> Env>,
     /// The `all-reachable` write concern instead of `quorum`.
     pub all_reachable: bool,
+    /// A host whose member keeps its data on a tmpfs of this size (e.g.
+    /// `("hsm2", "128m")`), which `fill_disk` can fill.
+    pub small_disk: Option<(&'a str, &'a str)>,
 }
 
 /// The members before the bed: a struct's fields drop in order, so the
 /// daemons are stopped before their namespaces go.
 pub struct BedGroup {
     pub members: Vec<Member>,
+    /// Unmounted after the members stop, before the work directory goes.
+    _disks: Vec<Tmpfs>,
     pub conf: std::path::PathBuf,
     pub work: tempfile::TempDir,
     pub bed: Bed,
@@ -46,9 +51,15 @@ impl BedGroup {
         let domain = work.path().join("domain.key");
         let owner = work.path().join("owner.key");
         let mut members = Vec::new();
+        let mut disks = Vec::new();
         for name in MEMBERS {
             let host = bed.host(name);
             let dir = work.path().join(name);
+            if let Some((_, size)) = setup.small_disk.filter(|(h, _)| *h == name) {
+                let disk = Tmpfs::mount(&dir.join("data"), size)
+                    .unwrap_or_else(|| panic!("a tmpfs for {name}'s data (needs root)"));
+                disks.push(disk);
+            }
             let mut m = Member::start_in_netns(&dir, &host.netns, &host.ip);
             let env = setup.env.map(|e| e(name)).unwrap_or_default();
             if !setup.tables.is_empty() || !env.is_empty() {
@@ -139,6 +150,7 @@ impl BedGroup {
         }
         let g = BedGroup {
             members,
+            _disks: disks,
             conf,
             work,
             bed,
@@ -179,6 +191,23 @@ impl BedGroup {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Fills the disk of the member on `host` (its `small_disk`) with a
+    /// file, to the last byte; returns the file, for `free_disk`.
+    pub fn fill_disk(&self, host: &str) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.members[Self::index(host)].data_dir().join("filler");
+        let mut f = std::fs::File::create(&filler).expect("the filler file");
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        // The last partial chunk too: byte by byte is slow, 4 KiB will do.
+        while f.write_all(&chunk[..4096]).is_ok() {}
+        filler
+    }
+
+    pub fn free_disk(&self, filler: &std::path::Path) {
+        std::fs::remove_file(filler).expect("the filler file removed");
     }
 
     /// The labels of the objects on member `name`, as its own slot lists them.

@@ -11,7 +11,8 @@
 //! destroys keys through the HA slot from three threads, while the kernel
 //! makes the faults: a member split from the others while the application
 //! still reaches it, a member cut off from everyone, loss, duplicates and a
-//! slow link, an asymmetric partition, SIGSTOP, kill -9 and a restart.
+//! slow link, an asymmetric partition, SIGSTOP, kill -9 and a restart, and
+//! a member's disk (a tmpfs) full.
 //!
 //! Runs as root; scripts/test-deps.sh installs iproute2, nftables, curl and faketime.
 use hahsm_it::bed_group::{BedGroup, BedSetup};
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 /// is the lease plus twice the offset.
 const LEASE_MS: u64 = 2_000;
 const MAX_OFFSET_MS: u64 = 500;
-const SECONDS: u64 = 75;
+const SECONDS: u64 = 80;
 
 /// hsm1's clock offset is read from a file (libfaketime reads it again every
 /// second), so that the test can make it jump; hsm2 and hsm3 are fixed.
@@ -58,9 +59,10 @@ struct Faults {
     clock_jump: u32,
     sigstop: u32,
     kill_9: u32,
+    full_disk: u32,
 }
 
-/// One round of every fault, about 55 s.
+/// One round of every fault, about 62 s.
 fn fault_round(g: &mut BedGroup, jump: &Path, started: Instant, n: &mut Faults) {
     let at = |what: &str| eprintln!("{:>7.1} s  {what}", started.elapsed().as_secs_f64());
     let pause = |s: u64| std::thread::sleep(Duration::from_secs(s));
@@ -112,6 +114,13 @@ fn fault_round(g: &mut BedGroup, jump: &Path, started: Instant, n: &mut Faults) 
     pause(3);
     g.members[0].spawn();
     n.kill_9 += 1;
+    pause(2);
+
+    at("hsm2's disk full for 5 s");
+    let filler = g.fill_disk("hsm2");
+    pause(5);
+    g.free_disk(&filler);
+    n.full_disk += 1;
 }
 
 #[test]
@@ -130,6 +139,7 @@ fn the_history_through_kernel_made_faults_and_skewed_clocks_passes_the_lineariza
         tables: &tables,
         env: Some(&env),
         all_reachable: !quorum,
+        small_disk: Some(("hsm2", "256m")),
     });
     for m in ["hsm1", "hsm2", "hsm3"] {
         g.wait_ready(m, 200, Duration::from_secs(30));
@@ -159,8 +169,8 @@ fn the_history_through_kernel_made_faults_and_skewed_clocks_passes_the_lineariza
     );
     let started = Instant::now();
     let mut faults = Faults::default();
-    // One round of every fault takes about 55 s; a long run repeats them.
-    while started.elapsed() + Duration::from_secs(60) < Duration::from_secs(seconds) {
+    // One round of every fault takes about 62 s; a long run repeats them.
+    while started.elapsed() + Duration::from_secs(67) < Duration::from_secs(seconds) {
         fault_round(&mut g, &jump, started, &mut faults);
     }
     eprintln!("faults made: {faults:?}");
@@ -211,6 +221,13 @@ fn the_history_through_kernel_made_faults_and_skewed_clocks_passes_the_lineariza
     );
     let shown: Vec<String> = report.anomalies.iter().map(|a| a.to_string()).collect();
     assert!(lost.is_empty(), "acknowledged writes lost:\n{}", lost.join("\n"));
+    // The HA slot found a member for every operation, whatever the faults.
+    assert_eq!(
+        (report.failed_reads, report.unknown),
+        (0, 0),
+        "operations failed through the faults (reads, writes); the module's log:\n{}",
+        std::fs::read_to_string(g.module_log()).unwrap_or_default()
+    );
     if quorum {
         assert!(
             report.anomalies.is_empty(),

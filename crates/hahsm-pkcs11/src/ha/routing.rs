@@ -99,6 +99,18 @@ pub fn over_members(
                 ));
                 last = Some(Error::Rv(ck::CKR_DEVICE_ERROR));
             }
+            // The member's disk is full: it could not record the write (or
+            // the failed login), so another member may. A write keeps its
+            // operation id, so it lands once even if this one did commit.
+            Err(Error::Client(ClientError::Remote(ref w))) if w.code == ck::CKR_DEVICE_MEMORY => {
+                log::warn(&format!(
+                    "{}: {} failed for want of space on the member ({}); trying another member",
+                    member.server.entry.name,
+                    request.name(),
+                    w.message
+                ));
+                last = Some(Error::Rv(ck::CKR_DEVICE_MEMORY));
+            }
             // The member does not know an object this application holds a
             // handle for: it has not applied the write that made (or
             // renamed) it yet, e.g. it was slow when that write was

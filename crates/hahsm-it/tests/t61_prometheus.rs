@@ -656,8 +656,10 @@ fn the_members_alerts_reach_a_real_alertmanager_are_resent_and_resolve_there() {
     );
     // It is sent again while it fires: Alertmanager's updatedAt keeps
     // moving, long after the few changes (each sent at once) are over. Both
-    // survivors send it, with the same labels: it stays one alert, which
-    // names the member that sent it last.
+    // survivors send it (each delivers to the Alertmanager, below), with the
+    // same labels: it stays one alert, which names a survivor. (Which one
+    // Alertmanager shows depends on when each resends: two members whose
+    // resends fall a few milliseconds apart show the later one nearly always.)
     let mut updates = std::collections::BTreeSet::new();
     let mut reporters: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
     let mut copies = std::collections::BTreeSet::new();
@@ -674,10 +676,19 @@ fn the_members_alerts_reach_a_real_alertmanager_are_resent_and_resolve_there() {
                 let text = a["annotations"]["description"].as_str().unwrap_or("");
                 reporters.extend(c.serials[..2].iter().copied().filter(|s| text.ends_with(&format!("Reported by member {s}."))));
             }
-            updates.len() >= 8 && reporters.len() == 2
+            updates.len() >= 8 && !reporters.is_empty()
         }),
-        "the alert was not sent again and again by both survivors: updatedAt {updates:?}, reporters {reporters:?}"
+        "the alert was not sent again and again by a survivor: updatedAt {updates:?}, reporters {reporters:?}"
     );
+    for m in &c.members[..2] {
+        assert!(
+            m.log()
+                .lines()
+                .any(|l| l.contains("alerts delivered after retrying") && l.contains("alertmanager")),
+            "a survivor never delivered to the Alertmanager:\n{}",
+            m.log()
+        );
+    }
     assert_eq!(copies, [1].into(), "copies of the alert seen at once");
 
     // The member comes back: both alerts end. With a resolve_timeout of an

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 /// is the lease plus twice the offset.
 const LEASE_MS: u64 = 2_000;
 const MAX_OFFSET_MS: u64 = 500;
-const SECONDS: u64 = 80;
+const SECONDS: u64 = 85;
 
 /// hsm1's clock offset is read from a file (libfaketime reads it again every
 /// second), so that the test can make it jump; hsm2 and hsm3 are fixed.
@@ -62,7 +62,7 @@ struct Faults {
     full_disk: u32,
 }
 
-/// One round of every fault, about 62 s.
+/// One round of every fault, about 65 s.
 fn fault_round(g: &mut BedGroup, jump: &Path, started: Instant, n: &mut Faults) {
     let at = |what: &str| eprintln!("{:>7.1} s  {what}", started.elapsed().as_secs_f64());
     let pause = |s: u64| std::thread::sleep(Duration::from_secs(s));
@@ -108,6 +108,11 @@ fn fault_round(g: &mut BedGroup, jump: &Path, started: Instant, n: &mut Faults) 
     pause(4);
     g.members[1].signal(Signal::SIGCONT);
     n.sigstop += 1;
+    // One member impaired at a time: hsm2 was paused past its lease and
+    // renews it at its next heartbeat; with hsm1 killed before that, no
+    // member would hold a lease for a moment, and under quorum nothing
+    // would be served (the long run saw it: docs/replication.md §7.1).
+    pause(3);
 
     at("hsm1 killed (kill -9), started again 3 s later");
     g.members[0].kill9();
@@ -169,8 +174,8 @@ fn the_history_through_kernel_made_faults_and_skewed_clocks_passes_the_lineariza
     );
     let started = Instant::now();
     let mut faults = Faults::default();
-    // One round of every fault takes about 62 s; a long run repeats them.
-    while started.elapsed() + Duration::from_secs(67) < Duration::from_secs(seconds) {
+    // One round of every fault takes about 65 s; a long run repeats them.
+    while started.elapsed() + Duration::from_secs(70) < Duration::from_secs(seconds) {
         fault_round(&mut g, &jump, started, &mut faults);
     }
     eprintln!("faults made: {faults:?}");

@@ -72,10 +72,13 @@ fn read_outcome(r: Result<Ret, Error>) -> Outcome {
     }
 }
 
-/// A write's outcome: done, or unknown (it may have taken effect).
+/// A write's outcome: done, "gone" (every member the HA slot asked had the
+/// key destroyed: another thread destroyed it meanwhile), or unknown (it may
+/// have taken effect).
 fn write_outcome(r: Result<(), Error>) -> Outcome {
     match r {
         Ok(()) => Outcome::Returned(Ret::Done),
+        Err(e) if gone(&e) => Outcome::Returned(Ret::Gone),
         Err(e) => Outcome::Unknown(e.to_string()),
     }
 }

@@ -5,8 +5,8 @@
 //! The model is one register per key: it holds the key's label while the
 //! key lives, and is `Destroyed` for good once the key is destroyed. A label
 //! read answers the label or "gone"; a use (a signature) answers "usable" or
-//! "gone"; a rename of a destroyed key is accepted and changes nothing (the
-//! tombstone wins). Under `quorum` the group is linearizable *up to
+//! "gone"; a rename of a destroyed key answers "gone", or is accepted and
+//! changes nothing (the tombstone wins). Under `quorum` the group is linearizable *up to
 //! staleness bounds*: a read or a use may take effect as early as
 //! `Bounds::read_us` before it was invoked (a member serves them only while it
 //! holds the lease, so its state holds every write acknowledged more than
@@ -103,6 +103,15 @@ impl SequentialSpec for KeyRegister {
                 Ret::Done
             }
         }
+    }
+
+    /// A rename or destroy of a destroyed key may also answer "gone": a
+    /// member that has applied the destroy refuses it (a member that has
+    /// not takes it, which changes nothing).
+    fn is_valid_step(&mut self, op: &Op, ret: &Ret) -> bool {
+        let destroyed = *self == KeyRegister::Destroyed;
+        let done = self.invoke(op);
+        &done == ret || (destroyed && matches!(op, Op::SetLabel(_) | Op::Destroy) && *ret == Ret::Gone)
     }
 }
 
@@ -463,6 +472,25 @@ mod tests {
         };
         assert!(key_is_consistent(&history(900), READS_1S));
         assert!(!key_is_consistent(&history(2_000), READS_1S));
+    }
+
+    #[test]
+    fn a_rename_answers_gone_only_once_the_key_is_destroyed() {
+        let history = |rename_at: u64| {
+            vec![
+                created(),
+                ev(1, Op::Destroy, 1_000, 1_010, ret(Ret::Done)),
+                ev(
+                    2,
+                    Op::SetLabel("b".into()),
+                    rename_at,
+                    rename_at + 5,
+                    ret(Ret::Gone),
+                ),
+            ]
+        };
+        assert!(key_is_consistent(&history(2_000), EXACT));
+        assert!(!key_is_consistent(&history(100), EXACT));
     }
 
     #[test]

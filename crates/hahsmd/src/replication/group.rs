@@ -631,7 +631,14 @@ impl Group {
     /// the key it is asked to use, or a change of the object.
     pub fn key_use_allowed(&self) -> TokenResult<()> {
         let lease_for = self.rules.quorum_lease();
-        let held = match detector::lease(&self.def.read_or_recover(), self.me, &self.peers_now(), lease_for) {
+        // On every key operation: look under the locks, copying nothing.
+        let def = self.def.read_or_recover();
+        if def.write_concern != WriteConcern::Quorum {
+            return Ok(());
+        }
+        let lease = detector::lease(&def, self.me, &self.peers.lock_or_recover(), lease_for);
+        drop(def);
+        let held = match lease {
             detector::Lease::NotNeeded => return Ok(()),
             detector::Lease::Until(until) => Instant::now() < until,
             detector::Lease::Missing => false,

@@ -590,38 +590,36 @@ impl Group {
             let anchor = self.clock_anchor();
             let refusal =
                 detector::clock_refusal(&def, self.me, &peers, anchor, self.rules.max_clock_offset_ms);
-            let waiting = matches!(refusal, Some(detector::ClockRefusal::NotCompared(_)));
-            if refusal.is_none() {
+            let Some(refusal) = refusal else {
                 return Ok(());
-            }
+            };
             self.wake.notify_one();
+            let waiting = matches!(refusal, detector::ClockRefusal::NotCompared(_));
             if !waiting || started.elapsed() >= PATIENCE {
-                let why = self.clock_refusal(&def, &peers).unwrap_or_default();
+                let why = self.describe_clock_refusal(&refusal);
                 return Err(TokenError::NoQuorum(format!("write refused: {why}")));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Why this member's clock keeps it from writing, in words, if it does.
-    fn clock_refusal(&self, def: &GroupDef, peers: &Peers) -> Option<String> {
+    /// Why this member's clock keeps it from writing, in words.
+    fn describe_clock_refusal(&self, refusal: &detector::ClockRefusal) -> String {
         let max = self.rules.max_clock_offset_ms;
-        Some(
-            match detector::clock_refusal(def, self.me, peers, self.clock_anchor(), max)? {
-                detector::ClockRefusal::NotCompared(serials) => {
-                    format!("this member has not compared its clock with members {serials:?} of its group yet")
-                }
-                detector::ClockRefusal::Outvoted { agreeing, known, far } => format!(
-                    "this member's clock is more than the maximum offset ({max} ms) off from {}; it agrees \
-                     with only {agreeing} of the {known} members it compared with (peer minus this member: {})",
-                    if far.len() == 1 { "a peer" } else { "its peers" },
-                    far.iter()
-                        .map(|(serial, ms)| format!("{serial}: {ms:+} ms"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            },
-        )
+        match refusal {
+            detector::ClockRefusal::NotCompared(serials) => {
+                format!("this member has not compared its clock with members {serials:?} of its group yet")
+            }
+            detector::ClockRefusal::Outvoted { agreeing, known, far } => format!(
+                "this member's clock is more than the maximum offset ({max} ms) off from {}; it agrees \
+                 with only {agreeing} of the {known} members it compared with (peer minus this member: {})",
+                if far.len() == 1 { "a peer" } else { "its peers" },
+                far.iter()
+                    .map(|(serial, ms)| format!("{serial}: {ms:+} ms"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
 
     /// Whether this member may use a token key or answer for a token
@@ -687,11 +685,9 @@ impl Group {
                 )
             })
             .collect();
-        let outvoted = matches!(
-            detector::clock_refusal(&def, self.me, &peers, anchor, max),
-            Some(detector::ClockRefusal::Outvoted { .. })
-        );
-        if let (true, Some(why)) = (outvoted, self.clock_refusal(&def, &peers)) {
+        let refusal = detector::clock_refusal(&def, self.me, &peers, anchor, max);
+        if let Some(outvoted @ detector::ClockRefusal::Outvoted { .. }) = refusal {
+            let why = self.describe_clock_refusal(&outvoted);
             status
                 .clock_problems
                 .push(format!("member {} takes no writes: {why}", self.me));

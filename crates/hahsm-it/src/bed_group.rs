@@ -3,7 +3,7 @@
 //! host beside them, and one client registered on every member. The members'
 //! config and environment can be given (a `[replication]` table, libfaketime).
 use crate::bed::Bed;
-use crate::cluster::{set_up_for_ha, GROUP, PARTITION, PIN};
+use crate::cluster::{register_client, set_up_for_ha, GROUP, PARTITION, PIN};
 use crate::{bin, hahsm, run_command, Env, Member, Run, Tmpfs};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -112,42 +112,8 @@ impl BedGroup {
             .expect_ok();
         }
         let conf = work.path().join("client/client.toml");
-        hahsm(Some(&conf), &["client", "create-cert", "--name", "app1"]).expect_ok();
-        let cert = conf.with_file_name("app1.pem");
-        for (name, m) in MEMBERS.iter().zip(&members) {
-            hahsm(
-                Some(&conf),
-                &[
-                    "client",
-                    "add-server",
-                    "--name",
-                    name,
-                    "--address",
-                    &m.address,
-                    "--fingerprint",
-                    &m.fingerprint(),
-                ],
-            )
-            .expect_ok();
-            m.admin(&[
-                "client",
-                "register",
-                "--client",
-                "app1",
-                "--cert",
-                cert.to_str().expect("utf-8 path"),
-            ])
-            .expect_ok();
-            m.admin(&[
-                "client",
-                "assign-partition",
-                "--client",
-                "app1",
-                "--partition",
-                PARTITION,
-            ])
-            .expect_ok();
-        }
+        let named: Vec<(String, &Member)> = MEMBERS.iter().map(|n| n.to_string()).zip(&members).collect();
+        register_client(&conf, &named);
         let g = BedGroup {
             members,
             _disks: disks,

@@ -69,6 +69,41 @@ pub fn set_up_for_ha(m: &Member, label: &str, so: &Path, domain_args: &[&str], o
     ]);
 }
 
+/// Makes the client `app1` (certificate and key beside `conf`) and
+/// registers it on every member, each under its name in `conf`, with the
+/// partition `PARTITION` assigned: the client of a test's group.
+pub fn register_client(conf: &Path, members: &[(String, &Member)]) {
+    hahsm(Some(conf), &["client", "create-cert", "--name", "app1"]).expect_ok();
+    let cert = conf.with_file_name("app1.pem");
+    for (name, m) in members {
+        hahsm(
+            Some(conf),
+            &[
+                "client",
+                "add-server",
+                "--name",
+                name,
+                "--address",
+                &m.address,
+                "--fingerprint",
+                &m.fingerprint(),
+            ],
+        )
+        .expect_ok();
+        m.admin(&["client", "register", "--client", "app1", "--cert", &s(&cert)])
+            .expect_ok();
+        m.admin(&[
+            "client",
+            "assign-partition",
+            "--client",
+            "app1",
+            "--partition",
+            PARTITION,
+        ])
+        .expect_ok();
+    }
+}
+
 fn s_ref(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -181,43 +216,13 @@ impl Cluster {
             c.add_member(j).expect_ok();
         }
         // One client, registered on every member, knowing every member.
-        hahsm(Some(&c.conf), &["client", "create-cert", "--name", "app1"]).expect_ok();
-        let cert = c.conf.with_file_name("app1.pem");
-        for i in 0..n {
-            let (addr, fp) = (c.members[i].address.clone(), c.fingerprints[i].clone());
-            let name = format!("hsm{i}");
-            hahsm(
-                Some(&c.conf),
-                &[
-                    "client",
-                    "add-server",
-                    "--name",
-                    &name,
-                    "--address",
-                    &addr,
-                    "--fingerprint",
-                    &fp,
-                ],
-            )
-            .expect_ok();
-            c.admin(
-                i,
-                &["client", "register", "--client", "app1", "--cert", &s(&cert)],
-            )
-            .expect_ok();
-            c.admin(
-                i,
-                &[
-                    "client",
-                    "assign-partition",
-                    "--client",
-                    "app1",
-                    "--partition",
-                    PARTITION,
-                ],
-            )
-            .expect_ok();
-        }
+        let named: Vec<(String, &Member)> = c
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (format!("hsm{i}"), m))
+            .collect();
+        register_client(&c.conf, &named);
         assert!(
             c.wait_in_sync(0, Duration::from_secs(15)),
             "the new group never reported in sync"

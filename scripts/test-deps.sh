@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests use when it is missing, so that scripts/test.sh
 # works on a fresh Debian machine: the third-party PKCS#11 applications and
-# tools the HA tests drive, Prometheus and promtool for the shipped rules and
+# tools the HA tests drive (OpenSSL 3's pkcs11-provider from
+# bookworm-backports on bookworm, which has none of its own), Prometheus and promtool for the shipped rules and
 # dashboard and Alertmanager for the members' own alerts (t61_prometheus),
 # Python's python-pkcs11 and prometheus-client, and cargo-fuzz for the fuzz
 # smoke runs. Does nothing for what is already there.
@@ -40,6 +41,20 @@ for command in "${!package_of[@]}"; do
 done
 # The OpenSSL engine has no command of its own.
 ls /usr/lib/*/engines-3/pkcs11.so >/dev/null 2>&1 || missing+=(libengine-pkcs11-openssl)
+# Nor has OpenSSL 3's pkcs11-provider (t25_pkcs11_provider). Bookworm has
+# none; bookworm-backports has 1.0. Asked for as pkcs11-provider/RELEASE,
+# only that package comes from backports, its dependencies from bookworm
+# unless one needs a newer version (-t would take every dependency that
+# backports carries from there, systemd 254 among them).
+backports=
+if ! ls /usr/lib/*/ossl-modules/pkcs11.so >/dev/null 2>&1; then
+  if [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = bookworm ]; then
+    backports=/etc/apt/sources.list.d/bookworm-backports.list
+    missing+=(pkcs11-provider/bookworm-backports)
+  else
+    missing+=(pkcs11-provider)
+  fi
+fi
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "test-deps: missing Debian packages ${missing[*]}, and no root apt-get to install them" >&2
@@ -47,6 +62,9 @@ if ((${#missing[@]})); then
   fi
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "test-deps: installing ${missing[*]}" >&2
+  if [ -n "$backports" ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb $("$(dirname "$0")/debian-mirror.sh") bookworm-backports main" >"$backports"
+  fi
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

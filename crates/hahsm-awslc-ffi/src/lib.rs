@@ -11,6 +11,9 @@
 //!   `r || s` signature encoding PKCS#11 uses (`CKM_ECDSA`).
 //! - AES-GCM with nonces other than 96 bits and truncated tags.
 //! - AES key wrap (RFC 3394 / RFC 5649) with 192-bit key-encryption keys.
+//! - The legacy primitives (triple DES, MD5, RSA below 2048 bits: generation
+//!   and PKCS#1 v1.5 encryption) that a partition offers only under its
+//!   `allow-legacy-mechanisms` policy.
 //!
 //! Rules the module keeps: every `unsafe` block has a `// SAFETY:` comment on
 //! the line above it; every return code is checked; every AWS-LC object lives in
@@ -31,12 +34,14 @@ use std::os::raw::{c_int, c_uint};
 mod aes;
 mod bn;
 mod ec;
+mod legacy;
 mod rsa;
 
 pub use aes::{
     aes_gcm_open, aes_gcm_seal, aes_key_unwrap, aes_key_unwrap_padded, aes_key_wrap, aes_key_wrap_padded,
 };
 pub use ec::{EcCurve, EcKey};
+pub use legacy::{des3_crypt, md5, Des3Mode};
 pub use rsa::{rsa_crt_params, RsaCrt, RsaKey};
 
 /// A failed AWS-LC call. Carries the name of the call only: never key

@@ -144,6 +144,108 @@ impl RsaKey {
         RsaKey::from_pkey(pkey, false)
     }
 
+    /// Generates a key of `bits` bits with public exponent `e` (big-endian)
+    /// and returns it as unencrypted PKCS#8 DER. Used for the sizes
+    /// aws-lc-rs does not generate (below 2048 bits, for the legacy policy).
+    pub fn generate_pkcs8(bits: u32, e: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let bits = to_c_int(bits as usize, "RSA_generate_key_ex: bits")?;
+        let e = Bn::from_be(e)?;
+        // SAFETY: RSA_new takes no arguments; a non-NULL result is ours (freed by `Rsa`'s Drop unless handed over).
+        let rsa = Rsa(NonNull::new(unsafe { sys::RSA_new() }).ok_or_else(|| Error::new("RSA_new"))?);
+        // SAFETY: rsa and e are valid; RSA_generate_key_ex fills `rsa` and only reads `e`; a NULL callback is allowed.
+        let rc = unsafe { sys::RSA_generate_key_ex(rsa.0.as_ptr(), bits, e.as_ptr(), ptr::null_mut()) };
+        check(rc, "RSA_generate_key_ex")?;
+        // SAFETY: EVP_PKEY_new takes no arguments; a non-NULL result is ours.
+        let pkey = Pkey::from_raw(unsafe { sys::EVP_PKEY_new() }, "EVP_PKEY_new")?;
+        // SAFETY: both pointers are valid; on success the EVP_PKEY takes over our reference to the RSA, so we must not free it ourselves.
+        let rc = unsafe { sys::EVP_PKEY_assign_RSA(pkey.as_ptr(), rsa.0.as_ptr()) };
+        check(rc, "EVP_PKEY_assign_RSA")?;
+        core::mem::forget(rsa);
+        // SAFETY: CBB is plain old data; all zeros is the state CBB_zero leaves it in, which CBB_init expects.
+        let mut cbb: sys::CBB = unsafe { core::mem::zeroed() };
+        // SAFETY: cbb is a live, zeroed CBB; CBB_init allocates its growable buffer.
+        let rc = unsafe { sys::CBB_init(&mut cbb, 0) };
+        check(rc, "CBB_init")?;
+        let mut out: *mut u8 = ptr::null_mut();
+        let mut out_len = 0usize;
+        // SAFETY: cbb was initialised above; pkey is a valid private key that the call only reads; CBB_finish hands us its buffer (freed below).
+        let rc = unsafe {
+            if sys::EVP_marshal_private_key(&mut cbb, pkey.as_ptr()) == 1 {
+                sys::CBB_finish(&mut cbb, &mut out, &mut out_len)
+            } else {
+                0
+            }
+        };
+        if rc != 1 {
+            // SAFETY: cbb is initialised and was not finished: CBB_cleanup frees (and wipes) its buffer once.
+            unsafe { sys::CBB_cleanup(&mut cbb) };
+            return Err(Error::new("EVP_marshal_private_key"));
+        }
+        // SAFETY: CBB_finish succeeded: `out` points to out_len bytes that are ours.
+        let der = Zeroizing::new(unsafe { core::slice::from_raw_parts(out, out_len) }.to_vec());
+        // SAFETY: `out` came from AWS-LC's allocator and is freed exactly once; OPENSSL_free wipes the memory first.
+        unsafe { sys::OPENSSL_free(out.cast()) };
+        Ok(der)
+    }
+
+    /// The modulus and public exponent, big-endian without leading zeros.
+    pub fn public_components(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        // SAFETY: self.rsa is valid for as long as self; the get0 accessors return pointers owned by the key, read at once by to_be.
+        let (n, e) = unsafe {
+            (
+                sys::RSA_get0_n(self.rsa.as_ptr()),
+                sys::RSA_get0_e(self.rsa.as_ptr()),
+            )
+        };
+        Ok((bn::to_be(n)?.to_vec(), bn::to_be(e)?.to_vec()))
+    }
+
+    /// RSAES-PKCS1-v1_5 encryption.
+    pub fn encrypt_pkcs1(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.size];
+        let mut out_len = 0usize;
+        // SAFETY: out has self.size writable bytes (max_out); plaintext is a live slice; RSA_encrypt is documented as non-mutating and checks the input length.
+        let rc = unsafe {
+            sys::RSA_encrypt(
+                self.rsa.as_ptr(),
+                &mut out_len,
+                out.as_mut_ptr(),
+                out.len(),
+                plaintext.as_ptr(),
+                plaintext.len(),
+                sys::RSA_PKCS1_PADDING,
+            )
+        };
+        check(rc, "RSA_encrypt")?;
+        finish_len(out, out_len, self.size)
+    }
+
+    /// RSAES-PKCS1-v1_5 decryption. Any failure, a bad padding included, is
+    /// the same error.
+    pub fn decrypt_pkcs1(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        self.require_private()?;
+        let mut out = Zeroizing::new(vec![0u8; self.size]);
+        let mut out_len = 0usize;
+        // SAFETY: out has self.size writable bytes (max_out); ciphertext is a live slice; RSA_decrypt is documented as non-mutating and checks the input length.
+        let rc = unsafe {
+            sys::RSA_decrypt(
+                self.rsa.as_ptr(),
+                &mut out_len,
+                out.as_mut_ptr(),
+                out.len(),
+                ciphertext.as_ptr(),
+                ciphertext.len(),
+                sys::RSA_PKCS1_PADDING,
+            )
+        };
+        check(rc, "RSA_decrypt")?;
+        if out_len > out.len() {
+            return Err(Error::new("RSA_decrypt: length"));
+        }
+        out.truncate(out_len);
+        Ok(out)
+    }
+
     /// Modulus length in bytes (the length of every signature and ciphertext).
     pub fn size(&self) -> usize {
         self.size
@@ -455,4 +557,31 @@ pub fn rsa_crt_params(d: &[u8], p: &[u8], q: &[u8]) -> Result<RsaCrt> {
         dq: bn::to_be(dq.as_ptr())?,
         qinv: bn::to_be(qinv.as_ptr())?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_1024_bit_key_signs_and_decrypts() {
+        let der = RsaKey::generate_pkcs8(1024, &[1, 0, 1]).unwrap();
+        let key = RsaKey::from_pkcs8(&der).unwrap();
+        assert_eq!(key.size(), 128);
+        let (n, e) = key.public_components().unwrap();
+        assert_eq!((n.len(), e.as_slice()), (128, &[1u8, 0, 1][..]));
+        let public = RsaKey::from_public_components(&n, &e).unwrap();
+        let ct = public.encrypt_pkcs1(b"legacy secret").unwrap();
+        assert_eq!(key.decrypt_pkcs1(&ct).unwrap().as_slice(), b"legacy secret");
+        let mut bad = ct.clone();
+        bad[5] ^= 1;
+        assert!(key.decrypt_pkcs1(&bad).is_err());
+        assert!(public.decrypt_pkcs1(&ct).is_err(), "a public key cannot decrypt");
+        let sig = key.sign_pkcs1_raw(b"payload").unwrap();
+        assert_eq!(public.recover_pkcs1(&sig).unwrap(), b"payload");
+        assert!(
+            RsaKey::generate_pkcs8(1024, &[]).is_err(),
+            "an empty exponent is refused"
+        );
+    }
 }

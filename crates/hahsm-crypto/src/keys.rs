@@ -396,20 +396,11 @@ fn ed25519_keypair(kp: &sig::Ed25519KeyPair) -> TokenResult<KeyPair> {
     })
 }
 
-/// Generates an RSA key pair of 2048, 3072 or 4096 bits with public exponent
-/// 65537 (the only exponent offered; `public_exponent` may state it, with or
-/// without leading zeros).
+/// Generates an RSA key pair of 2048, 3072 or 4096 bits, or of
+/// [`LEGACY_RSA_BITS`] (which the caller allows only under the partition's
+/// legacy policy), with public exponent 65537 (the only exponent offered;
+/// `public_exponent` may state it, with or without leading zeros).
 pub fn generate_rsa(bits: u32, public_exponent: Option<&[u8]>) -> TokenResult<KeyPair> {
-    let size = match bits {
-        2048 => rsa::KeySize::Rsa2048,
-        3072 => rsa::KeySize::Rsa3072,
-        4096 => rsa::KeySize::Rsa4096,
-        _ => {
-            return Err(TokenError::KeySizeRange(format!(
-                "RSA keys are 2048, 3072 or 4096 bits, not {bits}"
-            )))
-        }
-    };
     if let Some(e) = public_exponent {
         if der::strip_leading_zeros(e) != [0x01, 0x00, 0x01] {
             return Err(TokenError::TemplateInconsistent(
@@ -417,9 +408,39 @@ pub fn generate_rsa(bits: u32, public_exponent: Option<&[u8]>) -> TokenResult<Ke
             ));
         }
     }
+    let size = match bits {
+        2048 => rsa::KeySize::Rsa2048,
+        3072 => rsa::KeySize::Rsa3072,
+        4096 => rsa::KeySize::Rsa4096,
+        LEGACY_RSA_BITS => {
+            // aws-lc-rs makes 2048 bits and more; AWS-LC makes the rest.
+            let pkcs8 = ffi::RsaKey::generate_pkcs8(bits, &[0x01, 0x00, 0x01])
+                .map_err(|_| internal("RSA key generation"))?;
+            let raw = ffi::RsaKey::from_pkcs8(&pkcs8).map_err(|_| internal("RSA key generation"))?;
+            let (modulus, public_exponent) = raw
+                .public_components()
+                .map_err(|_| internal("RSA key generation"))?;
+            return Ok(KeyPair {
+                public: PublicKey::Rsa {
+                    modulus,
+                    public_exponent,
+                },
+                private_pkcs8: SecretBytes::new(pkcs8.to_vec()),
+            });
+        }
+        _ => {
+            return Err(TokenError::KeySizeRange(format!(
+                "RSA keys are 2048, 3072 or 4096 bits, not {bits}"
+            )))
+        }
+    };
     let kp = rsa::KeyPair::generate(size).map_err(|_| internal("RSA key generation"))?;
     rsa_keypair(&kp)
 }
+
+/// The one RSA size below 2048 bits that hahsm makes, under the partition's
+/// `allow-legacy-mechanisms` policy only.
+pub const LEGACY_RSA_BITS: u32 = 1024;
 
 pub fn generate_ec(curve: Curve) -> TokenResult<KeyPair> {
     let kp =
@@ -686,10 +707,18 @@ mod tests {
 
     #[test]
     fn rsa_generation_rules() {
-        assert!(matches!(
-            generate_rsa(1024, None),
-            Err(TokenError::KeySizeRange(_))
-        ));
+        for bits in [512, 1536, 8192] {
+            assert!(matches!(
+                generate_rsa(bits, None),
+                Err(TokenError::KeySizeRange(_))
+            ));
+        }
+        // The legacy size is made (the member asks for it only under the
+        // legacy policy), loads and signs, through AWS-LC directly.
+        let legacy = generate_rsa(LEGACY_RSA_BITS, None).unwrap();
+        assert_eq!(legacy.public.modulus_bits(), Some(1024));
+        let k = crate::LoadedKey::load(crate::KeyMaterial::RsaPrivate(legacy.private_pkcs8)).unwrap();
+        assert_eq!(k.public(), Some(&legacy.public));
         assert!(matches!(
             generate_rsa(2048, Some(&[3])),
             Err(TokenError::TemplateInconsistent(_))

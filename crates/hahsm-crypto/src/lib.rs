@@ -33,7 +33,7 @@ pub use hahsm_token::{ck, TokenError, TokenResult};
 pub use keys::{
     ec_point_from_attribute, ec_private_from_scalar, ed25519_private_from_seed, generate_ec,
     generate_ed25519, generate_rsa, import_private_key_der, import_private_key_pem, is_ed25519_params,
-    rsa_private_from_components, Curve, KeyPair, PublicKey, ED25519_EC_PARAMS,
+    rsa_private_from_components, Curve, KeyPair, PublicKey, ED25519_EC_PARAMS, LEGACY_RSA_BITS,
 };
 pub use loaded::{KeyMaterial, LoadedKey};
 pub use mech::{decrypt, ecdh_derive, encrypt, output_len, sign, unwrap, verify, wrap};
@@ -105,6 +105,23 @@ pub fn random(len: usize) -> TokenResult<Vec<u8>> {
     Ok(out)
 }
 
+/// A fresh three-key triple-DES key: 24 random bytes with DES's odd parity,
+/// whose three DES keys all differ (so it never degrades to single DES or to
+/// two-key triple DES).
+pub fn generate_des3() -> TokenResult<SecretBytes> {
+    loop {
+        let mut key = generate_secret(24)?;
+        for b in key.0.iter_mut() {
+            let high = *b & 0xfe;
+            *b = high | u8::from(high.count_ones() % 2 == 0);
+        }
+        let (k1, k2, k3) = (&key.0[..8], &key.0[8..16], &key.0[16..]);
+        if k1 != k2 && k2 != k3 && k1 != k3 {
+            return Ok(key);
+        }
+    }
+}
+
 /// A fresh random secret key of 1 to [`MAX_SECRET_LEN`] bytes.
 pub fn generate_secret(len_bytes: usize) -> TokenResult<SecretBytes> {
     if len_bytes == 0 || len_bytes > MAX_SECRET_LEN {
@@ -117,8 +134,14 @@ pub fn generate_secret(len_bytes: usize) -> TokenResult<SecretBytes> {
     Ok(out)
 }
 
-/// `C_Digest`: `CKM_SHA_1`, `CKM_SHA224`, `CKM_SHA256`, `CKM_SHA384`, `CKM_SHA512`.
+/// `C_Digest`: `CKM_SHA_1`, `CKM_SHA224`, `CKM_SHA256`, `CKM_SHA384`,
+/// `CKM_SHA512`, and `CKM_MD5` (which the member offers only under the
+/// legacy policy).
 pub fn digest(mech: u64, data: &[u8]) -> TokenResult<Vec<u8>> {
+    if mech == ck::CKM_MD5 {
+        let out = hahsm_awslc_ffi::md5(data).map_err(|_| TokenError::FunctionFailed("MD5".into()))?;
+        return Ok(out.to_vec());
+    }
     let h = mech::hash_from_ckm(mech).ok_or(TokenError::MechanismInvalid(mech))?;
     Ok(awsdigest::digest(mech::digest_algorithm(h), data)
         .as_ref()
@@ -146,6 +169,9 @@ pub fn check_value(key_type: u64, value: &[u8]) -> TokenResult<[u8; 3]> {
                 .map_err(|_| TokenError::FunctionFailed("AES-ECB encryption".into()))?;
             block.to_vec()
         }
+        ck::CKK_DES3 => hahsm_awslc_ffi::des3_crypt(value, hahsm_awslc_ffi::Des3Mode::Ecb, true, &[0u8; 8])
+            .map_err(|_| TokenError::KeySizeRange("triple-DES keys are 24 bytes".into()))?
+            .to_vec(),
         _ => awsdigest::digest(&awsdigest::SHA1_FOR_LEGACY_USE_ONLY, value)
             .as_ref()
             .to_vec(),
@@ -238,9 +264,14 @@ mod tests {
             hex::encode(digest(ck::CKM_SHA512, b"abc").unwrap()),
             "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
         );
+        // MD5 (RFC 1321's "abc"), which the member offers only under the legacy policy.
         assert_eq!(
-            digest(ck::CKM_MD5, b"abc"),
-            Err(TokenError::MechanismInvalid(ck::CKM_MD5))
+            hex::encode(digest(ck::CKM_MD5, b"abc").unwrap()),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(
+            digest(ck::CKM_MD2, b"abc"),
+            Err(TokenError::MechanismInvalid(ck::CKM_MD2))
         );
     }
 
@@ -262,6 +293,29 @@ mod tests {
             check_value(ck::CKK_GENERIC_SECRET, b"abc").unwrap(),
             [0xa9, 0x99, 0x3e]
         );
+        // Triple DES: the ECB encryption of a zero block (openssl enc -des-ede3
+        // of eight zero bytes under this key gives 4eba739c998bcb60).
+        let key: Vec<u8> = (0..24)
+            .map(|i| {
+                u8::from_str_radix(
+                    &"0123456789ABCDEF23456789ABCDEF01456789ABCDEF0123"[2 * i..2 * i + 2],
+                    16,
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(check_value(ck::CKK_DES3, &key).unwrap(), [0x4e, 0xba, 0x73]);
+    }
+
+    #[test]
+    fn generated_des3_keys_have_odd_parity_and_three_different_keys() {
+        for _ in 0..64 {
+            let key = generate_des3().unwrap();
+            assert_eq!(key.len(), 24);
+            assert!(key.expose().iter().all(|b| b.count_ones() % 2 == 1), "parity");
+            let k = key.expose();
+            assert!(k[..8] != k[8..16] && k[8..16] != k[16..] && k[..8] != k[16..]);
+        }
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum KeyMaterial {
     Ed25519Private(SecretBytes),
     /// 16, 24 or 32 bytes.
     Aes(SecretBytes),
+    /// 24 bytes: a three-key triple-DES key (legacy policy).
+    Des3(SecretBytes),
     /// Any non-empty length (HMAC keys).
     GenericSecret(SecretBytes),
     Public(PublicKey),
@@ -45,6 +47,7 @@ impl fmt::Debug for KeyMaterial {
                 .finish(),
             KeyMaterial::Ed25519Private(s) => f.debug_tuple("Ed25519Private").field(s).finish(),
             KeyMaterial::Aes(s) => f.debug_tuple("Aes").field(s).finish(),
+            KeyMaterial::Des3(s) => f.debug_tuple("Des3").field(s).finish(),
             KeyMaterial::GenericSecret(s) => f.debug_tuple("GenericSecret").field(s).finish(),
             KeyMaterial::Public(p) => f.debug_tuple("Public").field(p).finish(),
         }
@@ -75,6 +78,10 @@ pub(crate) fn lazy<T>(cell: &Lazy<T>, build: impl FnOnce() -> TokenResult<T>) ->
     cell.get_or_init(build).as_ref().map_err(Clone::clone)
 }
 
+/// RSA keys with a modulus shorter than this many bytes (2048 bits) are
+/// legacy keys: aws-lc-rs does not use them, AWS-LC does.
+pub(crate) const LEGACY_RSA_BELOW: usize = 256;
+
 fn corrupt(what: &str) -> TokenError {
     // Material from our own store that does not parse: the store is damaged.
     TokenError::DeviceError(format!("stored {what} key does not parse"))
@@ -83,8 +90,10 @@ fn corrupt(what: &str) -> TokenError {
 pub(crate) struct RsaPrivate {
     pub(crate) public: PublicKey,
     pub(crate) size: usize,
-    /// aws-lc-rs signer: the PKCS#1 v1.5 SHA-2 hot path.
-    pub(crate) signer: rsa::KeyPair,
+    /// aws-lc-rs signer: the PKCS#1 v1.5 SHA-2 hot path. None for a key
+    /// below 2048 bits (legacy policy), which aws-lc-rs does not load:
+    /// everything then runs on `raw`.
+    pub(crate) signer: Option<rsa::KeyPair>,
     pkcs8: SecretBytes,
     /// Raw, PSS, DigestInfo-based and mixed-hash OAEP operations.
     raw: Lazy<ffi::RsaKey>,
@@ -176,14 +185,34 @@ impl LoadedKey {
     pub fn load(material: KeyMaterial) -> TokenResult<LoadedKey> {
         let inner = match material {
             KeyMaterial::RsaPrivate(pkcs8) => {
-                let signer = rsa::KeyPair::from_pkcs8(pkcs8.expose()).map_err(|_| corrupt("RSA"))?;
-                let pk = signer.public_key();
-                let public = PublicKey::Rsa {
-                    modulus: pk.modulus().big_endian_without_leading_zero().to_vec(),
-                    public_exponent: pk.exponent().big_endian_without_leading_zero().to_vec(),
+                let (signer, public, size) = match rsa::KeyPair::from_pkcs8(pkcs8.expose()) {
+                    Ok(signer) => {
+                        let pk = signer.public_key();
+                        let public = PublicKey::Rsa {
+                            modulus: pk.modulus().big_endian_without_leading_zero().to_vec(),
+                            public_exponent: pk.exponent().big_endian_without_leading_zero().to_vec(),
+                        };
+                        let size = signer.public_modulus_len();
+                        (Some(signer), public, size)
+                    }
+                    // aws-lc-rs loads 2048 bits and more; a smaller key
+                    // (made under the legacy policy) runs on AWS-LC directly.
+                    Err(_) => {
+                        let raw = ffi::RsaKey::from_pkcs8(pkcs8.expose()).map_err(|_| corrupt("RSA"))?;
+                        let (modulus, public_exponent) =
+                            raw.public_components().map_err(|_| corrupt("RSA"))?;
+                        if raw.size() >= LEGACY_RSA_BELOW {
+                            return Err(corrupt("RSA"));
+                        }
+                        let public = PublicKey::Rsa {
+                            modulus,
+                            public_exponent,
+                        };
+                        (None, public, raw.size())
+                    }
                 };
                 Inner::RsaPrivate(Box::new(RsaPrivate {
-                    size: signer.public_modulus_len(),
+                    size,
                     public,
                     signer,
                     pkcs8,
@@ -226,6 +255,15 @@ impl LoadedKey {
                 }
                 Inner::Secret {
                     key_type: ck::CKK_AES,
+                    bytes,
+                }
+            }
+            KeyMaterial::Des3(bytes) => {
+                if bytes.len() != 24 {
+                    return Err(TokenError::KeySizeRange("triple-DES keys are 24 bytes".into()));
+                }
+                Inner::Secret {
+                    key_type: ck::CKK_DES3,
                     bytes,
                 }
             }
@@ -272,7 +310,7 @@ impl LoadedKey {
         Ok(LoadedKey { inner })
     }
 
-    /// `CKK_RSA`, `CKK_EC`, `CKK_EC_EDWARDS`, `CKK_AES` or `CKK_GENERIC_SECRET`.
+    /// `CKK_RSA`, `CKK_EC`, `CKK_EC_EDWARDS`, `CKK_AES`, `CKK_DES3` or `CKK_GENERIC_SECRET`.
     pub fn key_type(&self) -> u64 {
         match &self.inner {
             Inner::RsaPrivate(_) | Inner::RsaPublic(_) => ck::CKK_RSA,
@@ -322,6 +360,7 @@ impl fmt::Debug for LoadedKey {
             Inner::Ed25519Private(_) => "Ed25519Private",
             Inner::Ed25519Public(_) => "Ed25519Public",
             Inner::Secret { key_type, .. } if *key_type == ck::CKK_AES => "Aes",
+            Inner::Secret { key_type, .. } if *key_type == ck::CKK_DES3 => "Des3",
             Inner::Secret { .. } => "GenericSecret",
         };
         f.debug_struct("LoadedKey")

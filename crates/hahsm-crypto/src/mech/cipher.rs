@@ -1,6 +1,6 @@
 //! Encrypt and decrypt, and the output length each mechanism needs.
 use super::params::*;
-use crate::loaded::{Inner, LoadedKey};
+use crate::loaded::{Inner, LoadedKey, LEGACY_RSA_BELOW};
 use crate::{ck, TokenError, TokenResult};
 use aws_lc_rs::aead;
 use aws_lc_rs::cipher::{self, DecryptionContext, EncryptionContext};
@@ -20,6 +20,12 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
             if data.len() > view.size.saturating_sub(11) {
                 return Err(TokenError::DataLenRange);
             }
+            if view.size < LEGACY_RSA_BELOW {
+                return view
+                    .raw()?
+                    .encrypt_pkcs1(data)
+                    .map_err(|_| internal("RSA PKCS#1 encryption"));
+            }
             let enc = awsrsa::Pkcs1PublicEncryptingKey::new(view.encrypter()?.clone())
                 .map_err(|_| internal("RSA key setup"))?;
             let mut out = vec![0u8; enc.ciphertext_size()];
@@ -36,7 +42,7 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
             if data.len() > oaep_max_plaintext(view.size, h) || view.size < 2 * h.output_len() + 2 {
                 return Err(TokenError::DataLenRange);
             }
-            match aws_oaep(h, g) {
+            match aws_oaep(h, g).filter(|_| view.size >= LEGACY_RSA_BELOW) {
                 Some(alg) => {
                     let enc = awsrsa::OaepPublicEncryptingKey::new(view.encrypter()?.clone())
                         .map_err(|_| internal("RSA key setup"))?;
@@ -95,6 +101,15 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
                 .map_err(|_| internal("AES-CBC-PAD encryption"))?;
             Ok(buf)
         }
+        ck::CKM_DES3_ECB | ck::CKM_DES3_CBC | ck::CKM_DES3_CBC_PAD => {
+            let k = des3_key(key)?;
+            let mode = des3_mode(mech)?;
+            if !matches!(mode, ffi::Des3Mode::CbcPad(_)) && data.len() % 8 != 0 {
+                return Err(TokenError::DataLenRange);
+            }
+            let out = ffi::des3_crypt(k, mode, true, data).map_err(|_| internal("triple-DES encryption"))?;
+            Ok(out.to_vec())
+        }
         ck::CKM_AES_GCM => {
             let k = aes_key(key)?;
             let p = gcm_params(mech)?;
@@ -145,25 +160,34 @@ pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
                         .map_err(|_| TokenError::EncryptedDataInvalid)?;
                     Ok(out.to_vec())
                 }
-                (ck::CKM_RSA_PKCS_OAEP, Some((h, g, label))) => match aws_oaep(h, g) {
-                    Some(alg) => {
-                        let dec = awsrsa::OaepPrivateDecryptingKey::new(k.decrypter()?.clone())
-                            .map_err(|_| internal("RSA key setup"))?;
-                        let mut out = Zeroizing::new(vec![0u8; dec.min_output_size()]);
-                        let label = (!label.is_empty()).then_some(label);
-                        let pt = dec
-                            .decrypt(alg, data, &mut out, label)
-                            .map_err(|_| TokenError::EncryptedDataInvalid)?;
-                        Ok(pt.to_vec())
+                (ck::CKM_RSA_PKCS_OAEP, Some((h, g, label))) => {
+                    match aws_oaep(h, g).filter(|_| k.signer.is_some()) {
+                        Some(alg) => {
+                            let dec = awsrsa::OaepPrivateDecryptingKey::new(k.decrypter()?.clone())
+                                .map_err(|_| internal("RSA key setup"))?;
+                            let mut out = Zeroizing::new(vec![0u8; dec.min_output_size()]);
+                            let label = (!label.is_empty()).then_some(label);
+                            let pt = dec
+                                .decrypt(alg, data, &mut out, label)
+                                .map_err(|_| TokenError::EncryptedDataInvalid)?;
+                            Ok(pt.to_vec())
+                        }
+                        None => {
+                            let pt = k
+                                .raw()?
+                                .decrypt_oaep(h, g, label, data)
+                                .map_err(|_| TokenError::EncryptedDataInvalid)?;
+                            Ok(pt.to_vec())
+                        }
                     }
-                    None => {
-                        let pt = k
-                            .raw()?
-                            .decrypt_oaep(h, g, label, data)
-                            .map_err(|_| TokenError::EncryptedDataInvalid)?;
-                        Ok(pt.to_vec())
-                    }
-                },
+                }
+                _ if k.signer.is_none() => {
+                    let pt = k
+                        .raw()?
+                        .decrypt_pkcs1(data)
+                        .map_err(|_| TokenError::EncryptedDataInvalid)?;
+                    Ok(pt.to_vec())
+                }
                 _ => {
                     let dec = awsrsa::Pkcs1PrivateDecryptingKey::new(k.decrypter()?.clone())
                         .map_err(|_| internal("RSA key setup"))?;
@@ -210,6 +234,22 @@ pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Ve
                 .len();
             buf.truncate(n);
             Ok(buf)
+        }
+        ck::CKM_DES3_ECB | ck::CKM_DES3_CBC | ck::CKM_DES3_CBC_PAD => {
+            let k = des3_key(key)?;
+            let mode = des3_mode(mech)?;
+            let padded = matches!(mode, ffi::Des3Mode::CbcPad(_));
+            if data.len() % 8 != 0 || (padded && data.is_empty()) {
+                return Err(TokenError::EncryptedDataLenRange);
+            }
+            let out = ffi::des3_crypt(k, mode, false, data).map_err(|_| {
+                if padded {
+                    TokenError::EncryptedDataInvalid
+                } else {
+                    internal("triple-DES decryption")
+                }
+            })?;
+            Ok(out.to_vec())
         }
         ck::CKM_AES_GCM => {
             let k = aes_key(key)?;
@@ -368,6 +408,28 @@ pub fn output_len(mech: &Mechanism, key: &LoadedKey, input_len: usize, op: Usage
                         (input_len / 16)
                             .checked_add(1)
                             .and_then(|b| b.checked_mul(16))
+                            .ok_or_else(too_long)
+                    } else {
+                        Ok(input_len)
+                    }
+                }
+                ck::CKM_DES3_ECB | ck::CKM_DES3_CBC => {
+                    des3_key(key)?;
+                    if input_len % 8 != 0 {
+                        return Err(if forward {
+                            TokenError::DataLenRange
+                        } else {
+                            TokenError::EncryptedDataLenRange
+                        });
+                    }
+                    Ok(input_len)
+                }
+                ck::CKM_DES3_CBC_PAD => {
+                    des3_key(key)?;
+                    if forward {
+                        (input_len / 8)
+                            .checked_add(1)
+                            .and_then(|b| b.checked_mul(8))
                             .ok_or_else(too_long)
                     } else {
                         Ok(input_len)

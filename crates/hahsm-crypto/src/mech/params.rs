@@ -147,6 +147,7 @@ pub(super) fn ecdsa_mech(m: u64) -> Option<Option<Hash>> {
 
 pub(super) fn hmac_algorithm(m: u64) -> Option<hmac::Algorithm> {
     Some(match m {
+        ck::CKM_SHA_1_HMAC => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
         ck::CKM_SHA256_HMAC => hmac::HMAC_SHA256,
         ck::CKM_SHA384_HMAC => hmac::HMAC_SHA384,
         ck::CKM_SHA512_HMAC => hmac::HMAC_SHA512,
@@ -244,6 +245,29 @@ pub(super) fn aes_key(key: &LoadedKey) -> TokenResult<&[u8]> {
     match &key.inner {
         Inner::Secret { key_type, bytes } if *key_type == ck::CKK_AES => Ok(bytes.expose()),
         _ => Err(TokenError::KeyTypeInconsistent),
+    }
+}
+
+pub(super) fn des3_key(key: &LoadedKey) -> TokenResult<&[u8]> {
+    match &key.inner {
+        Inner::Secret { key_type, bytes } if *key_type == ck::CKK_DES3 => Ok(bytes.expose()),
+        _ => Err(TokenError::KeyTypeInconsistent),
+    }
+}
+
+/// The triple-DES mode of a `CKM_DES3_*` mechanism, with its 8-byte IV.
+pub(super) fn des3_mode(mech: &Mechanism) -> TokenResult<ffi::Des3Mode<'_>> {
+    let iv = || match &mech.params {
+        MechParams::Iv(iv) if iv.len() == 8 => Ok(iv.as_slice()),
+        _ => Err(param_err("triple-DES CBC needs an 8-byte IV")),
+    };
+    match mech.mech {
+        ck::CKM_DES3_ECB => {
+            no_params(mech)?;
+            Ok(ffi::Des3Mode::Ecb)
+        }
+        ck::CKM_DES3_CBC => Ok(ffi::Des3Mode::Cbc(iv()?)),
+        _ => Ok(ffi::Des3Mode::CbcPad(iv()?)),
     }
 }
 

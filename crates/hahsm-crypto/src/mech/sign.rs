@@ -39,20 +39,24 @@ pub fn sign(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Vec<u
             }
             RsaSig::Pkcs1(h) => {
                 no_params(mech)?;
-                let encoding: &'static dyn sig::RsaEncoding = match h {
-                    Hash::Sha256 => &sig::RSA_PKCS1_SHA256,
-                    Hash::Sha384 => &sig::RSA_PKCS1_SHA384,
-                    Hash::Sha512 => &sig::RSA_PKCS1_SHA512,
-                    // aws-lc-rs has no SHA-1 / SHA-224 PKCS#1 signing encodings.
-                    Hash::Sha1 | Hash::Sha224 => {
+                let encoding: &'static dyn sig::RsaEncoding = match (h, &k.signer) {
+                    (Hash::Sha256, Some(_)) => &sig::RSA_PKCS1_SHA256,
+                    (Hash::Sha384, Some(_)) => &sig::RSA_PKCS1_SHA384,
+                    (Hash::Sha512, Some(_)) => &sig::RSA_PKCS1_SHA512,
+                    // aws-lc-rs has no SHA-1 / SHA-224 PKCS#1 signing
+                    // encodings, and does not load legacy (small) keys.
+                    _ => {
                         return k
                             .raw()?
                             .sign_pkcs1_raw(&digest_info(h, data))
                             .map_err(|_| internal("RSA PKCS#1 signing"))
                     }
                 };
+                let Some(signer) = &k.signer else {
+                    return Err(internal("RSA signer"));
+                };
                 let mut out = vec![0u8; k.size];
-                k.signer
+                signer
                     .sign(encoding, &SystemRandom::new(), data, &mut out)
                     .map_err(|_| internal("RSA signing"))?;
                 Ok(out)

@@ -780,6 +780,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             let data = read_input(&io.input)?;
             let digest = s
                 .bytes(Request::Digest {
+                    partition,
                     mechanism: Mechanism::new(m),
                     data,
                 })

@@ -206,6 +206,8 @@ enum Shape {
     Pss,
     Oaep,
     Iv16,
+    /// Triple-DES CBC: an 8-byte IV.
+    Iv8,
     /// `CK_AES_CTR_PARAMS { CK_ULONG ulCounterBits; CK_BYTE cb[16]; }`.
     Ctr,
     Gcm,
@@ -229,6 +231,7 @@ fn shape(mech: u64) -> Result<Shape> {
         | ck::CKM_SHA512_RSA_PKCS_PSS => Shape::Pss,
         ck::CKM_RSA_PKCS_OAEP => Shape::Oaep,
         ck::CKM_AES_CBC | ck::CKM_AES_CBC_PAD => Shape::Iv16,
+        ck::CKM_DES3_CBC | ck::CKM_DES3_CBC_PAD => Shape::Iv8,
         ck::CKM_AES_CTR => Shape::Ctr,
         ck::CKM_AES_GCM => Shape::Gcm,
         ck::CKM_ECDH1_DERIVE => Shape::Ecdh,
@@ -269,6 +272,12 @@ pub fn mechanism(mech: u64, param: &[u8], mem: &mut dyn Memory) -> Result<Mechan
         Shape::Iv16 => {
             if param.len() != 16 {
                 return Err(param_invalid("AES-CBC needs a 16-byte IV"));
+            }
+            MechParams::Iv(param.to_vec())
+        }
+        Shape::Iv8 => {
+            if param.len() != 8 {
+                return Err(param_invalid("triple-DES CBC needs an 8-byte IV"));
             }
             MechParams::Iv(param.to_vec())
         }

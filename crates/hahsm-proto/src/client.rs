@@ -197,6 +197,8 @@ pub enum Request {
         len: u32,
     },
     Digest {
+        /// The partition whose policy decides which digests are offered.
+        partition: String,
         mechanism: Mechanism,
         data: Vec<u8>,
     },
@@ -307,6 +309,9 @@ pub struct PartitionInfo {
     /// `_FINAL_TRY`, `_LOCKED` and the `CKF_SO_PIN_*` ones), from the
     /// group's failed-login count as this member has it.
     pub pin_flags: u64,
+    /// Whether the partition's `allow-legacy-mechanisms` policy is on, so
+    /// the module lists 3DES, SHA-1 HMAC, MD5 and RSA-1024.
+    pub legacy_mechanisms: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -79,7 +79,45 @@ const CRYPT: u64 = ck::CKF_ENCRYPT | ck::CKF_DECRYPT | HW;
 const WRAP: u64 = ck::CKF_WRAP | ck::CKF_UNWRAP | HW;
 const EC_FLAGS: u64 = ck::CKF_EC_F_P | ck::CKF_EC_NAMEDCURVE | ck::CKF_EC_UNCOMPRESS;
 
-/// Every mechanism hahsm implements, with its true limits.
+/// The mechanisms a partition offers only under its `allow-legacy-mechanisms`
+/// policy (docs/pkcs11.md, "Legacy mechanisms"): three-key triple DES, SHA-1
+/// HMAC and MD5. RSA keys of [`LEGACY_RSA_MIN_BITS`] bits are the policy's
+/// too, with the ordinary RSA mechanisms. Single DES is not offered at all.
+pub const LEGACY: &[u64] = &[
+    ck::CKM_DES3_KEY_GEN,
+    ck::CKM_DES3_ECB,
+    ck::CKM_DES3_CBC,
+    ck::CKM_DES3_CBC_PAD,
+    ck::CKM_SHA_1_HMAC,
+    ck::CKM_MD5,
+];
+
+/// The smallest RSA modulus under the legacy policy; without it, 2048.
+pub const LEGACY_RSA_MIN_BITS: u64 = 1024;
+/// The smallest RSA modulus without the legacy policy.
+pub const RSA_MIN_BITS: u64 = 2048;
+
+pub fn is_legacy(mech: u64) -> bool {
+    LEGACY.contains(&mech)
+}
+
+/// What a partition offers: every mechanism, with the legacy ones only when
+/// its policy allows them, and the RSA lower bound that goes with it.
+pub fn offered(legacy: bool) -> Vec<(u64, MechInfo)> {
+    supported()
+        .iter()
+        .filter(|(m, _)| legacy || !is_legacy(*m))
+        .map(|&(m, mut i)| {
+            if legacy && key_type_for(m) == Some(ck::CKK_RSA) {
+                i.min_key = LEGACY_RSA_MIN_BITS;
+            }
+            (m, i)
+        })
+        .collect()
+}
+
+/// Every mechanism hahsm implements, the legacy ones included, with its
+/// true limits (RSA from 2048 bits: the legacy bound is in [`offered`]).
 pub fn supported() -> &'static [(u64, MechInfo)] {
     // Built once: it is consulted on every key use.
     static TABLE: std::sync::OnceLock<Vec<(u64, MechInfo)>> = std::sync::OnceLock::new();
@@ -100,6 +138,11 @@ fn table() -> Vec<(u64, MechInfo)> {
     let aes = |flags| MechInfo {
         min_key: 16,
         max_key: 32,
+        flags,
+    };
+    let des3 = |flags| MechInfo {
+        min_key: 24,
+        max_key: 24,
         flags,
     };
     let hmac = MechInfo {
@@ -168,9 +211,22 @@ fn table() -> Vec<(u64, MechInfo)> {
                 flags: ck::CKF_GENERATE | HW,
             },
         ),
+        (
+            ck::CKM_DES3_KEY_GEN,
+            MechInfo {
+                min_key: 24,
+                max_key: 24,
+                flags: ck::CKF_GENERATE | HW,
+            },
+        ),
+        (ck::CKM_DES3_ECB, des3(CRYPT)),
+        (ck::CKM_DES3_CBC, des3(CRYPT)),
+        (ck::CKM_DES3_CBC_PAD, des3(CRYPT)),
+        (ck::CKM_SHA_1_HMAC, hmac),
         (ck::CKM_SHA256_HMAC, hmac),
         (ck::CKM_SHA384_HMAC, hmac),
         (ck::CKM_SHA512_HMAC, hmac),
+        (ck::CKM_MD5, digest),
         (ck::CKM_SHA_1, digest),
         (ck::CKM_SHA224, digest),
         (ck::CKM_SHA256, digest),
@@ -273,9 +329,12 @@ pub fn key_type_for(mech: u64) -> Option<u64> {
         | ck::CKM_AES_GCM
         | ck::CKM_AES_KEY_WRAP
         | ck::CKM_AES_KEY_WRAP_KWP => ck::CKK_AES,
-        ck::CKM_GENERIC_SECRET_KEY_GEN | ck::CKM_SHA256_HMAC | ck::CKM_SHA384_HMAC | ck::CKM_SHA512_HMAC => {
-            ck::CKK_GENERIC_SECRET
-        }
+        ck::CKM_DES3_KEY_GEN | ck::CKM_DES3_ECB | ck::CKM_DES3_CBC | ck::CKM_DES3_CBC_PAD => ck::CKK_DES3,
+        ck::CKM_GENERIC_SECRET_KEY_GEN
+        | ck::CKM_SHA_1_HMAC
+        | ck::CKM_SHA256_HMAC
+        | ck::CKM_SHA384_HMAC
+        | ck::CKM_SHA512_HMAC => ck::CKK_GENERIC_SECRET,
         _ => return None,
     })
 }
@@ -313,6 +372,11 @@ pub fn by_name(name: &str) -> Option<u64> {
         "AES-GCM" => ck::CKM_AES_GCM,
         "AES-KEY-WRAP" => ck::CKM_AES_KEY_WRAP,
         "AES-KEY-WRAP-PAD" | "AES-KEY-WRAP-KWP" => ck::CKM_AES_KEY_WRAP_KWP,
+        "DES3-ECB" => ck::CKM_DES3_ECB,
+        "DES3-CBC" => ck::CKM_DES3_CBC,
+        "DES3-CBC-PAD" => ck::CKM_DES3_CBC_PAD,
+        "SHA-1-HMAC" | "SHA1-HMAC" => ck::CKM_SHA_1_HMAC,
+        "MD5" => ck::CKM_MD5,
         "SHA256-HMAC" => ck::CKM_SHA256_HMAC,
         "SHA384-HMAC" => ck::CKM_SHA384_HMAC,
         "SHA512-HMAC" => ck::CKM_SHA512_HMAC,
@@ -337,6 +401,33 @@ mod tests {
                 "{mech:#x}"
             );
         }
+    }
+
+    #[test]
+    fn legacy_mechanisms_are_offered_only_under_the_policy() {
+        let plain = offered(false);
+        let legacy = offered(true);
+        for m in LEGACY {
+            assert!(info(*m).is_some(), "{m:#x} is implemented");
+            assert!(
+                !plain.iter().any(|(x, _)| x == m),
+                "{m:#x} offered without the policy"
+            );
+            assert!(
+                legacy.iter().any(|(x, _)| x == m),
+                "{m:#x} not offered under the policy"
+            );
+        }
+        assert!(!plain
+            .iter()
+            .any(|(m, _)| *m == ck::CKM_DES_ECB || *m == ck::CKM_DES_KEY_GEN));
+        assert!(!legacy
+            .iter()
+            .any(|(m, _)| *m == ck::CKM_DES_ECB || *m == ck::CKM_DES_KEY_GEN));
+        let rsa_min =
+            |t: &[(u64, MechInfo)]| t.iter().find(|(m, _)| *m == ck::CKM_RSA_PKCS).unwrap().1.min_key;
+        assert_eq!((rsa_min(&plain), rsa_min(&legacy)), (2048, 1024));
+        assert_eq!(plain.len() + LEGACY.len(), legacy.len());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub fn key_type_name(key_type: u64) -> &'static str {
         ck::CKK_EC => "ec",
         ck::CKK_EC_EDWARDS => "ed25519",
         ck::CKK_AES => "aes",
+        ck::CKK_DES3 => "des3",
         ck::CKK_GENERIC_SECRET => "generic-secret",
         _ => "-",
     }

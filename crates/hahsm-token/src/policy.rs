@@ -86,6 +86,13 @@ pub const PARTITION_POLICIES: &[PolicyDef] = &[
         is_flag: true,
         default: 0,
     },
+    PolicyDef {
+        number: 40,
+        name: "allow-legacy-mechanisms",
+        description: "Offer the legacy mechanisms older systems need: 3DES, SHA-1 HMAC, MD5 and RSA-1024",
+        is_flag: true,
+        default: 0,
+    },
 ];
 
 /// Finds a policy by number or by name.
@@ -138,6 +145,7 @@ pub mod partition {
     pub const ALLOW_ACTIVATION: u32 = 22;
     pub const ALLOW_AUTO_ACTIVATION: u32 = 23;
     pub const ENFORCE_KEY_SEPARATION: u32 = 30;
+    pub const ALLOW_LEGACY_MECHANISMS: u32 = 40;
 }
 
 #[cfg(test)]

@@ -76,6 +76,7 @@ fn default_usages(class: u64, key_type: u64) -> &'static [u64] {
         (ck::CKO_SECRET_KEY, ck::CKK_AES) => {
             &[ck::CKA_ENCRYPT, ck::CKA_DECRYPT, ck::CKA_WRAP, ck::CKA_UNWRAP]
         }
+        (ck::CKO_SECRET_KEY, ck::CKK_DES3) => &[ck::CKA_ENCRYPT, ck::CKA_DECRYPT],
         (ck::CKO_SECRET_KEY, _) => &[ck::CKA_SIGN, ck::CKA_VERIFY, ck::CKA_DERIVE],
         (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => &[ck::CKA_SIGN, ck::CKA_DECRYPT, ck::CKA_UNWRAP],
         (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => &[ck::CKA_VERIFY, ck::CKA_ENCRYPT, ck::CKA_WRAP],
@@ -236,6 +237,7 @@ pub fn generated_secret_key(mech: u64, template: &Template) -> TokenResult<(Temp
     let key_type = match mech {
         ck::CKM_AES_KEY_GEN => ck::CKK_AES,
         ck::CKM_GENERIC_SECRET_KEY_GEN => ck::CKK_GENERIC_SECRET,
+        ck::CKM_DES3_KEY_GEN => ck::CKK_DES3,
         other => return Err(TokenError::MechanismInvalid(other)),
     };
     expect_ulong(template, ck::CKA_CLASS, ck::CKO_SECRET_KEY, "CKA_CLASS")?;
@@ -245,9 +247,12 @@ pub fn generated_secret_key(mech: u64, template: &Template) -> TokenResult<(Temp
             "a generated key cannot be given CKA_VALUE".into(),
         ));
     }
-    let len = template
-        .ulong(ck::CKA_VALUE_LEN)
-        .ok_or_else(|| TokenError::TemplateIncomplete("CKA_VALUE_LEN is required".into()))?;
+    // A triple-DES key has one length, so it need not be given.
+    let len = match (template.ulong(ck::CKA_VALUE_LEN), key_type) {
+        (Some(len), _) => len,
+        (None, ck::CKK_DES3) => 24,
+        (None, _) => return Err(TokenError::TemplateIncomplete("CKA_VALUE_LEN is required".into())),
+    };
     let len = usize::try_from(len).map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE_LEN))?;
     check_secret_len(key_type, len)?;
     let mut t = template.clone();
@@ -260,6 +265,7 @@ pub fn generated_secret_key(mech: u64, template: &Template) -> TokenResult<(Temp
 fn check_secret_len(key_type: u64, len: usize) -> TokenResult<()> {
     let ok = match key_type {
         ck::CKK_AES => matches!(len, 16 | 24 | 32),
+        ck::CKK_DES3 => len == 24,
         _ => (16..=512).contains(&len),
     };
     if ok {
@@ -396,11 +402,16 @@ pub fn created_object(template: &Template, local: bool) -> TokenResult<(Template
                 .ok_or_else(|| TokenError::TemplateIncomplete("CKA_KEY_TYPE is required".into()))?;
             if !matches!(
                 key_type,
-                ck::CKK_RSA | ck::CKK_EC | ck::CKK_EC_EDWARDS | ck::CKK_AES | ck::CKK_GENERIC_SECRET
+                ck::CKK_RSA
+                    | ck::CKK_EC
+                    | ck::CKK_EC_EDWARDS
+                    | ck::CKK_AES
+                    | ck::CKK_DES3
+                    | ck::CKK_GENERIC_SECRET
             ) {
                 return Err(TokenError::AttributeValueInvalid(ck::CKA_KEY_TYPE));
             }
-            let secret_type = matches!(key_type, ck::CKK_AES | ck::CKK_GENERIC_SECRET);
+            let secret_type = matches!(key_type, ck::CKK_AES | ck::CKK_DES3 | ck::CKK_GENERIC_SECRET);
             if secret_type != (class == ck::CKO_SECRET_KEY) {
                 return Err(TokenError::TemplateInconsistent(
                     "key type does not fit the object class".into(),

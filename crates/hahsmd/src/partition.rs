@@ -441,6 +441,7 @@ impl ActivePartition {
             }
             (ck::CKO_PRIVATE_KEY, ck::CKK_EC_EDWARDS) => KeyMaterial::Ed25519Private(secret),
             (ck::CKO_SECRET_KEY, ck::CKK_AES) => KeyMaterial::Aes(secret),
+            (ck::CKO_SECRET_KEY, ck::CKK_DES3) => KeyMaterial::Des3(secret),
             (ck::CKO_SECRET_KEY, _) => KeyMaterial::GenericSecret(secret),
             _ => return Err(TokenError::KeyTypeInconsistent),
         })

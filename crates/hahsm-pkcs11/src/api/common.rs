@@ -6,6 +6,7 @@ use crate::handles::KeyInfo;
 use crate::module::{self, Module};
 use crate::session::{OpKind, Session, State};
 use crate::slots::Slot;
+use crate::sync::lock;
 use hahsm_proto::client::{AttrResult, Request, Response};
 use hahsm_token::mechanism::{self, Usage};
 use hahsm_token::{ck, AttrType, Mechanism, Ouid, Template};
@@ -78,13 +79,20 @@ impl SlotCx {
     }
 }
 
-/// `CKR_MECHANISM_INVALID` unless `mech` can do `usage`: the mechanism is
-/// checked before the key handle (§5.1).
-pub(super) fn check_mechanism_for(mech: &Mechanism, usage: Usage) -> Result<()> {
-    if !mechanism::supports(mech.mech, usage) {
+/// `CKR_MECHANISM_INVALID` unless the slot's partition offers `mech` and it
+/// can do `usage`: the mechanism is checked before the key handle (§5.1).
+pub(super) fn check_mechanism_for(s: &Session, mech: &Mechanism, usage: Usage) -> Result<()> {
+    if !mechanism::supports(mech.mech, usage) || !offered(&s.slot, mech.mech) {
         return rv(ck::CKR_MECHANISM_INVALID);
     }
     Ok(())
+}
+
+/// Whether the slot's partition offers `mech`: a legacy mechanism only when
+/// the partition's `allow-legacy-mechanisms` policy is on, as the member
+/// last reported it (the member checks again).
+pub(super) fn offered(slot: &Slot, mech: u64) -> bool {
+    !mechanism::is_legacy(mech) || lock(&slot.info).legacy_mechanisms
 }
 
 pub(super) fn expect(r: Result<Response>, want: Response) -> Result<()> {
@@ -297,6 +305,7 @@ pub(super) fn op_request(
             data,
         },
         OpKind::Digest | OpKind::Verify => Request::Digest {
+            partition,
             mechanism: op_mech,
             data,
         },
@@ -317,9 +326,9 @@ pub(super) fn deliver(
     Ok(out)
 }
 
-/// Whether hahsm offers `mech` with this `CKF_*` capability.
-pub(super) fn mech_has_flag(mech: u64, flag: u64) -> bool {
-    mechanism::info(mech).is_some_and(|i| i.flags & flag != 0)
+/// Whether the session's partition offers `mech` with this `CKF_*` capability.
+pub(super) fn mech_has_flag(s: &Session, mech: u64, flag: u64) -> bool {
+    mechanism::info(mech).is_some_and(|i| i.flags & flag != 0) && offered(&s.slot, mech)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use hahsm_token::{ck, Mechanism, Template};
 
 pub fn generate_key(cx: Cx, mech: Mechanism, template: Deferred<Template>) -> Result<ck::CK_OBJECT_HANDLE> {
     let Cx { m, s } = cx;
-    if !mech_has_flag(mech.mech, ck::CKF_GENERATE) {
+    if !mech_has_flag(&s, mech.mech, ck::CKF_GENERATE) {
         return rv(ck::CKR_MECHANISM_INVALID);
     }
     let token = template.flag(ck::CKA_TOKEN, false);
@@ -41,7 +41,8 @@ pub fn generate_key(cx: Cx, mech: Mechanism, template: Deferred<Template>) -> Re
 fn size_refused(function: &str, e: &Error) {
     if e.rv() == ck::CKR_KEY_SIZE_RANGE {
         let why = if function == "C_GenerateKeyPair" {
-            " (RSA keys under 2048 bits are too short to make today, NIST SP 800-131A)"
+            " (RSA keys under 2048 bits are too short to make today, NIST SP 800-131A; \
+             the partition's policy 40, allow-legacy-mechanisms, allows RSA-1024)"
         } else {
             ""
         };
@@ -59,7 +60,7 @@ pub fn generate_key_pair(
     private: Deferred<Template>,
 ) -> Result<(ck::CK_OBJECT_HANDLE, ck::CK_OBJECT_HANDLE)> {
     let Cx { m, s } = cx;
-    if !mech_has_flag(mech.mech, ck::CKF_GENERATE_KEY_PAIR) {
+    if !mech_has_flag(&s, mech.mech, ck::CKF_GENERATE_KEY_PAIR) {
         return rv(ck::CKR_MECHANISM_INVALID);
     }
 
@@ -100,7 +101,7 @@ pub fn wrap_key(
     capacity: Option<usize>,
 ) -> Result<Vec<u8>> {
     let Cx { m, s } = cx;
-    check_mechanism_for(&mech, Usage::Wrap)?;
+    check_mechanism_for(&s, &mech, Usage::Wrap)?;
     let (wrapping_ouid, info) = key(&m, &s, wrapping).map_err(|e| match e.rv() {
         ck::CKR_KEY_HANDLE_INVALID => Error::Rv(ck::CKR_WRAPPING_KEY_HANDLE_INVALID),
         _ => e,
@@ -156,7 +157,7 @@ pub fn unwrap_key(
     template: Deferred<Template>,
 ) -> Result<ck::CK_OBJECT_HANDLE> {
     let Cx { m, s } = cx;
-    check_mechanism_for(&mech, Usage::Unwrap)?;
+    check_mechanism_for(&s, &mech, Usage::Unwrap)?;
     let (ouid, info) = key(&m, &s, unwrapping).map_err(|e| match e.rv() {
         ck::CKR_KEY_HANDLE_INVALID => Error::Rv(ck::CKR_UNWRAPPING_KEY_HANDLE_INVALID),
         _ => e,
@@ -190,7 +191,7 @@ pub fn derive_key(
     template: Deferred<Template>,
 ) -> Result<ck::CK_OBJECT_HANDLE> {
     let Cx { m, s } = cx;
-    check_mechanism_for(&mech, Usage::Derive)?;
+    check_mechanism_for(&s, &mech, Usage::Derive)?;
     let (ouid, info) = key(&m, &s, base)?;
     check_key_for(&mech, &info, Usage::Derive)?;
     let token = template.flag(ck::CKA_TOKEN, false);

@@ -24,7 +24,7 @@ pub fn op_init(
     }
     let op = match (kind, key_handle) {
         (OpKind::Digest, _) => {
-            if !mech_has_flag(mech.mech, ck::CKF_DIGEST) {
+            if !mech_has_flag(&s, mech.mech, ck::CKF_DIGEST) {
                 return rv(ck::CKR_MECHANISM_INVALID);
             }
             Op {
@@ -33,7 +33,7 @@ pub fn op_init(
             }
         }
         (_, Some(kh)) => {
-            check_mechanism_for(&mech, usage_of(kind))?;
+            check_mechanism_for(&s, &mech, usage_of(kind))?;
             let (ouid, info) = key(&m, &s, kh)?;
             check_key_for(&mech, &info, usage_of(kind))?;
             Op {

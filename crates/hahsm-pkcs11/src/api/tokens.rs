@@ -99,12 +99,22 @@ const PIN_FLAGS: u64 = ck::CKF_USER_PIN_COUNT_LOW
     | ck::CKF_SO_PIN_FINAL_TRY
     | ck::CKF_SO_PIN_LOCKED;
 
-pub fn mechanism_list(_cx: SlotCx) -> Vec<ck::CK_MECHANISM_TYPE> {
-    mechanism::supported().iter().map(|(m, _)| *m).collect()
+/// What the slot's partition offers: the legacy mechanisms only under its
+/// policy, as a member reports it now.
+fn offered(cx: &SlotCx) -> Vec<(u64, mechanism::MechInfo)> {
+    let legacy = cx.m.refresh_info(&cx.slot).legacy_mechanisms;
+    mechanism::offered(legacy)
 }
 
-pub fn mechanism_info(_cx: SlotCx, mech: ck::CK_MECHANISM_TYPE) -> Result<ck::CK_MECHANISM_INFO> {
-    let i = mechanism::info(mech).ok_or(Error::Rv(ck::CKR_MECHANISM_INVALID))?;
+pub fn mechanism_list(cx: SlotCx) -> Vec<ck::CK_MECHANISM_TYPE> {
+    offered(&cx).iter().map(|(m, _)| *m).collect()
+}
+
+pub fn mechanism_info(cx: SlotCx, mech: ck::CK_MECHANISM_TYPE) -> Result<ck::CK_MECHANISM_INFO> {
+    let (_, i) = offered(&cx)
+        .into_iter()
+        .find(|(m, _)| *m == mech)
+        .ok_or(Error::Rv(ck::CKR_MECHANISM_INVALID))?;
     Ok(ck::CK_MECHANISM_INFO {
         ulMinKeySize: i.min_key,
         ulMaxKeySize: i.max_key,

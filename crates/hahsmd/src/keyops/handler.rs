@@ -10,7 +10,7 @@ use hahsm_link::Fingerprint;
 use hahsm_proto::client::{
     AttrResult, OpId, PartitionInfo, Request, Response, USER_CONTEXT_SPECIFIC, USER_NORMAL, USER_SO,
 };
-use hahsm_token::mechanism::Usage;
+use hahsm_token::mechanism::{self, Usage};
 use hahsm_token::object::holds_secret;
 use hahsm_token::policy;
 use hahsm_token::rules::{self};
@@ -129,6 +129,41 @@ impl KeyOps<'_> {
         })
     }
 
+    /// Whether the partition's `allow-legacy-mechanisms` policy is on.
+    fn legacy_allowed(&self, ctx: &Ctx) -> bool {
+        self.app
+            .partition_policy_values(&ctx.name)
+            .map(|p| p.enabled(policy::partition::ALLOW_LEGACY_MECHANISMS))
+            .unwrap_or(false)
+    }
+
+    /// A legacy mechanism (3DES, SHA-1 HMAC, MD5) is offered only under the
+    /// partition's legacy policy (docs/pkcs11.md, "Legacy mechanisms").
+    pub(super) fn check_offered(&self, ctx: &Ctx, mech: u64) -> TokenResult<()> {
+        if mechanism::is_legacy(mech) && !self.legacy_allowed(ctx) {
+            info!(client = %self.conn.client_name, partition = %ctx.name, mechanism = format!("{mech:#x}"),
+                "refused: a legacy mechanism without partition policy 40 (allow-legacy-mechanisms)");
+            return Err(TokenError::MechanismInvalid(mech));
+        }
+        Ok(())
+    }
+
+    /// Keys only the legacy policy allows, made or used: triple-DES keys
+    /// and RSA keys under 2048 bits.
+    pub(super) fn check_legacy_key(&self, ctx: &Ctx, attrs: &Template) -> TokenResult<()> {
+        let legacy = match attrs.key_type() {
+            Some(ck::CKK_DES3) => Err(TokenError::AttributeValueInvalid(ck::CKA_KEY_TYPE)),
+            Some(ck::CKK_RSA) if rsa_bits(attrs).is_some_and(|b| b < mechanism::RSA_MIN_BITS) => {
+                Err(TokenError::KeySizeRange(LEGACY_RSA.into()))
+            }
+            _ => return Ok(()),
+        };
+        if self.legacy_allowed(ctx) {
+            return Ok(());
+        }
+        legacy
+    }
+
     pub(super) fn enforce_separation(&self, ctx: &Ctx) -> bool {
         self.app
             .partition_policy_values(&ctx.name)
@@ -151,6 +186,7 @@ impl KeyOps<'_> {
                 return Err(TokenError::UserNotLoggedIn);
             }
             rules::check_key_separation(&attrs, separation)?;
+            self.check_legacy_key(ctx, &attrs)?;
             check_trusted(ctx, &attrs)?;
             if let (Some(ck::CKO_SECRET_KEY), Some(secret)) = (attrs.class(), secret.as_ref()) {
                 set_check_value(&mut attrs, secret)?;
@@ -258,8 +294,13 @@ impl KeyOps<'_> {
                     None if summary.pin_locked => ck::CKF_USER_PIN_LOCKED,
                     None => 0,
                 };
+                let legacy_mechanisms = self
+                    .app
+                    .partition_policy_values(&summary.name)
+                    .is_ok_and(|p| p.enabled(policy::partition::ALLOW_LEGACY_MECHANISMS));
                 out.push(PartitionInfo {
                     pin_flags,
+                    legacy_mechanisms,
                     name: summary.name,
                     serial: summary.serial,
                     activated: summary.activated,
@@ -357,8 +398,10 @@ impl KeyOps<'_> {
         usage: Usage,
     ) -> TokenResult<(Ctx, Arc<ObjectEntry>)> {
         let ctx = self.ctx(partition)?;
+        self.check_offered(&ctx, mech.mech)?;
         let entry = self.key(&ctx, key)?;
         rules::check_key_use(&entry.attrs, mech.mech, usage)?;
+        self.check_legacy_key(&ctx, &entry.attrs)?;
         // Keys made before the partition turned key separation on are held to
         // it when used (the policy is read only for keys that break it).
         if matches!(
@@ -476,6 +519,20 @@ pub(super) fn needs_login_for(ctx: &Ctx, template: &Template, class: u64) -> Tok
 /// A new secret key's `CKA_CHECK_VALUE`: computed from its value, and a
 /// value the template gave must be that one (`CKR_ATTRIBUTE_VALUE_INVALID`
 /// otherwise, PKCS#11 3.0 §4.10); an empty one given asks for none.
+/// Why an RSA key under 2048 bits is refused.
+pub(super) const LEGACY_RSA: &str =
+    "RSA keys under 2048 bits need the partition's policy 40 (allow-legacy-mechanisms)";
+
+/// The modulus length of an RSA key's attributes, in bits.
+fn rsa_bits(attrs: &Template) -> Option<u64> {
+    attrs.ulong(ck::CKA_MODULUS_BITS).or_else(|| {
+        let m = attrs.bytes(ck::CKA_MODULUS)?;
+        let m = &m[m.iter().take_while(|b| **b == 0).count()..];
+        let top = m.first()?;
+        Some(m.len() as u64 * 8 - u64::from(top.leading_zeros()))
+    })
+}
+
 fn set_check_value(attrs: &mut Template, secret: &SecretBytes) -> TokenResult<()> {
     let key_type = attrs.key_type().unwrap_or(ck::CKK_GENERIC_SECRET);
     let kcv = crypto::check_value(key_type, secret.expose())?;

@@ -41,6 +41,7 @@ impl KeyOps<'_> {
                 op_id,
             } => {
                 let ctx = self.ctx(&partition)?;
+                self.check_offered(&ctx, mechanism.mech)?;
                 check_template_size(self.app, &template)?;
                 needs_login_for(&ctx, &template, ck::CKO_SECRET_KEY)?;
                 if let Some(done) = self.previous(&ctx, &op_id).await? {
@@ -48,7 +49,11 @@ impl KeyOps<'_> {
                 }
                 let template = separated_defaults(template, self.enforce_separation(&ctx));
                 let (attrs, len) = rules::generated_secret_key(mechanism.mech, &template)?;
-                let secret = crypto::generate_secret(len)?;
+                let secret = if mechanism.mech == ck::CKM_DES3_KEY_GEN {
+                    crypto::generate_des3()?
+                } else {
+                    crypto::generate_secret(len)?
+                };
                 let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
                 info!(client = %self.conn.client_name, partition, object = %ids[0], "secret key generated");
                 Ok(Response::Object(ids[0]))
@@ -75,6 +80,13 @@ impl KeyOps<'_> {
                     &separated_defaults(private_template, separation),
                 )?;
                 rules::check_pair_separation(&pubt, &privt, separation)?;
+                if let rules::KeyPairSpec::Rsa { bits, .. } = &spec {
+                    // The legacy size is made only under the policy; any
+                    // other size is refused by the generator itself.
+                    if *bits == crypto::LEGACY_RSA_BITS {
+                        self.check_legacy_key(&ctx, &pubt)?;
+                    }
+                }
                 // Key generation can take a while (RSA-4096): keep it off the async workers.
                 let pair = tokio::task::spawn_blocking(move || generate_pair(&spec))
                     .await

@@ -57,7 +57,15 @@ impl KeyOps<'_> {
                 }
                 crypto::random(len as usize).map(Response::Bytes)
             }
-            Request::Digest { mechanism, data } => crypto::digest(mechanism.mech, &data).map(Response::Bytes),
+            Request::Digest {
+                partition,
+                mechanism,
+                data,
+            } => {
+                let ctx = self.ctx(&partition)?;
+                self.check_offered(&ctx, mechanism.mech)?;
+                crypto::digest(mechanism.mech, &data).map(Response::Bytes)
+            }
             Request::DigestKeys {
                 partition,
                 mechanism,
@@ -67,6 +75,7 @@ impl KeyOps<'_> {
                 // Any secret key may be digested (PKCS#11 3.0 §5.10,
                 // C_DigestKey): only a hash of its value leaves the member.
                 let ctx = self.ctx(&partition)?;
+                self.check_offered(&ctx, mechanism.mech)?;
                 let mut input = Zeroizing::new(Vec::with_capacity(data.len() + 32 * keys.len()));
                 let mut from = 0usize;
                 for (offset, ouid) in &keys {

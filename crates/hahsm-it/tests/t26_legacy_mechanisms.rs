@@ -325,6 +325,14 @@ fn legacy_mechanisms_only_under_the_partition_policy_through_the_ha_slot() {
     );
     assert_eq!(ct, want, "3DES-CBC-PAD differs from openssl");
     assert_eq!(s.decrypt(&cbc_pad, des3, &ct).expect("3DES decryption"), plain);
+    // Multi-part: gathered in the module, the same ciphertext at C_EncryptFinal.
+    s.encrypt_init(&cbc_pad, des3).expect("C_EncryptInit");
+    let mut parts = Vec::new();
+    for chunk in plain.chunks(5) {
+        parts.extend(s.encrypt_update(chunk).expect("C_EncryptUpdate"));
+    }
+    parts.extend(s.encrypt_final().expect("C_EncryptFinal"));
+    assert_eq!(parts, ct, "multi-part 3DES-CBC-PAD differs from single-part");
     let ecb = s.encrypt(&Mechanism::Des3Ecb, des3, &[0; 16]).expect("3DES-ECB");
     assert_eq!(ecb[..8], kcv[..]);
 

@@ -15,6 +15,8 @@ declare -A package_of=(
   [pkcs11-tool]=opensc
   [softhsm2-util]=softhsm2
   [p11tool]=gnutls-bin
+  # p11-kit's registry of modules (t29_p11_kit).
+  [p11-kit]=p11-kit
   [tshark]=tshark
   # The package tests (t70_packages): a clean Debian root, systemd-analyze,
   # and dpkg-dev's tools for cargo-deb. Docker comes with the machine.

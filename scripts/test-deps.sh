@@ -36,6 +36,11 @@ declare -A package_of=(
   [prometheus-alertmanager]=prometheus-alertmanager
   # A member whose wall clock runs fast (libfaketime; t74_lease_and_clocks).
   [faketime]=faketime
+  # OpenSSH with a user key in hahsm (t27_openssh): a private sshd on a
+  # loopback port, ssh -I and ssh-agent with ssh-add -s.
+  [sshd]=openssh-server
+  [ssh]=openssh-client
+  [ssh-agent]=openssh-client
 )
 missing=()
 for command in "${!package_of[@]}"; do

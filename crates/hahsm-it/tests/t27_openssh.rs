@@ -1,9 +1,9 @@
 //! Issue 15, item 1: OpenSSH (Debian's `openssh-client` and
 //! `openssh-server`, which scripts/test-deps.sh installs) with a user key held
 //! in hahsm, through the HA slot of a three-member group. pkcs11-tool makes
-//! the key; `ssh-keygen -D` lists it as the key pkcs11-tool exports; a private
-//! `sshd` on a loopback port accepts a login with it, with `ssh -I` and
-//! through `ssh-agent` (`ssh-add -s`). Then 200 logins in a row, through the
+//! an EC P-256 and an RSA-2048 key; `ssh-keygen -D` lists each as the key
+//! pkcs11-tool exports; a private `sshd` on a loopback port accepts a login
+//! with each, with `ssh -I` and through `ssh-agent` (`ssh-add -s`). Then 200 logins in a row, through the
 //! agent and every tenth with `ssh -I`, while member 0 is killed (`kill -9`)
 //! and later restarted: OpenSSH retries nothing itself, so every one of them
 //! must succeed.
@@ -23,6 +23,8 @@ use t20_pkcs11_support::{module_path, tool};
 const LIMIT: Duration = Duration::from_secs(60);
 const LABEL: &str = "t27-ssh-user";
 const ID: &str = "27";
+const RSA_LABEL: &str = "t27-ssh-rsa";
+const RSA_ID: &str = "28";
 const LOGINS: usize = 200;
 
 /// A child process (sshd, ssh-agent) killed and reaped when dropped, also
@@ -174,6 +176,42 @@ fn key_line(line: &str) -> String {
     line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
+/// Makes a key pair with pkcs11-tool through the HA slot and returns its
+/// public key as pkcs11-tool exports it, in OpenSSH's form (by plain openssl
+/// and `ssh-keygen -i`): "type base64".
+fn make_key(env: &Env, key_type: &str, label: &str, id: &str, ssh_type: &str) -> String {
+    env.pkcs11_tool(&[
+        "--keypairgen",
+        "--key-type",
+        key_type,
+        "--label",
+        label,
+        "--id",
+        id,
+    ]);
+    let der = env.path(&format!("{label}.pub.der"));
+    env.pkcs11_tool(&[
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--id",
+        id,
+        "--output-file",
+        &der,
+    ]);
+    let pem = env.path(&format!("{label}.pub.pem"));
+    let r = hahsm_it::run(
+        "openssl",
+        &["pkey", "-pubin", "-inform", "DER", "-in", &der, "-out", &pem],
+    );
+    assert!(r.ok, "openssl pkey: {}", r.stderr);
+    let r = hahsm_it::run("ssh-keygen", &["-i", "-m", "PKCS8", "-f", &pem]);
+    assert!(r.ok, "ssh-keygen -i: {}", r.stderr);
+    let line = key_line(r.stdout.trim());
+    assert!(line.starts_with(ssh_type), "{label}: {line}");
+    line
+}
+
 /// A loopback port nobody listens on.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -321,38 +359,10 @@ fn openssh_logs_in_with_a_key_in_hahsm_through_the_ha_slot_across_a_killed_membe
     let dir = env.c.work.path().join("ssh");
     std::fs::create_dir_all(&dir).unwrap();
 
-    // The user key, made through the HA slot.
-    env.pkcs11_tool(&[
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--label",
-        LABEL,
-        "--id",
-        ID,
-    ]);
-    // The public key as pkcs11-tool exports it, turned into OpenSSH's form
-    // by plain openssl and ssh-keygen.
-    let der = env.path("user.pub.der");
-    env.pkcs11_tool(&[
-        "--read-object",
-        "--type",
-        "pubkey",
-        "--id",
-        ID,
-        "--output-file",
-        &der,
-    ]);
-    let pem = env.path("user.pub.pem");
-    let r = hahsm_it::run(
-        "openssl",
-        &["pkey", "-pubin", "-inform", "DER", "-in", &der, "-out", &pem],
-    );
-    assert!(r.ok, "openssl pkey: {}", r.stderr);
-    let r = hahsm_it::run("ssh-keygen", &["-i", "-m", "PKCS8", "-f", &pem]);
-    assert!(r.ok, "ssh-keygen -i: {}", r.stderr);
-    let exported = key_line(r.stdout.trim());
-    assert!(exported.starts_with("ecdsa-sha2-nistp256 "), "{exported}");
+    // The user keys, made through the HA slot: EC P-256 for everything,
+    // RSA-2048 for one login each way.
+    let exported = make_key(&env, "EC:prime256v1", LABEL, ID, "ecdsa-sha2-nistp256 ");
+    let exported_rsa = make_key(&env, "rsa:2048", RSA_LABEL, RSA_ID, "ssh-rsa ");
 
     // ssh-keygen -D lists it (public objects, without the PIN).
     let listed = env.ok("ssh-keygen", &["-D", &env.module], &[]);
@@ -360,6 +370,10 @@ fn openssh_logs_in_with_a_key_in_hahsm_through_the_ha_slot_across_a_killed_membe
     assert!(
         lines.iter().any(|l| key_line(l) == exported),
         "ssh-keygen -D does not list the key pkcs11-tool exports ({exported}):\n{listed}"
+    );
+    assert!(
+        lines.iter().any(|l| key_line(l) == exported_rsa),
+        "ssh-keygen -D does not list the RSA key pkcs11-tool exports ({exported_rsa}):\n{listed}"
     );
     let authorized = dir.join("authorized_keys");
     std::fs::write(&authorized, format!("{exported} {LABEL}\n")).unwrap();
@@ -421,6 +435,30 @@ fn openssh_logs_in_with_a_key_in_hahsm_through_the_ha_slot_across_a_killed_membe
     );
     std::fs::write(&authorized, format!("{exported} {LABEL}\n")).unwrap();
 
+    // The RSA key with ssh -I: refused while only the EC key is authorized
+    // (so the login below is the RSA key's), then accepted.
+    let rsa_pub = dir.join("rsa.pub");
+    std::fs::write(&rsa_pub, format!("{exported_rsa} {RSA_LABEL}\n")).unwrap();
+    let rsa_pub = rsa_pub.to_str().unwrap();
+    let rsa_only = ["-i", rsa_pub, "-o", "IdentitiesOnly=yes"];
+    let rsa_direct = [&["-I", &env.module, "-o", "IdentityAgent=none"], &rsa_only[..]].concat();
+    let (ok, out, err) = login(&env, &port_s, &rsa_direct, &[], "t27-rsa-refused");
+    assert!(
+        !ok,
+        "ssh -I logged in with the RSA key, not authorized\n{out}\n{err}"
+    );
+    std::fs::write(
+        &authorized,
+        format!("{exported} {LABEL}\n{exported_rsa} {RSA_LABEL}\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = login(&env, &port_s, &rsa_direct, &[], "t27-rsa-direct");
+    assert!(
+        ok,
+        "ssh -I with the RSA key: no login\nstdout:\n{out}\nstderr:\n{err}\nsshd:\n{}",
+        sshd_log(&dir)
+    );
+
     // ssh-agent. By default it loads PKCS#11 modules from /usr/lib* and
     // /usr/local/lib* only; -P allows the built module's path.
     let sock = dir.join("agent.sock");
@@ -442,7 +480,15 @@ fn openssh_logs_in_with_a_key_in_hahsm_through_the_ha_slot_across_a_killed_membe
         "ssh-add -L does not show the key:\n{keys}"
     );
     let fingerprints = env.ok("ssh-add", &["-l"], &agent_env);
-    assert!(fingerprints.contains("ECDSA"), "ssh-add -l: {fingerprints}");
+    assert!(
+        fingerprints.contains("(ECDSA)") && fingerprints.contains("(RSA)"),
+        "ssh-add -l: {fingerprints}"
+    );
+    let (ok, out, err) = login(&env, &port_s, &rsa_only, &agent_env, "t27-rsa-agent");
+    assert!(
+        ok,
+        "ssh through the agent with the RSA key: no login\nstdout:\n{out}\nstderr:\n{err}"
+    );
     let through_agent = only;
     let (ok, out, err) = login(&env, &port_s, &through_agent, &agent_env, "t27-agent");
     assert!(

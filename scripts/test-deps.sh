@@ -17,6 +17,8 @@ declare -A package_of=(
   [p11tool]=gnutls-bin
   # p11-kit's registry of modules (t29_p11_kit).
   [p11-kit]=p11-kit
+  # HTTPS with its key in hahsm through the libp11 engine (t52_nginx).
+  [nginx]=nginx
   [tshark]=tshark
   # The package tests (t70_packages): a clean Debian root, systemd-analyze,
   # and dpkg-dev's tools for cargo-deb. Docker comes with the machine.

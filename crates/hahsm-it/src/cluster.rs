@@ -127,6 +127,26 @@ pub struct Setup<'a> {
 }
 
 impl Cluster {
+    /// Points the PKCS#11 module of this process, and of the programs it
+    /// starts, at the group's HA slot alone: writes `client/ha.toml` (the
+    /// client config with `ha_only = true` and, if given, another request
+    /// deadline) and sets `HAHSM_CONF` to it. Returns its path.
+    pub fn ha_only_conf(&self, request_timeout_ms: Option<u64>) -> PathBuf {
+        let text = std::fs::read_to_string(&self.conf).expect("the client config");
+        let text = text
+            .lines()
+            .map(|l| match request_timeout_ms {
+                Some(ms) if l.starts_with("request_timeout_ms") => format!("request_timeout_ms = {ms}"),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let conf = self.work.path().join("client/ha.toml");
+        std::fs::write(&conf, format!("ha_only = true\n{text}\n")).expect("write client/ha.toml");
+        std::env::set_var("HAHSM_CONF", &conf);
+        conf
+    }
+
     /// `n` members in one group, the first being the group's creator.
     pub fn new(n: usize) -> Cluster {
         Self::with(n, &Setup::default())

@@ -238,11 +238,8 @@ fn bytes_of(s: &Session, o: ObjectHandle, t: AttributeType) -> Vec<u8> {
 #[test]
 fn legacy_mechanisms_only_under_the_partition_policy_through_the_ha_slot() {
     let mut c = Cluster::new(3);
-    let text = std::fs::read_to_string(&c.conf).unwrap();
-    let conf = c.work.path().join("client/ha.toml");
-    std::fs::write(&conf, format!("ha_only = true\n{text}\n")).unwrap();
+    c.ha_only_conf(None);
     let module_log = c.work.path().join("pkcs11.log");
-    std::env::set_var("HAHSM_CONF", &conf);
     std::env::set_var("HAHSM_PKCS11_LOG", &module_log);
 
     let p11 = Pkcs11::new(module_path()).expect("module loads");

@@ -361,10 +361,7 @@ fn raw_get_interface() -> cryptoki_sys::CK_FLAGS {
 #[test]
 fn fork_certificates_and_id_label_through_the_ha_slot() {
     let mut c = Cluster::new(3);
-    let text = std::fs::read_to_string(&c.conf).unwrap();
-    let conf = c.work.path().join("client/ha.toml");
-    std::fs::write(&conf, format!("ha_only = true\n{text}\n")).unwrap();
-    std::env::set_var("HAHSM_CONF", &conf);
+    c.ha_only_conf(None);
     std::env::set_var("HAHSM_PKCS11_LOG", c.work.path().join("pkcs11.log"));
     let p11 = Pkcs11::new(module_path()).expect("module loads");
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))

@@ -38,10 +38,7 @@ fn p11(program: &str, args: &[&str]) -> Run {
 #[test]
 fn p11_kit_and_p11tool_find_the_ha_token_without_naming_the_module() {
     let mut c = Cluster::new(3);
-    let text = std::fs::read_to_string(&c.conf).unwrap();
-    let conf = c.work.path().join("client/ha.toml");
-    std::fs::write(&conf, format!("ha_only = true\n{text}\n")).unwrap();
-    std::env::set_var("HAHSM_CONF", &conf);
+    c.ha_only_conf(None);
 
     // The packaged module file, with the module named by its path.
     let packaged =

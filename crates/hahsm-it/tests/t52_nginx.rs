@@ -57,20 +57,7 @@ fn nginx_serves_https_with_its_key_in_hahsm_across_a_killed_member() {
     let mut c = Cluster::new(3);
     let dir = c.work.path().join("nginx");
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
-    let text = std::fs::read_to_string(&c.conf).unwrap();
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("request_timeout_ms") {
-                "request_timeout_ms = 1500"
-            } else {
-                l
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let conf = c.work.path().join("client/ha.toml");
-    std::fs::write(&conf, format!("ha_only = true\n{text}\n")).unwrap();
+    let conf = c.ha_only_conf(Some(1500));
     let ha_log = dir.join("ha.log");
     let module = module_path();
     let openssl_cnf = dir.join("openssl.cnf");

@@ -75,9 +75,9 @@ pub fn des3_crypt(key: &[u8], mode: Des3Mode<'_>, encrypt: bool, data: &[u8]) ->
     // One block more than the input: room for the padding block.
     let mut out = Zeroizing::new(vec![0u8; data.len() + 8]);
     let mut n: i32 = 0;
+    let (c, o) = (ctx.0.as_ptr(), out.as_mut_ptr());
     // SAFETY: out has data.len() + 8 writable bytes, as much as EVP_CipherUpdate may write for data.len() input bytes of an 8-byte block cipher; data is a live slice.
-    let rc =
-        unsafe { sys::EVP_CipherUpdate(ctx.0.as_ptr(), out.as_mut_ptr(), &mut n, data.as_ptr(), in_len) };
+    let rc = unsafe { sys::EVP_CipherUpdate(c, o, &mut n, data.as_ptr(), in_len) };
     check(rc, "EVP_CipherUpdate")?;
     let first = usize::try_from(n).map_err(|_| Error::new("EVP_CipherUpdate: length"))?;
     if first > out.len() {

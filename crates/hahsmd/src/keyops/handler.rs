@@ -516,9 +516,6 @@ pub(super) fn needs_login_for(ctx: &Ctx, template: &Template, class: u64) -> Tok
     Ok(())
 }
 
-/// A new secret key's `CKA_CHECK_VALUE`: computed from its value, and a
-/// value the template gave must be that one (`CKR_ATTRIBUTE_VALUE_INVALID`
-/// otherwise, PKCS#11 3.0 §4.10); an empty one given asks for none.
 /// Why an RSA key under 2048 bits is refused.
 pub(super) const LEGACY_RSA: &str =
     "RSA keys under 2048 bits need the partition's policy 40 (allow-legacy-mechanisms)";
@@ -533,6 +530,9 @@ fn rsa_bits(attrs: &Template) -> Option<u64> {
     })
 }
 
+/// A new secret key's `CKA_CHECK_VALUE`: computed from its value, and a
+/// value the template gave must be that one (`CKR_ATTRIBUTE_VALUE_INVALID`
+/// otherwise, PKCS#11 3.0 §4.10); an empty one given asks for none.
 fn set_check_value(attrs: &mut Template, secret: &SecretBytes) -> TokenResult<()> {
     let key_type = attrs.key_type().unwrap_or(ck::CKK_GENERIC_SECRET);
     let kcv = crypto::check_value(key_type, secret.expose())?;

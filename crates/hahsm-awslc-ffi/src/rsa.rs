@@ -202,22 +202,7 @@ impl RsaKey {
 
     /// RSAES-PKCS1-v1_5 encryption.
     pub fn encrypt_pkcs1(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut out = vec![0u8; self.size];
-        let mut out_len = 0usize;
-        // SAFETY: out has self.size writable bytes (max_out); plaintext is a live slice; RSA_encrypt is documented as non-mutating and checks the input length.
-        let rc = unsafe {
-            sys::RSA_encrypt(
-                self.rsa.as_ptr(),
-                &mut out_len,
-                out.as_mut_ptr(),
-                out.len(),
-                plaintext.as_ptr(),
-                plaintext.len(),
-                sys::RSA_PKCS1_PADDING,
-            )
-        };
-        check(rc, "RSA_encrypt")?;
-        finish_len(out, out_len, self.size)
+        self.public_encrypt(plaintext, sys::RSA_PKCS1_PADDING)
     }
 
     /// RSAES-PKCS1-v1_5 decryption. Any failure, a bad padding included, is
@@ -340,9 +325,14 @@ impl RsaKey {
     /// `size()` bytes and less than the modulus. Used for `CKM_RSA_X_509`
     /// encryption and verification.
     pub fn public_raw(&self, input: &[u8]) -> Result<Vec<u8>> {
+        self.public_encrypt(input, sys::RSA_NO_PADDING)
+    }
+
+    /// `RSA_encrypt` with `padding`: the output always has the modulus length.
+    fn public_encrypt(&self, input: &[u8], padding: core::ffi::c_int) -> Result<Vec<u8>> {
         let mut out = vec![0u8; self.size];
         let mut out_len = 0usize;
-        // SAFETY: out has self.size writable bytes (max_out); input is a live slice; RSA_encrypt is documented as non-mutating.
+        // SAFETY: out has self.size writable bytes (max_out); input is a live slice; RSA_encrypt is documented as non-mutating and checks the input length.
         let rc = unsafe {
             sys::RSA_encrypt(
                 self.rsa.as_ptr(),
@@ -351,7 +341,7 @@ impl RsaKey {
                 out.len(),
                 input.as_ptr(),
                 input.len(),
-                sys::RSA_NO_PADDING,
+                padding,
             )
         };
         check(rc, "RSA_encrypt")?;

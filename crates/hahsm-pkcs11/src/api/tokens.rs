@@ -100,18 +100,16 @@ const PIN_FLAGS: u64 = ck::CKF_USER_PIN_COUNT_LOW
     | ck::CKF_SO_PIN_LOCKED;
 
 /// What the slot's partition offers: the legacy mechanisms only under its
-/// policy, as a member reports it now.
-fn offered(cx: &SlotCx) -> Vec<(u64, mechanism::MechInfo)> {
-    let legacy = cx.m.refresh_info(&cx.slot).legacy_mechanisms;
-    mechanism::offered(legacy)
-}
-
+/// policy. `C_GetMechanismList` asks a member now; `C_GetMechanismInfo`,
+/// which applications call once per mechanism, uses that last answer.
 pub fn mechanism_list(cx: SlotCx) -> Vec<ck::CK_MECHANISM_TYPE> {
-    offered(&cx).iter().map(|(m, _)| *m).collect()
+    let legacy = cx.m.refresh_info(&cx.slot).legacy_mechanisms;
+    mechanism::offered(legacy).iter().map(|(m, _)| *m).collect()
 }
 
 pub fn mechanism_info(cx: SlotCx, mech: ck::CK_MECHANISM_TYPE) -> Result<ck::CK_MECHANISM_INFO> {
-    let (_, i) = offered(&cx)
+    let legacy = lock(&cx.slot.info).legacy_mechanisms;
+    let (_, i) = mechanism::offered(legacy)
         .into_iter()
         .find(|(m, _)| *m == mech)
         .ok_or(Error::Rv(ck::CKR_MECHANISM_INVALID))?;

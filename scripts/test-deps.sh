@@ -43,6 +43,19 @@ declare -A package_of=(
   [sshd]=openssh-server
   [ssh]=openssh-client
   [ssh-agent]=openssh-client
+  # NSS's tools (t53_nss): modutil, certutil, pk12util.
+  [modutil]=libnss3-tools
+  [certutil]=libnss3-tools
+  [pk12util]=libnss3-tools
+  # Java's SunPKCS11 with keytool and jarsigner (t54_java).
+  [keytool]=openjdk-17-jre-headless
+  [jarsigner]=openjdk-17-jdk-headless
+  [jar]=openjdk-17-jdk-headless
+  # A DNSSEC signer with its keystore in hahsm (t58_knot_dnssec), and an
+  # independent validator of the zone it signs.
+  [knotd]=knot
+  [keymgr]=knot
+  [ldns-verify-zone]=ldnsutils
 )
 missing=()
 for command in "${!package_of[@]}"; do

@@ -35,6 +35,7 @@ pub mod keyops;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod object_index;
 pub mod partition;
 pub mod pin_records;
 pub mod pins;

@@ -16,6 +16,7 @@
 //! (memory changes only after the store commits, in `persist`) and the
 //! integrity digest it keeps are easier to check with everything that
 //! touches them in one file.
+use crate::object_index::{Candidates, ObjectIndex};
 use crate::recent_ops::RecentOps;
 use crate::sync::{Recover, RecoverRw};
 use hahsm_crypto::{self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes};
@@ -23,7 +24,7 @@ use hahsm_replica::{ObjectState, Plan, Replica, VersionVector};
 use hahsm_store::{ObjectRow, OpRow, PartitionRow, Store, Write};
 use hahsm_token::oplog::{NewObject, Op, OpBody, Stamp};
 use hahsm_token::{ck, Hlc, MemberId, Ouid, Template, TokenError, TokenResult};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use zeroize::Zeroize;
 
@@ -74,12 +75,14 @@ impl ObjectEntry {
     }
 }
 
-/// The live objects, indexed by label as well: applications find their keys
-/// by label, and a partition may hold a hundred thousand objects.
+/// The live objects, indexed by the attributes applications find them by
+/// (`crate::object_index`): a partition may hold a million objects.
 #[derive(Default)]
 struct LiveObjects {
-    by_ouid: HashMap<Ouid, Arc<ObjectEntry>>,
-    by_label: HashMap<Vec<u8>, BTreeSet<Ouid>>,
+    /// In OUID order, so that a find without an indexed attribute walks them
+    /// in the order it answers in.
+    by_ouid: BTreeMap<Ouid, Arc<ObjectEntry>>,
+    index: ObjectIndex,
     /// The partition's own records (PINs, failed-login counts; see
     /// `crate::pins`): replicated and digested as objects are, but never
     /// found, counted, listed or cleared as objects.
@@ -93,58 +96,38 @@ impl LiveObjects {
             self.reserved.insert(entry.ouid, entry);
             return;
         }
-        if let Some(label) = entry.attrs.bytes(ck::CKA_LABEL) {
-            self.by_label
-                .entry(label.to_vec())
-                .or_default()
-                .insert(entry.ouid);
-        }
+        self.index.insert(entry.ouid, &entry.attrs);
         self.by_ouid.insert(entry.ouid, entry);
     }
 
     fn remove(&mut self, ouid: &Ouid) {
         self.reserved.remove(ouid);
-        let Some(old) = self.by_ouid.remove(ouid) else {
-            return;
-        };
-        if let Some(label) = old.attrs.bytes(ck::CKA_LABEL) {
-            if let Some(same) = self.by_label.get_mut(label) {
-                same.remove(ouid);
-                if same.is_empty() {
-                    self.by_label.remove(label);
-                }
-            }
+        if let Some(old) = self.by_ouid.remove(ouid) {
+            self.index.remove(ouid, &old.attrs);
         }
     }
 
-    /// The objects matching `filter`, in OUID order: through the label index
-    /// when the filter names a label, by a scan otherwise.
+    /// The objects matching `filter`, in OUID order: through the smallest
+    /// index set the filter names, by a walk of every object otherwise.
     fn find(&self, filter: &Template, logged_in: bool, limit: usize) -> Vec<Ouid> {
-        let visible = |o: &ObjectEntry| (logged_in || !o.is_private()) && o.attrs.matches(filter);
-        let mut found: Vec<Ouid> = match filter.bytes(ck::CKA_LABEL) {
-            Some(label) => self
-                .by_label
-                .get(label)
-                .into_iter()
-                .flatten()
+        let visible = |o: &&Arc<ObjectEntry>| (logged_in || !o.is_private()) && o.attrs.matches(filter);
+        match self.index.candidates(filter) {
+            Candidates::None => Vec::new(),
+            Candidates::Some(set) => set
+                .iter()
                 .filter_map(|o| self.by_ouid.get(o))
-                .filter(|o| visible(o))
+                .filter(visible)
                 .map(|o| o.ouid)
                 .take(limit)
                 .collect(),
-            None => {
-                let mut all: Vec<Ouid> = self
-                    .by_ouid
-                    .values()
-                    .filter(|o| visible(o))
-                    .map(|o| o.ouid)
-                    .collect();
-                all.sort();
-                all
-            }
-        };
-        found.truncate(limit);
-        found
+            Candidates::All => self
+                .by_ouid
+                .values()
+                .filter(visible)
+                .map(|o| o.ouid)
+                .take(limit)
+                .collect(),
+        }
     }
 }
 
@@ -359,9 +342,8 @@ impl ActivePartition {
     }
 
     pub fn all(&self) -> Vec<Arc<ObjectEntry>> {
-        let mut all: Vec<_> = self.live_read().by_ouid.values().cloned().collect();
-        all.sort_by_key(|o| o.ouid);
-        all
+        // In OUID order, as they are kept.
+        self.live_read().by_ouid.values().cloned().collect()
     }
 
     pub fn version_vector(&self) -> VersionVector {
@@ -848,6 +830,63 @@ mod tests {
         Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(l.as_bytes().to_vec()))
     }
 
+    proptest::proptest! {
+        /// The indexed find answers what a walk of every object answers,
+        /// through inserts, changes of indexed values and removals.
+        #[test]
+        fn an_indexed_find_answers_as_a_walk_of_every_object(
+            changes in proptest::collection::vec(
+                (0u8..12, 0u64..3, 0u8..3, 0u8..3, proptest::bool::ANY, proptest::bool::ANY), 1..60),
+            filters in proptest::collection::vec(
+                (proptest::option::of(0u64..4), proptest::option::of(0u8..4),
+                 proptest::option::of(0u8..4), proptest::option::of(proptest::bool::ANY)), 1..12),
+            logged_in in proptest::bool::ANY,
+            limit in 1usize..8,
+        ) {
+            let mut live = LiveObjects::default();
+            for (id, class, ckid, label, private, gone) in changes {
+                if gone {
+                    live.remove(&Ouid([id; 16]));
+                    continue;
+                }
+                let attrs = Template::new()
+                    .with(ck::CKA_CLASS, AttrValue::Ulong(class))
+                    .with(ck::CKA_ID, AttrValue::Bytes(vec![ckid]))
+                    .with(ck::CKA_LABEL, AttrValue::Bytes(vec![b'a' + label]))
+                    .with(ck::CKA_PRIVATE, AttrValue::Bool(private));
+                live.insert(Arc::new(ObjectEntry {
+                    ouid: Ouid([id; 16]),
+                    attrs,
+                    sealed_secret: None,
+                    loaded: OnceLock::new(),
+                }));
+            }
+            for (class, ckid, label, private) in filters {
+                let mut filter = Template::new();
+                if let Some(c) = class {
+                    filter.set(ck::CKA_CLASS, AttrValue::Ulong(c));
+                }
+                if let Some(i) = ckid {
+                    filter.set(ck::CKA_ID, AttrValue::Bytes(vec![i]));
+                }
+                if let Some(l) = label {
+                    filter.set(ck::CKA_LABEL, AttrValue::Bytes(vec![b'a' + l]));
+                }
+                if let Some(p) = private {
+                    filter.set(ck::CKA_PRIVATE, AttrValue::Bool(p));
+                }
+                let walked: Vec<Ouid> = live
+                    .by_ouid
+                    .values()
+                    .filter(|o| (logged_in || !o.is_private()) && o.attrs.matches(&filter))
+                    .map(|o| o.ouid)
+                    .take(limit)
+                    .collect();
+                proptest::prop_assert_eq!(live.find(&filter, logged_in, limit), walked);
+            }
+        }
+    }
+
     /// A partition of its own store, in `dir`.
     fn partition_in(dir: &std::path::Path) -> (Arc<Store>, ActivePartition) {
         let store = Arc::new(Store::open(&dir.join("hahsm.db")).expect("store"));
@@ -982,7 +1021,7 @@ mod tests {
         live.remove(&Ouid([1; 16]));
         assert!(live.find(&label("a"), true, 10).is_empty());
         assert!(
-            !live.by_label.contains_key(b"a".as_slice()),
+            matches!(live.index.candidates(&label("a")), Candidates::None),
             "no empty entries left"
         );
         // Without a label, every visible object, in OUID order.

@@ -299,6 +299,7 @@ impl Session {
                 partition: self.partition.clone(),
                 template,
                 limit: 100_000,
+                read: 0,
             })
             .await?
         {

@@ -892,6 +892,7 @@ fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
                 partition: st.partition.clone(),
                 template: Template::new(),
                 limit: 100_000,
+                read: 0,
             })
             .await
             .unwrap()

@@ -596,6 +596,7 @@ fn replayed_request_frames_act_for_no_one() {
                 partition: st.partition.clone(),
                 template: Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(b"replayed".to_vec())),
                 limit: 100,
+                read: 0,
             })
             .await
             .unwrap();

@@ -218,6 +218,7 @@ fn huge_templates_get_a_clear_error() {
                 partition: st.partition.clone(),
                 template: many.clone(),
                 limit: 10,
+                read: 0,
             },
         ] {
             let e = conn.call(request).await.unwrap_err();
@@ -301,6 +302,7 @@ fn a_hundred_thousand_objects_in_one_partition() {
             partition: st.partition.clone(),
             template: Template::new().with(ck::CKA_LABEL, AttrValue::Bytes(label.into_bytes())),
             limit: 10,
+            read: 0,
         };
         let mut slowest = Duration::ZERO;
         for i in [0, count / 2, count - 1] {

@@ -29,7 +29,7 @@ use hahsm_client::ClientConfig;
 use hahsm_proto::client::{PartitionInfo, Request, Response};
 use hahsm_proto::Secret;
 use hahsm_token::{ck, Ouid};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,11 @@ pub struct Module {
     slots: RwLock<Vec<Arc<Slot>>>,
     pub sessions: Sessions,
     pub handles: Handles,
+    /// How many changes this process has begun or ended: writes, logins and
+    /// logouts (each counted when sent and when answered). Attributes read
+    /// before a change no longer answer for the member after it
+    /// (`session::ReadWithFind`).
+    changes: AtomicU64,
 }
 
 /// The module state; `None` before `C_Initialize` and after `C_Finalize`.
@@ -99,6 +104,7 @@ pub fn initialize() -> Result<()> {
         slots: RwLock::default(),
         sessions: Sessions::default(),
         handles: Handles::default(),
+        changes: AtomicU64::new(0),
     });
     module.refresh_slots();
     module.start_watch();
@@ -147,10 +153,26 @@ impl Module {
     /// Sends one request for a slot: to its member, or for an HA slot to
     /// the least busy member, failing over to the others.
     pub fn call(&self, slot: &Slot, request: Request) -> Result<Response> {
-        match &slot.kind {
+        let write = request.is_write();
+        self.changed_if(write);
+        let r = match &slot.kind {
             SlotKind::Member => self.net.call_server(&slot.server, request),
             SlotKind::Ha(g) => routing::call(g, &self.net, request, Route::Multiplexed),
+        };
+        self.changed_if(write);
+        r
+    }
+
+    /// Counts a change begun or ended (see `changes`).
+    fn changed_if(&self, change: bool) {
+        if change {
+            self.changes.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// The count of changes this process has begun or ended so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
     }
 
     /// Like [`Module::call`], for an operation that needs no state on the
@@ -158,10 +180,14 @@ impl Module {
     /// or digest with a token key. It runs on a pooled blocking connection,
     /// driven by the calling thread (see `hahsm_client::blocking`).
     pub fn call_stateless(&self, slot: &Slot, request: Request) -> Result<Response> {
-        match &slot.kind {
+        let write = request.is_write();
+        self.changed_if(write);
+        let r = match &slot.kind {
             SlotKind::Member => self.net.call_pooled(&slot.server, request),
             SlotKind::Ha(g) => routing::call(g, &self.net, request, Route::Pooled),
-        }
+        };
+        self.changed_if(write);
+        r
     }
 
     /// `C_Login` as the user or SO: the PIN is checked by a member (for an
@@ -179,7 +205,9 @@ impl Module {
             user_type,
             pin: pin.clone(),
         };
-        match &slot.kind {
+        // A login shows private objects that a find before it did not.
+        self.changed_if(true);
+        let r = match &slot.kind {
             SlotKind::Member => self.net.login_on(&slot.server, user_type, &pin),
             SlotKind::Ha(g) => routing::over_members(g, &request, |member| {
                 self.net
@@ -187,7 +215,9 @@ impl Module {
                     .map(|()| Response::Done)
             })
             .map(|_| ()),
-        }
+        };
+        self.changed_if(true);
+        r
     }
 
     /// `C_Logout`: ends the token's login for every session, and logs out
@@ -195,6 +225,8 @@ impl Module {
     /// dropped (zeroized).
     pub fn logout(&self, slot: &Slot) -> Result<()> {
         let _change = lock(&slot.login_change);
+        // A logout hides private objects that a find before it showed.
+        self.changed_if(true);
         {
             let mut t = lock(&slot.token);
             if t.who.is_none() {
@@ -212,6 +244,7 @@ impl Module {
                 }
             }
         }
+        self.changed_if(true);
         Ok(())
     }
 
@@ -222,6 +255,7 @@ impl Module {
         if objects.is_empty() {
             return;
         }
+        self.changed_if(true);
         let home = match &slot.kind {
             SlotKind::Member => Some(slot.server.clone()),
             SlotKind::Ha(g) => {

@@ -8,8 +8,10 @@
 //! until it is delivered, so the "NULL buffer returns the length" convention
 //! costs one request, not two.
 use crate::slots::Slot;
-use hahsm_token::{ck, Mechanism, Ouid};
+use hahsm_token::{ck, Mechanism, Ouid, Template};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Most bytes a multi-part operation buffers: the input must fit in one frame.
 pub const MAX_BUFFERED: usize = 1000 * 1024;
@@ -106,6 +108,34 @@ pub struct Find {
     pub next: usize,
 }
 
+/// How long the attributes a find brought answer `C_GetAttributeValue` in
+/// place of a member (docs/replication.md §12: a read may answer as of the
+/// find, this much earlier).
+pub const READ_WITH_FIND_FRESH: Duration = Duration::from_millis(500);
+
+/// The attributes of the first objects the session's last
+/// `C_FindObjectsInit` found, as the member had them then: what an
+/// application reads of the key it just looked up is answered from here,
+/// with no round trip, while it is fresh and this process has changed
+/// nothing since (`Module::changes`).
+pub struct ReadWithFind {
+    pub at: Instant,
+    pub changes: u64,
+    pub attributes: HashMap<Ouid, Template>,
+}
+
+impl ReadWithFind {
+    /// The attributes of `ouid` as the find saw them, if they still stand
+    /// for the member's answer: fresh, and nothing changed by this process
+    /// since (`changes` is the module's count now).
+    pub fn of(&self, ouid: &Ouid, changes: u64) -> Option<&Template> {
+        if self.changes != changes || self.at.elapsed() > READ_WITH_FIND_FRESH {
+            return None;
+        }
+        self.attributes.get(ouid)
+    }
+}
+
 /// A `C_WrapKey` result kept for the call that fetches it.
 pub struct PendingWrap {
     pub request: (Ouid, Ouid, Mechanism),
@@ -116,6 +146,7 @@ pub struct PendingWrap {
 pub struct State {
     ops: [Option<Op>; 5],
     pub find: Option<Find>,
+    pub read_with_find: Option<ReadWithFind>,
     pub pending_wrap: Option<PendingWrap>,
 }
 

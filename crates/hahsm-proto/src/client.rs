@@ -124,6 +124,11 @@ pub enum Request {
         partition: String,
         template: Template,
         limit: u32,
+        /// For how many of the objects found (the first ones) to send their
+        /// attributes too (`Response::Found`), so that a look-up of a key
+        /// and the reading of its attributes take one round trip. 0: none,
+        /// and the answer is `Response::Objects`.
+        read: u32,
     },
     GetAttributes {
         partition: String,
@@ -325,6 +330,13 @@ pub enum Response {
         private: Ouid,
     },
     Objects(Vec<Ouid>),
+    /// A `FindObjects` with `read`: the objects, and the attributes of the
+    /// first of them (never secret components, which stay behind
+    /// `GetAttributes`), in the same order.
+    Found {
+        objects: Vec<Ouid>,
+        attributes: Vec<Template>,
+    },
     Attributes(Vec<(AttrType, AttrResult)>),
     Bytes(Vec<u8>),
     Verified,

@@ -18,6 +18,9 @@ pub(super) const MAX_PIN_LEN: u64 = 64;
 pub(super) const MIN_PIN_LEN: u64 = 4;
 /// Most objects one search returns.
 pub(super) const FIND_LIMIT: u32 = 100_000;
+/// For how many of the objects a search finds the member sends their
+/// attributes along (it may send fewer).
+pub(super) const READ_WITH_FIND: u32 = 32;
 /// Most random bytes per request to the member.
 pub(super) const RANDOM_CHUNK: usize = 64 * 1024;
 
@@ -162,6 +165,29 @@ pub(super) fn attributes(
     }
 }
 
+/// `types` of `ouid` answered from what the session's last find brought
+/// (`session::ReadWithFind`), as the member answered for them then: a stored
+/// value, or `Invalid` for an attribute the object does not have. `None` when
+/// that is stale or did not cover the object, or when a type is a secret
+/// component, which only the member answers for.
+pub(super) fn found_attributes(
+    m: &Module,
+    s: &Session,
+    ouid: Ouid,
+    types: &[AttrType],
+) -> Option<Vec<(AttrType, AttrResult)>> {
+    let st = lock(&s.state);
+    let attrs = st.read_with_find.as_ref()?.of(&ouid, m.changes())?;
+    types
+        .iter()
+        .map(|t| match attrs.get(*t) {
+            Some(v) => Some((*t, AttrResult::Value(v.clone()))),
+            None if hahsm_token::object::is_secret_component(*t) => None,
+            None => Some((*t, AttrResult::Invalid)),
+        })
+        .collect()
+}
+
 pub(super) fn is_token_object(m: &Module, s: &Session, ouid: Ouid, known: Option<KeyInfo>) -> Result<bool> {
     if let Some(k) = known {
         return Ok(k.token);
@@ -225,10 +251,13 @@ pub(super) fn key(m: &Module, s: &Session, handle: ck::CK_OBJECT_HANDLE) -> Resu
         ck::CKA_ALWAYS_AUTHENTICATE,
     ];
     types.extend(USAGE_ATTRS);
-    let got = attributes(m, s, ouid, types).map_err(|e| match e.rv() {
-        ck::CKR_OBJECT_HANDLE_INVALID => Error::Rv(ck::CKR_KEY_HANDLE_INVALID),
-        _ => e,
-    })?;
+    let got = match found_attributes(m, s, ouid, &types) {
+        Some(got) => got,
+        None => attributes(m, s, ouid, types).map_err(|e| match e.rv() {
+            ck::CKR_OBJECT_HANDLE_INVALID => Error::Rv(ck::CKR_KEY_HANDLE_INVALID),
+            _ => e,
+        })?,
+    };
     let value = |attr: u64| {
         got.iter().find_map(|(a, r)| match r {
             AttrResult::Value(v) if *a == attr => Some(v.clone()),

@@ -2,11 +2,12 @@
 use super::common::*;
 use crate::decode::Deferred;
 use crate::error::{rv, Error, Result};
-use crate::session::Find;
+use crate::session::{Find, ReadWithFind};
 use crate::sync::lock;
 use hahsm_client::connection::new_op_id;
 use hahsm_proto::client::{AttrResult, Request, Response};
 use hahsm_token::{ck, AttrType, Ouid, Template};
+use std::time::Instant;
 
 pub fn create_object(cx: Cx, template: Deferred<Template>) -> Result<ck::CK_OBJECT_HANDLE> {
     let Cx { m, s } = cx;
@@ -88,7 +89,10 @@ pub fn get_attributes(cx: Cx, object: ck::CK_OBJECT_HANDLE, types: Vec<AttrType>
     let Cx { m, s } = cx;
     let (ouid, _) = m.handles.object(s.slot.id, object)?;
     let n = types.len();
-    let got = attributes(&m, &s, ouid, types.clone())?;
+    let got = match found_attributes(&m, &s, ouid, &types) {
+        Some(got) => got,
+        None => attributes(&m, &s, ouid, types.clone())?,
+    };
     // Answer in the caller's order, whatever the member's.
     let out: Vec<AttrResult> = types
         .iter()
@@ -123,27 +127,42 @@ pub fn set_attributes(cx: Cx, object: ck::CK_OBJECT_HANDLE, template: Deferred<T
 }
 
 /// `C_FindObjectsInit`; `None` is a template naming an attribute hahsm does
-/// not know, which matches nothing.
+/// not know, which matches nothing. The member sends the attributes of the
+/// first objects found with them, for the reads that follow a look-up.
 pub fn find_init(cx: Cx, template: Deferred<Option<Template>>) -> Result<()> {
     let Cx { m, s } = cx;
     if lock(&s.state).find.is_some() {
         return rv(ck::CKR_OPERATION_ACTIVE);
     }
-    let found = match template.get()? {
-        None => Vec::new(),
+    // Counted before the request: a change that overlaps it makes what it
+    // brings stale.
+    let changes = m.changes();
+    let (found, read) = match template.get()? {
+        None => (Vec::new(), None),
         Some(template) => match m.call(
             &s.slot,
             Request::FindObjects {
                 partition: s.slot.partition.clone(),
                 template,
                 limit: FIND_LIMIT,
+                read: READ_WITH_FIND,
             },
         )? {
-            Response::Objects(o) => o,
+            Response::Objects(o) => (o, None),
+            Response::Found { objects, attributes } => {
+                let read = ReadWithFind {
+                    at: Instant::now(),
+                    changes,
+                    attributes: objects.iter().copied().zip(attributes).collect(),
+                };
+                (objects, Some(read))
+            }
             _ => return Err(unexpected()),
         },
     };
-    lock(&s.state).find = Some(Find { found, next: 0 });
+    let mut st = lock(&s.state);
+    st.find = Some(Find { found, next: 0 });
+    st.read_with_find = read;
     Ok(())
 }
 

@@ -11,6 +11,15 @@ use tracing::info;
 /// Most objects one `FindObjects` returns.
 const MAX_FIND: usize = 100_000;
 
+/// Most objects one `FindObjects` sends the attributes of: a look-up finds
+/// one key, or a key and its certificate, and a listing reads the rest
+/// with `GetAttributes` as it needs them.
+const MAX_READ_WITH_FIND: usize = 32;
+
+/// And at most about this many bytes of attribute values, well inside a
+/// frame (data objects and certificates can be large).
+const MAX_READ_WITH_FIND_BYTES: usize = 256 * 1024;
+
 impl KeyOps<'_> {
     pub(super) async fn objects(&self, request: Request) -> TokenResult<Response> {
         match request {
@@ -36,6 +45,7 @@ impl KeyOps<'_> {
                 partition,
                 template,
                 limit,
+                read,
             } => {
                 let ctx = self.ctx(&partition)?;
                 check_template_size(self.app, &template)?;
@@ -57,7 +67,36 @@ impl KeyOps<'_> {
                 }
                 found.extend(ctx.active.find(&template, ctx.logged_in, limit));
                 found.truncate(limit);
-                Ok(Response::Objects(found))
+                if read == 0 {
+                    return Ok(Response::Objects(found));
+                }
+                // Only what `GetAttributes` would answer here and now: the
+                // stored attributes (never a secret component), and none of
+                // a token object while this member may not serve reads
+                // (the lease, as `GetAttributes` checks it). The list stops
+                // at the first object left out, so the module reads that
+                // one and those after it itself.
+                let mut attributes = Vec::new();
+                let mut bytes = 0;
+                for ouid in found.iter().take((read as usize).min(MAX_READ_WITH_FIND)) {
+                    let Ok(entry) = self.object(&ctx, ouid) else { break };
+                    if self.within_lease(&ctx, &entry).is_err() {
+                        break;
+                    }
+                    bytes += entry
+                        .attrs
+                        .iter()
+                        .map(|(_, v)| 16 + v.to_raw().len())
+                        .sum::<usize>();
+                    if bytes > MAX_READ_WITH_FIND_BYTES {
+                        break;
+                    }
+                    attributes.push(entry.attrs.clone());
+                }
+                Ok(Response::Found {
+                    objects: found,
+                    attributes,
+                })
             }
             Request::GetAttributes {
                 partition,

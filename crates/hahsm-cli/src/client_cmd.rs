@@ -54,12 +54,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         ClientCommand::CreateCert { name, dir } => {
             let mut config = match ClientConfig::load(&path) {
                 Ok(c) => c,
-                Err(hahsm_client::config::ConfigError::NotFound(_)) => ClientConfig {
-                    request_timeout_ms: 10_000,
-                    connect_timeout_ms: 3_000,
-                    handshake_timeout_ms: 3_000,
-                    ..ClientConfig::default()
-                },
+                Err(hahsm_client::config::ConfigError::NotFound(_)) => ClientConfig::default(),
                 Err(e) => return Err(e.into()),
             };
             let dir = dir.unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());

@@ -363,11 +363,7 @@ async fn start(dir: &Path, n: usize) -> anyhow::Result<DemoFile> {
     let mut config = ClientConfig {
         cert: client_dir.join("demo-client.pem"),
         key: client_dir.join("demo-client.key"),
-        request_timeout_ms: 10_000,
-        connect_timeout_ms: 3_000,
-        handshake_timeout_ms: 3_000,
-        ha_only: false,
-        servers: Vec::new(),
+        ..ClientConfig::default()
     };
     for (m, fp) in members.iter().zip(&fingerprints) {
         let mdir = dir.join(format!("member{}", m.number));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 pub const ENV_VAR: &str = "HAHSM_CONF";
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The client's certificate (PEM), as registered on the members.
@@ -21,11 +21,32 @@ pub struct ClientConfig {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_connect_ms")]
     pub handshake_timeout_ms: u64,
+    /// TCP keepalive on each connection to a member after this long idle
+    /// (`hahsm_link::keep_alive`): a firewall that drops idle flows keeps the
+    /// module's connections, and a dead one is found. 0 turns it off.
+    #[serde(default = "default_keepalive_ms")]
+    pub keepalive_ms: u64,
     /// Show only the HA slots in the PKCS#11 module, hiding the per-member slots.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ha_only: bool,
     #[serde(default, rename = "server")]
     pub servers: Vec<ServerEntry>,
+}
+
+/// The timeouts a config file that names none gets, and no paths or servers.
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            request_timeout_ms: default_request_ms(),
+            connect_timeout_ms: default_connect_ms(),
+            handshake_timeout_ms: default_connect_ms(),
+            keepalive_ms: default_keepalive_ms(),
+            ha_only: false,
+            servers: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,6 +65,12 @@ fn default_request_ms() -> u64 {
 
 fn default_connect_ms() -> u64 {
     3_000
+}
+
+/// Shorter than the idle timeouts of common firewalls and cloud load
+/// balancers (minutes), long enough to cost nothing.
+fn default_keepalive_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +172,11 @@ impl ClientConfig {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The idle time before keepalive probes, or `None` when turned off.
+    pub fn keepalive(&self) -> Option<Duration> {
+        (self.keepalive_ms > 0).then(|| Duration::from_millis(self.keepalive_ms))
     }
 }
 

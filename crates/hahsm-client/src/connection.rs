@@ -99,6 +99,9 @@ pub(crate) async fn open_link(
     )
     .await
     .map_err(link)?;
+    if let Some(idle) = config.keepalive() {
+        hahsm_link::keep_alive(stream.get_ref().0, idle).map_err(|e| link(e.into()))?;
+    }
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         client_software: format!("hahsm-client {}", env!("CARGO_PKG_VERSION")),

@@ -241,11 +241,42 @@ impl Bed {
         assert!(r.ok, "tc tbf on {host}: {}{}", r.stdout, r.stderr);
     }
 
+    /// `host` behind a stateful firewall that forgets a TCP flow idle for
+    /// `seconds`, as corporate firewalls and cloud NATs do after minutes:
+    /// only packets of flows it tracks pass, and a flow is tracked from its
+    /// SYN (`nf_conntrack_tcp_loose` off), so a packet of a forgotten flow is
+    /// dropped without a word, both ways. Set up before the host's
+    /// connections open (those already open are forgotten at once).
+    pub fn forget_idle_flows(&self, host: &str, seconds: u32) {
+        self.nft(
+            host,
+            "add table inet bedfw; \
+             add chain inet bedfw input { type filter hook input priority 0; policy accept; }; \
+             add chain inet bedfw output { type filter hook output priority 0; policy accept; }; \
+             add rule inet bedfw input iifname \"eth0\" meta l4proto tcp ct state established accept; \
+             add rule inet bedfw input iifname \"eth0\" meta l4proto tcp drop; \
+             add rule inet bedfw output oifname \"eth0\" meta l4proto tcp ct state established accept; \
+             add rule inet bedfw output oifname \"eth0\" tcp flags & (syn | ack) == syn ct state new accept; \
+             add rule inet bedfw output oifname \"eth0\" meta l4proto tcp drop",
+        );
+        for (key, value) in [
+            ("net.netfilter.nf_conntrack_tcp_loose", "0".to_string()),
+            (
+                "net.netfilter.nf_conntrack_tcp_timeout_established",
+                seconds.to_string(),
+            ),
+        ] {
+            let r = self.exec(host, "sysctl", &["-w", &format!("{key}={value}")]);
+            assert!(r.ok, "sysctl {key} on {host}: {}{}", r.stdout, r.stderr);
+        }
+    }
+
     /// Every drop, duplication and throttle of the bed removed.
     pub fn heal(&self) {
         for h in &self.hosts {
             let _ = self.exec(&h.name, "nft", &["delete table inet bed"]);
             let _ = self.exec(&h.name, "nft", &["delete table ip beddup"]);
+            let _ = self.exec(&h.name, "nft", &["delete table inet bedfw"]);
             let _ = self.exec(&h.name, "tc", &["qdisc", "del", "dev", "eth0", "root"]);
         }
     }

@@ -16,6 +16,8 @@ pub const MEMBERS: [&str; 3] = ["hsm1", "hsm2", "hsm3"];
 pub struct BedSetup<'a> {
     /// TOML tables appended to every member's config, e.g. `[replication]`.
     pub tables: &'a str,
+    /// Lines under every member's `[limits]`, e.g. `idle_timeout_ms = 6000`.
+    pub limits: &'a str,
     /// Extra environment for the member on host `name`, e.g. libfaketime's.
     pub env: Option<&'a dyn Fn(&str) -> Env>,
     /// The `all-reachable` write concern instead of `quorum`.
@@ -62,8 +64,9 @@ impl BedGroup {
             }
             let mut m = Member::start_in_netns(&dir, &host.netns, &host.ip);
             let env = setup.env.map(|e| e(name)).unwrap_or_default();
-            if !setup.tables.is_empty() || !env.is_empty() {
+            if !setup.tables.is_empty() || !setup.limits.is_empty() || !env.is_empty() {
                 let text = std::fs::read_to_string(&m.config).expect("config");
+                let text = text.replacen("[limits]\n", &format!("[limits]\n{}\n", setup.limits), 1);
                 std::fs::write(&m.config, format!("{text}\n{}\n", setup.tables)).expect("config written");
                 for (k, v) in env {
                     m.set_env(&k, &v);

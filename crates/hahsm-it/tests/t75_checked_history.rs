@@ -151,6 +151,7 @@ fn the_history_through_kernel_made_faults_and_skewed_clocks_passes_the_lineariza
         env: Some(&env),
         all_reachable: !quorum,
         small_disk: Some(("hsm2", "256m")),
+        ..BedSetup::default()
     });
     for m in ["hsm1", "hsm2", "hsm3"] {
         g.wait_ready(m, 200, Duration::from_secs(30));

@@ -51,7 +51,7 @@ pub use frame::{read_frame, write_frame, write_frames, FRAME_HEADER_LEN};
 pub use identity::{
     cert_from_pem, generate_self_signed, load_cert_pem, load_identity, write_private_file, Identity,
 };
-pub use net::{accept, connect, ClientStream, ServerStream, LINK_GREETING};
+pub use net::{accept, connect, keep_alive, ClientStream, ServerStream, LINK_GREETING};
 pub use shared_writer::SharedWriter;
 
 /// Re-exported so callers can name the configuration and stream types without depending on these

@@ -85,6 +85,21 @@ pub async fn connect(
     }
 }
 
+/// Turns TCP keepalive on for a link's socket: after `idle` without traffic
+/// the kernel sends a probe, then one each `idle`, and ends the connection
+/// after three unanswered. A stateful firewall or NAT that forgets idle flows
+/// sees traffic often enough to keep this one, and a connection whose peer
+/// vanished is found dead instead of holding the next request until its
+/// deadline.
+pub fn keep_alive(tcp: &TcpStream, idle: Duration) -> io::Result<()> {
+    let idle = idle.max(Duration::from_secs(1));
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(idle)
+        .with_retries(3);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&probes)
+}
+
 /// Runs the server side of a link on an accepted TCP connection: the TLS handshake (which checks
 /// the client's registration) and the greeting, within `handshake_timeout`. Sets `TCP_NODELAY`.
 ///

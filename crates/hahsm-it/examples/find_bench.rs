@@ -42,6 +42,10 @@ fn measure(rounds: usize, mut op: impl FnMut()) -> (f64, f64) {
     (h.value_at_quantile(0.5) as f64, h.value_at_quantile(0.99) as f64)
 }
 
+fn row(what: &str, p50: f64, p99: f64) {
+    println!("  {what:<44} {p50:>8.0} {p99:>8.0}");
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let objects: usize = args.next().map_or(10_000, |a| a.parse().expect("OBJECTS"));
@@ -145,7 +149,7 @@ fn main() {
             let found = s.find_objects(template).expect("find");
             assert_eq!(found.len(), want);
         });
-        println!("  find by {what:<30} {p50:>8.0} {p99:>8.0}");
+        row(&format!("find by {what}"), p50, p99);
     }
     let key = s
         .find_objects(&[Attribute::Label(b"key-1".to_vec())])
@@ -156,15 +160,15 @@ fn main() {
             .expect("find")[0];
         s.get_attributes(k, &[AttributeType::Id]).expect("id");
     });
-    println!("  find by label, then read CKA_ID            {p50:>8.0} {p99:>8.0}");
+    row("find by label, then read CKA_ID", p50, p99);
     let (p50, p99) = measure(rounds, || {
         s.sign(&Mechanism::Ecdsa, key, &[7u8; 32]).expect("sign");
     });
-    println!("  sign (P-256)                               {p50:>8.0} {p99:>8.0}");
+    row("sign (P-256)", p50, p99);
     let (p50, p99) = measure(rounds, || {
         s.generate_random_slice(&mut [0u8; 1]).expect("random");
     });
-    println!("  bare round trip (C_GenerateRandom, 1 byte) {p50:>8.0} {p99:>8.0}");
+    row("bare round trip (C_GenerateRandom, 1 byte)", p50, p99);
     drop(s);
     p11.finalize().expect("C_Finalize");
 }

@@ -343,6 +343,57 @@ fn writes_a_cut_off_member_refuses_for_want_of_a_quorum_complete_elsewhere() {
     p11.finalize().expect("C_Finalize");
 }
 
+/// When every member the slot can reach refuses for want of a quorum (here
+/// the one left alive of three), the HA slot asks again until the request's
+/// deadline instead of failing at once: a key generated while the group has
+/// no majority is made, once, when a second member is back.
+#[test]
+fn a_write_with_no_quorum_in_reach_waits_for_one_until_its_deadline() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::with_group_options(3, &["--quorum"]);
+    ha_only_config(&c);
+    let conf = std::path::PathBuf::from(std::env::var("HAHSM_CONF").expect("HAHSM_CONF"));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        text.replace("request_timeout_ms = 1500", "request_timeout_ms = 20000"),
+    )
+    .unwrap();
+    let p11 = Pkcs11::new(module_path()).expect("module loads");
+    let (_slot, s, _ec) = ha_session(&p11);
+    c.members[1].kill9();
+    c.members[2].kill9();
+    let module_log = || std::fs::read_to_string(c.work.path().join("pkcs11.log")).unwrap_or_default();
+    let made = std::thread::scope(|scope| {
+        let second = &mut c.members[1];
+        let back = scope.spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            second.spawn();
+        });
+        let made = aes_key(&s, "made-once-a-quorum-is-back");
+        back.join().expect("the member restarts");
+        made
+    });
+    let log = module_log();
+    if let Err(e) = made {
+        panic!("the key generation failed instead of waiting for a quorum: {e}\n{log}");
+    }
+    assert!(
+        log.contains("generate-key refused for want of a quorum"),
+        "member 0 never refused, so the wait went untested:\n{log}"
+    );
+    assert!(
+        c.wait(Duration::from_secs(30), || count_on(
+            &c,
+            1,
+            "made-once-a-quorum-is-back"
+        ) == 1),
+        "the key is not on member 1 once"
+    );
+    drop(s);
+    p11.finalize().expect("C_Finalize");
+}
+
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

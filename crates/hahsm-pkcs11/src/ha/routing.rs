@@ -12,7 +12,7 @@ use hahsm_client::ClientError;
 use hahsm_proto::client::{Request, Response};
 use hahsm_token::ck;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Which connection to a member carries a request.
 #[derive(Clone, Copy)]
@@ -38,15 +38,53 @@ fn member_failed(e: &Error) -> bool {
 /// connection-level failure sends the same request (a write keeps its
 /// operation id) at once to another member, until one answers or every
 /// member has failed.
+///
+/// When a member refused for want of a quorum and no member answered, the
+/// slot asks again, more slowly each time, until the request's deadline:
+/// a member catching up or cut off regains its quorum in moments, and a
+/// write keeps its operation id (docs/replication.md §12: a refusal after
+/// the write may still take effect; the retry lands it once).
 pub fn call(g: &HaGroup, net: &Net, request: Request, route: Route) -> Result<Response> {
     if let Some(made) = session_bound(g, &request) {
         return call_session_home(g, net, request, made);
     }
-    over_members(g, &request, |member| match route {
-        Route::Multiplexed => net.call_server(&member.server, request.clone()),
-        Route::Pooled => net.call_pooled(&member.server, request.clone()),
-    })
+    let give_up = Instant::now() + net.request_timeout();
+    let mut pause = QUORUM_RETRY_FIRST;
+    loop {
+        let (answer, quorum_refused) = over_members_once(g, &request, |member| match route {
+            Route::Multiplexed => net.call_server(&member.server, request.clone()),
+            Route::Pooled => net.call_pooled(&member.server, request.clone()),
+        });
+        match answer {
+            Err(e) if quorum_refused && Instant::now() + pause < give_up => {
+                log::info(&format!(
+                    "HA group {}: {} found no member with a quorum ({}); asking again in {} ms",
+                    g.label,
+                    request.name(),
+                    describe(&e),
+                    pause.as_millis()
+                ));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(QUORUM_RETRY_MOST);
+            }
+            Err(e) if quorum_refused => {
+                log::warn(&format!(
+                    "HA group {}: {} found no member with a quorum until its deadline ({})",
+                    g.label,
+                    request.name(),
+                    describe(&e)
+                ));
+                return Err(e);
+            }
+            answer => return answer,
+        }
+    }
 }
+
+/// The first pause before asking the members again when the ones that
+/// answered refused for want of a quorum, and the longest (it doubles).
+const QUORUM_RETRY_FIRST: Duration = Duration::from_millis(50);
+const QUORUM_RETRY_MOST: Duration = Duration::from_millis(800);
 
 /// Makes `attempt` on the least busy member, and on another after a
 /// connection-level failure or a refusal for want of a quorum, until
@@ -56,6 +94,15 @@ pub fn over_members(
     request: &Request,
     attempt: impl Fn(&Arc<HaMember>) -> Result<Response>,
 ) -> Result<Response> {
+    over_members_once(g, request, attempt).0
+}
+
+/// `over_members`, and whether a member refused for want of a quorum.
+fn over_members_once(
+    g: &HaGroup,
+    request: &Request,
+    attempt: impl Fn(&Arc<HaMember>) -> Result<Response>,
+) -> (Result<Response>, bool) {
     let members = g.members();
     let mut tried = vec![false; members.len()];
     // A member that refused a write for want of a quorum a moment ago is
@@ -68,6 +115,7 @@ pub fn over_members(
         asked_last.iter().for_each(|&i| tried[i] = true);
     }
     let mut last = None;
+    let mut quorum_refused = false;
     while let Some(i) = g.pick(&members, &tried).or_else(|| asked_last.pop()) {
         tried[i] = true;
         let member = &members[i];
@@ -92,6 +140,7 @@ pub fn over_members(
             // keeps its operation id, so it lands once.
             Err(Error::Client(ClientError::Remote(ref w))) if w.code == hahsm_token::error::CKR_NO_QUORUM => {
                 *lock(&member.quorum_refused_at) = Some(Instant::now());
+                quorum_refused = true;
                 log::info(&format!(
                     "{}: {} refused for want of a quorum; trying another member",
                     member.server.entry.name,
@@ -132,13 +181,15 @@ pub fn over_members(
                     request.name(),
                     describe(&e)
                 ));
-                return Err(e);
+                return (Err(e), false);
             }
-            other => return other,
+            other => return (other, quorum_refused),
         }
     }
     let e = last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR));
-    if !object_unknown(&e) {
+    // (A refusal for want of a quorum is asked again by `call`, which says
+    // so itself.)
+    if !object_unknown(&e) && !quorum_refused {
         log::warn(&format!(
             "HA group {}: {} failed on every member it could try ({})",
             g.label,
@@ -146,7 +197,7 @@ pub fn over_members(
             describe(&e)
         ));
     }
-    Err(e)
+    (Err(e), quorum_refused)
 }
 
 /// Sends a request that makes or uses a session object to the slot's

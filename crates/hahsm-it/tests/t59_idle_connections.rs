@@ -104,8 +104,11 @@ fn gave_up(log: &str) -> Vec<&str> {
 
 #[test]
 fn a_session_idle_behind_a_firewall_that_forgets_idle_flows_keeps_signing() {
+    // The members log the connections they close for idleness at debug.
+    let debug_closes = |_: &str| vec![("RUST_LOG".to_string(), "info,hahsmd::server=debug".to_string())];
     let g = BedGroup::new(&BedSetup {
         limits: "idle_timeout_ms = 6000",
+        env: Some(&debug_closes),
         ..BedSetup::default()
     });
     g.app(&["keys", "gen", "--type", "ec:p256", "--label", "idle-key"])
@@ -132,6 +135,13 @@ fn a_session_idle_behind_a_firewall_that_forgets_idle_flows_keeps_signing() {
     );
 
     // Keepalive each second: three spells of 10 s, 10 signatures after each.
+    let closes = |g: &BedGroup| -> usize {
+        g.members
+            .iter()
+            .map(|m| m.log().matches("closing idle connection").count())
+            .sum()
+    };
+    let closed_before = closes(&g);
     let on = conf_with_keepalive(&g, 1_000);
     let (rounds, log) = idle_client(&g, &on, &g.work.path().join("on.log"), 10, 3);
     for (i, r) in rounds.iter().enumerate() {
@@ -154,4 +164,11 @@ fn a_session_idle_behind_a_firewall_that_forgets_idle_flows_keeps_signing() {
         "with keepalive on, the module still met dead connections:\n{}",
         gave_up.join("\n")
     );
+    // The session outlived its connections: the members did close them.
+    let closed = closes(&g) - closed_before;
+    assert!(
+        closed > 0,
+        "no member closed an idle connection, so no session outlived one"
+    );
+    eprintln!("the members closed {closed} idle connections under the session");
 }

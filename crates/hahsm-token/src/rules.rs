@@ -187,6 +187,14 @@ fn fill_key_defaults(t: &mut Template, class: u64, key_type: u64, local: bool, g
     ] {
         t.set_default(usage, AttrValue::Bool(false));
     }
+    // Every public key has CKA_VERIFY_RECOVER and every private key
+    // CKA_SIGN_RECOVER (PKCS#11 3.0 §4.8, §4.9): false, as the token offers
+    // no recover operation.
+    match class {
+        ck::CKO_PUBLIC_KEY => t.set_default(ck::CKA_VERIFY_RECOVER, AttrValue::Bool(false)),
+        ck::CKO_PRIVATE_KEY => t.set_default(ck::CKA_SIGN_RECOVER, AttrValue::Bool(false)),
+        _ => {}
+    }
     if holds_secret(class) {
         // An HSM keeps keys inside unless the template asks otherwise.
         t.set_default(ck::CKA_PRIVATE, AttrValue::Bool(true));
@@ -738,6 +746,22 @@ mod tests {
             check_key_use(&t, ck::CKM_AES_CBC_PAD, Usage::Encrypt),
             Err(TokenError::KeyFunctionNotPermitted(_))
         ));
+    }
+
+    /// GnuTLS (Knot DNS's keystore) reads CKA_VERIFY_RECOVER of the public
+    /// keys it generates; a public key without it answered
+    /// CKR_ATTRIBUTE_TYPE_INVALID.
+    #[test]
+    fn key_pair_halves_have_their_recover_flags() {
+        let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        let public = Template::new().with(ck::CKA_EC_PARAMS, AttrValue::Bytes(p256));
+        let (_, public, private) =
+            generated_key_pair(ck::CKM_EC_KEY_PAIR_GEN, &public, &Template::new()).unwrap();
+        assert_eq!(public.bool(ck::CKA_VERIFY_RECOVER), Some(false));
+        assert_eq!(private.bool(ck::CKA_SIGN_RECOVER), Some(false));
+        assert!(!public.contains(ck::CKA_SIGN_RECOVER) && !private.contains(ck::CKA_VERIFY_RECOVER));
+        let (secret, _) = generated_secret_key(ck::CKM_AES_KEY_GEN, &aes_template()).unwrap();
+        assert!(!secret.contains(ck::CKA_SIGN_RECOVER) && !secret.contains(ck::CKA_VERIFY_RECOVER));
     }
 
     #[test]

@@ -614,7 +614,8 @@ fn knot_signs_zones_with_keys_in_hahsm_and_rolls_them_over_a_killed_member() {
     assert!(bad.is_empty(), "knotd logged errors:\n{}", bad.join("\n"));
     // Not one PKCS#11 call of knotd's failed but those GnuTLS makes fail
     // itself: a second login of the token for each keystore it opens
-    // (CKR_USER_ALREADY_LOGGED_IN) and an EC key asked for RSA attributes
+    // (CKR_USER_ALREADY_LOGGED_IN), and a public key asked for attributes
+    // only other classes have, such as CKA_SENSITIVE or CKA_VALUE
     // (CKR_ATTRIBUTE_TYPE_INVALID).
     let module_log = module_log();
     let failed: Vec<&str> = module_log

@@ -580,16 +580,18 @@ fn knot_signs_zones_with_keys_in_hahsm_and_rolls_them_over_a_killed_member() {
         "member 0 did not catch up"
     );
     let listed = c.keys(0, &["list"]).expect_ok().stdout;
-    let on_member: BTreeSet<String> = listed
-        .lines()
-        .filter(|l| l.contains(" private-key "))
-        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
-        .collect();
-    assert_eq!(
-        on_member,
-        ids(&after, |_, _| true),
-        "member 0's private keys after its return:\n{listed}"
-    );
+    for class in [" private-key ", " public-key "] {
+        let on_member: BTreeSet<String> = listed
+            .lines()
+            .filter(|l| l.contains(class))
+            .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+            .collect();
+        assert_eq!(
+            on_member,
+            ids(&after, |_, _| true),
+            "member 0's{class}objects after its return:\n{listed}"
+        );
+    }
     wait_for(&knot, 60, "knotd's module takes member 0 back", || {
         std::fs::read_to_string(dir.join("knotd-ha.log"))
             .unwrap_or_default()

@@ -402,6 +402,10 @@ pub fn created_object(template: &Template, local: bool) -> TokenResult<(Template
             if class == ck::CKO_CERTIFICATE {
                 t.set_default(ck::CKA_CERTIFICATE_TYPE, AttrValue::Ulong(ck::CKC_X_509));
                 t.set_default(ck::CKA_ID, AttrValue::Bytes(Vec::new()));
+                // A certificate attribute (PKCS#11 3.0 §4.6.3) only the SO may
+                // set true: one an application made is not trusted, as for
+                // public keys. Java's SunPKCS11 reads it on every certificate.
+                t.set_default(ck::CKA_TRUSTED, AttrValue::Bool(false));
             }
         }
         ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY => {
@@ -668,6 +672,21 @@ mod tests {
         assert_eq!(attrs.bool(ck::CKA_ALWAYS_SENSITIVE), Some(false));
         assert_eq!(attrs.bool(ck::CKA_NEVER_EXTRACTABLE), Some(false));
         assert_eq!(attrs.ulong(ck::CKA_VALUE_LEN), Some(16));
+    }
+
+    #[test]
+    fn a_certificate_made_without_cka_trusted_is_not_trusted() {
+        let t = Template::new()
+            .with(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_CERTIFICATE))
+            .with(ck::CKA_VALUE, AttrValue::Bytes(b"cert".to_vec()));
+        let (attrs, _) = created_object(&t, false).unwrap();
+        assert_eq!(attrs.bool(ck::CKA_TRUSTED), Some(false));
+        // Given, it stays as given (true is refused to the user by the member).
+        let t = t.with(ck::CKA_TRUSTED, AttrValue::Bool(true));
+        assert_eq!(
+            created_object(&t, false).unwrap().0.bool(ck::CKA_TRUSTED),
+            Some(true)
+        );
     }
 
     #[test]

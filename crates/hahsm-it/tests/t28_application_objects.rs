@@ -307,7 +307,9 @@ fn fork_child_initializes_and_signs_through_the_ha_slot(p11: &Pkcs11) {
                     return 13;
                 };
                 let Some(&key) = keys.first() else { return 14 };
-                if cs.sign(&Mechanism::EcdsaSha256, key, b"from the child").is_err() {
+                if let Err(e) = cs.sign(&Mechanism::EcdsaSha256, key, b"from the child") {
+                    // (The parent's assertion names only the code.)
+                    eprintln!("the child's C_Sign after fork: {e}");
                     return 15;
                 }
                 0
@@ -317,10 +319,14 @@ fn fork_child_initializes_and_signs_through_the_ha_slot(p11: &Pkcs11) {
         }
         nix::unistd::ForkResult::Parent { child } => {
             let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
+            let log = std::env::var("HAHSM_PKCS11_LOG")
+                .ok()
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .unwrap_or_default();
             assert_eq!(
                 status,
                 nix::sys::wait::WaitStatus::Exited(child, 0),
-                "the child's steps"
+                "the child's steps; the module's log:\n{log}"
             );
         }
     }

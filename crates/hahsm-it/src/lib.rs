@@ -841,6 +841,29 @@ pub fn expect_clean_bench(child: Child, during: &str) -> serde_json::Value {
 }
 
 /// Runs a prepared command to its end, with no standard input.
+/// A server a test starts (nginx, knotd…) in a process group of its own,
+/// the whole group killed when dropped: workers outlive a killed master
+/// otherwise. Starts `cmd` with `process_group(0)`.
+pub struct ProcessGroup(pub Child);
+
+impl ProcessGroup {
+    pub fn spawn(cmd: &mut Command, what: &str) -> ProcessGroup {
+        use std::os::unix::process::CommandExt;
+        ProcessGroup(
+            cmd.process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{what} starts: {e}")),
+        )
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(-(self.0.id() as i32)), Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
 pub fn run_command(cmd: &mut Command) -> Run {
     let program = cmd.get_program().to_string_lossy().into_owned();
     Run::from(

@@ -6,25 +6,12 @@
 //! 600), and the workers' module drops the killed member.
 mod t20_pkcs11_support;
 use hahsm_it::cluster::{Cluster, GROUP, PIN};
-use hahsm_it::run_command;
+use hahsm_it::{run_command, ProcessGroup};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use t20_pkcs11_support::module_path;
-
-/// nginx in a process group of its own, killed whole when dropped (the
-/// workers outlive a killed master otherwise).
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
-        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -141,10 +128,9 @@ fn nginx_serves_https_with_its_key_in_hahsm_across_a_killed_member() {
         .arg(&nginx_conf)
         .arg("-p")
         .arg(&dir)
-        .env("OPENSSL_CONF", &openssl_cnf)
-        .process_group(0);
+        .env("OPENSSL_CONF", &openssl_cnf);
     env(&mut cmd);
-    let _nginx = Nginx(cmd.spawn().expect("nginx starts"));
+    let _nginx = ProcessGroup::spawn(&mut cmd, "nginx");
     let up = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

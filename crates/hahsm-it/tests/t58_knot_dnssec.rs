@@ -20,12 +20,11 @@
 mod t20_pkcs11_support;
 use base64::Engine;
 use hahsm_it::cluster::{Cluster, GROUP, PIN};
-use hahsm_it::{run_command, Run};
+use hahsm_it::{run_command, ProcessGroup, Run};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use t20_pkcs11_support::module_path;
@@ -36,17 +35,6 @@ const RSA_ZONE: &str = "rsa.test";
 const ZONES: [(&str, u8); 2] = [(ECDSA_ZONE, 13), (RSA_ZONE, 8)];
 /// Names besides the apex, ns1, www and txt in each zone.
 const HOSTS: usize = 200;
-
-/// knotd in a process group of its own, killed whole when dropped.
-struct Knotd(Child);
-
-impl Drop for Knotd {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
-        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.0.wait();
-    }
-}
 
 /// One DNSSEC key in Knot's KASP database (`keymgr -j … list`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -458,7 +446,7 @@ fn knot_signs_zones_with_keys_in_hahsm_and_rolls_them_over_a_killed_member() {
     };
 
     let out = std::fs::File::create(dir.join("knotd.out")).unwrap();
-    let knotd = Knotd(
+    let knotd = ProcessGroup::spawn(
         Command::new("/usr/sbin/knotd")
             .arg("-c")
             .arg(&conf)
@@ -468,10 +456,8 @@ fn knot_signs_zones_with_keys_in_hahsm_and_rolls_them_over_a_killed_member() {
             // One log line per failed PKCS#11 call, with its reason.
             .env("HAHSM_PKCS11_DEBUG", "1")
             .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .process_group(0)
-            .spawn()
-            .expect("knotd starts"),
+            .stderr(out),
+        "knotd",
     );
     let pid = knotd.0.id();
     wait_for(&knot, 30, "knotd answers knotc", || {

@@ -97,7 +97,8 @@ pub fn over_members(
     over_members_once(g, request, attempt).0
 }
 
-/// `over_members`, and whether a member refused for want of a quorum.
+/// `over_members`, and whether it ran out of members with one of them
+/// having refused for want of a quorum (so that asking again may succeed).
 fn over_members_once(
     g: &HaGroup,
     request: &Request,
@@ -183,7 +184,9 @@ fn over_members_once(
                 ));
                 return (Err(e), false);
             }
-            other => return (other, quorum_refused),
+            // An answer, or an error that another member would give too:
+            // nothing to ask again.
+            other => return (other, false),
         }
     }
     let e = last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR));

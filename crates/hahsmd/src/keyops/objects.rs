@@ -16,9 +16,10 @@ const MAX_FIND: usize = 100_000;
 /// with `GetAttributes` as it needs them.
 const MAX_READ_WITH_FIND: usize = 32;
 
-/// And at most about this many bytes of attribute values, well inside a
-/// frame (data objects and certificates can be large).
-const MAX_READ_WITH_FIND_BYTES: usize = 256 * 1024;
+/// And at most about this many bytes of attribute values (data objects and
+/// certificates can be large): a small share of a frame, which the list of
+/// objects found must also fit in.
+const MAX_READ_WITH_FIND_BYTES: usize = 64 * 1024;
 
 impl KeyOps<'_> {
     pub(super) async fn objects(&self, request: Request) -> TokenResult<Response> {

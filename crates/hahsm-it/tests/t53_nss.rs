@@ -14,19 +14,29 @@
 //!   (`certutil -R -k KEY-ID`) that openssl verifies with the PKCS#12's
 //!   public key;
 //!
-//! with member 1 killed after the first key pair, the rest made while it is
-//! down, and then, with it back and caught up, the token's certificates and
-//! keys listed with each member killed in turn. No NSS command fails.
+//! with member 1 killed (`kill -9`) in the middle of the RSA key pair's
+//! `certutil -R` (once that process has logged in on it), the rest made
+//! while it is down, then restarted while other NSS commands run (requests
+//! signed by the EC key, verified by openssl); once it has caught up, the
+//! token's certificates and keys are listed, and the stored certificate read
+//! by pkcs11-tool, with each member killed in turn. No NSS command fails.
 mod t20_pkcs11_support;
 use hahsm_it::cluster::{Cluster, GROUP, PIN};
-use hahsm_it::{run, Run};
+use hahsm_it::{run, Member, Run};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use t20_pkcs11_support::module_path;
+
+/// The NSS commands run (certutil, modutil, pk12util), for the report.
+static NSS_COMMANDS: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs an NSS or openssl tool, failing the test with its output if it fails.
 #[track_caller]
 fn tool(program: &str, args: &[&str]) -> Run {
+    if ["certutil", "modutil", "pk12util"].contains(&program) {
+        NSS_COMMANDS.fetch_add(1, Ordering::SeqCst);
+    }
     let r = run(program, args);
     assert!(
         r.ok,
@@ -103,12 +113,68 @@ impl Nss<'_> {
     }
 }
 
+/// Runs `work` (an NSS command) and kills `member` (SIGKILL) as soon as the
+/// command's module has logged in there (the member logs it), so that the
+/// member dies in the middle of the command, while it is in use.
+fn killed_during<T>(member: &Member, work: impl FnOnce() -> T) -> T {
+    let pid = nix::unistd::Pid::from_raw(member.pid().expect("the member runs") as i32);
+    let before = member.log().len();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if member
+                    .log()
+                    .get(before..)
+                    .is_some_and(|new| new.contains("logged in client="))
+                {
+                    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+                        .expect("the member is killed");
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            false
+        });
+        let out = work();
+        done.store(true, Ordering::SeqCst);
+        assert!(
+            watcher.join().expect("the watcher ends"),
+            "the NSS command never logged in on the member to kill"
+        );
+        eprintln!("t53: member killed in the middle of the command, once it had logged in there");
+        out
+    })
+}
+
+/// The certificate labelled `label` on the token, as pkcs11-tool reads it
+/// (DER), through the same HA slot.
+fn pkcs11_tool_cert(module: &Path, label: &str, out: &str) -> Vec<u8> {
+    let _ = std::fs::remove_file(out);
+    tool(
+        "pkcs11-tool",
+        &[
+            "--module",
+            module.to_str().unwrap(),
+            "--read-object",
+            "--type",
+            "cert",
+            "--label",
+            label,
+            "--output-file",
+            out,
+        ],
+    );
+    std::fs::read(out).unwrap()
+}
+
 fn public_key_of(file: &str, kind: &str) -> String {
     tool("openssl", &[kind, "-in", file, "-noout", "-pubkey"]).stdout
 }
 
 #[test]
 fn nss_tools_make_keys_store_certificates_and_import_pkcs12_on_the_ha_token() {
+    let started = Instant::now();
     let mut c = Cluster::new(3);
     c.ha_only_conf(None);
     let dir = c.work.path().join("nss");
@@ -147,13 +213,16 @@ fn nss_tools_make_keys_store_certificates_and_import_pkcs12_on_the_ha_token() {
         "ec.csr",
     );
 
-    // The rest with member 1 dead.
+    // Member 1 killed in the middle of the next key pair's certutil -R;
+    // the rest made with it dead.
+    killed_during(&c.members[1], || {
+        nss.request_with_new_key(
+            &["-k", "rsa", "-g", "2048"],
+            "CN=nss rsa key,O=hahsm tests",
+            "rsa.csr",
+        )
+    });
     c.members[1].kill9();
-    nss.request_with_new_key(
-        &["-k", "rsa", "-g", "2048"],
-        "CN=nss rsa key,O=hahsm tests",
-        "rsa.csr",
-    );
 
     // A test CA issues a certificate for the EC request; it goes on the token.
     let (ca_key, ca) = (nss.path("ca.key"), nss.path("ca.pem"));
@@ -209,23 +278,10 @@ fn nss_tools_make_keys_store_certificates_and_import_pkcs12_on_the_ha_token() {
         &["x509", "-in", &issued, "-outform", "DER", "-out", &der],
     );
     let read = nss.path("read.der");
-    tool(
-        "pkcs11-tool",
-        &[
-            "--module",
-            module.to_str().unwrap(),
-            "--read-object",
-            "--type",
-            "cert",
-            "--label",
-            "nss-ec",
-            "--output-file",
-            &read,
-        ],
-    );
+    let der = std::fs::read(&der).unwrap();
     assert_eq!(
-        std::fs::read(&read).unwrap(),
-        std::fs::read(&der).unwrap(),
+        pkcs11_tool_cert(&module, "nss-ec", &read),
+        der,
         "the certificate pkcs11-tool reads is not the one certutil stored"
     );
 
@@ -323,22 +379,70 @@ fn nss_tools_make_keys_store_certificates_and_import_pkcs12_on_the_ha_token() {
         "certutil -K: one EC and two RSA private keys on the token, not {keys:?}"
     );
 
-    // Member 1 back; then every member in turn down, and the token lists the
-    // same certificates and keys from the other two.
-    c.members[1].spawn();
-    assert!(
-        c.wait_in_sync(1, Duration::from_secs(60)),
-        "member 1 did not catch up"
+    // Member 1 restarted while the EC key signs requests (openssl verifies
+    // each), until it has caught up.
+    let ec_id = keys
+        .iter()
+        .find(|(kind, _, _)| kind == "ec")
+        .map(|(_, id, _)| id.clone())
+        .unwrap();
+    let done = AtomicBool::new(false);
+    let restart = Instant::now();
+    let (signed_during, caught_up) = std::thread::scope(|s| {
+        let signer = s.spawn(|| {
+            let mut n = 0;
+            // Some before the member is back, some while it catches up, and
+            // at least one after.
+            while !done.load(Ordering::SeqCst) || n < 5 {
+                let out = nss.path("during.csr");
+                nss.certutil(&[
+                    "-R",
+                    "-k",
+                    &ec_id,
+                    "-s",
+                    "CN=during the restart",
+                    "-a",
+                    "-o",
+                    &out,
+                ]);
+                let verified = tool("openssl", &["req", "-verify", "-noout", "-in", &out]);
+                assert!(format!("{}{}", verified.stdout, verified.stderr).contains("verify OK"));
+                n += 1;
+            }
+            n
+        });
+        c.members[1].spawn();
+        let caught_up = c.wait_in_sync(1, Duration::from_secs(60));
+        done.store(true, Ordering::SeqCst);
+        (signer.join().expect("the signer ends"), caught_up)
+    });
+    assert!(caught_up, "member 1 did not catch up");
+    eprintln!(
+        "t53: {signed_during} requests signed by the EC key while member 1 restarted and caught up ({:?})",
+        restart.elapsed()
     );
+
+    // Every member in turn down: the token lists the same certificates and
+    // keys from the other two, and pkcs11-tool reads the same certificate.
     let (certs, keys) = (nss.certificates(), nss.keys());
     for i in 0..3 {
         c.members[i].kill9();
         assert_eq!(nss.certificates(), certs, "certutil -L with member {i} down");
         assert_eq!(nss.keys(), keys, "certutil -K with member {i} down");
+        assert_eq!(
+            pkcs11_tool_cert(&module, "nss-ec", &read),
+            der,
+            "pkcs11-tool reads another certificate with member {i} down"
+        );
         c.members[i].spawn();
         assert!(
             c.wait_in_sync(i, Duration::from_secs(60)),
             "member {i} did not catch up"
         );
     }
+    eprintln!(
+        "t53: {} NSS commands, none failed, in {:?}",
+        NSS_COMMANDS.load(Ordering::SeqCst),
+        started.elapsed()
+    );
 }

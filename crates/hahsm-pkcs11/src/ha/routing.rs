@@ -117,6 +117,10 @@ fn over_members_once(
     }
     let mut last = None;
     let mut quorum_refused = false;
+    // A member that answered it has no such object: the object may be
+    // destroyed (the members that refused for a quorum are then a minority
+    // that has not applied the destroy), so asking again would only wait.
+    let mut no_such_object: Option<Error> = None;
     while let Some(i) = g.pick(&members, &tried).or_else(|| asked_last.pop()) {
         tried[i] = true;
         let member = &members[i];
@@ -173,7 +177,7 @@ fn over_members_once(
                     request.name(),
                     describe(&e)
                 ));
-                last = Some(e);
+                no_such_object = Some(e);
             }
             Err(e) if e.rv() == ck::CKR_DEVICE_ERROR => {
                 log::warn(&format!(
@@ -188,6 +192,11 @@ fn over_members_once(
             // nothing to ask again.
             other => return (other, false),
         }
+    }
+    // "No such object" wins over the other failures, whichever member gave
+    // it: the application learns the object is gone (or not yet there).
+    if let Some(e) = no_such_object {
+        return (Err(e), false);
     }
     let e = last.unwrap_or(Error::Rv(ck::CKR_DEVICE_ERROR));
     // (A refusal for want of a quorum is asked again by `call`, which says

@@ -418,6 +418,35 @@ impl Member {
     }
 
     /// SIGKILL, as a power cut would: no shutdown code runs.
+    /// Runs `work` (a program using the module) and sends `sig` to this
+    /// member as soon as that program has logged in here (the member logs
+    /// each login), so the fault lands mid-command with the member in use.
+    /// Returns `work`'s result, and whether the signal was sent.
+    pub fn signal_at_next_login<T>(&self, sig: Signal, work: impl FnOnce() -> T) -> (T, bool) {
+        let pid = Pid::from_raw(self.pid().expect("the member runs") as i32);
+        let before = self.log().len();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if self
+                        .log()
+                        .get(before..)
+                        .is_some_and(|new| new.contains("logged in client="))
+                    {
+                        kill(pid, sig).expect("the member is signalled");
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                false
+            });
+            let out = work();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (out, watcher.join().expect("the watcher ends"))
+        })
+    }
+
     pub fn kill9(&mut self) {
         self.signal(Signal::SIGKILL);
         if let Some(mut c) = self.child.take() {
@@ -841,6 +870,14 @@ pub fn expect_clean_bench(child: Child, during: &str) -> serde_json::Value {
 }
 
 /// Runs a prepared command to its end, with no standard input.
+/// A loopback TCP port free a moment ago, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// A server a test starts (nginx, knotd…) in a process group of its own,
 /// the whole group killed when dropped: workers outlive a killed master
 /// otherwise. Starts `cmd` with `process_group(0)`.

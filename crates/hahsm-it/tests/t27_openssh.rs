@@ -14,7 +14,7 @@ mod t20_pkcs11_support;
 use hahsm_it::cluster::{Cluster, GROUP, PIN};
 use std::ffi::OsString;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -212,15 +212,6 @@ fn make_key(env: &Env, key_type: &str, label: &str, id: &str, ssh_type: &str) ->
     line
 }
 
-/// A loopback port nobody listens on.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A private sshd on 127.0.0.1:`port`: its own host key, configuration,
 /// authorized keys and pid file in `dir`, root's logins by key only.
 fn start_sshd(dir: &Path, port: u16) -> Guard {
@@ -378,7 +369,7 @@ fn openssh_logs_in_with_a_key_in_hahsm_through_the_ha_slot_across_a_killed_membe
     let authorized = dir.join("authorized_keys");
     std::fs::write(&authorized, format!("{exported} {LABEL}\n")).unwrap();
 
-    let port = free_port();
+    let port = hahsm_it::free_port();
     let port_s = port.to_string();
     let _sshd = start_sshd(&dir, port);
     // ssh -I: the module loaded by ssh, the PIN through askpass. Only the

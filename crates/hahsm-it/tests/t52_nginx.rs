@@ -7,19 +7,11 @@
 mod t20_pkcs11_support;
 use hahsm_it::cluster::{Cluster, GROUP, PIN};
 use hahsm_it::{run_command, ProcessGroup};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use t20_pkcs11_support::module_path;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn handshake(dir: &Path, port: u16) -> Result<(), String> {
     let r = run_command(Command::new("curl").args([
@@ -106,7 +98,7 @@ fn nginx_serves_https_with_its_key_in_hahsm_across_a_killed_member() {
     let r = run_command(&mut req);
     assert!(r.ok, "openssl req through the engine: {}", r.stderr);
 
-    let port = free_port();
+    let port = hahsm_it::free_port();
     let d = dir.display();
     let nginx_conf = dir.join("nginx.conf");
     std::fs::write(

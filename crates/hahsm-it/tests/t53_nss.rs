@@ -117,34 +117,10 @@ impl Nss<'_> {
 /// command's module has logged in there (the member logs it), so that the
 /// member dies in the middle of the command, while it is in use.
 fn killed_during<T>(member: &Member, work: impl FnOnce() -> T) -> T {
-    let pid = nix::unistd::Pid::from_raw(member.pid().expect("the member runs") as i32);
-    let before = member.log().len();
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let watcher = s.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if member
-                    .log()
-                    .get(before..)
-                    .is_some_and(|new| new.contains("logged in client="))
-                {
-                    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
-                        .expect("the member is killed");
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            false
-        });
-        let out = work();
-        done.store(true, Ordering::SeqCst);
-        assert!(
-            watcher.join().expect("the watcher ends"),
-            "the NSS command never logged in on the member to kill"
-        );
-        eprintln!("t53: member killed in the middle of the command, once it had logged in there");
-        out
-    })
+    let (out, fired) = member.signal_at_next_login(nix::sys::signal::Signal::SIGKILL, work);
+    assert!(fired, "the NSS command never logged in on the member to kill");
+    eprintln!("t53: member killed in the middle of the command, once it had logged in there");
+    out
 }
 
 /// The certificate labelled `label` on the token, as pkcs11-tool reads it

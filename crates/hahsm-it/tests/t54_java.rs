@@ -29,7 +29,6 @@ use nix::sys::signal::Signal;
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use t20_pkcs11_support::module_path;
 
@@ -328,32 +327,10 @@ impl Java {
     /// the JVM's module has logged in there (the member logs it), so the
     /// fault lands in the middle of the command, with the member in use.
     fn sign_with_fault(&self, alias: &str, tag: &str, i: usize, signal: Signal) -> Result<String, String> {
-        let member = &self.c.members[i];
-        let pid = nix::unistd::Pid::from_raw(member.pid().expect("the member runs") as i32);
-        let before = member.log().len();
-        let done = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            let watcher = s.spawn(|| {
-                while !done.load(Ordering::SeqCst) {
-                    if member
-                        .log()
-                        .get(before..)
-                        .is_some_and(|new| new.contains("logged in client="))
-                    {
-                        nix::sys::signal::kill(pid, signal).expect("the member is signalled");
-                        return true;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                false
-            });
-            let signed = self.sign(alias, tag);
-            done.store(true, Ordering::SeqCst);
-            let fired = watcher.join().expect("the watcher ends");
-            assert!(fired, "{tag}: jarsigner never logged in on member {i}");
-            eprintln!("t54: {signal:?} sent to member {i} once jarsigner had logged in there");
-            signed
-        })
+        let (signed, fired) = self.c.members[i].signal_at_next_login(signal, || self.sign(alias, tag));
+        assert!(fired, "{tag}: jarsigner never logged in on member {i}");
+        eprintln!("t54: {signal:?} sent to member {i} once jarsigner had logged in there");
+        signed
     }
 
     /// A round whose first signature meets `signal` sent to member `i`.

@@ -22,7 +22,6 @@ use base64::Engine;
 use hahsm_it::cluster::{Cluster, GROUP, PIN};
 use hahsm_it::{run_command, ProcessGroup, Run};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -249,14 +248,6 @@ impl Knot {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -412,7 +403,7 @@ fn knot_signs_zones_with_keys_in_hahsm_and_rolls_them_over_a_killed_member() {
         .unwrap();
     }
     let d = dir.display();
-    let port = free_port();
+    let port = hahsm_it::free_port();
     let conf = dir.join("knot.conf");
     // The keystore is the HA slot's token; the policies' short delays make a
     // rollover take seconds; knotd runs as root, who can read the client's

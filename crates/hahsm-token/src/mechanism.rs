@@ -62,6 +62,14 @@ pub enum MechParams {
     /// application chose. It yields nothing a multi-part `C_DecryptUpdate`
     /// would not.
     IvPart(Vec<u8>),
+    /// ML-DSA's `CK_SIGN_ADDITIONAL_CONTEXT` (`CKM_ML_DSA`, `CKM_HASH_ML_DSA_*`):
+    /// the hedging choice (`CKH_*`) and the context string (at most 255
+    /// bytes; a longer one is refused where the mechanism runs).
+    SignContext { hedge: u64, context: Vec<u8> },
+    /// `CKM_HASH_ML_DSA`'s `CK_HASH_SIGN_ADDITIONAL_CONTEXT`: as
+    /// [`MechParams::SignContext`], and the hash (`CKM_SHA256` …) the
+    /// application already applied to the data it passes.
+    HashSignContext { hedge: u64, context: Vec<u8>, hash: u64 },
 }
 
 /// What `C_GetMechanismInfo` reports: key sizes in bits (bytes for AES and

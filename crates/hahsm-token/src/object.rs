@@ -21,6 +21,8 @@ pub fn key_type_name(key_type: u64) -> &'static str {
         ck::CKK_AES => "aes",
         ck::CKK_DES3 => "des3",
         ck::CKK_GENERIC_SECRET => "generic-secret",
+        ck::CKK_ML_DSA => "ml-dsa",
+        ck::CKK_ML_KEM => "ml-kem",
         _ => "-",
     }
 }
@@ -31,6 +33,7 @@ pub fn is_secret_component(attr: u64) -> bool {
     matches!(
         attr,
         ck::CKA_VALUE
+            | ck::CKA_SEED
             | ck::CKA_PRIVATE_EXPONENT
             | ck::CKA_PRIME_1
             | ck::CKA_PRIME_2

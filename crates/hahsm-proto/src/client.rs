@@ -233,6 +233,26 @@ pub enum Request {
         data: Vec<u8>,
         keys: Vec<(u64, Ouid)>,
     },
+    /// `C_EncapsulateKey` (PKCS#11 3.2): a shared secret made against an
+    /// ML-KEM public key, kept on the member as a new secret key made from
+    /// `template`; the answer is [`Response::Encapsulated`].
+    EncapsulateKey {
+        partition: String,
+        public_key: Ouid,
+        mechanism: Mechanism,
+        template: Template,
+        op_id: OpId,
+    },
+    /// `C_DecapsulateKey`: the shared secret that `ciphertext` carries,
+    /// recovered with an ML-KEM private key and kept as a new secret key.
+    DecapsulateKey {
+        partition: String,
+        private_key: Ouid,
+        mechanism: Mechanism,
+        ciphertext: Vec<u8>,
+        template: Template,
+        op_id: OpId,
+    },
 }
 
 impl Request {
@@ -253,6 +273,8 @@ impl Request {
                 | Request::DestroyObject { .. }
                 | Request::UnwrapKey { .. }
                 | Request::DeriveKey { .. }
+                | Request::EncapsulateKey { .. }
+                | Request::DecapsulateKey { .. }
         )
     }
 
@@ -287,6 +309,8 @@ impl Request {
             Request::Progress { .. } => "progress",
             Request::ReleaseSessionObjects { .. } => "release-session-objects",
             Request::DigestKeys { .. } => "digest-keys",
+            Request::EncapsulateKey { .. } => "encapsulate-key",
+            Request::DecapsulateKey { .. } => "decapsulate-key",
         }
     }
 }
@@ -345,4 +369,10 @@ pub enum Response {
     Group(Option<crate::peer::GroupDef>),
     /// (origin member id, highest sequence applied) for each origin.
     Progress(Vec<(u64, u64)>),
+    /// An `EncapsulateKey`'s new secret key and the ciphertext to send to
+    /// the holder of the private key.
+    Encapsulated {
+        object: Ouid,
+        ciphertext: Vec<u8>,
+    },
 }

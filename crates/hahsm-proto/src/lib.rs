@@ -23,7 +23,7 @@ pub use secret::Secret;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped on any incompatible change; the handshake refuses a mismatch.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The default frame size limit, in bytes. Members and clients make it configurable.
 pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;

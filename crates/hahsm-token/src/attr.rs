@@ -69,6 +69,13 @@ pub fn flatten_array<'a>(attrs: impl IntoIterator<Item = (AttrType, &'a [u8])>) 
     out
 }
 
+/// hahsm's own attribute on a secret key that `C_EncapsulateKey` made: the
+/// ciphertext it was answered with. A retry of an encapsulation whose answer
+/// was lost (on this member or another) finds the key by its operation id
+/// and answers this ciphertext again, since encapsulation is randomized. The
+/// ciphertext is public; the token sets it, a template cannot.
+pub const CKA_HAHSM_ENCAPSULATION: AttrType = ck::CKA_VENDOR_DEFINED | 0x4841_0100;
+
 /// The kind of every attribute type hahsm knows; unknown types are `None`.
 pub fn attr_kind(attr: AttrType) -> Option<AttrKind> {
     use AttrKind::*;
@@ -94,7 +101,9 @@ pub fn attr_kind(attr: AttrType) -> Option<AttrKind> {
         | ck::CKA_COPYABLE
         | ck::CKA_DESTROYABLE
         | ck::CKA_ALWAYS_AUTHENTICATE
-        | ck::CKA_WRAP_WITH_TRUSTED => Bool,
+        | ck::CKA_WRAP_WITH_TRUSTED
+        | ck::CKA_ENCAPSULATE
+        | ck::CKA_DECAPSULATE => Bool,
         ck::CKA_CLASS
         | ck::CKA_KEY_TYPE
         | ck::CKA_CERTIFICATE_TYPE
@@ -103,7 +112,8 @@ pub fn attr_kind(attr: AttrType) -> Option<AttrKind> {
         | ck::CKA_VALUE_LEN
         | ck::CKA_KEY_GEN_MECHANISM
         | ck::CKA_NAME_HASH_ALGORITHM
-        | ck::CKA_JAVA_MIDP_SECURITY_DOMAIN => Ulong,
+        | ck::CKA_JAVA_MIDP_SECURITY_DOMAIN
+        | ck::CKA_PARAMETER_SET => Ulong,
         ck::CKA_ALLOWED_MECHANISMS => UlongList,
         ck::CKA_WRAP_TEMPLATE | ck::CKA_UNWRAP_TEMPLATE | ck::CKA_DERIVE_TEMPLATE => Array,
         ck::CKA_LABEL
@@ -125,13 +135,15 @@ pub fn attr_kind(attr: AttrType) -> Option<AttrKind> {
         | ck::CKA_EXPONENT_2
         | ck::CKA_COEFFICIENT
         | ck::CKA_PUBLIC_KEY_INFO
+        | ck::CKA_SEED
         | ck::CKA_EC_PARAMS
         | ck::CKA_EC_POINT
         | ck::CKA_UNIQUE_ID
         | ck::CKA_CHECK_VALUE
         | ck::CKA_URL
         | ck::CKA_HASH_OF_SUBJECT_PUBLIC_KEY
-        | ck::CKA_HASH_OF_ISSUER_PUBLIC_KEY => Bytes,
+        | ck::CKA_HASH_OF_ISSUER_PUBLIC_KEY
+        | CKA_HAHSM_ENCAPSULATION => Bytes,
         _ => return None,
     })
 }

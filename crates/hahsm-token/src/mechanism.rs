@@ -65,11 +65,18 @@ pub enum MechParams {
     /// ML-DSA's `CK_SIGN_ADDITIONAL_CONTEXT` (`CKM_ML_DSA`, `CKM_HASH_ML_DSA_*`):
     /// the hedging choice (`CKH_*`) and the context string (at most 255
     /// bytes; a longer one is refused where the mechanism runs).
-    SignContext { hedge: u64, context: Vec<u8> },
+    SignContext {
+        hedge: u64,
+        context: Vec<u8>,
+    },
     /// `CKM_HASH_ML_DSA`'s `CK_HASH_SIGN_ADDITIONAL_CONTEXT`: as
     /// [`MechParams::SignContext`], and the hash (`CKM_SHA256` …) the
     /// application already applied to the data it passes.
-    HashSignContext { hedge: u64, context: Vec<u8>, hash: u64 },
+    HashSignContext {
+        hedge: u64,
+        context: Vec<u8>,
+        hash: u64,
+    },
 }
 
 /// What `C_GetMechanismInfo` reports: key sizes in bits (bytes for AES and
@@ -85,6 +92,7 @@ const HW: u64 = ck::CKF_HW;
 const SIGN: u64 = ck::CKF_SIGN | ck::CKF_VERIFY | HW;
 const CRYPT: u64 = ck::CKF_ENCRYPT | ck::CKF_DECRYPT | HW;
 const WRAP: u64 = ck::CKF_WRAP | ck::CKF_UNWRAP | HW;
+const KEM: u64 = ck::CKF_ENCAPSULATE | ck::CKF_DECAPSULATE | HW;
 const EC_FLAGS: u64 = ck::CKF_EC_F_P | ck::CKF_EC_NAMEDCURVE | ck::CKF_EC_UNCOMPRESS;
 
 /// The mechanisms a partition offers only under its `allow-legacy-mechanisms`
@@ -153,6 +161,11 @@ fn table() -> Vec<(u64, MechInfo)> {
         max_key: 24,
         flags,
     };
+    let ml = |flags| MechInfo {
+        min_key: 1,
+        max_key: 3,
+        flags,
+    };
     let hmac = MechInfo {
         min_key: 16,
         max_key: 512,
@@ -203,6 +216,12 @@ fn table() -> Vec<(u64, MechInfo)> {
                 flags: SIGN,
             },
         ),
+        // ML-DSA and ML-KEM: the key "sizes" are the parameter sets'
+        // CKP_* numbers, as PKCS#11 3.2 has no bit size for them.
+        (ck::CKM_ML_DSA_KEY_PAIR_GEN, ml(ck::CKF_GENERATE_KEY_PAIR | HW)),
+        (ck::CKM_ML_DSA, ml(SIGN)),
+        (ck::CKM_ML_KEM_KEY_PAIR_GEN, ml(ck::CKF_GENERATE_KEY_PAIR | HW)),
+        (ck::CKM_ML_KEM, ml(KEM)),
         (ck::CKM_AES_KEY_GEN, aes(ck::CKF_GENERATE | HW)),
         (ck::CKM_AES_ECB, aes(CRYPT)),
         (ck::CKM_AES_CBC, aes(CRYPT)),
@@ -257,6 +276,8 @@ pub enum Usage {
     Wrap,
     Unwrap,
     Derive,
+    Encapsulate,
+    Decapsulate,
 }
 
 impl Usage {
@@ -269,6 +290,8 @@ impl Usage {
             Usage::Wrap => ck::CKA_WRAP,
             Usage::Unwrap => ck::CKA_UNWRAP,
             Usage::Derive => ck::CKA_DERIVE,
+            Usage::Encapsulate => ck::CKA_ENCAPSULATE,
+            Usage::Decapsulate => ck::CKA_DECAPSULATE,
         }
     }
 
@@ -281,6 +304,8 @@ impl Usage {
             Usage::Wrap => ck::CKF_WRAP,
             Usage::Unwrap => ck::CKF_UNWRAP,
             Usage::Derive => ck::CKF_DERIVE,
+            Usage::Encapsulate => ck::CKF_ENCAPSULATE,
+            Usage::Decapsulate => ck::CKF_DECAPSULATE,
         }
     }
 
@@ -293,6 +318,8 @@ impl Usage {
             Usage::Wrap => "wrap",
             Usage::Unwrap => "unwrap",
             Usage::Derive => "derive",
+            Usage::Encapsulate => "encapsulate",
+            Usage::Decapsulate => "decapsulate",
         }
     }
 }
@@ -329,6 +356,8 @@ pub fn key_type_for(mech: u64) -> Option<u64> {
         | ck::CKM_ECDSA_SHA512
         | ck::CKM_ECDH1_DERIVE => ck::CKK_EC,
         ck::CKM_EC_EDWARDS_KEY_PAIR_GEN | ck::CKM_EDDSA => ck::CKK_EC_EDWARDS,
+        ck::CKM_ML_DSA_KEY_PAIR_GEN | ck::CKM_ML_DSA => ck::CKK_ML_DSA,
+        ck::CKM_ML_KEM_KEY_PAIR_GEN | ck::CKM_ML_KEM => ck::CKK_ML_KEM,
         ck::CKM_AES_KEY_GEN
         | ck::CKM_AES_ECB
         | ck::CKM_AES_CBC
@@ -373,6 +402,8 @@ pub fn by_name(name: &str) -> Option<u64> {
         "ECDSA-SHA512" => ck::CKM_ECDSA_SHA512,
         "ECDH1-DERIVE" => ck::CKM_ECDH1_DERIVE,
         "EDDSA" => ck::CKM_EDDSA,
+        "ML-DSA" => ck::CKM_ML_DSA,
+        "ML-KEM" => ck::CKM_ML_KEM,
         "AES-ECB" => ck::CKM_AES_ECB,
         "AES-CBC" => ck::CKM_AES_CBC,
         "AES-CBC-PAD" => ck::CKM_AES_CBC_PAD,

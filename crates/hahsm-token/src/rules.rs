@@ -14,6 +14,7 @@ const TOKEN_SET: &[u64] = &[
     ck::CKA_NEVER_EXTRACTABLE,
     ck::CKA_KEY_GEN_MECHANISM,
     ck::CKA_UNIQUE_ID,
+    crate::attr::CKA_HAHSM_ENCAPSULATION,
 ];
 
 /// Attributes that never change after creation (copy may still set some of them).
@@ -33,6 +34,7 @@ const FIXED_AFTER_CREATE: &[u64] = &[
     ck::CKA_PUBLIC_KEY_INFO,
     ck::CKA_ALWAYS_AUTHENTICATE,
     ck::CKA_CHECK_VALUE,
+    ck::CKA_PARAMETER_SET,
     // What a key's wrapping, unwrapping and derivation impose on other keys
     // is set when it is made: changing it later could only loosen it.
     ck::CKA_WRAP_TEMPLATE,
@@ -81,6 +83,8 @@ fn default_usages(class: u64, key_type: u64) -> &'static [u64] {
         (ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => &[ck::CKA_SIGN, ck::CKA_DECRYPT, ck::CKA_UNWRAP],
         (ck::CKO_PUBLIC_KEY, ck::CKK_RSA) => &[ck::CKA_VERIFY, ck::CKA_ENCRYPT, ck::CKA_WRAP],
         (ck::CKO_PRIVATE_KEY, ck::CKK_EC) => &[ck::CKA_SIGN, ck::CKA_DERIVE],
+        (ck::CKO_PRIVATE_KEY, ck::CKK_ML_KEM) => &[ck::CKA_DECAPSULATE],
+        (ck::CKO_PUBLIC_KEY, ck::CKK_ML_KEM) => &[ck::CKA_ENCAPSULATE],
         (ck::CKO_PRIVATE_KEY, _) => &[ck::CKA_SIGN],
         (ck::CKO_PUBLIC_KEY, _) => &[ck::CKA_VERIFY],
         _ => &[],
@@ -99,6 +103,8 @@ fn check_usages(template: &Template, class: u64, key_type: u64) -> TokenResult<(
         ck::CKA_SIGN,
         ck::CKA_VERIFY,
         ck::CKA_DERIVE,
+        ck::CKA_ENCAPSULATE,
+        ck::CKA_DECAPSULATE,
     ] {
         if template.flag(attr, false) && !allowed.contains(&attr) {
             // HMAC keys may also be marked for encryption by some applications;
@@ -186,6 +192,11 @@ fn fill_key_defaults(t: &mut Template, class: u64, key_type: u64, local: bool, g
         ck::CKA_DERIVE,
     ] {
         t.set_default(usage, AttrValue::Bool(false));
+    }
+    // PKCS#11 3.2's KEM usage flags, on the keys that can have them.
+    if key_type == ck::CKK_ML_KEM {
+        t.set_default(ck::CKA_ENCAPSULATE, AttrValue::Bool(false));
+        t.set_default(ck::CKA_DECAPSULATE, AttrValue::Bool(false));
     }
     // Every public key has CKA_VERIFY_RECOVER and every private key
     // CKA_SIGN_RECOVER (PKCS#11 3.0 §4.8, §4.9): false, as the token offers
@@ -296,6 +307,48 @@ pub enum KeyPairSpec {
         ec_params: Vec<u8>,
     },
     Ed25519,
+    /// ML-DSA of the parameter set `CKP_ML_DSA_*`.
+    MlDsa {
+        parameter_set: u64,
+    },
+    /// ML-KEM of the parameter set `CKP_ML_KEM_*`.
+    MlKem {
+        parameter_set: u64,
+    },
+}
+
+/// The `CKA_PARAMETER_SET` of an ML-DSA or ML-KEM key-pair generation: from
+/// either template (both must agree), one of the three sets PKCS#11 3.2
+/// names (1 to 3 for both key types).
+fn parameter_set(public: &Template, private: &Template) -> TokenResult<u64> {
+    let set = match (
+        public.ulong(ck::CKA_PARAMETER_SET),
+        private.ulong(ck::CKA_PARAMETER_SET),
+    ) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(TokenError::TemplateInconsistent(
+                "the two halves ask for different CKA_PARAMETER_SETs".into(),
+            ))
+        }
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => {
+            return Err(TokenError::TemplateIncomplete(
+                "CKA_PARAMETER_SET is required".into(),
+            ))
+        }
+    };
+    check_parameter_set(set)?;
+    Ok(set)
+}
+
+/// One of the three parameter sets of ML-DSA (`CKP_ML_DSA_44/65/87`) and
+/// ML-KEM (`CKP_ML_KEM_512/768/1024`), which PKCS#11 3.2 numbers 1 to 3.
+fn check_parameter_set(set: u64) -> TokenResult<()> {
+    if (1..=3).contains(&set) {
+        Ok(())
+    } else {
+        Err(TokenError::AttributeValueInvalid(ck::CKA_PARAMETER_SET))
+    }
 }
 
 /// Checks the two templates of `C_GenerateKeyPair` and fills in their defaults.
@@ -336,6 +389,18 @@ pub fn generated_key_pair(
             )
         }
         ck::CKM_EC_EDWARDS_KEY_PAIR_GEN => (ck::CKK_EC_EDWARDS, KeyPairSpec::Ed25519),
+        ck::CKM_ML_DSA_KEY_PAIR_GEN => (
+            ck::CKK_ML_DSA,
+            KeyPairSpec::MlDsa {
+                parameter_set: parameter_set(public, private)?,
+            },
+        ),
+        ck::CKM_ML_KEM_KEY_PAIR_GEN => (
+            ck::CKK_ML_KEM,
+            KeyPairSpec::MlKem {
+                parameter_set: parameter_set(public, private)?,
+            },
+        ),
         other => return Err(TokenError::MechanismInvalid(other)),
     };
     expect_ulong(public, ck::CKA_CLASS, ck::CKO_PUBLIC_KEY, "public CKA_CLASS")?;
@@ -348,6 +413,7 @@ pub fn generated_key_pair(
             ck::CKA_MODULUS,
             ck::CKA_EC_POINT,
             ck::CKA_PRIVATE_EXPONENT,
+            ck::CKA_SEED,
         ] {
             if t.contains(attr) {
                 return Err(TokenError::TemplateInconsistent(format!(
@@ -362,9 +428,16 @@ pub fn generated_key_pair(
     check_usages(&privt, ck::CKO_PRIVATE_KEY, key_type)?;
     fill_key_defaults(&mut pubt, ck::CKO_PUBLIC_KEY, key_type, true, Some(mech));
     fill_key_defaults(&mut privt, ck::CKO_PRIVATE_KEY, key_type, true, Some(mech));
-    if let KeyPairSpec::Ec { ec_params } = &spec {
-        pubt.set(ck::CKA_EC_PARAMS, AttrValue::Bytes(ec_params.clone()));
-        privt.set(ck::CKA_EC_PARAMS, AttrValue::Bytes(ec_params.clone()));
+    match &spec {
+        KeyPairSpec::Ec { ec_params } => {
+            pubt.set(ck::CKA_EC_PARAMS, AttrValue::Bytes(ec_params.clone()));
+            privt.set(ck::CKA_EC_PARAMS, AttrValue::Bytes(ec_params.clone()));
+        }
+        KeyPairSpec::MlDsa { parameter_set } | KeyPairSpec::MlKem { parameter_set } => {
+            pubt.set(ck::CKA_PARAMETER_SET, AttrValue::Ulong(*parameter_set));
+            privt.set(ck::CKA_PARAMETER_SET, AttrValue::Ulong(*parameter_set));
+        }
+        _ => {}
     }
     Ok((spec, pubt, privt))
 }
@@ -420,8 +493,16 @@ pub fn created_object(template: &Template, local: bool) -> TokenResult<(Template
                     | ck::CKK_AES
                     | ck::CKK_DES3
                     | ck::CKK_GENERIC_SECRET
+                    | ck::CKK_ML_DSA
+                    | ck::CKK_ML_KEM
             ) {
                 return Err(TokenError::AttributeValueInvalid(ck::CKA_KEY_TYPE));
+            }
+            if matches!(key_type, ck::CKK_ML_DSA | ck::CKK_ML_KEM) {
+                let set = t
+                    .ulong(ck::CKA_PARAMETER_SET)
+                    .ok_or_else(|| TokenError::TemplateIncomplete("CKA_PARAMETER_SET is required".into()))?;
+                check_parameter_set(set)?;
             }
             let secret_type = matches!(key_type, ck::CKK_AES | ck::CKK_DES3 | ck::CKK_GENERIC_SECRET);
             if secret_type != (class == ck::CKO_SECRET_KEY) {

@@ -1,5 +1,6 @@
-//! ML-DSA and ML-KEM: the mechanisms' rules.
-use crate::keys::{generate_ec, Curve, PublicKey};
+//! ML-DSA and ML-KEM: the mechanisms' rules and known answers (the IETF
+//! example keys, `tests/data/README.md`).
+use crate::keys::{generate_ec, import_private_key_der, Curve, PublicKey};
 use crate::pq::{
     generate_ml_dsa, generate_ml_kem, ml_dsa_private_from_seed, ml_kem_private_from_value, MlDsaSet, MlKemSet,
 };
@@ -42,6 +43,10 @@ fn kem_private(set: MlKemSet, dk: &SecretBytes) -> LoadedKey {
 
 fn public(p: &PublicKey) -> LoadedKey {
     LoadedKey::load(KeyMaterial::Public(p.clone())).unwrap()
+}
+
+fn pem_der(text: &str) -> Vec<u8> {
+    pem::parse(text).unwrap().into_contents()
 }
 
 fn raw_public(p: &PublicKey) -> &[u8] {
@@ -532,4 +537,108 @@ fn debug_output_shows_no_ml_key_material() {
         value: kem.private_pkcs8.clone(),
     };
     assert!(format!("{m:?}").contains("SecretBytes(1632 bytes)"));
+}
+
+// Known answers: the IETF example keys (tests/data/README.md).
+
+const ML_DSA_KAT: [(MlDsaSet, &str, &str); 3] = [
+    (
+        MlDsaSet::P44,
+        include_str!("../tests/data/ml-dsa-44-seed.pem"),
+        include_str!("../tests/data/ml-dsa-44.pub.pem"),
+    ),
+    (
+        MlDsaSet::P65,
+        include_str!("../tests/data/ml-dsa-65-seed.pem"),
+        include_str!("../tests/data/ml-dsa-65.pub.pem"),
+    ),
+    (
+        MlDsaSet::P87,
+        include_str!("../tests/data/ml-dsa-87-seed.pem"),
+        include_str!("../tests/data/ml-dsa-87.pub.pem"),
+    ),
+];
+
+const ML_KEM_KAT: [(MlKemSet, &str, &str, &str); 3] = [
+    (
+        MlKemSet::P512,
+        include_str!("../tests/data/ml-kem-512-seed.pem"),
+        include_str!("../tests/data/ml-kem-512-expanded.pem"),
+        include_str!("../tests/data/ml-kem-512.pub.pem"),
+    ),
+    (
+        MlKemSet::P768,
+        include_str!("../tests/data/ml-kem-768-seed.pem"),
+        include_str!("../tests/data/ml-kem-768-expanded.pem"),
+        include_str!("../tests/data/ml-kem-768.pub.pem"),
+    ),
+    (
+        MlKemSet::P1024,
+        include_str!("../tests/data/ml-kem-1024-seed.pem"),
+        include_str!("../tests/data/ml-kem-1024-expanded.pem"),
+        include_str!("../tests/data/ml-kem-1024.pub.pem"),
+    ),
+];
+
+/// The seed ξ = 00 01 … 1f of the examples.
+fn counting(n: u8) -> Vec<u8> {
+    (0..n).collect()
+}
+
+#[test]
+fn ml_dsa_keygen_from_seed_known_answers() {
+    for (set, seed_pem, pub_pem) in ML_DSA_KAT {
+        let expected = PublicKey::from_spki_der(&pem_der(pub_pem)).unwrap();
+        assert!(matches!(&expected, PublicKey::MlDsa { set: s, .. } if *s == set));
+        // From the raw seed.
+        let kp = ml_dsa_private_from_seed(set, &counting(32)).unwrap();
+        assert_eq!(kp.public, expected, "{}", set.name());
+        // From the RFC 9881 seed-form PKCS#8.
+        let imported = import_private_key_der(&pem_der(seed_pem)).unwrap();
+        assert_eq!(imported.public, expected, "{}", set.name());
+        assert_eq!(imported.private_pkcs8.expose(), &counting(32)[..]);
+        // Our SPKI encoding is the example's, byte for byte.
+        assert_eq!(expected.to_spki_der(), pem_der(pub_pem));
+    }
+}
+
+#[test]
+fn ml_dsa_pkcs8_other_forms_are_refused() {
+    let der = pem_der(ML_DSA_KAT[0].1);
+    // The seed CHOICE retagged as the expandedKey OCTET STRING.
+    let mut expanded = der.clone();
+    let at = expanded.len() - 34;
+    assert_eq!(&expanded[at..at + 2], &[0x80, 0x20]);
+    expanded[at] = 0x04;
+    assert!(matches!(
+        import_private_key_der(&expanded),
+        Err(TokenError::TemplateInconsistent(_))
+    ));
+    let mut short = der;
+    short.truncate(short.len() - 1);
+    assert!(import_private_key_der(&short).is_err());
+}
+
+#[test]
+fn ml_kem_known_answers() {
+    for (set, seed_pem, expanded_pem, pub_pem) in ML_KEM_KAT {
+        let expected = PublicKey::from_spki_der(&pem_der(pub_pem)).unwrap();
+        assert!(matches!(&expected, PublicKey::MlKem { set: s, .. } if *s == set));
+        assert_eq!(expected.to_spki_der(), pem_der(pub_pem));
+        // The expanded key ends the PKCS#8 (privateKey OCTET STRING holding
+        // an OCTET STRING dk).
+        let der = pem_der(expanded_pem);
+        let dk = &der[der.len() - set.private_len()..];
+        let kp = ml_kem_private_from_value(set, dk).unwrap();
+        assert_eq!(kp.public, expected, "{}", set.name());
+        // The seed form holds d || z = 00 … 3f, and FIPS 203 puts z at the
+        // end of dk.
+        let seed = pem_der(seed_pem);
+        assert_eq!(&seed[seed.len() - 64..], &counting(64)[..]);
+        assert_eq!(&dk[dk.len() - 32..], &counting(64)[32..]);
+        // The key works: a round trip through its public half.
+        let private = kem_private(set, &kp.private_pkcs8);
+        let (ct, ss) = kem_encapsulate(&public(&expected)).unwrap();
+        assert_eq!(kem_decapsulate(&private, &ct).unwrap().expose(), ss.expose());
+    }
 }

@@ -1,5 +1,6 @@
-//! ML-DSA and ML-KEM: the mechanisms' rules and known answers (the IETF
-//! example keys, `tests/data/README.md`).
+//! ML-DSA and ML-KEM: the mechanisms' rules, known answers (the IETF example
+//! keys, `tests/data/README.md`), and cross-checks with RustCrypto's
+//! independent `ml-dsa` and `ml-kem` crates.
 use crate::keys::{generate_ec, import_private_key_der, Curve, PublicKey};
 use crate::pq::{
     generate_ml_dsa, generate_ml_kem, ml_dsa_private_from_seed, ml_kem_private_from_value, MlDsaSet, MlKemSet,
@@ -642,3 +643,102 @@ fn ml_kem_known_answers() {
         assert_eq!(kem_decapsulate(&private, &ct).unwrap().expose(), ss.expose());
     }
 }
+
+// Cross-checks with RustCrypto's ml-dsa and ml-kem.
+
+macro_rules! rustcrypto_ml_dsa {
+    ($name:ident, $params:ty, $set:expr) => {
+        #[test]
+        fn $name() {
+            use ml_dsa::{Signature, SigningKey, VerifyingKey};
+            let set: MlDsaSet = $set;
+            for seed in [
+                [0u8; 32],
+                [0x5au8; 32],
+                *b"hahsm cross-checks ml-dsa seeds.",
+            ] {
+                let rc = SigningKey::<$params>::from_seed(&seed.into());
+                let rc_vk: VerifyingKey<$params> = rc.expanded_key().verifying_key();
+                // Same seed, same public key.
+                let ours = ml_dsa_private_from_seed(set, &seed).unwrap();
+                assert_eq!(
+                    raw_public(&ours.public),
+                    rc_vk.encode().as_slice(),
+                    "{}",
+                    set.name()
+                );
+                let private = dsa_private(set, &ours.private_pkcs8);
+                let pubkey = public(&ours.public);
+                for context in [&b""[..], b"ctx", &[0xee; 255]] {
+                    let m = ctx(ck::CKH_HEDGE_PREFERRED, context);
+                    // RustCrypto verifies ours...
+                    let sig = sign(&m, &private, b"cross-checked message").unwrap();
+                    let parsed = Signature::<$params>::try_from(sig.as_slice()).unwrap();
+                    assert!(rc_vk.verify_with_context(b"cross-checked message", context, &parsed));
+                    assert!(!rc_vk.verify_with_context(b"cross-checked message", b"other", &parsed));
+                    // ...and we verify RustCrypto's.
+                    let theirs = rc
+                        .expanded_key()
+                        .sign_deterministic(b"their message", context)
+                        .unwrap();
+                    let theirs = theirs.encode();
+                    verify(&m, &pubkey, b"their message", theirs.as_slice()).unwrap();
+                    assert_eq!(
+                        verify(&m, &pubkey, b"their messagf", theirs.as_slice()),
+                        Err(TokenError::SignatureInvalid)
+                    );
+                }
+            }
+        }
+    };
+}
+
+rustcrypto_ml_dsa!(rustcrypto_ml_dsa_44_agrees, ml_dsa::MlDsa44, MlDsaSet::P44);
+rustcrypto_ml_dsa!(rustcrypto_ml_dsa_65_agrees, ml_dsa::MlDsa65, MlDsaSet::P65);
+rustcrypto_ml_dsa!(rustcrypto_ml_dsa_87_agrees, ml_dsa::MlDsa87, MlDsaSet::P87);
+
+macro_rules! rustcrypto_ml_kem {
+    ($name:ident, $params:ty, $set:expr) => {
+        #[test]
+        #[allow(deprecated)] // ExpandedKeyEncoding: the FIPS 203 dk bytes.
+        fn $name() {
+            use ml_kem::{Decapsulate, DecapsulationKey, EncapsulationKey, ExpandedKeyEncoding, KeyExport};
+            let set: MlKemSet = $set;
+            let seed: [u8; 64] = core::array::from_fn(|i| (i as u8).wrapping_mul(7));
+            let rc = DecapsulationKey::<$params>::from_seed(seed.into());
+            // RustCrypto's dk imports, with RustCrypto's ek as its public half.
+            let dk = rc.to_expanded_bytes();
+            let ours = ml_kem_private_from_value(set, dk.as_slice()).unwrap();
+            let rc_ek = rc.encapsulation_key().to_bytes();
+            assert_eq!(raw_public(&ours.public), rc_ek.as_slice());
+            // We encapsulate to RustCrypto's key; it decapsulates.
+            let (ct, ss) = kem_encapsulate(&public(&ours.public)).unwrap();
+            let rc_ss = rc.decapsulate(&ct.as_slice().try_into().unwrap());
+            assert_eq!(rc_ss.as_slice(), ss.expose());
+            // RustCrypto encapsulates to a key we made; we decapsulate.
+            let kp = generate_ml_kem(set).unwrap();
+            let ek = EncapsulationKey::<$params>::new(&raw_public(&kp.public).try_into().unwrap()).unwrap();
+            let private = kem_private(set, &kp.private_pkcs8);
+            for m in [[0u8; 32], [0xc3; 32]] {
+                let (ct, rc_ss) = ek.encapsulate_deterministic(&m.into());
+                let ss = kem_decapsulate(&private, ct.as_slice()).unwrap();
+                assert_eq!(ss.expose(), rc_ss.as_slice());
+                // Both reject a changed ciphertext the same way (the
+                // implicit-rejection secret depends only on z and c).
+                let mut c = ct.clone();
+                c[0] ^= 1;
+                let ours = kem_decapsulate(&private, c.as_slice()).unwrap();
+                let rc_dk = DecapsulationKey::<$params>::from_expanded_bytes(
+                    &kp.private_pkcs8.expose().try_into().unwrap(),
+                )
+                .unwrap();
+                assert_eq!(ours.expose(), rc_dk.decapsulate(&c).as_slice());
+                assert_ne!(ours.expose(), rc_ss.as_slice());
+            }
+        }
+    };
+}
+
+rustcrypto_ml_kem!(rustcrypto_ml_kem_512_agrees, ml_kem::MlKem512, MlKemSet::P512);
+rustcrypto_ml_kem!(rustcrypto_ml_kem_768_agrees, ml_kem::MlKem768, MlKemSet::P768);
+rustcrypto_ml_kem!(rustcrypto_ml_kem_1024_agrees, ml_kem::MlKem1024, MlKemSet::P1024);

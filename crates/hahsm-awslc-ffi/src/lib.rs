@@ -181,8 +181,11 @@ impl Drop for Pkey {
 // ECDSA private-key operations that AWS-LC documents as non-mutating: they
 // guard their lazily built caches with the key's internal lock). Every
 // function of this crate that touches a shared key is one of those; the only
-// mutations happen while a key is being built and is not yet shared. This is
-// the same reasoning aws-lc-rs uses for its own Send + Sync key types.
+// mutations happen while a key is being built and is not yet shared. ML-DSA
+// signing and verification build a context of their own per call (which
+// takes its reference with an atomic up-ref) and only read the key's
+// private and public parts. This is the same reasoning aws-lc-rs uses for
+// its own Send + Sync key types.
 unsafe impl Send for Pkey {}
 // SAFETY: see the `Send` impl above.
 unsafe impl Sync for Pkey {}

@@ -11,6 +11,9 @@
 //!   `r || s` signature encoding PKCS#11 uses (`CKM_ECDSA`).
 //! - AES-GCM with nonces other than 96 bits and truncated tags.
 //! - AES key wrap (RFC 3394 / RFC 5649) with 192-bit key-encryption keys.
+//! - ML-DSA (FIPS 204): keys from the 32-byte seed, pure signing with a
+//!   context string, and signing an external mu for HashML-DSA, none of which
+//!   aws-lc-rs 1.19 offers (`mldsa.rs`); SHAKE128/256 for HashML-DSA.
 //! - The legacy primitives (triple DES, MD5, RSA below 2048 bits: generation
 //!   and PKCS#1 v1.5 encryption) that a partition offers only under its
 //!   `allow-legacy-mechanisms` policy.
@@ -35,6 +38,7 @@ mod aes;
 mod bn;
 mod ec;
 mod legacy;
+mod mldsa;
 mod rsa;
 
 pub use aes::{
@@ -42,6 +46,7 @@ pub use aes::{
 };
 pub use ec::{EcCurve, EcKey};
 pub use legacy::{des3_crypt, md5, Des3Mode};
+pub use mldsa::{xof, MlDsaKey, MlDsaLevel, Xof, ML_DSA_MAX_CONTEXT, ML_DSA_MU_LEN, ML_DSA_SEED_LEN};
 pub use rsa::{rsa_crt_params, RsaCrt, RsaKey};
 
 /// A failed AWS-LC call. Carries the name of the call only: never key
@@ -176,8 +181,11 @@ impl Drop for Pkey {
 // ECDSA private-key operations that AWS-LC documents as non-mutating: they
 // guard their lazily built caches with the key's internal lock). Every
 // function of this crate that touches a shared key is one of those; the only
-// mutations happen while a key is being built and is not yet shared. This is
-// the same reasoning aws-lc-rs uses for its own Send + Sync key types.
+// mutations happen while a key is being built and is not yet shared. ML-DSA
+// signing and verification build a context of their own per call (which
+// takes its reference with an atomic up-ref) and only read the key's
+// private and public parts. This is the same reasoning aws-lc-rs uses for
+// its own Send + Sync key types.
 unsafe impl Send for Pkey {}
 // SAFETY: see the `Send` impl above.
 unsafe impl Sync for Pkey {}

@@ -45,10 +45,10 @@ impl Drop for Rsa {
 }
 
 /// Owned `EVP_PKEY_CTX`.
-struct PkeyCtx(NonNull<sys::EVP_PKEY_CTX>);
+pub(crate) struct PkeyCtx(NonNull<sys::EVP_PKEY_CTX>);
 
 impl PkeyCtx {
-    fn new(pkey: &Pkey) -> Result<PkeyCtx> {
+    pub(crate) fn new(pkey: &Pkey) -> Result<PkeyCtx> {
         // SAFETY: pkey is a valid EVP_PKEY; EVP_PKEY_CTX_new takes its own reference (an atomic up-ref, safe while other threads use the key).
         let p = unsafe { sys::EVP_PKEY_CTX_new(pkey.as_ptr(), ptr::null_mut()) };
         NonNull::new(p)
@@ -56,7 +56,7 @@ impl PkeyCtx {
             .ok_or_else(|| Error::new("EVP_PKEY_CTX_new"))
     }
 
-    fn as_ptr(&self) -> *mut sys::EVP_PKEY_CTX {
+    pub(crate) fn as_ptr(&self) -> *mut sys::EVP_PKEY_CTX {
         self.0.as_ptr()
     }
 

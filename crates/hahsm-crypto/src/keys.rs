@@ -2,6 +2,7 @@
 //! private-key import. Private keys always leave this module as normalized
 //! PKCS#8 v1 DER inside [`SecretBytes`].
 use crate::der::{self, Reader};
+use crate::pq::{MlDsaSet, MlKemSet};
 use crate::{ck, SecretBytes, TokenError, TokenResult};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::error::KeyRejected;
@@ -147,6 +148,10 @@ pub enum PublicKey {
     Ec { curve: Curve, point: Vec<u8> },
     /// The 32-byte RFC 8032 public key.
     Ed25519 { point: Vec<u8> },
+    /// The FIPS 204 encoded public key (`CKA_VALUE`).
+    MlDsa { set: MlDsaSet, value: Vec<u8> },
+    /// The FIPS 203 encapsulation key ek (`CKA_VALUE`).
+    MlKem { set: MlKemSet, value: Vec<u8> },
 }
 
 impl PublicKey {
@@ -175,6 +180,16 @@ impl PublicKey {
                 let alg = der::sequence(&[&der::tlv(der::TAG_OID, OID_ED25519)]);
                 der::sequence(&[&alg, &der::bit_string(point)])
             }
+            // RFC 9881 and RFC 9935: the OID alone, no parameters, and the
+            // raw key as the BIT STRING.
+            PublicKey::MlDsa { set, value } => {
+                let alg = der::sequence(&[&der::tlv(der::TAG_OID, set.oid())]);
+                der::sequence(&[&alg, &der::bit_string(value)])
+            }
+            PublicKey::MlKem { set, value } => {
+                let alg = der::sequence(&[&der::tlv(der::TAG_OID, set.oid())]);
+                der::sequence(&[&alg, &der::bit_string(value)])
+            }
         }
     }
 
@@ -185,7 +200,7 @@ impl PublicKey {
     }
 
     /// Parses and validates a SubjectPublicKeyInfo (RSA, EC on a supported
-    /// curve with an uncompressed point, or Ed25519).
+    /// curve with an uncompressed point, Ed25519, ML-DSA or ML-KEM).
     pub fn from_spki_der(spki: &[u8]) -> TokenResult<PublicKey> {
         let bad = || TokenError::AttributeValueInvalid(ck::CKA_PUBLIC_KEY_INFO);
         let body = der::parse_single(spki, der::TAG_SEQUENCE).ok_or_else(bad)?;
@@ -232,7 +247,21 @@ impl PublicKey {
                 }
             }
             OID_ED25519 => PublicKey::Ed25519 { point: bits.to_vec() },
-            _ => return Err(bad()),
+            _ => {
+                if let Some(set) = MlDsaSet::from_oid(oid) {
+                    PublicKey::MlDsa {
+                        set,
+                        value: bits.to_vec(),
+                    }
+                } else if let Some(set) = MlKemSet::from_oid(oid) {
+                    PublicKey::MlKem {
+                        set,
+                        value: bits.to_vec(),
+                    }
+                } else {
+                    return Err(bad());
+                }
+            }
         };
         if !a.is_empty() {
             return Err(bad());
@@ -242,7 +271,8 @@ impl PublicKey {
     }
 
     /// Checks the key is usable: an RSA modulus AWS-LC accepts, an EC point
-    /// on its curve, a well-formed Ed25519 key.
+    /// on its curve, a well-formed Ed25519 key, an ML-DSA or ML-KEM key of
+    /// its set's length that AWS-LC accepts.
     pub fn validate(&self) -> TokenResult<()> {
         match self {
             PublicKey::Rsa {
@@ -263,16 +293,40 @@ impl PublicKey {
                 sig::ParsedPublicKey::new(&sig::ED25519, point)
                     .map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_EC_POINT))?;
             }
+            PublicKey::MlDsa { set, value } => {
+                ffi::MlDsaKey::from_public(set.ffi(), value)
+                    .map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE))?;
+            }
+            PublicKey::MlKem { set, value } => {
+                // aws-lc-rs checks the length; FIPS 203 §7.2's modulus check
+                // (every coefficient below q) is done here.
+                if value.len() != set.public_len() || !ml_kem_ek_coefficients_reduced(value) {
+                    return Err(TokenError::AttributeValueInvalid(ck::CKA_VALUE));
+                }
+                aws_lc_rs::kem::EncapsulationKey::new(set.alg(), value)
+                    .map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE))?;
+            }
         }
         Ok(())
     }
 
-    /// `CKK_RSA`, `CKK_EC` or `CKK_EC_EDWARDS`.
+    /// `CKK_RSA`, `CKK_EC`, `CKK_EC_EDWARDS`, `CKK_ML_DSA` or `CKK_ML_KEM`.
     pub fn key_type(&self) -> u64 {
         match self {
             PublicKey::Rsa { .. } => ck::CKK_RSA,
             PublicKey::Ec { .. } => ck::CKK_EC,
             PublicKey::Ed25519 { .. } => ck::CKK_EC_EDWARDS,
+            PublicKey::MlDsa { .. } => ck::CKK_ML_DSA,
+            PublicKey::MlKem { .. } => ck::CKK_ML_KEM,
+        }
+    }
+
+    /// `CKA_PARAMETER_SET` (`CKP_ML_DSA_*`, `CKP_ML_KEM_*`) for ML keys.
+    pub fn parameter_set(&self) -> Option<u64> {
+        match self {
+            PublicKey::MlDsa { set, .. } => Some(set.ckp()),
+            PublicKey::MlKem { set, .. } => Some(set.ckp()),
+            _ => None,
         }
     }
 
@@ -287,9 +341,9 @@ impl PublicKey {
     /// `CKA_EC_PARAMS` for EC and Ed25519 keys.
     pub fn ec_params(&self) -> Option<Vec<u8>> {
         match self {
-            PublicKey::Rsa { .. } => None,
             PublicKey::Ec { curve, .. } => Some(curve.ec_params()),
             PublicKey::Ed25519 { .. } => Some(ED25519_EC_PARAMS.to_vec()),
+            PublicKey::Rsa { .. } | PublicKey::MlDsa { .. } | PublicKey::MlKem { .. } => None,
         }
     }
 
@@ -297,12 +351,26 @@ impl PublicKey {
     /// PKCS#11 specifies), for EC and Ed25519 keys.
     pub fn ec_point_der(&self) -> Option<Vec<u8>> {
         match self {
-            PublicKey::Rsa { .. } => None,
             PublicKey::Ec { point, .. } | PublicKey::Ed25519 { point } => {
                 Some(der::tlv(der::TAG_OCTET_STRING, point))
             }
+            PublicKey::Rsa { .. } | PublicKey::MlDsa { .. } | PublicKey::MlKem { .. } => None,
         }
     }
+}
+
+/// FIPS 203 §7.2 input check: each 12-bit coefficient of `ByteEncode12(t̂)`
+/// (the first 384k bytes of ek) is below q = 3329, so decoding and encoding
+/// again gives the same bytes.
+fn ml_kem_ek_coefficients_reduced(ek: &[u8]) -> bool {
+    const Q: u16 = 3329;
+    let t = &ek[..ek.len().saturating_sub(32)];
+    t.chunks_exact(3).all(|c| {
+        let (b0, b1, b2) = (u16::from(c[0]), u16::from(c[1]), u16::from(c[2]));
+        let a = b0 | ((b1 & 0x0f) << 8);
+        let b = (b1 >> 4) | (b2 << 4);
+        a < Q && b < Q
+    })
 }
 
 fn bit_len(be: &[u8]) -> u64 {
@@ -336,7 +404,8 @@ pub fn ec_point_from_attribute(value: &[u8]) -> TokenResult<Vec<u8>> {
 /// A freshly generated or imported key pair.
 pub struct KeyPair {
     pub public: PublicKey,
-    /// Normalized PKCS#8 v1 DER.
+    /// Normalized PKCS#8 v1 DER; for ML-DSA the 32-byte seed ξ, for ML-KEM
+    /// the FIPS 203 decapsulation key dk (the forms `KeyMaterial` takes).
     pub private_pkcs8: SecretBytes,
 }
 
@@ -453,7 +522,8 @@ pub fn generate_ed25519() -> TokenResult<KeyPair> {
     ed25519_keypair(&kp)
 }
 
-/// Imports a DER private key: PKCS#8 `PrivateKeyInfo` (RSA, EC or Ed25519),
+/// Imports a DER private key: PKCS#8 `PrivateKeyInfo` (RSA, EC, Ed25519, or
+/// ML-DSA in the RFC 9881 seed form),
 /// PKCS#1 `RSAPrivateKey`, or SEC1 `ECPrivateKey`. The key is fully
 /// validated. Returns its public half and a normalized PKCS#8.
 pub fn import_private_key_der(der_bytes: &[u8]) -> TokenResult<KeyPair> {
@@ -485,9 +555,18 @@ pub fn import_private_key_der(der_bytes: &[u8]) -> TokenResult<KeyPair> {
                         sig::Ed25519KeyPair::from_pkcs8(der_bytes).map_err(|e| rejected(e, ck::CKA_VALUE))?;
                     ed25519_keypair(&kp)
                 }
-                _ => Err(TokenError::TemplateInconsistent(
-                    "unsupported private key algorithm".into(),
-                )),
+                oid => match MlDsaSet::from_oid(oid) {
+                    Some(set) => {
+                        if !a.is_empty() {
+                            return Err(bad());
+                        }
+                        let private_key = r.read(der::TAG_OCTET_STRING).ok_or_else(bad)?;
+                        crate::pq::ml_dsa_from_pkcs8_private(set, private_key)
+                    }
+                    None => Err(TokenError::TemplateInconsistent(
+                        "unsupported private key algorithm".into(),
+                    )),
+                },
             }
         }
         // PKCS#1 RSAPrivateKey: version, modulus, ...

@@ -25,6 +25,9 @@ mod der;
 mod keys;
 mod loaded;
 mod mech;
+mod pq;
+#[cfg(test)]
+mod pq_tests;
 mod seal;
 pub mod shares;
 
@@ -36,7 +39,13 @@ pub use keys::{
     rsa_private_from_components, Curve, KeyPair, PublicKey, ED25519_EC_PARAMS, LEGACY_RSA_BITS,
 };
 pub use loaded::{KeyMaterial, LoadedKey};
-pub use mech::{decrypt, ecdh_derive, encrypt, output_len, sign, unwrap, verify, wrap};
+pub use mech::{
+    decrypt, ecdh_derive, encrypt, kem_decapsulate, kem_encapsulate, output_len, sign, unwrap, verify, wrap,
+};
+pub use pq::{
+    generate_ml_dsa, generate_ml_kem, ml_dsa_private_from_seed, ml_kem_private_from_value, MlDsaSet,
+    MlKemSet, ML_KEM_SHARED_SECRET_LEN,
+};
 pub use seal::SealKey;
 
 use aws_lc_rs::{digest as awsdigest, hkdf, hmac, pbkdf2, rand};

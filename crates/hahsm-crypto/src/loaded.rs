@@ -7,8 +7,10 @@
 //! built here, at load time. Everything else builds what it needs on first use
 //! and caches it in a `OnceLock`, so no key is ever parsed twice.
 use crate::keys::{Curve, PublicKey};
+use crate::pq::{MlDsaSet, MlKemSet};
 use crate::{ck, SecretBytes, TokenError, TokenResult};
 use aws_lc_rs::agreement;
+use aws_lc_rs::kem;
 use aws_lc_rs::rsa;
 use aws_lc_rs::signature::{self as sig, KeyPair as _};
 use hahsm_awslc_ffi as ffi;
@@ -33,6 +35,17 @@ pub enum KeyMaterial {
     Des3(SecretBytes),
     /// Any non-empty length (HMAC keys).
     GenericSecret(SecretBytes),
+    /// The 32-byte FIPS 204 key-generation seed ξ.
+    MlDsaPrivate {
+        set: MlDsaSet,
+        seed: SecretBytes,
+    },
+    /// The FIPS 203 decapsulation key dk, as aws-lc-rs's `key_bytes()`
+    /// gives it.
+    MlKemPrivate {
+        set: MlKemSet,
+        value: SecretBytes,
+    },
     Public(PublicKey),
 }
 
@@ -49,6 +62,16 @@ impl fmt::Debug for KeyMaterial {
             KeyMaterial::Aes(s) => f.debug_tuple("Aes").field(s).finish(),
             KeyMaterial::Des3(s) => f.debug_tuple("Des3").field(s).finish(),
             KeyMaterial::GenericSecret(s) => f.debug_tuple("GenericSecret").field(s).finish(),
+            KeyMaterial::MlDsaPrivate { set, seed } => f
+                .debug_struct("MlDsaPrivate")
+                .field("set", set)
+                .field("seed", seed)
+                .finish(),
+            KeyMaterial::MlKemPrivate { set, value } => f
+                .debug_struct("MlKemPrivate")
+                .field("set", set)
+                .field("value", value)
+                .finish(),
             KeyMaterial::Public(p) => f.debug_tuple("Public").field(p).finish(),
         }
     }
@@ -67,6 +90,10 @@ pub(crate) enum Inner {
     EcPublic(Box<EcPublic>),
     Ed25519Private(Box<EdPrivate>),
     Ed25519Public(Box<EdPublic>),
+    MlDsaPrivate(Box<MlDsa>),
+    MlDsaPublic(Box<MlDsa>),
+    MlKemPrivate(Box<MlKemPrivate>),
+    MlKemPublic(Box<MlKemPublic>),
     Secret { key_type: u64, bytes: SecretBytes },
 }
 
@@ -180,6 +207,28 @@ pub(crate) struct EdPublic {
     pub(crate) verifier: sig::ParsedPublicKey,
 }
 
+/// An ML-DSA key; a private one holds its public half too, so it verifies.
+pub(crate) struct MlDsa {
+    pub(crate) set: MlDsaSet,
+    pub(crate) public: PublicKey,
+    pub(crate) key: ffi::MlDsaKey,
+}
+
+pub(crate) struct MlKemPrivate {
+    pub(crate) set: MlKemSet,
+    pub(crate) public: PublicKey,
+    pub(crate) dk: kem::DecapsulationKey,
+    /// aws-lc-rs gives no encapsulation key for a dk built from bytes, so
+    /// it is built from the ek that dk embeds.
+    pub(crate) ek: kem::EncapsulationKey,
+}
+
+pub(crate) struct MlKemPublic {
+    pub(crate) set: MlKemSet,
+    pub(crate) public: PublicKey,
+    pub(crate) ek: kem::EncapsulationKey,
+}
+
 impl LoadedKey {
     /// Parses (and for private keys, validates) key material once.
     pub fn load(material: KeyMaterial) -> TokenResult<LoadedKey> {
@@ -276,6 +325,27 @@ impl LoadedKey {
                     bytes,
                 }
             }
+            KeyMaterial::MlDsaPrivate { set, seed } => {
+                let key =
+                    ffi::MlDsaKey::from_seed(set.ffi(), seed.expose()).map_err(|_| corrupt("ML-DSA"))?;
+                let value = key.public_key().map_err(|_| corrupt("ML-DSA"))?;
+                Inner::MlDsaPrivate(Box::new(MlDsa {
+                    set,
+                    public: PublicKey::MlDsa { set, value },
+                    key,
+                }))
+            }
+            KeyMaterial::MlKemPrivate { set, value } => {
+                let ek = set.public_of(value.expose()).ok_or_else(|| corrupt("ML-KEM"))?;
+                let public = PublicKey::MlKem {
+                    set,
+                    value: ek.to_vec(),
+                };
+                let ek = kem::EncapsulationKey::new(set.alg(), ek).map_err(|_| corrupt("ML-KEM"))?;
+                let dk =
+                    kem::DecapsulationKey::new(set.alg(), value.expose()).map_err(|_| corrupt("ML-KEM"))?;
+                Inner::MlKemPrivate(Box::new(MlKemPrivate { set, public, dk, ek }))
+            }
             KeyMaterial::Public(public) => match &public {
                 PublicKey::Rsa {
                     modulus,
@@ -305,18 +375,50 @@ impl LoadedKey {
                         .map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_EC_POINT))?;
                     Inner::Ed25519Public(Box::new(EdPublic { public, verifier }))
                 }
+                PublicKey::MlDsa { set, value } => {
+                    let key = ffi::MlDsaKey::from_public(set.ffi(), value)
+                        .map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE))?;
+                    Inner::MlDsaPublic(Box::new(MlDsa {
+                        set: *set,
+                        public,
+                        key,
+                    }))
+                }
+                PublicKey::MlKem { set, value } => {
+                    public.validate()?;
+                    let ek = kem::EncapsulationKey::new(set.alg(), value)
+                        .map_err(|_| TokenError::AttributeValueInvalid(ck::CKA_VALUE))?;
+                    Inner::MlKemPublic(Box::new(MlKemPublic {
+                        set: *set,
+                        public,
+                        ek,
+                    }))
+                }
             },
         };
         Ok(LoadedKey { inner })
     }
 
-    /// `CKK_RSA`, `CKK_EC`, `CKK_EC_EDWARDS`, `CKK_AES`, `CKK_DES3` or `CKK_GENERIC_SECRET`.
+    /// `CKK_RSA`, `CKK_EC`, `CKK_EC_EDWARDS`, `CKK_ML_DSA`, `CKK_ML_KEM`,
+    /// `CKK_AES`, `CKK_DES3` or `CKK_GENERIC_SECRET`.
     pub fn key_type(&self) -> u64 {
         match &self.inner {
             Inner::RsaPrivate(_) | Inner::RsaPublic(_) => ck::CKK_RSA,
             Inner::EcPrivate(_) | Inner::EcPublic(_) => ck::CKK_EC,
             Inner::Ed25519Private(_) | Inner::Ed25519Public(_) => ck::CKK_EC_EDWARDS,
+            Inner::MlDsaPrivate(_) | Inner::MlDsaPublic(_) => ck::CKK_ML_DSA,
+            Inner::MlKemPrivate(_) | Inner::MlKemPublic(_) => ck::CKK_ML_KEM,
             Inner::Secret { key_type, .. } => *key_type,
+        }
+    }
+
+    /// `CKA_PARAMETER_SET` of an ML-DSA or ML-KEM key.
+    pub fn parameter_set(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::MlDsaPrivate(k) | Inner::MlDsaPublic(k) => Some(k.set.ckp()),
+            Inner::MlKemPrivate(k) => Some(k.set.ckp()),
+            Inner::MlKemPublic(k) => Some(k.set.ckp()),
+            _ => None,
         }
     }
 
@@ -329,6 +431,9 @@ impl LoadedKey {
             Inner::EcPublic(k) => Some(&k.public),
             Inner::Ed25519Private(k) => Some(&k.public),
             Inner::Ed25519Public(k) => Some(&k.public),
+            Inner::MlDsaPrivate(k) | Inner::MlDsaPublic(k) => Some(&k.public),
+            Inner::MlKemPrivate(k) => Some(&k.public),
+            Inner::MlKemPublic(k) => Some(&k.public),
             Inner::Secret { .. } => None,
         }
     }
@@ -337,7 +442,12 @@ impl LoadedKey {
     pub fn is_private(&self) -> bool {
         matches!(
             self.inner,
-            Inner::RsaPrivate(_) | Inner::EcPrivate(_) | Inner::Ed25519Private(_) | Inner::Secret { .. }
+            Inner::RsaPrivate(_)
+                | Inner::EcPrivate(_)
+                | Inner::Ed25519Private(_)
+                | Inner::MlDsaPrivate(_)
+                | Inner::MlKemPrivate(_)
+                | Inner::Secret { .. }
         )
     }
 
@@ -359,6 +469,10 @@ impl fmt::Debug for LoadedKey {
             Inner::EcPublic(_) => "EcPublic",
             Inner::Ed25519Private(_) => "Ed25519Private",
             Inner::Ed25519Public(_) => "Ed25519Public",
+            Inner::MlDsaPrivate(_) => "MlDsaPrivate",
+            Inner::MlDsaPublic(_) => "MlDsaPublic",
+            Inner::MlKemPrivate(_) => "MlKemPrivate",
+            Inner::MlKemPublic(_) => "MlKemPublic",
             Inner::Secret { key_type, .. } if *key_type == ck::CKK_AES => "Aes",
             Inner::Secret { key_type, .. } if *key_type == ck::CKK_DES3 => "Des3",
             Inner::Secret { .. } => "GenericSecret",

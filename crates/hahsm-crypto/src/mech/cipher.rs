@@ -368,6 +368,8 @@ pub fn output_len(mech: &Mechanism, key: &LoadedKey, input_len: usize, op: Usage
                     Inner::Ed25519Private(_) => Ok(64),
                     _ => Err(TokenError::KeyTypeInconsistent),
                 }
+            } else if super::pq::is_ml_dsa(m) {
+                super::pq::ml_dsa_signature_len(key)
             } else if let Some(alg) = hmac_algorithm(m) {
                 key.secret().ok_or(TokenError::KeyTypeInconsistent)?;
                 Ok(alg.digest_algorithm().output_len())

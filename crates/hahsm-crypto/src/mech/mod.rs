@@ -11,13 +11,15 @@
 //! RSA PKCS#1 v1.5 and OAEP encryption when the OAEP hash and MGF1 hash are
 //! the same SHA-1/256/384/512, ECDSA with the curve's own hash, Ed25519, HMAC,
 //! the AES modes, AES-GCM with a 96-bit IV and full tag, AES-128/256 key wrap
-//! and ECDH. `hahsm-awslc-ffi` does the rest (see its crate docs).
+//! and ECDH, and ML-KEM. `hahsm-awslc-ffi` does the rest, ML-DSA among it
+//! (see its crate docs).
 //!
-//! `params` holds what the mechanisms share; `sign`, `cipher`, `wrap` and
-//! `derive` the operations.
+//! `params` holds what the mechanisms share; `sign`, `cipher`, `wrap`,
+//! `derive` and `pq` (ML-DSA, ML-KEM) the operations.
 mod cipher;
 mod derive;
 mod params;
+mod pq;
 mod sign;
 #[cfg(test)]
 mod tests;
@@ -26,5 +28,6 @@ mod wrap;
 pub use cipher::{decrypt, encrypt, output_len};
 pub use derive::ecdh_derive;
 pub(crate) use params::{digest_algorithm, hash_from_ckm};
+pub use pq::{kem_decapsulate, kem_encapsulate};
 pub use sign::{sign, verify};
 pub use wrap::{unwrap, wrap};

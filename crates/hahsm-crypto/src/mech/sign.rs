@@ -111,6 +111,9 @@ pub fn sign(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> TokenResult<Vec<u
         let s = k.signer.try_sign(data).map_err(|_| internal("Ed25519 signing"))?;
         return Ok(s.as_ref().to_vec());
     }
+    if super::pq::is_ml_dsa(m) {
+        return super::pq::ml_dsa_sign(mech, key, data);
+    }
     if let Some(alg) = hmac_algorithm(m) {
         let secret = key.secret().ok_or(TokenError::KeyTypeInconsistent)?;
         no_params(mech)?;
@@ -216,6 +219,9 @@ pub fn verify(mech: &Mechanism, key: &LoadedKey, data: &[u8], signature: &[u8]) 
             return Err(TokenError::SignatureLenRange);
         }
         return verdict(verifier.verify_sig(data, signature).is_ok());
+    }
+    if super::pq::is_ml_dsa(m) {
+        return super::pq::ml_dsa_verify(mech, key, data, signature);
     }
     if let Some(alg) = hmac_algorithm(m) {
         let secret = key.secret().ok_or(TokenError::KeyTypeInconsistent)?;

@@ -47,6 +47,14 @@ pub fn load_private(kp: &KeyPair) -> LoadedKey {
             pkcs8: kp.private_pkcs8.clone(),
         },
         PublicKey::Ed25519 { .. } => KeyMaterial::Ed25519Private(kp.private_pkcs8.clone()),
+        PublicKey::MlDsa { set, .. } => KeyMaterial::MlDsaPrivate {
+            set: *set,
+            seed: kp.private_pkcs8.clone(),
+        },
+        PublicKey::MlKem { set, .. } => KeyMaterial::MlKemPrivate {
+            set: *set,
+            value: kp.private_pkcs8.clone(),
+        },
     };
     LoadedKey::load(m).unwrap()
 }

@@ -43,7 +43,8 @@ struct Selector {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Generate a key: rsa:2048|3072|4096, ec:p256|p384|p521, ed25519, aes:128|192|256, generic:BITS.
+    /// Generate a key: rsa:2048|3072|4096, ec:p256|p384|p521, ed25519, ml-dsa-44|65|87,
+    /// ml-kem-512|768|1024, aes:128|192|256, generic:BITS.
     Gen {
         #[arg(long = "type")]
         key_type: String,
@@ -397,6 +398,23 @@ fn key_templates(
             size.parse().map_err(|_| anyhow!("bad key size '{size}'"))
         }
     };
+    // ML-DSA and ML-KEM by parameter set: ml-dsa-65 (or ml-dsa:65).
+    let ml = match spec.to_ascii_lowercase().replace(':', "-").as_str() {
+        "ml-dsa-44" => Some((ck::CKM_ML_DSA_KEY_PAIR_GEN, ck::CKP_ML_DSA_44)),
+        "ml-dsa-65" => Some((ck::CKM_ML_DSA_KEY_PAIR_GEN, ck::CKP_ML_DSA_65)),
+        "ml-dsa-87" => Some((ck::CKM_ML_DSA_KEY_PAIR_GEN, ck::CKP_ML_DSA_87)),
+        "ml-kem-512" => Some((ck::CKM_ML_KEM_KEY_PAIR_GEN, ck::CKP_ML_KEM_512)),
+        "ml-kem-768" => Some((ck::CKM_ML_KEM_KEY_PAIR_GEN, ck::CKP_ML_KEM_768)),
+        "ml-kem-1024" => Some((ck::CKM_ML_KEM_KEY_PAIR_GEN, ck::CKP_ML_KEM_1024)),
+        _ => None,
+    };
+    if let Some((mech, set)) = ml {
+        return Ok((
+            Mechanism::new(mech),
+            base.with(ck::CKA_PARAMETER_SET, AttrValue::Ulong(set)),
+            Some(private),
+        ));
+    }
     Ok(match kind.to_ascii_lowercase().as_str() {
         "rsa" => (
             Mechanism::new(ck::CKM_RSA_PKCS_KEY_PAIR_GEN),
@@ -434,7 +452,9 @@ fn key_templates(
             private.with(ck::CKA_VALUE_LEN, AttrValue::Ulong(bits(256)? / 8)),
             None,
         ),
-        other => bail!("unknown key type '{other}': use rsa, ec, ed25519, aes or generic"),
+        other => bail!(
+            "unknown key type '{other}': use rsa, ec, ed25519, ml-dsa-44|65|87, ml-kem-512|768|1024, aes or generic"
+        ),
     })
 }
 

@@ -43,8 +43,8 @@ pub use mech::{
     decrypt, ecdh_derive, encrypt, kem_decapsulate, kem_encapsulate, output_len, sign, unwrap, verify, wrap,
 };
 pub use pq::{
-    generate_ml_dsa, generate_ml_kem, ml_dsa_private_from_seed, ml_kem_private_from_value, MlDsaSet,
-    MlKemSet, ML_KEM_SHARED_SECRET_LEN,
+    generate_ml_dsa, generate_ml_kem, ml_dsa_private_from_seed, ml_dsa_seed_pkcs8, ml_kem_private_from_value,
+    MlDsaSet, MlKemSet, ML_KEM_SHARED_SECRET_LEN,
 };
 pub use seal::SealKey;
 

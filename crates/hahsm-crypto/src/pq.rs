@@ -241,3 +241,27 @@ pub(crate) fn ml_dsa_from_pkcs8_private(set: MlDsaSet, private_key: &[u8]) -> To
 
 /// The shared secret's length for every ML-KEM set.
 pub const ML_KEM_SHARED_SECRET_LEN: usize = 32;
+
+/// The seed-form PKCS#8 `PrivateKeyInfo` of an ML-DSA key (RFC 9881): what
+/// `C_WrapKey` wraps, and what [`crate::import_private_key_der`] (so
+/// `C_UnwrapKey`) takes back. Built in a buffer that is wiped when dropped.
+pub fn ml_dsa_seed_pkcs8(set: MlDsaSet, seed: &SecretBytes) -> TokenResult<SecretBytes> {
+    if seed.len() != ffi::ML_DSA_SEED_LEN {
+        return Err(TokenError::DeviceError(
+            "stored ML-DSA seed has the wrong length".into(),
+        ));
+    }
+    let oid = set.oid();
+    // SEQUENCE { INTEGER 0, SEQUENCE { OID }, OCTET STRING { [0] seed } }:
+    // every length is below 128, so each is one byte.
+    let alg_len = 2 + oid.len();
+    let private_len = 2 + seed.len();
+    let body_len = 3 + (2 + alg_len) + (2 + private_len);
+    let mut out = Zeroizing::new(Vec::with_capacity(2 + body_len));
+    out.extend_from_slice(&[0x30, body_len as u8, 0x02, 0x01, 0x00]);
+    out.extend_from_slice(&[0x30, alg_len as u8, 0x06, oid.len() as u8]);
+    out.extend_from_slice(oid);
+    out.extend_from_slice(&[0x04, private_len as u8, 0x80, seed.len() as u8]);
+    out.extend_from_slice(seed.expose());
+    Ok(SecretBytes::from_zeroizing(out))
+}

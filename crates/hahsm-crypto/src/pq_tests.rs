@@ -742,3 +742,25 @@ macro_rules! rustcrypto_ml_kem {
 rustcrypto_ml_kem!(rustcrypto_ml_kem_512_agrees, ml_kem::MlKem512, MlKemSet::P512);
 rustcrypto_ml_kem!(rustcrypto_ml_kem_768_agrees, ml_kem::MlKem768, MlKemSet::P768);
 rustcrypto_ml_kem!(rustcrypto_ml_kem_1024_agrees, ml_kem::MlKem1024, MlKemSet::P1024);
+
+#[test]
+fn ml_dsa_seed_pkcs8_imports_as_the_same_key() {
+    for set in MlDsaSet::ALL {
+        let pair = generate_ml_dsa(set).unwrap();
+        let der = crate::pq::ml_dsa_seed_pkcs8(set, &pair.private_pkcs8).unwrap();
+        let back = import_private_key_der(der.expose()).unwrap();
+        assert_eq!(back.public, pair.public, "{}", set.name());
+        assert_eq!(back.private_pkcs8, pair.private_pkcs8);
+    }
+    // The RFC 9881 examples (seed 00..1f) encode as their published PKCS#8.
+    let seed = SecretBytes::new((0u8..32).collect());
+    for (set, pem) in [
+        (MlDsaSet::P44, include_str!("../tests/data/ml-dsa-44-seed.pem")),
+        (MlDsaSet::P65, include_str!("../tests/data/ml-dsa-65-seed.pem")),
+        (MlDsaSet::P87, include_str!("../tests/data/ml-dsa-87-seed.pem")),
+    ] {
+        let der = crate::pq::ml_dsa_seed_pkcs8(set, &seed).unwrap();
+        assert_eq!(der.expose(), pem_der(pem).as_slice(), "{}", set.name());
+    }
+    assert!(crate::pq::ml_dsa_seed_pkcs8(MlDsaSet::P65, &SecretBytes::new(vec![0; 31])).is_err());
+}

@@ -417,16 +417,26 @@ fn context_specific_login_for_always_authenticate_keys(env: &Env) {
 fn interfaces_and_function_lists_have_no_null_entries(env: &Env) {
     let (_lib, f30) = raw::functions_3_0();
     assert_eq!((f30.version.major, f30.version.minor), (3, 0));
-    // Every entry of the 3.0 list is a function (the struct is all pointers after the version).
-    let words: &[usize] = {
-        let p = &f30 as *const ck::CK_FUNCTION_LIST_3_0 as *const usize;
-        let n = std::mem::size_of::<ck::CK_FUNCTION_LIST_3_0>() / std::mem::size_of::<usize>();
+    let (_lib32, f32) = raw::functions_3_2();
+    assert_eq!(
+        (f32.version.major, f32.version.minor),
+        (3, 2),
+        "the default interface is 3.2"
+    );
+    // Every entry of the 3.0 and 3.2 lists is a function (each struct is all
+    // pointers after the version).
+    fn entries<T>(list: &T) -> &[usize] {
+        let n = std::mem::size_of::<T>() / std::mem::size_of::<usize>();
         // SAFETY: the struct is `n` words: a padded CK_VERSION, then function pointers.
-        unsafe { std::slice::from_raw_parts(p, n) }
-    };
+        unsafe { std::slice::from_raw_parts(list as *const T as *const usize, n) }
+    }
     assert!(
-        words[1..].iter().all(|w| *w != 0),
+        entries(&f30)[1..].iter().all(|w| *w != 0),
         "a NULL entry in the 3.0 function list"
+    );
+    assert!(
+        entries(&f32)[1..].iter().all(|w| *w != 0),
+        "a NULL entry in the 3.2 function list"
     );
     // An unsupported function answers, rather than being NULL: after the
     // session check, as every function does (PKCS#11 3.0 §5.1).

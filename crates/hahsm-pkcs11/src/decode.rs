@@ -21,6 +21,8 @@ const _: () = assert!(std::mem::size_of::<ck::CK_ECDH1_DERIVE_PARAMS>() == 5 * W
 /// Most bytes one attribute value or parameter buffer may have. Larger values
 /// could not cross the wire in one frame anyway.
 pub const MAX_VALUE_LEN: usize = 1 << 20;
+/// Longest ML-DSA context string (FIPS 204: 255 bytes).
+const MAX_SIGN_CONTEXT: usize = 255;
 /// Most attributes in one template.
 pub const MAX_TEMPLATE_LEN: usize = 1024;
 
@@ -216,6 +218,8 @@ enum Shape {
     Eddsa,
     /// AES key wrap: an optional IV, only the default one.
     WrapIv(&'static [u8]),
+    /// `CKM_ML_DSA`: an optional `CK_SIGN_ADDITIONAL_CONTEXT`.
+    SignContext,
 }
 
 fn shape(mech: u64) -> Result<Shape> {
@@ -236,6 +240,7 @@ fn shape(mech: u64) -> Result<Shape> {
         ck::CKM_AES_GCM => Shape::Gcm,
         ck::CKM_ECDH1_DERIVE => Shape::Ecdh,
         ck::CKM_EDDSA => Shape::Eddsa,
+        ck::CKM_ML_DSA => Shape::SignContext,
         ck::CKM_AES_KEY_WRAP => Shape::WrapIv(&[0xa6; 8]),
         ck::CKM_AES_KEY_WRAP_KWP => Shape::WrapIv(&[0xa6, 0x59, 0x59, 0xa6]),
         _ => Shape::None,
@@ -262,6 +267,25 @@ pub fn mechanism(mech: u64, param: &[u8], mem: &mut dyn Memory) -> Result<Mechan
                 }
             }
             MechParams::None
+        }
+        Shape::SignContext => {
+            if param.is_empty() {
+                MechParams::None
+            } else {
+                // CK_SIGN_ADDITIONAL_CONTEXT { CK_HEDGE_TYPE hedgeVariant;
+                // CK_BYTE_PTR pContext; CK_ULONG ulContextLen; }
+                let [hedge, context, context_len] = words::<3>(param)?;
+                if hedge as u64 > ck::CKH_DETERMINISTIC_REQUIRED {
+                    return Err(param_invalid("unknown hedgeVariant"));
+                }
+                if context_len > MAX_SIGN_CONTEXT {
+                    return Err(param_invalid("an ML-DSA context string is at most 255 bytes"));
+                }
+                MechParams::SignContext {
+                    hedge: hedge as u64,
+                    context: buffer(mem, context, context_len)?,
+                }
+            }
         }
         Shape::WrapIv(default) => {
             if !param.is_empty() && param != default {

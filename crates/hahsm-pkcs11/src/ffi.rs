@@ -1,5 +1,6 @@
-//! The C ABI: every `C_*` function of PKCS#11 3.0, and the function lists and
-//! interfaces that hand them out.
+//! The C ABI: every `C_*` function of PKCS#11 3.2, and the function lists and
+//! interfaces that hand them out (3.2 first, then 3.0 and 2.40 for
+//! applications that ask for those by version).
 //!
 //! Each shim is short: it takes its pointer and length checks from [`crate::ptr`],
 //! calls a safe function in [`crate::api`], and lets [`ptr::guard`] turn the
@@ -102,7 +103,7 @@ pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> 
     })
 }
 
-/// §5.4 `C_GetInterfaceList`: "PKCS 11" 3.0 and 2.40.
+/// §5.4 `C_GetInterfaceList`: "PKCS 11" 3.2, 3.0 and 2.40.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut CK_ULONG) -> CK_RV {
     guard("C_GetInterfaceList", || {
@@ -111,7 +112,7 @@ pub unsafe extern "C" fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut
     })
 }
 
-/// §5.4 `C_GetInterface`: NULL name and version give the 3.0 interface. The
+/// §5.4 `C_GetInterface`: NULL name and version give the 3.2 interface. The
 /// interface is handed out in writable memory ([`HANDED_OUT`]): OpenSC's
 /// pkcs11-spy writes its own function list into the `CK_INTERFACE` it gets,
 /// and crashed when that was in read-only memory.
@@ -948,6 +949,67 @@ pub unsafe extern "C" fn C_DeriveKey(
     })
 }
 
+// ------------------------------------ key encapsulation (3.2, §5.18) --
+
+/// §5.18 `C_EncapsulateKey` (3.2).
+#[no_mangle]
+pub unsafe extern "C" fn C_EncapsulateKey(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    public_key: CK_OBJECT_HANDLE,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    ciphertext: *mut CK_BYTE,
+    ciphertext_len: *mut CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    enter_session("C_EncapsulateKey", h, |cx| {
+        ptr::required(mech)?;
+        ptr::required(ciphertext_len)?;
+        // SAFETY: `key` is NULL or writable; `template` NULL or `count` attributes (§5.18).
+        let (out, t) = unsafe { (ptr::out(key)?, ptr::template(template, count)?) };
+        // SAFETY: `mech` is a valid CK_MECHANISM (checked non-NULL above).
+        let m = unsafe { ptr::required_mechanism(mech) }?;
+        // SAFETY: `ciphertext_len` is valid; `ciphertext` NULL or valid for `*ciphertext_len` bytes (§5.18).
+        unsafe {
+            ptr::output(ciphertext, ciphertext_len, |cap| {
+                api::encapsulate_key(cx, m, public_key, t, cap, out)
+            })
+        }
+    })
+}
+
+/// §5.18 `C_DecapsulateKey` (3.2).
+#[no_mangle]
+pub unsafe extern "C" fn C_DecapsulateKey(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    private_key: CK_OBJECT_HANDLE,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    ciphertext: *mut CK_BYTE,
+    ciphertext_len: CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    enter_session("C_DecapsulateKey", h, |cx| {
+        ptr::required(mech)?;
+        ptr::required(ciphertext)?;
+        // SAFETY: `key` is NULL or writable; `template` NULL or `count`
+        // attributes; `ciphertext` valid for `ciphertext_len` bytes (§5.18).
+        let (out, t, c) = unsafe {
+            (
+                ptr::out(key)?,
+                ptr::template(template, count)?,
+                ptr::bytes(ciphertext, ciphertext_len)?,
+            )
+        };
+        // SAFETY: `mech` is a valid CK_MECHANISM (checked non-NULL above).
+        let m = unsafe { ptr::required_mechanism(mech) }?;
+        *out = api::decapsulate_key(cx, m, private_key, c, t)?;
+        Ok(())
+    })
+}
+
 // ------------------------------------------------ random numbers (§5.15) --
 
 /// §5.15 `C_SeedRandom`: accepted, and not used (see [`api::seed_random`]).
@@ -1028,6 +1090,16 @@ not_supported! {
     C_VerifyMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG);
     C_VerifyMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, s: *mut CK_BYTE, sl: CK_ULONG);
     C_MessageVerifyFinal(h: CK_SESSION_HANDLE);
+    C_VerifySignatureInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE, s: *mut CK_BYTE, sl: CK_ULONG);
+    C_VerifySignature(h: CK_SESSION_HANDLE, d: *mut CK_BYTE, dl: CK_ULONG);
+    C_VerifySignatureUpdate(h: CK_SESSION_HANDLE, d: *mut CK_BYTE, dl: CK_ULONG);
+    C_VerifySignatureFinal(h: CK_SESSION_HANDLE);
+    C_GetSessionValidationFlags(h: CK_SESSION_HANDLE, t: CK_SESSION_VALIDATION_FLAGS_TYPE, f: *mut CK_FLAGS);
+    C_AsyncComplete(h: CK_SESSION_HANDLE, n: *mut CK_UTF8CHAR, d: *mut CK_ASYNC_DATA);
+    C_AsyncGetID(h: CK_SESSION_HANDLE, n: *mut CK_UTF8CHAR, i: *mut CK_ULONG);
+    C_AsyncJoin(h: CK_SESSION_HANDLE, n: *mut CK_UTF8CHAR, i: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG);
+    C_WrapKeyAuthenticated(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, w: CK_OBJECT_HANDLE, k: CK_OBJECT_HANDLE, a: *mut CK_BYTE, al: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
+    C_UnwrapKeyAuthenticated(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, u: CK_OBJECT_HANDLE, w: *mut CK_BYTE, wl: CK_ULONG, t: *mut CK_ATTRIBUTE, tc: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG, k: *mut CK_OBJECT_HANDLE);
 }
 
 // ------------------------------------------ function lists and interfaces --
@@ -1120,11 +1192,23 @@ static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = function_list!(CK_FUNCTION_LIST
     C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal
 });
 
-/// The interfaces `C_GetInterfaceList` offers, the default (3.0) first.
-struct Interfaces([CK_INTERFACE; 2]);
+static FUNCTION_LIST_3_2: CK_FUNCTION_LIST_3_2 = function_list!(CK_FUNCTION_LIST_3_2, 3, 2, {
+    C_GetInterfaceList, C_GetInterface, C_LoginUser, C_SessionCancel,
+    C_MessageEncryptInit, C_EncryptMessage, C_EncryptMessageBegin, C_EncryptMessageNext, C_MessageEncryptFinal,
+    C_MessageDecryptInit, C_DecryptMessage, C_DecryptMessageBegin, C_DecryptMessageNext, C_MessageDecryptFinal,
+    C_MessageSignInit, C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal,
+    C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal,
+    C_EncapsulateKey, C_DecapsulateKey,
+    C_VerifySignatureInit, C_VerifySignature, C_VerifySignatureUpdate, C_VerifySignatureFinal,
+    C_GetSessionValidationFlags, C_AsyncComplete, C_AsyncGetID, C_AsyncJoin,
+    C_WrapKeyAuthenticated, C_UnwrapKeyAuthenticated
+});
+
+/// The interfaces `C_GetInterfaceList` offers, the default (3.2) first.
+struct Interfaces([CK_INTERFACE; 3]);
 
 // SAFETY: the interfaces hold pointers to immutable statics only (a name and
-// two function lists), which any thread may read.
+// three function lists), which any thread may read.
 unsafe impl Sync for Interfaces {}
 
 static INTERFACE_NAME: &[u8] = b"PKCS 11\0";
@@ -1162,9 +1246,14 @@ impl HandedOut {
 }
 
 /// What [`C_GetInterface`] hands out, one per entry of [`INTERFACES`].
-static HANDED_OUT: [HandedOut; 2] = [HandedOut::new(), HandedOut::new()];
+static HANDED_OUT: [HandedOut; 3] = [HandedOut::new(), HandedOut::new(), HandedOut::new()];
 
 static INTERFACES: Interfaces = Interfaces([
+    CK_INTERFACE {
+        pInterfaceName: INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
+        pFunctionList: &FUNCTION_LIST_3_2 as *const CK_FUNCTION_LIST_3_2 as *mut c_void,
+        flags: 0,
+    },
     CK_INTERFACE {
         pInterfaceName: INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
         pFunctionList: &FUNCTION_LIST_3_0 as *const CK_FUNCTION_LIST_3_0 as *mut c_void,

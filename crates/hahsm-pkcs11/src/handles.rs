@@ -19,7 +19,9 @@ pub struct KeyInfo {
     pub token: bool,
     pub always_authenticate: bool,
     /// `CKA_SIGN`, `CKA_VERIFY`, … as (attribute, value) pairs.
-    pub usages: [(u64, bool); 7],
+    pub usages: [(u64, bool); 9],
+    /// `CKA_PARAMETER_SET` of an ML-DSA or ML-KEM key, 0 for others.
+    pub parameter_set: u64,
 }
 
 impl KeyInfo {

@@ -115,7 +115,11 @@ pub fn attr_kind(attr: AttrType) -> Option<AttrKind> {
         | ck::CKA_JAVA_MIDP_SECURITY_DOMAIN
         | ck::CKA_PARAMETER_SET => Ulong,
         ck::CKA_ALLOWED_MECHANISMS => UlongList,
-        ck::CKA_WRAP_TEMPLATE | ck::CKA_UNWRAP_TEMPLATE | ck::CKA_DERIVE_TEMPLATE => Array,
+        ck::CKA_WRAP_TEMPLATE
+        | ck::CKA_UNWRAP_TEMPLATE
+        | ck::CKA_DERIVE_TEMPLATE
+        | ck::CKA_ENCAPSULATE_TEMPLATE
+        | ck::CKA_DECAPSULATE_TEMPLATE => Array,
         ck::CKA_LABEL
         | ck::CKA_ID
         | ck::CKA_APPLICATION

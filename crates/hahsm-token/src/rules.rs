@@ -40,6 +40,8 @@ const FIXED_AFTER_CREATE: &[u64] = &[
     ck::CKA_WRAP_TEMPLATE,
     ck::CKA_UNWRAP_TEMPLATE,
     ck::CKA_DERIVE_TEMPLATE,
+    ck::CKA_ENCAPSULATE_TEMPLATE,
+    ck::CKA_DECAPSULATE_TEMPLATE,
 ];
 
 /// Checks a template an application supplied: known attribute types with the right

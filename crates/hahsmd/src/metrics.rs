@@ -468,6 +468,8 @@ const MECHANISM_NAMES: &[&str] = &[
     "ECDSA-SHA512",
     "ECDH1-DERIVE",
     "EDDSA",
+    "ML-DSA",
+    "ML-KEM",
     "AES-ECB",
     "AES-CBC",
     "AES-CBC-PAD",
@@ -495,6 +497,8 @@ const KEYGEN_NAMES: &[(u64, &str)] = &[
         hahsm_token::ck::CKM_EC_EDWARDS_KEY_PAIR_GEN,
         "EC-EDWARDS-KEY-PAIR-GEN",
     ),
+    (hahsm_token::ck::CKM_ML_DSA_KEY_PAIR_GEN, "ML-DSA-KEY-PAIR-GEN"),
+    (hahsm_token::ck::CKM_ML_KEM_KEY_PAIR_GEN, "ML-KEM-KEY-PAIR-GEN"),
     (hahsm_token::ck::CKM_AES_KEY_GEN, "AES-KEY-GEN"),
     (
         hahsm_token::ck::CKM_GENERIC_SECRET_KEY_GEN,

@@ -19,7 +19,9 @@
 use crate::object_index::{Candidates, ObjectIndex};
 use crate::recent_ops::RecentOps;
 use crate::sync::{Recover, RecoverRw};
-use hahsm_crypto::{self as crypto, Curve, KeyMaterial, LoadedKey, PublicKey, SealKey, SecretBytes};
+use hahsm_crypto::{
+    self as crypto, Curve, KeyMaterial, LoadedKey, MlDsaSet, MlKemSet, PublicKey, SealKey, SecretBytes,
+};
 use hahsm_replica::{ObjectState, Plan, Replica, VersionVector};
 use hahsm_store::{ObjectRow, OpRow, PartitionRow, Store, Write};
 use hahsm_token::oplog::{NewObject, Op, OpBody, Stamp};
@@ -422,6 +424,14 @@ impl ActivePartition {
                 }
             }
             (ck::CKO_PRIVATE_KEY, ck::CKK_EC_EDWARDS) => KeyMaterial::Ed25519Private(secret),
+            (ck::CKO_PRIVATE_KEY, ck::CKK_ML_DSA) => KeyMaterial::MlDsaPrivate {
+                set: ml_dsa_set_of(a)?,
+                seed: secret,
+            },
+            (ck::CKO_PRIVATE_KEY, ck::CKK_ML_KEM) => KeyMaterial::MlKemPrivate {
+                set: ml_kem_set_of(a)?,
+                value: secret,
+            },
             (ck::CKO_SECRET_KEY, ck::CKK_AES) => KeyMaterial::Aes(secret),
             (ck::CKO_SECRET_KEY, ck::CKK_DES3) => KeyMaterial::Des3(secret),
             (ck::CKO_SECRET_KEY, _) => KeyMaterial::GenericSecret(secret),
@@ -806,8 +816,42 @@ pub fn public_key_of(a: &Template) -> TokenResult<PublicKey> {
                 a.bytes(ck::CKA_EC_POINT).ok_or_else(|| missing("CKA_EC_POINT"))?,
             )?,
         }),
+        Some(ck::CKK_ML_DSA) => Ok(PublicKey::MlDsa {
+            set: ml_dsa_set_of(a)?,
+            value: a
+                .bytes(ck::CKA_VALUE)
+                .ok_or_else(|| missing("CKA_VALUE"))?
+                .to_vec(),
+        }),
+        Some(ck::CKK_ML_KEM) => Ok(PublicKey::MlKem {
+            set: ml_kem_set_of(a)?,
+            value: a
+                .bytes(ck::CKA_VALUE)
+                .ok_or_else(|| missing("CKA_VALUE"))?
+                .to_vec(),
+        }),
         _ => Err(TokenError::KeyTypeInconsistent),
     }
+}
+
+/// The ML-DSA parameter set a `CKA_PARAMETER_SET` value names.
+pub(crate) fn ml_dsa_set(parameter_set: u64) -> TokenResult<MlDsaSet> {
+    MlDsaSet::from_ckp(parameter_set).ok_or(TokenError::AttributeValueInvalid(ck::CKA_PARAMETER_SET))
+}
+
+/// The ML-KEM parameter set a `CKA_PARAMETER_SET` value names.
+pub(crate) fn ml_kem_set(parameter_set: u64) -> TokenResult<MlKemSet> {
+    MlKemSet::from_ckp(parameter_set).ok_or(TokenError::AttributeValueInvalid(ck::CKA_PARAMETER_SET))
+}
+
+/// The ML-DSA parameter set of a key's (or checked template's) attributes.
+pub(crate) fn ml_dsa_set_of(a: &Template) -> TokenResult<MlDsaSet> {
+    ml_dsa_set(a.ulong(ck::CKA_PARAMETER_SET).unwrap_or(0))
+}
+
+/// The ML-KEM parameter set of a key's (or checked template's) attributes.
+pub(crate) fn ml_kem_set_of(a: &Template) -> TokenResult<MlKemSet> {
+    ml_kem_set(a.ulong(ck::CKA_PARAMETER_SET).unwrap_or(0))
 }
 
 #[cfg(test)]

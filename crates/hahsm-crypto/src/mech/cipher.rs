@@ -351,7 +351,7 @@ pub fn output_len(mech: &Mechanism, key: &LoadedKey, input_len: usize, op: Usage
     let m = mech.mech;
     let too_long = || TokenError::DataLenRange;
     match op {
-        Usage::Verify | Usage::Derive => Ok(0),
+        Usage::Verify | Usage::Derive | Usage::Encapsulate | Usage::Decapsulate => Ok(0),
         Usage::Sign => {
             if rsa_sig_mech(m).is_some() {
                 match &key.inner {

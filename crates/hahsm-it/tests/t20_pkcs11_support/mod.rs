@@ -264,21 +264,38 @@ pub mod raw {
         list
     }
 
-    /// The 3.0 function list, through `C_GetInterface` (default interface).
-    pub fn functions_3_0() -> (libloading::Library, ck::CK_FUNCTION_LIST_3_0) {
+    /// The function list of interface `version` through `C_GetInterface`
+    /// (`None`: the default one), read as `T`, which must be the list type
+    /// of that version.
+    pub fn interface<T: Copy>(version: Option<(u8, u8)>) -> (libloading::Library, T) {
         // SAFETY: loading our own module.
         let lib = unsafe { libloading::Library::new(super::module_path()) }.expect("dlopen");
         type GetInterface =
             unsafe extern "C" fn(*mut u8, *mut ck::CK_VERSION, *mut *mut ck::CK_INTERFACE, u64) -> u64;
-        // SAFETY: C_GetInterface has this signature in PKCS#11 3.0.
+        // SAFETY: C_GetInterface has this signature in PKCS#11 3.0 and later.
         let get: libloading::Symbol<GetInterface> = unsafe { lib.get(b"C_GetInterface") }.expect("exported");
         let mut iface = std::ptr::null_mut();
-        // SAFETY: NULL name and version ask for the default interface.
-        let r = unsafe { get(std::ptr::null_mut(), std::ptr::null_mut(), &mut iface, 0) };
-        assert_eq!(r, 0);
-        // SAFETY: the module returned its static interface and 3.0 function list.
-        let list = unsafe { *((*iface).pFunctionList as *const ck::CK_FUNCTION_LIST_3_0) };
+        let mut v = version.map(|(major, minor)| ck::CK_VERSION { major, minor });
+        let vp = v
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |v| v as *mut ck::CK_VERSION);
+        // SAFETY: a NULL name; `vp` NULL or a valid version.
+        let r = unsafe { get(std::ptr::null_mut(), vp, &mut iface, 0) };
+        assert_eq!(r, 0, "C_GetInterface({version:?})");
+        // SAFETY: the module returned its static interface, whose function
+        // list is of the version asked for (the caller's `T`).
+        let list = unsafe { *((*iface).pFunctionList as *const T) };
         (lib, list)
+    }
+
+    /// The 3.0 function list, through `C_GetInterface` with version 3.0.
+    pub fn functions_3_0() -> (libloading::Library, ck::CK_FUNCTION_LIST_3_0) {
+        interface(Some((3, 0)))
+    }
+
+    /// The 3.2 function list: the default interface.
+    pub fn functions_3_2() -> (libloading::Library, ck::CK_FUNCTION_LIST_3_2) {
+        interface(None)
     }
 
     /// Handle of a cryptoki object.

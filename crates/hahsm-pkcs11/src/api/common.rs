@@ -224,7 +224,7 @@ pub(super) fn usage_of(kind: OpKind) -> Usage {
     }
 }
 
-pub(super) const USAGE_ATTRS: [u64; 7] = [
+pub(super) const USAGE_ATTRS: [u64; 9] = [
     ck::CKA_SIGN,
     ck::CKA_VERIFY,
     ck::CKA_ENCRYPT,
@@ -232,6 +232,8 @@ pub(super) const USAGE_ATTRS: [u64; 7] = [
     ck::CKA_WRAP,
     ck::CKA_UNWRAP,
     ck::CKA_DERIVE,
+    ck::CKA_ENCAPSULATE,
+    ck::CKA_DECAPSULATE,
 ];
 
 /// The key behind a handle and what the module knows of it, read from the
@@ -249,6 +251,7 @@ pub(super) fn key(m: &Module, s: &Session, handle: ck::CK_OBJECT_HANDLE) -> Resu
         ck::CKA_KEY_TYPE,
         ck::CKA_TOKEN,
         ck::CKA_ALWAYS_AUTHENTICATE,
+        ck::CKA_PARAMETER_SET,
     ];
     types.extend(USAGE_ATTRS);
     let got = match found_attributes(m, s, ouid, &types) {
@@ -279,6 +282,7 @@ pub(super) fn key(m: &Module, s: &Session, handle: ck::CK_OBJECT_HANDLE) -> Resu
         token: flag(ck::CKA_TOKEN),
         always_authenticate: flag(ck::CKA_ALWAYS_AUTHENTICATE),
         usages: USAGE_ATTRS.map(|a| (a, flag(a))),
+        parameter_set: ulong(ck::CKA_PARAMETER_SET).unwrap_or(0),
     };
     m.handles.set_key_info(handle, Some(info));
     Ok((ouid, info))

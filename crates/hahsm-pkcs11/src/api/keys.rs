@@ -211,6 +211,98 @@ pub fn derive_key(
     object_created(&m, &s, r, token)
 }
 
+/// The ciphertext length of an ML-KEM parameter set (FIPS 203, table 3),
+/// for the size query of `C_EncapsulateKey`; `None` for another key.
+fn kem_ciphertext_len(parameter_set: u64) -> Option<usize> {
+    match parameter_set {
+        ck::CKP_ML_KEM_512 => Some(768),
+        ck::CKP_ML_KEM_768 => Some(1088),
+        ck::CKP_ML_KEM_1024 => Some(1568),
+        _ => None,
+    }
+}
+
+/// `C_EncapsulateKey` (PKCS#11 3.2 §5.18): the member encapsulates to the
+/// ML-KEM public key and keeps the shared secret as a new secret key from
+/// `template`; the ciphertext is the output (buffer convention of §5.2: a
+/// size query or a short buffer makes no key) and `key` gets the new
+/// key's handle.
+pub fn encapsulate_key(
+    cx: Cx,
+    mech: Mechanism,
+    public: ck::CK_OBJECT_HANDLE,
+    template: Deferred<Template>,
+    capacity: Option<usize>,
+    key_out: &mut ck::CK_OBJECT_HANDLE,
+) -> Result<Vec<u8>> {
+    let Cx { m, s } = cx;
+    check_mechanism_for(&s, &mech, Usage::Encapsulate)?;
+    let (ouid, info) = key(&m, &s, public)?;
+    check_key_for(&mech, &info, Usage::Encapsulate)?;
+    let needed = kem_ciphertext_len(info.parameter_set).ok_or(Error::Rv(ck::CKR_KEY_TYPE_INCONSISTENT))?;
+    match capacity {
+        None => return Ok(vec![0; needed]),
+        Some(cap) if cap < needed => return Err(Error::BufferTooSmall { needed }),
+        Some(_) => {}
+    }
+    let token = template.flag(ck::CKA_TOKEN, false);
+    check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
+    let template = template.get()?;
+    let r = m.call(
+        &s.slot,
+        Request::EncapsulateKey {
+            partition: s.slot.partition.clone(),
+            public_key: ouid,
+            mechanism: mech,
+            template,
+            op_id: new_op_id(),
+        },
+    )?;
+    match r {
+        Response::Encapsulated { object, ciphertext } if ciphertext.len() == needed => {
+            *key_out = new_handle(&m, &s, object, token);
+            Ok(ciphertext)
+        }
+        _ => Err(unexpected()),
+    }
+}
+
+/// `C_DecapsulateKey` (PKCS#11 3.2 §5.18): the member recovers the shared
+/// secret in `ciphertext` with the ML-KEM private key and keeps it as a new
+/// secret key from `template`.
+pub fn decapsulate_key(
+    cx: Cx,
+    mech: Mechanism,
+    private: ck::CK_OBJECT_HANDLE,
+    ciphertext: &[u8],
+    template: Deferred<Template>,
+) -> Result<ck::CK_OBJECT_HANDLE> {
+    let Cx { m, s } = cx;
+    check_mechanism_for(&s, &mech, Usage::Decapsulate)?;
+    let (ouid, info) = key(&m, &s, private)?;
+    check_key_for(&mech, &info, Usage::Decapsulate)?;
+    if kem_ciphertext_len(info.parameter_set) != Some(ciphertext.len()) {
+        return rv(ck::CKR_ENCRYPTED_DATA_LEN_RANGE);
+    }
+    let token = template.flag(ck::CKA_TOKEN, false);
+    check_writable(&s, token)?;
+    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
+    let template = template.get()?;
+    let r = m.call(
+        &s.slot,
+        Request::DecapsulateKey {
+            partition: s.slot.partition.clone(),
+            private_key: ouid,
+            mechanism: mech,
+            ciphertext: ciphertext.to_vec(),
+            template,
+            op_id: new_op_id(),
+        },
+    );
+    object_created(&m, &s, r, token)
+}
+
 /// `C_SeedRandom`: the seed is accepted and not used. Each member's
 /// generator is aws-lc's, seeded and reseeded from the operating system;
 /// PKCS#11 lets a token ignore application seed material (it cannot be

@@ -34,6 +34,13 @@ pub fn op_init(
         }
         (_, Some(kh)) => {
             check_mechanism_for(&s, &mech, usage_of(kind))?;
+            if kind == OpKind::Sign && deterministic_ml_dsa(&mech) {
+                return Err(crate::Error::Token(
+                    hahsm_token::TokenError::MechanismParamInvalid(
+                        "deterministic ML-DSA signing is not offered: members sign hedged".into(),
+                    ),
+                ));
+            }
             let (ouid, info) = key(&m, &s, kh)?;
             check_key_for(&mech, &info, usage_of(kind))?;
             Op {
@@ -49,6 +56,19 @@ pub fn op_init(
     }
     st.set(kind, op);
     Ok(())
+}
+
+/// Whether an ML-DSA signature is asked to be deterministic
+/// (`CKH_DETERMINISTIC_REQUIRED`), which AWS-LC does not offer: refused at
+/// `C_SignInit`, as the member would refuse it at `C_Sign`.
+fn deterministic_ml_dsa(mech: &Mechanism) -> bool {
+    matches!(
+        mech.params,
+        MechParams::SignContext {
+            hedge: ck::CKH_DETERMINISTIC_REQUIRED,
+            ..
+        }
+    )
 }
 
 /// Ends an operation (a NULL mechanism to `C_*Init`, PKCS#11 3.0 §5.2).

@@ -14,7 +14,7 @@ use hahsm_token::mechanism::{self};
 
 pub fn info() -> ck::CK_INFO {
     ck::CK_INFO {
-        cryptokiVersion: ck::CK_VERSION { major: 3, minor: 0 },
+        cryptokiVersion: ck::CK_VERSION { major: 3, minor: 2 },
         manufacturerID: padded(MANUFACTURER),
         flags: 0,
         libraryDescription: padded(LIBRARY_DESCRIPTION),

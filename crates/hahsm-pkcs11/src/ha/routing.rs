@@ -262,7 +262,7 @@ fn call_session_home(g: &HaGroup, net: &Net, request: Request, made: Vec<bool>) 
             lock(&g.session_home).take();
             lock(&g.session_objects).clear();
         }
-        Ok(Response::Object(o)) if made.first() == Some(&true) => {
+        Ok(Response::Object(o) | Response::Encapsulated { object: o, .. }) if made.first() == Some(&true) => {
             lock(&g.session_objects).insert(*o);
         }
         Ok(Response::KeyPair { public, private }) => {
@@ -301,7 +301,9 @@ fn session_bound(g: &HaGroup, request: &Request) -> Option<Vec<bool>> {
         Request::CreateObject { template, .. }
         | Request::GenerateKey { template, .. }
         | Request::UnwrapKey { template, .. }
-        | Request::DeriveKey { template, .. } => vec![session(template)],
+        | Request::DeriveKey { template, .. }
+        | Request::EncapsulateKey { template, .. }
+        | Request::DecapsulateKey { template, .. } => vec![session(template)],
         Request::ImportKeyPair { template, .. } => vec![session(template); 2],
         Request::GenerateKeyPair {
             public_template,
@@ -329,6 +331,8 @@ fn session_bound(g: &HaGroup, request: &Request) -> Option<Vec<bool>> {
         } => vec![*wrapping_key, *key],
         Request::UnwrapKey { unwrapping_key, .. } => vec![*unwrapping_key],
         Request::DeriveKey { base_key, .. } => vec![*base_key],
+        Request::EncapsulateKey { public_key, .. } => vec![*public_key],
+        Request::DecapsulateKey { private_key, .. } => vec![*private_key],
         Request::DigestKeys { keys, .. } => keys.iter().map(|(_, k)| *k).collect(),
         _ => Vec::new(),
     };

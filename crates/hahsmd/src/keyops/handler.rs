@@ -258,7 +258,9 @@ impl KeyOps<'_> {
             | Request::GenerateKeyPair { .. }
             | Request::WrapKey { .. }
             | Request::UnwrapKey { .. }
-            | Request::DeriveKey { .. }) => self.keys(r).await,
+            | Request::DeriveKey { .. }
+            | Request::EncapsulateKey { .. }
+            | Request::DecapsulateKey { .. }) => self.keys(r).await,
             r @ (Request::Sign { .. }
             | Request::Verify { .. }
             | Request::Encrypt { .. }
@@ -485,25 +487,63 @@ impl KeyOps<'_> {
         let len = template.ulong(ck::CKA_VALUE_LEN).map(|l| l as usize);
         let key = ctx.active.key(base)?;
         let secret = crypto::ecdh_derive(&key, &mech.params, len)?;
-        let mut t = template.clone();
-        t.set_default(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_SECRET_KEY));
-        t.set_default(ck::CKA_KEY_TYPE, AttrValue::Ulong(ck::CKK_GENERIC_SECRET));
-        t.remove(ck::CKA_VALUE_LEN);
-        t.set(ck::CKA_VALUE, AttrValue::Bytes(secret.expose().to_vec()));
-        let (mut attrs, _) = rules::created_object(&t, false)?;
-        // A key derived inside the token from a sensitive base key was never exposed.
-        let sensitive = attrs.flag(ck::CKA_SENSITIVE, true);
-        let extractable = attrs.flag(ck::CKA_EXTRACTABLE, false);
-        attrs.set(
-            ck::CKA_ALWAYS_SENSITIVE,
-            AttrValue::Bool(sensitive && base.attrs.flag(ck::CKA_ALWAYS_SENSITIVE, false)),
-        );
-        attrs.set(
-            ck::CKA_NEVER_EXTRACTABLE,
-            AttrValue::Bool(!extractable && base.attrs.flag(ck::CKA_NEVER_EXTRACTABLE, false)),
-        );
-        Ok((attrs, secret))
+        secret_key_object(Some(base), template, secret)
     }
+
+    /// The secret key `C_EncapsulateKey` or `C_DecapsulateKey` makes from an
+    /// ML-KEM shared secret (32 bytes): all of it, or its first
+    /// `CKA_VALUE_LEN` bytes (an AES-128 key takes 16).
+    pub(super) fn kem_object(
+        &self,
+        key: Option<&ObjectEntry>,
+        template: &Template,
+        shared: SecretBytes,
+    ) -> TokenResult<(Template, SecretBytes)> {
+        let secret = match template.ulong(ck::CKA_VALUE_LEN) {
+            None => shared,
+            Some(len) if len > 0 && (len as usize) <= shared.len() => {
+                SecretBytes::new(shared.expose()[..len as usize].to_vec())
+            }
+            Some(_) => {
+                return Err(TokenError::TemplateInconsistent(format!(
+                    "an ML-KEM shared secret is {} bytes: CKA_VALUE_LEN cannot exceed it",
+                    shared.len()
+                )))
+            }
+        };
+        secret_key_object(key, template, secret)
+    }
+}
+
+/// The attributes of a secret key made on the member from `secret`, which
+/// an operation with `base` produced (`None`: from the member's own fresh
+/// randomness, as an encapsulation): the template's, as a creation would
+/// make them. `CKA_ALWAYS_SENSITIVE` and `CKA_NEVER_EXTRACTABLE` hold only
+/// if `base` has them too: the new key was never exposed only if its source
+/// was not.
+pub(super) fn secret_key_object(
+    base: Option<&ObjectEntry>,
+    template: &Template,
+    secret: SecretBytes,
+) -> TokenResult<(Template, SecretBytes)> {
+    let mut t = template.clone();
+    t.set_default(ck::CKA_CLASS, AttrValue::Ulong(ck::CKO_SECRET_KEY));
+    t.set_default(ck::CKA_KEY_TYPE, AttrValue::Ulong(ck::CKK_GENERIC_SECRET));
+    t.remove(ck::CKA_VALUE_LEN);
+    t.set(ck::CKA_VALUE, AttrValue::Bytes(secret.expose().to_vec()));
+    let (mut attrs, _) = rules::created_object(&t, false)?;
+    let sensitive = attrs.flag(ck::CKA_SENSITIVE, true);
+    let extractable = attrs.flag(ck::CKA_EXTRACTABLE, false);
+    let base_flag = |attr| base.is_none_or(|b| b.attrs.flag(attr, false));
+    attrs.set(
+        ck::CKA_ALWAYS_SENSITIVE,
+        AttrValue::Bool(sensitive && base_flag(ck::CKA_ALWAYS_SENSITIVE)),
+    );
+    attrs.set(
+        ck::CKA_NEVER_EXTRACTABLE,
+        AttrValue::Bool(!extractable && base_flag(ck::CKA_NEVER_EXTRACTABLE)),
+    );
+    Ok((attrs, secret))
 }
 
 /// `CKR_USER_NOT_LOGGED_IN` when the object `template` makes (of `class`

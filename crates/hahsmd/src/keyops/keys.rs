@@ -3,9 +3,10 @@ use super::handler::{misrouted, needs_login_for, KeyOps};
 use super::templates::*;
 use hahsm_crypto::{self as crypto};
 use hahsm_proto::client::{Request, Response};
+use hahsm_token::attr::CKA_HAHSM_ENCAPSULATION;
 use hahsm_token::mechanism::Usage;
 use hahsm_token::rules::{self};
-use hahsm_token::{ck, TokenError, TokenResult};
+use hahsm_token::{ck, AttrValue, TokenError, TokenResult};
 use tracing::info;
 
 impl KeyOps<'_> {
@@ -110,7 +111,7 @@ impl KeyOps<'_> {
                 let (ctx, wrapping) = self.usable_key(&partition, &wrapping_key, &mechanism, Usage::Wrap)?;
                 let target = self.key(&ctx, &key)?;
                 rules::check_wrappable(&target.attrs, &wrapping.attrs)?;
-                let secret = ctx.active.secret_of(&target)?;
+                let secret = wrapped_form(&target.attrs, ctx.active.secret_of(&target)?)?;
                 let k = ctx.active.key(&wrapping)?;
                 crypto::wrap(&mechanism, &k, secret.expose()).map(Response::Bytes)
             }
@@ -152,6 +153,68 @@ impl KeyOps<'_> {
                 }
                 let template = rules::apply_key_template(&base.attrs, ck::CKA_DERIVE_TEMPLATE, &template)?;
                 let (attrs, secret) = self.derived_object(&ctx, &base, &mechanism, &template)?;
+                let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
+                Ok(Response::Object(ids[0]))
+            }
+            Request::EncapsulateKey {
+                partition,
+                public_key,
+                mechanism,
+                template,
+                op_id,
+            } => {
+                let (ctx, public) =
+                    self.usable_key(&partition, &public_key, &mechanism, Usage::Encapsulate)?;
+                check_template_size(self.app, &template)?;
+                needs_login_for(&ctx, &template, ck::CKO_SECRET_KEY)?;
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
+                    // Encapsulation is randomized: a retry answers the
+                    // ciphertext the first attempt stored with its key.
+                    let Response::Object(object) = done else {
+                        return Err(TokenError::DeviceError(
+                            "an earlier encapsulation left no key".into(),
+                        ));
+                    };
+                    let key = self.key(&ctx, &object)?;
+                    let ciphertext = key
+                        .attrs
+                        .bytes(CKA_HAHSM_ENCAPSULATION)
+                        .ok_or_else(|| {
+                            TokenError::DeviceError("an earlier encapsulation left no ciphertext".into())
+                        })?
+                        .to_vec();
+                    return Ok(Response::Encapsulated { object, ciphertext });
+                }
+                let template =
+                    rules::apply_key_template(&public.attrs, ck::CKA_ENCAPSULATE_TEMPLATE, &template)?;
+                let (ciphertext, shared) = crypto::kem_encapsulate(&*ctx.active.key(&public)?)?;
+                let (mut attrs, secret) = self.kem_object(None, &template, shared)?;
+                attrs.set(CKA_HAHSM_ENCAPSULATION, AttrValue::Bytes(ciphertext.clone()));
+                let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
+                Ok(Response::Encapsulated {
+                    object: ids[0],
+                    ciphertext,
+                })
+            }
+            Request::DecapsulateKey {
+                partition,
+                private_key,
+                mechanism,
+                ciphertext,
+                template,
+                op_id,
+            } => {
+                let (ctx, private) =
+                    self.usable_key(&partition, &private_key, &mechanism, Usage::Decapsulate)?;
+                check_template_size(self.app, &template)?;
+                needs_login_for(&ctx, &template, ck::CKO_SECRET_KEY)?;
+                if let Some(done) = self.previous(&ctx, &op_id).await? {
+                    return Ok(done);
+                }
+                let template =
+                    rules::apply_key_template(&private.attrs, ck::CKA_DECAPSULATE_TEMPLATE, &template)?;
+                let shared = crypto::kem_decapsulate(&*ctx.active.key(&private)?, &ciphertext)?;
+                let (attrs, secret) = self.kem_object(Some(&private), &template, shared)?;
                 let ids = self.store_new(&ctx, vec![(attrs, Some(secret))], op_id).await?;
                 Ok(Response::Object(ids[0]))
             }

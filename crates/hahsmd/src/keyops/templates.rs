@@ -2,7 +2,7 @@
 //! generation or an unwrap makes, with the attributes the rules add; and the
 //! OUIDs a client write derives from its operation id.
 use crate::appliance::Appliance;
-use crate::partition::public_key_of;
+use crate::partition::{ml_dsa_set, ml_dsa_set_of, ml_kem_set, ml_kem_set_of, public_key_of};
 use hahsm_crypto::{self as crypto, KeyPair, PublicKey, SecretBytes};
 use hahsm_link::Fingerprint;
 use hahsm_proto::client::{OpId, Request};
@@ -66,7 +66,9 @@ pub(super) fn mechanism_of(request: &Request) -> Option<u64> {
         | Request::UnwrapKey { mechanism, .. }
         | Request::DeriveKey { mechanism, .. }
         | Request::Digest { mechanism, .. }
-        | Request::DigestKeys { mechanism, .. } => Some(mechanism.mech),
+        | Request::DigestKeys { mechanism, .. }
+        | Request::EncapsulateKey { mechanism, .. }
+        | Request::DecapsulateKey { mechanism, .. } => Some(mechanism.mech),
         _ => None,
     }
 }
@@ -79,6 +81,8 @@ pub(super) fn generate_pair(spec: &KeyPairSpec) -> TokenResult<KeyPair> {
         } => crypto::generate_rsa(*bits, public_exponent.as_deref()),
         KeyPairSpec::Ec { ec_params } => crypto::generate_ec(crypto::Curve::from_ec_params(ec_params)?),
         KeyPairSpec::Ed25519 => crypto::generate_ed25519(),
+        KeyPairSpec::MlDsa { parameter_set } => crypto::generate_ml_dsa(ml_dsa_set(*parameter_set)?),
+        KeyPairSpec::MlKem { parameter_set } => crypto::generate_ml_kem(ml_kem_set(*parameter_set)?),
     }
 }
 
@@ -110,6 +114,12 @@ pub(super) fn add_public_attributes(public: &PublicKey, pubt: &mut Template, pri
             pubt.set_default(ck::CKA_EC_PARAMS, AttrValue::Bytes(ED25519_PARAMS.to_vec()));
             privt.set_default(ck::CKA_EC_PARAMS, AttrValue::Bytes(ED25519_PARAMS.to_vec()));
             pubt.set(ck::CKA_EC_POINT, AttrValue::Bytes(point));
+        }
+        PublicKey::MlDsa { value, .. } | PublicKey::MlKem { value, .. } => {
+            let set = public.parameter_set().unwrap_or(0);
+            pubt.set(ck::CKA_PARAMETER_SET, AttrValue::Ulong(set));
+            privt.set(ck::CKA_PARAMETER_SET, AttrValue::Ulong(set));
+            pubt.set(ck::CKA_VALUE, AttrValue::Bytes(value.clone()));
         }
     }
     pubt.set(ck::CKA_PUBLIC_KEY_INFO, AttrValue::Bytes(public.to_spki_der()));
@@ -157,9 +167,41 @@ pub fn imported_object(template: &Template) -> TokenResult<(Template, Option<Sec
             add_public_attributes(&pair.public, &mut dummy, &mut attrs);
             Ok((attrs, Some(pair.private_pkcs8)))
         }
+        (ck::CKO_PRIVATE_KEY, Some(ck::CKK_ML_DSA)) => {
+            // The seed form only (PKCS#11 3.2 `CKA_SEED`): hahsm keeps the
+            // seed, and an expanded key alone cannot give it back.
+            if secret.contains(ck::CKA_VALUE) {
+                return Err(TokenError::TemplateInconsistent(
+                    "an ML-DSA private key is imported by its CKA_SEED, not its expanded CKA_VALUE".into(),
+                ));
+            }
+            let seed = secret
+                .bytes(ck::CKA_SEED)
+                .ok_or_else(|| TokenError::TemplateIncomplete("CKA_SEED is required".into()))?;
+            let pair = crypto::ml_dsa_private_from_seed(ml_dsa_set_of(&attrs)?, seed)?;
+            let mut dummy = Template::new();
+            add_public_attributes(&pair.public, &mut dummy, &mut attrs);
+            Ok((attrs, Some(pair.private_pkcs8)))
+        }
+        (ck::CKO_PRIVATE_KEY, Some(ck::CKK_ML_KEM)) => {
+            // The decapsulation key dk (`CKA_VALUE`); hahsm does not expand
+            // ML-KEM seeds.
+            if secret.contains(ck::CKA_SEED) {
+                return Err(TokenError::TemplateInconsistent(
+                    "an ML-KEM private key is imported by its CKA_VALUE (dk), not a CKA_SEED".into(),
+                ));
+            }
+            let set = ml_kem_set_of(&attrs)?;
+            let pair = crypto::ml_kem_private_from_value(set, comp(ck::CKA_VALUE))?;
+            let mut dummy = Template::new();
+            add_public_attributes(&pair.public, &mut dummy, &mut attrs);
+            Ok((attrs, Some(pair.private_pkcs8)))
+        }
         (ck::CKO_PUBLIC_KEY, _) => {
-            // Parse the public values now, so a bad key is refused at creation.
+            // Parse and check the public values now, so a bad key is refused
+            // at creation rather than at its first use.
             let public = public_key_of(&attrs)?;
+            public.validate()?;
             if let Some(point) = public.ec_point_der() {
                 attrs.set(ck::CKA_EC_POINT, AttrValue::Bytes(point));
             }
@@ -188,8 +230,9 @@ pub(super) fn imported_pair_templates(
         ck::CKA_DERIVE,
         ck::CKA_SENSITIVE,
         ck::CKA_EXTRACTABLE,
+        ck::CKA_DECAPSULATE,
     ];
-    let only_public = [ck::CKA_VERIFY, ck::CKA_ENCRYPT, ck::CKA_WRAP];
+    let only_public = [ck::CKA_VERIFY, ck::CKA_ENCRYPT, ck::CKA_WRAP, ck::CKA_ENCAPSULATE];
     let mut pubt = common.clone();
     let mut privt = common;
     for a in only_private {
@@ -210,6 +253,23 @@ pub(super) fn imported_pair_templates(
     let (pubt, _) = rules::created_object(&pubt, false)?;
     let (privt, _) = rules::created_object(&privt, false)?;
     Ok((pubt, privt))
+}
+
+/// What `C_WrapKey` wraps of a key: its stored secret, which is the raw
+/// value of a secret key and PKCS#8 of an RSA, EC or Ed25519 private key;
+/// an ML-DSA key's stored seed goes out as its seed-form PKCS#8 (RFC 9881),
+/// which `C_UnwrapKey` takes back. An ML-KEM private key has no PKCS#8 form
+/// here, so it is not wrapped.
+pub(super) fn wrapped_form(key: &Template, secret: SecretBytes) -> TokenResult<SecretBytes> {
+    match (key.class(), key.key_type()) {
+        (Some(ck::CKO_PRIVATE_KEY), Some(ck::CKK_ML_DSA)) => {
+            crypto::ml_dsa_seed_pkcs8(ml_dsa_set_of(key)?, &secret)
+        }
+        (Some(ck::CKO_PRIVATE_KEY), Some(ck::CKK_ML_KEM)) => Err(TokenError::KeyNotWrappable(
+            "an ML-KEM private key cannot be wrapped: hahsm has no PKCS#8 form for it".into(),
+        )),
+        _ => Ok(secret),
+    }
 }
 
 /// `C_UnwrapKey`: the template names the class and key type; the unwrapped bytes
@@ -238,6 +298,15 @@ pub(super) fn unwrapped_object(
             }
             let mut t = template.clone();
             t.set(ck::CKA_KEY_TYPE, AttrValue::Ulong(pair.public.key_type()));
+            // An ML-DSA key's parameter set is the one its PKCS#8 names.
+            if let Some(set) = pair.public.parameter_set() {
+                if t.ulong(ck::CKA_PARAMETER_SET).is_some_and(|asked| asked != set) {
+                    return Err(TokenError::TemplateInconsistent(
+                        "the unwrapped key is of another parameter set".into(),
+                    ));
+                }
+                t.set(ck::CKA_PARAMETER_SET, AttrValue::Ulong(set));
+            }
             // A placeholder component so the rules accept the template; the real
             // material is the PKCS#8 blob.
             t.set(ck::CKA_VALUE, AttrValue::Bytes(vec![0]));

@@ -29,7 +29,7 @@ pub enum BenchCommand {
 pub struct BenchOpts {
     /// What to measure, comma-separated or repeated: rsa-sign[:2048|3072|4096],
     /// rsa-keygen[:BITS], ecdsa-sign[:p256|p384], eddsa-sign, aes-gcm, hmac,
-    /// ecdh[:p256|p384] [default: rsa-sign:2048,ecdsa-sign:p256; scenarios:
+    /// ecdh[:p256|p384], ml-dsa-sign[:44|65|87], ml-kem-decap[:512|768|1024] [default: rsa-sign:2048,ecdsa-sign:p256; scenarios:
     /// rsa-sign:2048,rsa-keygen:2048]
     #[arg(long, value_delimiter = ',', global = true)]
     pub mode: Vec<Mode>,
@@ -175,6 +175,10 @@ pub enum Mode {
     AesGcm,
     Hmac,
     Ecdh(Curve),
+    /// ML-DSA signatures of the parameter set 44, 65 or 87.
+    MlDsaSign(u16),
+    /// ML-KEM decapsulations of the parameter set 512, 768 or 1024.
+    MlKemDecap(u16),
 }
 
 impl Mode {
@@ -190,6 +194,8 @@ impl Mode {
             Mode::Hmac => "HMAC-SHA256".into(),
             Mode::Ecdh(Curve::P256) => "ECDH-P-256".into(),
             Mode::Ecdh(Curve::P384) => "ECDH-P-384".into(),
+            Mode::MlDsaSign(set) => format!("ML-DSA-{set}"),
+            Mode::MlKemDecap(set) => format!("ML-KEM-{set}"),
         }
     }
 
@@ -200,6 +206,7 @@ impl Mode {
             Mode::AesGcm => "encryptions/s",
             Mode::Hmac => "MACs/s",
             Mode::Ecdh(_) => "derivations/s",
+            Mode::MlKemDecap(_) => "decapsulations/s",
             _ => "signatures/s",
         }
     }
@@ -224,6 +231,8 @@ impl fmt::Display for Mode {
             Mode::AesGcm => f.write_str("aes-gcm"),
             Mode::Hmac => f.write_str("hmac"),
             Mode::Ecdh(c) => write!(f, "ecdh:{}", curve(c)),
+            Mode::MlDsaSign(set) => write!(f, "ml-dsa-sign:{set}"),
+            Mode::MlKemDecap(set) => write!(f, "ml-kem-decap:{set}"),
         }
     }
 }
@@ -264,8 +273,21 @@ impl FromStr for Mode {
             "eddsa-sign" => none(param, Mode::EddsaSign),
             "aes-gcm" => none(param, Mode::AesGcm),
             "hmac" => none(param, Mode::Hmac),
+            "ml-dsa-sign" => match param {
+                None | Some("65") => Ok(Mode::MlDsaSign(65)),
+                Some("44") => Ok(Mode::MlDsaSign(44)),
+                Some("87") => Ok(Mode::MlDsaSign(87)),
+                Some(p) => bail!("ML-DSA parameter set '{p}': use 44, 65 or 87"),
+            },
+            "ml-kem-decap" => match param {
+                None | Some("768") => Ok(Mode::MlKemDecap(768)),
+                Some("512") => Ok(Mode::MlKemDecap(512)),
+                Some("1024") => Ok(Mode::MlKemDecap(1024)),
+                Some(p) => bail!("ML-KEM parameter set '{p}': use 512, 768 or 1024"),
+            },
             _ => Err(anyhow!(
-                "unknown mode '{name}': use rsa-sign, rsa-keygen, ecdsa-sign, eddsa-sign, aes-gcm, hmac or ecdh"
+                "unknown mode '{name}': use rsa-sign, rsa-keygen, ecdsa-sign, eddsa-sign, aes-gcm, hmac, ecdh, \
+                 ml-dsa-sign or ml-kem-decap"
             )),
         }
     }
@@ -410,12 +432,23 @@ mod tests {
             ("eddsa-sign", Mode::EddsaSign),
             ("aes-gcm", Mode::AesGcm),
             ("hmac", Mode::Hmac),
+            ("ml-dsa-sign", Mode::MlDsaSign(65)),
+            ("ml-dsa-sign:87", Mode::MlDsaSign(87)),
+            ("ml-kem-decap:512", Mode::MlKemDecap(512)),
+            ("ml-kem-decap", Mode::MlKemDecap(768)),
         ] {
             let parsed: Mode = text.parse().unwrap();
             assert_eq!(parsed, mode);
             assert_eq!(parsed.to_string().parse::<Mode>().unwrap(), mode);
         }
-        for bad in ["rsa-sign:1024", "ecdsa-sign:p521", "hmac:256", "dsa"] {
+        for bad in [
+            "rsa-sign:1024",
+            "ecdsa-sign:p521",
+            "hmac:256",
+            "dsa",
+            "ml-dsa-sign:768",
+            "ml-kem-decap:65",
+        ] {
             assert!(bad.parse::<Mode>().is_err(), "{bad}");
         }
     }

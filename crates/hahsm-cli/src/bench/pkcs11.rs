@@ -8,10 +8,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, KeyType, MlDsaParameterSetType, MlKemParameterSetType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -119,6 +122,8 @@ impl Module {
             Mode::AesGcm => MechanismType::AES_GCM,
             Mode::Hmac => MechanismType::SHA256_HMAC,
             Mode::Ecdh(_) => MechanismType::ECDH1_DERIVE,
+            Mode::MlDsaSign(_) => MechanismType::ML_DSA,
+            Mode::MlKemDecap(_) => MechanismType::ML_KEM,
         };
         let offered = self.p11.get_mechanism_list(slot)?;
         Ok(offered.contains(&wanted)
@@ -142,7 +147,7 @@ impl Module {
         let s = self.p11.open_rw_session(slot)?;
         let label = next_label();
         let mut keys = Vec::new();
-        let mut peer_point = Vec::new();
+        let mut operand = Vec::new();
         let key = match mode {
             Mode::RsaSign(bits) => {
                 let (public, private) = s.generate_key_pair(
@@ -165,7 +170,7 @@ impl Module {
                 )?;
                 keys.extend([public, private]);
                 if matches!(mode, Mode::Ecdh(_)) {
-                    peer_point = super::raw::ec_peer_point(curve)?;
+                    operand = super::raw::ec_peer_point(curve)?;
                 }
                 Some(private)
             }
@@ -201,6 +206,29 @@ impl Module {
                 keys.push(key);
                 Some(key)
             }
+            Mode::MlDsaSign(set) => {
+                let (public, private) = s.generate_key_pair(
+                    &Mechanism::MlDsaKeyPairGen,
+                    &ml_public_template(ml_dsa_set(set)?, &label),
+                    &private_template(&label, Attribute::Sign(true)),
+                )?;
+                keys.extend([public, private]);
+                Some(private)
+            }
+            Mode::MlKemDecap(set) => {
+                let (public, private) = s.generate_key_pair(
+                    &Mechanism::MlKemKeyPairGen,
+                    &ml_public_template(ml_kem_set(set)?, &label),
+                    &private_template(&label, Attribute::Decapsulate(true)),
+                )?;
+                keys.extend([public, private]);
+                // One ciphertext, made once and decapsulated by every thread.
+                let session_secret = [Attribute::Token(false)];
+                let (ct, secret) = s.encapsulate_key(&Mechanism::MlKem, public, &session_secret)?;
+                s.destroy_object(secret)?;
+                operand = ct;
+                Some(private)
+            }
             Mode::RsaKeygen(_) => None,
         };
         Ok(Pkcs11Workload {
@@ -209,7 +237,7 @@ impl Module {
             mode,
             key,
             prehash,
-            peer_point,
+            operand,
             data: vec![0x5a; bytes],
             label,
             made: Mutex::new(keys),
@@ -238,6 +266,41 @@ fn curve_oid(c: Curve) -> &'static [u8] {
 /// Token objects: in an HA slot only they are on every member (session objects
 /// stay on the member that made them), and they make key generation durable,
 /// as an application's keys are.
+/// The `CKA_PARAMETER_SET` of ML-DSA-`set`.
+fn ml_dsa_set(set: u16) -> Result<Attribute> {
+    Ok(Attribute::ParameterSet(
+        match set {
+            44 => MlDsaParameterSetType::ML_DSA_44,
+            65 => MlDsaParameterSetType::ML_DSA_65,
+            87 => MlDsaParameterSetType::ML_DSA_87,
+            _ => bail!("ML-DSA-{set} is not offered"),
+        }
+        .into(),
+    ))
+}
+
+/// The `CKA_PARAMETER_SET` of ML-KEM-`set`.
+fn ml_kem_set(set: u16) -> Result<Attribute> {
+    Ok(Attribute::ParameterSet(
+        match set {
+            512 => MlKemParameterSetType::ML_KEM_512,
+            768 => MlKemParameterSetType::ML_KEM_768,
+            1024 => MlKemParameterSetType::ML_KEM_1024,
+            _ => bail!("ML-KEM-{set} is not offered"),
+        }
+        .into(),
+    ))
+}
+
+fn ml_public_template(set: Attribute, label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Private(false),
+        set,
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
 fn private_template(label: &str, usage: Attribute) -> Vec<Attribute> {
     vec![
         Attribute::Token(true),
@@ -276,7 +339,9 @@ pub struct Pkcs11Workload<'m> {
     key: Option<ObjectHandle>,
     /// Sign with `CKM_ECDSA` over a digest made here.
     prehash: bool,
-    peer_point: Vec<u8>,
+    /// What each operation takes besides its key: the peer's public point
+    /// (ECDH), or the one ciphertext every decapsulation opens (ML-KEM).
+    operand: Vec<u8>,
     data: Vec<u8>,
     label: String,
     /// Every object made for or by the bench, destroyed at the end.
@@ -357,7 +422,7 @@ impl Workload for Pkcs11Workload<'_> {
             }
             Mode::Ecdh(_) => {
                 let key = key()?;
-                let peer = &self.peer_point[..];
+                let peer = &self.operand[..];
                 // The derived secret is a session object: it goes when the session closes.
                 let template = [
                     Attribute::Class(ObjectClass::SECRET_KEY),
@@ -368,6 +433,20 @@ impl Workload for Pkcs11Workload<'_> {
                 Box::new(move || {
                     let params = Ecdh1DeriveParams::new(EcKdf::null(), peer);
                     s.derive_key(&Mechanism::Ecdh1Derive(params), key, &template)?;
+                    Ok(())
+                })
+            }
+            Mode::MlDsaSign(_) => sign(
+                s,
+                Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None)),
+            )?,
+            Mode::MlKemDecap(_) => {
+                let key = key()?;
+                let ciphertext = &self.operand[..];
+                // The shared secret is a session object: it goes when the session closes.
+                let template = [Attribute::Token(false)];
+                Box::new(move || {
+                    s.decapsulate_key(&Mechanism::MlKem, key, &template, ciphertext)?;
                     Ok(())
                 })
             }

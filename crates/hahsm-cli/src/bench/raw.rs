@@ -8,11 +8,15 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey};
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::error::Unspecified;
+use aws_lc_rs::kem::{Ciphertext, DecapsulationKey, ML_KEM_1024, ML_KEM_512, ML_KEM_768};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{
     EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
     ECDSA_P384_SHA384_FIXED_SIGNING, RSA_PKCS1_SHA256,
+};
+use aws_lc_rs::signature::{
+    PqdsaKeyPair, PqdsaSigningAlgorithm, ML_DSA_44_SIGNING, ML_DSA_65_SIGNING, ML_DSA_87_SIGNING,
 };
 use aws_lc_rs::{hmac, signature::KeyPair as _};
 
@@ -27,6 +31,27 @@ enum Key {
     Aes(LessSafeKey),
     Hmac(Box<hmac::Key>),
     Ecdh(PrivateKey, &'static agreement::Algorithm, Vec<u8>),
+    MlDsa(PqdsaKeyPair),
+    /// The decapsulation key and a ciphertext made to it.
+    MlKem(DecapsulationKey, Vec<u8>),
+}
+
+fn ml_dsa_alg(set: u16) -> Result<&'static PqdsaSigningAlgorithm> {
+    match set {
+        44 => Ok(&ML_DSA_44_SIGNING),
+        65 => Ok(&ML_DSA_65_SIGNING),
+        87 => Ok(&ML_DSA_87_SIGNING),
+        _ => Err(anyhow!("ML-DSA-{set} is not offered")),
+    }
+}
+
+fn ml_kem_alg(set: u16) -> Result<&'static aws_lc_rs::kem::Algorithm> {
+    match set {
+        512 => Ok(&ML_KEM_512),
+        768 => Ok(&ML_KEM_768),
+        1024 => Ok(&ML_KEM_1024),
+        _ => Err(anyhow!("ML-KEM-{set} is not offered")),
+    }
 }
 
 pub struct RawWorkload {
@@ -101,6 +126,19 @@ impl RawWorkload {
                 ecdh_alg(c),
                 ec_peer_point(c)?,
             ),
+            Mode::MlDsaSign(set) => {
+                Key::MlDsa(PqdsaKeyPair::generate(ml_dsa_alg(set)?).map_err(failed("ML-DSA key generation"))?)
+            }
+            Mode::MlKemDecap(set) => {
+                let dk =
+                    DecapsulationKey::generate(ml_kem_alg(set)?).map_err(failed("ML-KEM key generation"))?;
+                let (ct, _) = dk
+                    .encapsulation_key()
+                    .map_err(failed("ML-KEM public key"))?
+                    .encapsulate()
+                    .map_err(failed("ML-KEM encapsulation"))?;
+                Key::MlKem(dk, ct.as_ref().to_vec())
+            }
         };
         Ok(RawWorkload {
             key,
@@ -162,6 +200,20 @@ impl Workload for RawWorkload {
             }
             Key::Hmac(k) => Box::new(move || {
                 std::hint::black_box(hmac::sign(k, data));
+                Ok(())
+            }),
+            Key::MlDsa(k) => {
+                let mut sig = vec![0u8; k.algorithm().signature_len()];
+                Box::new(move || {
+                    k.sign(data, &mut sig).map_err(failed("ML-DSA signing"))?;
+                    Ok(())
+                })
+            }
+            Key::MlKem(dk, ct) => Box::new(move || {
+                let secret = dk
+                    .decapsulate(Ciphertext::from(&ct[..]))
+                    .map_err(failed("ML-KEM decapsulation"))?;
+                std::hint::black_box(secret);
                 Ok(())
             }),
             Key::Ecdh(k, alg, peer) => Box::new(move || {

@@ -382,6 +382,11 @@ fn a_backup_restores_into_the_running_group_converges_and_keeps_deleted_keys_del
     c.keys(0, &["delete", "--label", "deleted-before"]).expect_ok();
     c.keys(1, &["gen", "--type", "aes:256", "--label", "doomed-later"])
         .expect_ok();
+    // Post-quantum keys go into the backup like any other.
+    c.keys(0, &["gen", "--type", "ml-dsa-65", "--label", "pq-kept"])
+        .expect_ok();
+    c.keys(1, &["gen", "--type", "ml-kem:768", "--label", "pq-kem-kept"])
+        .expect_ok();
     assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
 
     let bak = c.work.path().join("haPart.bak");
@@ -536,6 +541,43 @@ fn a_backup_restores_into_the_running_group_converges_and_keeps_deleted_keys_del
             assert!(!has_label(&c, m, gone), "'{gone}' came back on member {m}");
         }
     }
+    // The restored ML-DSA key signs on the restored member, and the
+    // signature verifies on another; the ML-KEM key is there too.
+    let data = c.work.path().join("pq-data");
+    let sig = c.work.path().join("pq-sig");
+    std::fs::write(&data, b"signed by a restored ML-DSA-65 key").unwrap();
+    c.keys(
+        2,
+        &[
+            "sign",
+            "--label",
+            "pq-kept",
+            "--mech",
+            "ML-DSA",
+            "--in",
+            s(&data),
+            "--out",
+            s(&sig),
+        ],
+    )
+    .expect_ok();
+    assert_eq!(std::fs::read(&sig).unwrap().len(), 3309);
+    c.keys(
+        0,
+        &[
+            "verify",
+            "--label",
+            "pq-kept",
+            "--mech",
+            "ML-DSA",
+            "--in",
+            s(&data),
+            "--signature",
+            s(&sig),
+        ],
+    )
+    .expect_ok();
+    assert!(has_label(&c, 2, "pq-kem-kept"));
     // The restored member's own writes reach the group.
     c.keys(2, &["gen", "--type", "aes:128", "--label", "from-restored"])
         .expect_ok();

@@ -1,4 +1,5 @@
-//! Secret-leak scan: keys whose values the test knows (RSA, EC, AES) are
+//! Secret-leak scan: keys whose values the test knows (RSA, EC, AES, an
+//! ML-DSA seed, an ML-KEM decapsulation key and a shared secret it opens) are
 //! imported through the PKCS#11 module's HA slot, used, replicated to a
 //! 3-member group, and used again after every member restarts. Then every file
 //! the members and the client wrote (stores, WALs, logs, the HA log, the
@@ -9,8 +10,11 @@ mod t20_pkcs11_support;
 
 use base64::Engine;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, KeyType, MlDsaParameterSetType, MlKemParameterSetType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use hahsm_it::cluster::{Cluster, PARTITION, PIN};
@@ -293,6 +297,9 @@ fn use_keys(s: &Session) {
         s.decrypt(&Mechanism::AesCbcPad(iv), aes, &ct).unwrap(),
         b"plain text"
     );
+    let ml_dsa = by_label(s, "leak-ml-dsa");
+    let mech = Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None));
+    assert_eq!(s.sign(&mech, ml_dsa, b"data").unwrap().len(), 3309);
 }
 
 #[test]
@@ -326,6 +333,14 @@ fn no_secret_reaches_a_file_or_the_wire() {
     let scalar = [vec![0u8; 32 - scalar.len()], scalar].concat();
     let mut aes_value = [0u8; 32];
     aws_lc_rs::rand::fill(&mut aes_value).unwrap();
+    // Post-quantum keys: an ML-DSA seed, an ML-KEM dk, and the secret a
+    // ciphertext made here to that dk's public half carries.
+    let mut ml_dsa_seed = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut ml_dsa_seed).unwrap();
+    let dk = aws_lc_rs::kem::DecapsulationKey::generate(&aws_lc_rs::kem::ML_KEM_768).unwrap();
+    let ml_kem_dk = dk.key_bytes().unwrap().as_ref().to_vec();
+    let (kem_ciphertext, kem_secret) = dk.encapsulation_key().unwrap().encapsulate().unwrap();
+    let (kem_ciphertext, kem_secret) = (kem_ciphertext.as_ref().to_vec(), kem_secret.as_ref().to_vec());
 
     let mut c = Cluster::new(3);
     // One member logs JSON lines to a file of its own: the scan covers both
@@ -389,6 +404,9 @@ fn no_secret_reaches_a_file_or_the_wire() {
         let bytes = hex::decode(std::fs::read_to_string(f).unwrap().trim()).unwrap();
         needles.push(encodings(&format!("secret {}", f.display()), &bytes));
     }
+    needles.push(encodings("ML-DSA seed", &ml_dsa_seed));
+    needles.push(encodings("ML-KEM decapsulation key", &ml_kem_dk));
+    needles.push(encodings("ML-KEM shared secret", &kem_secret));
     // The scan finds what it looks for: every needle is in its source.
     let rsa_der = pkcs8(&rsa_pem);
     for n in &needles[2..8] {
@@ -451,15 +469,57 @@ fn no_secret_reaches_a_file_or_the_wire() {
         Attribute::Value(aes_value.to_vec()),
     ])
     .expect("AES key imported");
+    s.create_object(&[
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::ML_DSA),
+        Attribute::ParameterSet(MlDsaParameterSetType::ML_DSA_65.into()),
+        Attribute::Token(true),
+        Attribute::Label(b"leak-ml-dsa".to_vec()),
+        Attribute::Sign(true),
+        Attribute::Seed(ml_dsa_seed.to_vec()),
+    ])
+    .expect("ML-DSA key imported");
+    let kem = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::ML_KEM),
+            Attribute::ParameterSet(MlKemParameterSetType::ML_KEM_768.into()),
+            Attribute::Token(true),
+            Attribute::Label(b"leak-ml-kem".to_vec()),
+            Attribute::Decapsulate(true),
+            Attribute::Value(ml_kem_dk.clone()),
+        ])
+        .expect("ML-KEM key imported");
+    // The shared secret becomes a token key (sensitive, as by default) on the members.
+    s.decapsulate_key(
+        &Mechanism::MlKem,
+        kem,
+        &[
+            Attribute::Token(true),
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Label(b"leak-ml-kem-secret".to_vec()),
+            Attribute::Sign(true),
+        ],
+        &kem_ciphertext,
+    )
+    .expect("decapsulated");
     use_keys(&s);
     // Replicated to every member.
     for i in 0..3 {
         assert!(
             c.wait(Duration::from_secs(60), || {
                 let list = c.keys(i, &["list"]).stdout;
-                ["leak-rsa", "leak-ec", "leak-aes"]
-                    .iter()
-                    .all(|l| list.contains(l))
+                [
+                    "leak-rsa",
+                    "leak-ec",
+                    "leak-aes",
+                    "leak-ml-dsa",
+                    "leak-ml-kem",
+                    "leak-ml-kem-secret",
+                ]
+                .iter()
+                .all(|l| list.contains(l))
             }),
             "member {i} did not get the keys"
         );

@@ -1741,6 +1741,7 @@ fn cases() -> Vec<Case> {
     v.extend(digest_key_cases());
     v.push(rsa_1024_case());
     v.push(streaming_case());
+    v.extend(size_and_ctr_cases());
     v.push(case(User, "C_SeedRandom(NULL, 1)", CKR_ARGUMENTS_BAD, |fx| {
         call!(fx, C_SeedRandom, fx.rw, null_mut(), 1)
     }));
@@ -2350,6 +2351,137 @@ fn streaming_case() -> Case {
             result(r)
         },
     )
+}
+
+/// Encrypts `data` with `mech` and key `k` in session `fx.rw`, single-part
+/// (`parts` empty) or in parts of the given lengths: the output, or the
+/// first code that was not `CKR_OK`.
+fn encrypt_in_parts(
+    fx: &Fx,
+    k: CK_OBJECT_HANDLE,
+    mech: &mut CK_MECHANISM,
+    data: &[u8],
+    parts: &[usize],
+) -> Result<Vec<u8>, CK_RV> {
+    ok(call!(fx, C_EncryptInit, fx.rw, mech, k))?;
+    let mut out = Vec::new();
+    if parts.is_empty() {
+        let mut buf = vec![0u8; data.len() + 32];
+        let mut n = buf.len() as CK_ULONG;
+        ok(call!(
+            fx,
+            C_Encrypt,
+            fx.rw,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            buf.as_mut_ptr(),
+            &mut n
+        ))?;
+        out.extend_from_slice(&buf[..n as usize]);
+        return Ok(out);
+    }
+    let mut at = 0;
+    for len in parts {
+        let part = &data[at..at + len];
+        at += len;
+        let mut buf = vec![0u8; part.len() + 32];
+        let mut n = buf.len() as CK_ULONG;
+        ok(call!(
+            fx,
+            C_EncryptUpdate,
+            fx.rw,
+            part.as_ptr() as *mut u8,
+            part.len() as CK_ULONG,
+            buf.as_mut_ptr(),
+            &mut n
+        ))?;
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    let mut buf = vec![0u8; 32];
+    let mut n = 32;
+    ok(call!(fx, C_EncryptFinal, fx.rw, buf.as_mut_ptr(), &mut n))?;
+    out.extend_from_slice(&buf[..n as usize]);
+    Ok(out)
+}
+
+/// `CK_AES_CTR_PARAMS` with `bits` counter bits and the counter block `cb`.
+fn ctr_params(bits: CK_ULONG, cb: [u8; 16]) -> CK_AES_CTR_PARAMS {
+    CK_AES_CTR_PARAMS {
+        ulCounterBits: bits,
+        cb,
+    }
+}
+
+/// The size limit of single-part input and AES-CTR (single and streaming,
+/// and a counter that would wrap), on both slots.
+fn size_and_ctr_cases() -> Vec<Case> {
+    use Phase::User;
+    let with_key = |fx: &Fx, f: &dyn Fn(CK_OBJECT_HANDLE) -> Result<(), CK_RV>| -> CK_RV {
+        let k = match gen_key(fx, fx.rw, &aes_key(false, None, true)) {
+            Ok(k) => k,
+            Err(rv) => return rv,
+        };
+        let r = f(k);
+        destroy(fx, fx.rw, k);
+        result(r)
+    };
+    vec![
+        case(
+            User,
+            "single-part C_Encrypt of 1 MiB is CKR_DATA_LEN_RANGE",
+            CKR_DATA_LEN_RANGE,
+            move |fx| {
+                with_key(fx, &|k| {
+                    let mut iv = [7u8; 16];
+                    let mut m = CK_MECHANISM {
+                        mechanism: CKM_AES_CBC_PAD,
+                        pParameter: iv.as_mut_ptr() as *mut std::ffi::c_void,
+                        ulParameterLen: 16,
+                    };
+                    encrypt_in_parts(fx, k, &mut m, &vec![0u8; 1 << 20], &[]).map(|_| ())
+                })
+            },
+        ),
+        case(
+            User,
+            "AES-CTR in parts of 5, 16, 40 and 3 bytes gives the single-part output",
+            CKR_OK,
+            move |fx| {
+                with_key(fx, &|k| {
+                    let data: Vec<u8> = (0..64u8).collect();
+                    let mut p = ctr_params(32, [0x42; 16]);
+                    let mut m = || CK_MECHANISM {
+                        mechanism: CKM_AES_CTR,
+                        pParameter: &mut p as *mut CK_AES_CTR_PARAMS as *mut std::ffi::c_void,
+                        ulParameterLen: std::mem::size_of::<CK_AES_CTR_PARAMS>() as CK_ULONG,
+                    };
+                    let one = encrypt_in_parts(fx, k, &mut m(), &data, &[])?;
+                    let parts = encrypt_in_parts(fx, k, &mut m(), &data, &[5, 16, 40, 3])?;
+                    if one.len() != 64 || one == data || parts != one {
+                        return Err(WRONG_RESULT);
+                    }
+                    Ok(())
+                })
+            },
+        ),
+        case(
+            User,
+            "AES-CTR input that would wrap a 1-bit counter is CKR_DATA_LEN_RANGE",
+            CKR_DATA_LEN_RANGE,
+            move |fx| {
+                with_key(fx, &|k| {
+                    let mut p = ctr_params(1, [0; 16]);
+                    let mut m = CK_MECHANISM {
+                        mechanism: CKM_AES_CTR,
+                        pParameter: &mut p as *mut CK_AES_CTR_PARAMS as *mut std::ffi::c_void,
+                        ulParameterLen: std::mem::size_of::<CK_AES_CTR_PARAMS>() as CK_ULONG,
+                    };
+                    // Two counter values: two blocks pass, a third would reuse the key stream.
+                    encrypt_in_parts(fx, k, &mut m, &[0u8; 48], &[]).map(|_| ())
+                })
+            },
+        ),
+    ]
 }
 
 fn digest_key_cases() -> Vec<Case> {

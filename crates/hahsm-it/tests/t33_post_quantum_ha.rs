@@ -2,7 +2,9 @@
 //! ML-KEM-768 key made through the HA slot are on every member and work
 //! there (each member's own slot signs and decapsulates with them), a member
 //! killed with SIGKILL while applications sign costs no signature, and a key
-//! generated while it is down is made once.
+//! generated while it is down is made once. Under both write concerns.
+//!
+//! The module keeps process-wide state, so the two tests take turns.
 mod t20_pkcs11_support;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -83,9 +85,21 @@ fn dsa_pair(s: &Session, label: &str) {
     .unwrap_or_else(|e| panic!("ML-DSA-65 pair {label} through the HA slot: {e}"));
 }
 
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
-fn post_quantum_keys_in_a_group_of_three() {
-    let mut c = Cluster::new(3);
+fn post_quantum_keys_in_a_group_of_three_under_all_reachable() {
+    keys_in_a_group(&[]);
+}
+
+#[test]
+fn post_quantum_keys_in_a_group_of_three_under_quorum() {
+    keys_in_a_group(&["--quorum"]);
+}
+
+fn keys_in_a_group(group_options: &[&str]) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::with_group_options(3, group_options);
     // The group's client config lists each member's own slot and the HA slot.
     std::env::set_var("HAHSM_CONF", &c.conf);
     std::env::set_var("HAHSM_PKCS11_LOG", c.work.path().join("pkcs11.log"));
@@ -231,4 +245,6 @@ fn post_quantum_keys_in_a_group_of_three() {
             .count();
         assert_eq!(n, 2, "member {i} holds the pair once (its two halves):\n{list}");
     }
+    drop(s);
+    p11.finalize().expect("C_Finalize");
 }

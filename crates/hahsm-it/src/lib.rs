@@ -942,3 +942,25 @@ pub fn alerts_in(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A plain HTTP/1.1 GET of `url` (`http://host:port/path`), such as a
+/// member's metrics endpoint: the whole response, which must be a 200.
+pub fn http_get(url: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut conn = std::net::TcpStream::connect(host).expect("metrics endpoint");
+    write!(
+        conn,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    out
+}

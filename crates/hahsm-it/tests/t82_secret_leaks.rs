@@ -242,26 +242,6 @@ fn scan_files(dir: &Path, needles: &[Needle], secret_files: &[PathBuf]) -> Vec<P
 }
 
 /// The body of a plain HTTP GET (the members' metrics endpoints).
-fn http_get(url: &str) -> Vec<u8> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("an http URL");
-    let (host, path) = rest.split_once('/').expect("a path");
-    let mut conn = std::net::TcpStream::connect(host).expect("metrics endpoint");
-    write!(
-        conn,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    conn.read_to_end(&mut out).unwrap();
-    assert!(
-        out.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&out)
-    );
-    out
-}
-
 fn ha_slot_session(p11: &Pkcs11) -> Session {
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("C_Initialize");
@@ -567,7 +547,7 @@ fn no_secret_reaches_a_file_or_the_wire() {
     for (i, m) in c.members.iter().enumerate() {
         std::fs::write(
             c.work.path().join(format!("metrics-{i}.txt")),
-            http_get(&m.metrics_url()),
+            hahsm_it::http_get(&m.metrics_url()),
         )
         .unwrap();
     }

@@ -273,6 +273,11 @@ pub struct PartitionSummary {
     pub failed_logins: u32,
     pub pin_locked: bool,
     pub so_pin_set: bool,
+    /// Keys held parsed in the partition's key cache (0 when not activated).
+    pub parsed_keys: u64,
+    /// Keys parsed since the partition was activated: far more than
+    /// `parsed_keys` under a steady load means the cache is too small.
+    pub key_loads: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

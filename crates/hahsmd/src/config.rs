@@ -202,6 +202,9 @@ pub struct Limits {
     pub max_request_deadline_ms: u64,
     pub max_objects_per_partition: usize,
     pub max_template_attributes: usize,
+    /// Parsed private and secret keys each activated partition keeps, the
+    /// least recently used dropped first (`crate::key_cache`).
+    pub key_cache_entries: usize,
     /// How long `hsm login` lasts on the admin socket.
     pub so_login_minutes: u64,
 }
@@ -219,6 +222,7 @@ impl Default for Limits {
             max_request_deadline_ms: 60_000,
             max_objects_per_partition: 1_000_000,
             max_template_attributes: 128,
+            key_cache_entries: 10_000,
             so_login_minutes: 15,
         }
     }

@@ -31,6 +31,7 @@ pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod journal;
+pub mod key_cache;
 pub mod keyops;
 pub mod logging;
 pub mod metrics;

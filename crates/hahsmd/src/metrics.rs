@@ -121,6 +121,8 @@ pub struct Metrics {
     alerts_dropped: Counter,
     store_bytes: Gauge,
     partition_objects: Family<PartitionLabels, Gauge>,
+    partition_parsed_keys: Family<PartitionLabels, Gauge>,
+    partition_key_loads: Family<PartitionLabels, Gauge>,
     partition_failed_logins: Family<PartitionLabels, Gauge>,
     partition_pin_locked: Family<PartitionLabels, Gauge>,
     group_in_sync: Family<GroupLabels, Gauge>,
@@ -155,6 +157,8 @@ impl Metrics {
             alerts_dropped: Counter::default(),
             store_bytes: Gauge::default(),
             partition_objects: Family::default(),
+            partition_parsed_keys: Family::default(),
+            partition_key_loads: Family::default(),
             partition_failed_logins: Family::default(),
             partition_pin_locked: Family::default(),
             group_in_sync: Family::default(),
@@ -210,6 +214,16 @@ impl Metrics {
             "partition_objects",
             "Live token objects in an activated partition",
             m.partition_objects.clone(),
+        );
+        r.register(
+            "partition_parsed_keys",
+            "Keys an activated partition holds parsed in its key cache (limits.key_cache_entries at most)",
+            m.partition_parsed_keys.clone(),
+        );
+        r.register(
+            "partition_key_loads",
+            "Keys parsed since the partition was activated: much more than partition_parsed_keys under steady load means the key cache is too small",
+            m.partition_key_loads.clone(),
         );
         r.register(
             "partition_failed_logins",
@@ -354,6 +368,8 @@ impl Metrics {
         }
         for f in [
             &self.partition_objects,
+            &self.partition_parsed_keys,
+            &self.partition_key_loads,
             &self.partition_failed_logins,
             &self.partition_pin_locked,
         ] {
@@ -377,6 +393,10 @@ impl Metrics {
                 self.partition_objects
                     .get_or_create(&l)
                     .set(p.object_count as i64);
+                self.partition_parsed_keys
+                    .get_or_create(&l)
+                    .set(p.parsed_keys as i64);
+                self.partition_key_loads.get_or_create(&l).set(p.key_loads as i64);
             }
             self.partition_failed_logins
                 .get_or_create(&l)

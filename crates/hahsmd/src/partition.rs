@@ -16,6 +16,7 @@
 //! (memory changes only after the store commits, in `persist`) and the
 //! integrity digest it keeps are easier to check with everything that
 //! touches them in one file.
+use crate::key_cache::KeyCache;
 use crate::object_index::{Candidates, ObjectIndex};
 use crate::recent_ops::RecentOps;
 use crate::sync::{Recover, RecoverRw};
@@ -169,6 +170,8 @@ pub struct ActivePartition {
     /// The latest committed operations, for pushes to read without the store.
     recent: Mutex<RecentOps>,
     max_objects: usize,
+    /// The parsed keys of token objects, bounded (`crate::key_cache`).
+    keys: KeyCache,
 }
 
 fn aad(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -231,6 +234,7 @@ impl ActivePartition {
         member: MemberId,
         hlc: Arc<Mutex<Hlc>>,
         max_objects: usize,
+        key_cache_entries: usize,
     ) -> TokenResult<ActivePartition> {
         let rows = store.load_objects(row.id)?;
         let mut states = Vec::with_capacity(rows.len());
@@ -300,7 +304,13 @@ impl ActivePartition {
             }),
             recent: Mutex::default(),
             max_objects,
+            keys: KeyCache::new(key_cache_entries),
         })
+    }
+
+    /// (keys parsed now, keys parsed since activation) of the key cache.
+    pub fn key_cache_stats(&self) -> (u64, u64) {
+        self.keys.stats()
     }
 
     pub fn pmk(&self) -> &SealKey {
@@ -374,8 +384,15 @@ impl ActivePartition {
         })
     }
 
-    /// The key of an object, parsed once and cached.
+    /// The key of an object, parsed once and cached: a token object's in the
+    /// partition's bounded cache, a session object's (or a public key's,
+    /// which holds no secret) with its entry, for as long as the entry lives.
     pub fn key(&self, entry: &ObjectEntry) -> TokenResult<Arc<LoadedKey>> {
+        if let (Some(sealed), true) = (&entry.sealed_secret, entry.attrs.flag(ck::CKA_TOKEN, false)) {
+            return self
+                .keys
+                .get_or_load(entry.ouid, sealed, || LoadedKey::load(self.material(entry)?));
+        }
         if let Some(k) = entry.loaded.get() {
             return Ok(k.clone());
         }
@@ -746,6 +763,7 @@ impl ActivePartition {
                 }
                 _ => {
                     live.remove(&ouid);
+                    self.keys.forget(&ouid);
                 }
             }
         }
@@ -766,6 +784,8 @@ impl ActivePartition {
             self.member,
             self.hlc.clone(),
             self.max_objects,
+            // Only its write state is taken; its key cache is not used.
+            1,
         )?;
         let fresh_state = fresh
             .writes
@@ -951,7 +971,7 @@ mod tests {
         store.create_partition(&row).expect("partition row");
         let row = store.get_partition("p").expect("read").expect("there");
         let pmk = SealKey::new(SecretBytes::new(vec![7; 32])).expect("key");
-        let p = ActivePartition::open(store.clone(), &row, pmk, 1, Arc::default(), 100).expect("opens");
+        let p = ActivePartition::open(store.clone(), &row, pmk, 1, Arc::default(), 100, 16).expect("opens");
         (store, p)
     }
 
@@ -980,7 +1000,7 @@ mod tests {
         let row = store.get_partition("p").expect("read").expect("there");
         let pmk = SealKey::new(SecretBytes::new(vec![7; 32])).expect("key");
         let reopened =
-            ActivePartition::open(store.clone(), &row, pmk, 1, Arc::default(), 100).expect("opens");
+            ActivePartition::open(store.clone(), &row, pmk, 1, Arc::default(), 100, 16).expect("opens");
         assert!(reopened.recent.lock_or_recover().after(1, 0, 100).is_none());
         assert_eq!(reopened.ops_from(1, 0, 100).expect("ops"), from_memory);
     }

@@ -364,7 +364,13 @@ impl Appliance {
                 Some(a) => u32::try_from(crate::pin_records::failures(&a)).unwrap_or(u32::MAX),
                 None => row.failed_logins,
             };
+            let (parsed_keys, key_loads) = self
+                .active_partition(&row.name)
+                .map(|a| a.key_cache_stats())
+                .unwrap_or_default();
             out.push(PartitionSummary {
+                parsed_keys,
+                key_loads,
                 // Live objects when active; otherwise the rows, which also
                 // count tombstones, are the best the store can say.
                 object_count: match self.active_partition(&row.name) {

@@ -136,6 +136,7 @@ impl Appliance {
             self.partition_origin(row.serial),
             self.hlc.clone(),
             self.config.limits.max_objects_per_partition,
+            self.config.limits.key_cache_entries,
         )?;
         let active = Arc::new(active);
         self.active_write().insert(row.name.clone(), active);

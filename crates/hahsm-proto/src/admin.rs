@@ -278,6 +278,11 @@ pub struct PartitionSummary {
     /// Keys parsed since the partition was activated: far more than
     /// `parsed_keys` under a steady load means the cache is too small.
     pub key_loads: u64,
+    /// Store transactions that committed local writes since activation,
+    /// and the local writes they held: their ratio is how many writes
+    /// shared one sync to disk (group commit).
+    pub write_commits: u64,
+    pub writes_committed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -123,6 +123,8 @@ pub struct Metrics {
     partition_objects: Family<PartitionLabels, Gauge>,
     partition_parsed_keys: Family<PartitionLabels, Gauge>,
     partition_key_loads: Family<PartitionLabels, Gauge>,
+    partition_write_commits: Family<PartitionLabels, Gauge>,
+    partition_writes_committed: Family<PartitionLabels, Gauge>,
     partition_failed_logins: Family<PartitionLabels, Gauge>,
     partition_pin_locked: Family<PartitionLabels, Gauge>,
     group_in_sync: Family<GroupLabels, Gauge>,
@@ -159,6 +161,8 @@ impl Metrics {
             partition_objects: Family::default(),
             partition_parsed_keys: Family::default(),
             partition_key_loads: Family::default(),
+            partition_write_commits: Family::default(),
+            partition_writes_committed: Family::default(),
             partition_failed_logins: Family::default(),
             partition_pin_locked: Family::default(),
             group_in_sync: Family::default(),
@@ -224,6 +228,16 @@ impl Metrics {
             "partition_key_loads",
             "Keys parsed since the partition was activated: much more than partition_parsed_keys under steady load means the key cache is too small",
             m.partition_key_loads.clone(),
+        );
+        r.register(
+            "partition_write_commits",
+            "Store transactions (each one sync to disk) that committed this member's own writes since activation",
+            m.partition_write_commits.clone(),
+        );
+        r.register(
+            "partition_writes_committed",
+            "This member's own writes committed since activation: divided by partition_write_commits, the writes per sync (group commit)",
+            m.partition_writes_committed.clone(),
         );
         r.register(
             "partition_failed_logins",
@@ -370,6 +384,8 @@ impl Metrics {
             &self.partition_objects,
             &self.partition_parsed_keys,
             &self.partition_key_loads,
+            &self.partition_write_commits,
+            &self.partition_writes_committed,
             &self.partition_failed_logins,
             &self.partition_pin_locked,
         ] {
@@ -397,6 +413,12 @@ impl Metrics {
                     .get_or_create(&l)
                     .set(p.parsed_keys as i64);
                 self.partition_key_loads.get_or_create(&l).set(p.key_loads as i64);
+                self.partition_write_commits
+                    .get_or_create(&l)
+                    .set(p.write_commits as i64);
+                self.partition_writes_committed
+                    .get_or_create(&l)
+                    .set(p.writes_committed as i64);
             }
             self.partition_failed_logins
                 .get_or_create(&l)

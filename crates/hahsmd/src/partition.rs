@@ -28,6 +28,7 @@ use hahsm_store::{ObjectRow, OpRow, PartitionRow, Store, Write};
 use hahsm_token::oplog::{NewObject, Op, OpBody, Stamp};
 use hahsm_token::{ck, Hlc, MemberId, Ouid, Template, TokenError, TokenResult};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use zeroize::Zeroize;
 
@@ -172,6 +173,19 @@ pub struct ActivePartition {
     max_objects: usize,
     /// The parsed keys of token objects, bounded (`crate::key_cache`).
     keys: KeyCache,
+    /// Local writes waiting for the write lock, committed together by
+    /// whichever writer takes it (`write_local`).
+    queued: Mutex<Vec<QueuedWrite>>,
+    commits: AtomicU64,
+    committed_writes: AtomicU64,
+}
+
+/// A local write waiting to be committed, and where its writer waits.
+struct QueuedWrite {
+    body: OpBody,
+    client_op_id: Option<[u8; 16]>,
+    commit_by: Option<std::time::Instant>,
+    done: tokio::sync::oneshot::Sender<TokenResult<()>>,
 }
 
 fn aad(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -305,6 +319,9 @@ impl ActivePartition {
             recent: Mutex::default(),
             max_objects,
             keys: KeyCache::new(key_cache_entries),
+            queued: Mutex::default(),
+            commits: AtomicU64::new(0),
+            committed_writes: AtomicU64::new(0),
         })
     }
 
@@ -555,37 +572,93 @@ impl ActivePartition {
     }
 
     /// A write made on this member: stamped with the next local sequence
-    /// number and a fresh hybrid-logical-clock time.
+    /// number and a fresh hybrid-logical-clock time, and committed with the
+    /// other local writes waiting at the same time, in one store transaction
+    /// and one sync to disk (group commit). Each writer is answered only once
+    /// the transaction holding its write is durable; whichever writer takes
+    /// the write lock commits everything queued until then.
     async fn write_local(&self, body: OpBody, client_op_id: Option<[u8; 16]>) -> TokenResult<()> {
-        let mut state = self.writes.lock().await;
-        // A client's write commits before its client gives up, or not at all:
-        // after that the client may have retried it on another member.
-        if COMMIT_BY
-            .try_with(|by| std::time::Instant::now() >= *by)
-            .unwrap_or(false)
-        {
-            return Err(TokenError::DeadlineExceeded);
-        }
-        let stamp = {
-            let mut hlc = self.hlc.lock_or_recover();
-            *hlc = hlc.tick(crate::now_ms());
-            Stamp {
-                hlc: *hlc,
-                origin: self.member,
-            }
-        };
-        let op = Op {
-            seq: state.next_seq,
-            stamp,
-            client_op_id,
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.queued.lock_or_recover().push(QueuedWrite {
             body,
-        };
-        match self.persist(&mut state, vec![op]).await?.as_slice() {
-            [Applied::Applied] => Ok(()),
-            other => Err(TokenError::DeviceError(format!(
-                "local write was not applied: {other:?}"
-            ))),
+            client_op_id,
+            // A client's write commits before its client gives up, or not
+            // at all: after that the client may have retried it elsewhere.
+            commit_by: COMMIT_BY.try_with(|by| *by).ok(),
+            done,
+        });
+        {
+            let mut state = self.writes.lock().await;
+            let batch = std::mem::take(&mut *self.queued.lock_or_recover());
+            if !batch.is_empty() {
+                self.commit_queued(&mut state, batch).await;
+            }
         }
+        answer.await.unwrap_or_else(|_| {
+            Err(TokenError::DeviceError(
+                "the write's commit was interrupted".into(),
+            ))
+        })
+    }
+
+    /// Commits queued local writes as one batch and answers each writer.
+    async fn commit_queued(&self, state: &mut WriteState, batch: Vec<QueuedWrite>) {
+        let now = std::time::Instant::now();
+        let mut ops = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for w in batch {
+            if w.commit_by.is_some_and(|by| now >= by) {
+                let _ = w.done.send(Err(TokenError::DeadlineExceeded));
+                continue;
+            }
+            let stamp = {
+                let mut hlc = self.hlc.lock_or_recover();
+                *hlc = hlc.tick(crate::now_ms());
+                Stamp {
+                    hlc: *hlc,
+                    origin: self.member,
+                }
+            };
+            ops.push(Op {
+                seq: state.next_seq + ops.len() as u64,
+                stamp,
+                client_op_id: w.client_op_id,
+                body: w.body,
+            });
+            waiting.push(w.done);
+        }
+        if ops.is_empty() {
+            return;
+        }
+        let n = ops.len() as u64;
+        match self.persist(state, ops).await {
+            Ok(results) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.committed_writes.fetch_add(n, Ordering::Relaxed);
+                for (done, applied) in waiting.into_iter().zip(results) {
+                    let _ = done.send(match applied {
+                        Applied::Applied => Ok(()),
+                        other => Err(TokenError::DeviceError(format!(
+                            "local write was not applied: {other:?}"
+                        ))),
+                    });
+                }
+            }
+            Err(e) => {
+                for done in waiting {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// (store transactions of local writes, local writes they held): their
+    /// ratio is how many writes share one sync to disk.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        (
+            self.commits.load(Ordering::Relaxed),
+            self.committed_writes.load(Ordering::Relaxed),
+        )
     }
 
     /// Operations from a peer, their secrets already sealed under this

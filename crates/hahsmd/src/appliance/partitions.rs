@@ -368,9 +368,15 @@ impl Appliance {
                 .active_partition(&row.name)
                 .map(|a| a.key_cache_stats())
                 .unwrap_or_default();
+            let (write_commits, writes_committed) = self
+                .active_partition(&row.name)
+                .map(|a| a.commit_stats())
+                .unwrap_or_default();
             out.push(PartitionSummary {
                 parsed_keys,
                 key_loads,
+                write_commits,
+                writes_committed,
                 // Live objects when active; otherwise the rows, which also
                 // count tombstones, are the best the store can say.
                 object_count: match self.active_partition(&row.name) {

@@ -384,14 +384,17 @@ fn ml_dsa_refusals_have_exact_codes(env: &Env) {
     };
     let t = Attribute::Token(false);
     expect_rv(
-        gen(&[t.clone(), bad_set(4)], &[t.clone()]),
+        gen(&[t.clone(), bad_set(4)], std::slice::from_ref(&t)),
         RvError::AttributeValueInvalid,
     );
     expect_rv(
-        gen(&[t.clone(), bad_set(0)], &[t.clone()]),
+        gen(&[t.clone(), bad_set(0)], std::slice::from_ref(&t)),
         RvError::AttributeValueInvalid,
     );
-    expect_rv(gen(&[t.clone()], &[t.clone()]), RvError::TemplateIncomplete);
+    expect_rv(
+        gen(std::slice::from_ref(&t), std::slice::from_ref(&t)),
+        RvError::TemplateIncomplete,
+    );
     expect_rv(
         gen(
             &[t.clone(), dsa_set(ck::CKP_ML_DSA_44)],
@@ -407,7 +410,7 @@ fn ml_dsa_refusals_have_exact_codes(env: &Env) {
                 dsa_set(ck::CKP_ML_DSA_65),
                 Attribute::Encapsulate(true),
             ],
-            &[t.clone()],
+            std::slice::from_ref(&t),
         ),
         RvError::TemplateInconsistent,
     );
@@ -653,12 +656,16 @@ fn ml_kem_refusals_have_exact_codes(env: &Env) {
         s.generate_key_pair(
             &Mechanism::MlKemKeyPairGen,
             &[t.clone(), bad_set(7)],
-            &[t.clone()],
+            std::slice::from_ref(&t),
         ),
         RvError::AttributeValueInvalid,
     );
     expect_rv(
-        s.generate_key_pair(&Mechanism::MlKemKeyPairGen, &[t.clone()], &[t.clone()]),
+        s.generate_key_pair(
+            &Mechanism::MlKemKeyPairGen,
+            std::slice::from_ref(&t),
+            std::slice::from_ref(&t),
+        ),
         RvError::TemplateIncomplete,
     );
     // A signing flag on a KEM key.

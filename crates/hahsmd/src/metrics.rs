@@ -175,7 +175,11 @@ impl Metrics {
             "The member's build: its version, and whether it runs AWS-LC's FIPS module",
             prometheus_client::metrics::info::Info::new(VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
-                fips: if hahsm_crypto::fips_mode() { "true" } else { "false" },
+                fips: if hahsm_crypto::fips_mode() {
+                    "true"
+                } else {
+                    "false"
+                },
             }),
         );
         r.register(

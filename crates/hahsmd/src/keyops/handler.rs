@@ -175,7 +175,8 @@ impl KeyOps<'_> {
         let legacy = match attrs.key_type() {
             Some(ck::CKK_DES3) => Err(TokenError::AttributeValueInvalid(ck::CKA_KEY_TYPE)),
             Some(ck::CKK_RSA) if rsa_bits(attrs).is_some_and(|b| b < mechanism::RSA_MIN_BITS) => {
-                Err(TokenError::KeySizeRange(if fips { FIPS_RSA } else { LEGACY_RSA }.into()))
+                let why = if fips { FIPS_RSA } else { LEGACY_RSA };
+                Err(TokenError::KeySizeRange(why.into()))
             }
             _ => return Ok(()),
         };

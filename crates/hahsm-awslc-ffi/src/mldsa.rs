@@ -223,7 +223,7 @@ impl MlDsaKey {
         }
         #[cfg(feature = "fips")]
         if !context.is_empty() {
-            return Ok(self.verify_mu_inner(&self.mu(message, context)?, signature)?);
+            return self.verify_mu_inner(&self.mu(message, context)?, signature);
         }
         let md = self.message_ctx(context, false)?;
         // SAFETY: md is a verify-initialised context; signature and message are live slices passed with their lengths.

@@ -29,6 +29,13 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+// The FIPS build calls the same functions in AWS-LC's FIPS module, the copy
+// aws-lc-rs links under its `fips` feature, so keys made by either side are
+// objects of one library. Every function used here exists in both (checked
+// against aws-lc-fips-sys 0.14's bindings).
+#[cfg(feature = "fips")]
+use aws_lc_fips_sys as sys;
+#[cfg(not(feature = "fips"))]
 use aws_lc_sys as sys;
 use core::fmt;
 use core::ptr::NonNull;

@@ -183,6 +183,10 @@ impl MlDsaKey {
         if !self.private {
             return Err(Error::new("not a private key"));
         }
+        #[cfg(feature = "fips")]
+        if !context.is_empty() {
+            return self.sign_mu(&self.mu(message, context)?);
+        }
         let md = self.message_ctx(context, true)?;
         let mut out = vec![0u8; self.level.signature_len()];
         let mut len = out.len();
@@ -217,6 +221,10 @@ impl MlDsaKey {
         if signature.len() != self.level.signature_len() {
             return Ok(false);
         }
+        #[cfg(feature = "fips")]
+        if !context.is_empty() {
+            return self.verify_mu_inner(&self.mu(message, context)?, signature);
+        }
         let md = self.message_ctx(context, false)?;
         // SAFETY: md is a verify-initialised context; signature and message are live slices passed with their lengths.
         let rc = unsafe {
@@ -229,6 +237,23 @@ impl MlDsaKey {
             )
         };
         Ok(rc == 1)
+    }
+
+    /// Pure ML-DSA's mu for `message` under `context` (FIPS 204 Algorithm 2
+    /// line 10 and Algorithm 7 line 6): SHAKE256(SHAKE256(pk, 64) || 0 ||
+    /// len(ctx) || ctx || M, 64). The FIPS module (AWS-LC-FIPS 4.2.0) has no
+    /// `EVP_PKEY_CTX_set_signature_context` for ML-DSA keys (its ML-DSA
+    /// `EVP_PKEY` method takes no controls and always signs with an empty
+    /// context), so the FIPS build signs and verifies a non-empty context
+    /// through the external-mu path, which gives the same signatures.
+    #[cfg(feature = "fips")]
+    fn mu(&self, message: &[u8], context: &[u8]) -> Result<[u8; ML_DSA_MU_LEN]> {
+        let len = u8::try_from(context.len()).map_err(|_| Error::new("ML-DSA context length"))?;
+        let mut tr = [0u8; 64];
+        xof(Xof::Shake256, &[&self.public_key()?], &mut tr)?;
+        let mut mu = [0u8; ML_DSA_MU_LEN];
+        xof(Xof::Shake256, &[&tr, &[0, len], context, message], &mut mu)?;
+        Ok(mu)
     }
 
     /// Signs an external mu (FIPS 204 Algorithm 7, from line 7 on): the

@@ -383,6 +383,10 @@ fn print_response(response: AdminResponse) {
             println!("client link:      {}", s.listen);
             println!("fingerprint:      {}", s.fingerprint);
             println!("software version: {}", s.software_version);
+            println!(
+                "FIPS module:      {}",
+                if s.fips { "yes (AWS-LC FIPS)" } else { "no" }
+            );
             if let Some(peer) = s.peer_address {
                 println!("peer listener:    {peer}");
             }

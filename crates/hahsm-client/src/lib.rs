@@ -13,3 +13,4 @@ pub mod secrets;
 pub use blocking::BlockingConnection;
 pub use config::{ClientConfig, ServerEntry};
 pub use connection::{ClientError, MemberConnection};
+pub use hahsm_link::fips_mode;

@@ -96,6 +96,15 @@ impl PartialEq for SecretBytes {
 
 impl Eq for SecretBytes {}
 
+/// Whether this process runs AWS-LC's FIPS module (`FIPS_mode()`): true
+/// in the build with the `fips` feature, whose module has passed its
+/// power-on self-tests by then (a failed one aborts the process), and false
+/// otherwise. The member then offers only what
+/// `hahsm_token::mechanism::fips_approved_for` allows.
+pub fn fips_mode() -> bool {
+    aws_lc_rs::try_fips_mode().is_ok()
+}
+
 /// The most [`random`] hands out in one call.
 pub const MAX_RANDOM_LEN: usize = 1 << 20;
 

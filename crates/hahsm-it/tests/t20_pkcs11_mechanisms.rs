@@ -961,7 +961,7 @@ fn session_objects_die_with_their_session(env: &Env) {
 fn mechanism_info_reports_true_sizes(env: &Env) {
     let list = raw::mechanisms(env);
     // Without the partition's legacy policy (t26_legacy_mechanisms has it on).
-    let offered: Vec<u64> = hahsm_token::mechanism::offered(false)
+    let offered: Vec<u64> = hahsm_token::mechanism::offered(false, false)
         .iter()
         .map(|(m, _)| *m)
         .collect();

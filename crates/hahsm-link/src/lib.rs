@@ -54,6 +54,13 @@ pub use identity::{
 pub use net::{accept, connect, keep_alive, ClientStream, ServerStream, LINK_GREETING};
 pub use shared_writer::SharedWriter;
 
+/// Whether the link's TLS runs on AWS-LC's FIPS module: the build with the
+/// `fips` feature, where rustls offers only its FIPS-approved suites and
+/// key exchanges (`rustls::crypto::aws_lc_rs::default_provider`).
+pub fn fips_mode() -> bool {
+    aws_lc_rs::try_fips_mode().is_ok()
+}
+
 /// Re-exported so callers can name the configuration and stream types without depending on these
 /// crates directly.
 pub use rustls;

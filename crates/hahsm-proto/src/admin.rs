@@ -317,6 +317,8 @@ pub struct MemberStatus {
     pub peer_address: Option<String>,
     /// The metrics endpoint's URL, once it is bound.
     pub metrics: Option<String>,
+    /// Whether the member runs AWS-LC's FIPS module (the `fips` build).
+    pub fips: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -341,6 +341,9 @@ pub struct PartitionInfo {
     /// Whether the partition's `allow-legacy-mechanisms` policy is on, so
     /// the module lists 3DES, SHA-1 HMAC, MD5 and RSA-1024.
     pub legacy_mechanisms: bool,
+    /// Whether the member runs AWS-LC's FIPS module, so the module lists
+    /// only what that module approves (`mechanism::offered`).
+    pub fips: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -117,15 +117,52 @@ pub fn is_legacy(mech: u64) -> bool {
     LEGACY.contains(&mech)
 }
 
+/// The mechanisms a member running AWS-LC's FIPS module refuses, whatever
+/// the partition's policies (docs/pkcs11.md, "The FIPS build"): what that
+/// module does not approve. Triple DES and MD5 are outside the module's
+/// approved services; SHA-1 is not approved for signatures (SP 800-131A
+/// Rev. 2, and the module's service indicator), so the SHA-1 signature
+/// mechanisms go whole, verification included; the raw RSA permutation is
+/// no approved scheme. RSA keys under 2048 bits go too (see [`offered`]).
+pub const FIPS_REFUSED: &[u64] = &[
+    ck::CKM_DES3_KEY_GEN,
+    ck::CKM_DES3_ECB,
+    ck::CKM_DES3_CBC,
+    ck::CKM_DES3_CBC_PAD,
+    ck::CKM_MD5,
+    ck::CKM_RSA_X_509,
+    ck::CKM_SHA1_RSA_PKCS,
+    ck::CKM_SHA1_RSA_PKCS_PSS,
+    ck::CKM_ECDSA_SHA1,
+];
+
+/// Whether a member running AWS-LC's FIPS module offers `mech` at all.
+pub fn fips_approved(mech: u64) -> bool {
+    !FIPS_REFUSED.contains(&mech)
+}
+
+/// Whether a member running AWS-LC's FIPS module offers `mech` for `usage`:
+/// [`fips_approved`], and `CKM_RSA_PKCS` for signatures only, as PKCS#1 v1.5
+/// encryption is no approved key transport (SP 800-131A Rev. 2, from 2024).
+pub fn fips_approved_for(mech: u64, usage: Usage) -> bool {
+    fips_approved(mech) && !(mech == ck::CKM_RSA_PKCS && usage.flag() & (CRYPT | WRAP) != 0)
+}
+
 /// What a partition offers: every mechanism, with the legacy ones only when
-/// its policy allows them, and the RSA lower bound that goes with it.
-pub fn offered(legacy: bool) -> Vec<(u64, MechInfo)> {
+/// its policy allows them, and the RSA lower bound that goes with it; on a
+/// member running the FIPS module (`fips`), only what [`fips_approved_for`]
+/// allows, and RSA from 2048 bits under the legacy policy too.
+pub fn offered(legacy: bool, fips: bool) -> Vec<(u64, MechInfo)> {
     supported()
         .iter()
         .filter(|(m, _)| legacy || !is_legacy(*m))
+        .filter(|(m, _)| !fips || fips_approved(*m))
         .map(|&(m, mut i)| {
-            if legacy && key_type_for(m) == Some(ck::CKK_RSA) {
+            if legacy && !fips && key_type_for(m) == Some(ck::CKK_RSA) {
                 i.min_key = LEGACY_RSA_MIN_BITS;
+            }
+            if fips && m == ck::CKM_RSA_PKCS {
+                i.flags &= !((CRYPT | WRAP) & !HW);
             }
             (m, i)
         })
@@ -444,8 +481,8 @@ mod tests {
 
     #[test]
     fn legacy_mechanisms_are_offered_only_under_the_policy() {
-        let plain = offered(false);
-        let legacy = offered(true);
+        let plain = offered(false, false);
+        let legacy = offered(true, false);
         for m in LEGACY {
             assert!(info(*m).is_some(), "{m:#x} is implemented");
             assert!(
@@ -467,6 +504,49 @@ mod tests {
             |t: &[(u64, MechInfo)]| t.iter().find(|(m, _)| *m == ck::CKM_RSA_PKCS).unwrap().1.min_key;
         assert_eq!((rsa_min(&plain), rsa_min(&legacy)), (2048, 1024));
         assert_eq!(plain.len() + LEGACY.len(), legacy.len());
+    }
+
+    #[test]
+    fn the_fips_build_offers_only_what_the_fips_module_approves() {
+        // The non-FIPS lists are untouched by the flag's existence.
+        assert_eq!(offered(true, false).len(), supported().len());
+        for legacy in [false, true] {
+            let fips = offered(legacy, true);
+            for refused in FIPS_REFUSED {
+                assert!(info(*refused).is_some(), "{refused:#x} is implemented");
+                assert!(
+                    !fips.iter().any(|(m, _)| m == refused),
+                    "{refused:#x} offered in FIPS mode (legacy policy {legacy})"
+                );
+            }
+            let get = |mech| fips.iter().find(|(m, _)| *m == mech).map(|(_, i)| *i);
+            // RSA stays at 2048 bits even under the legacy policy.
+            assert_eq!(get(ck::CKM_RSA_PKCS_KEY_PAIR_GEN).map(|i| i.min_key), Some(2048));
+            // CKM_RSA_PKCS signs, but no longer encrypts or wraps.
+            let rsa = get(ck::CKM_RSA_PKCS).expect("CKM_RSA_PKCS signs in FIPS mode");
+            assert_eq!(rsa.flags & (ck::CKF_ENCRYPT | ck::CKF_WRAP | ck::CKF_UNWRAP), 0);
+            assert_ne!(rsa.flags & ck::CKF_SIGN, 0);
+            // What the FIPS module approves stays: SHA-2 signatures, EdDSA,
+            // ML-DSA, ML-KEM, AES, SHA-1 digests, and SHA-1 HMAC under the policy.
+            for kept in [
+                ck::CKM_SHA256_RSA_PKCS,
+                ck::CKM_RSA_PKCS_OAEP,
+                ck::CKM_ECDSA,
+                ck::CKM_EDDSA,
+                ck::CKM_ML_DSA,
+                ck::CKM_ML_KEM,
+                ck::CKM_AES_GCM,
+                ck::CKM_SHA_1,
+            ] {
+                assert!(get(kept).is_some(), "{kept:#x} refused in FIPS mode");
+            }
+            assert_eq!(get(ck::CKM_SHA_1_HMAC).is_some(), legacy);
+        }
+        assert!(!fips_approved_for(ck::CKM_RSA_PKCS, Usage::Decrypt));
+        assert!(!fips_approved_for(ck::CKM_RSA_PKCS, Usage::Unwrap));
+        assert!(fips_approved_for(ck::CKM_RSA_PKCS, Usage::Sign));
+        assert!(!fips_approved_for(ck::CKM_MD5, Usage::Sign));
+        assert!(fips_approved_for(ck::CKM_RSA_PKCS_OAEP, Usage::Unwrap));
     }
 
     #[test]

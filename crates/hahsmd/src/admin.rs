@@ -128,6 +128,7 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             software_version: crate::SOFTWARE_VERSION.to_string(),
             peer_address: app.peer_address(),
             metrics: app.monitor.metrics_url(),
+            fips: hahsm_crypto::fips_mode(),
         })),
         R::HsmInit {
             label,

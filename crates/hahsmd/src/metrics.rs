@@ -90,6 +90,8 @@ struct AlertLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
+    /// "true" when the member runs AWS-LC's FIPS module.
+    fips: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,9 +180,14 @@ impl Metrics {
         };
         r.register(
             "build",
-            "The member's build: its version",
+            "The member's build: its version, and whether it runs AWS-LC's FIPS module",
             prometheus_client::metrics::info::Info::new(VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
+                fips: if hahsm_crypto::fips_mode() {
+                    "true"
+                } else {
+                    "false"
+                },
             }),
         );
         r.register(
@@ -622,7 +629,10 @@ mod tests {
         let out = m.render(&state);
         let version = env!("CARGO_PKG_VERSION");
         assert!(
-            out.contains(&format!("hahsm_build_info{{version=\"{version}\"}} 1\n")),
+            out.contains(&format!(
+                "hahsm_build_info{{version=\"{version}\",fips=\"{}\"}} 1\n",
+                hahsm_crypto::fips_mode()
+            )),
             "{out}"
         );
         assert!(

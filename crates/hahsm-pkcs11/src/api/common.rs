@@ -14,6 +14,19 @@ use std::sync::Arc;
 
 pub const MANUFACTURER: &str = "hahsm";
 pub const LIBRARY_DESCRIPTION: &str = "hahsm PKCS#11 module";
+/// `C_GetInfo`'s description when the module's TLS runs on AWS-LC's FIPS
+/// module (the build with the `fips` feature).
+pub const LIBRARY_DESCRIPTION_FIPS: &str = "hahsm PKCS#11 module (FIPS)";
+
+/// The description `C_GetInfo` gives: whether this module runs AWS-LC's
+/// FIPS module. The member's own mode shows in its mechanism list.
+pub fn library_description() -> &'static str {
+    if hahsm_client::fips_mode() {
+        LIBRARY_DESCRIPTION_FIPS
+    } else {
+        LIBRARY_DESCRIPTION
+    }
+}
 pub(super) const MAX_PIN_LEN: u64 = 64;
 pub(super) const MIN_PIN_LEN: u64 = 4;
 /// Most objects one search returns.
@@ -88,14 +101,19 @@ pub(super) fn check_mechanism_for(s: &Session, mech: &Mechanism, usage: Usage) -
     if !mechanism::supports(mech.mech, usage) || !offered(&s.slot, mech.mech) {
         return rv(ck::CKR_MECHANISM_INVALID);
     }
+    if lock(&s.slot.info).fips && !mechanism::fips_approved_for(mech.mech, usage) {
+        return rv(ck::CKR_MECHANISM_INVALID);
+    }
     Ok(())
 }
 
 /// Whether the slot's partition offers `mech`: a legacy mechanism only when
-/// the partition's `allow-legacy-mechanisms` policy is on, as the member
+/// the partition's `allow-legacy-mechanisms` policy is on, and on a member
+/// running the FIPS module only what that module approves, as the member
 /// last reported it (the member checks again).
 pub(super) fn offered(slot: &Slot, mech: u64) -> bool {
-    !mechanism::is_legacy(mech) || lock(&slot.info).legacy_mechanisms
+    let info = lock(&slot.info);
+    (!mechanism::is_legacy(mech) || info.legacy_mechanisms) && (!info.fips || mechanism::fips_approved(mech))
 }
 
 pub(super) fn expect(r: Result<Response>, want: Response) -> Result<()> {

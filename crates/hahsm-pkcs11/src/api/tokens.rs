@@ -17,7 +17,7 @@ pub fn info() -> ck::CK_INFO {
         cryptokiVersion: ck::CK_VERSION { major: 3, minor: 2 },
         manufacturerID: padded(MANUFACTURER),
         flags: 0,
-        libraryDescription: padded(LIBRARY_DESCRIPTION),
+        libraryDescription: padded(library_description()),
         libraryVersion: version(),
     }
 }
@@ -103,13 +103,19 @@ const PIN_FLAGS: u64 = ck::CKF_USER_PIN_COUNT_LOW
 /// policy. `C_GetMechanismList` asks a member now; `C_GetMechanismInfo`,
 /// which applications call once per mechanism, uses that last answer.
 pub fn mechanism_list(cx: SlotCx) -> Vec<ck::CK_MECHANISM_TYPE> {
-    let legacy = cx.m.refresh_info(&cx.slot).legacy_mechanisms;
-    mechanism::offered(legacy).iter().map(|(m, _)| *m).collect()
+    let info = cx.m.refresh_info(&cx.slot);
+    mechanism::offered(info.legacy_mechanisms, info.fips)
+        .iter()
+        .map(|(m, _)| *m)
+        .collect()
 }
 
 pub fn mechanism_info(cx: SlotCx, mech: ck::CK_MECHANISM_TYPE) -> Result<ck::CK_MECHANISM_INFO> {
-    let legacy = lock(&cx.slot.info).legacy_mechanisms;
-    let (_, i) = mechanism::offered(legacy)
+    let (legacy, fips) = {
+        let info = lock(&cx.slot.info);
+        (info.legacy_mechanisms, info.fips)
+    };
+    let (_, i) = mechanism::offered(legacy, fips)
         .into_iter()
         .find(|(m, _)| *m == mech)
         .ok_or(Error::Rv(ck::CKR_MECHANISM_INVALID))?;

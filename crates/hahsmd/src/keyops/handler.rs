@@ -139,7 +139,14 @@ impl KeyOps<'_> {
 
     /// A legacy mechanism (3DES, SHA-1 HMAC, MD5) is offered only under the
     /// partition's legacy policy (docs/pkcs11.md, "Legacy mechanisms").
+    /// On a member running AWS-LC's FIPS module, only what that module
+    /// approves (docs/pkcs11.md, "The FIPS build"), whatever the policies.
     pub(super) fn check_offered(&self, ctx: &Ctx, mech: u64) -> TokenResult<()> {
+        if hahsm_crypto::fips_mode() && !mechanism::fips_approved(mech) {
+            info!(client = %self.conn.client_name, partition = %ctx.name, mechanism = format!("{mech:#x}"),
+                "refused: a mechanism the FIPS module does not approve");
+            return Err(TokenError::MechanismInvalid(mech));
+        }
         if mechanism::is_legacy(mech) && !self.legacy_allowed(ctx) {
             info!(client = %self.conn.client_name, partition = %ctx.name, mechanism = format!("{mech:#x}"),
                 "refused: a legacy mechanism without partition policy 40 (allow-legacy-mechanisms)");
@@ -148,17 +155,32 @@ impl KeyOps<'_> {
         Ok(())
     }
 
+    /// [`Self::check_offered`] for one use of a key: in FIPS mode,
+    /// `CKM_RSA_PKCS` signs but does not encrypt or wrap.
+    fn check_offered_for(&self, ctx: &Ctx, mech: u64, usage: Usage) -> TokenResult<()> {
+        self.check_offered(ctx, mech)?;
+        if hahsm_crypto::fips_mode() && !mechanism::fips_approved_for(mech, usage) {
+            info!(client = %self.conn.client_name, partition = %ctx.name, mechanism = format!("{mech:#x}"),
+                usage = usage.name(), "refused: a use of a mechanism the FIPS module does not approve");
+            return Err(TokenError::MechanismInvalid(mech));
+        }
+        Ok(())
+    }
+
     /// Keys only the legacy policy allows, made or used: triple-DES keys
-    /// and RSA keys under 2048 bits.
+    /// and RSA keys under 2048 bits. On a member running the FIPS module,
+    /// which approves neither, not even under the policy.
     pub(super) fn check_legacy_key(&self, ctx: &Ctx, attrs: &Template) -> TokenResult<()> {
+        let fips = hahsm_crypto::fips_mode();
         let legacy = match attrs.key_type() {
             Some(ck::CKK_DES3) => Err(TokenError::AttributeValueInvalid(ck::CKA_KEY_TYPE)),
             Some(ck::CKK_RSA) if rsa_bits(attrs).is_some_and(|b| b < mechanism::RSA_MIN_BITS) => {
-                Err(TokenError::KeySizeRange(LEGACY_RSA.into()))
+                let why = if fips { FIPS_RSA } else { LEGACY_RSA };
+                Err(TokenError::KeySizeRange(why.into()))
             }
             _ => return Ok(()),
         };
-        if self.legacy_allowed(ctx) {
+        if !fips && self.legacy_allowed(ctx) {
             return Ok(());
         }
         legacy
@@ -303,6 +325,7 @@ impl KeyOps<'_> {
                 out.push(PartitionInfo {
                     pin_flags,
                     legacy_mechanisms,
+                    fips: hahsm_crypto::fips_mode(),
                     name: summary.name,
                     serial: summary.serial,
                     activated: summary.activated,
@@ -400,7 +423,7 @@ impl KeyOps<'_> {
         usage: Usage,
     ) -> TokenResult<(Ctx, Arc<ObjectEntry>)> {
         let ctx = self.ctx(partition)?;
-        self.check_offered(&ctx, mech.mech)?;
+        self.check_offered_for(&ctx, mech.mech, usage)?;
         let entry = self.key(&ctx, key)?;
         rules::check_key_use(&entry.attrs, mech.mech, usage)?;
         self.check_legacy_key(&ctx, &entry.attrs)?;
@@ -559,6 +582,9 @@ pub(super) fn needs_login_for(ctx: &Ctx, template: &Template, class: u64) -> Tok
 /// Why an RSA key under 2048 bits is refused.
 pub(super) const LEGACY_RSA: &str =
     "RSA keys under 2048 bits need the partition's policy 40 (allow-legacy-mechanisms)";
+
+/// Why an RSA key under 2048 bits is refused on a member in FIPS mode.
+pub(super) const FIPS_RSA: &str = "RSA keys under 2048 bits are not approved in FIPS mode";
 
 /// The modulus length of an RSA key's attributes, in bits.
 fn rsa_bits(attrs: &Template) -> Option<u64> {

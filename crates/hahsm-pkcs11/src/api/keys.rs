@@ -3,22 +3,30 @@
 use super::common::*;
 use crate::decode::Deferred;
 use crate::error::{delivers, rv, Error, Result};
-use crate::session::PendingWrap;
+use crate::session::{PendingWrap, Session};
 use crate::sync::lock;
 use hahsm_client::connection::new_op_id;
 use hahsm_proto::client::{Request, Response};
 use hahsm_token::mechanism::Usage;
 use hahsm_token::{ck, Mechanism, Template};
 
+/// The checks of a new secret key's template that come after the
+/// mechanism and the key (PKCS#11 3.0 §5.1): a token key needs a read/write
+/// session, a private one the user's login; then the template itself.
+/// Returns whether it is a token key, and the template.
+fn secret_key_template(s: &Session, template: Deferred<Template>) -> Result<(bool, Template)> {
+    let token = template.flag(ck::CKA_TOKEN, false);
+    check_writable(s, token)?;
+    check_login_for(s, &template, ck::CKO_SECRET_KEY)?;
+    Ok((token, template.get()?))
+}
+
 pub fn generate_key(cx: Cx, mech: Mechanism, template: Deferred<Template>) -> Result<ck::CK_OBJECT_HANDLE> {
     let Cx { m, s } = cx;
     if !mech_has_flag(&s, mech.mech, ck::CKF_GENERATE) {
         return rv(ck::CKR_MECHANISM_INVALID);
     }
-    let token = template.flag(ck::CKA_TOKEN, false);
-    check_writable(&s, token)?;
-    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
-    let template = template.get()?;
+    let (token, template) = secret_key_template(&s, template)?;
     let r = m.call(
         &s.slot,
         Request::GenerateKey {
@@ -166,10 +174,7 @@ pub fn unwrap_key(
         ck::CKR_KEY_TYPE_INCONSISTENT => Error::Rv(ck::CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT),
         _ => e,
     })?;
-    let token = template.flag(ck::CKA_TOKEN, false);
-    check_writable(&s, token)?;
-    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
-    let template = template.get()?;
+    let (token, template) = secret_key_template(&s, template)?;
     let r = m.call(
         &s.slot,
         Request::UnwrapKey {
@@ -194,10 +199,7 @@ pub fn derive_key(
     check_mechanism_for(&s, &mech, Usage::Derive)?;
     let (ouid, info) = key(&m, &s, base)?;
     check_key_for(&mech, &info, Usage::Derive)?;
-    let token = template.flag(ck::CKA_TOKEN, false);
-    check_writable(&s, token)?;
-    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
-    let template = template.get()?;
+    let (token, template) = secret_key_template(&s, template)?;
     let r = m.call(
         &s.slot,
         Request::DeriveKey {
@@ -245,10 +247,7 @@ pub fn encapsulate_key(
         Some(cap) if cap < needed => return Err(Error::BufferTooSmall { needed }),
         Some(_) => {}
     }
-    let token = template.flag(ck::CKA_TOKEN, false);
-    check_writable(&s, token)?;
-    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
-    let template = template.get()?;
+    let (token, template) = secret_key_template(&s, template)?;
     let r = m.call(
         &s.slot,
         Request::EncapsulateKey {
@@ -285,10 +284,7 @@ pub fn decapsulate_key(
     if kem_ciphertext_len(info.parameter_set) != Some(ciphertext.len()) {
         return rv(ck::CKR_ENCRYPTED_DATA_LEN_RANGE);
     }
-    let token = template.flag(ck::CKA_TOKEN, false);
-    check_writable(&s, token)?;
-    check_login_for(&s, &template, ck::CKO_SECRET_KEY)?;
-    let template = template.get()?;
+    let (token, template) = secret_key_template(&s, template)?;
     let r = m.call(
         &s.slot,
         Request::DecapsulateKey {

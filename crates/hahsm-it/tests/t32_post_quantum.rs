@@ -14,7 +14,7 @@ use cryptoki::object::{
 };
 use cryptoki::session::Session;
 use cryptoki_sys as ck;
-use t20_pkcs11_support::{expect_rv, raw, run_checks, Env};
+use t20_pkcs11_support::{expect_rv, raw, readable_secret, run_checks, value, Env};
 
 const MSG: &[u8] = b"a message signed with a post-quantum key";
 
@@ -91,17 +91,6 @@ fn kem_pair(s: &Session, set: u64, token: bool) -> (ObjectHandle, ObjectHandle) 
     .expect("ML-KEM key pair")
 }
 
-fn value(s: &Session, o: ObjectHandle) -> Vec<u8> {
-    match s
-        .get_attributes(o, &[AttributeType::Value])
-        .expect("CKA_VALUE")
-        .pop()
-    {
-        Some(Attribute::Value(v)) => v,
-        other => panic!("no CKA_VALUE: {other:?}"),
-    }
-}
-
 fn parameter_set(s: &Session, o: ObjectHandle) -> u64 {
     match s
         .get_attributes(o, &[AttributeType::ParameterSet])
@@ -116,17 +105,6 @@ fn parameter_set(s: &Session, o: ObjectHandle) -> u64 {
 fn sensitive(s: &Session, o: ObjectHandle, t: AttributeType) -> bool {
     let info = s.get_attribute_info(o, &[t]).expect("attribute info");
     matches!(info[0], AttributeInfo::Sensitive)
-}
-
-/// A session secret key's template that lets the test read its value.
-fn readable_secret() -> Vec<Attribute> {
-    vec![
-        Attribute::Token(false),
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-    ]
 }
 
 // ------------------------------------------------------------- interfaces --

@@ -10,9 +10,7 @@ mod t20_pkcs11_support;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{
-    Attribute, AttributeType, KeyType, MlDsaParameterSetType, MlKemParameterSetType, ObjectClass,
-};
+use cryptoki::object::{Attribute, MlDsaParameterSetType, MlKemParameterSetType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -20,7 +18,7 @@ use hahsm_it::cluster::{Cluster, GROUP, PIN};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use t20_pkcs11_support::module_path;
+use t20_pkcs11_support::{module_path, readable_secret, value};
 
 fn ml_dsa(context: Option<&[u8]>) -> Mechanism<'_> {
     Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, context))
@@ -44,28 +42,6 @@ fn find_one(s: &Session, class: ObjectClass, label: &str) -> Option<cryptoki::ob
         [one] => Some(*one),
         _ => None,
     }
-}
-
-fn value(s: &Session, o: cryptoki::object::ObjectHandle) -> Vec<u8> {
-    match s
-        .get_attributes(o, &[AttributeType::Value])
-        .expect("CKA_VALUE")
-        .pop()
-    {
-        Some(Attribute::Value(v)) => v,
-        other => panic!("no CKA_VALUE: {other:?}"),
-    }
-}
-
-/// A session secret key whose value the test may read.
-fn readable_secret() -> Vec<Attribute> {
-    vec![
-        Attribute::Token(false),
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-    ]
 }
 
 fn dsa_pair(s: &Session, label: &str) {

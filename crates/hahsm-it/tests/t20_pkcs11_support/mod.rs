@@ -151,6 +151,32 @@ pub fn tool(program: &str, args: &[&str], envs: &[(&str, &Path)], limit: Duratio
     )
 }
 
+/// An object's `CKA_VALUE`; panics if it has none or it cannot be read.
+pub fn value(s: &Session, o: cryptoki::object::ObjectHandle) -> Vec<u8> {
+    use cryptoki::object::{Attribute, AttributeType};
+    match s
+        .get_attributes(o, &[AttributeType::Value])
+        .expect("CKA_VALUE")
+        .pop()
+    {
+        Some(Attribute::Value(v)) => v,
+        other => panic!("no CKA_VALUE: {other:?}"),
+    }
+}
+
+/// The template of a session secret key whose value a test may read
+/// (not sensitive, extractable), as a KEM or a derivation makes it.
+pub fn readable_secret() -> Vec<cryptoki::object::Attribute> {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    vec![
+        Attribute::Token(false),
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ]
+}
+
 /// An ECDSA signature r||s as DER, for openssl.
 pub fn ecdsa_der(sig: &[u8]) -> Vec<u8> {
     let (r, s) = sig.split_at(sig.len() / 2);

@@ -169,9 +169,9 @@ impl MlDsaKey {
             return Err(Error::new("EVP_Digest*Init: no EVP_PKEY_CTX"));
         }
         if !context.is_empty() {
+            let (ctx_ptr, ctx_len) = (context.as_ptr(), context.len());
             // SAFETY: pctx is the valid context md owns, and only this thread has it; context is a live slice with its length, which AWS-LC copies.
-            let rc =
-                unsafe { sys::EVP_PKEY_CTX_set_signature_context(pctx, context.as_ptr(), context.len()) };
+            let rc = unsafe { sys::EVP_PKEY_CTX_set_signature_context(pctx, ctx_ptr, ctx_len) };
             check(rc, "EVP_PKEY_CTX_set_signature_context")?;
         }
         Ok(md)
@@ -272,9 +272,9 @@ impl MlDsaKey {
         check(rc, "EVP_PKEY_sign_init")?;
         let mut out = vec![0u8; self.level.signature_len()];
         let mut len = out.len();
+        let (sig, mu_ptr, mu_len) = (out.as_mut_ptr(), mu.as_ptr(), mu.len());
         // SAFETY: ctx is sign-initialised; out is a live buffer of `len` bytes; mu a live 64-byte slice.
-        let rc =
-            unsafe { sys::EVP_PKEY_sign(ctx.as_ptr(), out.as_mut_ptr(), &mut len, mu.as_ptr(), mu.len()) };
+        let rc = unsafe { sys::EVP_PKEY_sign(ctx.as_ptr(), sig, &mut len, mu_ptr, mu_len) };
         check(rc, "EVP_PKEY_sign")?;
         if len != out.len() {
             return Err(Error::new("EVP_PKEY_sign: length"));

@@ -113,9 +113,9 @@ fn the_module_offers_pkcs11_3_2_first(_env: &Env) {
     // SAFETY: loading our own module.
     let lib = unsafe { libloading::Library::new(t20_pkcs11_support::module_path()) }.expect("dlopen");
     type GetInterfaceList = unsafe extern "C" fn(*mut ck::CK_INTERFACE, *mut ck::CK_ULONG) -> ck::CK_RV;
+    let name: &[u8] = b"C_GetInterfaceList";
     // SAFETY: C_GetInterfaceList has this signature in PKCS#11 3.0 and later.
-    let list: libloading::Symbol<GetInterfaceList> =
-        unsafe { lib.get(b"C_GetInterfaceList") }.expect("exported");
+    let list: libloading::Symbol<GetInterfaceList> = unsafe { lib.get(name) }.expect("exported");
     let mut n = 0;
     // SAFETY: a NULL list asks for the count.
     assert_eq!(unsafe { list(std::ptr::null_mut(), &mut n) }, ck::CKR_OK);

@@ -62,23 +62,6 @@ fn set_policy(c: &Cluster, value: &str) {
     }
 }
 
-/// The slot's mechanism list, unfiltered (cryptoki drops the types it does
-/// not know, among them `CKM_DES3_CBC`).
-fn listed(slot: cryptoki::slot::Slot) -> Vec<u64> {
-    let (_lib, raw) = t20_pkcs11_support::raw_functions();
-    let list_mechanisms = raw.C_GetMechanismList.unwrap();
-    let mut n = 0;
-    // SAFETY: a NULL list asks for the count.
-    let r = unsafe { list_mechanisms(slot.id(), std::ptr::null_mut(), &mut n) };
-    assert_eq!(r, cryptoki_sys::CKR_OK, "C_GetMechanismList");
-    let mut list = vec![0; n as usize];
-    // SAFETY: `list` holds `n` entries.
-    let r = unsafe { list_mechanisms(slot.id(), list.as_mut_ptr(), &mut n) };
-    assert_eq!(r, cryptoki_sys::CKR_OK, "C_GetMechanismList");
-    list.truncate(n as usize);
-    list
-}
-
 fn rsa_min_bits(p11: &Pkcs11, slot: cryptoki::slot::Slot) -> u64 {
     p11.get_mechanism_info(slot, MechanismType::RSA_PKCS)
         .expect("C_GetMechanismInfo")
@@ -251,7 +234,7 @@ fn legacy_mechanisms_only_under_the_partition_policy_through_the_ha_slot() {
         .expect("login");
 
     // Off by default: nothing listed, everything refused.
-    let list = listed(slot);
+    let list = t20_pkcs11_support::raw::mechanisms_of(slot);
     for (m, name) in LEGACY {
         assert!(!list.contains(&m), "{name} is listed without the policy");
     }
@@ -288,7 +271,7 @@ fn legacy_mechanisms_only_under_the_partition_policy_through_the_ha_slot() {
 
     // On every member: listed, and each works and agrees with openssl.
     set_policy(&c, "1");
-    let list = listed(slot);
+    let list = t20_pkcs11_support::raw::mechanisms_of(slot);
     for (m, name) in LEGACY {
         assert!(list.contains(&m), "{name} is not listed under the policy");
     }
@@ -385,7 +368,7 @@ fn legacy_mechanisms_only_under_the_partition_policy_through_the_ha_slot() {
 
     // Off again: the keys made meanwhile cannot be used.
     set_policy(&c, "0");
-    assert!(!listed(slot).contains(&cryptoki_sys::CKM_DES3_CBC_PAD));
+    assert!(!t20_pkcs11_support::raw::mechanisms_of(slot).contains(&cryptoki_sys::CKM_DES3_CBC_PAD));
     assert_eq!(
         code(s.decrypt(&cbc_pad, des3, &ct)),
         Some(RvError::MechanismInvalid)

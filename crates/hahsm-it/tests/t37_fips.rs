@@ -27,23 +27,6 @@ fn code<T: std::fmt::Debug>(r: Result<T, Error>) -> Option<RvError> {
     }
 }
 
-/// The slot's mechanism list, unfiltered (cryptoki drops the types it does
-/// not know).
-fn listed(slot: cryptoki::slot::Slot) -> Vec<u64> {
-    let (_lib, raw) = t20_pkcs11_support::raw_functions();
-    let list_mechanisms = raw.C_GetMechanismList.unwrap();
-    let mut n = 0;
-    // SAFETY: a NULL list asks for the count.
-    let r = unsafe { list_mechanisms(slot.id(), std::ptr::null_mut(), &mut n) };
-    assert_eq!(r, cryptoki_sys::CKR_OK, "C_GetMechanismList");
-    let mut list = vec![0; n as usize];
-    // SAFETY: `list` holds `n` entries.
-    let r = unsafe { list_mechanisms(slot.id(), list.as_mut_ptr(), &mut n) };
-    assert_eq!(r, cryptoki_sys::CKR_OK, "C_GetMechanismList");
-    list.truncate(n as usize);
-    list
-}
-
 fn rsa(s: &Session, bits: u64) -> Result<(ObjectHandle, ObjectHandle), Error> {
     s.generate_key_pair(
         &Mechanism::RsaPkcsKeyPairGen,
@@ -101,7 +84,7 @@ fn the_fips_build_says_so_and_refuses_what_the_fips_module_does_not_approve() {
         )
         .expect_ok();
     }
-    let list = listed(slot);
+    let list = t20_pkcs11_support::raw::mechanisms_of(slot);
     for m in hahsm_token::mechanism::FIPS_REFUSED {
         assert!(!list.contains(m), "{m:#x} is listed in FIPS mode");
     }

@@ -994,8 +994,7 @@ pub unsafe extern "C" fn C_DecapsulateKey(
     enter_session("C_DecapsulateKey", h, |cx| {
         ptr::required(mech)?;
         ptr::required(ciphertext)?;
-        // SAFETY: `key` is NULL or writable; `template` NULL or `count`
-        // attributes; `ciphertext` valid for `ciphertext_len` bytes (§5.18).
+        // SAFETY: `key` is NULL or writable; `template` NULL or `count` attributes; `ciphertext` valid for `ciphertext_len` bytes (§5.18).
         let (out, t, c) = unsafe {
             (
                 ptr::out(key)?,

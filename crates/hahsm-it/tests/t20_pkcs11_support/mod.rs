@@ -278,15 +278,24 @@ pub mod raw {
 
     /// The mechanism list, unfiltered.
     pub fn mechanisms(env: &Env) -> Vec<u64> {
+        mechanisms_of(env.slot)
+    }
+
+    /// The mechanism list of `slot`, unfiltered (cryptoki drops the types
+    /// it does not know, among them `CKM_DES3_CBC`), through the raw list of
+    /// the module this process loaded.
+    pub fn mechanisms_of(slot: cryptoki::slot::Slot) -> Vec<u64> {
+        let (_lib, raw) = super::raw_functions();
+        let list_mechanisms = raw.C_GetMechanismList.unwrap();
         let mut n = 0;
-        let list_mechanisms = env.raw.C_GetMechanismList.unwrap();
         // SAFETY: a NULL list asks for the count.
-        let r = unsafe { list_mechanisms(env.slot.id(), std::ptr::null_mut(), &mut n) };
-        assert_eq!(r, ck::CKR_OK);
+        let r = unsafe { list_mechanisms(slot.id(), std::ptr::null_mut(), &mut n) };
+        assert_eq!(r, ck::CKR_OK, "C_GetMechanismList");
         let mut list = vec![0; n as usize];
         // SAFETY: `list` holds `n` entries.
-        let r = unsafe { list_mechanisms(env.slot.id(), list.as_mut_ptr(), &mut n) };
-        assert_eq!(r, ck::CKR_OK);
+        let r = unsafe { list_mechanisms(slot.id(), list.as_mut_ptr(), &mut n) };
+        assert_eq!(r, ck::CKR_OK, "C_GetMechanismList");
+        list.truncate(n as usize);
         list
     }
 
@@ -308,8 +317,7 @@ pub mod raw {
         // SAFETY: a NULL name; `vp` NULL or a valid version.
         let r = unsafe { get(std::ptr::null_mut(), vp, &mut iface, 0) };
         assert_eq!(r, 0, "C_GetInterface({version:?})");
-        // SAFETY: the module returned its static interface, whose function
-        // list is of the version asked for (the caller's `T`).
+        // SAFETY: the module returned its static interface, whose function list is of the version asked for (the caller's `T`).
         let list = unsafe { *((*iface).pFunctionList as *const T) };
         (lib, list)
     }

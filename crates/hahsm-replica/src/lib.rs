@@ -16,6 +16,11 @@
 //! - each origin's operations are applied in sequence order, without gaps: a
 //!   member's version vector says, per origin, how far it has applied.
 //!
+//! - a peer's **snapshot** (its states, and the version vector they cover) is
+//!   joined state by state ([`ObjectState::join`]): the same as applying the
+//!   operations behind it, so a member whose peers compacted their logs past
+//!   what it lacks catches up from their states instead.
+//!
 //! Applying is split in two: [`Replica::plan`] computes the new state of every
 //! object an operation touches without changing anything, the runtime makes that
 //! durable, and only then [`Replica::commit`] changes memory. So a failed write
@@ -94,6 +99,44 @@ impl<S> ObjectState<S> {
     /// The attributes as a plain template.
     pub fn template(&self) -> Template {
         Template(self.attrs.iter().map(|(k, (_, v))| (*k, v.clone())).collect())
+    }
+
+    /// The join of two states of one OUID: what a member holds once it has
+    /// applied the operations behind both. Applying an operation is a join
+    /// with that operation's effect, so joining states (a snapshot from a
+    /// peer) gives what applying the operations would, in any order, any
+    /// number of times: the tombstone absorbs everything (the earliest
+    /// destroy's stamp), the later creation wins, each attribute keeps the
+    /// value of the greater stamp.
+    pub fn join(&self, other: &ObjectState<S>) -> ObjectState<S>
+    where
+        S: Clone,
+    {
+        let tombstone = match (self.tombstone, other.tombstone) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if tombstone.is_some() {
+            return ObjectState {
+                created: None,
+                attrs: BTreeMap::new(),
+                tombstone,
+            };
+        }
+        let created = match (&self.created, &other.created) {
+            (Some(a), Some(b)) if b.stamp > a.stamp => Some(b.clone()),
+            (Some(a), _) => Some(a.clone()),
+            (None, b) => b.clone(),
+        };
+        let mut joined = ObjectState {
+            created,
+            attrs: self.attrs.clone(),
+            tombstone: None,
+        };
+        for (attr, (stamp, value)) in &other.attrs {
+            joined.merge_attr(*attr, *stamp, value);
+        }
+        joined
     }
 
     /// Last-writer-wins for one attribute.
@@ -277,6 +320,42 @@ impl<S: Clone> Replica<S> {
         }
     }
 
+    /// Plans the join of states from a peer's snapshot (`ObjectState::join`),
+    /// without changing anything: the new state of each OUID the join
+    /// changes, for the caller to make durable, then `commit_states`.
+    pub fn plan_states(&self, states: &[(Ouid, ObjectState<S>)]) -> Vec<(Ouid, ObjectState<S>)>
+    where
+        S: PartialEq,
+    {
+        let mut changes: BTreeMap<Ouid, ObjectState<S>> = BTreeMap::new();
+        for (ouid, theirs) in states {
+            let current = changes.get(ouid).or_else(|| self.objects.get(ouid));
+            let joined = match current {
+                Some(mine) => mine.join(theirs),
+                None => ObjectState::default().join(theirs),
+            };
+            if current != Some(&joined) {
+                changes.insert(*ouid, joined);
+            }
+        }
+        changes.into_iter().collect()
+    }
+
+    /// Makes planned joins, once they are durable; then, if the snapshot is
+    /// complete, raises the version vector to cover what it covered (each
+    /// origin to the greater of the two).
+    pub fn commit_states(&mut self, changes: Vec<(Ouid, ObjectState<S>)>, covered: Option<&VersionVector>) {
+        for (ouid, state) in changes {
+            self.objects.insert(ouid, state);
+        }
+        if let Some(vv) = covered {
+            for (origin, seq) in &vv.0 {
+                let have = self.vv.0.entry(*origin).or_default();
+                *have = (*have).max(*seq);
+            }
+        }
+    }
+
     /// Plans and commits at once, for callers with nothing to make durable.
     pub fn apply(&mut self, op: &Op<S>) -> Plan<S> {
         let plan = self.plan(op);
@@ -406,6 +485,58 @@ mod tests {
         assert!(r.is_tombstoned(&x));
         assert_eq!(r.version_vector().get(1), 3);
         assert_eq!(r.version_vector().get(2), 1);
+    }
+
+    #[test]
+    fn joining_a_peers_states_gives_what_applying_its_operations_gives() {
+        let (x, y, z) = (Ouid([1; 16]), Ouid([2; 16]), Ouid([3; 16]));
+        let rename = |ouid, l: &str| OpBody::SetAttributes {
+            ouid,
+            attrs: label(l),
+        };
+        // Origin 1's operations 1..=4 and origin 2's 1..=3.
+        let ones = vec![
+            op(1, 1, 10, create(1, "x")),
+            op(1, 2, 11, create(2, "y")),
+            op(1, 3, 40, rename(x, "x by 1, late")),
+            op(1, 4, 50, OpBody::Destroy { ouid: y }),
+        ];
+        let twos = vec![
+            op(2, 1, 20, rename(x, "x by 2")),
+            op(2, 2, 30, rename(y, "y by 2")),
+            op(2, 3, 35, create(3, "z")),
+        ];
+        // One member applied 1..=2 of origin 1 and all of origin 2; the other
+        // all of origin 1 and 1 of origin 2 (so: a ghost rename of x there).
+        let mut a = Replica::new();
+        for o in ones[..2].iter().chain(&twos) {
+            a.apply(o);
+        }
+        let mut b = Replica::new();
+        for o in ones.iter().chain(&twos[..1]) {
+            b.apply(o);
+        }
+        let mut everything = Replica::new();
+        for o in ones.iter().chain(&twos) {
+            everything.apply(o);
+        }
+        for (into, from) in [(a.clone(), &b), (b.clone(), &a)] {
+            let mut into = into;
+            let states: Vec<_> = from.states().map(|(o, s)| (*o, s.clone())).collect();
+            let before = into.clone();
+            let changes = into.plan_states(&states);
+            assert_eq!(into, before, "planning changed the state");
+            into.commit_states(changes, Some(from.version_vector()));
+            assert_eq!(into, everything);
+            // Joining again changes nothing.
+            assert!(into.plan_states(&states).is_empty());
+        }
+        assert!(everything.is_tombstoned(&y));
+        assert_eq!(
+            everything.get(&x).unwrap().template().label().as_deref(),
+            Some("x by 1, late")
+        );
+        assert!(everything.get(&z).unwrap().is_live());
     }
 
     #[test]

@@ -18,6 +18,15 @@
 //!    member) at any time after that member applied the destroy;
 //! 4. last-writer-wins per attribute, by the greatest stamp among all writes.
 //!
+//! Members also **compact** their logs at random (any prefix of an origin's
+//! operations they have applied, as a member does after the log retention),
+//! and a pull that asks for operations a peer no longer logs is answered with
+//! that peer's **snapshot**: its states in pages of a few OUIDs each, each
+//! page read from the sender's state as it is when the page is asked for, so
+//! that writes land between pages; the receiver joins each page and raises its
+//! version vector to what the first page covered only after the last one. The
+//! invariants above must hold all the same.
+//!
 //! Checked at every step as well: gap and duplicate plans change nothing; a
 //! member applies each origin's operations in order; a local write's stamp is
 //! greater than every stamp its member has applied (so a write made after
@@ -103,6 +112,10 @@ fn random_schedules_keep_every_invariant() {
                 "too few splits or restarts: {t:?}"
             );
             assert!(t.continued_pulls > 0, "no pull needed a second batch: {t:?}");
+            assert!(
+                t.compactions > n && t.snapshots > 0 && t.snapshot_pages > t.snapshots,
+                "too few compactions, or no snapshot of more than one page: {t:?}"
+            );
         }
     }
 }
@@ -182,14 +195,32 @@ impl Cluster {
             }
             88..=89 => {
                 // A "synchronize": a member re-sends an old operation from its log.
-                let log = &self.members[m].log;
-                if !log.is_empty() && !self.members[m].down {
-                    let op = log[self.rng.index(log.len())].clone();
+                let logged: Vec<usize> = self.members[m]
+                    .by_seq
+                    .values()
+                    .flat_map(|l| l.values().copied())
+                    .collect();
+                if !logged.is_empty() && !self.members[m].down {
+                    let op = self.members[m].log[logged[self.rng.index(logged.len())]].clone();
                     let peer = self.rng.index(n);
                     if peer != m {
                         self.trace(|| format!("m{m} re-sends {} to m{peer}", show_op(&op)));
                         self.send(m, peer, Msg::Push(op));
                     }
+                }
+            }
+            90..=91 => {
+                // The log retention: a member drops a prefix of one origin's
+                // operations, whether or not its peers have them.
+                let vv = self.members[m].replica.version_vector().clone();
+                if !vv.0.is_empty() {
+                    let origins: Vec<MemberId> = vv.0.keys().copied().collect();
+                    let origin = origins[self.rng.index(origins.len())];
+                    let floor = self.members[m].floor.get(origin);
+                    let upto = floor + self.rng.below(vv.get(origin) - floor + 1);
+                    self.members[m].compact(origin, upto);
+                    self.stats.compactions += 1;
+                    self.trace(|| format!("m{m} compacts origin {origin} up to {upto}"));
                 }
             }
             _ => self.deliver_random(true),
@@ -497,6 +528,54 @@ fn s3_4_7_a_member_restored_from_an_old_backup_does_not_resurrect() {
     sim.check_final();
 }
 
+/// A member cut off for longer than the log retention: both sides compact
+/// their whole logs, so each catches up from the other's snapshot. The
+/// destroy made on one side holds on the other, whose copy was live; the
+/// writes made on the cut-off side reach the majority; nothing else moves.
+#[test]
+fn a_member_back_after_the_retention_catches_up_by_snapshot_with_nothing_lost_or_resurrected() {
+    let mut sim = Cluster::scenario("back after the retention", 3);
+    let x = sim.create(A, "x");
+    let y = sim.create(B, "y");
+    sim.settle();
+    sim.partition(&[&[A, B], &[C]]);
+    sim.local_op(A, OpBody::Destroy { ouid: x });
+    sim.rename(B, y, "renamed by the majority");
+    let w = sim.create(C, "made while cut off");
+    sim.rename(C, x, "renamed on the cut-off side");
+    // Enough objects that a snapshot takes several pages.
+    let many: Vec<Ouid> = (0..3 * MAX_BATCH)
+        .map(|i| sim.create(A, &format!("n{i}")))
+        .collect();
+    sim.settle();
+    for m in [A, B, C] {
+        let vv = sim.members[m].replica.version_vector().clone();
+        for (origin, seq) in vv.0 {
+            sim.members[m].compact(origin, seq);
+        }
+    }
+    sim.heal();
+    sim.settle();
+    assert!(sim.stats.snapshots >= 2, "{:?}", sim.stats);
+    assert!(sim.stats.snapshot_pages > sim.stats.snapshots, "{:?}", sim.stats);
+    for m in [A, B, C] {
+        assert!(!sim.is_live(m, x), "member {m}: the destroyed key came back");
+        assert!(sim.members[m].replica.is_tombstoned(&x));
+        assert_eq!(
+            sim.label(m, y).as_deref(),
+            Some("renamed by the majority"),
+            "member {m}"
+        );
+        assert_eq!(
+            sim.label(m, w).as_deref(),
+            Some("made while cut off"),
+            "member {m}"
+        );
+        assert!(many.iter().all(|o| sim.is_live(m, *o)), "member {m}");
+    }
+    sim.check_final();
+}
+
 /// Clearing a partition during a split destroys what the clearing side held,
 /// and spares what the other side created meanwhile, the same way everywhere.
 #[test]
@@ -600,8 +679,15 @@ struct Member {
     replica: Replica<u64>,
     /// Every operation applied, own and remote, in the order applied.
     log: Vec<Op<u64>>,
-    /// Per origin, the positions in `log` of its operations: entry k has seq k + 1.
-    by_origin: BTreeMap<MemberId, Vec<usize>>,
+    /// Per origin, the positions in `log` of the operations still logged, by
+    /// sequence number: always exactly `floor + 1 ..= version vector`.
+    by_seq: BTreeMap<MemberId, BTreeMap<u64, usize>>,
+    /// Per origin, the operations no longer logged: compacted, or covered by a
+    /// snapshot installed here. Their effects are in the replica.
+    floor: VersionVector,
+    /// Whether a snapshot was ever joined here: its pages may carry effects
+    /// of operations beyond what it covered, which no log here holds.
+    joined_snapshot: bool,
     hlc: Hlc,
     /// The greatest stamp this member has applied.
     max_applied: Option<Stamp>,
@@ -614,23 +700,55 @@ struct Member {
 
 impl Member {
     fn set_log(&mut self, log: Vec<Op<u64>>) {
-        self.by_origin.clear();
+        self.by_seq.clear();
+        self.floor = VersionVector::default();
+        self.joined_snapshot = false;
         for (i, op) in log.iter().enumerate() {
-            self.by_origin.entry(op.stamp.origin).or_default().push(i);
+            self.by_seq.entry(op.stamp.origin).or_default().insert(op.seq, i);
         }
         self.max_applied = log.iter().map(|op| op.stamp).max();
         self.log = log;
     }
 
-    /// The operations of `origin` after `after`, from the log, in seq order.
-    fn ops_after(&self, origin: MemberId, after: u64) -> Vec<Op<u64>> {
-        let positions = self.by_origin.get(&origin).map_or(&[][..], |p| &p[..]);
-        let start = (after as usize).min(positions.len());
-        let end = (start + MAX_BATCH).min(positions.len());
-        positions[start..end]
-            .iter()
-            .map(|&i| self.log[i].clone())
-            .collect()
+    /// The operations of `origin` after `after`, from the log, in seq order;
+    /// `None` when the log no longer holds the first of them (compacted).
+    fn ops_after(&self, origin: MemberId, after: u64) -> Option<Vec<Op<u64>>> {
+        if after < self.floor.get(origin) {
+            return None;
+        }
+        let Some(logged) = self.by_seq.get(&origin) else {
+            return Some(Vec::new());
+        };
+        Some(
+            logged
+                .range(after + 1..)
+                .take(MAX_BATCH)
+                .map(|(_, &i)| self.log[i].clone())
+                .collect(),
+        )
+    }
+
+    /// Drops `origin`'s operations up to `upto` from the log.
+    fn compact(&mut self, origin: MemberId, upto: u64) {
+        if let Some(logged) = self.by_seq.get_mut(&origin) {
+            logged.retain(|seq, _| *seq > upto);
+        }
+        let floor = self.floor.0.entry(origin).or_default();
+        *floor = (*floor).max(upto);
+    }
+
+    /// One page of this member's snapshot: up to `MAX_BATCH` states after
+    /// `after`, and the OUID to ask the next page after, if any remain.
+    fn snapshot_page(&self, after: Option<Ouid>) -> (Vec<(Ouid, ObjectState<u64>)>, Option<Ouid>) {
+        let page: Vec<(Ouid, ObjectState<u64>)> = self
+            .replica
+            .states()
+            .filter(|(o, _)| after.is_none_or(|a| **o > a))
+            .take(MAX_BATCH)
+            .map(|(o, s)| (*o, s.clone()))
+            .collect();
+        let next = (page.len() == MAX_BATCH).then(|| page[page.len() - 1].0);
+        (page, next)
     }
 }
 
@@ -657,6 +775,16 @@ enum Msg {
     Pull { origin: MemberId, after: u64 },
     /// The answer to a pull: operations of one origin, in seq order.
     Batch(Vec<Op<u64>>),
+    /// The answer to a pull its sender can no longer serve from its log: one
+    /// page of its states, the version vector its first page covered, and the
+    /// OUID after which the next page starts.
+    Snapshot {
+        covers: VersionVector,
+        states: Vec<(Ouid, ObjectState<u64>)>,
+        next: Option<Ouid>,
+    },
+    /// "Send me the next page of your snapshot, after this OUID."
+    SnapshotPull { covers: VersionVector, after: Ouid },
 }
 
 #[derive(Clone)]
@@ -680,6 +808,9 @@ struct Stats {
     restarts: u64,
     reimports: u64,
     continued_pulls: u64,
+    compactions: u64,
+    snapshot_pages: u64,
+    snapshots: u64,
 }
 
 impl Stats {
@@ -696,6 +827,9 @@ impl Stats {
         self.restarts += s.restarts;
         self.reimports += s.reimports;
         self.continued_pulls += s.continued_pulls;
+        self.compactions += s.compactions;
+        self.snapshot_pages += s.snapshot_pages;
+        self.snapshots += s.snapshots;
     }
 }
 
@@ -737,7 +871,9 @@ impl Cluster {
                 id,
                 replica: Replica::new(),
                 log: Vec::new(),
-                by_origin: BTreeMap::new(),
+                by_seq: BTreeMap::new(),
+                floor: VersionVector::default(),
+                joined_snapshot: false,
                 hlc: Hlc::default(),
                 max_applied: None,
                 next_seq: 1,
@@ -962,11 +1098,14 @@ impl Cluster {
                     );
                 }
                 let member = &mut self.members[m];
-                member.by_origin.entry(origin).or_default().push(member.log.len());
-                if member.by_origin[&origin].len() as u64 != op.seq {
+                let index = member.log.len();
+                let floor = member.floor.get(origin);
+                let logged = member.by_seq.entry(origin).or_default();
+                logged.insert(op.seq, index);
+                if logged.len() as u64 != op.seq - floor || logged.keys().next() != Some(&(floor + 1)) {
                     self.fail(
                         "op log",
-                        format!("m{m}'s log of origin {origin} is not 1..={}", op.seq),
+                        format!("m{m}'s log of origin {origin} is not {}..={}", floor + 1, op.seq),
                     );
                 }
                 member.log.push(op.clone());
@@ -1059,7 +1198,13 @@ impl Cluster {
                 }
             }
             Msg::Pull { origin, after } => {
-                let ops = self.members[to].ops_after(origin, after);
+                let Some(ops) = self.members[to].ops_after(origin, after) else {
+                    // Compacted: the peer gets this member's states instead.
+                    let covers = self.members[to].replica.version_vector().clone();
+                    let (states, next) = self.members[to].snapshot_page(None);
+                    self.send(to, from, Msg::Snapshot { covers, states, next });
+                    return;
+                };
                 for (k, op) in ops.iter().enumerate() {
                     if op.seq != after + 1 + k as u64 || op.stamp.origin != origin {
                         self.fail(
@@ -1085,6 +1230,64 @@ impl Cluster {
                     let after = self.members[to].replica.version_vector().get(origin);
                     self.send(to, from, Msg::Pull { origin, after });
                 }
+            }
+            Msg::SnapshotPull { covers, after } => {
+                let (states, next) = self.members[to].snapshot_page(Some(after));
+                self.send(to, from, Msg::Snapshot { covers, states, next });
+            }
+            Msg::Snapshot { covers, states, next } => {
+                self.install(to, &states, next.is_none().then_some(&covers));
+                if let Some(after) = next {
+                    self.send(to, from, Msg::SnapshotPull { covers, after });
+                }
+            }
+        }
+    }
+
+    /// Member `m` joins one page of a peer's snapshot into its replica and,
+    /// after the last page, raises its version vector to what the snapshot
+    /// covered; the operations it now covers without logging them are below
+    /// its floor.
+    fn install(&mut self, m: usize, states: &[(Ouid, ObjectState<u64>)], covers: Option<&VersionVector>) {
+        self.stats.snapshot_pages += 1;
+        let wall = self.members[m].clock.wall_ms(self.now);
+        let member = &mut self.members[m];
+        member.joined_snapshot = true;
+        let changes = member.replica.plan_states(states);
+        let touched: Vec<Ouid> = changes.iter().map(|(o, _)| *o).collect();
+        let before = member.replica.version_vector().clone();
+        member.replica.commit_states(changes, covers);
+        for (ouid, state) in states {
+            let stamps = state
+                .created
+                .iter()
+                .map(|c| c.stamp)
+                .chain(state.attrs.values().map(|(s, _)| *s))
+                .chain(state.tombstone);
+            for stamp in stamps {
+                member.hlc = member.hlc.observe(stamp.hlc, wall);
+                member.max_applied = member.max_applied.max(Some(stamp));
+            }
+            if state.tombstone.is_some() {
+                member.destroyed_seen.insert(*ouid);
+            }
+        }
+        if let Some(covers) = covers {
+            for (origin, seq) in &covers.0 {
+                if *seq > before.get(*origin) {
+                    member.compact(*origin, *seq);
+                }
+            }
+            self.stats.snapshots += 1;
+        }
+        for ouid in touched {
+            let member = &self.members[m];
+            if member.destroyed_seen.contains(&ouid) && member.replica.get(&ouid).is_some_and(|s| s.is_live())
+            {
+                self.fail(
+                    "no resurrection",
+                    format!("m{m} had applied a destroy of {ouid}, yet after a snapshot it is live"),
+                );
             }
         }
     }
@@ -1139,16 +1342,18 @@ impl Cluster {
         let member = &self.members[m];
         let vv = member.replica.version_vector().clone();
         let restored = Replica::restore(vv, member.replica.states().map(|(o, s)| (*o, s.clone())));
-        let mut origins: Vec<MemberId> = member.by_origin.keys().copied().collect();
+        let mut origins: Vec<MemberId> = member.by_seq.keys().copied().collect();
         self.rng.shuffle(&mut origins);
         let member = &self.members[m];
+        // Only a log that holds every operation can be replayed.
+        let whole_log = member.floor.0.values().all(|f| *f == 0) && !member.joined_snapshot;
         let mut replayed = Replica::new();
         for origin in origins {
-            for &i in &member.by_origin[&origin] {
+            for &i in member.by_seq[&origin].values() {
                 replayed.apply(&member.log[i]);
             }
         }
-        if replayed != member.replica || restored != member.replica {
+        if (whole_log && replayed != member.replica) || restored != member.replica {
             self.fail(
                 "order independence",
                 format!("m{m}'s log replayed origin by origin differs from its replica"),
@@ -1156,7 +1361,9 @@ impl Cluster {
         }
         let member = &mut self.members[m];
         member.replica = restored;
-        member.hlc = member.log.iter().map(|op| op.stamp.hlc).max().unwrap_or_default();
+        // The greatest stamp it applied, from its log or its snapshots (the
+        // store keeps the stamps of what it compacted away).
+        member.hlc = member.max_applied.map(|s| s.hlc).unwrap_or_default();
         member.down = false;
         self.stats.restarts += 1;
         self.trace(|| format!("m{m} restarts"));
@@ -1266,12 +1473,15 @@ impl Cluster {
                     ),
                 );
             }
-            if member.log.len() != self.generated.len() {
+            // The log holds every operation above the floor, and applied
+            // operations plus snapshot-covered ones make up everything.
+            let logged: usize = member.by_seq.values().map(|l| l.len()).sum();
+            if logged as u64 + member.floor.total() != expected_vv.total() {
                 self.fail(
                     "no lost write",
                     format!(
-                        "m{m}'s log has {} ops of {}",
-                        member.log.len(),
+                        "m{m}'s log has {logged} ops and its floor {:?}, of {} generated",
+                        member.floor.0,
                         self.generated.len()
                     ),
                 );
@@ -1548,5 +1758,12 @@ fn show_msg(msg: &Msg) -> String {
             ops[0].seq,
             ops[ops.len() - 1].seq
         ),
+        Msg::Snapshot { covers, states, next } => format!(
+            "snapshot page of {} states covering {:?}, next after {:?}",
+            states.len(),
+            covers.0,
+            next.as_ref().map(short)
+        ),
+        Msg::SnapshotPull { after, .. } => format!("snapshot pull after {}", short(after)),
     }
 }

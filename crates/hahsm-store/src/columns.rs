@@ -153,7 +153,15 @@ pub(crate) fn init_schema(conn: &mut Connection, path: &Path) -> StoreResult<()>
                     path.display()
                 )))
             }
-            // Version 1 is the only one so far: nothing to migrate.
+            Some(1) => {
+                tx.execute_batch(SCHEMA_V2)
+                    .map_err(err("migrate schema to version 2"))?;
+                tx.execute(
+                    "UPDATE store_meta SET value = ?1 WHERE key = 'schema_version'",
+                    [SCHEMA_VERSION],
+                )
+                .map_err(err("migrate schema to version 2"))?;
+            }
             Some(_) => {}
         }
         for table in TABLES {
@@ -164,7 +172,7 @@ pub(crate) fn init_schema(conn: &mut Connection, path: &Path) -> StoreResult<()>
                 )));
             }
         }
-        // Nothing was written: committing only releases the lock.
+        // Only a migration wrote anything; otherwise committing releases the lock.
         tx.commit().map_err(err("check schema"))?;
         return Ok(());
     }
@@ -178,6 +186,7 @@ pub(crate) fn init_schema(conn: &mut Connection, path: &Path) -> StoreResult<()>
         )));
     }
     tx.execute_batch(SCHEMA_V1).map_err(err("create schema"))?;
+    tx.execute_batch(SCHEMA_V2).map_err(err("create schema"))?;
     tx.execute(
         "INSERT INTO store_meta (key, value) VALUES ('schema_version', ?1)",
         [SCHEMA_VERSION],

@@ -63,7 +63,7 @@ use std::time::Duration;
 
 /// The schema version this build writes. A file with a higher version is refused
 /// with [`StoreError::Schema`].
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for another connection's lock before failing.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -128,8 +128,22 @@ CREATE INDEX oplog_by_client_op ON oplog(partition_id, client_op_id);
 CREATE UNIQUE INDEX oplog_by_origin_seq ON oplog(partition_id, origin, seq) WHERE seq > 0;
 ";
 
+/// Version 2 adds, per partition and origin, the operations no longer in the
+/// log (compacted, or covered by a peer's snapshot) whose effects the objects
+/// hold: the version vector and the clock count them as the log's own.
+pub(crate) const SCHEMA_V2: &str = "
+CREATE TABLE log_floor (
+    partition_id INTEGER NOT NULL REFERENCES partitions(id),
+    origin       INTEGER NOT NULL,
+    seq          INTEGER NOT NULL CHECK (seq > 0),
+    hlc_wall     INTEGER NOT NULL,
+    hlc_logical  INTEGER NOT NULL CHECK (hlc_logical BETWEEN 0 AND 4294967295),
+    PRIMARY KEY (partition_id, origin)
+) STRICT;
+";
+
 /// The tables a valid store has; a file that lacks one is refused as corrupt.
-pub(crate) const TABLES: [&str; 7] = [
+pub(crate) const TABLES: [&str; 8] = [
     "store_meta",
     "meta",
     "partitions",
@@ -137,6 +151,7 @@ pub(crate) const TABLES: [&str; 7] = [
     "assignments",
     "objects",
     "oplog",
+    "log_floor",
 ];
 
 pub(crate) const PARTITION_COLUMNS: &str =

@@ -191,7 +191,10 @@ impl Store {
     pub fn max_hlc(&self, partition_id: i64) -> StoreResult<(u64, u32)> {
         let conn = self.lock();
         conn.query_row(
-            "SELECT hlc_wall, hlc_logical FROM oplog WHERE partition_id = ?1
+            "SELECT hlc_wall, hlc_logical FROM (
+                 SELECT hlc_wall, hlc_logical FROM oplog WHERE partition_id = ?1
+                 UNION ALL
+                 SELECT hlc_wall, hlc_logical FROM log_floor WHERE partition_id = ?1)
              ORDER BY hlc_wall DESC, hlc_logical DESC LIMIT 1",
             [partition_id],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u32)),
@@ -201,13 +204,17 @@ impl Store {
         .map_err(self.err("read max hlc"))
     }
 
-    /// For each origin, the highest sequence number logged: the partition's
-    /// version vector, as the log proves it.
+    /// For each origin, the highest sequence number logged or below the log's
+    /// floor: the partition's version vector.
     pub fn version_vector(&self, partition_id: i64) -> StoreResult<Vec<(u64, u64)>> {
         let conn = self.lock();
         (|| {
             let mut stmt = conn.prepare_cached(
-                "SELECT origin, MAX(seq) FROM oplog WHERE partition_id = ?1 AND seq > 0 GROUP BY origin",
+                "SELECT origin, MAX(seq) FROM (
+                     SELECT origin, seq FROM oplog WHERE partition_id = ?1 AND seq > 0
+                     UNION ALL
+                     SELECT origin, seq FROM log_floor WHERE partition_id = ?1)
+                 GROUP BY origin ORDER BY origin",
             )?;
             let rows = stmt.query_map([partition_id], |r| {
                 let (o, s): (i64, i64) = (r.get(0)?, r.get(1)?);
@@ -237,12 +244,16 @@ impl Store {
         .map_err(self.err("find op by client op id"))
     }
 
-    /// The highest sequence number logged for the partition from this origin, 0 if none.
+    /// The highest sequence number logged for the partition from this origin,
+    /// or below the log's floor; 0 if none.
     pub fn max_seq(&self, partition_id: i64, origin: u64) -> StoreResult<u64> {
         let conn = self.lock();
         let max: Option<i64> = conn
             .query_row(
-                "SELECT MAX(seq) FROM oplog WHERE partition_id = ?1 AND origin = ?2 AND seq > 0",
+                "SELECT MAX(seq) FROM (
+                     SELECT seq FROM oplog WHERE partition_id = ?1 AND origin = ?2 AND seq > 0
+                     UNION ALL
+                     SELECT seq FROM log_floor WHERE partition_id = ?1 AND origin = ?2)",
                 params![partition_id, origin as i64],
                 |r| r.get(0),
             )
@@ -263,4 +274,146 @@ impl Store {
             .map_err(self.err("count objects"))?;
         Ok(count.max(0) as u64)
     }
+
+    /// Per origin, the highest sequence number no longer in the log (compacted,
+    /// or covered by a snapshot): a peer that lacks operations at or below it
+    /// must catch up from a snapshot. Origins with nothing below the floor are
+    /// absent.
+    pub fn log_floor(&self, partition_id: i64) -> StoreResult<Vec<(u64, u64)>> {
+        let conn = self.lock();
+        (|| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT origin, seq FROM log_floor WHERE partition_id = ?1 ORDER BY origin",
+            )?;
+            let rows = stmt.query_map([partition_id], |r| Ok((u64_col(r, 0)?, u64_col(r, 1)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })()
+        .map_err(self.err("read log floor"))
+    }
+
+    /// Compacts the log: for each `(origin, upto)`, drops that origin's entries
+    /// with a sequence number up to `upto` and stamped before `before_wall_ms`,
+    /// and raises its floor to the last one dropped, keeping its stamp (so the
+    /// version vector and the clock stay what they were). One transaction.
+    /// Returns how many entries were dropped.
+    pub fn compact_log(
+        &self,
+        partition_id: i64,
+        upto: &[(u64, u64)],
+        before_wall_ms: u64,
+    ) -> StoreResult<u64> {
+        let before = i64::try_from(before_wall_ms).unwrap_or(i64::MAX);
+        self.write_tx("compact the op log", |tx| {
+            let e = self.err("compact the op log");
+            let mut dropped = 0u64;
+            for &(origin, upto) in upto {
+                let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+                // Each origin stamps its operations in sequence order, so the
+                // old enough ones are a prefix.
+                let last: Option<(i64, i64, i64)> = tx
+                    .query_row(
+                        "SELECT seq, hlc_wall, hlc_logical FROM oplog
+                         WHERE partition_id = ?1 AND origin = ?2 AND seq > 0 AND seq <= ?3 AND hlc_wall < ?4
+                         ORDER BY seq DESC LIMIT 1",
+                        params![partition_id, origin as i64, upto, before],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(&e)?;
+                let Some((seq, wall, logical)) = last else {
+                    continue;
+                };
+                dropped += tx
+                    .execute(
+                        "DELETE FROM oplog WHERE partition_id = ?1 AND origin = ?2 AND seq > 0 AND seq <= ?3",
+                        params![partition_id, origin as i64, seq],
+                    )
+                    .map_err(&e)? as u64;
+                raise_floor(tx, partition_id, origin, seq, wall, logical).map_err(&e)?;
+            }
+            Ok(dropped)
+        })
+    }
+
+    /// Joins states from a peer's snapshot: the changed objects (insert or
+    /// replace by OUID) and the new partition digest, and, after its last page,
+    /// the floor raised to what the snapshot covers (`(origin, seq)`, with the
+    /// greatest stamp the snapshot holds). One transaction.
+    pub fn install_states(
+        &self,
+        partition_id: i64,
+        puts: &[ObjectRow],
+        digest: &[u8],
+        covers: &[(u64, u64)],
+        max_hlc: (u64, u32),
+    ) -> StoreResult<()> {
+        self.write_tx("install a snapshot", |tx| {
+            let e = self.err("install a snapshot");
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT INTO objects (partition_id, ouid, version, sealed)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (partition_id, ouid)
+                     DO UPDATE SET version = excluded.version, sealed = excluded.sealed",
+                )
+                .map_err(&e)?;
+            for object in puts {
+                put.execute(params![
+                    partition_id,
+                    &object.ouid[..],
+                    object.version as i64,
+                    object.sealed
+                ])
+                .map_err(|err| match e(err) {
+                    StoreError::NotFound(_) => partition_not_found(partition_id),
+                    other => other,
+                })?;
+            }
+            let changed = tx
+                .execute(
+                    "UPDATE partitions SET digest = ?2 WHERE id = ?1",
+                    params![partition_id, digest],
+                )
+                .map_err(&e)?;
+            if changed == 0 {
+                return Err(partition_not_found(partition_id));
+            }
+            for &(origin, seq) in covers {
+                let seq = i64::try_from(seq)
+                    .map_err(|_| StoreError::Invalid(format!("sequence number {seq} is above i64::MAX")))?;
+                raise_floor(
+                    tx,
+                    partition_id,
+                    origin,
+                    seq,
+                    max_hlc.0 as i64,
+                    i64::from(max_hlc.1),
+                )
+                .map_err(&e)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Raises one origin's floor to `seq` (never lowers it), keeping the greater stamp.
+fn raise_floor(
+    tx: &Transaction<'_>,
+    partition_id: i64,
+    origin: u64,
+    seq: i64,
+    wall: i64,
+    logical: i64,
+) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO log_floor (partition_id, origin, seq, hlc_wall, hlc_logical)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (partition_id, origin) DO UPDATE SET
+             seq = MAX(seq, excluded.seq),
+             hlc_wall = CASE WHEN (excluded.hlc_wall, excluded.hlc_logical) > (hlc_wall, hlc_logical)
+                             THEN excluded.hlc_wall ELSE hlc_wall END,
+             hlc_logical = CASE WHEN (excluded.hlc_wall, excluded.hlc_logical) > (hlc_wall, hlc_logical)
+                                THEN excluded.hlc_logical ELSE hlc_logical END",
+        params![partition_id, origin as i64, seq, wall, logical],
+    )
 }

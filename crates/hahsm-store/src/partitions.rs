@@ -134,6 +134,8 @@ impl Store {
                 .map_err(&e)?;
             tx.execute("DELETE FROM oplog WHERE partition_id = ?1", [partition_id])
                 .map_err(&e)?;
+            tx.execute("DELETE FROM log_floor WHERE partition_id = ?1", [partition_id])
+                .map_err(&e)?;
             let changed = tx
                 .execute("DELETE FROM partitions WHERE id = ?1", [partition_id])
                 .map_err(&e)?;

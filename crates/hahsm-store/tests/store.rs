@@ -1026,3 +1026,132 @@ fn replication_reads_ops_by_origin_version_vectors_and_the_latest_clock() {
     assert!(store.commit_many(a, &dup).is_err());
     assert_eq!(store.version_vector(a).expect("vv"), vec![(7, 2), (9, 2)]);
 }
+
+#[test]
+fn compaction_drops_old_entries_and_keeps_the_version_vector_and_the_clock() {
+    let dir = tempdir();
+    let path = dir.path().join("s.db");
+    let store = Store::open(&path).expect("open");
+    let a = store.create_partition(&partition("a")).expect("create");
+    let mut batch = Vec::new();
+    for seq in 1..=6 {
+        let mut o = op(7, seq, "create");
+        o.hlc_wall = 100 * seq;
+        batch.push(Write {
+            op: o,
+            ..Default::default()
+        });
+    }
+    let mut other = op(9, 1, "create");
+    other.hlc_wall = 50;
+    batch.push(Write {
+        op: other,
+        ..Default::default()
+    });
+    store.commit_many(a, &batch).expect("commit");
+    // Origin 7 up to 5, but only what was stamped before 450: 1 to 4.
+    assert_eq!(store.compact_log(a, &[(7, 5), (9, 1)], 450).expect("compact"), 5);
+    assert_eq!(store.log_floor(a).expect("floor"), vec![(7, 4), (9, 1)]);
+    let left: Vec<(u64, u64)> = store
+        .ops_since(a, 0, 100)
+        .expect("ops")
+        .iter()
+        .map(|o| (o.origin, o.seq))
+        .collect();
+    assert_eq!(left, vec![(7, 5), (7, 6)]);
+    assert_eq!(store.version_vector(a).expect("vv"), vec![(7, 6), (9, 1)]);
+    assert_eq!(store.max_seq(a, 9).expect("max"), 1);
+    // Everything of origin 7: the floor keeps its last stamp.
+    store.compact_log(a, &[(7, 6)], u64::MAX).expect("compact");
+    assert_eq!(store.ops_since(a, 0, 100).expect("ops"), []);
+    assert_eq!(store.version_vector(a).expect("vv"), vec![(7, 6), (9, 1)]);
+    assert_eq!(store.max_hlc(a).expect("hlc").0, 600);
+    // A floor never goes down.
+    store.compact_log(a, &[(7, 2)], u64::MAX).expect("compact");
+    assert_eq!(store.log_floor(a).expect("floor"), vec![(7, 6), (9, 1)]);
+    drop(store);
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.version_vector(a).expect("vv"), vec![(7, 6), (9, 1)]);
+    // The next op of origin 7 is 7: the log takes it.
+    store
+        .commit(
+            a,
+            &Write {
+                op: op(7, 7, "create"),
+                ..Default::default()
+            },
+        )
+        .expect("next op");
+    store.delete_partition(a).expect("delete");
+    let b = store.create_partition(&partition("b")).expect("create");
+    assert_eq!(store.log_floor(b).expect("floor"), []);
+}
+
+#[test]
+fn an_installed_snapshot_puts_its_objects_and_raises_the_floor_in_one_transaction() {
+    let dir = tempdir();
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    let a = store.create_partition(&partition("a")).expect("create");
+    store
+        .install_states(a, &[object(1, 1, 10), object(2, 3, 10)], b"digest", &[], (0, 0))
+        .expect("a page");
+    assert_eq!(store.version_vector(a).expect("vv"), vec![]);
+    store
+        .install_states(a, &[object(2, 4, 10)], b"digest2", &[(5, 40), (6, 2)], (900, 3))
+        .expect("the last page");
+    assert_eq!(store.version_vector(a).expect("vv"), vec![(5, 40), (6, 2)]);
+    assert_eq!(store.max_hlc(a).expect("hlc"), (900, 3));
+    let objects = store.load_objects(a).expect("objects");
+    assert_eq!(
+        objects.iter().map(|o| (o.ouid, o.version)).collect::<Vec<_>>(),
+        vec![(ouid(1), 1), (ouid(2), 4)]
+    );
+    assert_eq!(
+        store.get_partition("a").expect("get").expect("there").digest,
+        b"digest2"
+    );
+    // A page for a partition that is not there writes nothing.
+    assert!(store
+        .install_states(a + 100, &[object(3, 1, 10)], b"d", &[(5, 41)], (0, 0))
+        .is_err());
+    assert_eq!(store.version_vector(a).expect("vv"), vec![(5, 40), (6, 2)]);
+}
+
+#[test]
+fn a_version_1_store_is_migrated_with_its_log() {
+    let dir = tempdir();
+    let path = dir.path().join("old.db");
+    let store = Store::open(&path).expect("create");
+    let a = store.create_partition(&partition("a")).expect("create");
+    store
+        .commit(
+            a,
+            &Write {
+                op: op(3, 1, "create"),
+                ..Default::default()
+            },
+        )
+        .expect("commit");
+    drop(store);
+    // What version 1 wrote: no log_floor table.
+    let raw = rusqlite::Connection::open(&path).expect("raw");
+    raw.execute_batch("DROP TABLE log_floor; UPDATE store_meta SET value = 1 WHERE key = 'schema_version';")
+        .expect("make it version 1");
+    drop(raw);
+    let store = Store::open(&path).expect("migrate");
+    assert_eq!(store.version_vector(a).expect("vv"), vec![(3, 1)]);
+    store
+        .compact_log(a, &[(3, 1)], u64::MAX)
+        .expect("compact after migration");
+    assert_eq!(store.version_vector(a).expect("vv"), vec![(3, 1)]);
+    drop(store);
+    let raw = rusqlite::Connection::open(&path).expect("raw");
+    let v: i64 = raw
+        .query_row(
+            "SELECT value FROM store_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("version");
+    assert_eq!(v, SCHEMA_VERSION);
+}

@@ -460,7 +460,10 @@ fn print_response(response: AdminResponse) {
             }
         }
         AdminResponse::Journal { lines, .. } => lines.iter().for_each(|l| println!("{l}")),
-        AdminResponse::Backup(blob) => println!("a backup of {} bytes (use `hahsm backup`)", blob.0.len()),
+        AdminResponse::BackupPart { done, total, .. } => {
+            println!("a part of a backup, {done} of {total} states (use `hahsm backup`)")
+        }
+        AdminResponse::RestoreProgress { done, total } => println!("restored {done} of {total} states"),
         AdminResponse::Error(msg) => eprintln!("{msg}"),
     }
 }

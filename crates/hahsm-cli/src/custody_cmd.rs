@@ -12,6 +12,8 @@ use clap::{Args, Subcommand};
 use hahsm_client::admin::AdminClient;
 use hahsm_client::secrets;
 use hahsm_proto::admin::{AdminRequest as R, AdminResponse, Blob, DomainSecret};
+use hahsm_proto::backup_file;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The domain secret, whole or as shares.
@@ -178,38 +180,154 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     if args.out.exists() {
         bail!("{} exists; choose a new backup file", args.out.display());
     }
-    let request = R::PartitionBackup {
-        name: args.partition.clone(),
-        owner_secret: secrets::read_secret(&args.owner_secret)?,
-        domain: args.domain.required()?,
-    };
+    let owner_secret = secrets::read_secret(&args.owner_secret)?;
+    let domain = args.domain.required()?;
     let mut admin = AdminClient::connect(&args.socket.path()).await?;
-    match admin.call(request).await? {
-        AdminResponse::Backup(blob) => {
-            hahsm_link::write_private_file(&args.out, &blob.0)
-                .with_context(|| format!("cannot write {}", args.out.display()))?;
-            println!(
-                "partition '{}' backed up to {} ({} bytes, encrypted and authenticated)",
-                args.partition,
-                args.out.display(),
-                blob.0.len()
-            );
-            Ok(())
+    // Written under a temporary name beside the file, then renamed: a backup
+    // that stops half-way leaves no file that looks like a backup.
+    let tmp = partial_path(&args.out);
+    let written = async {
+        let mut file = create_private(&tmp)?;
+        let (mut cursor, mut bytes, mut shown) = (None, 0u64, std::time::Instant::now());
+        loop {
+            let request = R::PartitionBackup {
+                name: args.partition.clone(),
+                owner_secret: owner_secret.clone(),
+                domain: domain.clone(),
+                cursor: cursor.take(),
+            };
+            match admin.call(request).await? {
+                AdminResponse::BackupPart {
+                    bytes: part,
+                    cursor: next,
+                    done,
+                    total,
+                } => {
+                    file.write_all(&part.0)
+                        .with_context(|| format!("cannot write {}", tmp.display()))?;
+                    bytes += part.0.len() as u64;
+                    if next.is_none() || shown.elapsed() >= std::time::Duration::from_secs(1) {
+                        eprintln!("backed up {done} of {total} states ({bytes} bytes)");
+                        shown = std::time::Instant::now();
+                    }
+                    match next {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+                other => bail!("unexpected answer {other:?}"),
+            }
         }
-        other => bail!("unexpected answer {other:?}"),
+        file.sync_all()
+            .with_context(|| format!("cannot sync {}", tmp.display()))?;
+        anyhow::Ok(bytes)
     }
+    .await;
+    let bytes = match written {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if args.out.exists() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!(
+            "{} appeared while the backup ran; the backup is not kept",
+            args.out.display()
+        );
+    }
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "partition '{}' backed up to {} ({} bytes, encrypted and authenticated)",
+        args.partition,
+        args.out.display(),
+        bytes
+    );
+    Ok(())
+}
+
+/// Where a backup is written until it is complete.
+fn partial_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!(".{name}.partial.{}", std::process::id()))
+}
+
+/// A new file readable by its owner only; refused if it exists.
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    let request = R::PartitionRestore {
-        name: args.partition,
-        owner_secret: secrets::read_secret(&args.owner_secret)?,
-        domain: args.domain.required()?,
-        backup: Blob(bytes),
-    };
+    let mut file = std::io::BufReader::new(
+        std::fs::File::open(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?,
+    );
+    let head = backup_file::read_head(&mut file)
+        .with_context(|| format!("{} is not a hahsm backup file", args.file.display()))?;
+    let owner_secret = secrets::read_secret(&args.owner_secret)?;
+    let domain = args.domain.required()?;
     let mut admin = AdminClient::connect(&args.socket.path()).await?;
-    match admin.call(request).await? {
+    if backup_file::parse_head(backup_file::MAGIC_V1, &head).is_some() {
+        // Format 1: the whole file in one request.
+        let mut bytes = head;
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        let request = R::PartitionRestore {
+            name: args.partition,
+            owner_secret,
+            domain,
+            backup: Blob(bytes),
+        };
+        return match admin.call(request).await? {
+            AdminResponse::Done(msg) => {
+                println!("{msg}");
+                Ok(())
+            }
+            other => bail!("unexpected answer {other:?}"),
+        };
+    }
+    let begin = R::PartitionRestoreBegin {
+        name: args.partition,
+        owner_secret,
+        domain,
+        head: Blob(head),
+    };
+    match admin.call(begin).await? {
+        AdminResponse::Done(_) => {}
+        other => bail!("unexpected answer {other:?}"),
+    }
+    // A file cut short mid-chunk ends here: the connection closes, and the
+    // member deletes what it restored so far.
+    let mut shown = std::time::Instant::now();
+    while let Some(record) = backup_file::read_record(&mut file).with_context(|| {
+        format!(
+            "{} is damaged or cut short; nothing is restored",
+            args.file.display()
+        )
+    })? {
+        match admin
+            .call(R::PartitionRestoreChunk { record: Blob(record) })
+            .await?
+        {
+            AdminResponse::RestoreProgress { done, total } => {
+                if shown.elapsed() >= std::time::Duration::from_secs(1) {
+                    eprintln!("restored {done} of {total} states");
+                    shown = std::time::Instant::now();
+                }
+            }
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+    match admin.call(R::PartitionRestoreEnd).await? {
         AdminResponse::Done(msg) => {
             println!("{msg}");
             Ok(())

@@ -122,21 +122,54 @@ pub enum AdminRequest {
         after: u64,
         limit: u32,
     },
-    /// Writes the partition, with its tombstones and op log, into an encrypted
-    /// backup (needs the SO, the domain secret and the partition-owner secret).
+    /// The next part of an encrypted backup of the partition (its states,
+    /// tombstones included, its policies and its PIN verifiers): the file's
+    /// head and first chunk for no cursor, then the chunk after the cursor
+    /// each answer gives, until it gives none (needs the SO, the domain secret
+    /// and the partition-owner secret; `crate::backup_file` has the format).
     PartitionBackup {
         name: String,
         owner_secret: Secret,
         domain: DomainSecret,
+        cursor: Option<BackupCursor>,
     },
-    /// Restores a backup as a new partition `name` on this member (needs the SO,
-    /// the domain secret and the partition-owner secret the backup was made with).
+    /// Restores a backup made by hahsm before chunked backups (format 1, one
+    /// record) as a new partition `name` on this member.
     PartitionRestore {
         name: String,
         owner_secret: Secret,
         domain: DomainSecret,
         backup: Blob,
     },
+    /// Starts restoring a chunked backup as the new partition `name` on this
+    /// member, from the file's head (needs the SO, the domain secret and the
+    /// partition-owner secret the backup was made with). The chunks follow on
+    /// the same connection, in order, then `PartitionRestoreEnd`; a restore
+    /// not ended on its connection leaves no partition behind.
+    PartitionRestoreBegin {
+        name: String,
+        owner_secret: Secret,
+        domain: DomainSecret,
+        head: Blob,
+    },
+    /// The next chunk record of the backup being restored on this connection.
+    PartitionRestoreChunk {
+        record: Blob,
+    },
+    /// Ends the restore on this connection: only once every chunk, the last
+    /// included, has opened is the partition's state complete.
+    PartitionRestoreEnd,
+}
+
+/// Where a backup stands between two parts: the file's header (whose salt
+/// derives the key), the next chunk's number, the OUID it starts after and
+/// how many states the earlier chunks held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupCursor {
+    pub header: Blob,
+    pub index: u64,
+    pub after: [u8; 16],
+    pub done: u64,
 }
 
 /// The cloning-domain secret as the operator gives it: the whole secret file,
@@ -212,8 +245,13 @@ impl AdminRequest {
             | R::ClientRemove { .. }
             | R::ClientAssignPartition { .. }
             | R::ClientRevokePartition { .. }
-            | R::PartitionBackup { .. }
-            | R::PartitionRestore { .. } => false,
+            | R::PartitionBackup { cursor: None, .. }
+            | R::PartitionRestore { .. }
+            | R::PartitionRestoreBegin { .. }
+            | R::PartitionRestoreEnd => false,
+            // A backup's first part is journaled; the parts after it and a
+            // restore's chunks belong to that entry (or to its Begin and End).
+            R::PartitionBackup { cursor: Some(_), .. } | R::PartitionRestoreChunk { .. } => true,
         }
     }
 
@@ -238,7 +276,9 @@ impl AdminRequest {
             | R::PartitionClear { name }
             | R::PartitionDelete { name }
             | R::PartitionBackup { name, .. }
-            | R::PartitionRestore { name, .. } => format!("partition {name}"),
+            | R::PartitionRestore { name, .. }
+            | R::PartitionRestoreBegin { name, .. } => format!("partition {name}"),
+            R::PartitionRestoreChunk { .. } | R::PartitionRestoreEnd => "partition being restored".into(),
             R::PartitionChangePolicy { name, policy, .. } => format!("partition {name} policy {policy}"),
             R::HaPrepare { partition, .. } => format!("partition {partition}"),
             R::HaCreateGroup { label, .. }
@@ -283,6 +323,12 @@ pub struct PartitionSummary {
     /// shared one sync to disk (group commit).
     pub write_commits: u64,
     pub writes_committed: u64,
+    /// Operations in the op log, operations compacted out of it (their
+    /// effects kept in the objects), and snapshots from peers installed
+    /// since activation.
+    pub log_entries: u64,
+    pub log_compacted: u64,
+    pub snapshots_installed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,8 +388,20 @@ pub enum AdminResponse {
         lines: Vec<String>,
         head: crate::journal::JournalHead,
     },
-    /// An encrypted backup file's content.
-    Backup(Blob),
+    /// The next bytes of a backup file, the cursor to ask for the part after
+    /// them (none: the file is complete), and the states written so far of
+    /// the partition's total.
+    BackupPart {
+        bytes: Blob,
+        cursor: Option<BackupCursor>,
+        done: u64,
+        total: u64,
+    },
+    /// A restore's progress: states restored so far, of the backup's total.
+    RestoreProgress {
+        done: u64,
+        total: u64,
+    },
     Error(String),
 }
 

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backup_file;
 pub mod client;
 pub mod halog;
 pub mod journal;

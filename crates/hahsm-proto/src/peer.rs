@@ -3,7 +3,9 @@
 //! under the group's replication key, which needs both the cloning-domain
 //! secret and the partition-owner secret.
 use crate::WireError;
+use hahsm_replica::ObjectState;
 use hahsm_token::oplog::Op;
+use hahsm_token::Ouid;
 use serde::{Deserialize, Serialize};
 
 /// How many members must hold a write before the caller hears it succeeded.
@@ -111,6 +113,13 @@ pub enum PeerRequest {
     Push { group_id: [u8; 16], ops: Vec<Op> },
     /// A newer group definition.
     GroupUpdate { group: GroupDef },
+    /// "Send me a page of your snapshot: your states after this OUID" (from
+    /// the first for `None`), asked after a pull was answered `Compacted`.
+    Snapshot {
+        group_id: [u8; 16],
+        after: Option<Ouid>,
+        limit: u32,
+    },
 }
 
 /// A member's replication state, as heartbeats carry it.
@@ -165,6 +174,22 @@ pub enum PeerResponse {
         state: ReplicaState,
     },
     Done,
+    /// The answer to a pull for operations the log no longer holds: up to
+    /// `floor`, the origin's operations are compacted away; ask for the
+    /// snapshot.
+    Compacted {
+        origin: u64,
+        floor: u64,
+    },
+    /// One page of a snapshot: states in OUID order, each secret sealed under
+    /// the group's replication key; the version vector the sender's state
+    /// covered when it read the page; the OUID to ask the next page after,
+    /// if more remain.
+    Snapshot {
+        covers: Vec<(u64, u64)>,
+        states: Vec<(Ouid, ObjectState<Vec<u8>>)>,
+        next: Option<Ouid>,
+    },
 }
 
 impl PeerRequest {
@@ -176,6 +201,7 @@ impl PeerRequest {
             PeerRequest::Pull { .. } => "pull",
             PeerRequest::Push { .. } => "push",
             PeerRequest::GroupUpdate { .. } => "group-update",
+            PeerRequest::Snapshot { .. } => "snapshot",
         }
     }
 }

@@ -204,6 +204,14 @@ impl<S: Clone> Replica<S> {
         self.objects.iter()
     }
 
+    /// The states after `after` in OUID order (all of them for `None`): one
+    /// page of a snapshot at a time.
+    pub fn states_after(&self, after: Option<&Ouid>) -> impl Iterator<Item = (&Ouid, &ObjectState<S>)> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.objects.range((from, Bound::Unbounded))
+    }
+
     pub fn live(&self) -> impl Iterator<Item = (&Ouid, &ObjectState<S>)> {
         self.objects.iter().filter(|(_, o)| o.is_live())
     }

@@ -36,11 +36,13 @@ pub async fn serve(app: Arc<Appliance>, listener: UnixListener) {
             Err(_) => "uid ?".into(),
         };
         tokio::spawn(async move {
+            // A chunked restore lives as long as its connection.
+            let mut restore: Option<crate::backup::Restore> = None;
             while let Ok(Some(frame)) = hahsm_link::read_frame(&mut stream, ADMIN_MAX_FRAME).await {
                 let response = match decode::<AdminRequest>(&frame) {
                     Ok(req) => {
                         let _guard = app.admin_lock().lock().await;
-                        dispatch(&app, &actor, req).await
+                        dispatch(&app, &actor, req, &mut restore).await
                     }
                     Err(e) => AdminResponse::Error(e.to_string()),
                 };
@@ -51,16 +53,25 @@ pub async fn serve(app: Arc<Appliance>, listener: UnixListener) {
                     break;
                 }
             }
+            if let Some(unfinished) = restore.take() {
+                let _guard = app.admin_lock().lock().await;
+                unfinished.abort(&app);
+            }
         });
     }
 }
 
-/// The largest admin frame: a backup being restored travels in one.
+/// The largest admin frame: a format-1 backup being restored travels in one.
 const ADMIN_MAX_FRAME: u32 = hahsm_proto::DEFAULT_MAX_FRAME * 16;
 
 /// Runs one request. Every request that changes something is journaled here,
 /// whatever it is, with its result: a new request needs no code to be audited.
-async fn dispatch(app: &Appliance, actor: &str, req: AdminRequest) -> AdminResponse {
+async fn dispatch(
+    app: &Appliance,
+    actor: &str,
+    req: AdminRequest,
+    restore: &mut Option<crate::backup::Restore>,
+) -> AdminResponse {
     let name = req.name();
     let journaled = (!req.is_read_only()).then(|| {
         let who = Who {
@@ -70,7 +81,7 @@ async fn dispatch(app: &Appliance, actor: &str, req: AdminRequest) -> AdminRespo
         };
         (who, req.object(), req.redacted())
     });
-    let result = run(app, req).await;
+    let result = run(app, req, restore).await;
     let response = match result {
         Ok(r) => {
             info!(command = %name, "admin command done");
@@ -114,7 +125,11 @@ fn groups(statuses: Vec<GroupStatus>) -> anyhow::Result<AdminResponse> {
     Ok(AdminResponse::Groups(statuses))
 }
 
-async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse> {
+async fn run(
+    app: &Appliance,
+    req: AdminRequest,
+    restore: &mut Option<crate::backup::Restore>,
+) -> anyhow::Result<AdminResponse> {
     use AdminRequest as R;
     let done = |m: &str| Ok(AdminResponse::Done(m.to_string()));
     match req {
@@ -303,22 +318,73 @@ async fn run(app: &Appliance, req: AdminRequest) -> anyhow::Result<AdminResponse
             name,
             owner_secret,
             domain,
-        } => Ok(AdminResponse::Backup(custody::backup(
-            app,
-            &name,
-            &owner_secret,
-            &domain,
-        )?)),
+            cursor,
+        } => {
+            let part = crate::backup::backup_part(app, &name, &owner_secret, &domain, cursor)?;
+            Ok(AdminResponse::BackupPart {
+                bytes: hahsm_proto::admin::Blob(part.bytes),
+                cursor: part.cursor,
+                done: part.done,
+                total: part.total,
+            })
+        }
         R::PartitionRestore {
             name,
             owner_secret,
             domain,
             backup,
         } => {
-            let serial = custody::restore(app, &name, &owner_secret, &domain, &backup).await?;
+            let serial = crate::backup::restore_v1(app, &name, &owner_secret, &domain, &backup).await?;
             done(&format!(
                 "partition '{name}' restored from the backup (serial {serial}), activated, with a new origin id"
             ))
+        }
+        R::PartitionRestoreBegin {
+            name,
+            owner_secret,
+            domain,
+            head,
+        } => {
+            if restore.is_some() {
+                anyhow::bail!("a restore is already in progress on this connection");
+            }
+            *restore = Some(crate::backup::restore_begin(
+                app,
+                &name,
+                &owner_secret,
+                &domain,
+                &head.0,
+            )?);
+            done(&format!("restoring partition '{name}'"))
+        }
+        R::PartitionRestoreChunk { record } => {
+            let Some(session) = restore.as_mut() else {
+                anyhow::bail!("no restore in progress on this connection");
+            };
+            match session.chunk(app, &record.0).await {
+                Ok((done, total)) => Ok(AdminResponse::RestoreProgress { done, total }),
+                Err(e) => {
+                    if let Some(failed) = restore.take() {
+                        failed.abort(app);
+                    }
+                    Err(e.into())
+                }
+            }
+        }
+        R::PartitionRestoreEnd => {
+            let Some(session) = restore.take() else {
+                anyhow::bail!("no restore in progress on this connection");
+            };
+            let name = session.name().to_string();
+            match session.end().await {
+                Ok(serial) => done(&format!(
+                    "partition '{name}' restored from the backup (serial {serial}), activated, with a new origin id"
+                )),
+                Err((session, e)) => {
+                    session.abort(app);
+                    Err(e.into())
+                }
+            }
         }
     }
 }

@@ -147,6 +147,15 @@ pub struct Replication {
     /// operations: this is the bound after which a destroyed key signs no
     /// more anywhere, a member cut off from the majority included.
     pub quorum_lease_ms: u64,
+    /// How long a silent peer holds the op log back. Operations every peer
+    /// heard from within this time has applied are compacted away; a peer
+    /// away for longer catches up from a snapshot of the partition when it
+    /// returns. (A standalone partition compacts everything.)
+    pub log_retention_ms: u64,
+    /// Operations younger than this stay in the log, whatever the peers
+    /// hold: a client's retry of a write finds its first result by its
+    /// operation id there. Longer than any client's request timeout.
+    pub compact_after_ms: u64,
 }
 
 impl Default for Replication {
@@ -154,6 +163,8 @@ impl Default for Replication {
         Replication {
             max_clock_offset_ms: 500,
             quorum_lease_ms: 4_000,
+            log_retention_ms: 24 * 3600 * 1000,
+            compact_after_ms: 600_000,
         }
     }
 }
@@ -167,8 +178,19 @@ impl Replication {
         Duration::from_millis(self.quorum_lease_ms)
     }
 
+    pub fn log_retention(&self) -> Duration {
+        Duration::from_millis(self.log_retention_ms)
+    }
+
     /// A lease shorter than two heartbeat rounds would lapse between them.
     fn validate(&self) -> Result<(), String> {
+        if self.compact_after_ms < 1_000 {
+            return Err(format!(
+                "replication.compact_after_ms = {} is below 1000: a retried write must still find its first \
+                 result in the log",
+                self.compact_after_ms
+            ));
+        }
         if self.quorum_lease_ms < 2_000 {
             return Err(format!(
                 "replication.quorum_lease_ms = {} is below 2000: the lease is renewed once a heartbeat \

@@ -25,6 +25,8 @@ pub mod admin;
 pub mod admission;
 pub mod alerts;
 pub mod appliance;
+pub mod backup;
+pub mod compaction;
 pub mod config;
 pub mod custody;
 pub mod endpoint;

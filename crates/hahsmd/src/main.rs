@@ -124,6 +124,7 @@ async fn run(config: Config, config_path: &std::path::Path, logging: &Logging) -
         });
     }
     tokio::spawn(hahsmd::watch::watch(app.clone()));
+    tokio::spawn(hahsmd::compaction::compact_logs(app.clone()));
     // Written last: its presence tells scripts and tests the member is ready.
     hahsmd::write_atomically(&app.config.data_dir.join("listen.addr"), &bound.to_string())?;
     tokio::spawn(server::serve(app.clone(), listener));

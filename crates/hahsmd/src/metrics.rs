@@ -126,6 +126,9 @@ pub struct Metrics {
     partition_parsed_keys: Family<PartitionLabels, Gauge>,
     partition_key_loads: Family<PartitionLabels, Gauge>,
     partition_write_commits: Family<PartitionLabels, Gauge>,
+    partition_log_entries: Family<PartitionLabels, Gauge>,
+    partition_log_compacted: Family<PartitionLabels, Gauge>,
+    partition_snapshots_installed: Family<PartitionLabels, Gauge>,
     partition_writes_committed: Family<PartitionLabels, Gauge>,
     partition_failed_logins: Family<PartitionLabels, Gauge>,
     partition_pin_locked: Family<PartitionLabels, Gauge>,
@@ -164,6 +167,9 @@ impl Metrics {
             partition_parsed_keys: Family::default(),
             partition_key_loads: Family::default(),
             partition_write_commits: Family::default(),
+            partition_log_entries: Family::default(),
+            partition_log_compacted: Family::default(),
+            partition_snapshots_installed: Family::default(),
             partition_writes_committed: Family::default(),
             partition_failed_logins: Family::default(),
             partition_pin_locked: Family::default(),
@@ -245,6 +251,21 @@ impl Metrics {
             "partition_writes_committed",
             "This member's own writes committed since activation: divided by partition_write_commits, the writes per sync (group commit)",
             m.partition_writes_committed.clone(),
+        );
+        r.register(
+            "partition_log_entries",
+            "Operations in the partition's op log (bounded by compaction: replication.compact_after_ms and log_retention_ms)",
+            m.partition_log_entries.clone(),
+        );
+        r.register(
+            "partition_log_compacted",
+            "Operations compacted out of the op log, or covered by a peer's snapshot; their effects stay in the objects",
+            m.partition_log_compacted.clone(),
+        );
+        r.register(
+            "partition_snapshots_installed",
+            "Snapshots from peers installed since activation: a member that was away longer than the log retention, or new, catches up so",
+            m.partition_snapshots_installed.clone(),
         );
         r.register(
             "partition_failed_logins",
@@ -393,6 +414,9 @@ impl Metrics {
             &self.partition_key_loads,
             &self.partition_write_commits,
             &self.partition_writes_committed,
+            &self.partition_log_entries,
+            &self.partition_log_compacted,
+            &self.partition_snapshots_installed,
             &self.partition_failed_logins,
             &self.partition_pin_locked,
         ] {
@@ -426,6 +450,15 @@ impl Metrics {
                 self.partition_writes_committed
                     .get_or_create(&l)
                     .set(p.writes_committed as i64);
+                self.partition_log_entries
+                    .get_or_create(&l)
+                    .set(p.log_entries as i64);
+                self.partition_log_compacted
+                    .get_or_create(&l)
+                    .set(p.log_compacted as i64);
+                self.partition_snapshots_installed
+                    .get_or_create(&l)
+                    .set(p.snapshots_installed as i64);
             }
             self.partition_failed_logins
                 .get_or_create(&l)

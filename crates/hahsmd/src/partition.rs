@@ -170,6 +170,10 @@ pub struct ActivePartition {
     writes: tokio::sync::Mutex<WriteState>,
     /// The latest committed operations, for pushes to read without the store.
     recent: Mutex<RecentOps>,
+    /// Per origin, the operations the log no longer holds (compacted, or
+    /// covered by a peer's snapshot): a peer that lacks any of them catches
+    /// up from this member's snapshot instead.
+    floor: Mutex<VersionVector>,
     max_objects: usize,
     /// The parsed keys of token objects, bounded (`crate::key_cache`).
     keys: KeyCache,
@@ -178,6 +182,8 @@ pub struct ActivePartition {
     queued: Mutex<Vec<QueuedWrite>>,
     commits: AtomicU64,
     committed_writes: AtomicU64,
+    /// Snapshots from peers installed since activation.
+    snapshots: AtomicU64,
 }
 
 /// A local write waiting to be committed, and where its writer waits.
@@ -282,6 +288,7 @@ impl ActivePartition {
             ));
         }
         let vv = VersionVector(store.version_vector(row.id)?.into_iter().collect());
+        let floor = VersionVector(store.log_floor(row.id)?.into_iter().collect());
         let (wall_ms, logical) = store.max_hlc(row.id)?;
         {
             let mut clock = hlc.lock_or_recover();
@@ -317,11 +324,13 @@ impl ActivePartition {
                 versions,
             }),
             recent: Mutex::default(),
+            floor: Mutex::new(floor),
             max_objects,
             keys: KeyCache::new(key_cache_entries),
             queued: Mutex::default(),
             commits: AtomicU64::new(0),
             committed_writes: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
         })
     }
 
@@ -344,6 +353,11 @@ impl ActivePartition {
 
     fn replica_read(&self) -> std::sync::RwLockReadGuard<'_, Replica<Vec<u8>>> {
         self.replica.read_or_recover()
+    }
+
+    /// Every OUID with state: live objects, ghosts, tombstones and reserved records.
+    pub fn state_count(&self) -> usize {
+        self.replica_read().states().count()
     }
 
     pub fn object_count(&self) -> usize {
@@ -737,25 +751,8 @@ impl ActivePartition {
                 }
                 Plan::Apply { changes, .. } => changes,
             };
-            let mut rows = Vec::with_capacity(changes.len());
-            for (ouid, new_state) in changes {
-                let old = versions.get(ouid).or_else(|| state.versions.get(ouid)).copied();
-                let version = old.map_or(1, |v| v + 1);
-                if let Some(v) = old {
-                    xor_into(&mut digest, &digest_term(ouid, v));
-                }
-                xor_into(&mut digest, &digest_term(ouid, version));
-                let mut plain = encode(new_state)?;
-                let sealed = self.pmk.seal(&record_aad(self.serial, ouid, version), &plain);
-                plain.zeroize();
-                rows.push(ObjectRow {
-                    ouid: ouid.0,
-                    version,
-                    sealed: sealed?,
-                });
-                versions.insert(*ouid, version);
-                touched.insert(*ouid);
-            }
+            let rows = self.sealed_rows(changes, state, &mut versions, &mut digest)?;
+            touched.extend(changes.iter().map(|(ouid, _)| *ouid));
             let mut plain_op = encode(&op)?;
             let sealed_op = self
                 .pmk
@@ -815,10 +812,48 @@ impl ActivePartition {
                 replica.commit(plan);
             }
         }
+        self.publish(&touched);
+        Ok(results)
+    }
+
+    /// The store rows of changed states: each OUID's next row version, sealed
+    /// under the PMK, with the integrity digest moved from the old version to
+    /// the new one. `versions` holds the versions this batch already gave.
+    fn sealed_rows(
+        &self,
+        changes: &[(Ouid, StoredState)],
+        state: &WriteState,
+        versions: &mut HashMap<Ouid, u64>,
+        digest: &mut [u8; 32],
+    ) -> TokenResult<Vec<ObjectRow>> {
+        let mut rows = Vec::with_capacity(changes.len());
+        for (ouid, new_state) in changes {
+            let old = versions.get(ouid).or_else(|| state.versions.get(ouid)).copied();
+            let version = old.map_or(1, |v| v + 1);
+            if let Some(v) = old {
+                xor_into(digest, &digest_term(ouid, v));
+            }
+            xor_into(digest, &digest_term(ouid, version));
+            let mut plain = encode(new_state)?;
+            let sealed = self.pmk.seal(&record_aad(self.serial, ouid, version), &plain);
+            plain.zeroize();
+            rows.push(ObjectRow {
+                ouid: ouid.0,
+                version,
+                sealed: sealed?,
+            });
+            versions.insert(*ouid, version);
+        }
+        Ok(rows)
+    }
+
+    /// Once changes are durable and in the engine: the content digest, the
+    /// live objects that requests see and the key cache follow them.
+    fn publish(&self, touched: &std::collections::BTreeSet<Ouid>) {
         let replica = self.replica_read();
         let mut live = self.live.write_or_recover();
         let mut content = self.content.lock_or_recover();
-        for ouid in &touched {
+        for ouid in touched {
             let (digest, terms) = &mut *content;
             if let Some(old) = terms.remove(ouid) {
                 xor_into(digest, &old);
@@ -830,17 +865,183 @@ impl ActivePartition {
         }
         drop(content);
         for ouid in touched {
-            match replica.get(&ouid) {
+            match replica.get(ouid) {
                 Some(s) if s.is_live() => {
-                    live.insert(Arc::new(ObjectEntry::from_state(ouid, s)));
+                    live.insert(Arc::new(ObjectEntry::from_state(*ouid, s)));
                 }
                 _ => {
-                    live.remove(&ouid);
-                    self.keys.forget(&ouid);
+                    live.remove(ouid);
+                    self.keys.forget(ouid);
                 }
             }
         }
-        Ok(results)
+    }
+
+    /// (operations in the log, operations compacted away or covered by a
+    /// snapshot, snapshots installed since activation).
+    pub fn log_stats(&self) -> (u64, u64, u64) {
+        let below = self.floor.lock_or_recover().total();
+        let applied = self.replica_read().version_vector().total();
+        (
+            applied.saturating_sub(below),
+            below,
+            self.snapshots.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Per origin, what the log no longer holds.
+    pub fn log_floor(&self) -> VersionVector {
+        self.floor.lock_or_recover().clone()
+    }
+
+    /// Whether the log no longer holds `origin`'s operation after `after`:
+    /// a peer at `after` must catch up from a snapshot.
+    pub fn compacted_after(&self, origin: MemberId, after: u64) -> bool {
+        after < self.floor.lock_or_recover().get(origin)
+    }
+
+    fn raise_floor(&self, to: &[(u64, u64)]) {
+        let mut floor = self.floor.lock_or_recover();
+        for (origin, seq) in to {
+            let f = floor.0.entry(*origin).or_default();
+            *f = (*f).max(*seq);
+        }
+    }
+
+    /// Drops from the log each origin's operations up to `upto` that were
+    /// stamped before `before_wall_ms` (`Store::compact_log`). The caller
+    /// chooses `upto` so that the peers it still waits for have them; the
+    /// objects keep every effect, so a peer that lacks one catches up from a
+    /// snapshot. Returns how many entries were dropped.
+    pub async fn compact_log(&self, upto: &VersionVector, before_wall_ms: u64) -> TokenResult<u64> {
+        let below: Vec<(u64, u64)> = {
+            let floor = self.floor.lock_or_recover();
+            upto.0
+                .iter()
+                .filter(|(o, s)| **s > floor.get(**o))
+                .map(|(o, s)| (*o, *s))
+                .collect()
+        };
+        if below.is_empty() {
+            return Ok(0);
+        }
+        let store = self.store.clone();
+        let id = self.id;
+        let (dropped, floor) = tokio::task::spawn_blocking(move || {
+            let dropped = store.compact_log(id, &below, before_wall_ms)?;
+            Ok::<_, hahsm_store::StoreError>((dropped, store.log_floor(id)?))
+        })
+        .await
+        .map_err(|e| TokenError::DeviceError(format!("store task failed: {e}")))??;
+        self.raise_floor(&floor);
+        if dropped > 0 {
+            tracing::info!(partition = %self.name, dropped, floor = ?floor, "op log compacted");
+        }
+        Ok(dropped)
+    }
+
+    /// One page of this partition's snapshot (for a peer whose log position
+    /// this member no longer logs, or a backup): up to `limit` states
+    /// (objects, ghosts, tombstones, reserved records) after `after` in OUID
+    /// order, and fewer once they hold about `SNAPSHOT_PAGE_BYTES`, their
+    /// secrets sealed under the PMK; the version vector the state covers now
+    /// (a page read later covers at least as much); and the OUID after which
+    /// the next page starts, if more remain.
+    pub fn snapshot_page(
+        &self,
+        after: Option<Ouid>,
+        limit: usize,
+    ) -> (VersionVector, Vec<(Ouid, StoredState)>, Option<Ouid>) {
+        let limit = limit.max(1);
+        let replica = self.replica_read();
+        let mut page: Vec<(Ouid, StoredState)> = Vec::new();
+        let mut bytes = 0;
+        let mut states = replica.states_after(after.as_ref()).peekable();
+        while let Some((ouid, state)) = states.next_if(|_| page.len() < limit && bytes < SNAPSHOT_PAGE_BYTES)
+        {
+            bytes += approx_size(state);
+            page.push((*ouid, state.clone()));
+        }
+        let next = states.peek().and_then(|_| page.last().map(|(o, _)| *o));
+        (replica.version_vector().clone(), page, next)
+    }
+
+    /// Joins one page of a peer's snapshot, its secrets already sealed under
+    /// this partition's PMK, with one sync to disk (the same order as every
+    /// write: the store first, then memory). After the last page, `covers`
+    /// (the version vector of the snapshot's first page) raises the version
+    /// vector, and the log's floor with it, for each origin it is ahead on:
+    /// only then does this member claim the operations it never logged.
+    /// Returns how many OUIDs changed.
+    pub async fn install_snapshot(
+        &self,
+        states: Vec<(Ouid, StoredState)>,
+        covers: Option<&VersionVector>,
+    ) -> TokenResult<usize> {
+        let mut state = self.writes.lock().await;
+        let changes = self.replica_read().plan_states(&states);
+        let raised: Vec<(u64, u64)> = match covers {
+            Some(vv) => {
+                let mine = self.replica_read().version_vector().clone();
+                vv.0.iter()
+                    .filter(|(o, s)| **s > mine.get(**o))
+                    .map(|(o, s)| (*o, *s))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        if changes.is_empty() && raised.is_empty() {
+            return Ok(0);
+        }
+        // The clock moves past every stamp the snapshot holds, as it does for
+        // every operation applied, so that later local writes order after.
+        let max_stamp = states
+            .iter()
+            .flat_map(|(_, s)| {
+                s.created
+                    .iter()
+                    .map(|c| c.stamp)
+                    .chain(s.attrs.values().map(|(stamp, _)| *stamp))
+                    .chain(s.tombstone)
+            })
+            .map(|stamp| stamp.hlc)
+            .max()
+            .unwrap_or_default();
+        {
+            let mut hlc = self.hlc.lock_or_recover();
+            *hlc = hlc.observe(max_stamp, crate::now_ms());
+        }
+        let mut versions = HashMap::new();
+        let mut digest = state.digest;
+        let rows = self.sealed_rows(&changes, &state, &mut versions, &mut digest)?;
+        let sealed_digest = self.pmk.seal(&digest_aad(self.serial), &digest)?;
+        let store = self.store.clone();
+        let id = self.id;
+        let floor_rows = raised.clone();
+        let clock = (max_stamp.wall_ms, max_stamp.logical);
+        let committed = tokio::task::spawn_blocking(move || {
+            store.install_states(id, &rows, &sealed_digest, &floor_rows, clock)
+        })
+        .await
+        .map_err(|e| TokenError::DeviceError(format!("store task failed: {e}")));
+        if let Err(e) = committed.and_then(|r| r.map_err(TokenError::from)) {
+            self.reload(&mut state)?;
+            return Err(e);
+        }
+        let touched: std::collections::BTreeSet<Ouid> = changes.iter().map(|(o, _)| *o).collect();
+        let changed = touched.len();
+        state.digest = digest;
+        state.versions.extend(versions);
+        self.replica.write_or_recover().commit_states(changes, covers);
+        self.raise_floor(&raised);
+        if covers.is_some() {
+            self.snapshots.fetch_add(1, Ordering::Relaxed);
+        }
+        state.next_seq = state
+            .next_seq
+            .max(self.replica_read().version_vector().get(self.member) + 1);
+        self.publish(&touched);
+        Ok(changed)
     }
 
     /// Rebuilds the engine's state from the store, after a failed commit (which
@@ -869,8 +1070,24 @@ impl ActivePartition {
         state.versions = fresh_state.versions.clone();
         drop(fresh_state);
         *self.replica.write_or_recover() = std::mem::take(&mut *fresh.replica.write_or_recover());
+        *self.floor.lock_or_recover() = fresh.log_floor();
         Ok(())
     }
+}
+
+/// About how many bytes of states one snapshot page holds: a page is one
+/// frame, and one transaction on the receiving side.
+pub const SNAPSHOT_PAGE_BYTES: usize = 4 << 20;
+
+/// About the encoded size of a state: its values, its secret and the stamps.
+fn approx_size(state: &StoredState) -> usize {
+    let secret = state
+        .created
+        .as_ref()
+        .and_then(|c| c.secret.as_ref())
+        .map_or(0, Vec::len);
+    let attrs: usize = state.attrs.values().map(|(_, v)| 24 + v.to_raw().len()).sum();
+    64 + secret + attrs
 }
 
 /// One live object's contribution to the content digest.
@@ -1026,6 +1243,11 @@ mod tests {
 
     /// A partition of its own store, in `dir`.
     fn partition_in(dir: &std::path::Path) -> (Arc<Store>, ActivePartition) {
+        partition_as(dir, 1, 7)
+    }
+
+    /// A partition of member `member`, its master key all `key` bytes.
+    fn partition_as(dir: &std::path::Path, member: MemberId, key: u8) -> (Arc<Store>, ActivePartition) {
         let store = Arc::new(Store::open(&dir.join("hahsm.db")).expect("store"));
         let row = PartitionRow {
             id: 0,
@@ -1043,9 +1265,117 @@ mod tests {
         };
         store.create_partition(&row).expect("partition row");
         let row = store.get_partition("p").expect("read").expect("there");
-        let pmk = SealKey::new(SecretBytes::new(vec![7; 32])).expect("key");
-        let p = ActivePartition::open(store.clone(), &row, pmk, 1, Arc::default(), 100, 16).expect("opens");
-        (store, p)
+        (store.clone(), reopen(&store, member, key))
+    }
+
+    fn reopen(store: &Arc<Store>, member: MemberId, key: u8) -> ActivePartition {
+        let row = store.get_partition("p").expect("read").expect("there");
+        let pmk = SealKey::new(SecretBytes::new(vec![key; 32])).expect("key");
+        ActivePartition::open(store.clone(), &row, pmk, member, Arc::default(), 100, 16).expect("opens")
+    }
+
+    #[tokio::test]
+    async fn a_compacted_log_reopens_whole_and_its_snapshot_rebuilds_the_partition_on_another_member() {
+        let (a_dir, b_dir) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let (store_a, a) = partition_as(a_dir.path(), 1, 7);
+        for id in 1..=5u8 {
+            let e = a
+                .new_entry(Ouid([id; 16]), label(&format!("k{id}")), Some(&[id; 32]))
+                .expect("entry");
+            a.create(vec![e], None).await.expect("create");
+        }
+        a.update(Ouid([2; 16]), label("renamed"), None)
+            .await
+            .expect("rename");
+        a.destroy(Ouid([3; 16]), None).await.expect("destroy");
+        let (vv, digest) = (a.version_vector(), a.content_digest());
+        assert_eq!(a.compact_log(&vv, u64::MAX).await.expect("compact"), 7);
+        assert!(a.compacted_after(1, 6) && !a.compacted_after(1, 7));
+        assert_eq!(a.log_stats(), (0, 7, 0));
+        assert!(a.ops_from_store(1, 0, 100).expect("ops").is_empty());
+
+        // Reopened: the same state and version vector, nothing in the log,
+        // and the next write takes the next sequence number.
+        drop(a);
+        let a = reopen(&store_a, 1, 7);
+        assert_eq!((a.version_vector(), a.content_digest()), (vv.clone(), digest));
+        let e = a
+            .new_entry(Ouid([6; 16]), label("k6"), Some(&[6; 32]))
+            .expect("entry");
+        a.create(vec![e], None).await.expect("create after compaction");
+        assert_eq!(a.version_vector().get(1), 8);
+
+        // Member 2, under another master key, from member 1's snapshot in
+        // pages of 2: it claims nothing until the last page.
+        let (store_b, b) = partition_as(b_dir.path(), 2, 9);
+        let (mut after, mut covers, mut pages) = (None, None, 0);
+        loop {
+            let (vv, mut page, next) = a.snapshot_page(after, 2);
+            let covers = covers.get_or_insert(vv).clone();
+            for (ouid, state) in &mut page {
+                if let Some(c) = state.created.as_mut() {
+                    let sealed = c.secret.take().expect("a secret");
+                    let secret = a.open_secret(ouid, &sealed).expect("opens under A");
+                    c.secret = Some(b.seal_secret(ouid, secret.expose()).expect("seals under B"));
+                }
+            }
+            b.install_snapshot(page, next.is_none().then_some(&covers))
+                .await
+                .expect("install");
+            pages += 1;
+            match next {
+                Some(last) => {
+                    assert_eq!(
+                        b.version_vector(),
+                        VersionVector::default(),
+                        "claimed before the last page"
+                    );
+                    after = Some(last);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3, "six OUIDs, two a page");
+        assert_eq!(
+            (b.version_vector(), b.content_digest()),
+            (a.version_vector(), a.content_digest())
+        );
+        assert_eq!(b.log_stats(), (0, 8, 1));
+        let key1 = b.get(&Ouid([1; 16])).expect("live on B");
+        assert_eq!(b.secret_of(&key1).expect("opens").expose(), &[1u8; 32]);
+        assert!(b.get(&Ouid([3; 16])).is_none(), "the destroyed object came back");
+        assert_eq!(
+            b.get(&Ouid([2; 16])).expect("live").attrs.label().as_deref(),
+            Some("renamed")
+        );
+        // Joining the same snapshot again changes nothing.
+        let (_, again, _) = a.snapshot_page(None, 100);
+        let sealed_again: Vec<_> = again
+            .into_iter()
+            .map(|(o, mut s)| {
+                if let Some(c) = s.created.as_mut() {
+                    let secret = a
+                        .open_secret(&o, &c.secret.take().expect("secret"))
+                        .expect("opens");
+                    c.secret = Some(b.seal_secret(&o, secret.expose()).expect("seals"));
+                }
+                (o, s)
+            })
+            .collect();
+        assert_eq!(b.install_snapshot(sealed_again, None).await.expect("again"), 0);
+
+        // B reopens whole (its sealed digest covers the installed rows) and
+        // writes under its own origin from 1.
+        drop(b);
+        let b = reopen(&store_b, 2, 9);
+        assert_eq!(b.content_digest(), a.content_digest());
+        let e = b.new_entry(Ouid([7; 16]), label("on-b"), None).expect("entry");
+        b.create(vec![e], None).await.expect("create on B");
+        assert_eq!(b.version_vector().get(2), 1);
+        assert_eq!(b.version_vector().get(1), 8);
     }
 
     /// A push reads the latest operations from memory, and they are the

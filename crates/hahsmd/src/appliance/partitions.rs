@@ -372,7 +372,14 @@ impl Appliance {
                 .active_partition(&row.name)
                 .map(|a| a.commit_stats())
                 .unwrap_or_default();
+            let (log_entries, log_compacted, snapshots_installed) = self
+                .active_partition(&row.name)
+                .map(|a| a.log_stats())
+                .unwrap_or_default();
             out.push(PartitionSummary {
+                log_entries,
+                log_compacted,
+                snapshots_installed,
                 parsed_keys,
                 key_loads,
                 write_commits,

@@ -304,6 +304,44 @@ pub fn catching_up_with(def: &GroupDef, me: u64, mine: &VersionVector, peers: &P
         .collect()
 }
 
+/// How far this member may compact its log: per origin, the least of what
+/// it has applied and what each peer it still waits for reported. A peer is
+/// waited for while it was heard from within the retention, or, never heard
+/// from since this member started, while this member has run for less than
+/// the retention. A peer away longer than that no longer holds the log back:
+/// it catches up from a snapshot when it returns.
+pub fn compaction_floor(
+    def: &GroupDef,
+    me: u64,
+    mine: &VersionVector,
+    peers: &Peers,
+    started: Instant,
+    now: Instant,
+    retention: Duration,
+) -> VersionVector {
+    let mut upto = mine.clone();
+    for m in def.members.iter().filter(|m| m.serial != me) {
+        let s = status_of(peers, m.serial);
+        let (waited_for, theirs) = match s.last_seen {
+            Some(seen) => (
+                now.saturating_duration_since(seen) < retention,
+                s.version_vector(),
+            ),
+            None => (
+                now.saturating_duration_since(started) < retention,
+                VersionVector::default(),
+            ),
+        };
+        if waited_for {
+            for (origin, seq) in upto.0.iter_mut() {
+                *seq = (*seq).min(theirs.get(*origin));
+            }
+        }
+    }
+    upto.0.retain(|_, seq| *seq > 0);
+    upto
+}
+
 /// The peers whose clock is further off than `max_ms` from this member's,
 /// with their offset now (peer minus this member, milliseconds).
 pub fn far_clocks(def: &GroupDef, me: u64, peers: &Peers, anchor_now: i64, max_ms: u64) -> Vec<(u64, i64)> {
@@ -453,6 +491,40 @@ mod tests {
             version_vector: vv.to_vec(),
             ..ReplicaState::default()
         }
+    }
+
+    #[test]
+    fn the_log_is_compacted_only_as_far_as_every_peer_within_the_retention_has_it() {
+        let def = group(WriteConcern::AllReachable, &[(1, false), (2, false), (3, false)]);
+        let t0 = Instant::now();
+        let retention = Duration::from_secs(60);
+        let mine = VersionVector([(1, 10), (2, 8), (3, 4)].into_iter().collect());
+        let heard = |vv: &[(u64, u64)], at: Instant| PeerStatus {
+            last_seen: Some(at),
+            state: state(vv),
+            ..PeerStatus::default()
+        };
+        let mut peers = Peers::new();
+        // Peer 3 not heard from since this member started: nothing yet.
+        peers.insert(2, heard(&[(1, 7), (2, 8), (3, 4)], t0));
+        let floor = compaction_floor(&def, 1, &mine, &peers, t0, t0 + Duration::from_secs(1), retention);
+        assert_eq!(floor, VersionVector::default());
+        // Both heard from: the least of the three, per origin.
+        peers.insert(3, heard(&[(1, 9), (2, 5)], t0));
+        let floor = compaction_floor(&def, 1, &mine, &peers, t0, t0 + Duration::from_secs(1), retention);
+        assert_eq!(floor, VersionVector([(1, 7), (2, 5)].into_iter().collect()));
+        // Peer 3 silent for longer than the retention: it no longer holds
+        // the log back (it will catch up from a snapshot).
+        let later = t0 + retention + Duration::from_secs(1);
+        peers.insert(2, heard(&[(1, 10), (2, 8), (3, 4)], later));
+        let floor = compaction_floor(&def, 1, &mine, &peers, t0, later, retention);
+        assert_eq!(floor, mine);
+        // Nor does a peer never heard from once this member has run that long.
+        peers.remove(&3);
+        assert_eq!(
+            compaction_floor(&def, 1, &mine, &peers, t0, later, retention),
+            mine
+        );
     }
 
     #[test]

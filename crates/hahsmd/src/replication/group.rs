@@ -27,6 +27,17 @@ use tokio::sync::Mutex as AsyncMutex;
 /// Most operations one pull or push carries.
 pub(super) const BATCH: u32 = 2000;
 
+/// Most states one page of a snapshot carries: a page of private keys is a
+/// few megabytes, well inside a frame and a heartbeat's deadline.
+pub(super) const SNAPSHOT_PAGE: u32 = 1000;
+
+/// What a pull is answered from: the log, or, when the log no longer holds
+/// what the peer lacks, "ask for the snapshot".
+pub(super) enum Outgoing {
+    Ops(Vec<Op>),
+    Compacted { floor: u64 },
+}
+
 /// A connection to one peer, which it pins: one request at a time, each
 /// under a deadline.
 pub(super) struct PeerConn {
@@ -106,18 +117,28 @@ impl Group {
         detector::clock_anchor(crate::now_ms(), Instant::now(), self.clock_origin)
     }
 
-    /// Operations from the local log, their secrets re-sealed for the wire.
-    /// Operations from the local log, their secrets re-sealed for the wire.
+    /// Operations from the local log, their secrets re-sealed for the wire;
+    /// or, if the log no longer holds the first of them, `Compacted`.
     pub(super) fn outgoing(
         &self,
         p: &ActivePartition,
         origin: u64,
         after: u64,
         limit: u32,
-    ) -> TokenResult<Vec<Op>> {
+    ) -> TokenResult<Outgoing> {
         let def = self.def();
         let key = &self.repl_key;
+        let compacted = || Outgoing::Compacted {
+            floor: p.log_floor().get(origin),
+        };
+        if p.compacted_after(origin, after) {
+            return Ok(compacted());
+        }
         let mut ops = p.ops_from(origin, after, limit as usize)?;
+        // Compacted while it was read.
+        if ops.first().is_some_and(|op| op.seq != after + 1) {
+            return Ok(compacted());
+        }
         for op in &mut ops {
             if let OpBody::Create { objects } = &mut op.body {
                 for o in objects {
@@ -128,7 +149,118 @@ impl Group {
                 }
             }
         }
-        Ok(ops)
+        Ok(Outgoing::Ops(ops))
+    }
+
+    /// One page of this member's snapshot (`ActivePartition::snapshot_page`),
+    /// each secret re-sealed under the replication key as operations' are.
+    pub(super) fn snapshot_out(
+        &self,
+        p: &ActivePartition,
+        after: Option<hahsm_token::Ouid>,
+        limit: u32,
+    ) -> TokenResult<PeerResponse> {
+        let def = self.def();
+        let (covers, mut states, next) = p.snapshot_page(after, limit.min(SNAPSHOT_PAGE) as usize);
+        for (ouid, state) in &mut states {
+            if let Some(created) = state.created.as_mut() {
+                if let Some(sealed) = created.secret.take() {
+                    let secret = p.open_secret(ouid, &sealed)?;
+                    created.secret = Some(self.repl_key.seal(&wire_aad(&def, ouid), secret.expose())?);
+                }
+            }
+        }
+        Ok(PeerResponse::Snapshot {
+            covers: covers.0.into_iter().collect(),
+            states,
+            next,
+        })
+    }
+
+    /// Catches up from `member`'s snapshot, page by page, when its log no
+    /// longer holds what this member lacks (this member was away longer
+    /// than the log retention, or is new). Each page is joined and durable
+    /// on its own; the version vector moves only after the last one, to what
+    /// the first page covered, so an interrupted snapshot claims nothing and
+    /// the next round starts another. Returns whether it completed.
+    pub(super) async fn catch_up_by_snapshot(
+        &self,
+        p: &ActivePartition,
+        member: &GroupMember,
+        deadline: Duration,
+    ) -> bool {
+        let def = self.def();
+        let started = Instant::now();
+        let (mut after, mut covers, mut pages, mut states_seen, mut changed) =
+            (None, None, 0u64, 0usize, 0usize);
+        loop {
+            let req = PeerRequest::Snapshot {
+                group_id: def.id,
+                after,
+                limit: SNAPSHOT_PAGE,
+            };
+            let (page_covers, states, next) = match self.call(member, req, deadline).await {
+                Ok(PeerResponse::Snapshot { covers, states, next }) => (covers, states, next),
+                _ => return false,
+            };
+            let first = covers
+                .get_or_insert_with(|| VersionVector(page_covers.into_iter().collect()))
+                .clone();
+            states_seen += states.len();
+            let states = match self.states_in(p, &def, states) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(partition = %p.name, member = member.serial, error = %e, "a snapshot page was refused");
+                    return false;
+                }
+            };
+            match p.install_snapshot(states, next.is_none().then_some(&first)).await {
+                Ok(n) => changed += n,
+                Err(e) => {
+                    tracing::warn!(partition = %p.name, member = member.serial, error = %e, "a snapshot page could not be installed");
+                    return false;
+                }
+            }
+            pages += 1;
+            match next {
+                Some(last) => after = Some(last),
+                None => break,
+            }
+        }
+        tracing::info!(
+            partition = %p.name,
+            from = member.serial,
+            pages,
+            states = states_seen,
+            changed,
+            covers = ?covers.map(|c| c.0),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "caught up from a peer's snapshot"
+        );
+        true
+    }
+
+    /// A snapshot page's states with their secrets re-sealed from the
+    /// replication key to this partition's master key.
+    fn states_in(
+        &self,
+        p: &ActivePartition,
+        def: &GroupDef,
+        mut states: Vec<(hahsm_token::Ouid, crate::partition::StoredState)>,
+    ) -> TokenResult<Vec<(hahsm_token::Ouid, crate::partition::StoredState)>> {
+        for (ouid, state) in &mut states {
+            if let Some(created) = state.created.as_mut() {
+                if let Some(sealed) = created.secret.take() {
+                    let secret = self.repl_key.open(&wire_aad(def, ouid), &sealed).map_err(|_| {
+                        TokenError::DeviceError(
+                            "a replicated secret does not open under the group's replication key".into(),
+                        )
+                    })?;
+                    created.secret = Some(p.seal_secret(ouid, secret.expose())?);
+                }
+            }
+        }
+        Ok(states)
     }
 
     /// Applies a batch of operations from a peer, with one sync to disk;
@@ -301,7 +433,9 @@ impl Group {
                 .await;
         }
         let their_vv = VersionVector(theirs.version_vector.iter().copied().collect());
-        // Pull what they have and we lack.
+        // Pull what they have and we lack; from their snapshot, once, if
+        // their log no longer holds it.
+        let mut snapshot_taken = false;
         for (origin, _) in their_vv.ahead_of(&p.version_vector()) {
             loop {
                 let after = p.version_vector().get(origin);
@@ -321,6 +455,12 @@ impl Group {
                             break;
                         }
                         if !more {
+                            break;
+                        }
+                    }
+                    Ok(PeerResponse::Compacted { .. }) if !snapshot_taken => {
+                        snapshot_taken = true;
+                        if !self.catch_up_by_snapshot(p, member, deadline).await {
                             break;
                         }
                     }
@@ -472,8 +612,9 @@ impl Group {
             }
             behind_before = Some(behind.clone());
             for (origin, after) in behind {
+                // What the log no longer holds, the peer pulls as a snapshot.
                 let ops = match self.outgoing(p, origin, after, BATCH) {
-                    Ok(o) if !o.is_empty() => o,
+                    Ok(Outgoing::Ops(o)) if !o.is_empty() => o,
                     _ => return false,
                 };
                 match self
@@ -694,6 +835,19 @@ impl Group {
             status.own_clock_off = true;
         }
         status
+    }
+
+    /// How far this member may compact its log now (`detector::compaction_floor`).
+    pub fn compaction_floor(&self, p: &ActivePartition) -> VersionVector {
+        detector::compaction_floor(
+            &self.def(),
+            self.me,
+            &p.version_vector(),
+            &self.peers_now(),
+            self.clock_origin,
+            Instant::now(),
+            self.rules.log_retention(),
+        )
     }
 
     /// The background loop: heartbeats and anti-entropy with every peer.

@@ -5,7 +5,7 @@
 use super::admin::{
     active_with_keys, group_of, load_group_def, my_member, save_group_def, start, stop_group,
 };
-use super::group::{peer_error, Group, BATCH};
+use super::group::{peer_error, Group, Outgoing, BATCH};
 use super::keys::{check_proof, prove, random32, transcript};
 use crate::appliance::Appliance;
 use crate::error::AdminError;
@@ -119,7 +119,10 @@ fn peer_admin_action(request: &PeerRequest) -> Option<crate::journal::Action> {
         PeerRequest::JoinChallenge { group, .. } => ("HaJoinChallenge", group),
         PeerRequest::JoinConfirm { group, .. } => ("HaJoinConfirm", group),
         PeerRequest::GroupUpdate { group } => ("HaGroupUpdate", group),
-        PeerRequest::Heartbeat { .. } | PeerRequest::Pull { .. } | PeerRequest::Push { .. } => return None,
+        PeerRequest::Heartbeat { .. }
+        | PeerRequest::Pull { .. }
+        | PeerRequest::Push { .. }
+        | PeerRequest::Snapshot { .. } => return None,
     };
     let members: Vec<String> = group.members.iter().map(|m| m.serial.to_string()).collect();
     Some(crate::journal::Action {
@@ -308,11 +311,24 @@ async fn handle_peer(
         } => {
             let (g, p) = authorized(app, fp, &group_id)?;
             let limit = limit.min(BATCH);
-            let ops = g
+            match g
                 .outgoing(&p, origin, after_seq, limit)
-                .map_err(WireError::from)?;
-            let more = ops.len() as u32 == limit;
-            Ok(PeerResponse::Ops { ops, more })
+                .map_err(WireError::from)?
+            {
+                Outgoing::Ops(ops) => {
+                    let more = ops.len() as u32 == limit;
+                    Ok(PeerResponse::Ops { ops, more })
+                }
+                Outgoing::Compacted { floor } => Ok(PeerResponse::Compacted { origin, floor }),
+            }
+        }
+        PeerRequest::Snapshot {
+            group_id,
+            after,
+            limit,
+        } => {
+            let (g, p) = authorized(app, fp, &group_id)?;
+            g.snapshot_out(&p, after, limit).map_err(WireError::from)
         }
         PeerRequest::Push { group_id, ops } => {
             let (g, p) = authorized(app, fp, &group_id)?;

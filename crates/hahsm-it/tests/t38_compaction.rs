@@ -94,7 +94,8 @@ fn members_back_after_the_retention_catch_up_by_snapshot_with_nothing_lost_or_re
     // Member 2 cut off; each side writes.
     c.isolate(2, Mode::Cut);
     assert!(
-        c.wait(Duration::from_secs(15), || c.state_of(0, 2) == "down" && c.state_of(2, 0) == "down"),
+        c.wait(Duration::from_secs(15), || c.state_of(0, 2) == "down"
+            && c.state_of(2, 0) == "down"),
         "the split was not seen"
     );
     c.keys(0, &["delete", "--label", "doomed"]).expect_ok();
@@ -102,29 +103,48 @@ fn members_back_after_the_retention_catch_up_by_snapshot_with_nothing_lost_or_re
         c.keys(1, &["delete", "--label", &format!("bulk-{k}")])
             .expect_ok();
     }
-    c.keys(1, &["gen", "--type", "aes:128", "--label", "made-on-the-majority"])
-        .expect_ok();
+    c.keys(
+        1,
+        &["gen", "--type", "aes:128", "--label", "made-on-the-majority"],
+    )
+    .expect_ok();
     c.keys(2, &["gen", "--type", "aes:128", "--label", "made-cut-off"])
         .expect_ok();
     c.keys(
         2,
-        &["set-attr", "--label", "renamed-before", "--set", "label=renamed-cut-off"],
+        &[
+            "set-attr",
+            "--label",
+            "renamed-before",
+            "--set",
+            "label=renamed-cut-off",
+        ],
     )
     .expect_ok();
 
     // Past the retention, and a second after the last write, each member's
     // log is empty: everything is compacted, past what the other side lacks.
     assert!(
-        c.wait(Duration::from_secs(30), || (0..3)
-            .all(|i| metric(&c, i, "hahsm_partition_log_entries") == 0)),
+        c.wait(Duration::from_secs(30), || (0..3).all(|i| metric(
+            &c,
+            i,
+            "hahsm_partition_log_entries"
+        ) == 0)),
         "the logs were not compacted: {:?}",
         (0..3)
             .map(|i| metric(&c, i, "hahsm_partition_log_entries"))
             .collect::<Vec<_>>()
     );
     for i in 0..3 {
-        assert!(metric(&c, i, "hahsm_partition_log_compacted") > OBJECTS as u64, "member {i}");
-        assert_eq!(metric(&c, i, "hahsm_partition_snapshots_installed"), 0, "member {i}");
+        assert!(
+            metric(&c, i, "hahsm_partition_log_compacted") > OBJECTS as u64,
+            "member {i}"
+        );
+        assert_eq!(
+            metric(&c, i, "hahsm_partition_snapshots_installed"),
+            0,
+            "member {i}"
+        );
     }
 
     c.heal_all();
@@ -141,7 +161,8 @@ fn members_back_after_the_retention_catch_up_by_snapshot_with_nothing_lost_or_re
     // Member 2 caught up from a snapshot of 0 or 1, and one of them from 2's.
     assert!(metric(&c, 2, "hahsm_partition_snapshots_installed") >= 1);
     assert!(
-        metric(&c, 0, "hahsm_partition_snapshots_installed") + metric(&c, 1, "hahsm_partition_snapshots_installed")
+        metric(&c, 0, "hahsm_partition_snapshots_installed")
+            + metric(&c, 1, "hahsm_partition_snapshots_installed")
             >= 1
     );
     assert!(c.members[2].log().contains("caught up from a peer's snapshot"));
@@ -167,7 +188,13 @@ fn members_back_after_the_retention_catch_up_by_snapshot_with_nothing_lost_or_re
     c.so_login(j);
     c.ha(
         j,
-        &["prepare", "--partition", PARTITION, "--owner-secret", owner.to_str().unwrap()],
+        &[
+            "prepare",
+            "--partition",
+            PARTITION,
+            "--owner-secret",
+            owner.to_str().unwrap(),
+        ],
     )
     .expect_ok();
     c.add_member(j).expect_ok();

@@ -74,10 +74,39 @@ print(f"  application process (cryptoki + module)     {app:>10,.0f}")
 print(f"    of which inside C_SignInit + C_Sign       {module:>10,.0f}")
 print(f"  member process                              {mem:>10,.0f}")
 print(f"  application + member                        {app + mem:>10,.0f}   ({raw / (app + mem):.2f} of raw's count per signature)")
+CATEGORIES = [
+    # (what, regex on the function's name), first match wins
+    ("signature arithmetic (P-256, SHA-256, bignum)", r"p256|nistz256|ecp_|ec_GFp|ec_scalar|ec_point|bn_|BN_|ECDSA|ecdsa|sha256|SHA256|beeu|felem|fiat_"),
+    ("TLS record crypto (AES-GCM)", r"aes|gcm|GCM|ghash|AES|aead|EVP_AEAD"),
+    ("TLS state machine (rustls)", r"rustls"),
+    ("allocation (malloc, free)", r"malloc|free|calloc|realloc|_int_|tcache|__rust_alloc|__rust_dealloc|alloc::alloc"),
+    ("copies (memcpy, memmove, memset)", r"memcpy|memmove|memset|memcmp|__memc|__mems"),
+    ("locks and atomics", r"pthread_mutex|lll_|futex|Mutex|RwLock|parking_lot|Condvar|sync::"),
+    ("async runtime (tokio)", r"tokio"),
+    ("encoding, framing (postcard, serde, hahsm_proto, hahsm_link)", r"postcard|serde|hahsm_proto|hahsm_link|varint"),
+    ("the member's request handling (hahsmd, hahsm_token)", r"hahsmd|hahsm_token|hahsm_crypto"),
+    ("the module (hahsm_pkcs11, hahsm_client)", r"hahsm_pkcs11|hahsm_client|C_Sign"),
+    ("cryptoki (the application's PKCS#11 binding)", r"cryptoki"),
+    ("system call entry (libc wrappers)", r"__libc|syscall|epoll|recv|send|read|write|poll|clock_gettime"),
+    ("other aws-lc", r"aws_lc|OPENSSL|CRYPTO_|EVP_|RAND|rand"),
+]
+
+def category(name):
+    for what, rx in CATEGORIES:
+        if re.search(rx, name):
+            return what
+    return "other"
+
 for side, a, b, per in (("member", m1, m2, mem), ("application", f"{out}/app-{n1}.out", f"{out}/app-{n2}.out", app)):
     s1, s2 = functions(a, False), functions(b, False)
     gained = sorted(((per_op(s1.get(f, 0), s2.get(f, 0)), f) for f in set(s1) | set(s2)), reverse=True)
-    print(f"\n{side}: the functions that gained most instructions per signature (self cost)")
+    print(f"\n{side}: instructions per signature by kind of work (self cost of each function, by its name)")
+    kinds = {}
+    for cost, f in gained:
+        kinds[category(f)] = kinds.get(category(f), 0) + cost
+    for what, cost in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {cost:>9,.0f}  {100 * cost / per:5.1f} %  {what}")
+    print(f"{side}: the functions that gained most instructions per signature (self cost)")
     for cost, f in gained[:25]:
         print(f"  {cost:>9,.0f}  {100 * cost / per:5.1f} %  {f[:150]}")
 print(f"\nprofiles in {out}")

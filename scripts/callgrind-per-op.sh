@@ -25,7 +25,8 @@ OUT=${4:-$(mktemp -d /tmp/callgrind-per-op.XXXXXX)}
 mkdir -p "$OUT"
 CG=(valgrind --tool=callgrind --dump-instr=no)
 
-for n in "$N1" "$N2"; do
+# SKIP_RUN=1: only the analysis, of the profiles already in OUT_DIR.
+[ "${SKIP_RUN:-0}" = 1 ] || for n in "$N1" "$N2"; do
   "${CG[@]}" --callgrind-out-file="$OUT/raw-$n.out" "$EX" raw "$n" 2>"$OUT/raw-$n.log"
   HAHSM_MEMBER_WRAPPER="${CG[*]} --callgrind-out-file=$OUT/member-$n.%p.out" \
     "${CG[@]}" --callgrind-out-file="$OUT/app-$n.out" "$EX" module "$n" "$THREADS" 2>"$OUT/app-$n.log"
@@ -48,16 +49,21 @@ def total(path):
 def functions(path, inclusive):
     """{function: instructions} from callgrind_annotate."""
     text = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", f"--inclusive={'yes' if inclusive else 'no'}", path],
+        ["callgrind_annotate", "--threshold=100", "--auto=no", f"--inclusive={'yes' if inclusive else 'no'}", path],
         capture_output=True, text=True, check=True).stdout
     costs = {}
-    for line in text.splitlines():
+    # The function table: after the header line "Ir  file:function", to the end.
+    table = text.split("file:function", 1)[1].split("\n", 2)[2]
+    for line in table.splitlines():
         m = re.match(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*)$", line)
         if not m or "PROGRAM TOTALS" in line:
             continue
         name = re.sub(r"\s+\[[^\]]*\]$", "", m.group(2))
         name = name.split(":", 1)[1] if ":" in name and not name.startswith("0x") else name
-        costs[name] = costs.get(name, 0) + int(m.group(1).replace(",", ""))
+        cost = int(m.group(1).replace(",", ""))
+        # Self costs of one function's entries (one per source file its code
+        # came from) add up; inclusive ones overlap, so the largest stands.
+        costs[name] = max(costs.get(name, 0), cost) if inclusive else costs.get(name, 0) + cost
     return costs
 
 def per_op(a, b):

@@ -125,6 +125,31 @@ pub fn hahsm_env(conf: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Ru
 /// The `[monitoring]` table every test member starts with.
 const MONITORING: &str = "[monitoring]\nmetrics_listen = \"127.0.0.1:0\"\n";
 
+/// `HAHSM_MEMBER_WRAPPER`: a command, in words split on white space, that
+/// each member (outside a network namespace) is started under, its last
+/// argument being `hahsmd` and then the member's own arguments; for example
+/// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p` to count the
+/// member's instructions (`scripts/callgrind-per-op.sh`). Unset or empty:
+/// members start as `hahsmd` itself. Under a wrapper, a member is given
+/// longer to start and to stop (a wrapped program is slow, and one killed
+/// before it exits writes no profile).
+fn member_wrapper() -> Option<Vec<String>> {
+    let words: Vec<String> = std::env::var("HAHSM_MEMBER_WRAPPER")
+        .ok()?
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    (!words.is_empty()).then_some(words)
+}
+
+/// How long a member may take to start (`secs` without a wrapper).
+fn member_patience(secs: u64) -> Duration {
+    match member_wrapper() {
+        Some(_) => Duration::from_secs(secs.max(300)),
+        None => Duration::from_secs(secs),
+    }
+}
+
 /// One `hahsmd` process with its own data directory.
 pub struct Member {
     pub dir: PathBuf,
@@ -210,7 +235,14 @@ impl Member {
                 c.args(["netns", "exec", ns]).arg(bin("hahsmd"));
                 c
             }
-            None => Command::new(bin("hahsmd")),
+            None => match member_wrapper() {
+                Some(words) => {
+                    let mut c = Command::new(&words[0]);
+                    c.args(&words[1..]).arg(bin("hahsmd"));
+                    c
+                }
+                None => Command::new(bin("hahsmd")),
+            },
         }
     }
 
@@ -328,7 +360,7 @@ impl Member {
             .spawn()
             .expect("hahsmd starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + member_patience(30);
         loop {
             // The file may be read between its creation and its write: an
             // empty address is not an address yet.
@@ -458,7 +490,7 @@ impl Member {
     pub fn stop(&mut self) {
         self.signal(Signal::SIGTERM);
         if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + member_patience(10);
             while Instant::now() < deadline {
                 if c.try_wait().ok().flatten().is_some() {
                     return;

@@ -4,7 +4,8 @@
 //!
 //! 1. member 1 is stopped while 64 threads make the N objects on member 0
 //!    (creates/s); started again, it catches up on the N operations it missed
-//!    from member 0's log: the time until it holds every object;
+//!    (from member 0's log, or, this far behind, from its snapshot): the time
+//!    until it holds every object, and the CPU each member spent;
 //! 2. both logs are then compacted (everything is older than
 //!    `compact_after_ms` and both members have it), so a member that joins
 //!    now catches up from a snapshot: the time from `ha add-member` until it
@@ -50,6 +51,17 @@ fn rss_mib(m: &Member) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS");
     kib / 1024.0
+}
+
+/// The CPU seconds (user and system) member `m` has used.
+fn cpu_secs(m: &Member) -> f64 {
+    let pid = m.pid().expect("running");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // After the parenthesised command name: utime is field 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
 }
 
 /// Waits until member `m` reports `want` live objects; the seconds it took.
@@ -142,11 +154,16 @@ fn main() {
     );
     memory(&c, "after the creates");
 
+    let sender_before = cpu_secs(&c.members[0]);
     c.members[1].spawn();
     let caught_up = until_objects(&c.members[1], total, Duration::from_secs(3600));
     println!(
-        "member 1 back: caught up on {n} missed operations from the log in {caught_up:.1} s ({:.0} ops/s)",
-        n as f64 / caught_up
+        "member 1 back: caught up on {n} missed operations in {caught_up:.1} s ({:.0} ops/s; {} snapshot installed); \
+         CPU: {:.1} s on member 1 (it started with this), {:.1} s on member 0",
+        n as f64 / caught_up,
+        metric(&c.members[1], "hahsm_partition_snapshots_installed"),
+        cpu_secs(&c.members[1]),
+        cpu_secs(&c.members[0]) - sender_before
     );
     memory(&c, "after the catch-up");
 
@@ -171,13 +188,16 @@ fn main() {
         &["prepare", "--partition", PARTITION, "--owner-secret", s(&owner)],
     )
     .expect_ok();
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), (cpu_secs(&c.members[0]), cpu_secs(&c.members[j])));
     c.add_member(j).expect_ok();
     until_objects(&c.members[j], total, Duration::from_secs(3600));
     let joined = started.elapsed().as_secs_f64();
     println!(
-        "a new member joined {total} objects by snapshot in {joined:.1} s ({} snapshot installed)",
-        metric(&c.members[j], "hahsm_partition_snapshots_installed")
+        "a new member joined {total} objects by snapshot in {joined:.1} s ({} snapshot installed); \
+         CPU: {:.1} s on the new member, {:.1} s on member 0",
+        metric(&c.members[j], "hahsm_partition_snapshots_installed"),
+        cpu_secs(&c.members[j]) - cpu_before.1,
+        cpu_secs(&c.members[0]) - cpu_before.0
     );
     memory(&c, "after the join");
 

@@ -503,13 +503,13 @@ mod tests {
             attrs: label(l),
         };
         // Origin 1's operations 1..=4 and origin 2's 1..=3.
-        let ones = vec![
+        let ones = [
             op(1, 1, 10, create(1, "x")),
             op(1, 2, 11, create(2, "y")),
             op(1, 3, 40, rename(x, "x by 1, late")),
             op(1, 4, 50, OpBody::Destroy { ouid: y }),
         ];
-        let twos = vec![
+        let twos = [
             op(2, 1, 20, rename(x, "x by 2")),
             op(2, 2, 30, rename(y, "y by 2")),
             op(2, 3, 35, create(3, "z")),

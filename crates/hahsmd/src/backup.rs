@@ -329,7 +329,7 @@ impl Restore {
             }
         }
         self.done += states.len() as u64;
-        active.install_snapshot(states, None).await?;
+        active.install_snapshot(states, None, u64::MAX).await?;
         self.next_index += 1;
         self.finished = last;
         Ok((self.done, self.total.max(self.done)))
@@ -338,8 +338,23 @@ impl Restore {
     /// Creates the partition with the backup's settings and activates it,
     /// writing under a new origin id.
     fn make_partition(&self, app: &Appliance, settings: &mut Settings) -> AdminResult<Arc<ActivePartition>> {
+        let (serial, _) = app.partition_create(&self.name, &self.owner, None)?;
+        let made = self.set_up_partition(app, serial, settings);
+        if made.is_err() {
+            // Made here, but not set up: nothing half-made stays.
+            crate::replication::stop_group(app, &self.name);
+            let _ = app.partition_delete(&self.name);
+        }
+        made
+    }
+
+    fn set_up_partition(
+        &self,
+        app: &Appliance,
+        serial: u64,
+        settings: &mut Settings,
+    ) -> AdminResult<Arc<ActivePartition>> {
         let name = &self.name;
-        let (serial, _) = app.partition_create(name, &self.owner, None)?;
         let origin = app.new_origin(serial)?;
         let mut row = app
             .store
@@ -373,7 +388,10 @@ impl Restore {
                 ),
             ));
         };
-        if let Err(e) = active.install_snapshot(Vec::new(), Some(&self.covers)).await {
+        if let Err(e) = active
+            .install_snapshot(Vec::new(), Some(&self.covers), u64::MAX)
+            .await
+        {
             return Err((self, e.into()));
         }
         info!(

@@ -972,11 +972,15 @@ impl ActivePartition {
     /// (the version vector of the snapshot's first page) raises the version
     /// vector, and the log's floor with it, for each origin it is ahead on:
     /// only then does this member claim the operations it never logged.
+    /// A page holding a stamp further than `max_ahead_ms` ahead of this
+    /// member's clock is refused, as such an operation is held back
+    /// (`apply_remote`): its stamps would carry this member's clock with them.
     /// Returns how many OUIDs changed.
     pub async fn install_snapshot(
         &self,
         states: Vec<(Ouid, StoredState)>,
         covers: Option<&VersionVector>,
+        max_ahead_ms: u64,
     ) -> TokenResult<usize> {
         let mut state = self.writes.lock().await;
         let changes = self.replica_read().plan_states(&states);
@@ -1009,7 +1013,13 @@ impl ActivePartition {
             .unwrap_or_default();
         {
             let mut hlc = self.hlc.lock_or_recover();
-            *hlc = hlc.observe(max_stamp, crate::now_ms());
+            *hlc = hlc
+                .observe_bounded(max_stamp, crate::now_ms(), max_ahead_ms)
+                .map_err(|ahead| {
+                    TokenError::DeviceError(format!(
+                        "a snapshot page holds a stamp {ahead} ms ahead of this member's clock, beyond the maximum offset"
+                    ))
+                })?;
         }
         let mut versions = HashMap::new();
         let mut digest = state.digest;
@@ -1264,7 +1274,6 @@ mod tests {
             extra: vec![],
         };
         store.create_partition(&row).expect("partition row");
-        let row = store.get_partition("p").expect("read").expect("there");
         (store.clone(), reopen(&store, member, key))
     }
 
@@ -1322,7 +1331,7 @@ mod tests {
                     c.secret = Some(b.seal_secret(ouid, secret.expose()).expect("seals under B"));
                 }
             }
-            b.install_snapshot(page, next.is_none().then_some(&covers))
+            b.install_snapshot(page, next.is_none().then_some(&covers), u64::MAX)
                 .await
                 .expect("install");
             pages += 1;
@@ -1365,7 +1374,12 @@ mod tests {
                 (o, s)
             })
             .collect();
-        assert_eq!(b.install_snapshot(sealed_again, None).await.expect("again"), 0);
+        assert_eq!(
+            b.install_snapshot(sealed_again, None, u64::MAX)
+                .await
+                .expect("again"),
+            0
+        );
 
         // B reopens whole (its sealed digest covers the installed rows) and
         // writes under its own origin from 1.

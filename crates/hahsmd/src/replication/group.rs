@@ -31,6 +31,18 @@ pub(super) const BATCH: u32 = 2000;
 /// few megabytes, well inside a frame and a heartbeat's deadline.
 pub(super) const SNAPSHOT_PAGE: u32 = 1000;
 
+/// A member that lacks at least this many operations, and more than half as
+/// many as its peer has live objects, catches up from the peer's snapshot
+/// even when the peer's log holds them: joining a state costs about a third
+/// of applying an operation (BENCHMARKS.md, "A bounded log").
+pub(super) const SNAPSHOT_RATHER_THAN_OPS: u64 = 10_000;
+
+/// Whether a member that lacks `missing` operations of a partition of
+/// `live` objects catches up quicker from a snapshot than from the log.
+fn snapshot_is_quicker(missing: u64, live: u64) -> bool {
+    missing >= SNAPSHOT_RATHER_THAN_OPS && missing.saturating_mul(2) > live
+}
+
 /// What a pull is answered from: the log, or, when the log no longer holds
 /// what the peer lacks, "ask for the snapshot".
 pub(super) enum Outgoing {
@@ -214,7 +226,11 @@ impl Group {
                     return false;
                 }
             };
-            match p.install_snapshot(states, next.is_none().then_some(&first)).await {
+            let max_ahead = self.rules.max_clock_offset_ms;
+            match p
+                .install_snapshot(states, next.is_none().then_some(&first), max_ahead)
+                .await
+            {
                 Ok(n) => changed += n,
                 Err(e) => {
                     tracing::warn!(partition = %p.name, member = member.serial, error = %e, "a snapshot page could not be installed");
@@ -436,6 +452,18 @@ impl Group {
         // Pull what they have and we lack; from their snapshot, once, if
         // their log no longer holds it.
         let mut snapshot_taken = false;
+        let mine = p.version_vector();
+        let missing: u64 = their_vv
+            .0
+            .iter()
+            .map(|(o, s)| s.saturating_sub(mine.get(*o)))
+            .sum();
+        if snapshot_is_quicker(missing, theirs.live_objects)
+            && self.peer_clock_refused(member.serial).is_none()
+        {
+            snapshot_taken = true;
+            self.catch_up_by_snapshot(p, member, deadline).await;
+        }
         for (origin, _) in their_vv.ahead_of(&p.version_vector()) {
             loop {
                 let after = p.version_vector().get(origin);
@@ -458,7 +486,11 @@ impl Group {
                             break;
                         }
                     }
-                    Ok(PeerResponse::Compacted { .. }) if !snapshot_taken => {
+                    // Not from a peer whose clock is off: its stamps would
+                    // win over later writes (its pushes are refused too).
+                    Ok(PeerResponse::Compacted { .. })
+                        if !snapshot_taken && self.peer_clock_refused(member.serial).is_none() =>
+                    {
                         snapshot_taken = true;
                         if !self.catch_up_by_snapshot(p, member, deadline).await {
                             break;
@@ -605,6 +637,12 @@ impl Group {
             let behind = mine.ahead_of(&theirs);
             if behind.is_empty() {
                 return true;
+            }
+            // So far behind that it is quicker to take a snapshot, which it
+            // does when it next heartbeats this member (`sync_with`).
+            let missing: u64 = mine.0.iter().map(|(o, s)| s.saturating_sub(theirs.get(*o))).sum();
+            if snapshot_is_quicker(missing, p.object_count() as u64) {
+                return false;
             }
             if behind_before.as_ref() == Some(&behind) {
                 // It acknowledged the last round but took none of it.

@@ -21,8 +21,8 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use hahsm_it::cluster::{Cluster, Setup, PARTITION, PIN};
-use hahsm_it::{hahsm, Member};
+use hahsm_it::cluster::{fresh_member_in_domain, restore, Cluster, Setup, PARTITION, PIN};
+use hahsm_it::Member;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -203,25 +203,8 @@ fn main() {
 
     // 3. Backup and restore.
     let bak = c.work.path().join("scale.bak");
-    let socket = c.members[0].admin_socket();
     let started = Instant::now();
-    hahsm(
-        None,
-        &[
-            "backup",
-            "--socket",
-            s(&socket),
-            "--partition",
-            PARTITION,
-            "--owner-secret",
-            s(&owner),
-            "--domain-secret",
-            s(&domain),
-            "--out",
-            s(&bak),
-        ],
-    )
-    .expect_ok();
+    c.backup(0, &bak).expect_ok();
     let backed_up = started.elapsed().as_secs_f64();
     let size = std::fs::metadata(&bak).expect("backup").len();
     println!(
@@ -230,44 +213,9 @@ fn main() {
         size as f64 / total as f64
     );
     memory(&c, "after the backup");
-    let dir = c.work.path().join("restored");
-    let m = Member::start_peer(&dir);
-    let so = dir.join("so.key");
-    m.admin(&[
-        "hsm",
-        "init",
-        "--label",
-        "restored",
-        "--so-secret",
-        s(&so),
-        "--domain-secret",
-        s(&domain),
-    ])
-    .expect_ok();
-    m.admin(&["hsm", "login", "--so-secret", s(&so)]).expect_ok();
-    for p in ["7", "16", "20"] {
-        m.admin(&["hsm", "change-policy", "--policy", p, "--value", "1"])
-            .expect_ok();
-    }
-    let socket = m.admin_socket();
+    let m = fresh_member_in_domain(&c.work.path().join("restored"), "restored", &domain);
     let started = Instant::now();
-    hahsm(
-        None,
-        &[
-            "restore",
-            "--socket",
-            s(&socket),
-            "--partition",
-            PARTITION,
-            "--owner-secret",
-            s(&owner),
-            "--domain-secret",
-            s(&domain),
-            "--file",
-            s(&bak),
-        ],
-    )
-    .expect_ok();
+    restore(&m, &bak, &owner, &domain).expect_ok();
     let restored = started.elapsed().as_secs_f64();
     println!(
         "restore of {total} objects on a fresh member: {restored:.1} s ({} objects there, {:.0} MiB resident)",

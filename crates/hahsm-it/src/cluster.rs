@@ -74,34 +74,41 @@ pub fn set_up_for_ha(m: &Member, label: &str, so: &Path, domain_args: &[&str], o
 /// partition `PARTITION` assigned: the client of a test's group.
 pub fn register_client(conf: &Path, members: &[(String, &Member)]) {
     hahsm(Some(conf), &["client", "create-cert", "--name", "app1"]).expect_ok();
-    let cert = conf.with_file_name("app1.pem");
     for (name, m) in members {
-        hahsm(
-            Some(conf),
-            &[
-                "client",
-                "add-server",
-                "--name",
-                name,
-                "--address",
-                &m.address,
-                "--fingerprint",
-                &m.fingerprint(),
-            ],
-        )
-        .expect_ok();
-        m.admin(&["client", "register", "--client", "app1", "--cert", &s(&cert)])
-            .expect_ok();
-        m.admin(&[
-            "client",
-            "assign-partition",
-            "--client",
-            "app1",
-            "--partition",
-            PARTITION,
-        ])
-        .expect_ok();
+        serve_client(conf, name, m);
     }
+}
+
+/// Registers the client `app1` of the client config `conf` (its certificate
+/// made already) on member `m`, assigns it the partition there, and adds `m`
+/// to the config as the server `name`.
+pub fn serve_client(conf: &Path, name: &str, m: &Member) {
+    let cert = conf.with_file_name("app1.pem");
+    hahsm(
+        Some(conf),
+        &[
+            "client",
+            "add-server",
+            "--name",
+            name,
+            "--address",
+            &m.address,
+            "--fingerprint",
+            &m.fingerprint(),
+        ],
+    )
+    .expect_ok();
+    m.admin(&["client", "register", "--client", "app1", "--cert", &s(&cert)])
+        .expect_ok();
+    m.admin(&[
+        "client",
+        "assign-partition",
+        "--client",
+        "app1",
+        "--partition",
+        PARTITION,
+    ])
+    .expect_ok();
 }
 
 fn s_ref(p: &Path) -> &str {
@@ -110,6 +117,52 @@ fn s_ref(p: &Path) -> &str {
 
 fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
+}
+
+/// A fresh appliance in the cloning domain of the secret file `domain`:
+/// initialised as `label`, its SO logged in, and the HSM policies a restore
+/// and a group need (7, 16, 20) on; no partition yet.
+pub fn fresh_member_in_domain(dir: &Path, label: &str, domain: &Path) -> Member {
+    let m = Member::start_peer(dir);
+    let so = dir.join("so.key");
+    m.admin(&[
+        "hsm",
+        "init",
+        "--label",
+        label,
+        "--so-secret",
+        s_ref(&so),
+        "--domain-secret",
+        s_ref(domain),
+    ])
+    .expect_ok();
+    m.admin(&["hsm", "login", "--so-secret", s_ref(&so)]).expect_ok();
+    for p in ["7", "16", "20"] {
+        m.admin(&["hsm", "change-policy", "--policy", p, "--value", "1"])
+            .expect_ok();
+    }
+    m
+}
+
+/// `hahsm restore` of the backup `file` as the partition `PARTITION` on `m`.
+pub fn restore(m: &Member, file: &Path, owner: &Path, domain: &Path) -> Run {
+    let socket = m.admin_socket();
+    hahsm(
+        None,
+        &[
+            "restore",
+            "--socket",
+            s_ref(&socket),
+            "--partition",
+            PARTITION,
+            "--owner-secret",
+            s_ref(owner),
+            "--domain-secret",
+            s_ref(domain),
+            "--file",
+            s_ref(file),
+        ],
+    )
 }
 
 /// How a test's group differs from the plain one; `Default` is the plain one.
@@ -301,39 +354,30 @@ impl Cluster {
             ],
         )
         .expect_ok();
-        let cert = self.conf.with_file_name("app1.pem");
-        self.admin(
-            j,
-            &["client", "register", "--client", "app1", "--cert", &s(&cert)],
-        )
-        .expect_ok();
-        self.admin(
-            j,
+        serve_client(&self.conf, &format!("hsm{j}"), &self.members[j]);
+        j
+    }
+
+    /// `hahsm backup` of the group's partition on member `i` into `out`,
+    /// with the group's domain and partition-owner secrets.
+    pub fn backup(&self, i: usize, out: &Path) -> Run {
+        let socket = self.members[i].admin_socket();
+        hahsm(
+            None,
             &[
-                "client",
-                "assign-partition",
-                "--client",
-                "app1",
+                "backup",
+                "--socket",
+                s_ref(&socket),
                 "--partition",
                 PARTITION,
+                "--owner-secret",
+                s_ref(&self.owner_secret),
+                "--domain-secret",
+                s_ref(&self.domain_secret),
+                "--out",
+                s_ref(out),
             ],
         )
-        .expect_ok();
-        hahsm(
-            Some(&self.conf),
-            &[
-                "client",
-                "add-server",
-                "--name",
-                &format!("hsm{j}"),
-                "--address",
-                &self.members[j].address,
-                "--fingerprint",
-                &self.fingerprints[j],
-            ],
-        )
-        .expect_ok();
-        j
     }
 
     pub fn so_login(&self, i: usize) {

@@ -13,8 +13,8 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use hahsm_it::cluster::{Cluster, PARTITION, PIN};
-use hahsm_it::{hahsm, Member, Run};
+use hahsm_it::cluster::{fresh_member_in_domain, restore, serve_client, Cluster, PARTITION, PIN};
+use hahsm_it::Run;
 use hahsm_proto::backup_file;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,10 +24,6 @@ const OBJECTS: usize = 2_400;
 const VALUE: usize = 8 << 10;
 const THREADS: usize = 8;
 const IV: [u8; 16] = [7; 16];
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// The module, reading the client config `conf`.
 fn module(conf: &Path) -> Pkcs11 {
@@ -146,24 +142,7 @@ fn a_partition_larger_than_a_frame_backs_up_in_chunks_restores_identically_and_a
     p11.finalize().expect("C_Finalize");
 
     let bak = c.work.path().join("big.bak");
-    let socket0 = c.members[0].admin_socket();
-    let made = hahsm(
-        None,
-        &[
-            "backup",
-            "--socket",
-            s(&socket0),
-            "--partition",
-            PARTITION,
-            "--owner-secret",
-            s(&c.owner_secret),
-            "--domain-secret",
-            s(&c.domain_secret),
-            "--out",
-            s(&bak),
-        ],
-    )
-    .expect_ok();
+    let made = c.backup(0, &bak).expect_ok();
     assert!(
         made.stderr.contains("backed up"),
         "no progress shown: {}",
@@ -191,45 +170,8 @@ fn a_partition_larger_than_a_frame_backs_up_in_chunks_restores_identically_and_a
     };
 
     // A fresh member in the same domain.
-    let dir = c.work.path().join("restored");
-    let m = Member::start_peer(&dir);
-    let so = dir.join("so.key");
-    let domain = c.domain_secret.clone();
-    m.admin(&[
-        "hsm",
-        "init",
-        "--label",
-        "restored",
-        "--so-secret",
-        s(&so),
-        "--domain-secret",
-        s(&domain),
-    ])
-    .expect_ok();
-    m.admin(&["hsm", "login", "--so-secret", s(&so)]).expect_ok();
-    for p in ["7", "16", "20"] {
-        m.admin(&["hsm", "change-policy", "--policy", p, "--value", "1"])
-            .expect_ok();
-    }
-    let restore = |path: &Path| -> Run {
-        let socket = m.admin_socket();
-        hahsm(
-            None,
-            &[
-                "restore",
-                "--socket",
-                s(&socket),
-                "--partition",
-                PARTITION,
-                "--owner-secret",
-                s(&c.owner_secret),
-                "--domain-secret",
-                s(&domain),
-                "--file",
-                s(path),
-            ],
-        )
-    };
+    let m = fresh_member_in_domain(&c.work.path().join("restored"), "restored", &c.domain_secret);
+    let restore = |path: &Path| -> Run { restore(&m, path, &c.owner_secret, &c.domain_secret) };
     let nothing_left = |case: &str| {
         let listed = m.admin(&["partition", "list"]).expect_ok().stdout;
         assert!(
@@ -294,32 +236,7 @@ fn a_partition_larger_than_a_frame_backs_up_in_chunks_restores_identically_and_a
     );
 
     // Read it back through the module: the restored member as a server of its own.
-    let cert = c.conf.with_file_name("app1.pem");
-    m.admin(&["client", "register", "--client", "app1", "--cert", s(&cert)])
-        .expect_ok();
-    m.admin(&[
-        "client",
-        "assign-partition",
-        "--client",
-        "app1",
-        "--partition",
-        PARTITION,
-    ])
-    .expect_ok();
-    hahsm(
-        Some(&c.conf),
-        &[
-            "client",
-            "add-server",
-            "--name",
-            "restored",
-            "--address",
-            &m.address,
-            "--fingerprint",
-            &m.fingerprint(),
-        ],
-    )
-    .expect_ok();
+    serve_client(&c.conf, "restored", &m);
     let p11 = module(&c.conf);
     let session = login(&p11, slot_of(&p11, "restored"));
     let back = contents(&session);

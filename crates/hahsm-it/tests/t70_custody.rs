@@ -1,7 +1,9 @@
 //! Custody on real members: the hash-chained journal of administrative actions
 //! (report table 5.1), M-of-N shares of the domain secret (§5.1.3), and
 //! encrypted backups restored into a running group.
-use hahsm_it::cluster::{set_up_for_ha, Cluster, GROUP, PARTITION, PIN};
+use hahsm_it::cluster::{
+    fresh_member_in_domain, restore, serve_client, set_up_for_ha, Cluster, GROUP, PARTITION, PIN,
+};
 use hahsm_it::{hahsm, Member, Run};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -390,24 +392,7 @@ fn a_backup_restores_into_the_running_group_converges_and_keeps_deleted_keys_del
     assert!(c.wait_in_sync(0, Duration::from_secs(15)), "{:#}", c.status(0));
 
     let bak = c.work.path().join("haPart.bak");
-    let socket1 = c.members[1].admin_socket();
-    hahsm(
-        None,
-        &[
-            "backup",
-            "--socket",
-            s(&socket1),
-            "--partition",
-            PARTITION,
-            "--owner-secret",
-            s(&c.owner_secret),
-            "--domain-secret",
-            s(&c.domain_secret),
-            "--out",
-            s(&bak),
-        ],
-    )
-    .expect_ok();
+    c.backup(1, &bak).expect_ok();
     let mode = std::fs::metadata(&bak).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     // After the backup: a key destroyed, a key made.
@@ -416,45 +401,9 @@ fn a_backup_restores_into_the_running_group_converges_and_keeps_deleted_keys_del
         .expect_ok();
 
     // A fresh member in the same domain.
-    let dir = c.work.path().join("hsm2");
-    let m = Member::start_peer(&dir);
-    let so = dir.join("so.key");
+    let m = fresh_member_in_domain(&c.work.path().join("hsm2"), "hsm2", &c.domain_secret);
     let d = c.domain_secret.clone();
-    m.admin(&[
-        "hsm",
-        "init",
-        "--label",
-        "hsm2",
-        "--so-secret",
-        s(&so),
-        "--domain-secret",
-        s(&d),
-    ])
-    .expect_ok();
-    m.admin(&["hsm", "login", "--so-secret", s(&so)]).expect_ok();
-    for p in ["7", "16", "20"] {
-        m.admin(&["hsm", "change-policy", "--policy", p, "--value", "1"])
-            .expect_ok();
-    }
-    let restore = |file: &Path, owner: &Path| {
-        let socket = m.admin_socket();
-        hahsm(
-            None,
-            &[
-                "restore",
-                "--socket",
-                s(&socket),
-                "--partition",
-                PARTITION,
-                "--owner-secret",
-                s(owner),
-                "--domain-secret",
-                s(&d),
-                "--file",
-                s(file),
-            ],
-        )
-    };
+    let restore = |file: &Path, owner: &Path| restore(&m, file, owner, &d);
     // A modified backup, or the wrong owner secret, is refused as a whole.
     let mut bytes = std::fs::read(&bak).unwrap();
     let middle = bytes.len() / 2;
@@ -499,36 +448,7 @@ fn a_backup_restores_into_the_running_group_converges_and_keeps_deleted_keys_del
     )
     .expect_ok();
     c.add_member(2).expect_ok();
-    let cert = c.conf.with_file_name("app1.pem");
-    c.admin(2, &["client", "register", "--client", "app1", "--cert", s(&cert)])
-        .expect_ok();
-    c.admin(
-        2,
-        &[
-            "client",
-            "assign-partition",
-            "--client",
-            "app1",
-            "--partition",
-            PARTITION,
-        ],
-    )
-    .expect_ok();
-    let addr = c.members[2].address.clone();
-    hahsm(
-        Some(&c.conf),
-        &[
-            "client",
-            "add-server",
-            "--name",
-            "hsm2",
-            "--address",
-            &addr,
-            "--fingerprint",
-            &fp,
-        ],
-    )
-    .expect_ok();
+    serve_client(&c.conf, "hsm2", &c.members[2]);
 
     assert!(c.wait_in_sync(0, Duration::from_secs(30)), "{:#}", c.status(0));
     assert!(has_label(&c, 2, "kept"));

@@ -65,27 +65,7 @@ impl Store {
                 .map_err(self.err("commit: clear objects"))?;
         }
         if !write.puts.is_empty() {
-            let e = self.err("commit: put object");
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT INTO objects (partition_id, ouid, version, sealed)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (partition_id, ouid)
-                     DO UPDATE SET version = excluded.version, sealed = excluded.sealed",
-                )
-                .map_err(&e)?;
-            for object in &write.puts {
-                put.execute(params![
-                    partition_id,
-                    &object.ouid[..],
-                    object.version as i64,
-                    object.sealed
-                ])
-                .map_err(|err| match e(err) {
-                    StoreError::NotFound(_) => partition_not_found(partition_id),
-                    other => other,
-                })?;
-            }
+            self.put_objects(tx, partition_id, &write.puts, "commit: put object")?;
         }
         if !write.deletes.is_empty() {
             let e = self.err("commit: delete object");
@@ -275,6 +255,38 @@ impl Store {
         Ok(count.max(0) as u64)
     }
 
+    /// Inserts or replaces object rows by OUID.
+    fn put_objects(
+        &self,
+        tx: &Transaction<'_>,
+        partition_id: i64,
+        rows: &[ObjectRow],
+        ctx: &'static str,
+    ) -> StoreResult<()> {
+        let e = self.err(ctx);
+        let mut put = tx
+            .prepare_cached(
+                "INSERT INTO objects (partition_id, ouid, version, sealed)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (partition_id, ouid)
+                 DO UPDATE SET version = excluded.version, sealed = excluded.sealed",
+            )
+            .map_err(&e)?;
+        for object in rows {
+            put.execute(params![
+                partition_id,
+                &object.ouid[..],
+                object.version as i64,
+                object.sealed
+            ])
+            .map_err(|err| match e(err) {
+                StoreError::NotFound(_) => partition_not_found(partition_id),
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Per origin, the highest sequence number no longer in the log (compacted,
     /// or covered by a snapshot): a peer that lacks operations at or below it
     /// must catch up from a snapshot. Origins with nothing below the floor are
@@ -349,26 +361,7 @@ impl Store {
     ) -> StoreResult<()> {
         self.write_tx("install a snapshot", |tx| {
             let e = self.err("install a snapshot");
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT INTO objects (partition_id, ouid, version, sealed)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (partition_id, ouid)
-                     DO UPDATE SET version = excluded.version, sealed = excluded.sealed",
-                )
-                .map_err(&e)?;
-            for object in puts {
-                put.execute(params![
-                    partition_id,
-                    &object.ouid[..],
-                    object.version as i64,
-                    object.sealed
-                ])
-                .map_err(|err| match e(err) {
-                    StoreError::NotFound(_) => partition_not_found(partition_id),
-                    other => other,
-                })?;
-            }
+            self.put_objects(tx, partition_id, puts, "install a snapshot")?;
             let changed = tx
                 .execute(
                     "UPDATE partitions SET digest = ?2 WHERE id = ?1",

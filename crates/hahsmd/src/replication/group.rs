@@ -129,6 +129,35 @@ impl Group {
         detector::clock_anchor(crate::now_ms(), Instant::now(), self.clock_origin)
     }
 
+    /// A secret sealed under the partition's master key, sealed instead under
+    /// the group's replication key for the wire.
+    fn sealed_for_wire(
+        &self,
+        p: &ActivePartition,
+        def: &GroupDef,
+        ouid: &hahsm_token::Ouid,
+        sealed: &[u8],
+    ) -> TokenResult<Vec<u8>> {
+        let secret = p.open_secret(ouid, sealed)?;
+        self.repl_key.seal(&wire_aad(def, ouid), secret.expose())
+    }
+
+    /// A secret from the wire, sealed instead under the partition's master key.
+    fn resealed_from_wire(
+        &self,
+        p: &ActivePartition,
+        def: &GroupDef,
+        ouid: &hahsm_token::Ouid,
+        sealed: &[u8],
+    ) -> TokenResult<Vec<u8>> {
+        let secret = self.repl_key.open(&wire_aad(def, ouid), sealed).map_err(|_| {
+            TokenError::DeviceError(
+                "a replicated secret does not open under the group's replication key".into(),
+            )
+        })?;
+        p.seal_secret(ouid, secret.expose())
+    }
+
     /// Operations from the local log, their secrets re-sealed for the wire;
     /// or, if the log no longer holds the first of them, `Compacted`.
     pub(super) fn outgoing(
@@ -139,7 +168,6 @@ impl Group {
         limit: u32,
     ) -> TokenResult<Outgoing> {
         let def = self.def();
-        let key = &self.repl_key;
         let compacted = || Outgoing::Compacted {
             floor: p.log_floor().get(origin),
         };
@@ -155,8 +183,7 @@ impl Group {
             if let OpBody::Create { objects } = &mut op.body {
                 for o in objects {
                     if let Some(sealed) = o.sealed_secret.take() {
-                        let secret = p.open_secret(&o.ouid, &sealed)?;
-                        o.sealed_secret = Some(key.seal(&wire_aad(&def, &o.ouid), secret.expose())?);
+                        o.sealed_secret = Some(self.sealed_for_wire(p, &def, &o.ouid, &sealed)?);
                     }
                 }
             }
@@ -177,8 +204,7 @@ impl Group {
         for (ouid, state) in &mut states {
             if let Some(created) = state.created.as_mut() {
                 if let Some(sealed) = created.secret.take() {
-                    let secret = p.open_secret(ouid, &sealed)?;
-                    created.secret = Some(self.repl_key.seal(&wire_aad(&def, ouid), secret.expose())?);
+                    created.secret = Some(self.sealed_for_wire(p, &def, ouid, &sealed)?);
                 }
             }
         }
@@ -267,12 +293,7 @@ impl Group {
         for (ouid, state) in &mut states {
             if let Some(created) = state.created.as_mut() {
                 if let Some(sealed) = created.secret.take() {
-                    let secret = self.repl_key.open(&wire_aad(def, ouid), &sealed).map_err(|_| {
-                        TokenError::DeviceError(
-                            "a replicated secret does not open under the group's replication key".into(),
-                        )
-                    })?;
-                    created.secret = Some(p.seal_secret(ouid, secret.expose())?);
+                    created.secret = Some(self.resealed_from_wire(p, def, ouid, &sealed)?);
                 }
             }
         }
@@ -283,17 +304,11 @@ impl Group {
     /// operations past a gap are left for a later pull.
     pub(super) async fn incoming(&self, p: &ActivePartition, mut ops: Vec<Op>) -> TokenResult<()> {
         let def = self.def();
-        let key = &self.repl_key;
         for op in &mut ops {
             if let OpBody::Create { objects } = &mut op.body {
                 for o in objects {
                     if let Some(sealed) = o.sealed_secret.take() {
-                        let secret = key.open(&wire_aad(&def, &o.ouid), &sealed).map_err(|_| {
-                            TokenError::DeviceError(
-                                "a replicated secret does not open under the group's replication key".into(),
-                            )
-                        })?;
-                        o.sealed_secret = Some(p.seal_secret(&o.ouid, secret.expose())?);
+                        o.sealed_secret = Some(self.resealed_from_wire(p, &def, &o.ouid, &sealed)?);
                     }
                 }
             }
